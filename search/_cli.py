@@ -1,0 +1,168 @@
+"""`optuna-search` command line. Heavy libraries (torch, transformers, peft, optuna)
+are imported inside the commands, never at module import, so ``--help`` is instant.
+
+Exit codes: 0 study complete / command succeeded, 1 study incomplete (a grid point
+failed), 2 bad input (message names the problem and the fix; nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from optuna_search.search._config import Config, load_config, to_toml
+from optuna_search.search._errors import UserError
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("optuna_search")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration (precedence: flags > --set > --config > --preset > defaults)")
+    g.add_argument("--preset", help="start from a shipped preset: kaggle-t4 (the flagship study) or demo (CPU)")
+    g.add_argument("--config", metavar="FILE", help="TOML config file")
+    g.add_argument(
+        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="sets",
+        help="override one key, e.g. --set train.epochs=1 --set 'study.grid={lora_r=[8]}' (repeatable)",
+    )
+    g.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna-search.db)")
+    g.add_argument("--study-name", help="study name (default from the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optuna-search",
+        description="Resumable Optuna grid studies for LoRA/QLoRA fine-tuning of causal LMs.",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run every grid point that has no COMPLETE trial yet")
+    _add_config_args(p)
+    p.add_argument("--retry-failed", action="store_true", help="also re-run grid points whose last trial failed")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show-config", help="print the resolved configuration as TOML")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_show_config)
+
+    p = sub.add_parser("validate", help="check data, labels and model before spending GPU time")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    if getattr(args, "storage", None):
+        overrides.setdefault("storage", {})["url"] = args.storage
+    if getattr(args, "study_name", None):
+        overrides.setdefault("study", {})["name"] = args.study_name
+    return load_config(args.preset, args.config, args.sets, overrides)
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    print(to_toml(resolve_config(args)))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from optuna_search.search._study import preflight
+
+    config = resolve_config(args)
+    pf = preflight(config)
+    d = pf.data
+    print(f"data ok: train {len(d.train.examples)}, validation {len(d.validation.examples)}, test {len(d.test.examples)} examples")
+    for f in d.fields:
+        print(f"  {f}: {len(d.vocab[f])} labels: {', '.join(d.vocab[f])}")
+    print(f"evaluation subset: {len(pf.eval_examples)} test examples (seed {config.eval.seed})")
+    b = pf.baselines["majority"]
+    print("majority-class baseline on it: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in b.items()))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from optuna_search.dashboards._summary import best_row, render_summary, summary_rows
+    from optuna_search.search._study import ATTR_BASELINES, run_study
+
+    config = resolve_config(args)
+    _quiet_libraries()
+    demo = config.model.name_or_path.startswith("builtin:")
+    if demo:
+        log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
+    study, state, ran = run_study(config, retry_failed=args.retry_failed)
+    fields = list(config.data.fields)
+    rows = summary_rows(study, state, fields)
+    baselines = study.user_attrs.get(ATTR_BASELINES)
+    print(f"study {config.study.name!r}: {sum(r['status'] == 'complete' for r in state)}/{len(state)} grid points complete"
+          + ("" if ran else " (nothing to run: every grid point already has a COMPLETE trial)" if all(r["status"] == "complete" for r in state) else ""))
+    print(render_summary(rows, fields, baselines))
+    best = best_row(rows)
+    if best is not None:
+        print(f"best: {best['point']} (trial {best['trial']}), overall accuracy {100 * best['overall']:.1f}%")
+        if baselines and "majority" in baselines:
+            maj = baselines["majority"]["overall"]
+            verdict = "beats" if best["overall"] > maj else "does NOT beat"
+            print(f"best {verdict} the majority-class baseline ({100 * maj:.1f}% overall)")
+    if demo:
+        print("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")
+    missing = [r for r in state if r["status"] != "complete"]
+    if missing:
+        for r in missing:
+            why = r["trials"][-1].user_attrs.get("error", "") if r["trials"] else ""
+            print(f"incomplete: {r['key']} is {r['status']}" + (f" ({why})" if why else ""), file=sys.stderr)
+        if any(r["status"] == "failed" for r in missing):
+            print("re-run failed points with: optuna-search run --retry-failed", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate", "datasets", "optuna", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        import datasets
+
+        datasets.disable_progress_bars()
+    except Exception:  # noqa: BLE001 - only cosmetics
+        pass
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: completed trials are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

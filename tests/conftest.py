@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to ../shared, the demo cache, and one finished demo study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+GAME_BUGS = SHARED / "data" / "game-bugs"
+MISTRAL_TOKENIZER = SHARED / "tokenizers" / "mistral-7b-instruct-v0.2"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """One demo model/data cache for the whole session (built once, ~10 s)."""
+    path = Path(os.environ.get("OPTUNA_SEARCH_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    os.environ["OPTUNA_SEARCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(demo_cache) -> Path:
+    from optuna_search.objectives._demo import ensure_demo_model
+
+    return ensure_demo_model()
+
+
+def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run `optuna-search` as a user would: a fresh process, stdout/stderr captured."""
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "optuna_search.search._cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_study(tmp_path_factory, demo_cache):
+    """The demo study, run once through the real CLI (the README's main job)."""
+    work = tmp_path_factory.mktemp("demo-study")
+    proc = run_cli("run", "--preset", "demo", cwd=work)
+    return work, proc

@@ -1,0 +1,154 @@
+"""Bad input: one clear line naming the problem and the fix, exit code 2, no traceback,
+and nothing written to the study."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import GAME_BUGS, run_cli
+
+LABELS = "Severity: low\nComponent: ui\nReproducibility: rare"
+
+
+def _write_data(d, train_rows=None):
+    d.mkdir(parents=True, exist_ok=True)
+    rows = train_rows or [json.dumps({"input": f"report {i}", "output": LABELS}) for i in range(5)]
+    (d / "train.jsonl").write_text("\n".join(rows) + "\n")
+    for s in ("val", "test"):
+        (d / f"{s}.jsonl").write_text(json.dumps({"input": "r", "output": LABELS}) + "\n")
+
+
+def _args(d, *extra):
+    return ["run", "--preset", "demo", "--set", f'data.train="{d / "train.jsonl"}"',
+            "--set", f'data.validation="{d / "val.jsonl"}"', "--set", f'data.test="{d / "test.jsonl"}"',
+            "--storage", "sqlite:///study.db", *extra]
+
+
+def _assert_clean_refusal(proc, work, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") or "\nerror: " in proc.stderr
+    for n in needles:
+        assert n in proc.stderr, proc.stderr
+    assert not (work / "study.db").exists(), "a refused run must not create the study database"
+
+
+@pytest.fixture
+def work(tmp_path, demo_cache):
+    return tmp_path
+
+
+def test_missing_data_file(work):
+    _write_data(work / "d")
+    os.remove(work / "d" / "val.jsonl")
+    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "data.validation file", "does not exist")
+
+
+def test_malformed_json_line(work):
+    _write_data(work / "d", [json.dumps({"input": "a", "output": LABELS}), '{"input": "b", '])
+    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "train.jsonl:2: malformed JSON")
+
+
+def test_row_without_parseable_label(work):
+    _write_data(work / "d", [json.dumps({"input": "a", "output": "Severity: low"})])
+    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "train.jsonl:1: no parseable label for component, reproducibility")
+
+
+def test_label_mismatch_between_train_and_test(work):
+    _write_data(work / "d")
+    (work / "d" / "test.jsonl").write_text(json.dumps({"input": "r", "output": "Severity: minor\nComponent: ui\nReproducibility: rare"}) + "\n")
+    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "severity: test has labels never seen in train: 'minor'")
+
+
+def test_unknown_config_key(work):
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "lora.rank=8", "--storage", "sqlite:///study.db", cwd=work),
+                          work, "unknown key lora.rank")
+
+
+def test_rank_zero(work):
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "study.grid={lora_r=[0,4]}", "--storage", "sqlite:///study.db", cwd=work),
+                          work, "study.grid.lora_r value 0 must be a positive integer")
+
+
+def test_bad_config_file(work):
+    (work / "c.toml").write_text("[train\nepochs = 3\n")
+    _assert_clean_refusal(run_cli("run", "--config", str(work / "c.toml"), cwd=work), work, "is not valid TOML")
+
+
+@pytest.mark.parametrize("url,needle", [
+    ("sqlite3:///x.db", "is not supported"),
+    ("not a url", "is not a database URL"),
+    ("sqlite:///no/such/dir/study.db", "does not exist"),
+    ("sqlite://", "in-memory"),
+])
+def test_bad_storage_url(work, url, needle):
+    proc = run_cli("run", "--preset", "demo", "--storage", url, cwd=work)
+    _assert_clean_refusal(proc, work, needle)
+
+
+def test_password_never_printed(work):
+    proc = run_cli("run", "--preset", "demo", "--storage", "mssql://user:hunter2@localhost/db", cwd=work)
+    assert proc.returncode == 2 and "hunter2" not in proc.stderr + proc.stdout and "***" in proc.stderr
+
+
+def test_read_only_database(work):
+    db = work / "ro.db"
+    import sqlite3
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o444)
+    if os.access(db, os.W_OK):
+        pytest.skip("running as a user that can write read-only files (root)")
+    proc = run_cli("run", "--preset", "demo", "--storage", f"sqlite:///{db}", cwd=work)
+    assert proc.returncode == 2 and "read-only" in proc.stderr
+
+
+def test_read_only_database_check(tmp_path, monkeypatch):
+    # Root can write anything, so check the decision itself with access() denied.
+    from optuna_search.search._errors import UserError
+    from optuna_search.storage._storages import check_storage_url
+
+    db = tmp_path / "ro.db"
+    db.write_bytes(b"")
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) != str(db))
+    with pytest.raises(UserError, match="is read-only"):
+        check_storage_url(f"sqlite:///{db}")
+
+
+def test_missing_model_path(work):
+    proc = run_cli("run", "--preset", "demo", "--set", f'model.name_or_path="{work / "nope"}"', "--storage", "sqlite:///study.db", cwd=work)
+    _assert_clean_refusal(proc, work, "model.name_or_path", "does not exist")
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys\nfrom optuna_search.search._cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'peft', 'optuna', 'datasets') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_show_config_prints_resolved_toml(work):
+    proc = run_cli("show-config", "--preset", "kaggle-t4", "--set", "train.epochs=1", "--study-name", "x", cwd=work)
+    assert proc.returncode == 0
+    import tomllib
+    cfg = tomllib.loads(proc.stdout)
+    assert cfg["train"]["epochs"] == 1 and cfg["study"]["name"] == "x"
+    assert cfg["model"]["name_or_path"] == "mistralai/Mistral-7B-Instruct-v0.2"
+
+
+def test_validate_on_the_real_game_bugs_data(work):
+    proc = run_cli("validate", "--preset", "kaggle-t4", "--set", f'data.train="{GAME_BUGS / "train.jsonl"}"',
+                   "--set", f'data.validation="{GAME_BUGS / "val.jsonl"}"', "--set", f'data.test="{GAME_BUGS / "val.jsonl"}"',
+                   "--set", "eval.num_samples=0", "--set", f'model.name_or_path="{_tiny_model_dir()}"', cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    # The README of the data gives the majority baseline on val.jsonl: 50.5 / 73.2 / 80.3 / 68.0.
+    assert "severity 50.5%, component 73.2%, reproducibility 80.3%, overall 68.0%" in proc.stdout
+
+
+def _tiny_model_dir():
+    from optuna_search.objectives._demo import ensure_demo_model
+    return ensure_demo_model()

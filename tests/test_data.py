@@ -1,0 +1,124 @@
+import json
+
+import pytest
+
+from conftest import GAME_BUGS
+from optuna_search.objectives._data import (
+    load_split,
+    normalise_label,
+    parse_label_lines,
+    resolve_eval_subset,
+    select_eval_subset,
+)
+from optuna_search.search._config import load_config
+from optuna_search.search._errors import UserError
+from optuna_search.objectives._data import load_dataset_from_config
+
+FIELDS = ["severity", "component", "reproducibility"]
+
+
+def test_parses_every_row_of_the_real_game_bugs_data():
+    split = load_split("train", str(GAME_BUGS / "train.jsonl"), fields=FIELDS)
+    assert len(split.examples) == 1399
+    assert set(split.label_counts("severity")) == {"critical", "high", "medium", "low"}
+    assert set(split.label_counts("reproducibility")) == {"always", "sometimes", "rare"}
+    assert len(set(split.label_counts("component"))) == 8
+
+
+def test_label_lines_are_normalised_and_first_line_wins():
+    text = "severity :  HIGH \nComponent: UI\nReproducibility: Always\nSummary: Severity: low"
+    assert parse_label_lines(text, FIELDS) == {"severity": "high", "component": "ui", "reproducibility": "always"}
+    assert normalise_label("  Gameplay   Other ") == "gameplay other"
+    assert parse_label_lines("Severity: low", FIELDS)["component"] is None
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    f = tmp_path / "train.jsonl"
+    good = json.dumps({"input": "x", "output": "Severity: low\nComponent: ui\nReproducibility: rare"})
+    f.write_text(good + "\n" + '{"input": "broken' + "\n" + good + "\n")
+    with pytest.raises(UserError) as e:
+        load_split("train", str(f), fields=FIELDS)
+    assert f"{f}:2: malformed JSON" in str(e.value)
+
+
+def test_row_without_label_names_file_line_and_field(tmp_path):
+    f = tmp_path / "train.jsonl"
+    f.write_text(json.dumps({"input": "x", "output": "Severity: low\nComponent: ui"}) + "\n")
+    with pytest.raises(UserError) as e:
+        load_split("train", str(f), fields=FIELDS)
+    assert f"{f}:1: no parseable label for reproducibility" in str(e.value)
+
+
+def test_missing_file_says_which_setting_to_fix(tmp_path):
+    with pytest.raises(UserError, match=r"data.test file '.*nope.jsonl' does not exist"):
+        load_split("test", str(tmp_path / "nope.jsonl"), fields=FIELDS)
+
+
+def test_csv_with_label_columns(tmp_path):
+    f = tmp_path / "bugs.csv"
+    f.write_text("id,input,Severity,component,reproducibility\n7,Crash on start, High ,ui,always\n")
+    split = load_split("train", str(f), fields=FIELDS, default_instruction="Classify.")
+    (ex,) = split.examples
+    assert ex.id == "7" and ex.labels == {"severity": "high", "component": "ui", "reproducibility": "always"}
+    assert ex.instruction == "Classify."
+
+
+def test_label_map_is_applied_on_load(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text(json.dumps({"input": "x", "output": "Severity: Minor\nComponent: ui\nReproducibility: often"}) + "\n")
+    split = load_split("train", str(f), fields=FIELDS, label_map={"severity": {"minor": "low"}, "reproducibility": {"Often": "sometimes"}})
+    assert split.examples[0].labels["severity"] == "low"
+    assert split.examples[0].labels["reproducibility"] == "sometimes"
+
+
+def _game_bugs_config(train="train.jsonl", **sets):
+    extra = [f"{k}={v}" for k, v in sets.items()]
+    return load_config(preset="kaggle-t4", sets=[
+        f'data.train="{GAME_BUGS / train}"', f'data.validation="{GAME_BUGS / "val.jsonl"}"',
+        f'data.test="{GAME_BUGS / "val.jsonl"}"', *extra,
+    ])
+
+
+def test_matching_vocabularies_pass():
+    ds = load_dataset_from_config(_game_bugs_config().data)
+    assert ds.vocab["severity"] == ["critical", "high", "low", "medium"]
+
+
+def test_relabelled_training_file_is_caught_before_training():
+    # train_improved.jsonl speaks another vocabulary (minor/moderate/major, rendering, ...):
+    # the mistake that cost the hand-run study 43 points of accuracy.
+    with pytest.raises(UserError) as e:
+        load_dataset_from_config(_game_bugs_config("train_improved.jsonl").data)
+    # 4 of its rows have no parseable label at all; that is reported first, with lines.
+    assert "train_improved.jsonl" in str(e.value) and "no parseable label" in str(e.value)
+
+
+def test_relabelled_vocabulary_lists_offending_labels(tmp_path):
+    rows = [json.loads(l) for l in (GAME_BUGS / "train_improved.jsonl").read_text().splitlines()]
+    good = tmp_path / "improved_parseable.jsonl"
+    kept = [r for r in rows if all(parse_label_lines(r["output"], FIELDS).values())]
+    good.write_text("\n".join(json.dumps(r) for r in kept) + "\n")
+    cfg = load_config(preset="kaggle-t4", sets=[f'data.train="{good}"', f'data.validation="{GAME_BUGS / "val.jsonl"}"', f'data.test="{GAME_BUGS / "val.jsonl"}"'])
+    with pytest.raises(UserError) as e:
+        load_dataset_from_config(cfg.data)
+    msg = str(e.value)
+    assert "severity: validation has labels never seen in train" in msg
+    assert "'medium'" in msg and "label_map" in msg
+
+
+def test_eval_subset_is_fixed_by_seed_and_checked_by_hash(tmp_path):
+    split = load_split("test", str(GAME_BUGS / "val.jsonl"), fields=FIELDS)
+    a = select_eval_subset(split, 100, 42)
+    assert a == select_eval_subset(split, 100, 42)
+    assert a != select_eval_subset(split, 100, 43)
+    assert len({s["id"] for s in a}) == 100
+    assert [e.id for e in resolve_eval_subset(split, a)] == [s["id"] for s in a]
+    # An edited test example is refused: the study would no longer compare like with like.
+    lines = (GAME_BUGS / "val.jsonl").read_text().splitlines()
+    target = int(a[0]["id"].split(":")[1]) - 1
+    row = json.loads(lines[target]); row["output"] = row["output"].replace("Severity: ", "Severity: x")
+    lines[target] = json.dumps(row)
+    edited = tmp_path / "val.jsonl"; edited.write_text("\n".join(lines) + "\n")
+    split2 = load_split("test", str(edited), fields=FIELDS)
+    with pytest.raises(UserError, match="no longer contains the study's evaluation subset"):
+        resolve_eval_subset(split2, a)

@@ -63,3 +63,50 @@ def render_summary(rows: list[dict[str, Any]], fields: list[str], baselines: dic
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     done = [r for r in rows if r.get("overall") is not None]
     return max(done, key=lambda r: r["overall"]) if done else None
+
+
+def status_rows(state: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per grid point: state, attempts, value, resumed step; hours spent and an ETA."""
+    import datetime as dt
+
+    now = dt.datetime.now()
+    points, spent, done_durations = [], 0.0, []
+    for r in state:
+        best = max((t.value for t in r["complete"] if t.value is not None), default=None)
+        resumed = max((t.user_attrs.get("resumed_from_step", 0) for t in r["trials"]), default=0)
+        last = r["trials"][-1] if r["trials"] else None
+        for t in r["trials"]:
+            if t.datetime_start is None:
+                continue
+            end = t.datetime_complete or now
+            spent += (end - t.datetime_start).total_seconds()
+            if t in r["complete"] and t.datetime_complete:
+                done_durations.append((t.datetime_complete - t.datetime_start).total_seconds())
+        points.append({
+            "point": r["key"], "status": r["status"], "attempts": len(r["trials"]), "value": best,
+            "resumed_from_step": resumed,
+            "note": (last.user_attrs.get("error") or ("time budget" if "stopped_by_time_budget" in last.user_attrs else ""))
+            if last is not None and r["status"] != "complete" else "",
+        })
+    left = sum(p["status"] != "complete" for p in points)
+    mean = sum(done_durations) / len(done_durations) if done_durations else None
+    return {
+        "points": points,
+        "complete": len(points) - left,
+        "total": len(points),
+        "hours_spent": spent / 3600,
+        "eta_hours": None if mean is None else left * mean / 3600,
+    }
+
+
+def render_status(s: dict[str, Any], study_name: str) -> str:
+    rows = [["grid point", "state", "attempts", "overall", "resumed step", "note"]]
+    for p in s["points"]:
+        rows.append([p["point"], p["status"], str(p["attempts"]),
+                     "-" if p["value"] is None else f"{100 * p['value']:.1f}%", str(p["resumed_from_step"]), p["note"][:60]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"study {study_name!r}: {s['complete']}/{s['total']} grid points complete"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    eta = "unknown until one trial completes" if s["eta_hours"] is None else f"{s['eta_hours']:.2f} h"
+    lines.append(f"time spent on trials: {s['hours_spent']:.2f} h; ETA for the rest (serial): {eta}")
+    return "\n".join(lines)

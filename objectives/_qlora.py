@@ -169,7 +169,7 @@ def losses_per_epoch(log_history: list[dict[str, Any]]) -> tuple[list[float], li
         idx = max(0, math.ceil(round(epoch, 6)) - 1)
         if "loss" in rec:
             train.setdefault(idx, []).append(float(rec["loss"]))
-        if "eval_loss" in rec:
+        if "eval_loss" in rec and abs(epoch - round(epoch)) < 1e-6:
             evals[idx] = float(rec["eval_loss"])
     return (
         [sum(v) / len(v) for _, v in sorted(train.items())],
@@ -177,21 +177,55 @@ def losses_per_epoch(log_history: list[dict[str, Any]]) -> tuple[list[float], li
     )
 
 
-def _make_callback(on_epoch_eval: Callable[[int, float], None], progress: Callable[[str], None]):
+class BudgetExhausted(Exception):
+    """Training stopped at a checkpoint because the session's time budget ran out."""
+
+
+class OutOfMemory(Exception):
+    """The accelerator ran out of memory at the given per-device batch size."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
+
+
+def _make_callback(
+    on_epoch_eval: Callable[[int, float], None],
+    progress: Callable[[str], None],
+    deadline: float | None,
+):
     from transformers import TrainerCallback
 
     class StudyCallback(TrainerCallback):
-        """Reports per-epoch eval loss to Optuna and logs progress with an ETA."""
+        """Reports per-epoch eval loss to Optuna, logs progress with an ETA, and stops
+        at a checkpoint before the session's deadline."""
 
         def __init__(self) -> None:
             self.t0 = time.monotonic()
             self.first_step: int | None = None
             self.last_log = 0.0
+            self.step_seconds = 0.0
+            self.stopped_for_budget = False
 
         def on_step_end(self, args, state, control, **kw):
             if self.first_step is None:
                 self.first_step = state.global_step - 1
             now = time.monotonic()
+            done_steps = state.global_step - self.first_step
+            self.step_seconds = (now - self.t0) / max(done_steps, 1)
+            # Stop while there is still time for a few more steps' worth of work (the
+            # checkpoint write): the next session resumes from exactly this step.
+            if deadline is not None and state.global_step < state.max_steps:
+                if now + max(5.0, 3 * self.step_seconds) >= deadline:
+                    self.stopped_for_budget = True
+                    control.should_save = True
+                    control.should_training_stop = True
+                    progress(f"time budget reached at step {state.global_step}/{state.max_steps}: checkpointing and stopping")
+                    return
             if now - self.last_log < 10 and state.global_step < state.max_steps:
                 return
             self.last_log = now
@@ -205,10 +239,16 @@ def _make_callback(on_epoch_eval: Callable[[int, float], None], progress: Callab
                 + f" ETA {format_seconds(eta)}"
             )
 
+        def on_epoch_end(self, args, state, control, **kw):
+            # Trainer treats a stop mid-epoch as an epoch end; that partial epoch gets no
+            # validation pass (the resumed run evaluates it when the epoch really ends).
+            if self.stopped_for_budget:
+                control.should_evaluate = False
+
         def on_evaluate(self, args, state, control, metrics=None, **kw):
-            if metrics and "eval_loss" in metrics:
-                epoch = max(1, round(state.epoch or 0))
-                on_epoch_eval(epoch, float(metrics["eval_loss"]))
+            epoch = state.epoch or 0
+            if metrics and "eval_loss" in metrics and abs(epoch - round(epoch)) < 1e-6:
+                on_epoch_eval(max(1, round(epoch)), float(metrics["eval_loss"]))
 
     return StudyCallback()
 
@@ -229,7 +269,12 @@ def train_and_evaluate(
     *,
     on_epoch_eval: Callable[[int, float], None] = lambda e, l: None,
     progress: Callable[[str], None] = lambda m: None,
+    deadline: float | None = None,
 ) -> TrialResult:
+    """Train one grid point (resuming from its last checkpoint if there is one) and
+    evaluate it. ``params`` may carry ``batch_size``/``gradient_accumulation`` overrides
+    (the OOM fallback). Raises BudgetExhausted when stopped for ``deadline`` (a
+    ``time.monotonic()`` value) and OutOfMemory when the batch does not fit."""
     import torch
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
@@ -246,15 +291,20 @@ def train_and_evaluate(
     model = trainer = None
     try:
         t0 = time.monotonic()
+        # Seed before the adapters are initialised: a grid point's result must not depend
+        # on which trials ran before it in this process.
+        from transformers import set_seed
+
+        set_seed(config.train.seed)
         model, dtype = load_lora_model(source, config.model, params, config.train.gradient_checkpointing)
         trainable = count_trainable(model)
         progress(f"loaded base model, {trainable:,} trainable LoRA parameters (r={params['lora_r']}, alpha={params['lora_alpha']:g})")
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         args = TrainingArguments(
             output_dir=str(checkpoint_dir),
-            per_device_train_batch_size=config.train.batch_size,
-            per_device_eval_batch_size=config.train.batch_size,
-            gradient_accumulation_steps=config.train.gradient_accumulation,
+            per_device_train_batch_size=params.get("batch_size", config.train.batch_size),
+            per_device_eval_batch_size=params.get("batch_size", config.train.batch_size),
+            gradient_accumulation_steps=params.get("gradient_accumulation", config.train.gradient_accumulation),
             num_train_epochs=params["epochs"],
             learning_rate=params["learning_rate"],
             lr_scheduler_type=config.train.lr_scheduler,
@@ -280,13 +330,14 @@ def train_and_evaluate(
             gradient_checkpointing=False,  # already set up by prepare_model_for_kbit_training
         )
         collator = _Collator(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        callback = _make_callback(on_epoch_eval, progress, deadline)
         trainer = Trainer(
             model=model,
             args=args,
             train_dataset=train_ds,
             eval_dataset=val_ds,
             data_collator=collator,
-            callbacks=[_make_callback(on_epoch_eval, progress)],
+            callbacks=[callback],
         )
         # Our callback logs progress to stderr; Trainer's printer would dump dicts to stdout.
         trainer.remove_callback(PrinterCallback)
@@ -295,7 +346,14 @@ def train_and_evaluate(
         if last:
             resumed_from = int(Path(last).name.split("-")[-1])
             progress(f"resuming from checkpoint {last} (step {resumed_from})")
-        trainer.train(resume_from_checkpoint=last)
+        try:
+            trainer.train(resume_from_checkpoint=last)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise OutOfMemory(str(e)) from e
+            raise
+        if callback.stopped_for_budget:
+            raise BudgetExhausted(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}")
         train_loss, eval_loss = losses_per_epoch(trainer.state.log_history)
         train_seconds = time.monotonic() - t0
 

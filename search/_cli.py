@@ -2,7 +2,8 @@
 are imported inside the commands, never at module import, so ``--help`` is instant.
 
 Exit codes: 0 study complete / command succeeded, 1 study incomplete (a grid point
-failed), 2 bad input (message names the problem and the fix; nothing written).
+failed), 2 bad input (message names the problem and the fix; nothing written),
+3 time budget reached (resume in a new session with the same command).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from optuna_search.search._errors import UserError
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
+EXIT_BUDGET = 3
 
 log = logging.getLogger("optuna_search")
 
@@ -46,7 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run every grid point that has no COMPLETE trial yet")
     _add_config_args(p)
     p.add_argument("--retry-failed", action="store_true", help="also re-run grid points whose last trial failed")
+    p.add_argument(
+        "--time-budget", metavar="DURATION", type=parse_duration,
+        help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before it ends (exit 3)",
+    )
+    p.add_argument(
+        "--resume-from", metavar="BUNDLE",
+        help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working directory, then run",
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="per grid point: state, attempts, value, resumed step; hours so far and ETA")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write a study bundle (database, checkpoints, artifacts, checksum manifest)")
+    _add_config_args(p)
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to create (e.g. /kaggle/working/bundle)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("show-config", help="print the resolved configuration as TOML")
     _add_config_args(p)
@@ -87,16 +106,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_duration(text: str) -> float:
+    """'11h30m', '90m', '45s', '2h', '1.5h' or plain seconds -> seconds."""
+    import re
+
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 11h30m, 90m or 600s")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    total = h * 3600 + mi * 60 + se
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration")
+    return total
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from optuna_search.dashboards._summary import best_row, render_summary, summary_rows
     from optuna_search.search._study import ATTR_BASELINES, run_study
 
     config = resolve_config(args)
+    if args.resume_from:
+        from optuna_search.storage._bundle import import_bundle
+
+        import_bundle(args.resume_from, config)
     _quiet_libraries()
     demo = config.model.name_or_path.startswith("builtin:")
     if demo:
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
-    study, state, ran = run_study(config, retry_failed=args.retry_failed)
+    outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget)
+    study, state, ran = outcome.study, outcome.state, outcome.ran
     fields = list(config.data.fields)
     rows = summary_rows(study, state, fields)
     baselines = study.user_attrs.get(ATTR_BASELINES)
@@ -113,6 +151,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if demo:
         print("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")
     missing = [r for r in state if r["status"] != "complete"]
+    if outcome.budget_reached and missing:
+        print(f"time budget reached with {len(missing)} grid point(s) left; run the same command in a new "
+              "session to resume (export the study first if this machine goes away)", file=sys.stderr)
+        return EXIT_BUDGET
     if missing:
         for r in missing:
             why = r["trials"][-1].user_attrs.get("error", "") if r["trials"] else ""
@@ -120,6 +162,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         if any(r["status"] == "failed" for r in missing):
             print("re-run failed points with: optuna-search run --retry-failed", file=sys.stderr)
         return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from optuna_search.dashboards._summary import status_rows, render_status
+    from optuna_search.search._study import grid_state, open_study
+
+    config = resolve_config(args)
+    study = open_study(config, None, create=False)
+    state = grid_state(study, config)
+    print(render_status(status_rows(state), config.study.name))
+    return EXIT_OK if all(r["status"] == "complete" for r in state) else EXIT_INCOMPLETE
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from optuna_search.storage._bundle import export_bundle
+
+    config = resolve_config(args)
+    manifest = export_bundle(config, args.output)
+    print(f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
+          f"next session: optuna-search run --resume-from {args.output} (same config)")
     return EXIT_OK
 
 
@@ -148,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    if args.command not in ("show-config",):
+        # Our own log lines say what happened to each trial; Optuna's would add tracebacks.
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",

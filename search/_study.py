@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -167,11 +168,33 @@ def grid_state(study, config: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def run_study(config: Config, *, retry_failed: bool = False) -> tuple[Any, list[dict[str, Any]], int]:
-    """Run every grid point that lacks a COMPLETE trial. Returns (study, state, ran)."""
-    import optuna
+@dataclass
+class RunOutcome:
+    study: Any
+    state: list[dict[str, Any]]
+    ran: int
+    budget_reached: bool = False
+
+
+def estimate_trial_seconds(state: list[dict[str, Any]]) -> float | None:
+    """Mean wall time of the COMPLETE trials so far (None before the first)."""
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for r in state
+        for t in r["complete"]
+        if t.datetime_start and t.datetime_complete
+    ]
+    return sum(durations) / len(durations) if durations else None
+
+
+def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: float | None = None) -> RunOutcome:
+    """Run every grid point that lacks a COMPLETE trial, resuming interrupted ones from
+    their checkpoints. With ``time_budget_s``, start no trial that the estimate from
+    earlier trials says cannot finish, and stop a running one at a checkpoint in time."""
     from optuna.storages import fail_stale_trials
 
+    started = time.monotonic()
+    deadline = started + time_budget_s if time_budget_s else None
     pf = preflight(config)
     log.info(
         "data ok: %d train / %d validation / %d test examples; evaluation subset: %d examples (seed %d)",
@@ -180,24 +203,67 @@ def run_study(config: Config, *, retry_failed: bool = False) -> tuple[Any, list[
     )
     study = open_study(config, pf, create=True)
     # Reconcile at once: trials whose process died are failed (and, by the storage's
-    # retry callback, re-queued as WAITING) before we decide what is left to do.
+    # retry callback, re-queued as WAITING) before we decide what is left to do, so the
+    # retry of an interrupted trial is the first thing a new session does.
     fail_stale_trials(study)
-    objective = _Objective(config, pf, study)
+    objective = _Objective(config, pf, study, deadline)
+    _prune_checkpoints(config, grid_state(study, config))
     ran = 0
     while True:
         state = grid_state(study, config)
         todo = [r for r in state if r["status"] in ("pending", "waiting") or (retry_failed and r["status"] == "failed")]
+        # Queued retries first: they hold the checkpoints of interrupted work.
+        todo.sort(key=lambda r: r["status"] != "waiting")
         if not todo:
             running = [r for r in state if r["status"] == "running"]
             if running and _wait_for_running(study, config):
                 continue
-            return study, state, ran
+            return RunOutcome(study, state, ran)
+        if deadline is not None:
+            estimate = estimate_trial_seconds(state)
+            left = deadline - time.monotonic()
+            if left <= 0 or (estimate is not None and estimate > left and not _has_checkpoint(config, todo[0]["point"])):
+                log.info(
+                    "time budget: %s left, a trial takes about %s; not starting %s",
+                    _fmt_s(left), _fmt_s(estimate), todo[0]["key"],
+                )
+                return RunOutcome(study, state, ran, budget_reached=True)
         row = todo[0]
         if row["status"] != "waiting":
             study.enqueue_trial(row["point"], user_attrs={"grid_point": row["key"]})
         objective.position = (sum(r["status"] == "complete" for r in state) + 1, len(state))
-        study.optimize(objective, n_trials=1, catch=(TrialError,), gc_after_trial=True)
+        objective.attempts = len(row["trials"]) + (0 if row["status"] == "waiting" else 1)
+        study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=True)
         ran += 1
+        _prune_checkpoints(config, grid_state(study, config))
+        if objective.budget_stopped:
+            return RunOutcome(study, grid_state(study, config), ran, budget_reached=True)
+
+
+def _fmt_s(s: float | None) -> str:
+    from optuna_search.objectives._qlora import format_seconds
+
+    return "unknown" if s is None else format_seconds(max(0.0, s))
+
+
+def checkpoint_dir(config: Config, point: dict[str, Any]) -> Path:
+    return Path(config.train.output_dir) / config.study.name / point_dirname(point)
+
+
+def _has_checkpoint(config: Config, point: dict[str, Any]) -> bool:
+    # A point with a checkpoint can always make progress: start it even when a whole
+    # trial would not fit, since it stops at a checkpoint before the deadline anyway.
+    return any(checkpoint_dir(config, point).glob("checkpoint-*"))
+
+
+def _prune_checkpoints(config: Config, state: list[dict[str, Any]]) -> None:
+    """Once a point is COMPLETE (in the database, not before) its intermediate
+    checkpoints are dead weight; its final adapter stays."""
+    from optuna_search.objectives._qlora import remove_intermediate_checkpoints
+
+    for r in state:
+        if r["status"] == "complete":
+            remove_intermediate_checkpoints(checkpoint_dir(config, r["point"]))
 
 
 def _wait_for_running(study, config: Config) -> bool:
@@ -214,16 +280,28 @@ def _wait_for_running(study, config: Config) -> bool:
     return False
 
 
+class _BudgetStop(Exception):
+    """The trial stopped at a checkpoint for the time budget; it is resumed next session."""
+
+
 class _Objective:
-    def __init__(self, config: Config, pf: Preflight, study) -> None:
+    def __init__(self, config: Config, pf: Preflight, study, deadline: float | None = None) -> None:
         self.config = config
         self.pf = pf
         self.study = study
+        self.deadline = deadline
         self.position = (1, 1)
+        self.attempts = 1
+        self.budget_stopped = False
 
     def __call__(self, trial) -> float:
         from optuna_search.objectives._data import resolve_eval_subset
-        from optuna_search.objectives._qlora import environment_fingerprint, remove_intermediate_checkpoints, train_and_evaluate
+        from optuna_search.objectives._qlora import (
+            BudgetExhausted,
+            OutOfMemory,
+            environment_fingerprint,
+            train_and_evaluate,
+        )
 
         config = self.config
         point = {k: trial.suggest_categorical(k, choices) for k, choices in search_space(config).items()}
@@ -237,7 +315,9 @@ class _Objective:
         stored = self.study.user_attrs.get(ATTR_EVAL_SUBSET)
         examples = resolve_eval_subset(self.pf.data.test, stored)
         trial.set_user_attr("eval_ids_sha256", _ids_digest(stored))
-        ckpt = Path(config.train.output_dir) / config.study.name / point_dirname(point)
+        trial.set_user_attr("attempts", self.attempts)
+        ckpt = checkpoint_dir(config, point)
+        params.update(_read_run_settings(ckpt, config))
 
         reported: set[int] = set()
 
@@ -248,17 +328,41 @@ class _Objective:
         def progress(msg: str) -> None:
             log.info("%s %s", tag, msg)
 
-        log.info("%s starting", tag)
-        try:
-            res = train_and_evaluate(
-                config, params, self.pf.data, examples, ckpt, on_epoch_eval=on_epoch_eval, progress=progress
-            )
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any training failure is recorded, then the next point runs
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
-            log.error("%s failed: %s: %s", tag, type(e).__name__, e)
-            raise TrialError(str(e)) from e
+        log.info("%s starting (attempt %d)", tag, self.attempts)
+        oom_retries = []
+        while True:
+            try:
+                res = train_and_evaluate(
+                    config, params, self.pf.data, examples, ckpt,
+                    on_epoch_eval=on_epoch_eval, progress=progress, deadline=self.deadline,
+                )
+                break
+            except UserError:
+                raise
+            except BudgetExhausted as e:
+                trial.set_user_attr("stopped_by_time_budget", str(e))
+                self.budget_stopped = True
+                raise _BudgetStop(str(e)) from e
+            except OutOfMemory as e:
+                if params["batch_size"] == 1:
+                    trial.set_user_attr("error", f"out of memory even at per-device batch 1: {e}"[:2000])
+                    raise TrialError(str(e)) from e
+                # Same effective batch, half the activation memory. Checkpoints of the
+                # larger batch would replay a different data order: start this point over.
+                oom_retries.append({"batch_size": params["batch_size"], "error": str(e)[:300]})
+                params["batch_size"] //= 2
+                params["gradient_accumulation"] *= 2
+                log.warning("%s out of memory; retrying with per-device batch %d x accumulation %d",
+                            tag, params["batch_size"], params["gradient_accumulation"])
+                shutil.rmtree(ckpt, ignore_errors=True)
+                _write_run_settings(ckpt, params)
+                trial.set_user_attr("oom_retries", oom_retries)
+            except Exception as e:  # noqa: BLE001 - any training failure is recorded, then the next point runs
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+                log.error("%s failed: %s: %s", tag, type(e).__name__, e)
+                raise TrialError(str(e)) from e
+        trial.set_user_attr("batch_size", params["batch_size"])
+        trial.set_user_attr("gradient_accumulation", params["gradient_accumulation"])
         s = res.scores
         attrs = {
             **{f"{f}_accuracy": s.accuracy[f] for f in s.fields},
@@ -284,7 +388,6 @@ class _Objective:
             if epoch not in reported:
                 trial.report(loss, step=epoch)
         self._save_predictions(trial, res)
-        remove_intermediate_checkpoints(ckpt)
         log.info(
             "%s done: overall %.3f (%s), %d parse failures, %.1f min",
             tag, s.overall, ", ".join(f"{f} {s.accuracy[f]:.3f}" for f in s.fields), s.parse_failures,
@@ -307,6 +410,27 @@ class _Objective:
                 artifact_store=store, file_path=str(path), study_or_trial=trial, mimetype="application/jsonl"
             )
         trial.set_user_attr("predictions_artifact_id", artifact_id)
+
+
+RUN_SETTINGS = "run_settings.json"
+
+
+def _read_run_settings(ckpt: Path, config: Config) -> dict[str, int]:
+    """Per-device batch and accumulation for this point: the config's, or the smaller
+    batch an earlier attempt fell back to after running out of memory (its checkpoints
+    were written with that batch, so a resume must use it too)."""
+    settings = {"batch_size": config.train.batch_size, "gradient_accumulation": config.train.gradient_accumulation}
+    f = ckpt / RUN_SETTINGS
+    if f.exists():
+        settings.update({k: int(v) for k, v in json.loads(f.read_text()).items() if k in settings})
+    return settings
+
+
+def _write_run_settings(ckpt: Path, params: dict[str, Any]) -> None:
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / RUN_SETTINGS).write_text(
+        json.dumps({"batch_size": params["batch_size"], "gradient_accumulation": params["gradient_accumulation"]})
+    )
 
 
 def _tag_grid_id(study, trial, point: dict[str, Any]) -> None:

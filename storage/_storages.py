@@ -7,6 +7,7 @@ study database behind. Passwords are masked in every message (``redact_url``).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,14 @@ def make_storage(
     kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
     if heartbeat_interval:
         kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-        if retry_stale:
-            kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = RDBStorage(full, **kwargs)
+        with warnings.catch_warnings():
+            # Heartbeat and the retry callback are marked experimental; they are what
+            # makes a killed trial come back, and we test them.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if retry_stale and heartbeat_interval:
+                kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback()
+            storage = RDBStorage(full, **kwargs)
     except RuntimeError as e:
         if "upgrade" in str(e):
             raise UserError(

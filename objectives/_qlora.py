@@ -26,6 +26,8 @@ from optuna_search.objectives._prompt import PromptEncoder
 from optuna_search.search._errors import UserError
 
 log = logging.getLogger("optuna_search")
+# Seconds between progress lines during training (OPTUNA_SEARCH_PROGRESS_INTERVAL=0: every step).
+PROGRESS_INTERVAL_S = float(os.environ.get("OPTUNA_SEARCH_PROGRESS_INTERVAL", "10"))
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -210,6 +212,7 @@ def _make_callback(
             self.last_log = 0.0
             self.step_seconds = 0.0
             self.stopped_for_budget = False
+            self.save_after_eval = False
 
         def on_step_end(self, args, state, control, **kw):
             if self.first_step is None:
@@ -217,6 +220,12 @@ def _make_callback(
             now = time.monotonic()
             done_steps = state.global_step - self.first_step
             self.step_seconds = (now - self.t0) / max(done_steps, 1)
+            # A checkpoint due on an epoch's last step is written after that epoch's
+            # validation pass instead, so that a resume from it never misses the pass.
+            epoch = state.epoch or 0
+            if control.should_save and abs(epoch - round(epoch)) < 1e-6:
+                control.should_save = False
+                self.save_after_eval = True
             # Stop while there is still time for a few more steps' worth of work (the
             # checkpoint write): the next session resumes from exactly this step.
             if deadline is not None and state.global_step < state.max_steps:
@@ -226,7 +235,7 @@ def _make_callback(
                     control.should_training_stop = True
                     progress(f"time budget reached at step {state.global_step}/{state.max_steps}: checkpointing and stopping")
                     return
-            if now - self.last_log < 10 and state.global_step < state.max_steps:
+            if now - self.last_log < PROGRESS_INTERVAL_S and state.global_step < state.max_steps:
                 return
             self.last_log = now
             done = state.global_step - self.first_step
@@ -244,6 +253,9 @@ def _make_callback(
             # validation pass (the resumed run evaluates it when the epoch really ends).
             if self.stopped_for_budget:
                 control.should_evaluate = False
+            if self.save_after_eval:
+                control.should_save = True  # Trainer evaluates, then saves, in one go
+                self.save_after_eval = False
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
             epoch = state.epoch or 0
@@ -355,6 +367,11 @@ def train_and_evaluate(
         if callback.stopped_for_budget:
             raise BudgetExhausted(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}")
         train_loss, eval_loss = losses_per_epoch(trainer.state.log_history)
+        if len(eval_loss) < len(train_loss):
+            # Resumed from a checkpoint written before the last validation pass.
+            metrics = trainer.evaluate()
+            on_epoch_eval(len(train_loss), float(metrics["eval_loss"]))
+            train_loss, eval_loss = losses_per_epoch(trainer.state.log_history)
         train_seconds = time.monotonic() - t0
 
         t1 = time.monotonic()

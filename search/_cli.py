@@ -216,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        import warnings
+
+        # Heartbeat, fail_stale_trials and metric names are "experimental" in Optuna; we
+        # rely on them deliberately and test them.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(message)s",

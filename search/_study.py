@@ -207,10 +207,19 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
     # retry of an interrupted trial is the first thing a new session does.
     fail_stale_trials(study)
     objective = _Objective(config, pf, study, deadline)
-    _prune_checkpoints(config, grid_state(study, config))
+    return run_grid(study, config, objective, retry_failed=retry_failed, deadline=deadline)
+
+
+def run_grid(study, config: Config, objective, *, retry_failed: bool = False, deadline: float | None = None) -> RunOutcome:
+    """The scheduling loop: pick the next grid point without a COMPLETE trial, run it
+    through one enqueued trial, repeat. ``objective`` is called by ``study.optimize``
+    and carries ``position``, ``attempts`` and ``budget_stopped`` attributes."""
     ran = 0
     while True:
         state = grid_state(study, config)
+        _prune_checkpoints(config, state)
+        if getattr(objective, "budget_stopped", False):
+            return RunOutcome(study, state, ran, budget_reached=True)
         todo = [r for r in state if r["status"] in ("pending", "waiting") or (retry_failed and r["status"] == "failed")]
         # Queued retries first: they hold the checkpoints of interrupted work.
         todo.sort(key=lambda r: r["status"] != "waiting")
@@ -233,11 +242,8 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
             study.enqueue_trial(row["point"], user_attrs={"grid_point": row["key"]})
         objective.position = (sum(r["status"] == "complete" for r in state) + 1, len(state))
         objective.attempts = len(row["trials"]) + (0 if row["status"] == "waiting" else 1)
-        study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=False)
         ran += 1
-        _prune_checkpoints(config, grid_state(study, config))
-        if objective.budget_stopped:
-            return RunOutcome(study, grid_state(study, config), ran, budget_reached=True)
 
 
 def _fmt_s(s: float | None) -> str:

@@ -1,0 +1,225 @@
+"""Interrupted studies: SIGKILL at random moments, time budgets, OOM fallback, failures,
+bundles between sessions. The guarantee: every grid point ends with exactly one COMPLETE
+trial, no completed trial is lost or changed, and interrupted training resumes."""
+
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+# Short heartbeat so a restarted run reclaims a killed trial within seconds.
+FAST = ["--preset", "demo", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
+        "--set", "train.checkpoint_steps=25"]
+
+
+def _study(work):
+    return optuna.load_study(study_name="demo", storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
+
+
+def _run_and_kill_on(work, pattern, delay, env):
+    """Start `run`, SIGKILL it `delay` s after a stderr line matches `pattern`.
+    Returns True if it was killed, False if it finished first."""
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "run", *FAST], cwd=work,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    hit = threading.Event()
+
+    def reader():
+        for line in proc.stderr:
+            if re.search(pattern, line):
+                hit.set()
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 240
+    while not hit.is_set() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        return False
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return True
+
+
+def _complete(work):
+    return {t.number: (t.params["lora_r"], t.value) for t in _study(work).get_trials() if t.state == TrialState.COMPLETE}
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path, demo_cache):
+    rng = random.Random(7)
+    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
+    # Kill inside training (after a checkpoint exists), during evaluation, between trials.
+    moments = [
+        (r"epoch [0-9.]+/3 step (5\d|6\d)/", rng.uniform(0.0, 0.5)),  # in training, past a checkpoint
+        (r"evaluating on", rng.uniform(0.0, 0.3)),  # during evaluation
+        (r"epoch 1\.[3-9]", rng.uniform(0.0, 0.5)),
+        (r"\] done: ", 0.0),  # between trials
+        (r"epoch 2\.", rng.uniform(0.0, 0.5)),
+    ]
+    seen: dict[int, tuple] = {}
+    kills = 0
+    for pattern, delay in moments:
+        killed = _run_and_kill_on(tmp_path, pattern, delay, env)
+        kills += killed
+        if (tmp_path / "optuna-search-demo.db").exists():
+            db = sqlite3.connect(tmp_path / "optuna-search-demo.db")
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            db.close()
+            now = _complete(tmp_path)
+            assert all(now.get(n) == v for n, v in seen.items()), "a COMPLETE trial was lost or changed"
+            seen = now
+    assert kills >= 3
+    proc = run_cli("run", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(tmp_path).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora_r"] for t in complete) == [4, 8, 16]  # each point exactly once
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert all(_complete(tmp_path).get(n) == v for n, v in seen.items())
+    assert max(t.user_attrs["resumed_from_step"] for t in complete) > 0
+    assert max(t.user_attrs["attempts"] for t in complete) > 1
+    # The loss curve of a resumed trial still has every epoch.
+    for t in complete:
+        assert len(t.user_attrs["train_loss_per_epoch"]) == 3 and sorted(t.intermediate_values) == [1, 2, 3]
+    # A resumed point gives the result of an uninterrupted run (same seed, data order, RNG).
+    ref = tmp_path / "ref"; ref.mkdir()
+    proc = run_cli("run", "--preset", "demo", "--set", "study.grid={lora_r=[4]}", cwd=ref)
+    assert proc.returncode == 0
+    resumed4 = [t for t in complete if t.params["lora_r"] == 4][0]
+    assert _study(ref).best_trial.user_attrs["train_loss_per_epoch"] == pytest.approx(resumed4.user_attrs["train_loss_per_epoch"], rel=0.05)
+
+
+def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache):
+    proc = run_cli("run", "--preset", "demo", "--time-budget", "22s", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "time budget reached" in proc.stderr
+    trials = _study(tmp_path).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    stopped = [t for t in trials if "stopped_by_time_budget" in t.user_attrs]
+    # Either a trial was stopped mid-training at a checkpoint, or the next one was not
+    # started because the estimate said it could not finish.
+    assert stopped or "not starting" in proc.stderr
+    status = run_cli("status", "--preset", "demo", cwd=tmp_path)
+    assert status.returncode == 1 and f"{len(done)}/3 grid points complete" in status.stdout
+    proc = run_cli("run", "--preset", "demo", cwd=tmp_path)
+    assert proc.returncode == 0
+    complete = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora_r"] for t in complete) == [4, 8, 16]
+    if stopped:
+        point = stopped[0].params["lora_r"]
+        assert [t for t in complete if t.params["lora_r"] == point][0].user_attrs["resumed_from_step"] > 0
+
+
+def test_duration_parsing():
+    from optuna_search.search._cli import parse_duration
+    import argparse
+
+    assert parse_duration("11h30m") == 41400
+    assert parse_duration("90m") == 5400 and parse_duration("45s") == 45 and parse_duration("600") == 600
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration("soon")
+
+
+def _one_point(*extra):
+    return ["run", "--preset", "demo", "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=1", *extra]
+
+
+def test_out_of_memory_retries_with_half_batch_same_effective_batch(tmp_path, demo_cache, monkeypatch, capsys):
+    import torch
+    from transformers import Trainer
+
+    from optuna_search.search._cli import main
+
+    real = Trainer.training_step
+
+    def fake_oom(self, *a, **kw):
+        if self.args.per_device_train_batch_size > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", fake_oom)
+    monkeypatch.chdir(tmp_path)
+    assert main(_one_point()) == 0
+    (t,) = _study(tmp_path).get_trials()
+    assert t.state == TrialState.COMPLETE
+    assert (t.user_attrs["batch_size"], t.user_attrs["gradient_accumulation"]) == (4, 2)  # demo: 8 x 1
+    assert t.user_attrs["oom_retries"][0]["batch_size"] == 8
+
+
+def test_failed_point_is_recorded_and_only_retried_when_asked(tmp_path, demo_cache, monkeypatch, capsys):
+    from transformers import Trainer
+
+    from optuna_search.search._cli import main
+
+    real = Trainer.training_step
+    monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **kw: (_ for _ in ()).throw(ValueError("NaN in logits")))
+    monkeypatch.chdir(tmp_path)
+    assert main(_one_point()) == 1
+    err = capsys.readouterr().err
+    assert "lora_r=4 is failed (ValueError: NaN in logits)" in err and "--retry-failed" in err
+    (t,) = _study(tmp_path).get_trials()
+    assert t.state == TrialState.FAIL and t.user_attrs["error"] == "ValueError: NaN in logits"
+    monkeypatch.setattr(Trainer, "training_step", real)
+    assert main(_one_point()) == 1  # not retried by accident
+    assert len(_study(tmp_path).get_trials()) == 1
+    assert main(_one_point("--retry-failed")) == 0
+    states = [t.state for t in _study(tmp_path).get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_export_and_resume_from_a_read_only_bundle(demo_study, tmp_path):
+    work, proc = demo_study
+    assert proc.returncode == 0
+    bundle = tmp_path / "bundle"
+    out = run_cli("export", "--preset", "demo", "--output", str(bundle), cwd=work)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "study.db" in manifest["files"] and any(f.startswith("artifacts/") for f in manifest["files"])
+    for p in bundle.rglob("*"):  # like a Kaggle input dataset
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    new = tmp_path / "next-session"; new.mkdir()
+    proc = run_cli("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "nothing to run" in proc.stdout
+    assert len(_study(new).get_trials()) == 3
+
+
+def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
+    work, _ = demo_study
+    bundle = tmp_path / "bundle"
+    assert run_cli("export", "--preset", "demo", "--output", str(bundle), cwd=work).returncode == 0
+    art = next(p for p in (bundle / "artifacts").rglob("*") if p.is_file())
+    art.write_bytes(art.read_bytes() + b"x")
+    new = tmp_path / "s1"; new.mkdir()
+    proc = run_cli("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
+    assert proc.returncode == 2 and "checksum mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (new / "optuna-search-demo.db").exists()
+
+    old = tmp_path / "old"
+    assert run_cli("export", "--preset", "demo", "--output", str(old), cwd=work).returncode == 0
+    db = sqlite3.connect(old / "study.db")
+    db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.a'"); db.commit(); db.close()
+    from optuna_search.storage._bundle import _sha256
+    m = json.loads((old / "manifest.json").read_text())
+    m["files"]["study.db"] = {"sha256": _sha256(old / "study.db"), "bytes": (old / "study.db").stat().st_size}
+    (old / "manifest.json").write_text(json.dumps(m))
+    new = tmp_path / "s2"; new.mkdir()
+    proc = run_cli("run", "--preset", "demo", "--resume-from", str(old), cwd=new)
+    assert proc.returncode == 2 and "optuna storage upgrade" in proc.stderr
+    assert not (new / "optuna-search-demo.db").exists()

@@ -3,7 +3,7 @@
 The rule this module enforces: a study is done when every grid point has a COMPLETE
 trial. A point is run only when it has no COMPLETE trial and nothing else is about to
 run it (a RUNNING trial with a live heartbeat, or a WAITING retry). Points are run in
-grid order, each through an explicitly enqueued trial, so two runs of the same command
+grid order, each through one trial created for exactly that point, so two runs of the same command
 never evaluate the same point twice; GridSampler still owns the search space, so the
 study is an ordinary Optuna grid study for every Optuna tool.
 """
@@ -91,7 +91,9 @@ def open_study(config: Config, pf: Preflight | None, *, create: bool):
         read_only=not create,
     )
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    sampler = optuna.samplers.GridSampler(search_space(config), seed=config.train.seed)
+    from optuna_search.search._sampler import GridPointSampler
+
+    sampler = GridPointSampler(search_space(config), seed=config.train.seed)
     if config.study.name in names:
         study = optuna.load_study(study_name=config.study.name, storage=storage, sampler=sampler)
         stored = study.user_attrs.get(ATTR_CONFIG)
@@ -212,12 +214,13 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
 
 def run_grid(study, config: Config, objective, *, retry_failed: bool = False, deadline: float | None = None) -> RunOutcome:
     """The scheduling loop: pick the next grid point without a COMPLETE trial, run it
-    through one enqueued trial, repeat. ``objective`` is called by ``study.optimize``
+    through one trial created for it (GridPointSampler), repeat. ``objective`` is called by ``study.optimize``
     and carries ``position``, ``attempts`` and ``budget_stopped`` attributes."""
     ran = 0
+    pruned: set[str] = set()
     while True:
         state = grid_state(study, config)
-        _prune_checkpoints(config, state)
+        _prune_checkpoints(config, state, pruned)
         if getattr(objective, "budget_stopped", False):
             return RunOutcome(study, state, ran, budget_reached=True)
         todo = [r for r in state if r["status"] in ("pending", "waiting") or (retry_failed and r["status"] == "failed")]
@@ -238,8 +241,9 @@ def run_grid(study, config: Config, objective, *, retry_failed: bool = False, de
                 )
                 return RunOutcome(study, state, ran, budget_reached=True)
         row = todo[0]
-        if row["status"] != "waiting":
-            study.enqueue_trial(row["point"], user_attrs={"grid_point": row["key"]})
+        # A WAITING retry is popped by optimize() and keeps its point; otherwise the
+        # sampler creates the trial for exactly this point.
+        study.sampler.next_point = None if row["status"] == "waiting" else row["point"]
         objective.position = (sum(r["status"] == "complete" for r in state) + 1, len(state))
         objective.attempts = len(row["trials"]) + (0 if row["status"] == "waiting" else 1)
         study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=False)
@@ -262,14 +266,15 @@ def _has_checkpoint(config: Config, point: dict[str, Any]) -> bool:
     return any(checkpoint_dir(config, point).glob("checkpoint-*"))
 
 
-def _prune_checkpoints(config: Config, state: list[dict[str, Any]]) -> None:
+def _prune_checkpoints(config: Config, state: list[dict[str, Any]], done: set[str]) -> None:
     """Once a point is COMPLETE (in the database, not before) its intermediate
     checkpoints are dead weight; its final adapter stays."""
     from optuna_search.objectives._qlora import remove_intermediate_checkpoints
 
     for r in state:
-        if r["status"] == "complete":
+        if r["status"] == "complete" and r["key"] not in done:
             remove_intermediate_checkpoints(checkpoint_dir(config, r["point"]))
+            done.add(r["key"])
 
 
 def _wait_for_running(study, config: Config) -> bool:
@@ -311,7 +316,6 @@ class _Objective:
 
         config = self.config
         point = {k: trial.suggest_categorical(k, choices) for k, choices in search_space(config).items()}
-        _tag_grid_id(self.study, trial, point)
         params = config.trial_params(point)
         tag = f"[trial {self.position[0]}/{self.position[1]} {point_key(point)}]"
         trial.set_user_attr("grid_point", point_key(point))
@@ -437,21 +441,6 @@ def _write_run_settings(ckpt: Path, params: dict[str, Any]) -> None:
     (ckpt / RUN_SETTINGS).write_text(
         json.dumps({"batch_size": params["batch_size"], "gradient_accumulation": params["gradient_accumulation"]})
     )
-
-
-def _tag_grid_id(study, trial, point: dict[str, Any]) -> None:
-    # GridSampler assigns a grid_id only to trials it picks itself; an enqueued trial has
-    # none, so GridSampler would neither count the point as visited nor survive its own
-    # after_trial on the last point (KeyError 'grid_id'). Record the id it would use.
-    sampler = study.sampler
-    names = sampler._param_names
-    target = tuple(point[n] for n in names)
-    for grid_id, values in enumerate(sampler._all_grids):
-        if tuple(values) == target:
-            storage = study._storage
-            storage.set_trial_system_attr(trial._trial_id, "search_space", sampler._search_space)
-            storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
-            return
 
 
 def _ids_digest(subset: list[dict[str, str]]) -> str:

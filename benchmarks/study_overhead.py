@@ -1,0 +1,88 @@
+"""Cost of the project's study machinery per trial, against bare Optuna.
+
+Both sides run the same number of trials of a no-op objective over the same grid on a
+fresh SQLite file:
+- bare: ``optuna.create_study(storage="sqlite:///…", sampler=GridSampler) + optimize``;
+- project: ``make_storage`` (heartbeat + stale-trial retry, WAL), stale-trial
+  reconciliation, and ``run_grid`` (per-point bookkeeping and scheduling through
+  ``GridPointSampler``).
+
+    python benchmarks/study_overhead.py [--trials 60] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+
+from optuna_search.search._config import load_config
+from optuna_search.search._sampler import GridPointSampler
+from optuna_search.search._study import run_grid, search_space
+from optuna_search.storage._storages import make_storage
+
+
+class NoopObjective:
+    def __init__(self, study, config):
+        self.study, self.config = study, config
+        self.position, self.attempts, self.budget_stopped = (1, 1), 1, False
+
+    def __call__(self, trial):
+        for k, v in search_space(self.config).items():
+            trial.suggest_categorical(k, v)
+        return 0.0
+
+
+def bare(n: int, tmp: Path) -> float:
+    t0 = time.perf_counter()
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp / 'bare.db'}",
+        sampler=optuna.samplers.GridSampler({"lora_r": list(range(1, n + 1))}, seed=0),
+        direction="maximize",
+    )
+    study.optimize(lambda t: (t.suggest_categorical("lora_r", list(range(1, n + 1))), 0.0)[1], n_trials=n)
+    assert len(study.trials) == n
+    return time.perf_counter() - t0
+
+
+def project(n: int, tmp: Path) -> float:
+    config = load_config(preset="demo", sets=[f"study.grid={{lora_r={list(range(1, n + 1))}}}", f"storage.url=\"sqlite:///{tmp / 'project.db'}\""],
+                         )
+    t0 = time.perf_counter()
+    storage = make_storage(config.storage.url, heartbeat_interval=config.storage.heartbeat_interval,
+                           grace_period=config.storage.grace_period)
+    study = optuna.create_study(storage=storage, sampler=GridPointSampler(search_space(config), seed=0),
+                                direction="maximize")
+    optuna.storages.fail_stale_trials(study)
+    outcome = run_grid(study, config, NoopObjective(study, config))
+    assert outcome.ran == n and all(r["status"] == "complete" for r in outcome.state)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.simplefilter("ignore")
+    b, p = [], []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as d:
+            b.append(bare(args.trials, Path(d)))
+        with tempfile.TemporaryDirectory() as d:
+            p.append(project(args.trials, Path(d)))
+    mb, mp = statistics.median(b), statistics.median(p)
+    print(f"{args.trials} no-op trials on SQLite, median of {args.repeats}:")
+    print(f"  bare optuna:     {mb:.2f}s  ({1000 * mb / args.trials:.1f} ms/trial)")
+    print(f"  optuna-search:   {mp:.2f}s  ({1000 * mp / args.trials:.1f} ms/trial)")
+    print(f"overhead ratio = {mp / mb:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("report", help="Markdown + HTML report: tables, baselines, significance, recommendation")
+    _add_config_args(p)
+    p.add_argument("--output", "-o", default="optuna-search-report", metavar="DIR",
+                   help="directory for report.md and report.html (default: optuna-search-report)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("export", help="write a study bundle (database, checkpoints, artifacts, checksum manifest)")
     _add_config_args(p)
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to create (e.g. /kaggle/working/bundle)")
@@ -94,15 +100,25 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from optuna_search.search._study import preflight
 
+    from optuna_search.objectives._quality import quality_warnings, render_distribution
+
     config = resolve_config(args)
+    _quiet_libraries()
     pf = preflight(config)
     d = pf.data
     print(f"data ok: train {len(d.train.examples)}, validation {len(d.validation.examples)}, test {len(d.test.examples)} examples")
+    print("label vocabularies (every validation/test label occurs in train):")
     for f in d.fields:
         print(f"  {f}: {len(d.vocab[f])} labels: {', '.join(d.vocab[f])}")
+    print("class distribution:")
+    print(render_distribution(pf.quality))
+    warnings_ = quality_warnings(pf.quality)
+    for w in warnings_:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"evaluation subset: {len(pf.eval_examples)} test examples (seed {config.eval.seed})")
-    b = pf.baselines["majority"]
-    print("majority-class baseline on it: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in b.items()))
+    print("baselines on that subset:")
+    for name, b in pf.baselines.items():
+        print(f"  {name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in b.items()))
     return EXIT_OK
 
 
@@ -148,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             maj = baselines["majority"]["overall"]
             verdict = "beats" if best["overall"] > maj else "does NOT beat"
             print(f"best {verdict} the majority-class baseline ({100 * maj:.1f}% overall)")
+        print("significance tests and the recommendation: optuna-search report")
     if demo:
         print("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")
     missing = [r for r in state if r["status"] != "complete"]
@@ -176,6 +193,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["status"] == "complete" for r in state) else EXIT_INCOMPLETE
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from optuna_search.dashboards._report import collect_report, render_markdown, write_report
+    from optuna_search.search._study import open_study
+    from optuna_search.storage._storages import artifact_store
+
+    config = resolve_config(args)
+    _quiet_libraries()
+    study = open_study(config, None, create=False)
+    rep = collect_report(study, artifact_store(config.storage.artifacts))
+    md_path, html_path = write_report(rep, args.output)
+    print(render_markdown(rep))
+    log.info("wrote %s and %s", md_path, html_path)
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from optuna_search.storage._bundle import export_bundle
 
@@ -194,6 +226,7 @@ def _quiet_libraries() -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         import datasets
 
         datasets.disable_progress_bars()

@@ -28,6 +28,7 @@ OBJECTIVE_NAME = "overall_accuracy"
 ATTR_CONFIG = "config"
 ATTR_EVAL_SUBSET = "eval_subset"
 ATTR_BASELINES = "baselines"
+ATTR_BASELINE_PREDICTIONS = "baseline_predictions"
 
 
 class TrialError(Exception):
@@ -43,13 +44,16 @@ class Preflight:
     eval_subset: list[dict[str, str]]
     eval_examples: list[Any]
     baselines: dict[str, dict[str, float]]
+    baseline_predictions: dict[str, dict[str, dict[str, str]]]
+    quality: dict[str, Any]
 
 
 def preflight(config: Config) -> Preflight:
     """Validate data, labels, model and storage URL. Writes nothing anywhere except the
     demo's cache (for ``builtin:`` sources)."""
-    from optuna_search.objectives._baselines import majority_baseline
+    from optuna_search.objectives._baselines import compute_baselines
     from optuna_search.objectives._data import load_dataset_from_config, resolve_eval_subset, select_eval_subset
+    from optuna_search.objectives._quality import check_quality
     from optuna_search.objectives._qlora import check_model_available
     from optuna_search.storage._storages import check_storage_url
 
@@ -58,8 +62,8 @@ def preflight(config: Config) -> Preflight:
     subset = select_eval_subset(data.test, config.eval.num_samples, config.eval.seed)
     examples = resolve_eval_subset(data.test, subset)
     check_model_available(config.model)
-    baselines = {"majority": majority_baseline(data.train.examples, examples, data.fields)}
-    return Preflight(config, data, subset, examples, baselines)
+    baselines = compute_baselines(data.train.examples, examples, data.fields)
+    return Preflight(config, data, subset, examples, baselines["accuracy"], baselines["predictions"], check_quality(data))
 
 
 def search_space(config: Config) -> dict[str, list[Any]]:
@@ -128,6 +132,7 @@ def open_study(config: Config, pf: Preflight | None, *, create: bool):
     study.set_user_attr("config_toml", to_toml(config))
     study.set_user_attr(ATTR_EVAL_SUBSET, pf.eval_subset)
     study.set_user_attr(ATTR_BASELINES, pf.baselines)
+    study.set_user_attr(ATTR_BASELINE_PREDICTIONS, pf.baseline_predictions)
     study.set_user_attr("grid_size", len(config.grid_points()))
     return study
 
@@ -374,8 +379,18 @@ class _Objective:
         trial.set_user_attr("batch_size", params["batch_size"])
         trial.set_user_attr("gradient_accumulation", params["gradient_accumulation"])
         s = res.scores
+        from optuna_search.objectives._stats import field_metrics
+
+        per_field = {
+            f: field_metrics([p.gold[f] for p in res.predictions], [p.predicted[f] for p in res.predictions], self.pf.data.vocab[f])
+            for f in s.fields
+        }
         attrs = {
             **{f"{f}_accuracy": s.accuracy[f] for f in s.fields},
+            **{f"{f}_accuracy_ci95": per_field[f]["ci95"] for f in s.fields},
+            **{f"{f}_macro_f1": per_field[f]["macro_f1"] for f in s.fields},
+            **{f"{f}_confusion": per_field[f]["confusion"] for f in s.fields},
+            "exact_match_accuracy": sum(all(p.correct(f) for f in s.fields) for p in res.predictions) / s.n,
             "parse_failures": s.parse_failures,
             "invalid_labels": s.invalid_labels,
             "eval_examples": s.n,

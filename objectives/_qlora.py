@@ -396,6 +396,7 @@ def train_and_evaluate(
             peak_memory_mb=peak,
             peak_memory_kind=kind,
             resumed_from_step=resumed_from,
+            extra={"compute_dtype": str(dtype).replace("torch.", "")},
         )
     finally:
         # Several trials run in one process: release the model before the next one loads.

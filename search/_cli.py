@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for report.md and report.html (default: optuna-search-report)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1 unless --host)")
+    _add_config_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.set_defaults(func=cmd_dashboard)
+
     p = sub.add_parser("export", help="write a study bundle (database, checkpoints, artifacts, checksum manifest)")
     _add_config_args(p)
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to create (e.g. /kaggle/working/bundle)")
@@ -205,6 +211,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     md_path, html_path = write_report(rep, args.output)
     print(render_markdown(rep))
     log.info("wrote %s and %s", md_path, html_path)
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_search.dashboards._launch import serve_dashboard
+
+    config = resolve_config(args)
+    serve_dashboard(config, host=args.host, port=args.port)
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ study is an ordinary Optuna grid study for every Optuna tool.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -128,8 +129,10 @@ def open_study(config: Config, pf: Preflight | None, *, create: bool):
         study_name=config.study.name, storage=storage, sampler=sampler, direction="maximize"
     )
     study.set_metric_names([OBJECTIVE_NAME])
-    study.set_user_attr(ATTR_CONFIG, config.to_dict())
-    study.set_user_attr("config_toml", to_toml(config))
+    # The stored copy is shown in the dashboard and reports: never a database password.
+    shown = dataclasses.replace(config, storage=dataclasses.replace(config.storage, url=redact_url(config.storage.url)))
+    study.set_user_attr(ATTR_CONFIG, shown.to_dict())
+    study.set_user_attr("config_toml", to_toml(shown))
     study.set_user_attr(ATTR_EVAL_SUBSET, pf.eval_subset)
     study.set_user_attr(ATTR_BASELINES, pf.baselines)
     study.set_user_attr(ATTR_BASELINE_PREDICTIONS, pf.baseline_predictions)
@@ -214,10 +217,36 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
     # retry of an interrupted trial is the first thing a new session does.
     fail_stale_trials(study)
     objective = _Objective(config, pf, study, deadline)
-    return run_grid(study, config, objective, retry_failed=retry_failed, deadline=deadline)
+    return run_grid(
+        study, config, objective, retry_failed=retry_failed, deadline=deadline,
+        after_trial=lambda st, state: write_study_note(st, config, state),
+    )
 
 
-def run_grid(study, config: Config, objective, *, retry_failed: bool = False, deadline: float | None = None) -> RunOutcome:
+def write_study_note(study, config: Config, state: list[dict[str, Any]]) -> None:
+    """The study's note in optuna-dashboard: the summary table with the baselines."""
+    import optuna_dashboard
+
+    from optuna_search.dashboards._notes import study_note
+    from optuna_search.dashboards._summary import summary_rows
+
+    fields = list(config.data.fields)
+    body = study_note(
+        config.study.name, summary_rows(study, state, fields), fields,
+        study.user_attrs.get(ATTR_BASELINES), len(study.user_attrs.get(ATTR_EVAL_SUBSET) or []),
+    )
+    optuna_dashboard.save_note(study, body)
+
+
+def run_grid(
+    study,
+    config: Config,
+    objective,
+    *,
+    retry_failed: bool = False,
+    deadline: float | None = None,
+    after_trial=None,
+) -> RunOutcome:
     """The scheduling loop: pick the next grid point without a COMPLETE trial, run it
     through one trial created for it (GridPointSampler), repeat. ``objective`` is called by ``study.optimize``
     and carries ``position``, ``attempts`` and ``budget_stopped`` attributes."""
@@ -253,6 +282,8 @@ def run_grid(study, config: Config, objective, *, retry_failed: bool = False, de
         objective.attempts = len(row["trials"]) + (0 if row["status"] == "waiting" else 1)
         study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=False)
         ran += 1
+        if after_trial is not None:
+            after_trial(study, grid_state(study, config))
 
 
 def _fmt_s(s: float | None) -> str:
@@ -403,6 +434,7 @@ class _Objective:
             "peak_memory_mb": round(res.peak_memory_mb, 1),
             "peak_memory_kind": res.peak_memory_kind,
             "resumed_from_step": res.resumed_from_step,
+            **res.extra,
             "environment": environment_fingerprint(),
         }
         for k, v in attrs.items():
@@ -413,6 +445,13 @@ class _Objective:
             if epoch not in reported:
                 trial.report(loss, step=epoch)
         self._save_predictions(trial, res)
+        import optuna_dashboard
+
+        from optuna_search.dashboards._notes import trial_note
+
+        optuna_dashboard.save_note(
+            trial, trial_note(trial.number, point_key(point), attrs, params, config.to_dict(), s.fields, s.overall)
+        )
         log.info(
             "%s done: overall %.3f (%s), %d parse failures, %.1f min",
             tag, s.overall, ", ".join(f"{f} {s.accuracy[f]:.3f}" for f in s.fields), s.parse_failures,

@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before it ends (exit 3)",
     )
     p.add_argument(
+        "--workers", type=int, metavar="N",
+        help="parallel worker processes on this study, each pinned to its own GPU (default: one per visible GPU, 1 on CPU)",
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
         "--resume-from", metavar="BUNDLE",
         help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working directory, then run",
     )
@@ -155,7 +160,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     demo = config.model.name_or_path.startswith("builtin:")
     if demo:
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
-    outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers} must be at least 1")
+    if args.worker:
+        # One of `run --workers N`'s processes: run points until none is left for us;
+        # the parent prints the summary.
+        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, wait_for_others=False)
+        return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
+    from optuna_search.search._workers import default_workers, run_workers
+
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers > 1:
+        from optuna_search.search._study import RunOutcome, grid_state, open_study, preflight
+
+        open_study(config, preflight(config), create=True)  # created once, before the workers race
+        log.info("starting %d workers", workers)
+        codes = run_workers(args.argv, workers)
+        if any(c == EXIT_USAGE for c in codes):
+            return EXIT_USAGE
+        study = open_study(config, None, create=False)
+        outcome = RunOutcome(study, grid_state(study, config), ran=-1, budget_reached=EXIT_BUDGET in codes)
+    else:
+        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget)
     study, state, ran = outcome.study, outcome.state, outcome.ran
     fields = list(config.data.fields)
     rows = summary_rows(study, state, fields)
@@ -190,10 +216,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from optuna_search.dashboards._summary import status_rows, render_status
-    from optuna_search.search._study import grid_state, open_study
+    from optuna_search.search._study import grid_state, open_study, study_config
 
     config = resolve_config(args)
     study = open_study(config, None, create=False)
+    config = study_config(study, config)
     state = grid_state(study, config)
     print(render_status(status_rows(state), config.study.name))
     return EXIT_OK if all(r["status"] == "complete" for r in state) else EXIT_INCOMPLETE
@@ -255,6 +282,7 @@ def _quiet_libraries() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     if not args.command:
         parser.print_help()
         return EXIT_USAGE

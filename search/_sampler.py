@@ -10,7 +10,7 @@ through ``enqueue_trial``, also saves the WAITING round trip per trial.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.samplers import GridSampler
@@ -20,6 +20,11 @@ class GridPointSampler(GridSampler):
     def __init__(self, search_space: dict[str, list[Any]], seed: int | None = None) -> None:
         super().__init__(search_space, seed=seed)
         self.next_point: dict[str, Any] | None = None
+        # Called once the new trial carries its grid_id (releases the claim lock).
+        self.on_claimed: Callable[[], None] | None = None
+
+    def point_of(self, grid_id: int) -> dict[str, Any]:
+        return dict(zip(self._param_names, self._all_grids[grid_id]))
 
     def grid_id(self, point: dict[str, Any]) -> int:
         target = tuple(point[name] for name in self._param_names)
@@ -29,6 +34,13 @@ class GridPointSampler(GridSampler):
         raise KeyError(f"{point!r} is not a point of the grid {self._search_space!r}")
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            self._assign(study, trial)
+        finally:
+            if self.on_claimed is not None:
+                self.on_claimed()
+
+    def _assign(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         attrs = trial.system_attrs
         if "grid_id" in attrs:
             return  # a retry of a stale trial: it keeps its point

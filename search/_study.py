@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import socket
 import shutil
 import tempfile
 import time
@@ -102,6 +104,13 @@ def open_study(config: Config, pf: Preflight | None, *, create: bool):
     if config.study.name in names:
         study = optuna.load_study(study_name=config.study.name, storage=storage, sampler=sampler)
         stored = study.user_attrs.get(ATTR_CONFIG)
+        if not create and stored is not None:
+            # Reading a study (status, report, dashboard, export): its own config says
+            # what its grid is; only where it lives comes from the command line.
+            from optuna_search.search._config import load_config
+
+            study.sampler = GridPointSampler(search_space(study_config(study, config)), seed=config.train.seed)
+            return study
         if stored is not None:
             diffs = diff_semantic(stored, config.to_dict())
             if diffs:
@@ -140,8 +149,24 @@ def open_study(config: Config, pf: Preflight | None, *, create: bool):
     return study
 
 
-def _trial_point(trial, keys: list[str]) -> dict[str, Any] | None:
+def study_config(study, config: Config) -> Config:
+    """The config a study was created with (its grid, data, model), located where
+    ``config`` says (storage URL, study name): what read-only commands work from."""
+    from optuna_search.search._config import load_config
+
+    stored = study.user_attrs.get(ATTR_CONFIG)
+    if stored is None:
+        return config
+    merged = {**stored, "storage": dataclasses.asdict(config.storage), "study": {**stored["study"], "name": config.study.name}}
+    return load_config(overrides=merged)
+
+
+def _trial_point(trial, keys: list[str], sampler=None) -> dict[str, Any] | None:
     params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    if not params and sampler is not None and "grid_id" in trial.system_attrs:
+        # Claimed by a worker whose objective has not suggested its params yet.
+        if trial.system_attrs.get("search_space") == sampler._search_space:
+            params = sampler.point_of(trial.system_attrs["grid_id"])
     if not all(k in params for k in keys):
         return None
     return {k: params[k] for k in keys}
@@ -154,8 +179,9 @@ def grid_state(study, config: Config) -> list[dict[str, Any]]:
     keys = list(config.study.grid)
     points = [{k: grid_value_for_optuna(k, v) for k, v in p.items()} for p in config.grid_points()]
     by_key: dict[str, list] = {point_key(p): [] for p in points}
+    sampler = study.sampler if hasattr(study.sampler, "point_of") else None
     for t in study.get_trials(deepcopy=False):
-        p = _trial_point(t, keys)
+        p = _trial_point(t, keys, sampler)
         if p is not None and point_key(p) in by_key:
             by_key[point_key(p)].append(t)
     rows = []
@@ -197,7 +223,9 @@ def estimate_trial_seconds(state: list[dict[str, Any]]) -> float | None:
     return sum(durations) / len(durations) if durations else None
 
 
-def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: float | None = None) -> RunOutcome:
+def run_study(
+    config: Config, *, retry_failed: bool = False, time_budget_s: float | None = None, wait_for_others: bool = True
+) -> RunOutcome:
     """Run every grid point that lacks a COMPLETE trial, resuming interrupted ones from
     their checkpoints. With ``time_budget_s``, start no trial that the estimate from
     earlier trials says cannot finish, and stop a running one at a checkpoint in time."""
@@ -219,7 +247,7 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
     objective = _Objective(config, pf, study, deadline)
     return run_grid(
         study, config, objective, retry_failed=retry_failed, deadline=deadline,
-        after_trial=lambda st, state: write_study_note(st, config, state),
+        after_trial=lambda st, state: write_study_note(st, config, state), wait_for_others=wait_for_others,
     )
 
 
@@ -246,44 +274,63 @@ def run_grid(
     retry_failed: bool = False,
     deadline: float | None = None,
     after_trial=None,
+    wait_for_others: bool = True,
 ) -> RunOutcome:
     """The scheduling loop: pick the next grid point without a COMPLETE trial, run it
-    through one trial created for it (GridPointSampler), repeat. ``objective`` is called by ``study.optimize``
-    and carries ``position``, ``attempts`` and ``budget_stopped`` attributes."""
+    through one trial created for it (GridPointSampler), repeat. ``objective`` is called
+    by ``study.optimize`` and carries ``position``, ``attempts`` and ``budget_stopped``.
+
+    Safe with several workers on one study: choosing a point and creating its trial
+    happen under a study-wide claim lock (storage/_claim.py), so no point is ever run by
+    two workers at once. With ``wait_for_others``, points RUNNING elsewhere are waited
+    for (and reclaimed if their worker dies) before returning."""
+    from optuna_search.storage._claim import ClaimLock
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    lock = ClaimLock(backend, study.study_name)
+    study.sampler.on_claimed = lock.release
     ran = 0
     pruned: set[str] = set()
-    while True:
-        state = grid_state(study, config)
-        _prune_checkpoints(config, state, pruned)
-        if getattr(objective, "budget_stopped", False):
-            return RunOutcome(study, state, ran, budget_reached=True)
-        todo = [r for r in state if r["status"] in ("pending", "waiting") or (retry_failed and r["status"] == "failed")]
-        # Queued retries first: they hold the checkpoints of interrupted work.
-        todo.sort(key=lambda r: r["status"] != "waiting")
-        if not todo:
-            running = [r for r in state if r["status"] == "running"]
-            if running and _wait_for_running(study, config):
-                continue
-            return RunOutcome(study, state, ran)
-        if deadline is not None:
-            estimate = estimate_trial_seconds(state)
-            left = deadline - time.monotonic()
-            if left <= 0 or (estimate is not None and estimate > left and not _has_checkpoint(config, todo[0]["point"])):
-                log.info(
-                    "time budget: %s left, a trial takes about %s; not starting %s",
-                    _fmt_s(left), _fmt_s(estimate), todo[0]["key"],
-                )
+    try:
+        while True:
+            lock.acquire()
+            state = grid_state(study, config)
+            _prune_checkpoints(config, state, pruned)
+            if getattr(objective, "budget_stopped", False):
                 return RunOutcome(study, state, ran, budget_reached=True)
-        row = todo[0]
-        # A WAITING retry is popped by optimize() and keeps its point; otherwise the
-        # sampler creates the trial for exactly this point.
-        study.sampler.next_point = None if row["status"] == "waiting" else row["point"]
-        objective.position = (sum(r["status"] == "complete" for r in state) + 1, len(state))
-        objective.attempts = len(row["trials"]) + (0 if row["status"] == "waiting" else 1)
-        study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=False)
-        ran += 1
-        if after_trial is not None:
-            after_trial(study, grid_state(study, config))
+            todo = [r for r in state if r["status"] in ("pending", "waiting") or (retry_failed and r["status"] == "failed")]
+            # Queued retries first: they hold the checkpoints of interrupted work.
+            todo.sort(key=lambda r: r["status"] != "waiting")
+            if not todo:
+                lock.release()
+                running = [r for r in state if r["status"] == "running"]
+                if running and wait_for_others and _wait_for_running(study, config):
+                    continue
+                return RunOutcome(study, state, ran)
+            if deadline is not None:
+                estimate = estimate_trial_seconds(state)
+                left = deadline - time.monotonic()
+                if left <= 0 or (estimate is not None and estimate > left and not _has_checkpoint(config, todo[0]["point"])):
+                    log.info(
+                        "time budget: %s left, a trial takes about %s; not starting %s",
+                        _fmt_s(left), _fmt_s(estimate), todo[0]["key"],
+                    )
+                    return RunOutcome(study, state, ran, budget_reached=True)
+            row = todo[0]
+            # A WAITING retry is popped by optimize() and keeps its point; otherwise the
+            # sampler creates the trial for exactly this point. Either way the sampler
+            # releases the claim lock once the trial carries its grid_id.
+            study.sampler.next_point = row["point"]
+            objective.position = (sum(r["status"] == "complete" for r in state) + 1, len(state))
+            objective.attempts = len(row["trials"]) + (0 if row["status"] == "waiting" else 1)
+            study.optimize(objective, n_trials=1, catch=(TrialError, _BudgetStop), gc_after_trial=False)
+            lock.release()
+            ran += 1
+            if after_trial is not None:
+                after_trial(study, grid_state(study, config))
+    finally:
+        lock.release()
+        study.sampler.on_claimed = None
 
 
 def _fmt_s(s: float | None) -> str:
@@ -314,17 +361,19 @@ def _prune_checkpoints(config: Config, state: list[dict[str, Any]], done: set[st
 
 
 def _wait_for_running(study, config: Config) -> bool:
-    """Another process holds a point: wait until it finishes or its heartbeat goes stale."""
+    """Other processes hold the remaining points: wait until they finish, or until their
+    heartbeat goes stale and the point comes back to us. True when there is news."""
     from optuna.storages import fail_stale_trials
 
-    log.info("waiting for grid points RUNNING in another process (heartbeat timeout %ds)", config.storage.grace_period)
-    deadline = time.monotonic() + config.storage.grace_period + 2 * config.storage.heartbeat_interval
-    while time.monotonic() < deadline:
+    running = [r["key"] for r in grid_state(study, config) if r["status"] == "running"]
+    log.info("waiting for %s, RUNNING in another process (a dead one is detected after %ds)",
+             ", ".join(running), config.storage.grace_period)
+    while True:
         time.sleep(min(5, config.storage.heartbeat_interval))
         fail_stale_trials(study)
-        if not any(r["status"] == "running" for r in grid_state(study, config)):
+        now = [r["key"] for r in grid_state(study, config) if r["status"] == "running"]
+        if now != running:
             return True
-    return False
 
 
 class _BudgetStop(Exception):
@@ -362,6 +411,9 @@ class _Objective:
         examples = resolve_eval_subset(self.pf.data.test, stored)
         trial.set_user_attr("eval_ids_sha256", _ids_digest(stored))
         trial.set_user_attr("attempts", self.attempts)
+        # Which worker (run --workers) on which machine ran it.
+        trial.set_user_attr("worker", os.environ.get("OPTUNA_SEARCH_WORKER", "0"))
+        trial.set_user_attr("host", socket.gethostname())
         ckpt = checkpoint_dir(config, point)
         params.update(_read_run_settings(ckpt, config))
 

@@ -1,0 +1,56 @@
+"""A worker for the parallel tests and benchmark: runs the project's scheduling loop
+(claim lock, GridPointSampler, heartbeat storage) with a fast objective on each of the
+given studies in turn.
+
+    python tests/grid_worker.py URL GRID_SIZE SLEEP_MAX_S STUDY [STUDY ...]
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+
+import optuna
+
+from optuna_search.search._config import load_config
+from optuna_search.search._sampler import GridPointSampler
+from optuna_search.search._study import run_grid, search_space
+from optuna_search.storage._storages import make_storage
+
+
+class SleepObjective:
+    def __init__(self, config, sleep_max: float) -> None:
+        self.config, self.sleep_max = config, sleep_max
+        self.position, self.attempts, self.budget_stopped = (1, 1), 1, False
+
+    def __call__(self, trial) -> float:
+        point = {k: trial.suggest_categorical(k, v) for k, v in search_space(self.config).items()}
+        time.sleep(random.uniform(0, self.sleep_max))
+        return float(point["lora_r"])
+
+
+def grid_config(url: str, grid_size: int, study: str):
+    return load_config(preset="demo", sets=[
+        f"study.grid={{lora_r={list(range(1, grid_size + 1))}}}", f'storage.url="{url}"', f'study.name="{study}"',
+        "storage.heartbeat_interval=5", "storage.grace_period=30",
+    ])
+
+
+def create(url: str, grid_size: int, study: str):
+    config = grid_config(url, grid_size, study)
+    storage = make_storage(url, heartbeat_interval=5, grace_period=30)
+    return optuna.create_study(study_name=study, storage=storage, direction="maximize", load_if_exists=True,
+                               sampler=GridPointSampler(search_space(config), seed=0)), config
+
+
+def main() -> None:
+    url, grid_size, sleep_max, studies = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    for name in studies:
+        study, config = create(url, grid_size, name)
+        run_grid(study, config, SleepObjective(config, sleep_max), wait_for_others=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Several workers on one study, on SQLite and on a real PostgreSQL server: no grid point
+is run twice, none is lost, no 'database is locked'."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import REPO, run_cli
+import grid_worker
+
+pytestmark = pytest.mark.slow
+GRID = 12
+WORKERS = 4
+REPEATS = 20
+
+
+def _sa(url: str) -> str:
+    """The URL for direct SQLAlchemy/Optuna use: psycopg 3 is the installed driver."""
+    return url.replace("postgresql://", "postgresql+psycopg://")
+
+
+def _stress(url: str, tmp_path: Path) -> None:
+    names = [f"stress-{i}" for i in range(REPEATS)]
+    for n in names:  # created up front, as `run --workers` does
+        grid_worker.create(url, GRID, n)
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "grid_worker.py"), url, str(GRID), "0.03", *names],
+                              stderr=subprocess.PIPE, text=True) for _ in range(WORKERS)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errs)
+    assert not any("database is locked" in e for e in errs)
+    overlaps = 0
+    for n in names:
+        trials = optuna.load_study(study_name=n, storage=_sa(url)).get_trials()
+        counts = Counter(t.params["lora_r"] for t in trials if t.state == TrialState.COMPLETE)
+        assert counts == Counter(range(1, GRID + 1)), (n, counts)
+        assert len(trials) == GRID and all(t.state == TrialState.COMPLETE for t in trials)
+        # The workers really did run side by side.
+        spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+        overlaps += sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+    assert overlaps > REPEATS
+
+
+def test_four_workers_twenty_times_on_sqlite(tmp_path):
+    _stress(f"sqlite:///{tmp_path / 'stress.db'}", tmp_path)
+
+
+def _pg_bin() -> Path | None:
+    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (root / "initdb").exists():
+            return root
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package)."""
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs Debian's postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
+    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
+    data = Path(tempfile.mkdtemp(prefix="optuna-search-pg-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(bin_dir / "initdb"), "-D", str(data / "db"), "--auth=trust", "-U", "postgres")
+    run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-w", "-l", str(data / "log"),
+        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=100", "start")
+    run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna_test")
+    yield f"postgresql://postgres@127.0.0.1:{port}/optuna_test", port
+    run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop")
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_four_workers_twenty_times_on_postgresql(postgres, tmp_path):
+    url, _ = postgres
+    _stress(url, tmp_path)
+
+
+def test_demo_on_postgresql_never_shows_the_password(postgres, tmp_path, demo_cache):
+    _, port = postgres
+    secret = "s3cret-pw"
+    url = f"postgresql://postgres:{secret}@127.0.0.1:{port}/optuna_test"  # trust auth ignores it
+    proc = run_cli("run", "--preset", "demo", "--storage", url, "--study-name", "demo-pg",
+                   "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="demo-pg", storage=_sa(url))
+    import optuna_dashboard
+    everything = str(study.user_attrs) + str(study._storage.get_study_system_attrs(study._study_id)) + optuna_dashboard.get_note(study)
+    for t in study.get_trials():
+        everything += str(t.user_attrs) + str(t.system_attrs)
+    assert secret not in everything and "***" in study.user_attrs["config"]["storage"]["url"]
+    rep = run_cli("report", "--storage", url, "--preset", "demo", "--study-name", "demo-pg", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    assert rep.returncode == 0 and secret not in rep.stdout + rep.stderr
+    assert secret not in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_path):
+    proc = run_cli("status", "--preset", "demo", "--storage", "postgresql://bob:hunter2@127.0.0.1:1/db", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot open storage" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_with_two_workers_on_cpu(tmp_path, demo_cache):
+    proc = run_cli("run", "--preset", "demo", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora_r"] for t in complete) == [4, 8, 16] and len(study.get_trials()) == 3
+    workers_used = {t.user_attrs.get("worker") for t in complete}
+    assert workers_used == {"0", "1"}
+    assert "3/3 grid points complete" in proc.stdout

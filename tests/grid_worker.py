@@ -2,7 +2,9 @@
 (claim lock, GridPointSampler, heartbeat storage) with a fast objective on each of the
 given studies in turn.
 
-    python tests/grid_worker.py URL GRID_SIZE SLEEP_MAX_S STUDY [STUDY ...]
+    python tests/grid_worker.py URL GRID_SIZE SLEEP STUDY [STUDY ...]
+
+SLEEP: "0.03" sleeps a random 0-0.03 s per trial; "fixed:2" sleeps exactly 2 s.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from optuna_search.storage._storages import make_storage
 
 
 class SleepObjective:
-    def __init__(self, config, sleep_max: float) -> None:
-        self.config, self.sleep_max = config, sleep_max
+    def __init__(self, config, sleep: str) -> None:
+        self.config = config
+        fixed = sleep.startswith("fixed:")
+        value = float(sleep.split(":", 1)[1] if fixed else sleep)
+        self.sleep = (lambda: value) if fixed else (lambda: random.uniform(0, value))
         self.position, self.attempts, self.budget_stopped = (1, 1), 1, False
 
     def __call__(self, trial) -> float:
         point = {k: trial.suggest_categorical(k, v) for k, v in search_space(self.config).items()}
-        time.sleep(random.uniform(0, self.sleep_max))
+        time.sleep(self.sleep())
         return float(point["lora_r"])
 
 
@@ -45,11 +50,11 @@ def create(url: str, grid_size: int, study: str):
 
 
 def main() -> None:
-    url, grid_size, sleep_max, studies = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+    url, grid_size, sleep, studies = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     for name in studies:
         study, config = create(url, grid_size, name)
-        run_grid(study, config, SleepObjective(config, sleep_max), wait_for_others=False)
+        run_grid(study, config, SleepObjective(config, sleep), wait_for_others=False)
 
 
 if __name__ == "__main__":

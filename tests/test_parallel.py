@@ -121,7 +121,7 @@ def test_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_path):
 
 
 def test_demo_with_two_workers_on_cpu(tmp_path, demo_cache):
-    proc = run_cli("run", "--preset", "demo", "--workers", "2", cwd=tmp_path)
+    proc = run_cli("run", "--preset", "demo", "--workers", "2", "--set", "train.epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")

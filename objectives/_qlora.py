@@ -119,7 +119,12 @@ def load_lora_model(source: str, model_cfg: Any, params: dict[str, Any], gradien
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if model_cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            # Non-reentrant checkpointing is the variant that works under DDP too.
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
     lora = LoraConfig(
@@ -282,7 +287,7 @@ def train_and_evaluate(
     on_epoch_eval: Callable[[int, float], None] = lambda e, l: None,
     progress: Callable[[str], None] = lambda m: None,
     deadline: float | None = None,
-) -> TrialResult:
+) -> TrialResult | None:
     """Train one grid point (resuming from its last checkpoint if there is one) and
     evaluate it. ``params`` may carry ``batch_size``/``gradient_accumulation`` overrides
     (the OOM fallback). Raises BudgetExhausted when stopped for ``deadline`` (a
@@ -298,6 +303,12 @@ def train_and_evaluate(
     val_ds = encoder.to_hf_dataset(data.validation.examples)
 
     cuda = torch.cuda.is_available()
+    # Under torchrun (train.gpus_per_trial > 1) each rank trains on its own GPU and only
+    # rank 0 evaluates and writes the adapter.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if cuda and distributed:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = trainer = None
@@ -340,6 +351,8 @@ def train_and_evaluate(
             disable_tqdm=True,
             dataloader_num_workers=0,
             gradient_checkpointing=False,  # already set up by prepare_model_for_kbit_training
+            # Every LoRA parameter gets a gradient; the frozen 4-bit base needs no search.
+            ddp_find_unused_parameters=False if distributed else None,
         )
         collator = _Collator(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
         callback = _make_callback(on_epoch_eval, progress, deadline)
@@ -373,6 +386,8 @@ def train_and_evaluate(
             on_epoch_eval(len(train_loss), float(metrics["eval_loss"]))
             train_loss, eval_loss = losses_per_epoch(trainer.state.log_history)
         train_seconds = time.monotonic() - t0
+        if not is_main:
+            return None
 
         t1 = time.monotonic()
         progress(f"evaluating on {len(eval_examples)} fixed test examples (greedy)")

@@ -169,13 +169,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
     from optuna_search.search._workers import default_workers, run_workers
 
-    workers = args.workers if args.workers is not None else default_workers()
+    workers = args.workers if args.workers is not None else default_workers(config.train.gpus_per_trial)
     if workers > 1:
         from optuna_search.search._study import RunOutcome, grid_state, open_study, preflight
 
         open_study(config, preflight(config), create=True)  # created once, before the workers race
         log.info("starting %d workers", workers)
-        codes = run_workers(args.argv, workers)
+        codes = run_workers(args.argv, workers, config.train.gpus_per_trial)
         if any(c == EXIT_USAGE for c in codes):
             return EXIT_USAGE
         study = open_study(config, None, create=False)

@@ -107,6 +107,10 @@ class TrainSection:
     """Where Trainer checkpoints go, one folder per grid point."""
     checkpoint_steps: int = 50
     """Optimizer steps between checkpoints."""
+    gpus_per_trial: int = 1
+    """GPUs one trial trains on. 1 = one trial per GPU (run --workers N runs N at once);
+    >1 = DDP through torchrun, gradient_accumulation divided by it so the effective
+    batch stays the same."""
 
 
 @dataclass(frozen=True)
@@ -376,7 +380,12 @@ def validate_config(c: Config) -> list[str]:
     t = c.train
     if t.learning_rate <= 0:
         p.append(f"train.learning_rate = {t.learning_rate} must be > 0 (e.g. 2e-4)")
-    for name in ("batch_size", "gradient_accumulation", "epochs", "checkpoint_steps"):
+    if t.gpus_per_trial > 1 and t.gradient_accumulation % t.gpus_per_trial:
+        p.append(
+            f"train.gradient_accumulation = {t.gradient_accumulation} is not divisible by train.gpus_per_trial = "
+            f"{t.gpus_per_trial}; the effective batch must stay batch_size * gradient_accumulation"
+        )
+    for name in ("batch_size", "gradient_accumulation", "epochs", "checkpoint_steps", "gpus_per_trial"):
         if getattr(t, name) < 1:
             p.append(f"train.{name} = {getattr(t, name)} must be a positive integer")
     if t.lr_scheduler not in SCHEDULERS:

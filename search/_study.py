@@ -428,12 +428,20 @@ class _Objective:
 
         log.info("%s starting (attempt %d)", tag, self.attempts)
         oom_retries = []
+        gpus = config.train.gpus_per_trial
         while True:
             try:
-                res = train_and_evaluate(
-                    config, params, self.pf.data, examples, ckpt,
-                    on_epoch_eval=on_epoch_eval, progress=progress, deadline=self.deadline,
-                )
+                if gpus > 1:
+                    from optuna_search.objectives._ddp import run_distributed
+
+                    # Same effective batch over the ranks: accumulation is divided by them.
+                    ddp_params = {**params, "gradient_accumulation": max(1, params["gradient_accumulation"] // gpus)}
+                    res = run_distributed(config, ddp_params, stored, ckpt, deadline=self.deadline, progress=progress)
+                else:
+                    res = train_and_evaluate(
+                        config, params, self.pf.data, examples, ckpt,
+                        on_epoch_eval=on_epoch_eval, progress=progress, deadline=self.deadline,
+                    )
                 break
             except UserError:
                 raise
@@ -460,7 +468,8 @@ class _Objective:
                 log.error("%s failed: %s: %s", tag, type(e).__name__, e)
                 raise TrialError(str(e)) from e
         trial.set_user_attr("batch_size", params["batch_size"])
-        trial.set_user_attr("gradient_accumulation", params["gradient_accumulation"])
+        trial.set_user_attr("gradient_accumulation", params["gradient_accumulation"] // gpus if gpus > 1 else params["gradient_accumulation"])
+        trial.set_user_attr("gpus_per_trial", gpus)
         s = res.scores
         from optuna_search.objectives._stats import field_metrics
 

@@ -32,8 +32,9 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def default_workers() -> int:
-    return max(1, len(visible_gpus()))
+def default_workers(gpus_per_trial: int = 1) -> int:
+    """One worker per visible GPU (per gpus_per_trial GPUs), 1 on CPU."""
+    return max(1, len(visible_gpus()) // gpus_per_trial)
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -52,16 +53,17 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
     return out + ["--worker"]
 
 
-def run_workers(argv: Sequence[str], n: int) -> list[int]:
+def run_workers(argv: Sequence[str], n: int, gpus_per_trial: int = 1) -> list[int]:
     """Start n workers with the given `run` arguments; relay their stderr; return their
     exit codes."""
     gpus = visible_gpus()
     cpu_share = max(1, (os.cpu_count() or 1) // n)
-    procs = []
+    procs, envs = [], []
     for i in range(n):
-        env = worker_env(i, gpus)
+        env = worker_env(i, gpus, gpus_per_trial)
         # CPU-only workers share the cores instead of each grabbing all of them.
         env.setdefault("OMP_NUM_THREADS", str(cpu_share))
+        envs.append(env)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "optuna_search.search._cli", *worker_argv(argv)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
@@ -71,7 +73,7 @@ def run_workers(argv: Sequence[str], n: int) -> list[int]:
     def relay(i: int, stream) -> None:
         for line in stream:
             with lock:
-                sys.stderr.write(f"[worker {i}{' gpu ' + gpus[i % len(gpus)] if gpus else ''}] {line}")
+                sys.stderr.write(f"[worker {i}{' gpu ' + envs[i]['CUDA_VISIBLE_DEVICES'] if gpus else ''}] {line}")
                 sys.stderr.flush()
 
     threads = [threading.Thread(target=relay, args=(i, p.stderr), daemon=True) for i, p in enumerate(procs)]

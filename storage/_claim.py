@@ -83,10 +83,11 @@ class ClaimLock:
         return self._held.locked()
 
 
-def worker_env(index: int, gpus: list[str]) -> dict[str, str]:
-    """Environment of worker ``index``: pinned to its own GPU when there are GPUs."""
+def worker_env(index: int, gpus: list[str], gpus_per_worker: int = 1) -> dict[str, str]:
+    """Environment of worker ``index``: pinned to its own GPU(s) when there are GPUs."""
     env = dict(os.environ)
     if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        start = (index * gpus_per_worker) % len(gpus)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start : start + gpus_per_worker])
     env["OPTUNA_SEARCH_WORKER"] = str(index)
     return env

@@ -49,8 +49,13 @@ def run_distributed(config: Any, params: dict[str, Any], eval_subset: list[dict[
     spec = checkpoint_dir / "ddp-spec.json"
     result = checkpoint_dir / "ddp-result.json"
     result.unlink(missing_ok=True)
+    from optuna_search.storage._storages import redact_url
+
+    # The ranks never touch the study's storage; keep its password out of the file.
+    shown = config.to_dict()
+    shown["storage"]["url"] = redact_url(config.storage.url)
     spec.write_text(json.dumps({
-        "config": config.to_dict(),
+        "config": shown,
         "params": params,
         "eval_subset": eval_subset,
         "checkpoint_dir": str(checkpoint_dir),

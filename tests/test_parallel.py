@@ -130,3 +130,41 @@ def test_demo_with_two_workers_on_cpu(tmp_path, demo_cache):
     workers_used = {t.user_attrs.get("worker") for t in complete}
     assert workers_used == {"0", "1"}
     assert "3/3 grid points complete" in proc.stdout
+
+
+def test_ctrl_c_stops_every_worker_and_leaves_trials_resumable(tmp_path, demo_cache):
+    import re
+    import signal
+    import threading
+
+    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
+    args = ["run", "--preset", "demo", "--workers", "2", "--set", "train.checkpoint_steps=25"]
+    # A process group of its own, as a terminal gives: Ctrl-C reaches parent and workers.
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    past_checkpoint: set[str] = set()
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def reader():
+        for line in proc.stderr:
+            lines.append(line)
+            m = re.match(r"\[worker (\d)\].* step (\d+)/", line)
+            if m and int(m.group(2)) >= 40:
+                past_checkpoint.add(m.group(1))
+                if len(past_checkpoint) == 2:
+                    ready.set()
+    threading.Thread(target=reader, daemon=True).start()
+    assert ready.wait(180), "".join(lines[-20:])
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 2 and not any("error" in t.user_attrs for t in interrupted)
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora_r"] for t in complete) == [4, 8, 16]
+    assert sum(t.user_attrs["resumed_from_step"] > 0 for t in complete) == 2

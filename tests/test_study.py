@@ -97,3 +97,17 @@ def test_study_stores_its_config_for_the_dashboard(demo_study):
     assert ua["config"]["model"]["name_or_path"] == "builtin:tiny-mistral"
     assert "[lora]" in ua["config_toml"]
     assert _study(work).metric_names == ["overall_accuracy"]
+
+
+def test_status_shows_every_point_without_importing_torch(demo_study):
+    import subprocess
+    import sys
+
+    work, _ = demo_study
+    code = ("import sys\nfrom optuna_search.search._cli import main\nrc = main(['-q', 'status', '--preset', 'demo'])\n"
+            "print('RC', rc, 'TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert "RC 0 TORCH False" in out.stdout, out.stderr
+    assert "3/3 grid points complete" in out.stdout
+    for r in ("lora_r=4", "lora_r=8", "lora_r=16"):
+        assert r in out.stdout

@@ -294,6 +294,7 @@ def run_grid(
     try:
         while True:
             lock.acquire()
+            fail_orphaned_trials(study, config.storage.grace_period)
             state = grid_state(study, config)
             _prune_checkpoints(config, state, pruned)
             if getattr(objective, "budget_stopped", False):
@@ -331,6 +332,46 @@ def run_grid(
     finally:
         lock.release()
         study.sampler.on_claimed = None
+
+
+def fail_orphaned_trials(study, grace_period: float) -> int:
+    """Fail RUNNING trials that never got a heartbeat, older than the grace period.
+
+    Optuna's stale-trial check only looks at trials with a heartbeat record. A process
+    killed between creating its trial and starting the heartbeat thread leaves a trial
+    that check never sees: RUNNING forever, and (if it had claimed a point) a grid point
+    that would never be reclaimed. Returns how many were failed."""
+    import datetime as dt
+
+    from optuna.trial import TrialState
+    from sqlalchemy import text
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if getattr(backend, "heartbeat_interval", None) is None:
+        return 0
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    with backend.engine.connect() as conn:
+        beating = {
+            row[0]
+            for row in conn.execute(
+                text(
+                    "SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                    "WHERE t.study_id = :sid AND t.state = 'RUNNING'"
+                ),
+                {"sid": study._study_id},
+            )
+        }
+    now, failed = dt.datetime.now(), 0
+    for t in running:
+        if t._trial_id in beating or t.datetime_start is None:
+            continue
+        if (now - t.datetime_start).total_seconds() > grace_period:
+            study._storage.set_trial_user_attr(t._trial_id, "orphaned", "its process died before its heartbeat started")
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                failed += 1
+    return failed
 
 
 def _fmt_s(s: float | None) -> str:
@@ -371,6 +412,7 @@ def _wait_for_running(study, config: Config) -> bool:
     while True:
         time.sleep(min(5, config.storage.heartbeat_interval))
         fail_stale_trials(study)
+        fail_orphaned_trials(study, config.storage.grace_period)
         now = [r["key"] for r in grid_state(study, config) if r["status"] == "running"]
         if now != running:
             return True

@@ -152,6 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from optuna_search.search._study import ATTR_BASELINES, run_study
 
     config = resolve_config(args)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers {args.workers} must be at least 1")
     if args.resume_from:
         from optuna_search.storage._bundle import import_bundle
 
@@ -160,8 +162,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     demo = config.model.name_or_path.startswith("builtin:")
     if demo:
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers} must be at least 1")
     if args.worker:
         # One of `run --workers N`'s processes: run points until none is left for us;
         # the parent prints the summary.

@@ -172,15 +172,16 @@ def _trial_point(trial, keys: list[str], sampler=None) -> dict[str, Any] | None:
     return {k: params[k] for k in keys}
 
 
-def grid_state(study, config: Config) -> list[dict[str, Any]]:
-    """Per grid point: its trials and what to do with it."""
+def grid_state(study, config: Config, trials: list | None = None) -> list[dict[str, Any]]:
+    """Per grid point: its trials and what to do with it (``trials``: the study's trials
+    if the caller has just read them)."""
     from optuna.trial import TrialState
 
     keys = list(config.study.grid)
     points = [{k: grid_value_for_optuna(k, v) for k, v in p.items()} for p in config.grid_points()]
     by_key: dict[str, list] = {point_key(p): [] for p in points}
     sampler = study.sampler if hasattr(study.sampler, "point_of") else None
-    for t in study.get_trials(deepcopy=False):
+    for t in trials if trials is not None else study.get_trials(deepcopy=False):
         p = _trial_point(t, keys, sampler)
         if p is not None and point_key(p) in by_key:
             by_key[point_key(p)].append(t)
@@ -294,8 +295,10 @@ def run_grid(
     try:
         while True:
             lock.acquire()
-            fail_orphaned_trials(study, config.storage.grace_period)
-            state = grid_state(study, config)
+            trials = study.get_trials(deepcopy=False)
+            if fail_orphaned_trials(study, config.storage.grace_period, trials):
+                trials = study.get_trials(deepcopy=False)
+            state = grid_state(study, config, trials)
             _prune_checkpoints(config, state, pruned)
             if getattr(objective, "budget_stopped", False):
                 return RunOutcome(study, state, ran, budget_reached=True)
@@ -334,7 +337,7 @@ def run_grid(
         study.sampler.on_claimed = None
 
 
-def fail_orphaned_trials(study, grace_period: float) -> int:
+def fail_orphaned_trials(study, grace_period: float, trials: list | None = None) -> int:
     """Fail RUNNING trials that never got a heartbeat, older than the grace period.
 
     Optuna's stale-trial check only looks at trials with a heartbeat record. A process
@@ -349,7 +352,9 @@ def fail_orphaned_trials(study, grace_period: float) -> int:
     backend = getattr(study._storage, "_backend", study._storage)
     if getattr(backend, "heartbeat_interval", None) is None:
         return 0
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
     if not running:
         return 0
     with backend.engine.connect() as conn:

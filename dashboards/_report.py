@@ -49,7 +49,7 @@ def collect_report(study, artifact_store=None) -> dict[str, Any]:
     baselines = study.user_attrs.get("baselines") or {}
     baseline_preds = study.user_attrs.get("baseline_predictions") or {}
 
-    rows, correctness = [], {}
+    rows, correctness, gold = [], {}, None
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         ua = t.user_attrs
         row: dict[str, Any] = {
@@ -90,6 +90,8 @@ def collect_report(study, artifact_store=None) -> dict[str, Any]:
             preds = _load_predictions(artifact_store, t)
             if preds is not None and [i for i in ids if i in preds] == ids:
                 correctness[t.number] = _correct_vectors(preds, ids, fields)
+                # Gold labels come with every predictions file; keep the first.
+                gold = gold or {i: preds[i]["gold"] for i in ids}
         rows.append(row)
 
     complete = [r for r in rows if r["state"] == "COMPLETE"]
@@ -100,7 +102,6 @@ def collect_report(study, artifact_store=None) -> dict[str, Any]:
             "Start a new study for the new evaluation set"
         )
     base_correct = {}
-    gold = _gold_of(ids, artifact_store, study)
     for name, preds in baseline_preds.items():
         if gold is not None and all(i in preds for i in ids):
             base_correct[name] = {
@@ -139,15 +140,6 @@ def _correct_vectors(preds: dict[str, dict[str, Any]], ids: list[str], fields: l
     # Overall per example: all fields right (the paired test needs one outcome per example).
     out["overall"] = [all(out[f][k] for f in fields) for k in range(len(ids))]
     return out
-
-
-def _gold_of(ids, store, study):
-    # Gold labels come with any trial's predictions file.
-    for t in study.get_trials(deepcopy=False):
-        preds = _load_predictions(store, t)
-        if preds is not None and all(i in preds for i in ids):
-            return {i: preds[i]["gold"] for i in ids}
-    return None
 
 
 def _compare(name_a: str, name_b: str, a: dict[str, list[bool]], b: dict[str, list[bool]], fields: list[str]) -> dict[str, Any]:

@@ -161,6 +161,11 @@ class TrialResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def at_epoch_end(epoch: float | None) -> bool:
+    """Trainer's fractional epoch counter sits on a whole number only at an epoch's end."""
+    return epoch is not None and abs(epoch - round(epoch)) < 1e-6
+
+
 def losses_per_epoch(log_history: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     """Mean training loss and the eval loss of each epoch, from Trainer's log history.
 
@@ -176,7 +181,7 @@ def losses_per_epoch(log_history: list[dict[str, Any]]) -> tuple[list[float], li
         idx = max(0, math.ceil(round(epoch, 6)) - 1)
         if "loss" in rec:
             train.setdefault(idx, []).append(float(rec["loss"]))
-        if "eval_loss" in rec and abs(epoch - round(epoch)) < 1e-6:
+        if "eval_loss" in rec and at_epoch_end(epoch):
             evals[idx] = float(rec["eval_loss"])
     return (
         [sum(v) / len(v) for _, v in sorted(train.items())],
@@ -223,12 +228,11 @@ def _make_callback(
             if self.first_step is None:
                 self.first_step = state.global_step - 1
             now = time.monotonic()
-            done_steps = state.global_step - self.first_step
-            self.step_seconds = (now - self.t0) / max(done_steps, 1)
+            done = state.global_step - self.first_step
+            self.step_seconds = (now - self.t0) / max(done, 1)
             # A checkpoint due on an epoch's last step is written after that epoch's
             # validation pass instead, so that a resume from it never misses the pass.
-            epoch = state.epoch or 0
-            if control.should_save and abs(epoch - round(epoch)) < 1e-6:
+            if control.should_save and at_epoch_end(state.epoch):
                 control.should_save = False
                 self.save_after_eval = True
             # Stop while there is still time for a few more steps' worth of work (the
@@ -243,7 +247,6 @@ def _make_callback(
             if now - self.last_log < PROGRESS_INTERVAL_S and state.global_step < state.max_steps:
                 return
             self.last_log = now
-            done = state.global_step - self.first_step
             rate = done / max(now - self.t0, 1e-9)
             eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
             loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
@@ -263,9 +266,8 @@ def _make_callback(
                 self.save_after_eval = False
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):
-            epoch = state.epoch or 0
-            if metrics and "eval_loss" in metrics and abs(epoch - round(epoch)) < 1e-6:
-                on_epoch_eval(max(1, round(epoch)), float(metrics["eval_loss"]))
+            if metrics and "eval_loss" in metrics and at_epoch_end(state.epoch):
+                on_epoch_eval(max(1, round(state.epoch)), float(metrics["eval_loss"]))
 
     return StudyCallback()
 

@@ -91,3 +91,30 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
         resolve_model_source(str(tmp_path / "empty"))
+
+
+def _first_adapter_grad(model, ids) -> float:
+    model.train()
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight.grad.norm().item()
+
+
+def test_gradients_reach_the_first_layers_adapters_after_a_validation_pass(demo_model_dir):
+    """bitsandbytes repacks 4-bit weights for CPU inference on avx512_bf16 machines the
+    first time a layer runs in eval mode without gradients; unless the loader prevents
+    it, every epoch after the first validation pass trains with vanishing gradients."""
+    cfg = load_config(preset="demo").model
+    torch.manual_seed(0)
+    model, _ = load_lora_model(str(demo_model_dir), cfg, _params(8), gradient_checkpointing=False)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # lora_B starts at zero; give lora_A a gradient to measure
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(4, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    before = _first_adapter_grad(model, ids)
+    model.eval()
+    with torch.no_grad():  # what the per-epoch validation pass and generate() do
+        model(input_ids=ids)
+    after = _first_adapter_grad(model, ids)
+    assert before > 0.01
+    assert after == pytest.approx(before, rel=1e-3)

@@ -12,23 +12,32 @@ import logging
 import sys
 from typing import Any
 
-from optuna_search.search._errors import UserError
+from optuna_search.core import Config, UserError
+from optuna_search.storage._artifacts import artifact_store
+from optuna_search.storage._internals import storage_of
+from optuna_search.storage._storages import redact_url
 
 log = logging.getLogger("optuna_search")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve_dashboard(config: Any, host: str = "127.0.0.1", port: int = 8080) -> None:
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port} is not a TCP port; use 1-65535 (e.g. 8080)")
+
+
+def serve_dashboard(study: Any, config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
     import optuna_dashboard
 
-    from optuna_search.storage._storages import artifact_store, make_storage, redact_url
-
-    storage = make_storage(config.storage.url, read_only=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    check_port(port)
+    if host not in LOOPBACK:
         log.warning("dashboard bound to %s: anyone who can reach this machine can read and edit the study", host)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/dashboard"
     print(f"optuna-dashboard for {redact_url(config.storage.url)} at {url} (Ctrl-C to stop)", flush=True)
+    # The artifact store is opened only if it exists: looking must not create folders.
+    store = artifact_store(config.storage.artifacts, create=False)
     try:
-        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=artifact_store(config.storage.artifacts))
+        optuna_dashboard.run_server(storage_of(study), host=host, port=port, artifact_store=store)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
     except KeyboardInterrupt:

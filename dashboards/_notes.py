@@ -1,75 +1,90 @@
 """Markdown notes shown in optuna-dashboard (``optuna_dashboard.save_note``): one per
-trial (accuracy table, effective configuration, environment) and one on the study
-(summary table with baselines). Text is built from plain data so it is testable; no
-storage URL or other secret is ever written into a note."""
+trial (accuracy table, calibration, effective configuration, environment) and one on the
+study (summary table with baselines, ensembles). Text is built from plain data so it is
+testable; no storage URL or other secret is ever written into a note."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from optuna_search.core import Config, TrialRecord
+from optuna_search.core._text import markdown_table, num, pct
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
 
-
-def trial_note(number: int, point_key: str, attrs: dict[str, Any], params: dict[str, Any], config: dict[str, Any], fields: list[str], overall: float) -> str:
-    lines = [f"## Trial {number}: {point_key}", "", "| field | accuracy | 95% CI (Wilson) | macro-F1 |", "|---|---|---|---|"]
-    for f in fields:
-        ci = attrs.get(f"{f}_accuracy_ci95") or [None, None]
-        f1 = attrs.get(f"{f}_macro_f1")
-        lines.append(f"| {f} | {_pct(attrs.get(f'{f}_accuracy'))} | {_pct(ci[0])} - {_pct(ci[1])} | {'-' if f1 is None else f'{f1:.3f}'} |")
-    lines += [
-        f"| **overall** (mean of fields) | **{_pct(overall)}** | | |",
-        "",
-        f"All fields right: {_pct(attrs.get('exact_match_accuracy'))}; parse failures: {attrs.get('parse_failures')} "
-        f"of {attrs.get('eval_examples')} examples.",
-        "",
-        "### Effective configuration",
-        "",
-        "| setting | value |",
-        "|---|---|",
-    ]
-    m, t = config.get("model", {}), config.get("train", {})
-    rows = [
-        ("base model", m.get("name_or_path")),
-        ("revision", m.get("revision") or "default"),
-        ("quantization", f"{m.get('quantization')} (double quant {m.get('double_quant')}), compute {attrs.get('compute_dtype', m.get('compute_dtype'))}"),
-        ("LoRA r / alpha / dropout", f"{params['lora_r']} / {params['lora_alpha']:g} / {params['lora_dropout']}"),
-        ("target modules", ", ".join(params["target_modules"])),
-        ("learning rate", f"{params['learning_rate']:g} ({t.get('lr_scheduler')}, warm-up {t.get('warmup_ratio')})"),
-        ("batch", f"{attrs.get('batch_size', t.get('batch_size'))} per device x {attrs.get('gradient_accumulation', t.get('gradient_accumulation'))} accumulation"),
-        ("epochs", params["epochs"]),
-        ("max length", m.get("max_length")),
-        ("seed", t.get("seed")),
-        ("trainable parameters", f"{attrs.get('trainable_params', 0):,}"),
-        ("resumed from step", attrs.get("resumed_from_step", 0)),
-    ]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    env = attrs.get("environment") or {}
-    lines += ["", "### Environment", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in env.items()]
+def trial_note(r: TrialRecord, config: dict[str, Any], fields: list[str], split: str = "test") -> str:
+    lines = [f"## Trial {r.number}: {r.label}", ""]
+    if r.test is not None:
+        rows = []
+        for f in fields:
+            ci = r.test.ci95.get(f) or [None, None]
+            rows.append([f, pct(r.test.accuracy[f]), f"{pct(ci[0])} - {pct(ci[1])}", num(r.test.macro_f1.get(f), ".3f"),
+                         pct(r.accuracy(f, "validation"))])
+        rows.append(["**overall** (mean of fields)", f"**{pct(r.overall)}**", "", "", pct(r.split_overall("validation"))])
+        lines += [markdown_table(["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "validation accuracy"], rows), ""]
+        lines.append(f"The study's objective is measured on **{split}**. All fields right: {pct(r.test.exact_match)}; "
+                     f"parse failures: {r.test.parse_failures} of {r.test.n} examples.")
+        lines.append("")
+        if r.test.calibration:
+            cal = [[f, num(c.get("log_loss"), ".3f"), num(c.get("brier"), ".3f"), num(c.get("ece"), ".3f")]
+                   for f, c in r.test.calibration.items()]
+            lines += ["### Calibration (label probabilities, test)", "", markdown_table(["field", "log-loss", "Brier", "ECE (10 bins)"], cal), ""]
+    lines += ["### Effective configuration", "", markdown_table(["setting", "value"], _config_rows(r, config))]
+    env = r.environment or {}
+    lines += ["", "### Environment", "", markdown_table(["", ""], list(env.items()))]
     return "\n".join(lines) + "\n"
 
 
-def study_note(study_name: str, rows: list[dict[str, Any]], fields: list[str], baselines: dict[str, dict[str, float]] | None, n_eval: int) -> str:
-    lines = [
-        f"## {study_name}",
-        "",
-        f"Every row is scored on the same {n_eval} test examples (greedy decoding).",
-        "",
-        "| configuration | " + " | ".join(fields) + " | overall | train loss | eval loss | status |",
-        "|---|" + "---|" * (len(fields) + 4),
+def _config_rows(r: TrialRecord, config: dict[str, Any]) -> list[list[Any]]:
+    m, t = config.get("model", {}), config.get("train", {})
+    p = r.effective_params or {}
+    return [
+        ["base model", m.get("name_or_path")],
+        ["revision", m.get("revision") or "default"],
+        ["prompt", f"{m.get('chat_template', 'auto')} chat template"],
+        ["quantization", f"{m.get('quantization')} (double quant {m.get('double_quant')}), compute {r.compute_dtype or m.get('compute_dtype')}"],
+        ["LoRA r / alpha / dropout", f"{p.get('lora_r')} / {num(p.get('lora_alpha'), 'g')} / {p.get('lora_dropout')}"],
+        ["target modules", ", ".join(p.get("target_modules") or [])],
+        ["learning rate", f"{num(p.get('learning_rate'), 'g')} ({t.get('lr_scheduler')}, warm-up {p.get('warmup_ratio')}, weight decay {p.get('weight_decay')})"],
+        ["batch", f"{r.batch_size or p.get('batch_size')} per device x {r.gradient_accumulation or p.get('gradient_accumulation')} accumulation"],
+        ["epochs", p.get("epochs")],
+        ["max length", m.get("max_length")],
+        ["evaluation", config.get("eval", {}).get("method", "generate")],
+        ["seed", t.get("seed")],
+        ["trainable parameters", num(r.trainable_params, ",")],
+        ["optimizer steps", r.optimizer_steps],
+        ["resumed from step", r.resumed_from_step or 0],
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['point']} | " + " | ".join(_pct(r.get(f)) for f in fields)
-            + f" | {_pct(r.get('overall'))} | {_fmt(r.get('train_loss'))} | {_fmt(r.get('eval_loss'))} | {r['status']} |"
-        )
-    for name, b in (baselines or {}).items():
-        lines.append(f"| baseline: {name} | " + " | ".join(_pct(b.get(f)) for f in fields) + f" | {_pct(b.get('overall'))} | - | - | - |")
+
+
+def study_note(config: Config, rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]] | None, n_eval: int,
+               n_target: int, ensembles: list[dict[str, Any]] | None = None) -> str:
+    fields = list(config.data.fields)
+    lines = [
+        f"## {config.study.name}",
+        "",
+        f"Sampler: {config.study.sampler}, pruner: {config.study.pruner}, objective(s): {', '.join(config.study.objectives)} "
+        f"on the {config.eval.objective_split} split; {n_target} {'grid points' if config.is_grid else 'trials'}.",
+        f"Every row is scored on the same {n_eval} test examples ({_method(config)}).",
+        "",
+    ]
+    head = ["configuration"] + fields + ["overall", "validation", "train loss", "eval loss", "status"]
+    table = [[r["point"]] + [pct(r.get(f)) for f in fields]
+             + [pct(r.get("overall")), pct(r.get("validation")), num(r.get("train_loss"), ".4f"), num(r.get("eval_loss"), ".4f"), r["status"]]
+             for r in rows]
+    table += [[f"baseline: {name}"] + [pct(b.get(f)) for f in fields] + [pct(b.get("overall")), "-", "-", "-", "-"]
+              for name, b in (baselines or {}).items()]
+    lines.append(markdown_table(head, table))
+    for e in ensembles or []:
+        lines += ["", ensemble_line(e)]
     lines += ["", "Significance tests and the recommendation: `optuna-search report`."]
     return "\n".join(lines) + "\n"
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _method(config: Config) -> str:
+    return "label scoring" if config.eval.method == "score" else "greedy decoding"
+
+
+def ensemble_line(e: dict[str, Any]) -> str:
+    """'ensemble of r=4,8,16 (soft voting): 66.3% vs best single 64.0% (p = 0.42)'."""
+    return (f"ensemble of {', '.join(e['members'])} ({e['method']} voting): {pct(e['overall'])} vs best single "
+            f"{pct(e['best_single_overall'])} (McNemar p = {e['p_vs_best']:.2g}, all fields right; members chosen on {e['chosen_on']})")

@@ -1,144 +1,143 @@
 """The study report: data first (``collect_report``, testable), then Markdown and a
-self-contained HTML file with plotly charts.
+self-contained HTML file with plotly charts (``_figures``).
 
 It fills the tables of the original study plan (performance summary with baselines,
-training loss per epoch, overfitting analysis) and a recommendation that applies the
-plan's decision criteria in order (overall accuracy, then severity accuracy, then the
-overfitting signal, then inference speed), saying plainly when the best configuration
-is not significantly better (exact McNemar, p < 0.05) than the others or the baselines.
+training loss per epoch, overfitting analysis, inference speed) and adds what a search
+needs: test and validation side by side, calibration when labels were scored, the
+Pareto front of a multi-objective study, ensembles stored on the study, and exact
+McNemar tests. The recommendation applies the plan's criteria in order (the objective,
+then the first label field - severity in the flagship study -, then the overfitting
+signal, then inference speed) and says plainly when the best is not significantly better
+than the others, a baseline, or an ensemble.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from optuna_search.objectives._stats import mcnemar_exact, wilson_interval
-from optuna_search.search._errors import UserError
+from optuna_search.core import TrialRecord, UserError
+from optuna_search.core._record import (
+    ATTR_BASELINE_PREDICTIONS,
+    ATTR_BASELINES,
+    ATTR_CONFIG,
+    ATTR_ENSEMBLES,
+    ATTR_EVAL_SUBSET,
+    ATTR_VALIDATION_BASELINES,
+)
+from optuna_search.dashboards._figures import build_figures
+from optuna_search.dashboards._render import render_markdown
+from optuna_search.objectives._ensemble import correctness
+from optuna_search.objectives._metrics import Prediction
+from optuna_search.objectives._stats import mcnemar_exact, reliability_bins, wilson_interval
+from optuna_search.storage._artifacts import read_records
 
-ALPHA = 0.05
+# Choosing the best of more trials than this on the test examples inflates its score.
+OPTIMISM_TRIALS = 3
 
 
-def _load_predictions(store, trial) -> dict[str, dict[str, Any]] | None:
-    aid = trial.user_attrs.get("predictions_artifact_id")
-    if store is None or not aid:
-        return None
-    try:
-        with store.open_reader(aid) as fh:
-            rows = [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line.strip()]
-    except Exception:  # noqa: BLE001 - a missing artifact degrades the report, it does not stop it
-        return None
-    return {r["id"]: r for r in rows}
-
-
-def _label(trial, keys: list[str]) -> str:
-    return ",".join(f"{k}={trial.params[k]}" for k in keys if k in trial.params) or f"trial {trial.number}"
+def load_predictions(store, record: TrialRecord, split: str = "test") -> dict[str, Prediction] | None:
+    """A trial's stored predictions on one split, by example id (None if unavailable)."""
+    artifact = record.predictions_artifact_id if split == "test" else record.validation_predictions_artifact_id
+    rows = read_records(store, artifact)
+    return None if rows is None else {r["id"]: Prediction.from_record(r) for r in rows}
 
 
 def collect_report(study, artifact_store=None) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
-    cfg = study.user_attrs.get("config") or {}
+    cfg = study.user_attrs.get(ATTR_CONFIG) or {}
     fields = list(cfg.get("data", {}).get("fields") or ["severity", "component", "reproducibility"])
-    grid_keys = list(cfg.get("study", {}).get("grid", {}) or [])
-    subset = study.user_attrs.get("eval_subset") or []
-    ids = [s["id"] for s in subset]
-    baselines = study.user_attrs.get("baselines") or {}
-    baseline_preds = study.user_attrs.get("baseline_predictions") or {}
-
-    rows, correctness, gold = [], {}, None
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        ua = t.user_attrs
-        row: dict[str, Any] = {
-            "trial": t.number,
-            "config": _label(t, grid_keys),
-            "state": t.state.name,
-            "lora_r": t.params.get("lora_r"),
-            "lora_alpha": ua.get("lora_alpha"),
-            "error": ua.get("error"),
-            "start": t.datetime_start.isoformat() if t.datetime_start else None,
-            "end": t.datetime_complete.isoformat() if t.datetime_complete else None,
-        }
-        if t.state == TrialState.COMPLETE:
-            n = ua.get("eval_examples", len(ids))
-            for f in fields:
-                acc = ua.get(f"{f}_accuracy")
-                row[f] = acc
-                row[f"{f}_ci95"] = ua.get(f"{f}_accuracy_ci95") or (
-                    list(wilson_interval(round(acc * n), n)) if acc is not None and n else None
-                )
-                row[f"{f}_macro_f1"] = ua.get(f"{f}_macro_f1")
-            tl, el = ua.get("train_loss_per_epoch") or [], ua.get("eval_loss_per_epoch") or []
-            row.update(
-                overall=t.value,
-                exact_match=ua.get("exact_match_accuracy"),
-                train_loss_per_epoch=tl,
-                eval_loss_per_epoch=el,
-                final_train_loss=tl[-1] if tl else None,
-                final_eval_loss=el[-1] if el else None,
-                gap=(el[-1] - tl[-1]) if tl and el else None,
-                eval_loss_rising=bool(len(el) >= 2 and el[-1] > min(el[:-1])),
-                trainable_params=ua.get("trainable_params"),
-                examples_per_second=ua.get("eval_examples_per_second"),
-                parse_failures=ua.get("parse_failures"),
-                minutes=(ua.get("train_seconds", 0) + ua.get("eval_seconds", 0)) / 60,
-                eval_ids_sha256=ua.get("eval_ids_sha256"),
-            )
-            preds = _load_predictions(artifact_store, t)
-            if preds is not None and [i for i in ids if i in preds] == ids:
-                correctness[t.number] = _correct_vectors(preds, ids, fields)
-                # Gold labels come with every predictions file; keep the first.
-                gold = gold or {i: preds[i]["gold"] for i in ids}
-        rows.append(row)
-
-    complete = [r for r in rows if r["state"] == "COMPLETE"]
-    digests = {r["eval_ids_sha256"] for r in complete if r.get("eval_ids_sha256")}
-    if len(digests) > 1:
-        raise UserError(
-            "the study's trials were evaluated on different example sets; their accuracies are not comparable. "
-            "Start a new study for the new evaluation set"
-        )
-    base_correct = {}
-    for name, preds in baseline_preds.items():
-        if gold is not None and all(i in preds for i in ids):
-            base_correct[name] = {
-                f: [preds[i][f] == gold[i][f] for i in ids] for f in fields
-            }
-            base_correct[name]["overall"] = [all(preds[i][f] == gold[i][f] for f in fields) for i in ids]
-
-    comparisons = []
-    for a in complete:
-        for b in complete:
-            if a["trial"] < b["trial"] and a["trial"] in correctness and b["trial"] in correctness:
-                comparisons.append(_compare(a["config"], b["config"], correctness[a["trial"]], correctness[b["trial"]], fields))
-    best = _choose_best(complete)
-    vs_baselines = []
-    if best is not None and best["trial"] in correctness:
-        for name, bc in base_correct.items():
-            vs_baselines.append(_compare(best["config"], f"baseline: {name}", correctness[best["trial"]], bc, fields))
+    split = cfg.get("eval", {}).get("objective_split", "test")
+    objectives = cfg.get("study", {}).get("objectives") or ["overall_accuracy"]
+    ids = [s["id"] for s in study.user_attrs.get(ATTR_EVAL_SUBSET) or []]
+    records = [TrialRecord.from_trial(t, fields) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    rows = [_row(r, fields) for r in records]
+    _check_same_examples([row for row in rows if row["state"] == "COMPLETE"])
+    complete = [row for row in rows if row["state"] == "COMPLETE" and row.get("duplicate_of") is None and row.get("overall") is not None]
+    correct, gold, reliability = _correctness(artifact_store, records, complete, ids, fields)
+    base_correct = _baseline_correctness(study.user_attrs.get(ATTR_BASELINE_PREDICTIONS) or {}, gold, ids, fields)
+    comparisons = [_compare(a["config"], b["config"], correct[a["trial"]], correct[b["trial"]], fields)
+                   for a in complete for b in complete if a["trial"] < b["trial"] and a["trial"] in correct and b["trial"] in correct]
+    multi = len(objectives) > 1
+    front = _front(study, complete) if multi else []
+    best = _choose_best(complete, fields, split)
+    baselines = study.user_attrs.get(ATTR_BASELINES) or {}
+    vs_baselines = [_compare(best["config"], f"baseline: {name}", correct[best["trial"]], bc, fields)
+                    for name, bc in base_correct.items()] if best is not None and best["trial"] in correct else []
+    ensembles = study.user_attrs.get(ATTR_ENSEMBLES) or []
     return {
-        "study": study.study_name,
-        "fields": fields,
-        "n_eval": len(ids),
+        "study": study.study_name, "fields": fields, "n_eval": len(ids), "split": split, "objectives": objectives,
+        "sampler": cfg.get("study", {}).get("sampler", "grid"), "method": cfg.get("eval", {}).get("method", "generate"),
         "model": cfg.get("model", {}).get("name_or_path"),
-        "demo": str(cfg.get("model", {}).get("name_or_path", "")).startswith("builtin:"),
-        "rows": rows,
-        "baselines": baselines,
-        "comparisons": comparisons,
-        "best": best,
-        "best_vs_baselines": vs_baselines,
-        "recommendation": _recommend(best, complete, comparisons, vs_baselines, fields, baselines),
+        "demo": str(cfg.get("model", {}).get("name_or_path", "")).startswith("builtin:tiny"),
+        "rows": rows, "baselines": baselines, "validation_baselines": study.user_attrs.get(ATTR_VALIDATION_BASELINES) or {},
+        "comparisons": comparisons, "best": best, "best_vs_baselines": vs_baselines, "front": front,
+        "ensembles": ensembles, "reliability": reliability,
+        "optimistic": split == "test" and len(complete) > OPTIMISM_TRIALS,
+        "recommendation": _recommend(best, complete, comparisons, vs_baselines, fields, baselines, front, ensembles, split),
         "generated": dt.datetime.now().isoformat(timespec="seconds"),
     }
 
 
-def _correct_vectors(preds: dict[str, dict[str, Any]], ids: list[str], fields: list[str]) -> dict[str, list[bool]]:
-    out = {f: [preds[i]["predicted"].get(f) == preds[i]["gold"][f] for i in ids] for f in fields}
-    # Overall per example: all fields right (the paired test needs one outcome per example).
-    out["overall"] = [all(out[f][k] for f in fields) for k in range(len(ids))]
+def _row(r: TrialRecord, fields: list[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "trial": r.number, "config": r.label, "state": r.state, "lora_r": r.params.get("lora_r"), "lora_alpha": r.lora_alpha,
+        "error": r.error, "duplicate_of": r.duplicate_of, "pruned_at": r.pruned_at_step, "values": r.values,
+        "start": r.datetime_start.isoformat() if r.datetime_start else None,
+        "end": r.datetime_complete.isoformat() if r.datetime_complete else None,
+        "validation_curve": r.validation_accuracy_curve or [], "optimizer_steps": r.optimizer_steps,
+        "minutes": r.minutes, "validation": r.split_overall("validation"), "eval_ids_sha256": r.eval_ids_sha256,
+    }
+    if r.state != "COMPLETE" or r.test is None:
+        return row
+    t = r.test
+    for f in fields:
+        row[f] = t.accuracy.get(f)
+        row[f + "_ci95"] = t.ci95.get(f) or (list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) if t.n else None)
+        row[f + "_macro_f1"] = t.macro_f1.get(f)
+        row[f + "_validation"] = r.accuracy(f, "validation")
+    tl, el = r.train_loss_per_epoch or [], r.eval_loss_per_epoch or []
+    row.update(
+        overall=t.overall, exact_match=t.exact_match, calibration=t.calibration,
+        train_loss_per_epoch=tl, eval_loss_per_epoch=el,
+        final_train_loss=tl[-1] if tl else None, final_eval_loss=el[-1] if el else None,
+        gap=(el[-1] - tl[-1]) if tl and el else None, eval_loss_rising=bool(len(el) >= 2 and el[-1] > min(el[:-1])),
+        trainable_params=r.trainable_params, examples_per_second=r.eval_examples_per_second,
+        eval_seconds_per_example=r.eval_seconds_per_example, peak_memory_mb=r.peak_memory_mb, train_seconds=r.train_seconds,
+        parse_failures=t.parse_failures, artifact=r.predictions_artifact_id,
+    )
+    return row
+
+
+def _check_same_examples(complete: list[dict[str, Any]]) -> None:
+    if len({r["eval_ids_sha256"] for r in complete if r.get("eval_ids_sha256")}) > 1:
+        raise UserError("the study's trials were evaluated on different example sets; their accuracies are not "
+                        "comparable. Start a new study for the new evaluation set")
+
+
+def _correctness(store, records: list[TrialRecord], complete: list[dict[str, Any]], ids: list[str], fields: list[str]):
+    """Per trial, whether each test example is right (per field and all fields), the
+    gold labels, and reliability-diagram bins per trial and field (label scoring)."""
+    by_number = {r.number: r for r in records}
+    correct, gold, reliability = {}, None, {}
+    for row in complete:
+        preds = load_predictions(store, by_number[row["trial"]])
+        if preds is None or [i for i in ids if i in preds] != ids:
+            continue
+        correct[row["trial"]] = correctness(preds, ids, fields)
+        gold = gold or {i: preds[i].gold for i in ids}
+        if all(preds[i].probs is not None for i in ids):
+            reliability[row["config"]] = {f: reliability_bins([preds[i].gold[f] for i in ids], [preds[i].probs[f] for i in ids]) for f in fields}
+    return correct, gold, reliability
+
+
+def _baseline_correctness(baseline_preds: dict[str, Any], gold, ids: list[str], fields: list[str]) -> dict[str, dict[str, list[bool]]]:
+    out = {}
+    for name, preds in baseline_preds.items():
+        if gold is not None and all(i in preds for i in ids):
+            out[name] = {f: [preds[i][f] == gold[i][f] for i in ids] for f in fields}
+            out[name]["overall"] = [all(preds[i][f] == gold[i][f] for f in fields) for i in ids]
     return out
 
 
@@ -150,49 +149,70 @@ def _compare(name_a: str, name_b: str, a: dict[str, list[bool]], b: dict[str, li
     return out
 
 
-def _choose_best(complete: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The plan's criteria, in order: overall accuracy, severity accuracy, the smaller
+def _front(study, complete: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    numbers = {t.number for t in study.best_trials}
+    return [r for r in complete if r["trial"] in numbers]
+
+
+def _choose_best(complete: list[dict[str, Any]], fields: list[str], split: str) -> dict[str, Any] | None:
+    """The plan's criteria, in order: overall accuracy on the objective's split, the
+    first label field's accuracy (severity in the flagship study), the smaller
     train/eval gap (less overfitting), faster inference."""
     if not complete:
         return None
 
     def key(r):
         gap = r.get("gap")
-        return (
-            r.get("overall") or 0.0,
-            r.get("severity") or 0.0,
-            -(gap if gap is not None else math.inf),
-            r.get("examples_per_second") or 0.0,
-        )
+        primary = (r.get("validation") if split == "validation" else r.get("overall")) or 0.0
+        first = (r.get(fields[0] + "_validation") if split == "validation" else r.get(fields[0])) or 0.0
+        return (primary, first, -(gap if gap is not None else math.inf), r.get("examples_per_second") or 0.0)
 
     return max(complete, key=key)
 
 
-def _recommend(best, complete, comparisons, vs_baselines, fields, baselines) -> list[str]:
+def _recommend(best, complete, comparisons, vs_baselines, fields, baselines, front, ensembles, split) -> list[str]:
     if best is None:
         return ["No configuration has a COMPLETE trial yet: nothing to recommend."]
-    lines = [
-        f"Best by the plan's criteria (overall accuracy, then severity, then overfitting, then speed): "
-        f"**{best['config']}** with overall accuracy {_pct(best['overall'])} "
-        f"(severity {_pct(best.get('severity'))})."
-    ]
-    ties = []
-    for c in comparisons:
-        if best["config"] not in (c["a"], c["b"]):
-            continue
-        other = c["b"] if c["a"] == best["config"] else c["a"]
-        if not c["overall"]["significant"]:
-            ties.append((other, c["overall"]["p"]))
-    if len(complete) > 1:
-        if ties:
-            lines.append(
-                "It is NOT significantly better than "
-                + ", ".join(f"{o} (McNemar p = {p:.2f})" for o, p in ties)
-                + " on these examples: the difference may be noise. Among configurations within noise of the "
-                "best, the smallest rank is the cheapest to train and serve."
-            )
-        else:
-            lines.append("It is significantly better (McNemar p < 0.05, examples with all fields right) than every other configuration.")
+    lines = []
+    if front:
+        lines.append("Pareto front (no trial is better on every objective): " + "; ".join(
+            f"**{r['config']}** ({_values_text(r)})" for r in front)
+            + ". Choose along it by what matters more: the first objective (accuracy) or the costs after it.")
+    on = f"{split} " if split == "validation" else ""
+    lines.append(
+        f"Best by the plan's criteria (overall {on}accuracy, then {fields[0]}, then overfitting, then speed): "
+        f"**{best['config']}** with overall test accuracy {_pct(best['overall'])} ({fields[0]} {_pct(best.get(fields[0]))})"
+        + (f", validation {_pct(best.get('validation'))}" if best.get("validation") is not None else "") + ".")
+    lines += _versus_others(best, complete, comparisons)
+    lines += _versus_baselines(best, vs_baselines, baselines, fields)
+    for e in ensembles:
+        better = e["overall"] > (best.get("overall") or 0)
+        lines.append(
+            f"Ensemble of {', '.join(e['members'])} ({e['method']} voting): {_pct(e['overall'])} vs best single "
+            f"{_pct(e['best_single_overall'])}, McNemar p = {e['p_vs_best']:.2g}"
+            + ("" if e["p_vs_best"] < 0.05 else " (not significant)")
+            + f". It costs {len(e['members'])} adapters to serve and {len(e['members'])} forward passes per example"
+            + ("; worth it only if the gain holds on new data" if better else "; the single best trial is the better deal")
+            + f" (members chosen on {e['chosen_on']}).")
+    if best.get("eval_loss_rising"):
+        lines.append("Its validation loss rose in the last epoch: a sign of overfitting; fewer epochs may do as well.")
+    return lines
+
+
+def _versus_others(best, complete, comparisons) -> list[str]:
+    ties = [(c["b"] if c["a"] == best["config"] else c["a"], c["overall"]["p"]) for c in comparisons
+            if best["config"] in (c["a"], c["b"]) and not c["overall"]["significant"]]
+    if len(complete) <= 1:
+        return []
+    if ties:
+        return ["It is NOT significantly better than " + ", ".join(f"{o} (McNemar p = {p:.2f})" for o, p in ties)
+                + " on these examples: the difference may be noise. Among configurations within noise of the best, "
+                "the smallest rank is the cheapest to train and serve."]
+    return ["It is significantly better (McNemar p < 0.05, examples with all fields right) than every other configuration."]
+
+
+def _versus_baselines(best, vs_baselines, baselines, fields) -> list[str]:
+    lines = []
     for c in vs_baselines:
         name = c["b"].replace("baseline: ", "")
         acc = baselines.get(name, {}).get("overall")
@@ -206,132 +226,15 @@ def _recommend(best, complete, comparisons, vs_baselines, fields, baselines) -> 
         for c in vs_baselines:
             if c[f]["significant"] and c[f]["only_b"] > c[f]["only_a"]:
                 lines.append(f"On {f} it is significantly worse than {c['b']}.")
-    if best.get("eval_loss_rising"):
-        lines.append("Its validation loss rose in the last epoch: a sign of overfitting; fewer epochs may do as well.")
     return lines
+
+
+def _values_text(r: dict[str, Any]) -> str:
+    return ", ".join(f"{v:.4g}" for v in r.get("values") or [])
 
 
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def _num(v, fmt) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def render_markdown(rep: dict[str, Any]) -> str:
-    fields = rep["fields"]
-    md = [f"# Study report: {rep['study']}", ""]
-    if rep["demo"]:
-        md += ["> DEMO study: a tiny model on synthetic data. These numbers show the machinery, not model quality.", ""]
-    md += [f"Base model: `{rep['model']}`. Every configuration and baseline is scored on the same "
-           f"{rep['n_eval']} test examples (greedy decoding). Intervals: Wilson 95%.", ""]
-
-    md += ["## Performance summary", ""]
-    head = ["Configuration"] + [f.capitalize() for f in fields] + ["Overall", "Training loss", "Trainable params", "State"]
-    rows = []
-    for r in rep["rows"]:
-        if r["state"] == "COMPLETE":
-            cells = [f"{_pct(r[f])} [{_pct(r[f + '_ci95'][0])}, {_pct(r[f + '_ci95'][1])}]" if r.get(f + "_ci95") else _pct(r.get(f)) for f in fields]
-            rows.append([r["config"]] + cells + [_pct(r["overall"]), _num(r["final_train_loss"], ".4f"), _num(r["trainable_params"], ","), "complete"])
-        else:
-            note = r["state"].lower() + (f": {r['error'][:80]}" if r.get("error") else "")
-            rows.append([r["config"]] + ["-"] * len(fields) + ["-", "-", "-", note])
-    for name, b in rep["baselines"].items():
-        rows.append([f"baseline: {name}"] + [_pct(b.get(f)) for f in fields] + [_pct(b.get("overall")), "-", "-", "-"])
-    md += [_md_table(head, rows), ""]
-    md += ["Macro-F1 per field: " + "; ".join(
-        f"{r['config']}: " + ", ".join(f"{f} {_num(r.get(f + '_macro_f1'), '.3f')}" for f in fields)
-        for r in rep["rows"] if r["state"] == "COMPLETE") or "Macro-F1: no complete trial yet.", ""]
-
-    complete = [r for r in rep["rows"] if r["state"] == "COMPLETE"]
-    md += ["## Training loss per epoch", ""]
-    n_ep = max((len(r["train_loss_per_epoch"]) for r in complete), default=0)
-    md += [_md_table(["Configuration"] + [f"Epoch {i + 1}" for i in range(n_ep)],
-                     [[r["config"]] + [_num(v, ".4f") for v in r["train_loss_per_epoch"]] + ["-"] * (n_ep - len(r["train_loss_per_epoch"])) for r in complete]), ""]
-
-    md += ["## Overfitting analysis", ""]
-    md += [_md_table(["Configuration", "Final train loss", "Final eval loss", "Gap (eval - train)", "Eval loss rose in last epoch"],
-                     [[r["config"], _num(r["final_train_loss"], ".4f"), _num(r["final_eval_loss"], ".4f"), _num(r["gap"], "+.4f"),
-                       "yes" if r["eval_loss_rising"] else "no"] for r in complete]), ""]
-
-    md += ["## Inference speed", ""]
-    md += [_md_table(["Configuration", "Eval examples/s", "Parse failures", "Minutes (train + eval)"],
-                     [[r["config"], _num(r["examples_per_second"], ".2f"), str(r["parse_failures"]), _num(r["minutes"], ".1f")] for r in complete]), ""]
-
-    md += ["## Significance (exact McNemar, paired on the same examples)", ""]
-    if rep["comparisons"] or rep["best_vs_baselines"]:
-        head = ["A", "B"] + [f.capitalize() for f in fields] + ["All fields right"]
-        rows = []
-        for c in rep["comparisons"] + rep["best_vs_baselines"]:
-            rows.append([c["a"], c["b"]] + [
-                f"{c[k]['only_a']} vs {c[k]['only_b']}, p={c[k]['p']:.3g}{' *' if c[k]['significant'] else ''}"
-                for k in fields + ["overall"]])
-        md += ["Cells: examples only A got right vs only B got right, p-value (* = p < 0.05).", "", _md_table(head, rows), ""]
-    else:
-        md += ["Fewer than two complete configurations with saved predictions: nothing to test yet.", ""]
-
-    md += ["## Recommendation", ""] + [f"- {line}" for line in rep["recommendation"]] + [""]
-    md += [f"_Generated {rep['generated']} by optuna-search._", ""]
-    return "\n".join(md)
-
-
-def build_figures(rep: dict[str, Any]) -> list[Any]:
-    import plotly.graph_objects as go
-
-    fields = rep["fields"]
-    complete = [r for r in rep["rows"] if r["state"] == "COMPLETE"]
-    names = [r["config"] for r in complete]
-    figs = []
-
-    fig = go.Figure()
-    fig.add_bar(x=names, y=[r["overall"] for r in complete], name="overall")
-    for name, b in rep["baselines"].items():
-        fig.add_hline(y=b["overall"], line_dash="dash", annotation_text=f"{name} baseline")
-    fig.update_layout(title="Overall accuracy by configuration (dashed: baselines)", yaxis_tickformat=".0%", yaxis_range=[0, 1])
-    figs.append(fig)
-
-    fig = go.Figure()
-    for f in fields:
-        ys = [r[f] for r in complete]
-        hi = [r[f + "_ci95"][1] - r[f] for r in complete]
-        lo = [r[f] - r[f + "_ci95"][0] for r in complete]
-        fig.add_bar(x=names, y=ys, name=f, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo))
-    fig.update_layout(barmode="group", title="Accuracy per field with Wilson 95% intervals", yaxis_tickformat=".0%", yaxis_range=[0, 1])
-    figs.append(fig)
-
-    fig = go.Figure()
-    for r in complete:
-        ep = list(range(1, len(r["train_loss_per_epoch"]) + 1))
-        fig.add_scatter(x=ep, y=r["train_loss_per_epoch"], mode="lines+markers", name=f"{r['config']} train")
-        fig.add_scatter(x=ep[: len(r["eval_loss_per_epoch"])], y=r["eval_loss_per_epoch"], mode="lines+markers",
-                        name=f"{r['config']} eval", line=dict(dash="dash"))
-    fig.update_layout(title="Loss per epoch (solid: train, dashed: validation)", xaxis_title="epoch", yaxis_title="loss")
-    figs.append(fig)
-
-    fig = go.Figure()
-    fig.add_bar(x=names, y=[r["gap"] for r in complete])
-    fig.update_layout(title="Overfitting signal: final eval loss - final train loss", yaxis_title="gap")
-    figs.append(fig)
-
-    timed = [r for r in rep["rows"] if r["start"]]
-    fig = go.Figure()
-    now = dt.datetime.now()
-    colours = {"COMPLETE": "seagreen", "FAIL": "firebrick", "RUNNING": "orange", "WAITING": "grey"}
-    for r in timed:
-        start = dt.datetime.fromisoformat(r["start"])
-        end = dt.datetime.fromisoformat(r["end"]) if r["end"] else now
-        fig.add_bar(y=[f"#{r['trial']} {r['config']}"], x=[(end - start).total_seconds() * 1000], base=[start.isoformat()],
-                    orientation="h", marker_color=colours.get(r["state"], "grey"), name=r["state"], showlegend=False)
-    fig.update_layout(title="Trial timeline (green complete, red failed, orange running)", xaxis_type="date")
-    figs.append(fig)
-    return figs
 
 
 def render_html(rep: dict[str, Any], markdown_text: str) -> str:
@@ -358,3 +261,6 @@ def write_report(rep: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     md_path.write_text(md, encoding="utf-8")
     html_path.write_text(render_html(rep, md), encoding="utf-8")
     return md_path, html_path
+
+
+__all__ = ["collect_report", "load_predictions", "render_markdown", "write_report"]

@@ -24,7 +24,9 @@ def majority_predictions(train: list[Example], eval_examples: list[Example], fie
     return {e.id: dict(labels) for e in eval_examples}
 
 
-def tfidf_predictions(train: list[Example], eval_examples: list[Example], fields: list[str], seed: int = 0) -> dict[str, dict[str, str]]:
+def tfidf_predictions(train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str], seed: int = 0) -> dict[str, dict[str, dict[str, str]]]:
+    """Per evaluation set: {id: {field: label}} from one TF-IDF + logistic regression
+    model per field, fitted once on the training examples."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -32,21 +34,22 @@ def tfidf_predictions(train: list[Example], eval_examples: list[Example], fields
     def text(e: Example) -> str:
         return f"{e.instruction}\n{e.input}"
 
-    out: dict[str, dict[str, str]] = {e.id: {} for e in eval_examples}
+    out: dict[str, dict[str, dict[str, str]]] = {name: {e.id: {} for e in ex} for name, ex in eval_sets.items()}
     x_train = [text(e) for e in train]
-    x_eval = [text(e) for e in eval_examples]
     for f in fields:
         y = [e.labels[f] for e in train]
-        if len(set(y)) == 1:
-            pred = [y[0]] * len(eval_examples)
-        else:
+        model = None
+        if len(set(y)) > 1:
             model = make_pipeline(
                 TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
                 LogisticRegression(max_iter=2000, C=4.0, random_state=seed),
-            )
-            pred = model.fit(x_train, y).predict(x_eval).tolist()
-        for e, p in zip(eval_examples, pred):
-            out[e.id][f] = p
+            ).fit(x_train, y)
+        for name, examples in eval_sets.items():
+            if not examples:
+                continue
+            pred = model.predict([text(e) for e in examples]).tolist() if model is not None else [y[0]] * len(examples)
+            for e, p in zip(examples, pred):
+                out[name][e.id][f] = p
     return out
 
 
@@ -56,18 +59,15 @@ def accuracy_of(predictions: dict[str, dict[str, str]], eval_examples: list[Exam
     return acc
 
 
-def compute_baselines(train: list[Example], eval_examples: list[Example], fields: list[str]) -> dict[str, Any]:
-    """{"accuracy": {name: {field: acc, "overall": acc}}, "predictions": {name: {id: {field: label}}}}"""
-    preds = {
-        "majority": majority_predictions(train, eval_examples, fields),
-        "tfidf_logreg": tfidf_predictions(train, eval_examples, fields),
-    }
-    return {
-        "accuracy": {name: accuracy_of(p, eval_examples, fields) for name, p in preds.items()},
-        "predictions": preds,
-    }
-
-
-def majority_baseline(train: list[Example], eval_examples: list[Example], fields: list[str]) -> dict[str, float]:
-    """Accuracy of the majority-class predictor, per field and ``overall``."""
-    return accuracy_of(majority_predictions(train, eval_examples, fields), eval_examples, fields)
+def compute_baselines(train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str]) -> dict[str, Any]:
+    """Per evaluation set: {"accuracy": {name: {field: acc, "overall": acc}},
+    "predictions": {name: {id: {field: label}}}}."""
+    tfidf = tfidf_predictions(train, eval_sets, fields)
+    out = {}
+    for set_name, examples in eval_sets.items():
+        preds = {"majority": majority_predictions(train, examples, fields), "tfidf_logreg": tfidf[set_name]}
+        out[set_name] = {
+            "accuracy": {name: accuracy_of(p, examples, fields) for name, p in preds.items()} if examples else {},
+            "predictions": preds,
+        }
+    return out

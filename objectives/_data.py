@@ -5,8 +5,13 @@ Two row formats:
   ``Field: value`` lines (the format of ../shared/data/game-bugs/);
 - columns: one column per label field (CSV or JSONL), e.g. ``severity,component,...``.
 
-Every problem in a file (malformed JSON, missing text, missing label) is collected with
-its file and line number and raised once, before anything is written to a study.
+Every problem in every file (malformed JSON, missing text, missing label) and, computed on
+the usable rows, every label-vocabulary mismatch is collected with its file and line and
+raised once, before anything is written to a study.
+
+Reports longer than ``max_input_chars`` are cut when they are read: a model only ever
+sees the first ``model.max_length`` tokens of a report, so memory stays proportional to
+what is used even when a row holds megabytes of pasted logs.
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna_search.search._errors import UserError
+from optuna_search.core import UserError
+from optuna_search.objectives._demo_data import builtin_data_path
 
 SPLITS = ("train", "validation", "test")
 # Beyond this many bad rows in a file, listing more helps nobody.
 MAX_LISTED_PROBLEMS = 10
+# A token covers at least one character of a report in practice (and usually four or
+# more), so cutting a report at this many characters per token of model.max_length
+# never removes text the model would have seen.
+CHARS_PER_TOKEN_BOUND = 16
 _LABEL_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z _-]*?)\s*:\s*(.*?)\s*$")
 
 
@@ -53,6 +63,8 @@ class Split:
     name: str
     path: str
     examples: list[Example]
+    cut_inputs: int = 0
+    """Rows whose report was cut at load time (longer than max_input_chars)."""
 
     def label_counts(self, field_name: str) -> Counter:
         return Counter(e.labels[field_name] for e in self.examples)
@@ -104,14 +116,13 @@ def parse_label_lines(text: str, fields: list[str]) -> dict[str, str | None]:
 
 def resolve_data_path(path: str) -> Path:
     if path.startswith("builtin:"):
-        from optuna_search.objectives._demo import builtin_data_path
-
         return builtin_data_path(path[len("builtin:"):])
     return Path(path).expanduser()
 
 
-def read_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs from a .jsonl/.json or .csv file."""
+def read_rows(path: Path, what: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """(line number, row) pairs from a .jsonl/.json or .csv file, and a problem line per
+    malformed line. A missing or unreadable file is raised at once."""
     if not path.exists():
         raise UserError(
             f"{what} file '{path}' does not exist; fix the path in your config "
@@ -120,7 +131,7 @@ def read_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
     if path.is_dir():
         raise UserError(f"{what} = '{path}' is a directory; give a .jsonl or .csv file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is just skipped
     except PermissionError:
         raise UserError(f"{what} file '{path}' is not readable (permission denied); fix its permissions") from None
     except UnicodeDecodeError as e:
@@ -129,7 +140,7 @@ def read_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         # DictReader's line_num counts the header as line 1.
-        return [(i + 2, dict(row)) for i, row in enumerate(reader)]
+        return [(i + 2, dict(row)) for i, row in enumerate(reader)], []
     if suffix not in (".jsonl", ".json", ".ndjson"):
         raise UserError(f"{what} file '{path}' has extension '{suffix}'; use .jsonl or .csv")
     rows, problems = [], []
@@ -145,13 +156,19 @@ def read_rows(path: Path, what: str) -> list[tuple[int, dict[str, Any]]]:
             problems.append(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
             continue
         rows.append((lineno, row))
-    _raise_problems(problems, f"{what} file '{path}' has malformed lines; fix or remove them:")
-    if not rows:
+    if not rows and not problems:
         raise UserError(f"{what} file '{path}' has no rows; give a file with labelled examples")
-    return rows
+    return rows, problems
 
 
-def load_split(
+def load_split(split: str, path_text: str, *, fields: list[str], **options: Any) -> Split:
+    """Read one split; raise every unusable row at once (see :func:`read_split`)."""
+    result, problems = read_split(split, path_text, fields=fields, **options)
+    _raise_problems(problems, f"data.{split} file '{result.path}' has rows that cannot be used; fix or remove them:")
+    return result
+
+
+def read_split(
     split: str,
     path_text: str,
     *,
@@ -162,61 +179,71 @@ def load_split(
     output_column: str = "output",
     default_instruction: str = "",
     label_map: dict[str, dict[str, str]] | None = None,
-) -> Split:
-    what = f"data.{split}"
+    max_input_chars: int = 0,
+) -> tuple[Split, list[str]]:
+    """The usable rows of one split and a problem line (file:line) per unusable row."""
     path = resolve_data_path(path_text)
-    rows = read_rows(path, what)
+    rows, problems = read_rows(path, f"data.{split}")
     fmt = data_format
     if fmt == "auto":
-        fmt = "instruction" if output_column in rows[0][1] else "columns"
+        fmt = "instruction" if not rows or output_column in rows[0][1] else "columns"
     maps = {
         f: {normalise_label(k): normalise_label(v) for k, v in (label_map or {}).get(f, {}).items()}
         for f in fields
     }
-    examples, problems, seen_ids = [], [], set()
+    examples, seen_ids, cut = [], set(), 0
     for lineno, row in rows:
         where = f"{path}:{lineno}"
         text = row.get(input_column)
         if not isinstance(text, str):
             problems.append(f"{where}: no text column {input_column!r} (set data.input_column)")
             continue
+        if max_input_chars and len(text) > max_input_chars:
+            text, cut = text[:max_input_chars], cut + 1
         instruction = row.get(instruction_column)
         instruction = instruction if isinstance(instruction, str) and instruction.strip() else default_instruction
-        if fmt == "instruction":
-            raw = row.get(output_column)
-            if not isinstance(raw, str):
-                problems.append(f"{where}: no {output_column!r} column with 'Field: value' lines")
-                continue
-            labels = parse_label_lines(raw, fields)
-        else:
-            lowered = {str(k).lower(): v for k, v in row.items()}
-            labels = {
-                f: (normalise_label(lowered[f.lower()]) if lowered.get(f.lower()) not in (None, "") else None)
-                for f in fields
-            }
-        missing = [f for f, v in labels.items() if v is None]
-        if missing:
-            how = (
-                f"'{missing[0].capitalize()}: <label>' line in {output_column!r}"
-                if fmt == "instruction"
-                else f"value in column {missing[0]!r}"
-            )
-            problems.append(f"{where}: no parseable label for {', '.join(missing)} (expected a {how})")
+        labels, problem = _row_labels(row, fmt, fields, output_column)
+        if problem:
+            problems.append(f"{where}: {problem}")
             continue
-        labels = {f: maps[f].get(v, v) for f, v in labels.items()}  # type: ignore[union-attr]
+        labels = {f: maps[f].get(v, v) for f, v in labels.items()}
         ex_id = str(row["id"]) if "id" in row and row["id"] not in (None, "") else f"{path.name}:{lineno}"
         if ex_id in seen_ids:
             problems.append(f"{where}: duplicate example id {ex_id!r}; ids must be unique within a file")
             continue
         seen_ids.add(ex_id)
-        examples.append(Example(ex_id, instruction, text, labels, lineno))  # type: ignore[arg-type]
-    _raise_problems(problems, f"{what} file '{path}' has rows that cannot be used; fix or remove them:")
-    return Split(split, str(path), examples)
+        examples.append(Example(ex_id, instruction, text, labels, lineno))
+    return Split(split, str(path), examples, cut), problems
 
 
-def load_dataset_from_config(data_cfg: Any) -> Dataset:
-    """Load and check all three splits named by a ``[data]`` config section."""
-    kwargs = dict(
+def _row_labels(row: dict[str, Any], fmt: str, fields: list[str], output_column: str) -> tuple[dict[str, str], str | None]:
+    if fmt == "instruction":
+        raw = row.get(output_column)
+        if not isinstance(raw, str):
+            return {}, f"no {output_column!r} column with 'Field: value' lines"
+        labels = parse_label_lines(raw, fields)
+    else:
+        lowered = {str(k).lower(): v for k, v in row.items()}
+        labels = {
+            f: (normalise_label(lowered[f.lower()]) if lowered.get(f.lower()) not in (None, "") else None)
+            for f in fields
+        }
+    missing = [f for f, v in labels.items() if v is None]
+    if missing:
+        how = (
+            f"'{missing[0].capitalize()}: <label>' line in {output_column!r}"
+            if fmt == "instruction"
+            else f"value in column {missing[0]!r}"
+        )
+        return {}, f"no parseable label for {', '.join(missing)} (expected a {how})"
+    return labels, None  # type: ignore[return-value]
+
+
+def load_dataset_from_config(data_cfg: Any, max_length: int = 0) -> Dataset:
+    """Load and check all three splits named by a ``[data]`` config section: every
+    unusable row of every file and, on the usable rows, every vocabulary mismatch, in
+    one error. ``max_length`` (tokens) bounds the report text kept per row."""
+    options = dict(
         fields=list(data_cfg.fields),
         data_format=data_cfg.format,
         instruction_column=data_cfg.instruction_column,
@@ -224,17 +251,36 @@ def load_dataset_from_config(data_cfg: Any) -> Dataset:
         output_column=data_cfg.output_column,
         default_instruction=data_cfg.default_instruction,
         label_map=data_cfg.label_map,
+        max_input_chars=max_length * CHARS_PER_TOKEN_BOUND,
     )
-    splits = {s: load_split(s, getattr(data_cfg, s), **kwargs) for s in SPLITS}
+    splits, problems = {}, []
+    for s in SPLITS:
+        splits[s], split_problems = read_split(s, getattr(data_cfg, s), **options)
+        problems += _capped(split_problems, f"data.{s} '{splits[s].path}'")
     ds = Dataset(list(data_cfg.fields), splits)
-    ds.vocab = check_label_vocabularies(ds, data_cfg.labels)
+    vocab, vocab_problems = label_vocabularies(ds, data_cfg.labels)
+    ds.vocab = vocab
+    if vocab_problems:
+        problems += vocab_problems
+        problems.append(
+            "relabel the data or map old labels to new ones with [data.label_map] "
+            "(e.g. label_map.severity = { minor = \"low\" })"
+        )
+    if problems:
+        raise UserError("the data cannot be used as it is; fix these (all problems found are listed):", problems)
     return ds
 
 
-def check_label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> dict[str, list[str]]:
+def _capped(problems: list[str], what: str) -> list[str]:
+    if len(problems) <= MAX_LISTED_PROBLEMS:
+        return problems
+    return problems[:MAX_LISTED_PROBLEMS] + [f"... and {len(problems) - MAX_LISTED_PROBLEMS} more rows in {what}"]
+
+
+def label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> tuple[dict[str, list[str]], list[str]]:
     """Every evaluation label must be learnable: seen in training (and declared, if a set
     is declared). This is the check that catches a relabelled training file whose
-    vocabulary silently differs from the test set's."""
+    vocabulary silently differs from the test set's. Returns (vocab, problems)."""
     problems, vocab = [], {}
     for f in ds.fields:
         train_counts = ds.train.label_counts(f)
@@ -256,24 +302,22 @@ def check_label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None)
                     f"{f}: {split} has labels never seen in train: {_fmt_counts(unseen)} "
                     f"(train has {_fmt_counts(train_counts)})"
                 )
-    if problems:
-        raise UserError(
-            "label vocabularies do not match across splits; relabel the data or map old labels "
-            "to new ones with [data.label_map] (e.g. label_map.severity = { minor = \"low\" }):",
-            problems,
-        )
-    return vocab
+    return vocab, problems
 
 
-def select_eval_subset(test: Split, num_samples: int, seed: int) -> list[dict[str, str]]:
-    """The fixed evaluation subset: ``num_samples`` examples of the test split picked by
-    ``seed`` (0 = all), as ``{"id", "sha256"}`` records in file order."""
-    n = len(test.examples)
-    if num_samples == 0 or num_samples >= n:
-        idx = list(range(n))
-    else:
-        idx = sorted(random.Random(seed).sample(range(n), num_samples))
-    return [{"id": test.examples[i].id, "sha256": test.examples[i].sha256} for i in idx]
+def select_eval_subset(split: Split, num_samples: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[dict[str, str]]:
+    """A fixed evaluation subset: ``num_samples`` examples of the split picked by
+    ``seed`` (0 = all), leaving out the ids in ``exclude``, as ``{"id", "sha256"}``
+    records in file order."""
+    pool = [e for e in split.examples if e.id not in exclude]
+    return [{"id": e.id, "sha256": e.sha256} for e in sample_examples(pool, num_samples, seed)]
+
+
+def sample_examples(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """``n`` examples picked by ``seed``, in their original order (0 or n >= len = all)."""
+    if n == 0 or n >= len(examples):
+        return list(examples)
+    return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), n))]
 
 
 def resolve_eval_subset(test: Split, subset: list[dict[str, str]]) -> list[Example]:
@@ -306,3 +350,63 @@ def _raise_problems(problems: list[str], headline: str) -> None:
     if len(problems) > len(shown):
         shown.append(f"... and {len(problems) - len(shown)} more")
     raise UserError(headline, shown)
+
+
+@dataclass
+class StudyData:
+    """The data as a study uses it: the training examples it trains on, the validation
+    pool, and the fixed test and validation subsets (ids + SHA-256, and the examples)."""
+
+    dataset: Dataset
+    test_subset: list[dict[str, str]]
+    validation_subset: list[dict[str, str]]
+    notes: list[str] = field(default_factory=list)
+    """Things a user should hear (e.g. a subset smaller than asked for)."""
+
+    @property
+    def test_examples(self) -> list[Example]:
+        return resolve_eval_subset(self.dataset.test, self.test_subset)
+
+    @property
+    def validation_examples(self) -> list[Example]:
+        return resolve_eval_subset(self.dataset.validation, self.validation_subset)
+
+
+def prepare_study_data(data_cfg: Any, eval_cfg: Any, *, train_seed: int, max_length: int) -> StudyData:
+    """Load the data and fix what a study evaluates on. Deterministic in the config, so
+    every worker, rank and session derives the same subsets (and the study checks them
+    against the ones it stored when it was created).
+
+    - test subset: ``eval.num_samples`` examples of the test file picked by ``eval.seed``;
+    - validation: when the validation file *is* the test file, the rows outside the test
+      subset (the test examples are never used to choose anything), else the whole file;
+      the validation subset is ``eval.validation_samples`` of those;
+    - training: ``data.train_samples`` examples of the training file picked by
+      ``train.seed`` (0 = all)."""
+    ds = load_dataset_from_config(data_cfg, max_length)
+    notes = []
+    if eval_cfg.num_samples > len(ds.test.examples):
+        notes.append(f"eval.num_samples = {eval_cfg.num_samples} but the test file has {len(ds.test.examples)} "
+                     f"examples: evaluating on all {len(ds.test.examples)}")
+    test_subset = select_eval_subset(ds.test, eval_cfg.num_samples, eval_cfg.seed)
+    if Path(ds.validation.path).resolve() == Path(ds.test.path).resolve():
+        taken = {s["id"] for s in test_subset}
+        pool = [e for e in ds.validation.examples if e.id not in taken]
+        if pool:
+            ds.splits["validation"] = Split("validation", ds.validation.path, pool, ds.validation.cut_inputs)
+            notes.append(f"validation is the test file: validating on its {len(pool)} rows outside the test subset")
+        elif eval_cfg.objective_split == "validation":
+            raise UserError("eval.objective_split = \"validation\" but data.validation is the test file and the test "
+                            "subset takes all of it: the test examples would choose the winner; lower eval.num_samples "
+                            "or give a separate validation file")
+        else:
+            notes.append("validation is the test file and the test subset is all of it: the validation points score "
+                         "the test examples (fine for curves, never for choosing)")
+    if eval_cfg.validation_samples > len(ds.validation.examples):
+        notes.append(f"eval.validation_samples = {eval_cfg.validation_samples} but there are {len(ds.validation.examples)} "
+                     f"validation examples: validating on all of them")
+    validation_subset = select_eval_subset(ds.validation, eval_cfg.validation_samples, eval_cfg.seed)
+    if data_cfg.train_samples:
+        train = ds.train
+        ds.splits["train"] = Split("train", train.path, sample_examples(train.examples, data_cfg.train_samples, train_seed), train.cut_inputs)
+    return StudyData(ds, test_subset, validation_subset, notes)

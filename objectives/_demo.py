@@ -1,125 +1,30 @@
-"""The demo's model and data, built locally and deterministically on first use.
+"""The demo's model, built locally and deterministically on first use.
 
-- ``builtin:demo-bugs/{train,val,test}.jsonl``: synthetic bug reports whose labels are
-  driven by keywords in the text (with a little label noise), in the same format as the
-  real game-bugs data. Learnable, and the majority class is far from 100%.
-- ``builtin:tiny-mistral``: a Mistral-architecture model with a 64-wide hidden state and
-  a byte-level BPE tokenizer trained on the demo texts. It is briefly pre-trained as a
-  language model on the report *texts* (never on the labels) so that, like a real base
-  model, it knows the language but not the task; LoRA then has to learn the task.
-
-Everything lands in ``$OPTUNA_SEARCH_CACHE`` (default ``~/.cache/optuna-search``) and is
-reused; builds are written to a temporary folder and renamed, so a killed build never
-leaves a half-written model behind.
+``builtin:tiny-mistral``: a Mistral-architecture model with a 64-wide hidden state and a
+byte-level BPE tokenizer (with a Mistral-Instruct chat template) trained on the demo
+texts. It is briefly pre-trained as a language model on the report *texts* (never on the
+labels) so that, like a real base model, it knows the language but not the task; LoRA
+then has to learn the task. Cached beside the demo data (``_demo_data``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
-from optuna_search.search._errors import UserError
+from optuna_search.objectives._data import Example, parse_label_lines
+from optuna_search.objectives._cache import new_build_dir, publish
+from optuna_search.objectives._demo_data import cache_dir, ensure_demo_data
+from optuna_search.objectives._prompt import PromptEncoder
 
-DEMO_VERSION = "v1"
-SPLIT_SIZES = {"train": 1200, "val": 120, "test": 150}
-
-SEVERITY = {
-    "critical": ["crashes to desktop", "corrupts the save file", "segfault on start", "deletes all progress"],
-    "high": ["freezes the game", "soft lock", "cannot finish the level", "progress is blocked"],
-    "medium": ["glitch appears", "wrong value is shown", "flickers badly", "animation stutters"],
-    "low": ["typo in text", "minor cosmetic issue", "slightly misaligned", "tooltip is odd"],
-}
-COMPONENT = {
-    "ui": ["menu", "button", "inventory screen", "hud"],
-    "audio": ["sound effect", "music track", "voice line", "audio mixer"],
-    "graphics": ["shader", "texture", "shadow map", "lighting"],
-    "network": ["multiplayer lobby", "server connection", "netcode", "matchmaking"],
-    "save": ["save slot", "autosave", "load screen", "cloud save"],
-    "gameplay": ["enemy ai", "jump physics", "quest script", "boss fight"],
-}
-REPRO = {
-    "always": ["every time", "always happens", "reproducible 100%"],
-    "sometimes": ["sometimes", "now and then", "about half the time"],
-    "rare": ["happened once", "very rarely", "could not reproduce again"],
-}
-# Skewed priors, so the majority class is a real (but beatable) baseline.
-PRIORS = {
-    "severity": {"critical": 0.15, "high": 0.2, "medium": 0.4, "low": 0.25},
-    "component": {"ui": 0.3, "audio": 0.1, "graphics": 0.2, "network": 0.1, "save": 0.1, "gameplay": 0.2},
-    "reproducibility": {"always": 0.5, "sometimes": 0.3, "rare": 0.2},
-}
-FILLER = [
-    "steps to reproduce are below",
-    "tested on the latest build",
-    "this started after the last update",
-    "see attached log",
-    "on windows and linux",
-    "playing in fullscreen mode",
-    "thanks for looking",
-    "version 1.2 of the game",
-]
-PLACES = ["in the forest level", "in the main city", "after the tutorial", "during chapter two", "in co-op"]
-INSTRUCTION = "Classify this bug report and provide a structured analysis."
-LABEL_NOISE = 0.08
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("OPTUNA_SEARCH_CACHE") or Path.home() / ".cache" / "optuna-search"
-    return Path(root) / "demo" / DEMO_VERSION
-
-
-def builtin_data_path(name: str) -> Path:
-    files = {"demo-bugs/train.jsonl", "demo-bugs/val.jsonl", "demo-bugs/test.jsonl"}
-    if name not in files:
-        raise UserError(f"unknown builtin data file 'builtin:{name}'; available: {', '.join(sorted(files))}")
-    root = ensure_demo_data()
-    return root / name.split("/", 1)[1]
-
-
-def _choose(rng: random.Random, prior: dict[str, float]) -> str:
-    return rng.choices(list(prior), weights=list(prior.values()))[0]
-
-
-def generate_reports(seed: int, n: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        sev, comp, rep = (_choose(rng, PRIORS[f]) for f in ("severity", "component", "reproducibility"))
-        thing = rng.choice(COMPONENT[comp])
-        symptom = rng.choice(SEVERITY[sev])
-        freq = rng.choice(REPRO[rep])
-        title = f"{thing.capitalize()} {symptom}"
-        body = [f"The {thing} {symptom} {rng.choice(PLACES)}.", f"It {freq}."]
-        body += [f"{rng.choice(FILLER).capitalize()}." for _ in range(rng.randint(1, 3))]
-        rng.shuffle(body)
-        labels = {"severity": sev, "component": comp, "reproducibility": rep}
-        # A little label noise, like real triage: the text does not always decide.
-        for f, prior in PRIORS.items():
-            if rng.random() < LABEL_NOISE:
-                labels[f] = _choose(rng, prior)
-        output = (
-            f"Severity: {labels['severity']}\nComponent: {labels['component']}\n"
-            f"Reproducibility: {labels['reproducibility']}\nSummary: {title}"
-        )
-        rows.append({"instruction": INSTRUCTION, "input": f"Title: {title}\n\nDescription: {' '.join(body)}", "output": output})
-    return rows
-
-
-def ensure_demo_data() -> Path:
-    root = cache_dir() / "demo-bugs"
-    if all((root / f"{s}.jsonl").exists() for s in SPLIT_SIZES):
-        return root
-    tmp = Path(tempfile.mkdtemp(dir=_mkparent(root)))
-    for i, (split, n) in enumerate(SPLIT_SIZES.items()):
-        with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as fh:
-            for j, row in enumerate(generate_reports(1000 + i, n)):
-                fh.write(json.dumps({"id": f"demo-{split}-{j:04d}", **row}) + "\n")
-    _publish(tmp, root)
-    return root
+# Mistral-Instruct's format, so the demo exercises the flagship study's prompt.
+DEMO_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
 
 
 def ensure_demo_model() -> Path:
@@ -148,6 +53,7 @@ def ensure_demo_model() -> Path:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
     tokenizer.add_bos_token = True
+    tokenizer.chat_template = DEMO_CHAT_TEMPLATE
 
     torch.manual_seed(0)
     cfg = MistralConfig(
@@ -166,14 +72,14 @@ def ensure_demo_model() -> Path:
     model = MistralForCausalLM(cfg)
     _pretrain(model, tokenizer, rows)
 
-    tmp = Path(tempfile.mkdtemp(dir=_mkparent(root)))
+    tmp = new_build_dir(root)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(
         "Tiny demo model built by optuna-search. Randomly initialised Mistral architecture,\n"
         "briefly pre-trained on synthetic report texts. Not a real language model.\n"
     )
-    _publish(tmp, root)
+    publish(tmp, root)
     return root
 
 
@@ -183,9 +89,6 @@ def _pretrain(model, tokenizer, rows: list[dict], epochs: int = 3, batch_size: i
     instruction-tuned model knows them) but nothing of which label fits which report,
     because each report is paired with another report's labels. A few seconds on CPU."""
     import torch
-
-    from optuna_search.objectives._data import Example, parse_label_lines
-    from optuna_search.objectives._prompt import PromptEncoder
 
     fields = ["severity", "component", "reproducibility"]
     rng = random.Random(0)
@@ -215,14 +118,3 @@ def _pretrain(model, tokenizer, rows: list[dict], epochs: int = 3, batch_size: i
     model.eval()
 
 
-def _mkparent(root: Path) -> Path:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    return root.parent
-
-
-def _publish(tmp: Path, root: Path) -> None:
-    # Another process may have finished the same build first: theirs is identical.
-    try:
-        os.rename(tmp, root)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)

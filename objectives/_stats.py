@@ -1,17 +1,21 @@
-"""Statistics that make a comparison defensible: intervals, F1, confusion, McNemar.
+"""Statistics that make a comparison defensible: intervals, F1, confusion, McNemar,
+calibration.
 
 Per field, a trial's accuracy is a binomial proportion over the same fixed examples:
-its 95% interval is Wilson's (scipy), and two trials (or a trial and a baseline) scored
-on the *same* examples are compared with the exact McNemar test, i.e. a two-sided
+its 95% interval is Wilson's (scipy), and two predictors (trials, ensembles, baselines)
+scored on the *same* examples are compared with the exact McNemar test, i.e. a two-sided
 binomial test on the examples where exactly one of them is right.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 INVALID = "<invalid>"
+# Significance level of every test this tool reports.
+ALPHA = 0.05
+ECE_BINS = 10
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -32,10 +36,10 @@ class McNemar:
 
     @property
     def significant(self) -> bool:
-        return self.p_value < 0.05
+        return self.p_value < ALPHA
 
 
-def mcnemar_exact(a_correct: list[bool], b_correct: list[bool]) -> McNemar:
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNemar:
     """Exact McNemar test on paired outcomes (same examples, same order)."""
     from scipy.stats import binomtest
 
@@ -65,3 +69,41 @@ def field_metrics(gold: list[str], predicted: list[str | None], labels: list[str
         "macro_f1": float(f1_score(gold, pred, labels=list(labels), average="macro", zero_division=0)),
         "confusion": {"labels": cols, "matrix": cm[: len(labels)].tolist()},
     }
+
+
+def calibration_metrics(gold: list[str], probs: list[dict[str, float]], labels: list[str]) -> dict[str, float]:
+    """Log-loss and (multiclass) Brier score (scikit-learn), and the expected
+    calibration error of the top label over 10 equal-width confidence bins."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    matrix = [[p.get(lab, 0.0) for lab in labels] for p in probs]
+    if len(labels) == 1:
+        return {"log_loss": 0.0, "brier": 0.0, "ece": 0.0}
+    return {
+        "log_loss": float(log_loss(gold, matrix, labels=labels)),
+        "brier": float(brier_score_loss(gold, matrix, labels=labels)),
+        "ece": expected_calibration_error(gold, probs),
+    }
+
+
+def reliability_bins(gold: list[str], probs: list[dict[str, float]], bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per confidence bin of the top label: count, mean confidence, accuracy (the data
+    of a reliability diagram; empty bins are left out)."""
+    out = []
+    tops = [max(p.items(), key=lambda kv: kv[1]) for p in probs]
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [(lab == g, conf) for (lab, conf), g in zip(tops, gold) if lo < conf <= hi or (b == 0 and conf == 0)]
+        if members:
+            out.append({
+                "low": lo, "high": hi, "count": len(members),
+                "confidence": sum(c for _, c in members) / len(members),
+                "accuracy": sum(ok for ok, _ in members) / len(members),
+            })
+    return out
+
+
+def expected_calibration_error(gold: list[str], probs: list[dict[str, float]], bins: int = ECE_BINS) -> float:
+    """sum over bins of (bin size / n) * |accuracy - mean confidence| of the top label."""
+    n = len(gold)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(gold, probs, bins)))

@@ -1,6 +1,7 @@
-"""CLI, configuration and study orchestration of optuna-search."""
+"""CLI (`optuna-search`), configuration from presets/files/flags, and study
+orchestration: preflight, create/resume, the scheduler, the trial adapter, workers."""
 
-from optuna_search.search._config import Config, load_config
-from optuna_search.search._errors import UserError
+from optuna_search.core import Config, UserError
+from optuna_search.search._config import load_config
 
 __all__ = ["Config", "UserError", "load_config"]

@@ -1,86 +1,91 @@
-"""`optuna-search` command line. Heavy libraries (torch, transformers, peft, optuna)
-are imported inside the commands, never at module import, so ``--help`` is instant.
+"""`optuna-search` command line. Heavy libraries (torch, transformers, peft, optuna) are
+imported inside the functions that need them, never at module import, so ``--help`` is
+instant.
 
-Exit codes: 0 study complete / command succeeded, 1 study incomplete (a grid point
-failed), 2 bad input (message names the problem and the fix; nothing written),
-3 time budget reached (resume in a new session with the same command).
+Exit codes: 0 study complete / command succeeded, 1 study incomplete (a point failed),
+2 bad input (message names the problem and the fix; nothing written), 3 time budget
+reached (resume in a new session with the same command), 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
+import re
 import sys
 from typing import Any, Sequence
 
-from optuna_search.search._config import Config, load_config, to_toml
-from optuna_search.search._errors import UserError
+from optuna_search.core import Config, UserError
+from optuna_search.core._config import to_toml
+from optuna_search.dashboards._launch import check_port, serve_dashboard
+from optuna_search.search._config import config_layers, explicit_location, load_config
+from optuna_search.search._open import open_for_reading, stored_config
+from optuna_search.search._signals import EXIT_TERMINATED, Terminated, handle_sigterm
+from optuna_search.search._trial import DiskFull
 
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1
-EXIT_USAGE = 2
-EXIT_BUDGET = 3
-
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("optuna_search")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("configuration (precedence: flags > --set > --config > --preset > defaults)")
-    g.add_argument("--preset", help="start from a shipped preset: kaggle-t4 (the flagship study) or demo (CPU)")
+def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> None:
+    title = ("where the study lives (its own stored config says the rest)" if reading
+             else "configuration (precedence: flags > --set > --config > --preset > defaults)")
+    g = p.add_argument_group(title)
+    g.add_argument("--preset", help="start from a shipped preset (see show-config --help): kaggle-t4, kaggle-t4-search, "
+                   "cpu-real, demo, demo-search")
     g.add_argument("--config", metavar="FILE", help="TOML config file")
-    g.add_argument(
-        "--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="sets",
-        help="override one key, e.g. --set train.epochs=1 --set 'study.grid={lora_r=[8]}' (repeatable)",
-    )
+    g.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="sets",
+                   help="override one key, e.g. --set train.epochs=1 --set 'study.grid={lora_r=[8]}' (repeatable)")
     g.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna-search.db)")
-    g.add_argument("--study-name", help="study name (default from the config)")
+    g.add_argument("--study-name", help="study name (default from the config; a storage with one study needs none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optuna-search",
-        description="Resumable Optuna grid studies for LoRA/QLoRA fine-tuning of causal LMs.",
-    )
+    parser = argparse.ArgumentParser(prog="optuna-search", description=(
+        "Resumable Optuna studies (grid, TPE, GP, NSGA-II; pruning; Pareto fronts) for LoRA/QLoRA fine-tuning of causal LMs."))
     parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run every grid point that has no COMPLETE trial yet")
+    p = sub.add_parser("run", help="run what the study lacks: every grid point, or n_trials sampled trials")
     _add_config_args(p)
-    p.add_argument("--retry-failed", action="store_true", help="also re-run grid points whose last trial failed")
-    p.add_argument(
-        "--time-budget", metavar="DURATION", type=parse_duration,
-        help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before it ends (exit 3)",
-    )
-    p.add_argument(
-        "--workers", type=int, metavar="N",
-        help="parallel worker processes on this study, each pinned to its own GPU (default: one per visible GPU, 1 on CPU)",
-    )
+    p.add_argument("--retry-failed", action="store_true", help="also re-run points whose last trial failed with an error")
+    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials that end a sampler study (extends a finished search)")
+    p.add_argument("--time-budget", metavar="DURATION", type=parse_duration,
+                   help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before it ends (exit 3)")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel worker processes on this study, each pinned to its own GPU "
+                   "(default: one per visible GPU, 1 on CPU; capped at the GPUs, or the CPU cores without a GPU)")
+    p.add_argument("--oversubscribe", action="store_true", help="allow --workers above the machine's GPUs/cores")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument(
-        "--resume-from", metavar="BUNDLE",
-        help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working directory, then run",
-    )
+    p.add_argument("--resume-from", metavar="BUNDLE",
+                   help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working directory, then run")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="per grid point: state, attempts, value, resumed step; hours so far and ETA")
-    _add_config_args(p)
+    p = sub.add_parser("status", help="per point: state, attempts, value, resumed step; n of N trials, best, hours so far and ETA")
+    _add_config_args(p, reading=True)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="Markdown + HTML report: tables, baselines, significance, recommendation")
-    _add_config_args(p)
+    p = sub.add_parser("report", help="Markdown + HTML report: tables, baselines, significance, Pareto front, recommendation")
+    _add_config_args(p, reading=True)
     p.add_argument("--output", "-o", default="optuna-search-report", metavar="DIR",
                    help="directory for report.md and report.html (default: optuna-search-report)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("ensemble", help="soft/hard voting over trials from their stored predictions (no model, no GPU)")
+    _add_config_args(p, reading=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trials", metavar="N,N,...", help="trial numbers, e.g. 0,1,2")
+    which.add_argument("--top", type=int, metavar="K", help="the K best trials by the study's objective (on its split; validation when stored)")
+    which.add_argument("--all", action="store_true", help="every COMPLETE trial")
+    p.set_defaults(func=cmd_ensemble)
+
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1 unless --host)")
-    _add_config_args(p)
+    _add_config_args(p, reading=True)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("export", help="write a study bundle (database, checkpoints, artifacts, checksum manifest)")
-    _add_config_args(p)
+    _add_config_args(p, reading=True)
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to create (e.g. /kaggle/working/bundle)")
     p.set_defaults(func=cmd_export)
 
@@ -88,55 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_show_config)
 
-    p = sub.add_parser("validate", help="check data, labels and model before spending GPU time")
+    p = sub.add_parser("validate", help="check data, labels, prompts and model before spending GPU time; print the baselines")
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    overrides: dict[str, dict[str, Any]] = {}
-    if getattr(args, "storage", None):
-        overrides.setdefault("storage", {})["url"] = args.storage
-    if getattr(args, "study_name", None):
-        overrides.setdefault("study", {})["name"] = args.study_name
-    return load_config(args.preset, args.config, args.sets, overrides)
-
-
-def cmd_show_config(args: argparse.Namespace) -> int:
-    print(to_toml(resolve_config(args)))
-    return EXIT_OK
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from optuna_search.search._study import preflight
-
-    from optuna_search.objectives._quality import quality_warnings, render_distribution
-
-    config = resolve_config(args)
-    _quiet_libraries()
-    pf = preflight(config)
-    d = pf.data
-    print(f"data ok: train {len(d.train.examples)}, validation {len(d.validation.examples)}, test {len(d.test.examples)} examples")
-    print("label vocabularies (every validation/test label occurs in train):")
-    for f in d.fields:
-        print(f"  {f}: {len(d.vocab[f])} labels: {', '.join(d.vocab[f])}")
-    print("class distribution:")
-    print(render_distribution(pf.quality))
-    warnings_ = quality_warnings(pf.quality)
-    for w in warnings_:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"evaluation subset: {len(pf.eval_examples)} test examples (seed {config.eval.seed})")
-    print("baselines on that subset:")
-    for name, b in pf.baselines.items():
-        print(f"  {name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in b.items()))
-    return EXIT_OK
-
-
 def parse_duration(text: str) -> float:
     """'11h30m', '90m', '45s', '2h', '1.5h' or plain seconds -> seconds."""
-    import re
-
     m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
     if not text.strip() or not m or not any(m.groups()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 11h30m, 90m or 600s")
@@ -147,136 +111,158 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from optuna_search.dashboards._summary import best_row, render_summary, summary_rows
-    from optuna_search.search._study import ATTR_BASELINES, run_study
+def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, section, key in (("storage", "storage", "url"), ("study_name", "study", "name")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if not value.strip():
+                raise UserError(f"--{flag.replace('_', '-')} is empty; give a value or leave the flag out")
+            overrides.setdefault(section, {})[key] = value
+    if getattr(args, "n_trials", None) is not None:
+        overrides.setdefault("study", {})["n_trials"] = args.n_trials
+    return overrides
 
-    config = resolve_config(args)
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers} must be at least 1")
-    if args.resume_from:
-        from optuna_search.storage._bundle import import_bundle
 
-        import_bundle(args.resume_from, config)
-    _quiet_libraries()
-    demo = config.model.name_or_path.startswith("builtin:")
-    if demo:
-        log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
-    if args.worker:
-        # One of `run --workers N`'s processes: run points until none is left for us;
-        # the parent prints the summary.
-        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, wait_for_others=False)
-        return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
-    from optuna_search.search._workers import default_workers, run_workers
+def resolve_config(args: argparse.Namespace) -> Config:
+    return load_config(args.preset, args.config, args.sets, _flag_overrides(args))
 
-    workers = args.workers if args.workers is not None else default_workers(config.train.gpus_per_trial)
-    if workers > 1:
-        from optuna_search.search._study import RunOutcome, grid_state, open_study, preflight
 
-        open_study(config, preflight(config), create=True)  # created once, before the workers race
-        log.info("starting %d workers", workers)
-        codes = run_workers(args.argv, workers, config.train.gpus_per_trial)
-        if any(c == EXIT_USAGE for c in codes):
-            return EXIT_USAGE
-        study = open_study(config, None, create=False)
-        outcome = RunOutcome(study, grid_state(study, config), ran=-1, budget_reached=EXIT_BUDGET in codes)
-    else:
-        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget)
-    study, state, ran = outcome.study, outcome.state, outcome.ran
-    fields = list(config.data.fields)
-    rows = summary_rows(study, state, fields)
-    baselines = study.user_attrs.get(ATTR_BASELINES)
-    print(f"study {config.study.name!r}: {sum(r['status'] == 'complete' for r in state)}/{len(state)} grid points complete"
-          + ("" if ran else " (nothing to run: every grid point already has a COMPLETE trial)" if all(r["status"] == "complete" for r in state) else ""))
-    print(render_summary(rows, fields, baselines))
-    best = best_row(rows)
-    if best is not None:
-        print(f"best: {best['point']} (trial {best['trial']}), overall accuracy {100 * best['overall']:.1f}%")
-        if baselines and "majority" in baselines:
-            maj = baselines["majority"]["overall"]
-            verdict = "beats" if best["overall"] > maj else "does NOT beat"
-            print(f"best {verdict} the majority-class baseline ({100 * maj:.1f}% overall)")
-        print("significance tests and the recommendation: optuna-search report")
-    if demo:
-        print("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")
-    missing = [r for r in state if r["status"] != "complete"]
-    if outcome.budget_reached and missing:
-        print(f"time budget reached with {len(missing)} grid point(s) left; run the same command in a new "
-              "session to resume (export the study first if this machine goes away)", file=sys.stderr)
-        return EXIT_BUDGET
-    if missing:
-        for r in missing:
-            why = r["trials"][-1].user_attrs.get("error", "") if r["trials"] else ""
-            print(f"incomplete: {r['key']} is {r['status']}" + (f" ({why})" if why else ""), file=sys.stderr)
-        if any(r["status"] == "failed" for r in missing):
-            print("re-run failed points with: optuna-search run --retry-failed", file=sys.stderr)
-        return EXIT_INCOMPLETE
+def resolve_location(args: argparse.Namespace) -> dict[str, str]:
+    """For reading commands: where the study lives, from flags, --set, --config, --preset."""
+    return explicit_location(config_layers(args.preset, args.config, args.sets, _flag_overrides(args)))
+
+
+# -- commands ----------------------------------------------------------------------------
+def cmd_show_config(args: argparse.Namespace) -> int:
+    print(to_toml(stored_config(resolve_config(args))))  # a password never reaches the terminal
     return EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from optuna_search.dashboards._summary import status_rows, render_status
-    from optuna_search.search._study import grid_state, open_study, study_config
+def cmd_validate(args: argparse.Namespace) -> int:
+    from optuna_search.search._validate import validate
 
     config = resolve_config(args)
-    study = open_study(config, None, create=False)
-    config = study_config(study, config)
-    state = grid_state(study, config)
-    print(render_status(status_rows(state), config.study.name))
-    return EXIT_OK if all(r["status"] == "complete" for r in state) else EXIT_INCOMPLETE
+    _quiet_libraries()
+    print(validate(config))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from optuna_search.search._run import print_summary, run_study, summarize
+
+    config = resolve_config(args)
+    if args.resume_from:
+        from optuna_search.search._bundles import import_study_bundle
+
+        import_study_bundle(args.resume_from, config)
+    _quiet_libraries()
+    if config.model.name_or_path == "builtin:tiny-mistral":
+        log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
+    if args.worker:
+        # One of `run --workers N`'s processes: run until nothing is left for us; the
+        # parent prints the summary.
+        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, wait_for_others=False)
+        return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
+    from optuna_search.search._workers import choose_workers
+
+    workers = choose_workers(args.workers, config.train.gpus_per_trial, oversubscribe=args.oversubscribe)
+    if workers > 1:
+        outcome = _run_with_workers(args, config, workers)
+        if outcome is None:
+            return EXIT_USAGE
+    else:
+        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget)
+    return print_summary(summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached))
+
+
+def _run_with_workers(args: argparse.Namespace, config: Config, workers: int):
+    from optuna_search.search._open import create_or_resume
+    from optuna_search.search._preflight import preflight
+    from optuna_search.search._scheduler import RunOutcome, read_state
+    from optuna_search.search._space import make_sampler
+    from optuna_search.search._workers import run_workers
+
+    study = create_or_resume(config, preflight(config))  # created once, before the workers race
+    log.info("starting %d workers", workers)
+    codes = run_workers(args.argv, workers, config.train.gpus_per_trial)
+    if EXIT_USAGE in codes:
+        return None
+    sampler = make_sampler(config) if config.is_grid else None
+    return RunOutcome(study, read_state(config, study.get_trials(deepcopy=False), sampler), ran=sum(c == 0 for c in codes),
+                      budget_reached=EXIT_BUDGET in codes)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from optuna_search.search._status import status
+
+    opened = open_for_reading(resolve_location(args))
+    text, complete = status(opened.study, opened.config)
+    print(text)
+    return EXIT_OK if complete else EXIT_INCOMPLETE
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from optuna_search.dashboards._report import collect_report, render_markdown, write_report
-    from optuna_search.search._study import open_study
-    from optuna_search.storage._storages import artifact_store
+    from optuna_search.storage._artifacts import artifact_store
 
-    config = resolve_config(args)
+    opened = open_for_reading(resolve_location(args))
     _quiet_libraries()
-    study = open_study(config, None, create=False)
-    rep = collect_report(study, artifact_store(config.storage.artifacts))
+    rep = collect_report(opened.study, artifact_store(opened.config.storage.artifacts, create=False))
     md_path, html_path = write_report(rep, args.output)
     print(render_markdown(rep))
     log.info("wrote %s and %s", md_path, html_path)
     return EXIT_OK
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from optuna_search.dashboards._launch import serve_dashboard
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from optuna_search.search._ensembles import run_ensemble
 
-    config = resolve_config(args)
-    serve_dashboard(config, host=args.host, port=args.port)
+    opened = open_for_reading(resolve_location(args), mode="write")
+    trials = _parse_trials(args.trials) if args.trials else None
+    print(run_ensemble(opened.study, opened.config, trials=trials, top=args.top))
+    return EXIT_OK
+
+
+def _parse_trials(text: str) -> list[int]:
+    try:
+        numbers = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--trials {text!r} must be trial numbers separated by commas, e.g. 0,1,2") from None
+    if len(numbers) < 2:
+        raise UserError(f"--trials {text!r}: an ensemble needs at least two trials")
+    return numbers
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    check_port(args.port)
+    opened = open_for_reading(resolve_location(args), mode="write")  # the dashboard saves notes
+    serve_dashboard(opened.study, opened.config, host=args.host, port=args.port)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from optuna_search.storage._bundle import export_bundle
+    from optuna_search.search._bundles import export_study_bundle
 
-    config = resolve_config(args)
-    manifest = export_bundle(config, args.output)
+    manifest = export_study_bundle(resolve_location(args), args.output)
     print(f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
           f"next session: optuna-search run --resume-from {args.output} (same config)")
     return EXIT_OK
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("bitsandbytes", "transformers", "peft", "accelerate", "datasets", "optuna", "httpx", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import transformers
+    from optuna_search.objectives._quiet import quiet_libraries
 
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        import datasets
+    quiet_libraries()
 
-        datasets.disable_progress_bars()
-    except Exception:  # noqa: BLE001 - only cosmetics
-        pass
-    import warnings
 
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+def _damaged_database(e: BaseException) -> str | None:
+    text = str(e)
+    if "database disk image is malformed" in text or "file is not a database" in text:
+        return ("the study database is damaged (database disk image is malformed); restore the study.db of the last "
+                "bundle (`optuna-search run --resume-from BUNDLE` in a new directory), or salvage it with "
+                "`sqlite3 study.db .recover | sqlite3 recovered.db` and point --storage at recovered.db")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    if args.command not in ("show-config",):
+    if args.command != "show-config":
         # Our own log lines say what happened to each trial; Optuna's would add tracebacks.
         import optuna
 
@@ -296,20 +282,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Heartbeat, fail_stale_trials and metric names are "experimental" in Optuna; we
         # rely on them deliberately and test them.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if args.command == "run":
+        handle_sigterm()
     try:
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted: completed trials are saved; run the same command again to resume", file=sys.stderr)
-        return 130
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt as e:
+        print("interrupted: completed trials are saved and the interrupted one resumes from its last checkpoint; "
+              "run the same command again", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a damaged database is bad input; anything else is a bug to show
+        message = _damaged_database(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1,23 +1,29 @@
-"""`run --workers N`: N worker processes on one study, one GPU each.
+"""`run --workers N`: N worker processes on one study, one GPU (group) each.
 
 The parent checks the inputs and creates the study (so workers never race to create
 it), then starts N copies of the same `run` command with ``--worker``, each pinned to its
-own GPU through ``CUDA_VISIBLE_DEVICES``. Workers coordinate only through the study's
+own GPU(s) through ``CUDA_VISIBLE_DEVICES``. Workers coordinate only through the study's
 storage (Optuna's own distributed mode) plus the claim lock; the parent relays their
 progress lines, prefixed with the worker number, to one terminal. Ctrl-C reaches every
-worker (same process group): each stops its trial, which stays resumable from its
-checkpoint, and the parent waits for all of them before it returns.
+worker (same process group); a SIGTERM to the parent alone is passed on to them. Each
+stops its trial, which stays resumable from its checkpoint, and the parent waits for all
+of them before it returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 from typing import Sequence
 
-from optuna_search.storage._claim import worker_env
+from optuna_search.core import UserError
+from optuna_search.search._signals import Terminated
+
+log = logging.getLogger("optuna_search")
 
 
 def visible_gpus() -> list[str]:
@@ -32,9 +38,34 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def default_workers(gpus_per_trial: int = 1) -> int:
-    """One worker per visible GPU (per gpus_per_trial GPUs), 1 on CPU."""
-    return max(1, len(visible_gpus()) // gpus_per_trial)
+def choose_workers(requested: int | None, gpus_per_trial: int, *, oversubscribe: bool = False) -> int:
+    """One worker per visible GPU group by default, 1 on CPU; a request above what the
+    machine has (GPU groups, or CPU cores without a GPU) is capped unless
+    ``oversubscribe``, and the choice is logged."""
+    if requested is not None and requested < 1:
+        raise UserError(f"--workers {requested} must be at least 1")
+    gpus = visible_gpus()
+    cap = len(gpus) // gpus_per_trial if gpus else (os.cpu_count() or 1)
+    if gpus and cap < 1:
+        raise UserError(f"train.gpus_per_trial = {gpus_per_trial} but only {len(gpus)} GPU(s) are visible")
+    if requested is None:
+        return max(1, cap) if gpus else 1
+    if requested > cap and not oversubscribe:
+        what = f"{len(gpus)} GPU(s) / {gpus_per_trial} per trial" if gpus else f"{cap} CPU cores and no GPU"
+        log.warning("--workers %d capped at %d (this machine has %s); pass --oversubscribe to start more anyway",
+                    requested, cap, what)
+        return cap
+    return requested
+
+
+def worker_env(index: int, gpus: list[str], gpus_per_worker: int = 1) -> dict[str, str]:
+    """Environment of worker ``index``: pinned to its own GPU(s) when there are GPUs."""
+    env = dict(os.environ)
+    if gpus:
+        start = (index * gpus_per_worker) % len(gpus)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start: start + gpus_per_worker])
+    env["OPTUNA_SEARCH_WORKER"] = str(index)
+    return env
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -47,7 +78,7 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
         if a in ("--workers", "--resume-from"):
             skip = True
             continue
-        if a.startswith(("--workers=", "--resume-from=")):
+        if a.startswith(("--workers=", "--resume-from=")) or a == "--oversubscribe":
             continue
         out.append(a)
     return out + ["--worker"]
@@ -71,9 +102,10 @@ def run_workers(argv: Sequence[str], n: int, gpus_per_trial: int = 1) -> list[in
     lock = threading.Lock()
 
     def relay(i: int, stream) -> None:
+        prefix = f"[worker {i}{' gpu ' + envs[i]['CUDA_VISIBLE_DEVICES'] if gpus else ''}] "
         for line in stream:
             with lock:
-                sys.stderr.write(f"[worker {i}{' gpu ' + envs[i]['CUDA_VISIBLE_DEVICES'] if gpus else ''}] {line}")
+                sys.stderr.write(prefix + line)
                 sys.stderr.flush()
 
     threads = [threading.Thread(target=relay, args=(i, p.stderr), daemon=True) for i, p in enumerate(procs)]
@@ -81,9 +113,15 @@ def run_workers(argv: Sequence[str], n: int, gpus_per_trial: int = 1) -> list[in
         t.start()
     try:
         codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        # The terminal's Ctrl-C went to the workers too; let them finish cleanly.
-        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt as e:
+        # Ctrl-C reached the workers too (same process group); a SIGTERM sent to the
+        # parent alone did not: pass it on. Then let them finish cleanly.
+        if isinstance(e, Terminated):
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait()
         for t in threads:
             t.join(timeout=5)
         raise

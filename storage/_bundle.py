@@ -4,11 +4,12 @@ A bundle is a directory:
 
     manifest.json        format, study name, optuna version, schema revision, sha256 per file
     study.db             a consistent SQLite copy (sqlite3 backup API, safe while in use)
-    checkpoints/<study>/ Trainer checkpoints, one folder per grid point
+    checkpoints/<study>/ Trainer checkpoints, one folder per point
     artifacts/           the Optuna artifact store (predictions)
 
-``import_bundle`` verifies every checksum and the database schema *before* copying
-anything into the working directory, so a damaged bundle changes nothing.
+``import_bundle`` verifies the manifest, every checksum and the database schema *before*
+copying anything into the working directory, so a damaged or hand-edited bundle changes
+nothing; files the manifest does not list are refused, never imported unchecked.
 """
 
 from __future__ import annotations
@@ -18,13 +19,26 @@ import json
 import shutil
 import sqlite3
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.search._errors import UserError
+from optuna_search.core import UserError
+from optuna_search.storage._checkpoints import study_checkpoints
+from optuna_search.storage._storages import check_storage_url, list_study_names, open_storage, redact_url
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StudyLocation:
+    """Where a study and its files live (not what it means)."""
+
+    storage_url: str
+    study_name: str
+    checkpoints_dir: str
+    artifacts_dir: str
 
 
 def _sha256(path: Path) -> str:
@@ -35,13 +49,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _sqlite_path(config: Any, *, what: str) -> Path:
-    from optuna_search.storage._storages import check_storage_url, redact_url
-
-    parsed = check_storage_url(config.storage.url)
+def _sqlite_path(url: str, *, what: str) -> Path:
+    parsed = check_storage_url(url, writable=False)
     if parsed.get_backend_name() != "sqlite":
         raise UserError(
-            f"{what} works on SQLite studies; storage '{redact_url(config.storage.url)}' is a server database "
+            f"{what} works on SQLite studies; storage '{redact_url(url)}' is a server database "
             "that every session reaches directly (back it up with the server's own tools, e.g. pg_dump)"
         )
     return Path(parsed.database)
@@ -57,29 +69,31 @@ def _schema_revision(db: Path) -> str | None:
         con.close()
 
 
-def export_bundle(config: Any, output: str | Path) -> dict[str, Any]:
+def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
     import optuna
 
     out = Path(output)
-    db = _sqlite_path(config, what="export")
+    db = _sqlite_path(loc.storage_url, what="export")
     if not db.exists():
         raise UserError(f"no study database at '{db}' to export; run the study first or pass --storage")
+    names = list_study_names(open_storage(loc.storage_url, mode="read"))
+    if loc.study_name not in names:
+        raise UserError(f"no study {loc.study_name!r} in '{db}'; studies there: {', '.join(names) or 'none'} (pass --study-name)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"bundle directory '{out}' exists and is not empty; choose a new --output")
     out.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(str(db))
+    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     dst = sqlite3.connect(str(out / "study.db"))
     try:
         src.backup(dst)  # consistent snapshot, even while a trial writes
     finally:
         dst.close()
         src.close()
-    ckpt = Path(config.train.output_dir) / config.study.name
+    ckpt = study_checkpoints(loc.checkpoints_dir, loc.study_name)
     if ckpt.exists():
-        shutil.copytree(ckpt, out / "checkpoints" / config.study.name)
-    art = Path(config.storage.artifacts)
-    if art.exists():
-        shutil.copytree(art, out / "artifacts")
+        shutil.copytree(ckpt, out / "checkpoints" / loc.study_name)
+    if Path(loc.artifacts_dir).exists():
+        shutil.copytree(loc.artifacts_dir, out / "artifacts")
     files = {
         str(p.relative_to(out)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
         for p in sorted(out.rglob("*"))
@@ -87,7 +101,7 @@ def export_bundle(config: Any, output: str | Path) -> dict[str, Any]:
     }
     manifest = {
         "format": BUNDLE_FORMAT,
-        "study_name": config.study.name,
+        "study_name": loc.study_name,
         "optuna_version": optuna.__version__,
         "schema_revision": _schema_revision(out / "study.db"),
         "files": files,
@@ -97,45 +111,70 @@ def export_bundle(config: Any, output: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_bundle(bundle: str | Path) -> dict[str, Any]:
-    """Read the manifest and check every file's checksum; raise UserError on damage."""
-    root = Path(bundle)
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest, checked for shape: a hand-edited one is refused with what is wrong."""
     mf = root / MANIFEST
     if not mf.exists():
         raise UserError(f"'{root}' is not a study bundle (no {MANIFEST}); pass a directory written by `optuna-search export`")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"bundle manifest '{mf}' is not valid JSON ({e.msg}); export the bundle again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"bundle manifest '{mf}' is not valid JSON ({e}); export the bundle again") from None
+    problems = []
+    if not isinstance(manifest, dict):
+        raise UserError(f"bundle manifest '{mf}' must be a JSON object, got {type(manifest).__name__}; export the bundle again")
     if manifest.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"bundle '{root}' has format {manifest.get('format')!r}; this version reads format {BUNDLE_FORMAT}")
+        problems.append(f"format is {manifest.get('format')!r}; this version reads format {BUNDLE_FORMAT}")
+    if not isinstance(manifest.get("study_name"), str) or not manifest.get("study_name"):
+        problems.append("study_name is missing")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or "study.db" not in files:
+        problems.append("files must be an object listing at least study.db")
+    else:
+        for rel, meta in files.items():
+            if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and isinstance(meta.get("bytes"), int)):
+                problems.append(f"files[{rel!r}] must be {{\"sha256\": str, \"bytes\": int}}")
+            elif Path(rel).is_absolute() or ".." in Path(rel).parts:
+                problems.append(f"files[{rel!r}] points outside the bundle")
+    if problems:
+        raise UserError(f"bundle manifest '{mf}' is not one `optuna-search export` writes; export the bundle again:", problems)
+    return manifest
+
+
+def verify_bundle(bundle: str | Path) -> dict[str, Any]:
+    """Read the manifest and check every file's checksum; raise UserError on damage or
+    on files the manifest does not list."""
+    root = Path(bundle)
+    manifest = read_manifest(root)
+    files = manifest["files"]
     bad = []
-    for rel, meta in manifest.get("files", {}).items():
+    for rel, meta in files.items():
         p = root / rel
         if not p.is_file():
             bad.append(f"{rel}: missing")
         elif p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
             bad.append(f"{rel}: checksum mismatch")
+    extra = [str(p.relative_to(root)) for p in sorted(root.rglob("*"))
+             if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in files]
+    bad += [f"{rel}: not listed in the manifest (nothing is imported unchecked)" for rel in extra]
     if bad:
         raise UserError(
-            f"bundle '{root}' is damaged ({len(bad)} of {len(manifest['files'])} files); re-export it from the session that wrote it:",
+            f"bundle '{root}' is damaged ({len(bad)} problems in {len(files)} listed files); re-export it from the session that wrote it:",
             bad[:10] + ([f"... and {len(bad) - 10} more"] if len(bad) > 10 else []),
         )
     return manifest
 
 
-def import_bundle(bundle: str | Path, config: Any) -> None:
+def import_bundle(bundle: str | Path, loc: StudyLocation) -> None:
     """Copy a verified bundle into the configured (writable) locations."""
-    from optuna_search.storage._storages import make_storage
-
     root = Path(bundle)
     manifest = verify_bundle(root)
-    if manifest["study_name"] != config.study.name:
+    if manifest["study_name"] != loc.study_name:
         raise UserError(
-            f"bundle '{root}' holds study {manifest['study_name']!r}, the config names {config.study.name!r}; "
+            f"bundle '{root}' holds study {manifest['study_name']!r}, the config names {loc.study_name!r}; "
             f"pass --study-name {manifest['study_name']}"
         )
-    db = _sqlite_path(config, what="--resume-from")
+    db = _sqlite_path(loc.storage_url, what="--resume-from")
     bundled_db = root / "study.db"
     if db.exists():
         if _sha256(db) != _sha256(bundled_db):
@@ -145,14 +184,15 @@ def import_bundle(bundle: str | Path, config: Any) -> None:
             )
     else:
         # Check the schema on a scratch copy first: optuna refuses an old schema with a
-        # RuntimeError that make_storage turns into the `optuna storage upgrade` advice.
+        # RuntimeError that open_storage turns into the `optuna storage upgrade` advice.
         db.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=db.parent) as tmp:
             scratch = Path(tmp) / "check.db"
             shutil.copyfile(bundled_db, scratch)
-            make_storage(f"sqlite:///{scratch}")
+            open_storage(f"sqlite:///{scratch}", mode="write")
             shutil.copyfile(bundled_db, db)
-    if (root / "checkpoints" / config.study.name).exists():
-        shutil.copytree(root / "checkpoints" / config.study.name, Path(config.train.output_dir) / config.study.name, dirs_exist_ok=True)
+    src_ckpt = root / "checkpoints" / loc.study_name
+    if src_ckpt.exists():
+        shutil.copytree(src_ckpt, study_checkpoints(loc.checkpoints_dir, loc.study_name), dirs_exist_ok=True)
     if (root / "artifacts").exists():
-        shutil.copytree(root / "artifacts", Path(config.storage.artifacts), dirs_exist_ok=True)
+        shutil.copytree(root / "artifacts", Path(loc.artifacts_dir), dirs_exist_ok=True)

@@ -1,22 +1,37 @@
-"""Optuna RDB storages (SQLite by default, PostgreSQL) with heartbeat and safe settings.
+"""Optuna RDB storages (SQLite by default, PostgreSQL) opened for what a command does.
 
-URLs are checked *before* any database file is created, so a typo never leaves an empty
-study database behind. Passwords are masked in every message (``redact_url``).
+- ``open_storage(url, mode="create")`` (``run``): may create the database and Optuna's
+  tables; refuses a SQLite file that holds another application's tables; creating the
+  schema is serialised, so two ``run`` on a fresh database never collide.
+- ``mode="write"`` (``dashboard``, which saves notes): an existing Optuna database only.
+- ``mode="read"`` (``status``, ``report``, ``export``, ``ensemble`` reads): an existing
+  Optuna database opened read-only (SQLite ``mode=ro``): nothing is ever written.
+
+URLs are checked before any file is created, so a typo never leaves an empty database
+behind, and passwords are masked in every message (:func:`redact_url`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import sqlite3
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from optuna_search.search._errors import UserError
+from optuna_search.core import UserError
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
+MODES = ("create", "write", "read")
 # Seconds a connection waits on a locked SQLite database before failing: long enough that
 # a dashboard reading or a second worker writing never fails a trial.
 SQLITE_BUSY_TIMEOUT_S = 60
+# Optuna's own tables: a SQLite file with other tables and none of these is not ours.
+OPTUNA_TABLES = {"studies", "version_info", "alembic_version"}
+_FIX = "use sqlite:///file.db (relative) or sqlite:////abs/path.db, or postgresql://user@host/db"
 
 
 def redact_url(url: str) -> str:
@@ -30,89 +45,208 @@ def redact_url(url: str) -> str:
         return head + sep + "***" if sep else url
 
 
-def check_storage_url(url: str, *, must_exist: bool = False) -> Any:
+def redact_text(text: str, url: str) -> str:
+    """Remove the password of ``url`` from free text (driver error messages quote it)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(url).password
+    except Exception:  # noqa: BLE001
+        pw = None
+    return text.replace(pw, "***") if pw else text
+
+
+def check_storage_url(url: str, *, must_exist: bool = False, writable: bool = True) -> Any:
     """Validate a storage URL; return the parsed sqlalchemy URL. Creates nothing."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     shown = redact_url(url)
-    fix = "use sqlite:///file.db (relative) or sqlite:////abs/path.db, or postgresql://user@host/db"
+    if not url.strip():
+        raise UserError(f"the storage URL is empty; {_FIX}")
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise UserError(f"storage URL '{shown}' is not a database URL; {fix}") from None
+        raise UserError(f"storage URL '{shown}' is not a database URL; {_FIX}") from None
     dialect = parsed.get_backend_name()
     if dialect not in SUPPORTED_DIALECTS:
-        raise UserError(f"storage URL '{shown}' uses '{dialect}', which is not supported; {fix}")
+        raise UserError(f"storage URL '{shown}' uses '{dialect}', which is not supported; {_FIX}")
     if dialect == "sqlite":
-        db = parsed.database
-        if not db or db == ":memory:":
-            raise UserError(
-                f"storage URL '{shown}' is an in-memory database; a study there is lost when the "
-                f"process ends. {fix}"
-            )
-        path = Path(db)
-        if must_exist and not path.exists():
-            raise UserError(f"storage '{shown}': database file '{path}' does not exist; check --storage")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.exists():
-            raise UserError(f"storage '{shown}': directory '{parent}' does not exist; create it or fix the URL")
-        if path.exists() and not os.access(path, os.W_OK):
-            raise UserError(
-                f"storage '{shown}': database file '{path}' is read-only; copy it to a writable "
-                "directory (e.g. `optuna-search run --resume-from` on Kaggle) or fix its permissions"
-            )
-        if not path.exists() and not os.access(parent, os.W_OK):
-            raise UserError(f"storage '{shown}': directory '{parent}' is not writable; choose a writable location")
+        _check_sqlite_url(parsed, shown, must_exist=must_exist, writable=writable)
     elif dialect == "postgresql" and parsed.drivername == "postgresql":
         # Plain postgresql:// means psycopg2 to SQLAlchemy; use psycopg 3, which we depend on.
         parsed = parsed.set(drivername="postgresql+psycopg")
+    elif dialect == "mysql":
+        _check_mysql_driver(parsed, shown)
     return parsed
 
 
-def make_storage(
-    url: str,
-    *,
-    heartbeat_interval: int | None = None,
-    grace_period: int | None = None,
-    retry_stale: bool = True,
-    read_only: bool = False,
-):
-    """An ``optuna.storages.RDBStorage`` for ``url``, heartbeat on when an interval is given."""
-    import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+def _check_sqlite_url(parsed: Any, shown: str, *, must_exist: bool, writable: bool) -> None:
+    if parsed.host:
+        raise UserError(
+            f"storage URL '{shown}' has a host part ('{parsed.host}'): a SQLite file needs three slashes, "
+            f"e.g. sqlite:///{parsed.host}{'/' + parsed.database if parsed.database else ''} (relative) "
+            "or sqlite:////abs/path.db"
+        )
+    db = parsed.database
+    if not db or db == ":memory:":
+        raise UserError(f"storage URL '{shown}' is an in-memory database; a study there is lost when the process ends. {_FIX}")
+    path = Path(db)
+    if path.is_dir():
+        raise UserError(f"storage '{shown}': '{path}' is a directory; give a database file inside it, e.g. sqlite:///{path}/study.db")
+    if must_exist and not path.exists():
+        raise UserError(f"storage '{shown}': database file '{path}' does not exist; check --storage")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.exists():
+        raise UserError(f"storage '{shown}': directory '{parent}' does not exist; create it or fix the URL")
+    if not writable:
+        return
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(
+            f"storage '{shown}': database file '{path}' is read-only; copy it to a writable "
+            "directory (e.g. `optuna-search run --resume-from` on Kaggle) or fix its permissions"
+        )
+    if not path.exists() and not os.access(parent, os.W_OK):
+        raise UserError(f"storage '{shown}': directory '{parent}' is not writable; choose a writable location")
 
-    parsed = check_storage_url(url, must_exist=read_only)
-    full = parsed.render_as_string(hide_password=False)
-    engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    else:
-        engine_kwargs["pool_pre_ping"] = True
-    kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
-    if heartbeat_interval:
-        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+
+def _check_mysql_driver(parsed: Any, shown: str) -> None:
+    driver = parsed.get_driver_name()
+    module = {"mysqldb": "MySQLdb", "pymysql": "pymysql", "mysqlconnector": "mysql.connector"}.get(driver, driver)
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        raise UserError(
+            f"storage URL '{shown}' needs the MySQL driver '{module}', which is not installed; "
+            "run `pip install pymysql` and use mysql+pymysql://user@host/db"
+        )
+
+
+def sqlite_tables(path: Path, shown: str) -> set[str] | None:
+    """Table names of an existing SQLite file (None if it does not exist or is empty).
+    A damaged file is a UserError that says how to recover."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
     try:
-        with warnings.catch_warnings():
-            # Heartbeat and the retry callback are marked experimental; they are what
-            # makes a killed trial come back, and we test them.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if retry_stale and heartbeat_interval:
-                kwargs["heartbeat_stale_trial_callback"] = RetryHeartbeatStaleTrialCallback()
-            storage = RDBStorage(full, **kwargs)
-    except RuntimeError as e:
-        if "upgrade" in str(e):
-            raise UserError(
-                f"storage '{redact_url(url)}' was written by another Optuna version and needs a schema "
-                f"upgrade; back it up, then run: optuna storage upgrade --storage '{redact_url(url)}'"
-            ) from None
-        raise
-    except Exception as e:  # noqa: BLE001 - connection errors of any driver
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"cannot open storage '{redact_url(url)}' ({redact_text(msg, url)}); check the URL and that the server is up") from None
-    if parsed.get_backend_name() == "sqlite":
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and con.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise UserError(damaged_database_message(shown, path, str(e))) from None
+    return tables
+
+
+def damaged_database_message(shown: str, path: Path | str, detail: str) -> str:
+    return (
+        f"storage '{shown}': the database file '{path}' is damaged ({detail}); restore the study.db of "
+        "the last bundle (`optuna-search run --resume-from BUNDLE` into a new directory), or salvage it "
+        f"with `sqlite3 {path} .recover | sqlite3 recovered.db` and point --storage at recovered.db"
+    )
+
+
+def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """An ``optuna.storages.RDBStorage`` for ``url`` opened for ``mode`` (see the module
+    docstring); heartbeat on when an interval is given."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {MODES}")
+    parsed = check_storage_url(url, must_exist=mode != "create", writable=mode != "read")
+    shown = redact_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
+        _check_sqlite_file(Path(parsed.database), shown, mode)
+        full = _sqlite_url(parsed, read_only=mode == "read")
+    else:
+        full = parsed.render_as_string(hide_password=False)
+    kwargs: dict[str, Any] = {
+        "engine_kwargs": {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True},
+        "skip_table_creation": mode != "create",
+    }
+    if heartbeat_interval:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        # A killed trial is queued again (WAITING, same params): the retry resumes it.
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    with _schema_lock(parsed if sqlite and mode == "create" else None):
+        storage = _create_rdb_storage(full, url, kwargs)
+    if sqlite and mode != "read":
         _sqlite_pragmas(storage)
     return storage
+
+
+def _check_sqlite_file(path: Path, shown: str, mode: str) -> None:
+    tables = sqlite_tables(path, shown)
+    if tables and not tables & OPTUNA_TABLES:
+        raise UserError(
+            f"storage '{shown}': '{path}' is a SQLite database of another application (tables: "
+            f"{', '.join(sorted(tables)[:8])}); point --storage at a new file, e.g. sqlite:///optuna-search.db"
+        )
+    if mode != "create" and not tables:
+        raise UserError(f"storage '{shown}': '{path}' holds no Optuna study; run a study first or check --storage")
+
+
+def _sqlite_url(parsed: Any, *, read_only: bool) -> str:
+    if not read_only:
+        return parsed.render_as_string(hide_password=False)
+    # SQLite's own read-only mode: no table creation, no WAL switch, no write at all.
+    return f"sqlite:///file:{Path(parsed.database).resolve()}?mode=ro&uri=true"
+
+
+@contextlib.contextmanager
+def _schema_lock(parsed: Any) -> Iterator[None]:
+    """Two `run` on a fresh SQLite file at the same moment would both create Optuna's
+    schema (UNIQUE constraint failed: alembic_version); hold a file lock while one does."""
+    if parsed is None:
+        yield
+        return
+    import fcntl
+
+    db = Path(parsed.database)
+    with open(db.with_name(db.name + ".claim.lock"), "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _create_rdb_storage(full: str, url: str, kwargs: dict[str, Any]):
+    import optuna
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeat and the retry callback are marked experimental; they are what
+                # makes a killed trial come back, and we test them.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(full, **kwargs)
+        except IntegrityError:
+            # Another process created the schema at the same moment (a server database,
+            # where no file lock serialises it): its schema is complete a moment later.
+            if attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except RuntimeError as e:
+            if "upgrade" in str(e):
+                raise UserError(
+                    f"storage '{redact_url(url)}' was written by another Optuna version and needs a schema "
+                    f"upgrade; back it up, then run: optuna storage upgrade --storage '{redact_url(url)}'"
+                ) from None
+            raise
+        except Exception as e:  # noqa: BLE001 - connection errors of any driver
+            raise UserError(_open_error(e, url)) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _open_error(e: Exception, url: str) -> str:
+    msg = redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__, url)
+    if "malformed" in msg or "not a database" in msg:
+        return damaged_database_message(redact_url(url), url, msg)
+    return f"cannot open storage '{redact_url(url)}' ({msg}); check the URL and that the server is up"
 
 
 def _sqlite_pragmas(storage) -> None:
@@ -125,20 +259,7 @@ def _sqlite_pragmas(storage) -> None:
         conn.execute(text("PRAGMA journal_mode=WAL"))
 
 
-def redact_text(text: str, url: str) -> str:
-    """Remove the password of ``url`` from free text (driver error messages quote it)."""
-    try:
-        from sqlalchemy.engine import make_url
+def list_study_names(storage) -> list[str]:
+    import optuna
 
-        pw = make_url(url).password
-    except Exception:  # noqa: BLE001
-        pw = None
-    return text.replace(pw, "***") if pw else text
-
-
-def artifact_store(base: str | Path):
-    from optuna.artifacts import FileSystemArtifactStore
-
-    path = Path(base)
-    path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]

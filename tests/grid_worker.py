@@ -1,5 +1,5 @@
 """A worker for the parallel tests and benchmark: runs the project's scheduling loop
-(claim lock, GridPointSampler, heartbeat storage) with a fast objective on each of the
+(claim lock, GridPointSampler, heartbeat storage) with a fast runner on each of the
 given studies in turn.
 
     python tests/grid_worker.py URL GRID_SIZE SLEEP STUDY [STUDY ...]
@@ -16,23 +16,27 @@ import time
 import optuna
 
 from optuna_search.search._config import load_config
-from optuna_search.search._sampler import GridPointSampler
-from optuna_search.search._study import run_grid, search_space
-from optuna_search.storage._storages import make_storage
+from optuna_search.search._scheduler import Scheduler
+from optuna_search.search._space import distributions, make_sampler
+from optuna_search.storage._internals import heartbeat
+from optuna_search.storage._storages import open_storage
 
 
-class SleepObjective:
-    def __init__(self, config, sleep: str) -> None:
-        self.config = config
+class SleepRunner:
+    """Stands in for the trial adapter: holds the heartbeat, sleeps, tells the value."""
+
+    budget_stopped = False
+
+    def __init__(self, study, sleep: str) -> None:
+        self.study = study
         fixed = sleep.startswith("fixed:")
         value = float(sleep.split(":", 1)[1] if fixed else sleep)
         self.sleep = (lambda: value) if fixed else (lambda: random.uniform(0, value))
-        self.position, self.attempts, self.budget_stopped = (1, 1), 1, False
 
-    def __call__(self, trial) -> float:
-        point = {k: trial.suggest_categorical(k, v) for k, v in search_space(self.config).items()}
-        time.sleep(self.sleep())
-        return float(point["lora_r"])
+    def run(self, trial, *, position, attempts) -> None:
+        with heartbeat(self.study, trial):
+            time.sleep(self.sleep())
+        self.study.tell(trial, float(trial.params["lora_r"]))
 
 
 def grid_config(url: str, grid_size: int, study: str):
@@ -44,9 +48,9 @@ def grid_config(url: str, grid_size: int, study: str):
 
 def create(url: str, grid_size: int, study: str):
     config = grid_config(url, grid_size, study)
-    storage = make_storage(url, heartbeat_interval=5, grace_period=30)
+    storage = open_storage(url, heartbeat_interval=5, grace_period=30)
     return optuna.create_study(study_name=study, storage=storage, direction="maximize", load_if_exists=True,
-                               sampler=GridPointSampler(search_space(config), seed=0)), config
+                               sampler=make_sampler(config)), config
 
 
 def main() -> None:
@@ -54,7 +58,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     for name in studies:
         study, config = create(url, grid_size, name)
-        run_grid(study, config, SleepObjective(config, sleep), wait_for_others=False)
+        Scheduler(study, config, SleepRunner(study, sleep), distributions(config)).run(wait_for_others=False)
 
 
 if __name__ == "__main__":

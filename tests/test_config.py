@@ -2,16 +2,10 @@ import tomllib
 
 import pytest
 
-from optuna_search.search._config import (
-    Config,
-    diff_semantic,
-    list_presets,
-    load_config,
-    parse_set_option,
-    read_preset,
-    to_toml,
-)
-from optuna_search.search._errors import UserError
+from optuna_search.core import Config
+from optuna_search.core._config import diff_semantic, to_toml
+from optuna_search.search._config import list_presets, load_config, parse_set_option, read_preset
+from optuna_search.core import UserError
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -34,7 +28,7 @@ def test_kaggle_preset_is_the_flagship_study():
     assert c.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert c.lora.dropout == 0.1 and c.lora.alpha_ratio == 4.0
     assert c.study.grid == {"lora_r": [4, 8, 16]}
-    assert [c.trial_params(p)["lora_alpha"] for p in c.grid_points()] == [16, 32, 64]
+    assert [c.trial_params(p).lora_alpha for p in c.grid_points()] == [16, 32, 64]
     t = c.train
     assert (t.learning_rate, t.batch_size, t.gradient_accumulation, t.epochs) == (2e-4, 4, 4, 3)
     assert (t.lr_scheduler, t.warmup_ratio, t.seed) == ("cosine", 0.1, 42)

@@ -4,18 +4,16 @@ tiny Mistral-architecture model built in-process."""
 import pytest
 import torch
 
-from optuna_search.objectives._qlora import (
-    count_trainable,
-    load_lora_model,
-    losses_per_epoch,
-    resolve_model_source,
-)
+from optuna_search.core import TrialParams
+from optuna_search.objectives._model import count_trainable, load_lora_model, resolve_model_source
+from optuna_search.objectives._train import losses_per_epoch
 from optuna_search.search._config import load_config
-from optuna_search.search._errors import UserError
+from optuna_search.core import UserError
 
 
 def _params(r=8, modules=("q_proj", "k_proj", "v_proj", "o_proj")):
-    return {"lora_r": r, "lora_alpha": 4.0 * r, "lora_dropout": 0.0, "target_modules": list(modules)}
+    return TrialParams(lora_r=r, lora_alpha=4.0 * r, lora_dropout=0.0, target_modules=tuple(modules), learning_rate=5e-3,
+                       epochs=1, warmup_ratio=0.0, weight_decay=0.0, batch_size=8, gradient_accumulation=1)
 
 
 def test_loads_nf4_base_with_lora_from_a_local_directory(demo_model_dir):
@@ -39,12 +37,13 @@ def test_loads_nf4_base_with_lora_from_a_local_directory(demo_model_dir):
 
 
 def test_lora_weights_change_and_training_loss_falls(demo_model_dir):
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from optuna_search.objectives._data import load_split
     from optuna_search.objectives._prompt import PromptEncoder
-    from optuna_search.objectives._qlora import _Collator, load_tokenizer
-    from optuna_search.objectives._demo import ensure_demo_data
+    from optuna_search.objectives._model import load_tokenizer
+    from optuna_search.objectives._train import Collator
+    from optuna_search.objectives._demo_data import ensure_demo_data
 
     cfg = load_config(preset="demo")
     fields = list(cfg.data.fields)
@@ -61,7 +60,7 @@ def test_lora_weights_change_and_training_loss_falls(demo_model_dir):
         remove_unused_columns=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=_Collator(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)))
+                      data_collator=Collator(tok))
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     k = len(losses) // 4

@@ -10,8 +10,8 @@ from optuna.trial import TrialState, create_trial
 
 from conftest import run_cli
 from optuna_search.dashboards._report import collect_report, render_markdown
-from optuna_search.search._errors import UserError
-from optuna_search.storage._storages import artifact_store
+from optuna_search.core import UserError
+from optuna_search.storage._artifacts import artifact_store
 
 pytestmark = pytest.mark.slow
 

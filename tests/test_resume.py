@@ -230,10 +230,10 @@ def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
 def test_trial_killed_before_its_first_heartbeat_is_reclaimed(tmp_path):
     """Optuna's stale check skips trials without a heartbeat record; a process killed
     between creating its trial and starting the heartbeat must not leave it RUNNING."""
-    from optuna_search.search._study import fail_orphaned_trials
-    from optuna_search.storage._storages import make_storage
+    from optuna_search.search._scheduler import fail_orphaned_trials
+    from optuna_search.storage._storages import open_storage
 
-    storage = make_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
+    storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=storage)
     orphan = study.ask()  # RUNNING, never heartbeated
     assert fail_orphaned_trials(study, grace_period=60) == 0  # too young: might be starting up

@@ -10,8 +10,6 @@ class UserError(Exception):
     traceback. Raise it *before* anything is written to a study.
     """
 
-    exit_code = 2
-
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems or [])
         if self.problems:

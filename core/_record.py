@@ -1,0 +1,256 @@
+"""The typed record of a trial and the names of what a study stores.
+
+Trials carry their results as Optuna user attrs (what optuna-dashboard, ``optuna
+trials`` and the README show). :class:`TrialRecord` is the only code that writes or reads
+those names: the objective adapter writes a record, and the summary, notes, report,
+status and CLI read records back with :meth:`TrialRecord.from_trial`. The names are the
+ones the README documents, so studies written by earlier versions stay readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Study-level user attrs.
+ATTR_CONFIG = "config"
+ATTR_CONFIG_TOML = "config_toml"
+ATTR_EVAL_SUBSET = "eval_subset"
+ATTR_VALIDATION_SUBSET = "validation_subset"
+ATTR_BASELINES = "baselines"
+ATTR_BASELINE_PREDICTIONS = "baseline_predictions"
+ATTR_VALIDATION_BASELINES = "validation_baselines"
+ATTR_GRID_SIZE = "grid_size"
+ATTR_ENSEMBLES = "ensembles"
+
+CALIBRATION_METRICS = ("log_loss", "brier", "ece")
+
+
+@dataclass
+class SplitScores:
+    """A trial's scores on one split's fixed examples, per label field."""
+
+    accuracy: dict[str, float]
+    n: int
+    parse_failures: int = 0
+    exact_match: float | None = None
+    ci95: dict[str, list[float]] = field(default_factory=dict)
+    macro_f1: dict[str, float] = field(default_factory=dict)
+    confusion: dict[str, Any] = field(default_factory=dict)
+    invalid_labels: dict[str, int] = field(default_factory=dict)
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per field: log_loss, brier, ece (only for label-scoring evaluation)."""
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.accuracy)
+
+    @property
+    def overall(self) -> float:
+        return sum(self.accuracy.values()) / len(self.accuracy)
+
+
+# (record attribute, user attr) for plain values, written and read as they are.
+_PLAIN = (
+    ("point", "grid_point"),
+    ("lora_alpha", "lora_alpha"),
+    ("effective_params", "effective_params"),
+    ("eval_ids_sha256", "eval_ids_sha256"),
+    ("validation_ids_sha256", "validation_ids_sha256"),
+    ("attempts", "attempts"),
+    ("worker", "worker"),
+    ("host", "host"),
+    ("eval_method", "eval_method"),
+    ("trainable_params", "trainable_params"),
+    ("train_loss_per_epoch", "train_loss_per_epoch"),
+    ("eval_loss_per_epoch", "eval_loss_per_epoch"),
+    ("validation_accuracy_curve", "validation_accuracy_curve"),
+    ("train_seconds", "train_seconds"),
+    ("eval_seconds", "eval_seconds"),
+    ("eval_examples_per_second", "eval_examples_per_second"),
+    ("peak_memory_mb", "peak_memory_mb"),
+    ("peak_memory_kind", "peak_memory_kind"),
+    ("resumed_from_step", "resumed_from_step"),
+    ("optimizer_steps", "optimizer_steps"),
+    ("compute_dtype", "compute_dtype"),
+    ("environment", "environment"),
+    ("batch_size", "batch_size"),
+    ("gradient_accumulation", "gradient_accumulation"),
+    ("gpus_per_trial", "gpus_per_trial"),
+    ("oom_retries", "oom_retries"),
+    ("predictions_artifact_id", "predictions_artifact_id"),
+    ("validation_predictions_artifact_id", "validation_predictions_artifact_id"),
+    ("error", "error"),
+    ("stopped_by_time_budget", "stopped_by_time_budget"),
+    ("orphaned", "orphaned"),
+    ("interrupted", "interrupted"),
+    ("pruned_at_step", "pruned_at_step"),
+    ("duplicate_of", "duplicate_of"),
+)
+
+
+@dataclass
+class TrialRecord:
+    """Everything optuna-search records on a trial. ``None`` = not recorded (yet)."""
+
+    number: int | None = None
+    state: str | None = None
+    """Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING."""
+    values: list[float] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    """Optuna's trial params: the searched values."""
+    datetime_start: Any = None
+    datetime_complete: Any = None
+    point: str | None = None
+    lora_alpha: float | None = None
+    effective_params: dict[str, Any] | None = None
+    eval_ids_sha256: str | None = None
+    validation_ids_sha256: str | None = None
+    attempts: int | None = None
+    worker: str | None = None
+    host: str | None = None
+    eval_method: str | None = None
+    test: SplitScores | None = None
+    validation: SplitScores | None = None
+    trainable_params: int | None = None
+    train_loss_per_epoch: list[float] | None = None
+    eval_loss_per_epoch: list[float] | None = None
+    validation_accuracy_curve: list[list[float]] | None = None
+    """[validation point, overall validation accuracy] pairs: the intermediate values."""
+    train_seconds: float | None = None
+    eval_seconds: float | None = None
+    eval_examples_per_second: float | None = None
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str | None = None
+    resumed_from_step: int | None = None
+    optimizer_steps: int | None = None
+    compute_dtype: str | None = None
+    environment: dict[str, str] | None = None
+    batch_size: int | None = None
+    gradient_accumulation: int | None = None
+    gpus_per_trial: int | None = None
+    oom_retries: list[dict[str, Any]] | None = None
+    predictions_artifact_id: str | None = None
+    """Per-example predictions on the test subset (JSON lines)."""
+    validation_predictions_artifact_id: str | None = None
+    error: str | None = None
+    stopped_by_time_budget: str | None = None
+    orphaned: str | None = None
+    interrupted: str | None = None
+    pruned_at_step: int | None = None
+    duplicate_of: int | None = None
+
+    # -- derived ---------------------------------------------------------------------
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+    @property
+    def overall(self) -> float | None:
+        """Overall accuracy on the test examples (the objective's own value may be on
+        validation)."""
+        return self.test.overall if self.test else None
+
+    def accuracy(self, field_name: str, split: str = "test") -> float | None:
+        scores = self.test if split == "test" else self.validation
+        return scores.accuracy.get(field_name) if scores else None
+
+    def split_overall(self, split: str) -> float | None:
+        scores = self.test if split == "test" else self.validation
+        return scores.overall if scores else None
+
+    @property
+    def minutes(self) -> float | None:
+        if self.train_seconds is None and self.eval_seconds is None:
+            return None
+        return ((self.train_seconds or 0) + (self.eval_seconds or 0)) / 60
+
+    @property
+    def eval_seconds_per_example(self) -> float | None:
+        return 1 / self.eval_examples_per_second if self.eval_examples_per_second else None
+
+    @property
+    def label(self) -> str:
+        return self.point or ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) or f"trial {self.number}"
+
+    def objective_value(self, name: str, split: str) -> float | None:
+        """The value of one of the study's objectives (study.objectives) on ``split``."""
+        if name == "overall_accuracy":
+            return self.split_overall(split)
+        if name.endswith("_accuracy"):
+            return self.accuracy(name[: -len("_accuracy")], split)
+        if name == "eval_seconds_per_example":
+            return self.eval_seconds_per_example
+        return getattr(self, name)
+
+    # -- user attrs ------------------------------------------------------------------
+    def to_user_attrs(self) -> dict[str, Any]:
+        """The user attrs of everything recorded (None values are left out)."""
+        out = {attr: getattr(self, name) for name, attr in _PLAIN if getattr(self, name) is not None}
+        if self.test is not None:
+            out.update(_split_attrs(self.test, prefix=""))
+            out["overall_accuracy"] = self.test.overall
+        if self.validation is not None:
+            out.update(_split_attrs(self.validation, prefix="validation_"))
+            out["validation_overall_accuracy"] = self.validation.overall
+        return out
+
+    @classmethod
+    def from_user_attrs(cls, ua: dict[str, Any], fields: list[str], **trial_fields: Any) -> "TrialRecord":
+        kw = {name: ua[attr] for name, attr in _PLAIN if attr in ua}
+        return cls(test=_read_split(ua, fields, ""), validation=_read_split(ua, fields, "validation_"), **kw, **trial_fields)
+
+    @classmethod
+    def from_trial(cls, trial: Any, fields: list[str]) -> "TrialRecord":
+        """From an Optuna ``FrozenTrial`` (or anything with the same attributes)."""
+        return cls.from_user_attrs(
+            trial.user_attrs, fields,
+            number=trial.number, state=trial.state.name, values=list(trial.values) if trial.values else None,
+            params=dict(trial.params), datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+        )
+
+    def replace(self, **changes: Any) -> "TrialRecord":
+        return dataclasses.replace(self, **changes)
+
+
+def _split_attrs(s: SplitScores, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f, acc in s.accuracy.items():
+        out[f"{prefix}{f}_accuracy"] = acc
+        if f in s.ci95:
+            out[f"{prefix}{f}_accuracy_ci95"] = s.ci95[f]
+        if f in s.macro_f1:
+            out[f"{prefix}{f}_macro_f1"] = s.macro_f1[f]
+        if f in s.confusion:
+            out[f"{prefix}{f}_confusion"] = s.confusion[f]
+        for metric, v in s.calibration.get(f, {}).items():
+            out[f"{prefix}{f}_{metric}"] = v
+    names = ("eval_examples", "parse_failures", "invalid_labels", "exact_match_accuracy") if not prefix else (
+        "examples", "parse_failures", "invalid_labels", "exact_match_accuracy")
+    for name, value in zip(names, (s.n, s.parse_failures, s.invalid_labels or None, s.exact_match)):
+        if value is not None:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def _read_split(ua: dict[str, Any], fields: list[str], prefix: str) -> SplitScores | None:
+    if not all(f"{prefix}{f}_accuracy" in ua for f in fields):
+        return None
+    n_key = f"{prefix}eval_examples" if not prefix else f"{prefix}examples"
+
+    def per_field(suffix: str) -> dict[str, Any]:
+        return {f: ua[f"{prefix}{f}{suffix}"] for f in fields if f"{prefix}{f}{suffix}" in ua}
+
+    calibration = {f: {m: ua[f"{prefix}{f}_{m}"] for m in CALIBRATION_METRICS if f"{prefix}{f}_{m}" in ua} for f in fields}
+    return SplitScores(
+        accuracy={f: ua[f"{prefix}{f}_accuracy"] for f in fields},
+        n=ua.get(n_key, 0),
+        parse_failures=ua.get(f"{prefix}parse_failures", 0),
+        exact_match=ua.get(f"{prefix}exact_match_accuracy"),
+        ci95=per_field("_accuracy_ci95"),
+        macro_f1=per_field("_macro_f1"),
+        confusion=per_field("_confusion"),
+        invalid_labels=ua.get(f"{prefix}invalid_labels") or {},
+        calibration={f: c for f, c in calibration.items() if c},
+    )

@@ -1,0 +1,70 @@
+"""Evaluation of a fine-tuned model on fixed examples: greedy generation, or scoring of
+the closed label sets (``_score``). Both are deterministic functions of the weights:
+sampling with a temperature would make two evaluations of the same model disagree."""
+
+from __future__ import annotations
+
+import time
+
+from optuna_search.objectives._data import Example
+from optuna_search.objectives._metrics import Evaluation, Prediction, parse_prediction, score_predictions
+from optuna_search.objectives._prompt import PromptEncoder
+
+
+def evaluate(model, tokenizer, encoder: PromptEncoder, examples: list[Example], *, method: str, batch_size: int) -> Evaluation:
+    """Predictions and scores on ``examples`` by ``method`` (generate | score)."""
+    t0 = time.monotonic()
+    if method == "score":
+        from optuna_search.objectives._score import score_labels
+
+        preds = score_labels(model, tokenizer, encoder, examples, batch_size)
+    else:
+        preds = generate_predictions(model, tokenizer, encoder, examples, batch_size)
+    scores = score_predictions(preds, encoder.fields, encoder.vocab)
+    return Evaluation(preds, scores, time.monotonic() - t0, method)
+
+
+def left_padded(prompts: list[list[int]], pad: int):
+    """(ids, mask) tensors, left-padded so every row ends at the right edge."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
+def generate_predictions(model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int) -> list[Prediction]:
+    """Greedy, batched generation; prompts sorted by length so batches pad little;
+    generation stops at the template's end-of-turn token."""
+    import torch
+
+    model.eval()
+    device = next(p.device for p in model.parameters())
+    prompts = [encoder.encode_prompt(e)[0] for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
+    raw: dict[int, str] = {}
+    was_cache = getattr(model.config, "use_cache", True)
+    model.config.use_cache = True
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start: start + batch_size]
+                ids, mask = left_padded([prompts[i] for i in idx], tokenizer.pad_token_id)
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=encoder.max_answer_tokens + 4,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=encoder.stop_token_ids,
+                )
+                for row, i in enumerate(idx):
+                    raw[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
+    finally:
+        model.config.use_cache = was_cache
+    return [parse_prediction(examples[i], raw[i], encoder.fields) for i in range(len(examples))]

@@ -1,0 +1,51 @@
+"""Keep the libraries' known noise off the user's terminal, and nothing else.
+
+Progress bars and INFO chatter of transformers/datasets/peft go; warnings are filtered
+one by one, by message and module, for those that are expected in this tool's normal
+operation and say nothing actionable. Any other warning (a real peft, bitsandbytes or
+torch problem) still reaches the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# (message regex, module regex) of warnings that this tool triggers by design.
+EXPECTED_WARNINGS = (
+    # Optuna: heartbeat + ask/tell is how trials run here (see search/_trial.py).
+    (r"Heartbeat of storage is supposed to be used with Study\.optimize", r"optuna\."),
+    # GridSampler warns that a grid point is chosen by us rather than by itself.
+    (r"`GridSampler` is re-evaluating a configuration", r"optuna\."),
+    # Optuna: ask() with the study's fixed search space warns per parameter it samples
+    # independently before the multivariate model has data.
+    (r"The parameter .* in trial#\d+ is sampled independently", r"optuna\."),
+    # transformers: the 4-bit base is cast for training by prepare_model_for_kbit_training.
+    (r"The model is already on multiple devices", r"transformers\."),
+    # bitsandbytes on CPU: fp32 compute dtype is the right one there.
+    (r"Input type into Linear4bit is torch\.float16", r"bitsandbytes\."),
+    # torch: peft's gradient checkpointing passes use_reentrant explicitly; older paths warn.
+    (r"torch\.utils\.checkpoint: the use_reentrant parameter", r"torch\."),
+    # peft reads transformers' old property name (renamed is_activation_checkpointing in v5).
+    (r"`is_gradient_checkpointing` is deprecated", r"transformers\."),
+    # transformers: caching is switched off while gradient checkpointing trains.
+    (r"`use_cache=True` is incompatible with gradient checkpointing", r"transformers\."),
+)
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("transformers", "peft", "accelerate", "datasets", "httpx", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    except ImportError:  # only cosmetics
+        pass
+    for message, module in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)

@@ -1,0 +1,58 @@
+"""Checkpoint folders: one per point of the search space, never per trial number.
+
+    <train.output_dir>/<study>/<point>/checkpoint-<step>/   Trainer checkpoints
+    <train.output_dir>/<study>/<point>/final-adapter/       the trained LoRA adapter
+    <train.output_dir>/<study>/<point>/run_settings.json    batch after an OOM fallback
+
+A retried trial (after a kill, an interruption or a failure) finds the checkpoints of
+its point and resumes. Used by the scheduler (paths, pruning), the trial adapter (run
+settings) and study bundles (what to copy).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from optuna_search.core._params import point_dirname
+
+RUN_SETTINGS = "run_settings.json"
+FINAL_ADAPTER = "final-adapter"
+
+
+def study_checkpoints(output_dir: str | Path, study_name: str) -> Path:
+    return Path(output_dir) / study_name
+
+
+def point_checkpoints(output_dir: str | Path, study_name: str, point: dict[str, Any]) -> Path:
+    return study_checkpoints(output_dir, study_name) / point_dirname(point)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return any(folder.glob("checkpoint-*"))
+
+
+def remove_intermediate_checkpoints(folder: Path) -> None:
+    """Once a point is finished (COMPLETE in the database, not before) its intermediate
+    checkpoints are dead weight; its final adapter stays."""
+    for p in folder.glob("checkpoint-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def read_run_settings(folder: Path) -> dict[str, int]:
+    """Per-device batch and accumulation an earlier attempt fell back to after running
+    out of memory ({} if none): its checkpoints were written with that batch, so a
+    resume must use it too."""
+    f = folder / RUN_SETTINGS
+    if not f.exists():
+        return {}
+    return {k: int(v) for k, v in json.loads(f.read_text()).items() if k in ("batch_size", "gradient_accumulation")}
+
+
+def restart_with_settings(folder: Path, batch_size: int, gradient_accumulation: int) -> None:
+    """Start the point over with a new batch: the old checkpoints replay another data order."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_SETTINGS).write_text(json.dumps({"batch_size": batch_size, "gradient_accumulation": gradient_accumulation}))

@@ -24,6 +24,7 @@ def publish(tmp: Path, root: Path) -> None:
     """Rename a finished build into place, atomically: a killed build never leaves a
     half-written folder behind. Another process may have finished the same build first:
     theirs is identical, so ours is dropped."""
+    tmp.chmod(0o755)  # mkdtemp made it private; a cache is shared like any other install
     try:
         os.rename(tmp, root)
     except OSError:

@@ -1,27 +1,12 @@
-"""Evaluation of a fine-tuned model on fixed examples: greedy generation, or scoring of
-the closed label sets (``_score``). Both are deterministic functions of the weights:
-sampling with a temperature would make two evaluations of the same model disagree."""
+"""Greedy, batched generation on fixed examples (``eval.method = "generate"``). Greedy
+decoding makes the score a deterministic function of the weights: sampling with a
+temperature would make two evaluations of the same model disagree."""
 
 from __future__ import annotations
 
-import time
-
 from optuna_search.objectives._data import Example
-from optuna_search.objectives._metrics import Evaluation, Prediction, parse_prediction, score_predictions
+from optuna_search.objectives._metrics import Prediction, parse_prediction
 from optuna_search.objectives._prompt import PromptEncoder
-
-
-def evaluate(model, tokenizer, encoder: PromptEncoder, examples: list[Example], *, method: str, batch_size: int) -> Evaluation:
-    """Predictions and scores on ``examples`` by ``method`` (generate | score)."""
-    t0 = time.monotonic()
-    if method == "score":
-        from optuna_search.objectives._score import score_labels
-
-        preds = score_labels(model, tokenizer, encoder, examples, batch_size)
-    else:
-        preds = generate_predictions(model, tokenizer, encoder, examples, batch_size)
-    scores = score_predictions(preds, encoder.fields, encoder.vocab)
-    return Evaluation(preds, scores, time.monotonic() - t0, method)
 
 
 def left_padded(prompts: list[list[int]], pad: int):

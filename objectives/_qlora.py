@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optuna_search.core import Config
-from optuna_search.objectives._generate import evaluate
+from optuna_search.objectives._evaluate import evaluate
 from optuna_search.objectives._metrics import Evaluation
 from optuna_search.objectives._model import (
     count_trainable,
@@ -145,7 +145,9 @@ class QLoRAObjective:
         trainer = make_study_trainer(
             validate=validate, on_validation=hooks.on_validation, validation=validation,
             model=model, args=args, train_dataset=encoder.to_hf_dataset(request.data.train.examples),
-            eval_dataset=encoder.to_hf_dataset(request.data.validation.examples),
+            # Validation loss on the same fixed subset as validation accuracy: comparable
+            # across trials, and bounded in cost.
+            eval_dataset=encoder.to_hf_dataset(request.validation_examples or request.data.validation.examples),
             data_collator=Collator(tokenizer), callbacks=[callback],
         )
         # Our callback logs progress to stderr; Trainer's printer would dump dicts to stdout.

@@ -18,10 +18,22 @@ from typing import Any, Sequence
 from optuna_search.core import Config, UserError
 from optuna_search.core._config import to_toml
 from optuna_search.dashboards._launch import check_port, serve_dashboard
+from optuna_search.dashboards._report import collect_report, render_markdown, write_report
+from optuna_search.objectives._quiet import quiet_libraries
+from optuna_search.search._bundles import export_study_bundle, import_study_bundle
 from optuna_search.search._config import config_layers, explicit_location, load_config
-from optuna_search.search._open import open_for_reading, stored_config
+from optuna_search.search._ensembles import run_ensemble
+from optuna_search.search._open import create_or_resume, open_for_reading, stored_config
+from optuna_search.search._preflight import preflight
+from optuna_search.search._run import print_summary, run_study, summarize
+from optuna_search.search._scheduler import RunOutcome, read_state
 from optuna_search.search._signals import EXIT_TERMINATED, Terminated, handle_sigterm
+from optuna_search.search._space import make_sampler
+from optuna_search.search._status import status
 from optuna_search.search._trial import DiskFull
+from optuna_search.search._validate import validate
+from optuna_search.search._workers import choose_workers, run_workers
+from optuna_search.storage._artifacts import artifact_store
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("optuna_search")
@@ -140,23 +152,20 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from optuna_search.search._validate import validate
 
     config = resolve_config(args)
-    _quiet_libraries()
+    quiet_libraries()
     print(validate(config))
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from optuna_search.search._run import print_summary, run_study, summarize
 
     config = resolve_config(args)
     if args.resume_from:
-        from optuna_search.search._bundles import import_study_bundle
 
         import_study_bundle(args.resume_from, config)
-    _quiet_libraries()
+    quiet_libraries()
     if config.model.name_or_path == "builtin:tiny-mistral":
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
     if args.worker:
@@ -164,7 +173,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         # parent prints the summary.
         outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, wait_for_others=False)
         return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
-    from optuna_search.search._workers import choose_workers
 
     workers = choose_workers(args.workers, config.train.gpus_per_trial, oversubscribe=args.oversubscribe)
     if workers > 1:
@@ -177,11 +185,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_with_workers(args: argparse.Namespace, config: Config, workers: int):
-    from optuna_search.search._open import create_or_resume
-    from optuna_search.search._preflight import preflight
-    from optuna_search.search._scheduler import RunOutcome, read_state
-    from optuna_search.search._space import make_sampler
-    from optuna_search.search._workers import run_workers
 
     study = create_or_resume(config, preflight(config))  # created once, before the workers race
     log.info("starting %d workers", workers)
@@ -194,7 +197,6 @@ def _run_with_workers(args: argparse.Namespace, config: Config, workers: int):
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from optuna_search.search._status import status
 
     opened = open_for_reading(resolve_location(args))
     text, complete = status(opened.study, opened.config)
@@ -203,11 +205,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from optuna_search.dashboards._report import collect_report, render_markdown, write_report
-    from optuna_search.storage._artifacts import artifact_store
 
     opened = open_for_reading(resolve_location(args))
-    _quiet_libraries()
+    quiet_libraries()
     rep = collect_report(opened.study, artifact_store(opened.config.storage.artifacts, create=False))
     md_path, html_path = write_report(rep, args.output)
     print(render_markdown(rep))
@@ -216,7 +216,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from optuna_search.search._ensembles import run_ensemble
 
     opened = open_for_reading(resolve_location(args), mode="write")
     trials = _parse_trials(args.trials) if args.trials else None
@@ -242,18 +241,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from optuna_search.search._bundles import export_study_bundle
 
     manifest = export_study_bundle(resolve_location(args), args.output)
     print(f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
           f"next session: optuna-search run --resume-from {args.output} (same config)")
     return EXIT_OK
-
-
-def _quiet_libraries() -> None:
-    from optuna_search.objectives._quiet import quiet_libraries
-
-    quiet_libraries()
 
 
 def _damaged_database(e: BaseException) -> str | None:

@@ -25,6 +25,7 @@ from optuna_search.core._text import pct
 from optuna_search.dashboards._notes import trial_note
 from optuna_search.objectives import BudgetExhausted, OutOfMemory, StudyData, TrialHooks, TrialRequest, TrialResult
 from optuna_search.objectives._data import resolve_eval_subset
+from optuna_search.objectives._ddp import run_distributed
 from optuna_search.storage._artifacts import artifact_store, upload_records
 from optuna_search.storage._checkpoints import point_checkpoints, read_run_settings, restart_with_settings
 from optuna_search.storage._internals import heartbeat, set_trial_user_attr
@@ -145,8 +146,6 @@ class TrialRunner:
         gpus = self.config.train.gpus_per_trial
         if gpus <= 1:
             return self.objective(request, hooks)
-        from optuna_search.objectives._ddp import run_distributed
-
         # Same effective batch over the ranks: accumulation is divided by them.
         p = request.params
         ddp = TrialRequest(p.with_batch(p.batch_size, max(1, p.gradient_accumulation // gpus)), request.data,

@@ -86,6 +86,8 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
     dst = sqlite3.connect(str(out / "study.db"))
     try:
         src.backup(dst)  # consistent snapshot, even while a trial writes
+        # One self-contained file: no -wal/-shm beside it, in the bundle or once imported.
+        dst.execute("PRAGMA journal_mode=DELETE")
     finally:
         dst.close()
         src.close()

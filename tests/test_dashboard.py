@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,6 +29,9 @@ def _free_port() -> int:
 def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "dashboard", "--preset", "demo", "--port", str(port)],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Drain its output as it comes: an undrained pipe fills up and blocks the writer.
+    proc.output = []
+    threading.Thread(target=lambda: proc.output.extend(proc.stdout), daemon=True).start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -35,7 +39,8 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
             return proc
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(proc.stdout.read())
+                time.sleep(0.5)
+                raise AssertionError("".join(proc.output))
             time.sleep(0.3)
     proc.kill()
     raise AssertionError("dashboard did not start")
@@ -66,7 +71,9 @@ def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
         out, err = run.communicate()
     finally:
         dash.kill()
-        dash_out = dash.stdout.read()
+        dash.wait()
+        time.sleep(0.5)
+        dash_out = "".join(dash.output)
     assert run.returncode == 0, err[-3000:]
     assert "database is locked" not in err + dash_out
     assert polls > 20 and not errors, errors[:3]

@@ -3,9 +3,9 @@
 Both sides run the same number of trials of a no-op objective over the same grid on a
 fresh SQLite file:
 - bare: ``optuna.create_study(storage="sqlite:///…", sampler=GridSampler) + optimize``;
-- project: ``make_storage`` (heartbeat + stale-trial retry, WAL), stale-trial
-  reconciliation, and ``run_grid`` (per-point bookkeeping and scheduling through
-  ``GridPointSampler``).
+- project: ``open_storage`` (heartbeat + stale-trial retry, WAL), stale-trial
+  reconciliation, and the ``Scheduler`` (claim lock, per-point state, trial creation
+  through ``GridPointSampler``, heartbeat) with a runner that only tells the value.
 
     python benchmarks/study_overhead.py [--trials 60] [--repeats 7]
 """
@@ -22,20 +22,22 @@ from pathlib import Path
 import optuna
 
 from optuna_search.search._config import load_config
-from optuna_search.search._sampler import GridPointSampler
-from optuna_search.search._study import run_grid, search_space
-from optuna_search.storage._storages import make_storage
+from optuna_search.search._scheduler import Scheduler
+from optuna_search.search._space import distributions, make_sampler
+from optuna_search.storage._internals import heartbeat
+from optuna_search.storage._storages import open_storage
 
 
-class NoopObjective:
-    def __init__(self, study, config):
-        self.study, self.config = study, config
-        self.position, self.attempts, self.budget_stopped = (1, 1), 1, False
+class NoopRunner:
+    budget_stopped = False
 
-    def __call__(self, trial):
-        for k, v in search_space(self.config).items():
-            trial.suggest_categorical(k, v)
-        return 0.0
+    def __init__(self, study):
+        self.study = study
+
+    def run(self, trial, *, position, attempts):
+        with heartbeat(self.study, trial):
+            pass
+        self.study.tell(trial, 0.0)
 
 
 def bare(n: int, tmp: Path) -> float:
@@ -54,13 +56,12 @@ def project(n: int, tmp: Path) -> float:
     config = load_config(preset="demo", sets=[f"study.grid={{lora_r={list(range(1, n + 1))}}}", f"storage.url=\"sqlite:///{tmp / 'project.db'}\""],
                          )
     t0 = time.perf_counter()
-    storage = make_storage(config.storage.url, heartbeat_interval=config.storage.heartbeat_interval,
+    storage = open_storage(config.storage.url, heartbeat_interval=config.storage.heartbeat_interval,
                            grace_period=config.storage.grace_period)
-    study = optuna.create_study(storage=storage, sampler=GridPointSampler(search_space(config), seed=0),
-                                direction="maximize")
+    study = optuna.create_study(storage=storage, sampler=make_sampler(config), direction="maximize")
     optuna.storages.fail_stale_trials(study)
-    outcome = run_grid(study, config, NoopObjective(study, config))
-    assert outcome.ran == n and all(r["status"] == "complete" for r in outcome.state)
+    outcome = Scheduler(study, config, NoopRunner(study), distributions(config)).run()
+    assert outcome.ran == n and outcome.state.finished == n
     return time.perf_counter() - t0
 
 

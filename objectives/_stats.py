@@ -72,8 +72,9 @@ def field_metrics(gold: list[str], predicted: list[str | None], labels: list[str
 
 
 def calibration_metrics(gold: list[str], probs: list[dict[str, float]], labels: list[str]) -> dict[str, float]:
-    """Log-loss and (multiclass) Brier score (scikit-learn), and the expected
-    calibration error of the top label over 10 equal-width confidence bins."""
+    """Log-loss and the multiclass Brier score (sum over the labels of the squared
+    error, for every field alike, two-label ones included) from scikit-learn, and the
+    expected calibration error of the top label over 10 equal-width confidence bins."""
     from sklearn.metrics import brier_score_loss, log_loss
 
     matrix = [[p.get(lab, 0.0) for lab in labels] for p in probs]
@@ -81,7 +82,7 @@ def calibration_metrics(gold: list[str], probs: list[dict[str, float]], labels: 
         return {"log_loss": 0.0, "brier": 0.0, "ece": 0.0}
     return {
         "log_loss": float(log_loss(gold, matrix, labels=labels)),
-        "brier": float(brier_score_loss(gold, matrix, labels=labels)),
+        "brier": float(brier_score_loss(gold, matrix, labels=labels, scale_by_half=False)),
         "ece": expected_calibration_error(gold, probs),
     }
 

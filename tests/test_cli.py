@@ -152,3 +152,73 @@ def test_validate_on_the_real_game_bugs_data(work):
 def _tiny_model_dir():
     from optuna_search.objectives._demo import ensure_demo_model
     return ensure_demo_model()
+
+
+def test_reading_commands_need_only_the_storage_url(demo_study, tmp_path):
+    work, proc = demo_study
+    assert proc.returncode == 0
+    url = f"sqlite:///{work / 'optuna-search-demo.db'}"
+    status = run_cli("status", "--storage", url, cwd=tmp_path)  # elsewhere, no preset, no study name
+    assert status.returncode == 0 and "3/3 grid points complete" in status.stdout, status.stderr
+    rep = run_cli("report", "--storage", url, "-o", str(tmp_path / "rep"), cwd=tmp_path)
+    assert rep.returncode == 0 and "## Performance summary" in rep.stdout, rep.stderr
+    assert "invalid configuration" not in rep.stderr and "is not set" not in rep.stderr
+    # The study's own config says where its artifacts are (relative to where it ran):
+    # from another directory they are not there, and looking creates nothing.
+    assert not (tmp_path / "optuna-search-demo-artifacts").exists()
+    nosuch = run_cli("export", "--storage", url, "--study-name", "nosuch", "-o", str(tmp_path / "b"), cwd=tmp_path)
+    assert nosuch.returncode == 2 and "no study 'nosuch'" in nosuch.stderr and "demo" in nosuch.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_dashboard_from_the_storage_url_alone(demo_study, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    work, _ = demo_study
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "dashboard", "--storage",
+                             f"sqlite:///{work / 'optuna-search-demo.db'}", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                studies = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2).read())
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["demo"]
+    finally:
+        proc.kill()
+    assert not (tmp_path / "optuna-search-demo-artifacts").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["status", "--storage", ""], "--storage is empty"),
+    (["status", "--study-name", ""], "--study-name is empty"),
+    (["dashboard", "--port", "99999"], "is not a TCP port"),
+    (["dashboard", "--port", "-1"], "is not a TCP port"),
+])
+def test_bad_flags_are_one_clear_line(tmp_path, args, needle):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_show_config_masks_the_password(tmp_path):
+    proc = run_cli("show-config", "--preset", "demo", "--storage", "postgresql://u:S3cret@host/db", cwd=tmp_path)
+    assert proc.returncode == 0 and "S3cret" not in proc.stdout and "u:***@host" in proc.stdout
+
+
+def test_workers_are_capped_at_what_the_machine_has(tmp_path, monkeypatch, caplog):
+    from optuna_search.search import _workers
+
+    monkeypatch.setattr(_workers, "visible_gpus", lambda: [])
+    monkeypatch.setattr(_workers.os, "cpu_count", lambda: 2)
+    assert _workers.choose_workers(1000, 1) == 2 and "capped at 2" in caplog.text
+    assert _workers.choose_workers(1000, 1, oversubscribe=True) == 1000
+    assert _workers.choose_workers(None, 1) == 1
+    monkeypatch.setattr(_workers, "visible_gpus", lambda: ["0", "1"])
+    assert _workers.choose_workers(None, 1) == 2 and _workers.choose_workers(8, 2) == 1

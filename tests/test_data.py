@@ -122,3 +122,50 @@ def test_eval_subset_is_fixed_by_seed_and_checked_by_hash(tmp_path):
     split2 = load_split("test", str(edited), fields=FIELDS)
     with pytest.raises(UserError, match="no longer contains the study's evaluation subset"):
         resolve_eval_subset(split2, a)
+
+
+def test_every_data_problem_is_reported_in_one_pass():
+    # train_improved.jsonl: 4 rows without a parseable label AND another vocabulary on the
+    # rows that do parse (the real problem); both in one error.
+    with pytest.raises(UserError) as e:
+        load_dataset_from_config(_game_bugs_config("train_improved.jsonl").data)
+    msg = str(e.value)
+    assert msg.count("no parseable label") == 4
+    assert "severity: validation has labels never seen in train" in msg and "'medium'" in msg
+    assert "label_map" in msg
+
+
+def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path):
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"input": "x", "output": "Severity: low\nComponent: ui\nReproducibility: rare"}).encode() + b"\n")
+    assert load_split("train", str(f), fields=FIELDS).examples[0].labels["severity"] == "low"
+
+
+def test_a_huge_report_is_cut_when_it_is_read(tmp_path):
+    from optuna_search.objectives._data import CHARS_PER_TOKEN_BOUND, read_split
+
+    f = tmp_path / "big.jsonl"
+    out = "Severity: low\nComponent: ui\nReproducibility: rare"
+    f.write_text(json.dumps({"input": "log line\n" * 2_000_000, "output": out}) + "\n" + json.dumps({"input": "short", "output": out}) + "\n")
+    split, problems = read_split("test", str(f), fields=FIELDS, max_input_chars=512 * CHARS_PER_TOKEN_BOUND)
+    assert not problems and split.cut_inputs == 1
+    assert len(split.examples[0].input) == 512 * CHARS_PER_TOKEN_BOUND and split.examples[1].input == "short"
+
+
+def test_test_subset_larger_than_the_file_is_said(tmp_path):
+    from optuna_search.objectives._data import prepare_study_data
+
+    cfg = _game_bugs_config(**{"eval.num_samples": 100000})
+    sd = prepare_study_data(cfg.data, cfg.eval, train_seed=1, max_length=512)
+    assert len(sd.test_subset) == 299
+    assert any("eval.num_samples = 100000 but the test file has 299" in n for n in sd.notes)
+
+
+def test_validation_is_the_test_file_minus_the_test_subset():
+    from optuna_search.objectives._data import prepare_study_data
+
+    cfg = _game_bugs_config(**{"data.train_samples": 200})
+    sd = prepare_study_data(cfg.data, cfg.eval, train_seed=1, max_length=512)
+    test_ids = {s["id"] for s in sd.test_subset}
+    assert len(sd.dataset.validation.examples) == 199 and not test_ids & {e.id for e in sd.dataset.validation.examples}
+    assert len(sd.validation_subset) == 100 and len(sd.dataset.train.examples) == 200

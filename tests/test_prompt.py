@@ -58,3 +58,38 @@ def test_truncation_cuts_the_input_only(mistral):
     assert mistral.decode([t for t in e.labels if t != IGNORE_INDEX][:-1]).strip() == answer_text(long.labels, FIELDS)
     text = mistral.decode(e.input_ids)
     assert text.startswith("<s> [INST] Classify.") or text.startswith("<s>[INST] Classify.")
+
+
+def _documented_mistral_ids(tok, ex, fields, max_length, max_answer_tokens):
+    """Mistral-Instruct's format written out by hand, as the first version encoded it:
+    <s> + '[INST] instruction\\n\\n' + report (cut) + ' [/INST]', then ' answer' + </s>."""
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefix, suffix = [tok.bos_token_id] + ids(f"[INST] {ex.instruction}\n\n"), ids(" [/INST]")
+    body = ids(ex.input)[: max_length - len(prefix) - len(suffix) - max_answer_tokens]
+    return prefix + body + suffix + ids(" " + answer_text(ex.labels, fields)) + [tok.eos_token_id]
+
+
+def test_mistral_chat_template_gives_exactly_the_documented_ids(mistral, train):
+    enc = PromptEncoder(mistral, FIELDS, _vocab(train), max_length=512)
+    assert mistral.convert_ids_to_tokens(enc.stop_token_ids) == ["</s>"]
+    for ex in train.examples:
+        assert enc.encode(ex).input_ids == _documented_mistral_ids(mistral, ex, FIELDS, 512, enc.max_answer_tokens), ex.id
+
+
+def test_a_tokenizer_without_a_chat_template_needs_one_configured(mistral):
+    import copy
+
+    from optuna_search.core import UserError
+    from optuna_search.objectives._prompt import PLAIN_TEMPLATE, apply_chat_template_setting
+
+    bare = copy.deepcopy(mistral)
+    bare.chat_template = None
+    with pytest.raises(UserError, match='model.chat_template = "plain"'):
+        apply_chat_template_setting(bare, "auto")
+    apply_chat_template_setting(bare, "plain")
+    assert bare.chat_template == PLAIN_TEMPLATE
+    vocab = {"severity": ["low"], "component": ["ui"], "reproducibility": ["rare"]}
+    ex = Example("x", "Classify.", "Crash", {"severity": "low", "component": "ui", "reproducibility": "rare"}, 1)
+    e = PromptEncoder(bare, FIELDS, vocab, max_length=64).encode(ex)
+    assert bare.decode(e.input_ids[: e.prompt_length]).endswith("### Answer:\n")
+    assert bare.decode([t for t in e.labels if t != IGNORE_INDEX]) == answer_text(ex.labels, FIELDS) + "</s>"

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from conftest import GAME_BUGS, run_cli
 from optuna_search.core import UserError
 from optuna_search.objectives._data import load_split
-from optuna_search.objectives._model import BUILTIN_SMOLLM2, load_tokenizer, resolve_model_source
+from optuna_search.objectives._model import BUILTIN_SMOLLM2, load_lora_model, load_tokenizer, resolve_model_source
 from optuna_search.objectives._prompt import IGNORE_INDEX, PromptEncoder, answer_text
 from optuna_search.search._config import load_config
 
@@ -35,6 +35,7 @@ def smollm2(demo_cache):
 
 
 def test_gguf_is_converted_once_into_an_ordinary_model_folder(smollm2):
+    import bitsandbytes as bnb
     from transformers import AutoConfig
 
     first, again, _, second_load = smollm2
@@ -42,6 +43,11 @@ def test_gguf_is_converted_once_into_an_ordinary_model_folder(smollm2):
     cfg = AutoConfig.from_pretrained(first)
     assert cfg.model_type == "llama" and cfg.num_hidden_layers == 30 and cfg.hidden_size == 576
     assert not hasattr(cfg, "quantization_config")  # plain fp32 weights: NF4 is applied at load time
+    config = load_config(preset="cpu-real")
+    model, _ = load_lora_model(first, config.model, config.trial_params({"lora_r": 4}), gradient_checkpointing=False)
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q.base_layer, bnb.nn.Linear4bit) and q.base_layer.weight.quant_type == "nf4"
+    assert q.lora_A["default"].weight.shape == (4, 576)
 
 
 def test_chatml_answer_only_labels_and_end_of_turn(smollm2):
@@ -82,27 +88,20 @@ def _data_args():
 
 
 @pytest.mark.slow
-def test_real_model_smoke_loads_in_4bit_trains_and_answers(smollm2, tmp_path):
-    """The cpu-real study's path in miniature: 32 real reports, 2 short epochs, 8 test and
-    8 validation examples by label scoring and by generation."""
-    args = ["run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=32", "--set", "train.epochs=2",
-            "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=128", "--set", "eval.num_samples=8",
-            "--set", "eval.validation_samples=8", "--set", "train.learning_rate=2e-3"]
-    proc = run_cli(*args, cwd=tmp_path)
+def test_real_model_smoke_trains_and_answers_in_the_format(smollm2, tmp_path):
+    """The cpu-real study's path in miniature: 48 real reports, 2 short epochs (12
+    optimizer steps), then greedy generation on 8 test reports."""
+    proc = run_cli("run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=48", "--set", "train.epochs=2",
+                   "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=128", "--set", "eval.num_samples=8",
+                   "--set", "eval.validation_samples=8", "--set", "train.learning_rate=3e-3", "--set", "eval.method='generate'",
+                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (t,) = optuna.load_study(study_name="smollm2-bugs-qlora", storage=f"sqlite:///{tmp_path / 'optuna-search-cpu-real.db'}").get_trials()
     assert t.state == TrialState.COMPLETE and t.user_attrs["eval_examples"] == 8
-    losses = t.user_attrs["train_loss_per_epoch"]
-    assert len(losses) == 2 and losses[1] < losses[0]  # it learns
-    assert t.user_attrs["parse_failures"] == 0 and t.user_attrs["eval_method"] == "score"
-    env = t.user_attrs["environment"]
-    assert env["bitsandbytes"] != "missing"
-    # Greedy generation gives parseable answers too (the end-of-turn token stops it).
-    gen = run_cli(*args, "--set", "eval.method='generate'", "--study-name", "gen", "--set", "train.epochs=1", cwd=tmp_path)
-    assert gen.returncode == 0, gen.stderr[-3000:]
-    (g,) = optuna.load_study(study_name="gen", storage=f"sqlite:///{tmp_path / 'optuna-search-cpu-real.db'}").get_trials()
+    first, last = t.user_attrs["train_loss_per_epoch"]
+    assert last < 0.5 * first  # it learns (mostly the answer format, at this size)
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "optuna-search-cpu-real-artifacts"))
-    with store.open_reader(g.user_attrs["predictions_artifact_id"]) as fh:
+    with store.open_reader(t.user_attrs["predictions_artifact_id"]) as fh:
         rows = [json.loads(line) for line in fh.read().decode().splitlines()]
     parsed = sum(all(v is not None for v in r["predicted"].values()) for r in rows)
-    assert parsed >= 6, [r["raw"] for r in rows]
+    assert parsed >= 7, [r["raw"] for r in rows]  # the end-of-turn token stops generation after the answer

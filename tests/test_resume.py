@@ -241,3 +241,45 @@ def test_trial_killed_before_its_first_heartbeat_is_reclaimed(tmp_path):
     assert fail_orphaned_trials(study, grace_period=1) == 1
     t = study.get_trials()[orphan.number]
     assert t.state == TrialState.FAIL and "orphaned" in t.user_attrs
+
+
+def test_sigterm_marks_the_trial_failed_and_the_next_run_resumes_at_once(tmp_path, demo_cache):
+    """docker stop / Kaggle's stop session send SIGTERM: the trial must not stay RUNNING
+    (the next run would wait out the 180 s grace period)."""
+    args = ["run", "--preset", "demo", "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=2", "--set", "train.checkpoint_steps=25"]
+    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if re.search(r"step (4\d|5\d)/", line):
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143 and "Traceback" not in rest and "interrupted" in rest
+    (t,) = _study(tmp_path).get_trials()
+    assert t.state == TrialState.FAIL and "error" not in t.user_attrs
+    t0 = time.monotonic()
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert time.monotonic() - t0 < 120  # no grace-period wait
+    done = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].user_attrs["resumed_from_step"] >= 25
+
+
+def test_disk_full_is_one_line_and_leaves_no_trial_running(tmp_path, demo_cache, monkeypatch, capsys):
+    import errno
+
+    from transformers import Trainer
+
+    from optuna_search.search._cli import main
+
+    def full(self, *a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "optuna-search-demo-checkpoints"))
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full)
+    monkeypatch.chdir(tmp_path)
+    assert main(_one_point("--set", "train.checkpoint_steps=10")) == 1
+    err = capsys.readouterr().err
+    assert "no space left on device at" in err and "Traceback" not in err and "Should not reach" not in err
+    (t,) = _study(tmp_path).get_trials()
+    assert t.state == TrialState.FAIL

@@ -1,0 +1,104 @@
+"""Ensembles of trials from their stored predictions alone: soft and hard voting, their
+McNemar tests, refusal of members scored on other examples."""
+
+import json
+import math
+import shutil
+
+import optuna
+import pytest
+
+from conftest import run_cli
+from optuna_search.objectives._ensemble import Member, hard_vote
+from optuna_search.objectives._metrics import Prediction
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def scored_study(tmp_path_factory, demo_cache):
+    """Three demo trials evaluated by label scoring (probabilities for soft voting)."""
+    work = tmp_path_factory.mktemp("scored")
+    proc = run_cli("run", "--preset", "demo", "--set", "eval.method='score'", "--set", "train.epochs=1",
+                   "--set", "data.train_samples=600", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def _exact_mcnemar(b: int, c: int) -> float:
+    n = b + c
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n)
+
+
+def test_ensemble_from_artifacts_only(scored_study, monkeypatch, capsys):
+    import transformers
+
+    from optuna_search.search._cli import main
+
+    def no_model(*a, **kw):
+        raise AssertionError("an ensemble must not load a model")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    monkeypatch.chdir(scored_study)
+    assert main(["ensemble", "--preset", "demo", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "soft voting: ensemble of lora_r=" in out and "hard voting" in out
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{scored_study / 'optuna-search-demo.db'}")
+    ensembles = study.user_attrs["ensembles"]
+    assert [e["method"] for e in ensembles] == ["soft", "hard"] and len(ensembles[0]["members"]) == 3
+    soft = ensembles[0]
+    # The McNemar figures, by hand from the stored predictions (all fields right per example).
+    store = optuna.artifacts.FileSystemArtifactStore(str(scored_study / "optuna-search-demo-artifacts"))
+
+    def rows(artifact):
+        with store.open_reader(artifact) as fh:
+            return {r["id"]: r for r in map(json.loads, fh.read().decode().splitlines())}
+
+    ens = rows(soft["artifact_id"])
+    best = rows(next(t for t in study.trials if t.number == soft["trials"][0]).user_attrs["predictions_artifact_id"])
+    right = lambda r: all(r["predicted"][f] == r["gold"][f] for f in r["gold"])  # noqa: E731
+    only_ens = sum(right(ens[i]) and not right(best[i]) for i in ens)
+    only_best = sum(right(best[i]) and not right(ens[i]) for i in ens)
+    assert (soft["only_ensemble"], soft["only_best"]) == (only_ens, only_best)
+    assert soft["p_vs_best"] == pytest.approx(_exact_mcnemar(only_ens, only_best))
+    for r in ens.values():
+        for f, dist in r["probs"].items():
+            assert sum(dist.values()) == pytest.approx(1.0) and r["predicted"][f] == max(dist, key=dist.get)
+    import optuna_dashboard
+
+    assert "ensemble of" in optuna_dashboard.get_note(study)
+    rep = run_cli("report", "--preset", "demo", "-o", str(scored_study / "rep"), cwd=scored_study)
+    assert "## Ensembles" in rep.stdout and "adapters to serve" in rep.stdout
+    assert "Reliability diagram" in (scored_study / "rep" / "report.html").read_text()
+    assert "## Calibration" in rep.stdout
+
+
+def test_members_scored_on_other_examples_are_refused(scored_study, tmp_path):
+    shutil.copy(scored_study / "optuna-search-demo.db", tmp_path / "copy.db")
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "copy.db")  # a finished trial cannot be edited through Optuna
+    con.execute("UPDATE trial_user_attributes SET value_json = '\"another-set\"' WHERE key = 'eval_ids_sha256' "
+                "AND trial_id = (SELECT trial_id FROM trials WHERE number = 1)")
+    con.commit(); con.close()
+    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--trials", "0,1",
+                   "--set", f'storage.artifacts="{scored_study / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
+    assert proc.returncode == 2 and "evaluated on other examples" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generated_members_vote_by_majority_only(demo_study, tmp_path):
+    work, _ = demo_study
+    shutil.copy(work / "optuna-search-demo.db", tmp_path / "copy.db")
+    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--top", "3",
+                   "--set", f'storage.artifacts="{work / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "only hard (majority) voting is shown" in proc.stdout and "soft voting:" not in proc.stdout
+    assert "members chosen on: validation (top 3)" in proc.stdout
+
+
+def test_hard_vote_ties_go_to_the_best_member():
+    gold = {"f": "a"}
+    members = [Member(n, i, {"x": Prediction("x", gold, {"f": lab}, "")}) for i, (n, lab) in enumerate([("best", "b"), ("m2", "c"), ("m3", "a")])]
+    assert hard_vote(members, ["x"], ["f"])[0].predicted["f"] == "b"
+    members.append(Member("m4", 3, {"x": Prediction("x", gold, {"f": "a"}, "")}))
+    assert hard_vote(members, ["x"], ["f"])[0].predicted["f"] == "a"

@@ -1,0 +1,101 @@
+"""Search beyond the grid on the tiny demo model: samplers, pruning on validation
+accuracy, resume of a killed sampled trial, extending a search, Pareto fronts."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+FAST = ["--set", "train.epochs=1", "--set", "data.train_samples=400", "--set", "eval.num_samples=40",
+        "--set", "eval.validation_samples=40"]
+
+
+def _study(work, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
+
+
+def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache):
+    args = ["run", "--preset", "demo-search", *FAST, "--set", "study.n_trials=3", "--set", "study.pruner='none'"]
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3/3 trials finished" in proc.stdout and "chosen on validation" in proc.stdout
+    trials = _study(tmp_path, "demo-search").get_trials()
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert t.params["lora_r"] in (2, 4, 8, 12, 16, 24, 32) and 1e-3 <= t.params["learning_rate"] <= 1e-2
+        assert t.value == t.user_attrs["validation_overall_accuracy"]  # the objective is on validation
+        assert "overall_accuracy" in t.user_attrs  # ...and the test score is stored beside it
+    more = run_cli(*args, "--n-trials", "4", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert len(_study(tmp_path, "demo-search").get_trials()) == 4
+    other = run_cli(*args, "--set", "study.sampler='random'", cwd=tmp_path)
+    assert other.returncode == 2 and "study.sampler: study has 'tpe', config has 'random'" in other.stderr
+
+
+def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cache):
+    # A grid with a rate that cannot learn after one that does: the median pruner must
+    # stop the second at its first validation point (deterministic).
+    proc = run_cli("run", "--preset", "demo", "--set", "eval.num_samples=40", "--set", "eval.validation_samples=40",
+                   "--set", "train.epochs=2", "--set", "study.grid={learning_rate=[1e-2, 1e-7]}",
+                   "--set", "study.pruner='median'", "--set", "study.pruner_startup_trials=1", "--set", "study.pruner_warmup_steps=0",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    good, bad = sorted(_study(tmp_path, "demo").get_trials(), key=lambda t: t.number)
+    assert good.state == TrialState.COMPLETE and bad.state == TrialState.PRUNED
+    # Intermediate values are validation accuracies: they follow the study's direction.
+    assert sorted(good.intermediate_values) == [1, 2]
+    curve = dict((int(n), v) for n, v in good.user_attrs["validation_accuracy_curve"])
+    assert good.intermediate_values == curve and good.intermediate_values[2] == good.user_attrs["validation_overall_accuracy"]
+    assert bad.intermediate_values[1] < good.intermediate_values[1]
+    # A pruned trial keeps its curves and its cost, and releases its checkpoints.
+    assert bad.user_attrs["pruned_at_step"] == 1 and bad.user_attrs["optimizer_steps"] < good.user_attrs["optimizer_steps"]
+    assert bad.user_attrs["train_seconds"] > 0 and len(bad.user_attrs["validation_accuracy_curve"]) == 1
+    assert not (tmp_path / "optuna-search-demo-checkpoints" / "demo" / "learning_rate-1e-07").exists()
+    assert (tmp_path / "optuna-search-demo-checkpoints" / "demo" / "learning_rate-0.01" / "final-adapter").exists()
+    assert "pruned at 1" in proc.stdout
+
+
+def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache):
+    args = ["run", "--preset", "demo-search", *FAST, "--set", "study.n_trials=1", "--set", "study.pruner='none'",
+            "--set", "train.checkpoint_steps=10", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3"]
+    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if re.search(r"step (2\d|3\d)/", line):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed,) = _study(tmp_path, "demo-search").get_trials()
+    assert killed.state == TrialState.RUNNING
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = _study(tmp_path, "demo-search").get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].params == killed.params
+    assert done[0].user_attrs["resumed_from_step"] >= 10 and len(trials) == 2  # the stale one FAIL, its retry COMPLETE
+
+
+def test_multi_objective_study_has_a_pareto_front(tmp_path, demo_cache):
+    proc = run_cli("run", "--preset", "demo", *FAST, "--set", "study.grid={lora_r=[2, 16]}", "--set", "train.epochs=2",
+                   "--set", "study.objectives=['overall_accuracy', 'trainable_params']", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(tmp_path, "demo")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["overall_accuracy", "trainable_params"]
+    assert len(study.best_trials) == 2 and "Pareto front" in proc.stdout
+    rep = run_cli("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    assert rep.returncode == 0 and "## Pareto front" in rep.stdout and "lora_r=2" in rep.stdout.split("## Pareto front")[1]
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "front highlighted" in html
+    refused = run_cli("run", "--preset", "demo", "--set", "study.objectives=['overall_accuracy', 'trainable_params']",
+                      "--set", "study.pruner='median'", "--study-name", "x", cwd=tmp_path)
+    assert refused.returncode == 2 and "Optuna does not prune multi-objective studies" in refused.stderr

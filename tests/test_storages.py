@@ -1,0 +1,89 @@
+"""Storages opened for what a command does: reading commands never write, other
+applications' databases are refused, damage is named, schema creation never races."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+from optuna_search.core import UserError
+from optuna_search.storage._storages import check_storage_url, open_storage
+
+
+def _snapshot(path):
+    return path.read_bytes() if path.exists() else None
+
+
+@pytest.mark.parametrize("url,needle", [
+    ("sqlite://x.db", "sqlite:///x.db"),
+    ("mysql://u@localhost/db", "pip install pymysql"),
+])
+def test_misleading_urls_get_the_right_advice(tmp_path, url, needle):
+    with pytest.raises(UserError, match=needle.replace(".", r"\.")):
+        check_storage_url(url)
+
+
+def test_a_directory_is_not_a_database(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        check_storage_url(f"sqlite:///{tmp_path}")
+
+
+def test_reading_commands_never_write_to_other_files(tmp_path):
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE invoices (id INTEGER)"); con.commit(); con.close()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    for db in (other, empty):
+        before = _snapshot(db)
+        for cmd in (["status"], ["report", "-o", str(tmp_path / "r")]):
+            proc = run_cli(*cmd, "--storage", f"sqlite:///{db}", cwd=tmp_path)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert _snapshot(db) == before, f"{db.name} was modified"
+        assert not (tmp_path / f"{db.name}-wal").exists()
+    assert "another application (tables: invoices)" in proc.stderr or "holds no Optuna study" in proc.stderr
+    assert not (tmp_path / "optuna-search-artifacts").exists() and not (tmp_path / "r").exists()
+
+
+def test_run_refuses_another_applications_database(tmp_path):
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE invoices (id INTEGER)"); con.commit(); con.close()
+    with pytest.raises(UserError, match=r"another application \(tables: invoices\)"):
+        open_storage(f"sqlite:///{other}", mode="create")
+
+
+def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
+    import optuna
+
+    db = tmp_path / "study.db"
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{db}", mode="create"), study_name="s")
+    for i in range(30):
+        study.enqueue_trial({"x": i}, user_attrs={"note": "x" * 500})
+    from optuna_search.storage._internals import engine_of
+
+    engine_of(study).dispose()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)"); con.execute("PRAGMA journal_mode=DELETE"); con.close()
+    raw = bytearray(db.read_bytes())
+    page = 4096
+    assert len(raw) > 8 * page
+    for p in range(2, len(raw) // page):  # damage every page but the first (the header stays valid)
+        raw[p * page + 8: p * page + 200] = os.urandom(192)
+    db.write_bytes(bytes(raw))
+    proc = run_cli("status", "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    assert proc.returncode == 2 and "damaged" in proc.stderr and ".recover" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_two_processes_creating_the_schema_at_once_never_collide(tmp_path):
+    code = ("import sys\nfrom optuna_search.storage._storages import open_storage\n"
+            "open_storage(sys.argv[1], mode='create')\n")
+    for i in range(8):
+        url = f"sqlite:///{tmp_path / f'race{i}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(3)]
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errs

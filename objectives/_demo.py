@@ -13,8 +13,8 @@ import json
 import random
 from pathlib import Path
 
-from optuna_search.objectives._data import Example, parse_label_lines
 from optuna_search.objectives._cache import new_build_dir, publish
+from optuna_search.objectives._data import Example, parse_label_lines
 from optuna_search.objectives._demo_data import cache_dir, ensure_demo_data
 from optuna_search.objectives._prompt import PromptEncoder
 

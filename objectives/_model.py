@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import TrialParams, UserError
+from optuna_search.core._files import file_sha256
 from optuna_search.objectives._cache import cache_root, new_build_dir, publish
 from optuna_search.objectives._demo import ensure_demo_model
 from optuna_search.objectives._prompt import apply_chat_template_setting
@@ -95,7 +96,7 @@ def convert_gguf(folder_or_repo: str, gguf_file: str, *, revision: str) -> Path:
     local = Path(folder_or_repo).expanduser() / gguf_file
     if Path(folder_or_repo).expanduser().is_dir() and not local.is_file():
         raise UserError(f"model.gguf_file '{gguf_file}' is not in '{folder_or_repo}'; fix model.gguf_file")
-    key = _file_digest(local) if local.is_file() else hashlib.sha256(f"{folder_or_repo}@{revision}/{gguf_file}".encode()).hexdigest()
+    key = file_sha256(local) if local.is_file() else hashlib.sha256(f"{folder_or_repo}@{revision}/{gguf_file}".encode()).hexdigest()
     dest = cache_root() / "models" / f"{Path(gguf_file).stem}-{key[:16]}"
     if (dest / "config.json").exists():
         return dest
@@ -107,14 +108,6 @@ def convert_gguf(folder_or_repo: str, gguf_file: str, *, revision: str) -> Path:
         raise
     publish(tmp, dest)
     return dest
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dequantise_to(folder_or_repo: str, gguf_file: str, revision: str, out: Path) -> None:

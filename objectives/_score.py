@@ -19,7 +19,7 @@ import copy
 import math
 
 from optuna_search.objectives._data import Example
-from optuna_search.objectives._generate import left_padded
+from optuna_search.objectives._generate import by_length, inference, left_padded
 from optuna_search.objectives._metrics import Prediction
 from optuna_search.objectives._prompt import PromptEncoder, answer_text
 
@@ -59,28 +59,16 @@ def _cache_of(out):
 
 
 def score_labels(model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int) -> list[Prediction]:
-    import torch
-
-    model.eval()
     prompts = [encoder.encode_prompt(e)[0] for e in examples]
-    order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
     results: dict[int, tuple[dict[str, str], dict[str, dict[str, float]]]] = {}
-    was_cache = getattr(model.config, "use_cache", True)
-    model.config.use_cache = True
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start: start + batch_size]
-                batch = _Batch(model, encoder, [prompts[i] for i in idx], tokenizer.pad_token_id)
-                for i, res in zip(idx, batch.run()):
-                    results[i] = res
-    finally:
-        model.config.use_cache = was_cache
+    with inference(model):
+        for idx in by_length(prompts, batch_size):
+            batch = _Batch(model, encoder, [prompts[i] for i in idx], tokenizer.pad_token_id)
+            results.update(zip(idx, batch.run()))
     preds = []
     for i, e in enumerate(examples):
         chosen, probs = results[i]
-        raw = answer_text(chosen, encoder.fields)
-        preds.append(Prediction(e.id, dict(e.labels), dict(chosen), raw, probs))
+        preds.append(Prediction(e.id, dict(e.labels), dict(chosen), answer_text(chosen, encoder.fields), probs))
     return preds
 
 

@@ -7,11 +7,11 @@ The dataclasses and their validation live in ``optuna_search.core``.
 
 from __future__ import annotations
 
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from optuna_search.core import Config, UserError, build_config
 from optuna_search.core._config import LOCATION_KEYS, SECTIONS, suggest
 

@@ -38,8 +38,8 @@ def preflight(config: Config) -> Preflight:
     for note in data.notes:
         log.warning("%s", note)
     if config.is_grid and len(config.grid_points()) > LARGE_GRID:
-        log.warning("the grid has %d points; at the first trials' pace this is a long study (see `status` for the ETA "
-                    "once a trial has finished); a sampler (study.sampler = \"tpe\") explores such spaces in far fewer trials",
+        log.warning("the grid has %d points: a long study (its estimated duration follows the first trial; "
+                    "`status` shows the ETA); a sampler (study.sampler = \"tpe\") explores such spaces in far fewer trials",
                     len(config.grid_points()))
     check_model_available(config.model)
     fields = data.dataset.fields

@@ -16,11 +16,12 @@ from typing import Any
 
 from optuna_search.core import Config, TrialRecord
 from optuna_search.core._record import ATTR_BASELINES, ATTR_ENSEMBLES, ATTR_EVAL_SUBSET
+from optuna_search.core._text import format_seconds
 from optuna_search.dashboards._notes import study_note
 from optuna_search.dashboards._summary import SummaryPoint, best_row, pareto_rows, progress_line, render_summary, summary_rows
 from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.search._open import create_or_resume
-from optuna_search.search._preflight import preflight
+from optuna_search.search._preflight import LARGE_GRID, preflight
 from optuna_search.search._scheduler import RunOutcome, Scheduler, Status, StudyState
 from optuna_search.search._space import distributions
 from optuna_search.search._trial import TrialRunner
@@ -51,7 +52,16 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
     runner = TrialRunner(study, config, pf.data, QLoRAObjective(config), deadline)
     scheduler = Scheduler(study, config, runner, distributions(config))
     return scheduler.run(retry_failed=retry_failed, deadline=deadline, wait_for_others=wait_for_others,
-                         after_trial=lambda st, state: write_study_note(st, config, state))
+                         after_trial=lambda st, state: _after_trial(st, config, state))
+
+
+def _after_trial(study: Any, config: Config, state: StudyState) -> None:
+    write_study_note(study, config, state)
+    seconds = state.trial_seconds()
+    if config.is_grid and state.n_target > LARGE_GRID and seconds is not None and state.finished == 1:
+        log.warning("the grid has %d points; at %s per trial it takes about %s (a sampler, study.sampler = \"tpe\", "
+                    "explores such spaces in far fewer trials)", state.n_target, format_seconds(seconds),
+                    format_seconds(seconds * (state.n_target - state.finished)))
 
 
 def summary_points(state: StudyState, fields: list[str]) -> list[SummaryPoint]:

@@ -14,8 +14,8 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import shutil
+import socket
 from typing import Any
 
 from optuna_search.core import Config, TrialParams, TrialRecord, UserError

@@ -14,7 +14,6 @@ nothing; files the manifest does not list are refused, never imported unchecked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sqlite3
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import UserError
+from optuna_search.core._files import file_sha256
 from optuna_search.storage._checkpoints import study_checkpoints
 from optuna_search.storage._storages import check_storage_url, list_study_names, open_storage, redact_url
 
@@ -39,14 +39,6 @@ class StudyLocation:
     study_name: str
     checkpoints_dir: str
     artifacts_dir: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sqlite_path(url: str, *, what: str) -> Path:
@@ -97,7 +89,7 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
     if Path(loc.artifacts_dir).exists():
         shutil.copytree(loc.artifacts_dir, out / "artifacts")
     files = {
-        str(p.relative_to(out)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        str(p.relative_to(out)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
@@ -154,7 +146,7 @@ def verify_bundle(bundle: str | Path) -> dict[str, Any]:
         p = root / rel
         if not p.is_file():
             bad.append(f"{rel}: missing")
-        elif p.stat().st_size != meta["bytes"] or _sha256(p) != meta["sha256"]:
+        elif p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
             bad.append(f"{rel}: checksum mismatch")
     extra = [str(p.relative_to(root)) for p in sorted(root.rglob("*"))
              if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in files]
@@ -179,7 +171,7 @@ def import_bundle(bundle: str | Path, loc: StudyLocation) -> None:
     db = _sqlite_path(loc.storage_url, what="--resume-from")
     bundled_db = root / "study.db"
     if db.exists():
-        if _sha256(db) != _sha256(bundled_db):
+        if file_sha256(db) != file_sha256(bundled_db):
             raise UserError(
                 f"'{db}' already exists and differs from the bundle's database; move it away, or point "
                 "--storage at a new file, before importing"

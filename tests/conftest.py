@@ -16,6 +16,13 @@ MISTRAL_TOKENIZER = SHARED / "tokenizers" / "mistral-7b-instruct-v0.2"
 
 
 def pytest_collection_modifyitems(config, items):
+    # Tests that read the real data or tokenizer in ../shared skip, with the reason, on a
+    # checkout that has no ../shared beside it.
+    if not (GAME_BUGS.exists() and MISTRAL_TOKENIZER.exists()):
+        skip_shared = pytest.mark.skip(reason=f"needs the real data and tokenizer in {SHARED} (not beside this checkout)")
+        for item in items:
+            if _uses_shared(item):
+                item.add_marker(skip_shared)
     try:
         import torch
 
@@ -27,6 +34,20 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+SHARED_NAMES = ("GAME_BUGS", "MISTRAL_TOKENIZER", "_data_args", "_game_bugs_config")
+SHARED_FIXTURES = {"mistral", "train"}
+
+
+def _uses_shared(item) -> bool:
+    import inspect
+
+    try:
+        source = inspect.getsource(item.function)
+    except (OSError, TypeError, AttributeError):
+        return False
+    return any(n in source for n in SHARED_NAMES) or bool(SHARED_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session")

@@ -217,7 +217,7 @@ def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
     assert run_cli("export", "--preset", "demo", "--output", str(old), cwd=work).returncode == 0
     db = sqlite3.connect(old / "study.db")
     db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.a'"); db.commit(); db.close()
-    from optuna_search.storage._bundle import _sha256
+    from optuna_search.core._files import file_sha256 as _sha256
     m = json.loads((old / "manifest.json").read_text())
     m["files"]["study.db"] = {"sha256": _sha256(old / "study.db"), "bytes": (old / "study.db").stat().st_size}
     (old / "manifest.json").write_text(json.dumps(m))

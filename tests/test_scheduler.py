@@ -21,11 +21,9 @@ TPE = load_config(preset="demo-search", sets=["study.n_trials=3"])
 DIST = {"lora_r": CategoricalDistribution([4, 8, 16])}
 
 
-def _t(state, r, error=None, seconds=None):
-    start = dt.datetime(2026, 1, 1)
+def _t(state, r, error=None):
     return create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, params={"lora_r": r},
-                        distributions=DIST, user_attrs={"error": error} if error else {},
-                        ) if seconds is None else _timed(r, seconds, start)
+                        distributions=DIST, user_attrs={"error": error} if error else {})
 
 
 def _timed(r, seconds, start):
@@ -40,7 +38,7 @@ def _running(r):
 
 
 def test_point_status_from_its_trials():
-    C, F, R, W = TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING
+    C, F, W = TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING
     assert point_status([]) == Status.PENDING
     assert point_status([_t(F, 4), _t(C, 4)]) == Status.COMPLETE
     assert point_status([_t(F, 4, error="ValueError: NaN")]) == Status.FAILED

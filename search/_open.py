@@ -47,7 +47,18 @@ def create_or_resume(config: Config, pf: Preflight):
     study = optuna.load_study(study_name=config.study.name, storage=storage, sampler=make_sampler(config),
                               pruner=make_pruner(config))
     _check_resumable(study, config, pf)
+    _record_extension(study, config)
     return study
+
+
+def _record_extension(study: Any, config: Config) -> None:
+    """`run --n-trials N` extends a search: the stored config says so from then on
+    (what `status` and `report` count against)."""
+    stored = study.user_attrs.get(ATTR_CONFIG)
+    if stored is not None and stored.get("study", {}).get("n_trials", config.study.n_trials) != config.study.n_trials:
+        shown = stored_config(config)
+        study.set_user_attr(ATTR_CONFIG, {**stored, "study": {**stored["study"], "n_trials": config.study.n_trials}})
+        study.set_user_attr(ATTR_CONFIG_TOML, to_toml(shown))
 
 
 def _create(config: Config, pf: Preflight, storage: Any):

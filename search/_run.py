@@ -92,8 +92,10 @@ def summarize(study: Any, config: Config, state: StudyState, *, ran: int, budget
     rows = summary_rows(summary_points(state, fields), fields, split)
     baselines = study.user_attrs.get(ATTR_BASELINES)
     pruned = sum(t.state.name == "PRUNED" for p in state.points for t in p.trials)
+    nothing = ("every grid point already has a finished trial" if config.is_grid
+               else f"{state.n_target} trials already finished; --n-trials extends the search")
     lines = [progress_line(config.study.name, state.finished, state.n_target, config.is_grid, pruned)
-             + (" (nothing to run: every grid point already has a COMPLETE trial)" if not ran and state.finished >= state.n_target else "")]
+             + (f" (nothing to run: {nothing})" if not ran and state.finished >= state.n_target else "")]
     lines.append(render_summary(rows, fields, baselines, grid=config.is_grid))
     lines += _verdict(rows, config, baselines, study)
     if config.model.name_or_path == "builtin:tiny-mistral":

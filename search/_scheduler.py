@@ -20,7 +20,7 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from optuna_search.core import Config
 from optuna_search.core._params import point_key, to_optuna_value
@@ -208,6 +208,16 @@ def decide(state: StudyState, *, retry_failed: bool, seconds_left: float | None 
 
 
 # -- the loop --------------------------------------------------------------------------
+class Runner(Protocol):
+    """What runs a trial the scheduler created (``_trial.TrialRunner``; tests use fakes)."""
+
+    budget_stopped: bool
+    """True once a trial stopped at a checkpoint for the session's deadline."""
+
+    def run(self, trial: Any, *, position: tuple[int, int], attempts: int) -> None:
+        """Train and evaluate ``trial``, then tell Optuna its outcome."""
+
+
 @dataclass
 class RunOutcome:
     study: Any
@@ -219,7 +229,7 @@ class RunOutcome:
 class Scheduler:
     """Runs a study's remaining work through ``runner`` (see ``_trial.TrialRunner``)."""
 
-    def __init__(self, study: Any, config: Config, runner: Any, dists: dict[str, Any]) -> None:
+    def __init__(self, study: Any, config: Config, runner: Runner, dists: dict[str, Any]) -> None:
         self.study, self.config, self.runner, self.dists = study, config, runner, dists
         self.sampler = study.sampler if config.is_grid else None
         self._pruned_checkpoints: set[str] = set()

@@ -33,9 +33,13 @@ def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache)
         assert t.params["lora_r"] in (2, 4, 8, 12, 16, 24, 32) and 1e-3 <= t.params["learning_rate"] <= 1e-2
         assert t.value == t.user_attrs["validation_overall_accuracy"]  # the objective is on validation
         assert "overall_accuracy" in t.user_attrs  # ...and the test score is stored beside it
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to run: 3 trials already finished" in again.stdout
     more = run_cli(*args, "--n-trials", "4", cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-2000:]
     assert len(_study(tmp_path, "demo-search").get_trials()) == 4
+    status = run_cli("status", "--preset", "demo-search", cwd=tmp_path)
+    assert status.returncode == 0 and "4/4 trials finished" in status.stdout and "best so far:" in status.stdout
     other = run_cli(*args, "--set", "study.sampler='random'", cwd=tmp_path)
     assert other.returncode == 2 and "study.sampler: study has 'tpe', config has 'random'" in other.stderr
 

@@ -57,11 +57,13 @@ def _config_rows(r: TrialRecord, config: dict[str, Any]) -> list[list[Any]]:
 
 
 def study_note(config: Config, rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]] | None, n_eval: int,
-               n_target: int, ensembles: list[dict[str, Any]] | None = None) -> str:
+               n_target: int, ensembles: list[dict[str, Any]] | None = None, headline: list[str] | None = None) -> str:
+    """``headline``: where the study stands (n of N, pruned, the best or the front)."""
     fields = list(config.data.fields)
     lines = [
         f"## {config.study.name}",
         "",
+        *[f"**{line}**  " for line in headline or []],
         f"Sampler: {config.study.sampler}, pruner: {config.study.pruner}, objective(s): {', '.join(config.study.objectives)} "
         f"on the {config.eval.objective_split} split; {n_target} {'grid points' if config.is_grid else 'trials'}.",
         f"Every row is scored on the same {n_eval} test examples ({_method(config)}).",

@@ -74,9 +74,10 @@ def write_study_note(study: Any, config: Config, state: StudyState) -> None:
 
     fields = list(config.data.fields)
     rows = summary_rows(summary_points(state, fields), fields, config.eval.objective_split)
-    optuna_dashboard.save_note(study, study_note(config, rows, study.user_attrs.get(ATTR_BASELINES),
-                                                 len(study.user_attrs.get(ATTR_EVAL_SUBSET) or []), state.n_target,
-                                                 study.user_attrs.get(ATTR_ENSEMBLES)))
+    baselines = study.user_attrs.get(ATTR_BASELINES)
+    headline = [_progress(config, state)] + _verdict(rows, config, baselines, study)[:2]
+    optuna_dashboard.save_note(study, study_note(config, rows, baselines, len(study.user_attrs.get(ATTR_EVAL_SUBSET) or []),
+                                                 state.n_target, study.user_attrs.get(ATTR_ENSEMBLES), headline))
 
 
 @dataclass
@@ -91,16 +92,19 @@ def summarize(study: Any, config: Config, state: StudyState, *, ran: int, budget
     split = config.eval.objective_split
     rows = summary_rows(summary_points(state, fields), fields, split)
     baselines = study.user_attrs.get(ATTR_BASELINES)
-    pruned = sum(t.state.name == "PRUNED" for p in state.points for t in p.trials)
     nothing = ("every grid point already has a finished trial" if config.is_grid
                else f"{state.n_target} trials already finished; --n-trials extends the search")
-    lines = [progress_line(config.study.name, state.finished, state.n_target, config.is_grid, pruned)
-             + (f" (nothing to run: {nothing})" if not ran and state.finished >= state.n_target else "")]
+    lines = [_progress(config, state) + (f" (nothing to run: {nothing})" if not ran and state.finished >= state.n_target else "")]
     lines.append(render_summary(rows, fields, baselines, grid=config.is_grid))
     lines += _verdict(rows, config, baselines, study)
     if config.model.name_or_path == "builtin:tiny-mistral":
         lines.append("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")
     return Summary("\n".join(lines), *_exit_code(state, budget_reached))
+
+
+def _progress(config: Config, state: StudyState) -> str:
+    pruned = sum(t.state.name == "PRUNED" for p in state.points for t in p.trials)
+    return progress_line(config.study.name, state.finished, state.n_target, config.is_grid, pruned)
 
 
 def _verdict(rows: list[dict[str, Any]], config: Config, baselines: dict[str, Any] | None, study: Any) -> list[str]:

@@ -3,6 +3,7 @@ and nothing written to the study."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -147,6 +148,13 @@ def test_validate_on_the_real_game_bugs_data(work):
     assert proc.returncode == 0, proc.stderr
     # The README of the data gives the majority baseline on val.jsonl: 50.5 / 73.2 / 80.3 / 68.0.
     assert "severity 50.5%, component 73.2%, reproducibility 80.3%, overall 68.0%" in proc.stdout
+    # What the configured model's prompt does to the data.
+    assert re.search(r"reports truncated: train \d+/1399, validation \d+/299, test \d+/299; longest possible answer \d+ tokens", proc.stdout)
+
+
+def test_a_grid_of_over_a_thousand_points_is_warned_about(work):
+    proc = run_cli("validate", "--preset", "demo", "--set", f"study.grid={{lora_r={list(range(1, 1002))}}}", cwd=work)
+    assert proc.returncode == 0 and "the grid has 1001 points" in proc.stderr
 
 
 def _tiny_model_dir():

@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna_search.core._errors import UserError
-from optuna_search.core._params import INT_KEYS, SEARCH_KEYS, TrialParams, modules_from_param
+from optuna_search.core._params import (
+    INT_KEYS,
+    SEARCH_KEYS,
+    TrialParams,
+    modules_from_param,
+)
 
 SAMPLERS = ("grid", "tpe", "random", "gp", "nsga2")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")

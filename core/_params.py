@@ -38,6 +38,12 @@ def point_key(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={point[k]}" for k in sorted(point))
 
 
+def short_point_key(point: dict[str, Any]) -> str:
+    """``point_key`` for people: floats to 4 significant digits (sampled learning rates
+    carry 16). Only for display; ``point_key`` is what identifies a point."""
+    return ",".join(f"{k}={point[k]:.4g}" if isinstance(point[k], float) else f"{k}={point[k]}" for k in sorted(point))
+
+
 def point_dirname(point: dict[str, Any]) -> str:
     """A filesystem-safe folder name per point, readable for grid points; long names
     (many float parameters) end in a digest instead. Checkpoints are found by the

@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna_search.core._params import short_point_key
+
 # Study-level user attrs.
 ATTR_CONFIG = "config"
 ATTR_CONFIG_TOML = "config_toml"
@@ -172,7 +174,8 @@ class TrialRecord:
 
     @property
     def label(self) -> str:
-        return self.point or ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) or f"trial {self.number}"
+        """The trial's point for people (floats shortened), else its number."""
+        return short_point_key(self.params) if self.params else (self.point or f"trial {self.number}")
 
     def objective_value(self, name: str, split: str) -> float | None:
         """The value of one of the study's objectives (study.objectives) on ``split``."""

@@ -31,7 +31,11 @@ from optuna_search.dashboards._figures import build_figures
 from optuna_search.dashboards._render import render_markdown
 from optuna_search.objectives._ensemble import correctness
 from optuna_search.objectives._metrics import Prediction
-from optuna_search.objectives._stats import mcnemar_exact, reliability_bins, wilson_interval
+from optuna_search.objectives._stats import (
+    mcnemar_exact,
+    reliability_bins,
+    wilson_interval,
+)
 from optuna_search.storage._artifacts import read_records
 
 # Choosing the best of more trials than this on the test examples inflates its score.

@@ -13,11 +13,12 @@ from optuna_search.objectives._score import score_labels
 
 
 def evaluate(model, tokenizer, encoder: PromptEncoder, examples: list[Example], *, method: str, batch_size: int) -> Evaluation:
-    """Predictions and scores on ``examples`` by ``method`` (generate | score)."""
+    """Predictions and scores on ``examples`` by ``method`` (generate | score);
+    ``seconds`` is the model's time (inference speed), not the metrics'."""
     t0 = time.monotonic()
     if method == "score":
         preds = score_labels(model, tokenizer, encoder, examples, batch_size)
     else:
         preds = generate_predictions(model, tokenizer, encoder, examples, batch_size)
-    scores = score_predictions(preds, encoder.fields, encoder.vocab)
-    return Evaluation(preds, scores, time.monotonic() - t0, method)
+    seconds = time.monotonic() - t0
+    return Evaluation(preds, score_predictions(preds, encoder.fields, encoder.vocab), seconds, method)

@@ -18,7 +18,11 @@ from typing import Any, Sequence
 from optuna_search.core import Config, UserError
 from optuna_search.core._config import to_toml
 from optuna_search.dashboards._launch import check_port, serve_dashboard
-from optuna_search.dashboards._report import collect_report, render_markdown, write_report
+from optuna_search.dashboards._report import (
+    collect_report,
+    render_markdown,
+    write_report,
+)
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._bundles import export_study_bundle, import_study_bundle
 from optuna_search.search._config import config_layers, explicit_location, load_config

@@ -8,10 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from optuna_search.core import Config, TrialRecord, UserError
-from optuna_search.core._record import ATTR_BASELINE_PREDICTIONS, ATTR_ENSEMBLES, ATTR_EVAL_SUBSET
+from optuna_search.core._record import (
+    ATTR_BASELINE_PREDICTIONS,
+    ATTR_ENSEMBLES,
+    ATTR_EVAL_SUBSET,
+)
 from optuna_search.core._text import num, pct, render_table
 from optuna_search.dashboards._report import load_predictions
-from optuna_search.objectives._ensemble import Member, check_members, correctness, hard_vote, soft_vote
+from optuna_search.objectives._ensemble import (
+    Member,
+    check_members,
+    correctness,
+    hard_vote,
+    soft_vote,
+)
 from optuna_search.objectives._metrics import Prediction, score_predictions
 from optuna_search.objectives._stats import mcnemar_exact
 from optuna_search.search._run import write_study_note

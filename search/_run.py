@@ -15,10 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna_search.core import Config, TrialRecord
+from optuna_search.core._params import short_point_key
 from optuna_search.core._record import ATTR_BASELINES, ATTR_ENSEMBLES, ATTR_EVAL_SUBSET
 from optuna_search.core._text import format_seconds
 from optuna_search.dashboards._notes import study_note
-from optuna_search.dashboards._summary import SummaryPoint, best_row, pareto_rows, progress_line, render_summary, summary_rows
+from optuna_search.dashboards._summary import (
+    SummaryPoint,
+    best_row,
+    pareto_rows,
+    progress_line,
+    render_summary,
+    summary_rows,
+)
 from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.search._open import create_or_resume
 from optuna_search.search._preflight import LARGE_GRID, preflight
@@ -65,7 +73,8 @@ def _after_trial(study: Any, config: Config, state: StudyState) -> None:
 
 
 def summary_points(state: StudyState, fields: list[str]) -> list[SummaryPoint]:
-    return [SummaryPoint(p.key, p.status.value, [TrialRecord.from_trial(t, fields) for t in p.trials]) for p in state.points]
+    return [SummaryPoint(short_point_key(p.params), p.status.value, [TrialRecord.from_trial(t, fields) for t in p.trials])
+            for p in state.points]
 
 
 def write_study_note(study: Any, config: Config, state: StudyState) -> None:
@@ -136,7 +145,7 @@ def _exit_code(state: StudyState, budget_reached: bool) -> tuple[int, list[str]]
     problems = []
     for p in missing:
         why = p.last.user_attrs.get("error", "") if p.last is not None else ""
-        problems.append(f"incomplete: {p.key} is {p.status.value}" + (f" ({why})" if why else ""))
+        problems.append(f"incomplete: {short_point_key(p.params)} is {p.status.value}" + (f" ({why})" if why else ""))
     if any(p.status == Status.FAILED for p in missing):
         problems.append("re-run failed points with: optuna-search run --retry-failed")
     if short and not missing:

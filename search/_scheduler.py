@@ -25,7 +25,11 @@ from typing import Any, Callable, Protocol
 from optuna_search.core import Config
 from optuna_search.core._params import point_key, to_optuna_value
 from optuna_search.core._text import format_seconds
-from optuna_search.storage._checkpoints import has_checkpoint, point_checkpoints, remove_intermediate_checkpoints
+from optuna_search.storage._checkpoints import (
+    has_checkpoint,
+    point_checkpoints,
+    remove_intermediate_checkpoints,
+)
 from optuna_search.storage._claim import ClaimLock
 from optuna_search.storage._internals import (
     engine_of,

@@ -14,7 +14,11 @@ from typing import Any
 
 from optuna_search.core import Config
 from optuna_search.core._params import INT_KEYS, to_optuna_value
-from optuna_search.storage._internals import grid_points, grid_search_space, set_trial_system_attr
+from optuna_search.storage._internals import (
+    grid_points,
+    grid_search_space,
+    set_trial_system_attr,
+)
 
 
 def grid_space(config: Config) -> dict[str, list[Any]]:
@@ -24,7 +28,11 @@ def grid_space(config: Config) -> dict[str, list[Any]]:
 
 def distributions(config: Config) -> dict[str, Any]:
     """One Optuna distribution per searched hyperparameter."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     if config.is_grid:
         return {k: CategoricalDistribution(v) for k, v in grid_space(config).items()}

@@ -23,11 +23,22 @@ from optuna_search.core._params import point_key
 from optuna_search.core._record import ATTR_EVAL_SUBSET, ATTR_VALIDATION_SUBSET
 from optuna_search.core._text import pct
 from optuna_search.dashboards._notes import trial_note
-from optuna_search.objectives import BudgetExhausted, OutOfMemory, StudyData, TrialHooks, TrialRequest, TrialResult
+from optuna_search.objectives import (
+    BudgetExhausted,
+    OutOfMemory,
+    StudyData,
+    TrialHooks,
+    TrialRequest,
+    TrialResult,
+)
 from optuna_search.objectives._data import resolve_eval_subset
 from optuna_search.objectives._ddp import run_distributed
 from optuna_search.storage._artifacts import artifact_store, upload_records
-from optuna_search.storage._checkpoints import point_checkpoints, read_run_settings, restart_with_settings
+from optuna_search.storage._checkpoints import (
+    point_checkpoints,
+    read_run_settings,
+    restart_with_settings,
+)
 from optuna_search.storage._internals import heartbeat, set_trial_user_attr
 from optuna_search.storage._storages import redact_url
 

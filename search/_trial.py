@@ -39,7 +39,7 @@ from optuna_search.storage._checkpoints import (
     read_run_settings,
     restart_with_settings,
 )
-from optuna_search.storage._internals import heartbeat, set_trial_user_attr
+from optuna_search.storage._internals import heartbeat, set_trial_user_attr, stored_trial
 from optuna_search.storage._storages import redact_url
 
 log = logging.getLogger("optuna_search")
@@ -259,5 +259,6 @@ class TrialRunner:
         import optuna_dashboard
 
         fields = list(self.config.data.fields)
-        full = TrialRecord.from_user_attrs(trial.user_attrs, fields, number=trial.number, params=dict(trial.params))
+        stored = stored_trial(self.study, trial)
+        full = TrialRecord.from_user_attrs(stored.user_attrs, fields, number=trial.number, params=dict(stored.params))
         optuna_dashboard.save_note(trial, trial_note(full, self.config.to_dict(), fields, self.config.eval.objective_split))

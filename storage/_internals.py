@@ -38,6 +38,12 @@ def trial_id(trial: Any) -> int:
     return trial._trial_id
 
 
+def stored_trial(study: Any, trial: Any) -> Any:
+    """The trial as stored now: a live ``optuna.Trial`` caches its user attrs from when it
+    was asked, so attrs written since (through the storage) are missing from it."""
+    return study._storage.get_trial(trial._trial_id)
+
+
 def heartbeat_enabled(study: Any) -> bool:
     return getattr(rdb_backend(study._storage), "heartbeat_interval", None) is not None
 

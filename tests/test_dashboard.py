@@ -101,6 +101,22 @@ def test_optuna_cli_reads_the_study(demo_study):
     assert json.loads(best.stdout)["value"]["overall_accuracy"] == max(r["value"]["overall_accuracy"] for r in rows)
 
 
+def test_trial_notes_hold_the_finished_trial(demo_study):
+    """The note is written after the trial's scores: it shows them and the effective
+    configuration, not the attrs the trial had when it was asked (checked without a
+    browser, so it holds where chromium is absent)."""
+    import optuna
+    import optuna_dashboard
+
+    work, _ = demo_study
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
+    by_r = {t.params["lora_r"]: t for t in study.trials}
+    note = optuna_dashboard.get_note(optuna.Trial(study, by_r[4]._trial_id))
+    assert note.startswith("## Trial 0: lora_r=4")
+    assert "95% CI (Wilson)" in note and "| LoRA r / alpha / dropout | 4 / 16 / 0.05 |" in note
+    assert "None" not in note.split("### Environment")[0]
+
+
 def wait_text(page, text: str) -> None:
     try:
         page.wait_for_function("t => document.body.innerText.includes(t)", arg=text, timeout=30000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 # (message regex, module regex) of warnings that this tool triggers by design.
@@ -53,17 +54,19 @@ class _DropExpected(logging.Filter):
 
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Through the environment, so that transformers and datasets are not imported here:
+    # a command that fails on bad input should not pay for them (they read these switches
+    # when they are first imported). A user's own setting wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for name in ("transformers", "peft", "accelerate", "datasets", "httpx", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        import datasets
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        datasets.disable_progress_bars()
-    except ImportError:  # only cosmetics
-        pass
+    if "transformers" in sys.modules:  # imported already (e.g. by a test): switch it directly
+        sys.modules["transformers"].logging.set_verbosity_error()
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
     for message, module in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, module=module)
     for name, substring in EXPECTED_LOG_RECORDS:

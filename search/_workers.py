@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +31,8 @@ def visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if not os.path.exists("/proc/driver/nvidia") and shutil.which("nvidia-smi") is None:
+        return []  # no NVIDIA driver: no CUDA device, and no need to import torch to say so
     try:
         import torch
 

@@ -57,8 +57,10 @@ def _config_rows(r: TrialRecord, config: dict[str, Any]) -> list[list[Any]]:
 
 
 def study_note(config: Config, rows: list[dict[str, Any]], baselines: dict[str, dict[str, float]] | None, n_eval: int,
-               n_target: int, ensembles: list[dict[str, Any]] | None = None, headline: list[str] | None = None) -> str:
-    """``headline``: where the study stands (n of N, pruned, the best or the front)."""
+               n_target: int, ensembles: list[dict[str, Any]] | None = None, headline: list[str] | None = None,
+               validation_baselines: dict[str, dict[str, float]] | None = None) -> str:
+    """``headline``: where the study stands (n of N, pruned, the best or the front);
+    baselines are shown on the test and (where stored) the validation subset."""
     fields = list(config.data.fields)
     lines = [
         f"## {config.study.name}",
@@ -73,7 +75,9 @@ def study_note(config: Config, rows: list[dict[str, Any]], baselines: dict[str, 
     table = [[r["point"]] + [pct(r.get(f)) for f in fields]
              + [pct(r.get("overall")), pct(r.get("validation")), num(r.get("train_loss"), ".4f"), num(r.get("eval_loss"), ".4f"), r["status"]]
              for r in rows]
-    table += [[f"baseline: {name}"] + [pct(b.get(f)) for f in fields] + [pct(b.get("overall")), "-", "-", "-", "-"]
+    val = validation_baselines or {}
+    table += [[f"baseline: {name}"] + [pct(b.get(f)) for f in fields]
+              + [pct(b.get("overall")), pct(val[name]["overall"]) if "overall" in val.get(name, {}) else "-", "-", "-", "-"]
               for name, b in (baselines or {}).items()]
     lines.append(markdown_table(head, table))
     for e in ensembles or []:

@@ -52,7 +52,7 @@ def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "te
 
 
 def render_summary(rows: list[dict[str, Any]], fields: list[str], baselines: dict[str, dict[str, float]] | None,
-                   grid: bool = True) -> str:
+                   grid: bool = True, validation_baselines: dict[str, dict[str, float]] | None = None) -> str:
     heads = ["grid point" if grid else "point", "alpha"] + [SHORT.get(f, f[:6]) for f in fields] + [
         "overall", "val", "train_loss", "eval_loss", "trainable", "min", "status"]
     table = [heads]
@@ -65,7 +65,9 @@ def render_summary(rows: list[dict[str, Any]], fields: list[str], baselines: dic
                num(r.get("trainable_params"), ","), num(r.get("minutes"), ".1f"), status]
         )
     for name, b in (baselines or {}).items():
-        table.append([f"baseline: {name}", "-"] + [pct(b.get(f)) for f in fields] + [pct(b.get("overall"))] + ["-"] * 6)
+        val = (validation_baselines or {}).get(name, {}).get("overall")
+        table.append([f"baseline: {name}", "-"] + [pct(b.get(f)) for f in fields] + [pct(b.get("overall")),
+                                                                                      pct(val) if val is not None else "-"] + ["-"] * 5)
     return render_table(table)
 
 

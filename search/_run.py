@@ -16,7 +16,12 @@ from typing import Any
 
 from optuna_search.core import Config, TrialRecord
 from optuna_search.core._params import short_point_key
-from optuna_search.core._record import ATTR_BASELINES, ATTR_ENSEMBLES, ATTR_EVAL_SUBSET
+from optuna_search.core._record import (
+    ATTR_BASELINES,
+    ATTR_ENSEMBLES,
+    ATTR_EVAL_SUBSET,
+    ATTR_VALIDATION_BASELINES,
+)
 from optuna_search.core._text import format_seconds
 from optuna_search.dashboards._notes import study_note
 from optuna_search.dashboards._summary import (
@@ -86,7 +91,8 @@ def write_study_note(study: Any, config: Config, state: StudyState) -> None:
     baselines = study.user_attrs.get(ATTR_BASELINES)
     headline = [_progress(config, state)] + _verdict(rows, config, baselines, study)[:2]
     optuna_dashboard.save_note(study, study_note(config, rows, baselines, len(study.user_attrs.get(ATTR_EVAL_SUBSET) or []),
-                                                 state.n_target, study.user_attrs.get(ATTR_ENSEMBLES), headline))
+                                                 state.n_target, study.user_attrs.get(ATTR_ENSEMBLES), headline,
+                                                 study.user_attrs.get(ATTR_VALIDATION_BASELINES)))
 
 
 @dataclass
@@ -104,7 +110,8 @@ def summarize(study: Any, config: Config, state: StudyState, *, ran: int, budget
     nothing = ("every grid point already has a finished trial" if config.is_grid
                else f"{state.n_target} trials already finished; --n-trials extends the search")
     lines = [_progress(config, state) + (f" (nothing to run: {nothing})" if not ran and state.finished >= state.n_target else "")]
-    lines.append(render_summary(rows, fields, baselines, grid=config.is_grid))
+    lines.append(render_summary(rows, fields, baselines, grid=config.is_grid,
+                                validation_baselines=study.user_attrs.get(ATTR_VALIDATION_BASELINES)))
     lines += _verdict(rows, config, baselines, study)
     if config.model.name_or_path == "builtin:tiny-mistral":
         lines.append("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")

@@ -1,0 +1,31 @@
+"""The results table and the study note: baselines sit beside the trials on both splits."""
+
+from optuna_search.core import Config
+from optuna_search.dashboards._notes import study_note
+from optuna_search.dashboards._summary import render_summary
+
+FIELDS = ["severity", "component", "reproducibility"]
+TEST = {"majority": {"severity": 0.5, "component": 0.4, "reproducibility": 0.6, "overall": 0.5}}
+VALIDATION = {"majority": {"severity": 0.6, "component": 0.5, "reproducibility": 0.7, "overall": 0.6}}
+ROW = {"point": "lora_r=4", "trial": 0, "status": "complete", "lora_alpha": 16.0, "severity": 0.7, "component": 0.6,
+       "reproducibility": 0.8, "overall": 0.7, "validation": 0.65, "value": 0.7}
+
+
+def test_baseline_rows_show_their_validation_accuracy_in_the_val_column():
+    table = render_summary([ROW], FIELDS, TEST, validation_baselines=VALIDATION)
+    heads, _, trial, baseline = table.splitlines()
+    cells = baseline.split()
+    assert cells[:2] == ["baseline:", "majority"]
+    # severity, component, reproducibility, overall on test, then val
+    assert cells[3:8] == ["50.0%", "40.0%", "60.0%", "50.0%", "60.0%"]
+    assert "65.0%" in trial.split()
+
+
+def test_baseline_rows_without_stored_validation_baselines_say_so():
+    baseline = render_summary([ROW], FIELDS, TEST).splitlines()[-1].split()
+    assert baseline[7] == "-"  # never a made-up number
+
+
+def test_study_note_puts_validation_baselines_beside_test():
+    note = study_note(Config(), [ROW], TEST, 100, 3, validation_baselines=VALIDATION)
+    assert "| baseline: majority | 50.0% | 40.0% | 60.0% | 50.0% | 60.0% |" in note

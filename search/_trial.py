@@ -19,7 +19,7 @@ import socket
 from typing import Any
 
 from optuna_search.core import Config, TrialParams, TrialRecord, UserError
-from optuna_search.core._params import point_key
+from optuna_search.core._params import point_key, short_point_key
 from optuna_search.core._record import ATTR_EVAL_SUBSET, ATTR_VALIDATION_SUBSET
 from optuna_search.core._text import pct
 from optuna_search.dashboards._notes import trial_note
@@ -75,7 +75,7 @@ class TrialRunner:
         from optuna.trial import TrialState
 
         point = {k: trial.params[k] for k in self.config.searched_keys()}
-        tag = f"[trial {position[0]}/{position[1]} {point_key(point)}]"
+        tag = f"[trial {position[0]}/{position[1]} {short_point_key(point)}]"
         folder = point_checkpoints(self.config.train.output_dir, self.config.study.name, point)
         params = self._params(point, folder)
         request = self._request(params, folder)

@@ -139,6 +139,11 @@ def _verdict(rows: list[dict[str, Any]], config: Config, baselines: dict[str, An
     if baselines and "majority" in baselines:
         maj = baselines["majority"]["overall"]
         out.append(f"best {'beats' if best['overall'] > maj else 'does NOT beat'} the majority-class baseline ({100 * maj:.1f}% overall)")
+    if baselines and "tfidf_logreg" in baselines:
+        tfidf = baselines["tfidf_logreg"]["overall"]
+        gap = 100 * (best["overall"] - tfidf)
+        out.append(f"best {'beats' if gap > 0 else 'does NOT beat'} the TF-IDF + logistic regression baseline "
+                   f"({100 * tfidf:.1f}% overall, {gap:+.1f} points)")
     out.append("significance tests and the recommendation: optuna-search report")
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,11 @@ from optuna_search.objectives._train import (
     make_study_trainer,
     validation_curve,
 )
-from optuna_search.storage._checkpoints import FINAL_ADAPTER
+from optuna_search.storage._checkpoints import (
+    COMPLETE_MARKER,
+    FINAL_ADAPTER,
+    last_complete_checkpoint,
+)
 
 
 @dataclass
@@ -168,13 +173,16 @@ class QLoRAObjective:
 
     @staticmethod
     def _train(trainer, checkpoint_dir: Path, hooks: TrialHooks) -> int:
-        """Train from the last checkpoint, if any; returns the step resumed from."""
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
-        resumed_from = int(Path(last).name.split("-")[-1]) if last else 0
+        """Train from the last complete checkpoint, if any; returns the step resumed from."""
+        last, broken = last_complete_checkpoint(checkpoint_dir)
+        for p in broken:
+            # Unusable, and in the way: Trainer would pick the highest step again.
+            hooks.progress(f"removing {p}: its write was interrupted (no {COMPLETE_MARKER})")
+            shutil.rmtree(p, ignore_errors=True)
+        resumed_from = int(last.name.split("-")[-1]) if last else 0
         if last:
             hooks.progress(f"resuming from checkpoint {last} (step {resumed_from})")
+            last = str(last)
         try:
             trainer.train(resume_from_checkpoint=last)
         except Exception as e:

@@ -30,6 +30,29 @@ def point_checkpoints(output_dir: str | Path, study_name: str, point: dict[str, 
     return study_checkpoints(output_dir, study_name) / point_dirname(point)
 
 
+# Trainer writes a checkpoint's files in this order: adapter, optimizer, scheduler, RNG
+# state, and trainer_state.json last; a folder without it was cut short by a kill.
+COMPLETE_MARKER = "trainer_state.json"
+
+
+def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
+    """The newest checkpoint that was written to the end, and the folders newer than it
+    that were not (a SIGKILL or power loss during the write). Trainer's own choice
+    (``get_last_checkpoint``) is the highest step whatever its state, and resuming from a
+    half-written one fails every retry of the point."""
+    found = []
+    for p in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        step = p.name.removeprefix("checkpoint-")
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    broken = []
+    for _, p in sorted(found, reverse=True):
+        if (p / COMPLETE_MARKER).is_file():
+            return p, broken
+        broken.append(p)
+    return None, broken
+
+
 def has_checkpoint(folder: Path) -> bool:
     return any(folder.glob("checkpoint-*"))
 

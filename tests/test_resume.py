@@ -185,6 +185,55 @@ def test_failed_point_is_recorded_and_only_retried_when_asked(tmp_path, demo_cac
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
 
 
+def test_a_checkpoint_cut_short_by_a_kill_is_skipped_not_resumed_from(tmp_path, demo_cache, monkeypatch, caplog):
+    """A kill while Trainer writes checkpoint-N leaves a folder without trainer_state.json
+    (written last). Trainer's own choice would be that folder, the highest step; the
+    retry must resume from the newest complete one instead."""
+    import shutil
+
+    from transformers import Trainer
+
+    from optuna_search.search._cli import main
+
+    real = Trainer.training_step
+
+    def interrupt_at_35(self, *a, **kw):
+        if self.state.global_step >= 35:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupt_at_35)
+    monkeypatch.chdir(tmp_path)
+    assert main(_one_point()) == 130
+    point = tmp_path / "optuna-search-demo-checkpoints" / "demo" / "lora_r-4"
+    assert (point / "checkpoint-30" / "trainer_state.json").is_file()
+    # The interrupted write: the adapter is there, the optimizer and trainer state are not.
+    cut = point / "checkpoint-40"
+    cut.mkdir()
+    for f in (point / "checkpoint-30").glob("adapter_*"):
+        shutil.copy(f, cut / f.name)
+    monkeypatch.setattr(Trainer, "training_step", real)
+    caplog.set_level("INFO", logger="optuna_search")
+    assert main(_one_point()) == 0
+    done = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 1 and done[0].user_attrs["resumed_from_step"] == 30
+    assert "checkpoint-40: its write was interrupted" in caplog.text
+
+
+def test_last_complete_checkpoint_skips_unfinished_and_foreign_folders(tmp_path):
+    from optuna_search.storage._checkpoints import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "absent") == (None, [])
+    for step, complete in ((10, True), (20, True), (30, False), (100, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
+    last, broken = last_complete_checkpoint(tmp_path)
+    assert last == tmp_path / "checkpoint-20"
+    assert broken == [tmp_path / "checkpoint-100", tmp_path / "checkpoint-30"]  # numeric order, newest first
+
+
 def test_export_and_resume_from_a_read_only_bundle(demo_study, tmp_path):
     work, proc = demo_study
     assert proc.returncode == 0

@@ -9,12 +9,13 @@ from optuna_search.objectives._protocol import (
     BudgetExhausted,
     Objective,
     OutOfMemory,
+    Stopped,
     TrialHooks,
     TrialRequest,
     TrialResult,
 )
 
 __all__ = [
-    "BudgetExhausted", "Dataset", "Example", "Objective", "OutOfMemory", "StudyData", "TrialHooks",
+    "BudgetExhausted", "Dataset", "Example", "Objective", "OutOfMemory", "Stopped", "StudyData", "TrialHooks",
     "TrialRequest", "TrialResult", "load_dataset_from_config", "prepare_study_data",
 ]

@@ -40,6 +40,10 @@ def _never_stop(point: int, accuracy: float) -> bool:
     return False
 
 
+def _no_stop() -> bool:
+    return False
+
+
 def _ignore(message: str) -> None:
     return None
 
@@ -51,6 +55,9 @@ class TrialHooks:
     returns True to stop the trial there (pruning)."""
     progress: Callable[[str], None] = _ignore
     """Progress lines (epoch, step, loss, ETA)."""
+    stop_requested: Callable[[], bool] = _no_stop
+    """True once the process was asked to stop (SIGTERM): training checkpoints at the end
+    of the current optimizer step and the objective raises :class:`Stopped`."""
 
 
 @dataclass
@@ -76,6 +83,10 @@ class TrialResult:
 
 class Objective(Protocol):
     def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult: ...
+
+
+class Stopped(Exception):
+    """Training stopped at a fresh checkpoint because the process was asked to stop."""
 
 
 class BudgetExhausted(Exception):

@@ -27,7 +27,14 @@ from optuna_search.objectives._model import (
     model_source,
 )
 from optuna_search.objectives._prompt import PromptEncoder
-from optuna_search.objectives._protocol import BudgetExhausted, OutOfMemory, TrialHooks, TrialRequest, TrialResult
+from optuna_search.objectives._protocol import (
+    BudgetExhausted,
+    OutOfMemory,
+    Stopped,
+    TrialHooks,
+    TrialRequest,
+    TrialResult,
+)
 from optuna_search.objectives._train import (
     Collator,
     ValidationState,
@@ -107,6 +114,8 @@ class QLoRAObjective:
             trainer, callback = self._trainer(request, hooks, model, tokenizer, encoder, rt, dtype, validation,
                                               validate if rt.is_main else None)
             resumed_from = self._train(trainer, request.checkpoint_dir, hooks)
+            if callback.stopped_on_request:
+                raise Stopped(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}")
             if callback.stopped_for_budget:
                 raise BudgetExhausted(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}")
             if validation.pruned_at is None:
@@ -146,7 +155,8 @@ class QLoRAObjective:
         request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         args = build_training_args(str(request.checkpoint_dir), request.params, cfg.train, cuda=rt.cuda, dtype=dtype,
                                    distributed=rt.distributed)
-        callback = make_callback(validation, cfg.train.validations_per_epoch, hooks.progress, request.deadline)
+        callback = make_callback(validation, cfg.train.validations_per_epoch, hooks.progress, request.deadline,
+                                 hooks.stop_requested)
         trainer = make_study_trainer(
             validate=validate, on_validation=hooks.on_validation, validation=validation,
             model=model, args=args, train_dataset=encoder.to_hf_dataset(request.data.train.examples),

@@ -148,12 +148,13 @@ def make_study_trainer(
     return StudyTrainer(**trainer_kwargs)
 
 
-def make_callback(validation: ValidationState, validations_per_epoch: int, progress: Callable[[str], None], deadline: float | None):
+def make_callback(validation: ValidationState, validations_per_epoch: int, progress: Callable[[str], None], deadline: float | None,
+                  stop_requested: Callable[[], bool] = lambda: False):
     from transformers import TrainerCallback
 
     class StudyCallback(TrainerCallback):
         """Schedules validation points, logs progress with an ETA, and stops at a
-        checkpoint before the session's deadline."""
+        checkpoint before the session's deadline or when the process is asked to stop."""
 
         def __init__(self) -> None:
             self.t0 = time.monotonic()
@@ -161,6 +162,7 @@ def make_callback(validation: ValidationState, validations_per_epoch: int, progr
             self.last_log = 0.0
             self.step_seconds = 0.0
             self.stopped_for_budget = False
+            self.stopped_on_request = False
 
         def on_train_begin(self, args, state, control, **kw):
             validation.steps = validation_steps(state.max_steps, int(args.num_train_epochs), validations_per_epoch)
@@ -173,6 +175,14 @@ def make_callback(validation: ValidationState, validations_per_epoch: int, progr
             self.step_seconds = (now - self.t0) / max(done, 1)
             if state.global_step in validation.steps:
                 control.should_evaluate = True
+            if stop_requested() and state.global_step < state.max_steps:
+                # SIGTERM: Trainer writes the checkpoint right after this step, then stops.
+                self.stopped_on_request = True
+                control.should_save = True
+                control.should_training_stop = True
+                control.should_evaluate = False
+                progress(f"stop requested: checkpointing at step {state.global_step}/{state.max_steps} and stopping")
+                return
             # Stop while there is still time for a few more steps' worth of work (the
             # checkpoint write): the next session resumes from exactly this step.
             if deadline is not None and state.global_step < state.max_steps and now + max(5.0, 3 * self.step_seconds) >= deadline:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 from optuna_search.core import Config
 from optuna_search.core._params import point_key, to_optuna_value
 from optuna_search.core._text import format_seconds
+from optuna_search.search._signals import raise_if_stop_requested
 from optuna_search.storage._checkpoints import (
     has_checkpoint,
     point_checkpoints,
@@ -246,6 +247,7 @@ class Scheduler:
         ran = 0
         lock = ClaimLock(engine_of(self.study), self.study.study_name)
         while True:
+            raise_if_stop_requested()  # SIGTERM between trials: start nothing new
             with lock:
                 state = self._reconciled_state()
                 left = None if deadline is None else deadline - time.monotonic()

@@ -26,6 +26,7 @@ from optuna_search.dashboards._notes import trial_note
 from optuna_search.objectives import (
     BudgetExhausted,
     OutOfMemory,
+    Stopped,
     StudyData,
     TrialHooks,
     TrialRequest,
@@ -33,6 +34,7 @@ from optuna_search.objectives import (
 )
 from optuna_search.objectives._data import resolve_eval_subset
 from optuna_search.objectives._ddp import run_distributed
+from optuna_search.search._signals import Terminated, disarm, stop_requested
 from optuna_search.storage._artifacts import artifact_store, upload_records
 from optuna_search.storage._checkpoints import (
     point_checkpoints,
@@ -91,6 +93,11 @@ class TrialRunner:
         try:
             with heartbeat(self.study, trial):
                 result, request = self._train(trial, request, tag)
+        except Stopped:
+            # SIGTERM: checkpointed at the last step; FAIL at once, resumable from there.
+            disarm()
+            self._tell_quietly(trial, TrialState.FAIL)
+            raise Terminated() from None
         except BudgetExhausted as e:
             write_record(self.study, trial, TrialRecord(stopped_by_time_budget=str(e)))
             self.budget_stopped = True
@@ -100,6 +107,7 @@ class TrialRunner:
             # Ctrl-C, SIGTERM or bad input: not the trial's fault, and it resumes from its
             # last checkpoint next time; FAIL at once, so the next run need not wait for
             # its heartbeat to go stale.
+            disarm()
             self._tell_quietly(trial, TrialState.FAIL)
             raise
         except OSError as e:
@@ -153,7 +161,7 @@ class TrialRunner:
 
     def _call_objective(self, trial: Any, request: TrialRequest, tag: str) -> TrialResult:
         hooks = TrialHooks(on_validation=lambda n, acc: self._on_validation(trial, n, acc),
-                           progress=lambda msg: log.info("%s %s", tag, msg))
+                           progress=lambda msg: log.info("%s %s", tag, msg), stop_requested=stop_requested)
         gpus = self.config.train.gpus_per_trial
         if gpus <= 1:
             return self.objective(request, hooks)

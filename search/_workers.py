@@ -22,7 +22,7 @@ import threading
 from typing import Sequence
 
 from optuna_search.core import UserError
-from optuna_search.search._signals import Terminated
+from optuna_search.search._signals import Terminated, handle_sigterm
 
 log = logging.getLogger("optuna_search")
 
@@ -90,6 +90,9 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 def run_workers(argv: Sequence[str], n: int, gpus_per_trial: int = 1) -> list[int]:
     """Start n workers with the given `run` arguments; relay their stderr; return their
     exit codes."""
+    # The parent trains nothing: a SIGTERM must reach the workers at once (they each
+    # checkpoint within their grace time), not after the parent's own grace timer.
+    handle_sigterm(graceful=False)
     gpus = visible_gpus()
     cpu_share = max(1, (os.cpu_count() or 1) // n)
     procs, envs = [], []

@@ -292,10 +292,12 @@ def test_trial_killed_before_its_first_heartbeat_is_reclaimed(tmp_path):
     assert t.state == TrialState.FAIL and "orphaned" in t.user_attrs
 
 
-def test_sigterm_marks_the_trial_failed_and_the_next_run_resumes_at_once(tmp_path, demo_cache):
+def test_sigterm_checkpoints_marks_the_trial_failed_and_the_next_run_resumes_at_once(tmp_path, demo_cache):
     """docker stop / Kaggle's stop session send SIGTERM: the trial must not stay RUNNING
-    (the next run would wait out the 180 s grace period)."""
-    args = ["run", "--preset", "demo", "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=2", "--set", "train.checkpoint_steps=25"]
+    (the next run would wait out the 180 s grace period), and a demo step takes well under
+    the grace time, so it checkpoints where it was: no periodic checkpoint exists
+    (checkpoint_steps beyond the trial), yet the retry resumes past step 40."""
+    args = ["run", "--preset", "demo", "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=2", "--set", "train.checkpoint_steps=1000"]
     env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -305,6 +307,7 @@ def test_sigterm_marks_the_trial_failed_and_the_next_run_resumes_at_once(tmp_pat
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 143 and "Traceback" not in rest and "interrupted" in rest
+    assert "stop requested: checkpointing at step" in rest
     (t,) = _study(tmp_path).get_trials()
     assert t.state == TrialState.FAIL and "error" not in t.user_attrs
     t0 = time.monotonic()
@@ -312,7 +315,7 @@ def test_sigterm_marks_the_trial_failed_and_the_next_run_resumes_at_once(tmp_pat
     assert again.returncode == 0, again.stderr[-2000:]
     assert time.monotonic() - t0 < 120  # no grace-period wait
     done = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
-    assert len(done) == 1 and done[0].user_attrs["resumed_from_step"] >= 25
+    assert len(done) == 1 and done[0].user_attrs["resumed_from_step"] >= 40
 
 
 def test_disk_full_is_one_line_and_leaves_no_trial_running(tmp_path, demo_cache, monkeypatch, capsys):

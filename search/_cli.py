@@ -273,11 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        import warnings
-
-        # Heartbeat, fail_stale_trials and metric names are "experimental" in Optuna; we
-        # rely on them deliberately and test them.
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        quiet_libraries()  # among them, the "experimental" Optuna features relied on here
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     if args.command == "run":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import sys
 import time
-import warnings
 
 import optuna
 
@@ -58,10 +57,9 @@ def create(url: str, grid_size: int, study: str):
 def main() -> None:
     url, grid_size, sleep, studies = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    # As `optuna-search` does: the expected warnings (heartbeat with ask/tell, Optuna's
+    # As `optuna-search` does: the expected warnings (heartbeat with ask/tell, the Optuna
     # "experimental" features it relies on) are filtered, anything else still shows.
     quiet_libraries()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     for name in studies:
         study, config = create(url, grid_size, name)
         Scheduler(study, config, SleepRunner(study, sleep), distributions(config)).run(wait_for_others=False)

@@ -1,0 +1,45 @@
+"""The libraries' known noise is filtered one warning at a time; anything else a library
+says (a real peft, bitsandbytes or Optuna problem) still reaches the user."""
+
+import warnings
+
+import optuna
+import pytest
+
+from optuna_search.objectives._quiet import quiet_libraries
+
+
+@pytest.fixture
+def quiet():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        yield seen
+
+
+def test_the_experimental_optuna_features_relied_on_are_quiet(quiet):
+    from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["overall_accuracy", "train_seconds"])
+    RetryHeartbeatStaleTrialCallback()
+    fail_stale_trials(study)  # in-memory storage: nothing to fail, still warns "experimental"
+    assert not [w for w in quiet if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+
+
+def test_other_experimental_features_and_other_warnings_still_show(quiet):
+    optuna.samplers.TPESampler(multivariate=True, group=True)  # `group` is experimental
+    warnings.warn("peft: target module not found", UserWarning)
+    messages = [str(w.message) for w in quiet]
+    assert any("``group``" in m for m in messages)
+    assert "peft: target module not found" in messages
+
+
+def test_quieting_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = ("import sys; from optuna_search.objectives._quiet import quiet_libraries; quiet_libraries(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

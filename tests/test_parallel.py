@@ -119,19 +119,10 @@ def test_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_path):
     assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_demo_with_two_workers_on_cpu(tmp_path, demo_cache):
-    proc = run_cli("run", "--preset", "demo", "--workers", "2", "--set", "train.epochs=1", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
-    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
-    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
-    assert sorted(t.params["lora_r"] for t in complete) == [4, 8, 16] and len(study.get_trials()) == 3
-    workers_used = {t.user_attrs.get("worker") for t in complete}
-    assert workers_used == {"0", "1"}
-    assert "3/3 grid points complete" in proc.stdout
-
-
-def test_ctrl_c_stops_every_worker_and_leaves_trials_resumable(tmp_path, demo_cache):
+def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, demo_cache):
+    """The demo on 2 CPU workers: each trains its own point at the same time (both reach
+    step 40 before Ctrl-C), Ctrl-C stops both, and the next run finishes both points from
+    their checkpoints."""
     import re
     import signal
     import threading
@@ -163,8 +154,11 @@ def test_ctrl_c_stops_every_worker_and_leaves_trials_resumable(tmp_path, demo_ca
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 2 and not any("error" in t.user_attrs for t in interrupted)
+    assert {t.user_attrs.get("worker") for t in interrupted} == {"0", "1"}
     again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert "[worker 0]" in again.stderr and "[worker 1]" in again.stderr
+    assert "2/2 grid points complete" in again.stdout
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lora_r"] for t in complete) == [4, 8] and len(study.get_trials()) == 4
     assert all(t.user_attrs["resumed_from_step"] > 0 for t in complete)

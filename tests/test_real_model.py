@@ -93,7 +93,7 @@ def test_real_model_smoke_trains_and_answers_in_the_format(smollm2, tmp_path):
     optimizer steps of 4), then greedy generation on 8 test reports."""
     proc = run_cli("run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=32", "--set", "train.epochs=2",
                    "--set", "train.gradient_accumulation=1",
-                   "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=128", "--set", "eval.num_samples=8",
+                   "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=96", "--set", "eval.num_samples=8",
                    "--set", "eval.validation_samples=8", "--set", "train.learning_rate=3e-3", "--set", "eval.method='generate'",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

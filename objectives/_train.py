@@ -175,26 +175,28 @@ def make_callback(validation: ValidationState, validations_per_epoch: int, progr
             self.step_seconds = (now - self.t0) / max(done, 1)
             if state.global_step in validation.steps:
                 control.should_evaluate = True
-            if stop_requested() and state.global_step < state.max_steps:
+            running = state.global_step < state.max_steps
+            if running and stop_requested():
                 # SIGTERM: Trainer writes the checkpoint right after this step, then stops.
                 self.stopped_on_request = True
-                control.should_save = True
-                control.should_training_stop = True
-                control.should_evaluate = False
-                progress(f"stop requested: checkpointing at step {state.global_step}/{state.max_steps} and stopping")
+                self._checkpoint_and_stop(control, f"stop requested: checkpointing at step {state.global_step}/{state.max_steps}")
                 return
             # Stop while there is still time for a few more steps' worth of work (the
             # checkpoint write): the next session resumes from exactly this step.
-            if deadline is not None and state.global_step < state.max_steps and now + max(5.0, 3 * self.step_seconds) >= deadline:
+            if running and deadline is not None and now + max(5.0, 3 * self.step_seconds) >= deadline:
                 self.stopped_for_budget = True
-                control.should_save = True
-                control.should_training_stop = True
-                control.should_evaluate = False
-                progress(f"time budget reached at step {state.global_step}/{state.max_steps}: checkpointing and stopping")
+                self._checkpoint_and_stop(control, f"time budget reached at step {state.global_step}/{state.max_steps}: checkpointing")
                 return
             if now - self.last_log >= PROGRESS_INTERVAL_S or state.global_step >= state.max_steps:
                 self.last_log = now
                 progress(self._progress_line(args, state, done, now))
+
+        @staticmethod
+        def _checkpoint_and_stop(control, message: str) -> None:
+            control.should_save = True
+            control.should_training_stop = True
+            control.should_evaluate = False
+            progress(message + " and stopping")
 
         def _progress_line(self, args, state, done: int, now: float) -> str:
             rate = done / max(now - self.t0, 1e-9)

@@ -74,6 +74,20 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     )
 
 
+def start_cli_until(*args: str, pattern: str, cwd: Path) -> subprocess.Popen:
+    """Start `optuna-search` with progress on every step and return once a stderr line
+    matches ``pattern`` (the rest of stderr is left to read)."""
+    import re
+
+    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if re.search(pattern, line):
+            break
+    return proc
+
+
 @pytest.fixture(scope="session")
 def demo_study(tmp_path_factory, demo_cache):
     """The demo study, run once through the real CLI (the README's main job)."""

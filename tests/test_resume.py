@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import run_cli, start_cli_until
 
 pytestmark = pytest.mark.slow
 
@@ -297,12 +297,7 @@ def test_sigterm_checkpoints_marks_the_trial_failed_and_the_next_run_resumes_at_
     the grace time, so it checkpoints where it was: no periodic checkpoint exists
     (checkpoint_steps beyond the trial), yet the retry resumes past step 40."""
     args = ["run", "--preset", "demo", "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=2", "--set", "train.checkpoint_steps=1000"]
-    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if re.search(r"step (4\d|5\d)/", line):
-            break
+    proc = start_cli_until(*args, pattern=r"step (4\d|5\d)/", cwd=tmp_path)
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 143 and "Traceback" not in rest and "interrupted" in rest

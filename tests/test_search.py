@@ -2,16 +2,13 @@
 accuracy, resume of a killed sampled trial, extending a search, Pareto fronts."""
 
 import os
-import re
 import signal
-import subprocess
-import sys
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import run_cli, start_cli_until
 
 pytestmark = pytest.mark.slow
 FAST = ["--set", "train.epochs=1", "--set", "data.train_samples=400", "--set", "eval.num_samples=40",
@@ -70,12 +67,7 @@ def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cac
 def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache):
     args = ["run", "--preset", "demo-search", *FAST, "--set", "study.n_trials=1", "--set", "study.pruner='none'",
             "--set", "train.checkpoint_steps=10", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3"]
-    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if re.search(r"step (2\d|3\d)/", line):
-            break
+    proc = start_cli_until(*args, pattern=r"step (2\d|3\d)/", cwd=tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     (killed,) = _study(tmp_path, "demo-search").get_trials()

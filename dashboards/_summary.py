@@ -21,12 +21,19 @@ class SummaryPoint:
 
     @property
     def finished(self) -> TrialRecord | None:
-        """The point's result: its COMPLETE trial, else its PRUNED one."""
+        """The point's result: its COMPLETE trial, else its PRUNED one. A sampler that
+        proposes the point again gets a duplicate trial that only points at the original
+        (``duplicate_of``, no scores of its own): the original is the result."""
         for state in ("COMPLETE", "PRUNED"):
             done = [r for r in self.records if r.state == state]
             if done:
-                return done[-1]
+                return next((r for r in reversed(done) if r.duplicate_of is None), done[-1])
         return None
+
+    @property
+    def repeats(self) -> int:
+        """How many times a sampler proposed the point again after it had run."""
+        return sum(r.duplicate_of is not None for r in self.records)
 
 
 def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "test") -> list[dict[str, Any]]:
@@ -34,7 +41,7 @@ def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "te
     overall; ``value`` on the objective's split), or its status."""
     rows = []
     for p in points:
-        row: dict[str, Any] = {"point": p.key, "status": p.status, "attempts": len(p.records)}
+        row: dict[str, Any] = {"point": p.key, "status": p.status, "attempts": len(p.records) - p.repeats, "repeats": p.repeats}
         r = p.finished
         if r is not None:
             row.update(
@@ -43,7 +50,7 @@ def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "te
                 **{f: r.accuracy(f) for f in fields},
                 train_loss=(r.train_loss_per_epoch or [None])[-1], eval_loss=(r.eval_loss_per_epoch or [None])[-1],
                 trainable_params=r.trainable_params, minutes=r.minutes, parse_failures=(r.test.parse_failures if r.test else None),
-                pruned_at=r.pruned_at_step, duplicate_of=r.duplicate_of,
+                pruned_at=r.pruned_at_step,
             )
         elif p.records and p.records[-1].error:
             row["error"] = p.records[-1].error
@@ -58,7 +65,7 @@ def render_summary(rows: list[dict[str, Any]], fields: list[str], baselines: dic
     table = [heads]
     for r in rows:
         status = r["status"] + (f" at {r['pruned_at']}" if r.get("pruned_at") else "") + (
-            f" (= trial {r['duplicate_of']})" if r.get("duplicate_of") is not None else "")
+            f" (proposed again {r['repeats']}x)" if r.get("repeats") else "")
         table.append(
             [r["point"], num(r.get("lora_alpha"), "g")] + [pct(r.get(f)) for f in fields]
             + [pct(r.get("overall")), pct(r.get("validation")), num(r.get("train_loss"), ".4f"), num(r.get("eval_loss"), ".4f"),
@@ -95,12 +102,12 @@ def status_rows(points: list[SummaryPoint], n_target: int, grid: bool, split: st
             if r.datetime_start is None:
                 continue
             spent += ((r.datetime_complete or now) - r.datetime_start).total_seconds()
-            if r.state == "COMPLETE" and r.datetime_complete:
+            if r.state == "COMPLETE" and r.datetime_complete and r.duplicate_of is None:  # a repeat costs nothing
                 durations.append((r.datetime_complete - r.datetime_start).total_seconds())
         note = ""
         if last is not None and best is None:
             note = last.error or ("time budget" if last.stopped_by_time_budget else "") or ("interrupted" if last.state == "FAIL" else "")
-        rows.append({"point": p.key, "status": p.status, "attempts": len(p.records),
+        rows.append({"point": p.key, "status": p.status, "attempts": len(p.records) - p.repeats,
                      "value": best.split_overall(split) if best else None, "resumed_from_step": resumed, "note": note})
     finished = sum(r.state in ("COMPLETE", "PRUNED") for p in points for r in p.records) if not grid else sum(
         p.finished is not None for p in points)

@@ -1,5 +1,7 @@
 """The results table and the study note: baselines sit beside the trials on both splits."""
 
+import pytest
+
 from optuna_search.core import Config
 from optuna_search.dashboards._notes import study_note
 from optuna_search.dashboards._summary import render_summary
@@ -29,3 +31,25 @@ def test_baseline_rows_without_stored_validation_baselines_say_so():
 def test_study_note_puts_validation_baselines_beside_test():
     note = study_note(Config(), [ROW], TEST, 100, 3, validation_baselines=VALIDATION)
     assert "| baseline: majority | 50.0% | 40.0% | 60.0% | 50.0% | 60.0% |" in note
+
+
+def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
+    """A sampler re-proposing a point gets a duplicate trial without scores of its own
+    (duplicate_of): the row and the best must come from the original trial. (Seen on
+    a TPE study of the demo: the row showed the empty duplicate and the summary named a
+    39% trial best while Optuna's best was 74%.)"""
+    from optuna_search.core import TrialRecord
+    from optuna_search.core._record import SplitScores
+    from optuna_search.dashboards._summary import SummaryPoint, best_row, summary_rows
+
+    def scored(number, acc):
+        return TrialRecord(number=number, state="COMPLETE", test=SplitScores({f: acc for f in FIELDS}, 100),
+                           validation=SplitScores({f: acc for f in FIELDS}, 100))
+
+    good = SummaryPoint("lr=0.002,r=32", "complete", [scored(9, 0.74), TrialRecord(number=10, state="COMPLETE", duplicate_of=9),
+                                                       TrialRecord(number=11, state="COMPLETE", duplicate_of=9)])
+    poor = SummaryPoint("lr=0.01,r=32", "complete", [scored(2, 0.39)])
+    rows = summary_rows([good, poor], FIELDS, "validation")
+    assert rows[0]["trial"] == 9 and rows[0]["overall"] == pytest.approx(0.74) and rows[0]["attempts"] == 1
+    assert best_row(rows)["point"] == "lr=0.002,r=32"
+    assert "complete (proposed again 2x)" in render_summary(rows, FIELDS, None, grid=False)

@@ -16,7 +16,6 @@ one forward pass scores them all without copying the cache.
 
 from __future__ import annotations
 
-import functools
 import math
 
 from optuna_search.objectives._data import Example
@@ -29,19 +28,27 @@ def candidate_ids(encoder: PromptEncoder, chosen: dict[str, str], field_name: st
     """Answer tokens from the start of the answer through ``label`` and the token(s)
     that end its line, with earlier fields' chosen labels: tokenized as one text, as in
     training."""
-    earlier = tuple((f, chosen[f]) for f in encoder.fields[: encoder.fields.index(field_name)])
-    return list(_candidate_ids(encoder, earlier, field_name, label))
-
-
-@functools.lru_cache(maxsize=8192)
-def _candidate_ids(encoder: PromptEncoder, earlier: tuple[tuple[str, str], ...], field_name: str, label: str) -> tuple[int, ...]:
-    # Most examples share their earlier labels: each distinct answer prefix is tokenized once.
     fields = encoder.fields
     i = fields.index(field_name)
-    lines = answer_text({**dict(earlier), field_name: label}, fields[: i + 1])
+    lines = answer_text({**chosen, field_name: label}, fields[: i + 1])
     last = i == len(fields) - 1
     ids = encoder.tokenizer(encoder.answer_prefix + lines + ("" if last else "\n"), add_special_tokens=False)["input_ids"]
-    return tuple(ids + (encoder.end_ids if last else []))
+    return ids + (encoder.end_ids if last else [])
+
+
+class _Candidates:
+    """``candidate_ids`` memoised for one scoring run: most examples share their earlier
+    labels, so each distinct answer prefix is tokenized once (and nothing outlives the run)."""
+
+    def __init__(self, encoder: PromptEncoder) -> None:
+        self.encoder, self.memo = encoder, {}
+
+    def __call__(self, chosen: dict[str, str], field_name: str, label: str) -> list[int]:
+        fields = self.encoder.fields
+        key = (tuple(chosen.get(f) for f in fields[: fields.index(field_name)]), field_name, label)
+        if key not in self.memo:
+            self.memo[key] = candidate_ids(self.encoder, chosen, field_name, label)
+        return self.memo[key]
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
@@ -52,23 +59,16 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def _cache_kwarg(model) -> str:
-    """transformers renamed the forward's ``past_key_values`` to ``cache`` (5.2x); use
-    whichever this version's model takes."""
+def _forward_kwargs(model) -> tuple[str, dict[str, int]]:
+    """What this transformers version's forward takes: the cache's argument name
+    (``past_key_values`` was renamed ``cache`` in 5.2x), and ``logits_to_keep`` where
+    supported, to ask for the last position's logits only (a prompt's other logits are
+    never used, and over a 49k-token vocabulary they cost a fifth of the prefill)."""
     import inspect
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _last_logits_kwarg(model) -> dict[str, int]:
-    """Ask for the last position's logits only where the model can (``logits_to_keep``):
-    a prompt's other logits are never used, and over a 49k-token vocabulary they cost a
-    fifth of the prefill."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
+    params = inspect.signature(base.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
 def _cache_of(out):
@@ -79,9 +79,10 @@ def _cache_of(out):
 def score_labels(model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int) -> list[Prediction]:
     prompts = [encoder.encode_prompt(e)[0] for e in examples]
     results: dict[int, tuple[dict[str, str], dict[str, dict[str, float]]]] = {}
+    candidates, forward = _Candidates(encoder), _forward_kwargs(model)
     with inference(model):
         for idx in by_length(prompts, batch_size):
-            batch = _Batch(model, encoder, [prompts[i] for i in idx], tokenizer.pad_token_id)
+            batch = _Batch(model, encoder, [prompts[i] for i in idx], tokenizer.pad_token_id, candidates, forward)
             results.update(zip(idx, batch.run()))
     preds = []
     for i, e in enumerate(examples):
@@ -93,15 +94,15 @@ def score_labels(model, tokenizer, encoder: PromptEncoder, examples: list[Exampl
 class _Batch:
     """One batch of prompts, scored field by field on a shared key/value cache."""
 
-    def __init__(self, model, encoder: PromptEncoder, prompts: list[list[int]], pad: int) -> None:
+    def __init__(self, model, encoder: PromptEncoder, prompts: list[list[int]], pad: int, candidates: _Candidates,
+                 forward: tuple[str, dict[str, int]]) -> None:
         import torch
 
-        self.model, self.encoder, self.pad = model, encoder, pad
+        self.model, self.encoder, self.pad, self.candidates = model, encoder, pad, candidates
         self.device = next(p.device for p in model.parameters())
         ids, mask = left_padded(prompts, pad)
         self.prompt_len = mask.sum(-1).tolist()
-        self.cache_arg = _cache_kwarg(model)
-        self.last_only = _last_logits_kwarg(model)
+        self.cache_arg, self.last_only = forward
         out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device), use_cache=True, **self.last_only)
         self.cache = _cache_of(out)
@@ -117,7 +118,7 @@ class _Batch:
         probs: list[dict[str, dict[str, float]]] = [{} for _ in range(self.rows)]
         for f in self.encoder.fields:
             labels = self.encoder.vocab[f]
-            cands = [[candidate_ids(self.encoder, chosen[b], f, lab) for lab in labels] for b in range(self.rows)]
+            cands = [[self.candidates(chosen[b], f, lab) for lab in labels] for b in range(self.rows)]
             prefixes = [c[0][: _common_prefix(c)] for c in cands]
             self._advance(prefixes)
             logp = self._candidate_logprobs([[c[len(p):] for c in cs] for cs, p in zip(cands, prefixes)])

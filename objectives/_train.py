@@ -149,7 +149,7 @@ def make_study_trainer(
 
 
 def make_callback(validation: ValidationState, validations_per_epoch: int, progress: Callable[[str], None], deadline: float | None,
-                  stop_requested: Callable[[], bool] = lambda: False):
+                  stop_requested: Callable[[], bool]):
     from transformers import TrainerCallback
 
     class StudyCallback(TrainerCallback):

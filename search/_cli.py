@@ -158,7 +158,6 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
-    quiet_libraries()
     print(validate(config))
     return EXIT_OK
 
@@ -169,7 +168,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume_from:
 
         import_study_bundle(args.resume_from, config)
-    quiet_libraries()
     if config.model.name_or_path == "builtin:tiny-mistral":
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
     if args.worker:
@@ -211,7 +209,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
 
     opened = open_for_reading(resolve_location(args))
-    quiet_libraries()
     rep = collect_report(opened.study, artifact_store(opened.config.storage.artifacts, create=False))
     md_path, html_path = write_report(rep, args.output)
     print(render_markdown(rep))
@@ -273,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        quiet_libraries()  # among them, the "experimental" Optuna features relied on here
+        # Once for every command: the libraries' known noise, among it the "experimental"
+        # Optuna features relied on here.
+        quiet_libraries()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     if args.command == "run":

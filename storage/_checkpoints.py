@@ -54,7 +54,8 @@ def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return any(folder.glob("checkpoint-*"))
+    """A point can resume: a checkpoint cut short by a kill does not count."""
+    return last_complete_checkpoint(folder)[0] is not None
 
 
 def remove_intermediate_checkpoints(folder: Path) -> None:

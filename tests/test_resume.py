@@ -220,16 +220,18 @@ def test_a_checkpoint_cut_short_by_a_kill_is_skipped_not_resumed_from(tmp_path, 
 
 
 def test_last_complete_checkpoint_skips_unfinished_and_foreign_folders(tmp_path):
-    from optuna_search.storage._checkpoints import last_complete_checkpoint
+    from optuna_search.storage._checkpoints import has_checkpoint, last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "absent") == (None, [])
-    for step, complete in ((10, True), (20, True), (30, False), (100, False)):
+    (tmp_path / "checkpoint-100").mkdir()
+    assert not has_checkpoint(tmp_path)  # only a cut-short one: nothing to resume from
+    for step, complete in ((10, True), (20, True), (30, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
         if complete:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
     last, broken = last_complete_checkpoint(tmp_path)
-    assert last == tmp_path / "checkpoint-20"
+    assert last == tmp_path / "checkpoint-20" and has_checkpoint(tmp_path)
     assert broken == [tmp_path / "checkpoint-100", tmp_path / "checkpoint-30"]  # numeric order, newest first
 
 

@@ -28,8 +28,16 @@ def test_demo_runs_the_full_grid_and_beats_the_majority_baseline(demo_study):
     best = study.best_trial
     assert best.value > study.user_attrs["baselines"]["majority"]["overall"]
     assert "beats the majority-class baseline" in proc.stdout
-    # The demo's TF-IDF baseline (94.3%) is above every trial: the summary says so.
-    assert "best vs the TF-IDF + logistic regression baseline (94.3% overall): -2.7 points" in proc.stdout
+    # The summary names the gap to the TF-IDF baseline, computed from the stored numbers
+    # (the trained accuracies themselves differ between CPUs: bitsandbytes' kernels take
+    # another path without AVX-512, so no trained number is asserted here).
+    import re
+
+    m = re.search(r"best vs the TF-IDF \+ logistic regression baseline \((\d+\.\d)% overall\): ([+-]\d+\.\d) points", proc.stdout)
+    assert m, proc.stdout
+    tfidf = study.user_attrs["baselines"]["tfidf_logreg"]["overall"]
+    assert float(m.group(1)) == round(100 * tfidf, 1)
+    assert float(m.group(2)) == pytest.approx(100 * (best.value - tfidf), abs=0.051)
     assert "DEMO" in proc.stdout and "tiny" in proc.stdout
 
 

@@ -15,16 +15,6 @@ from typing import Any
 
 from optuna_search.core._params import short_point_key
 
-# Study-level user attrs.
-ATTR_CONFIG = "config"
-ATTR_CONFIG_TOML = "config_toml"
-ATTR_EVAL_SUBSET = "eval_subset"
-ATTR_VALIDATION_SUBSET = "validation_subset"
-ATTR_BASELINES = "baselines"
-ATTR_BASELINE_PREDICTIONS = "baseline_predictions"
-ATTR_VALIDATION_BASELINES = "validation_baselines"
-ATTR_GRID_SIZE = "grid_size"
-ATTR_ENSEMBLES = "ensembles"
 
 CALIBRATION_METRICS = ("log_loss", "brier", "ece")
 
@@ -43,6 +33,11 @@ class SplitScores:
     invalid_labels: dict[str, int] = field(default_factory=dict)
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per field: log_loss, brier, ece (only for label-scoring evaluation)."""
+    balanced_accuracy: dict[str, float] = field(default_factory=dict)
+    """Per field: the mean of the per-label recalls (a majority-label model scores 1/labels)."""
+    label_logprob: float | None = None
+    """Mean over examples and fields of the log-probability of the correct label (label
+    scoring only): moves before accuracy does, so it is the early signal for pruning."""
 
     @property
     def fields(self) -> list[str]:
@@ -51,6 +46,39 @@ class SplitScores:
     @property
     def overall(self) -> float:
         return sum(self.accuracy.values()) / len(self.accuracy)
+
+    @property
+    def mean_macro_f1(self) -> float | None:
+        return sum(self.macro_f1.values()) / len(self.macro_f1) if len(self.macro_f1) == len(self.accuracy) else None
+
+    @property
+    def mean_balanced_accuracy(self) -> float | None:
+        ba = self.balanced_accuracy
+        return sum(ba.values()) / len(ba) if ba and len(ba) == len(self.accuracy) else None
+
+    def metric(self, name: str) -> float | None:
+        """overall_accuracy, macro_f1, balanced_accuracy, or <field>_<metric>."""
+        if name in ("overall_accuracy", "accuracy"):
+            return self.overall
+        if name == "macro_f1":
+            return self.mean_macro_f1
+        if name == "balanced_accuracy":
+            return self.mean_balanced_accuracy
+        for suffix, per_field in (("_balanced_accuracy", self.balanced_accuracy), ("_macro_f1", self.macro_f1),
+                                  ("_accuracy", self.accuracy)):
+            if name.endswith(suffix):
+                return per_field.get(name[: -len(suffix)])
+        return None
+
+    def single_label(self) -> dict[str, str]:
+        """Fields whose predictions are all one label (from the confusion matrices)."""
+        out = {}
+        for f, c in self.confusion.items():
+            cols = [sum(row[j] for row in c["matrix"]) for j in range(len(c["labels"]))]
+            used = [c["labels"][j] for j, n in enumerate(cols) if n]
+            if len(used) == 1:
+                out[f] = used[0]
+        return out
 
 
 # (record attribute, user attr) for plain values, written and read as they are.
@@ -89,6 +117,14 @@ _PLAIN = (
     ("interrupted", "interrupted"),
     ("pruned_at_step", "pruned_at_step"),
     ("duplicate_of", "duplicate_of"),
+    ("validation_curve", "validation_curve"),
+    ("rung", "rung"),
+    ("rung_values", "rung_values"),
+    ("max_steps", "max_steps"),
+    ("warm_start_from", "warm_start_from"),
+    ("adapter_dir", "adapter_dir"),
+    ("adapter_sha256", "adapter_sha256"),
+    ("tracking", "tracking"),
 )
 
 
@@ -142,6 +178,22 @@ class TrialRecord:
     interrupted: str | None = None
     pruned_at_step: int | None = None
     duplicate_of: int | None = None
+    """Written by earlier versions when a sampler proposed a point again (no longer happens)."""
+    validation_curve: list[dict[str, Any]] | None = None
+    """Per validation point: point, step, fraction of training, accuracy, label_logprob."""
+    rung: int | None = None
+    """Successive halving: the last rung this configuration reached (0-based)."""
+    rung_values: dict[str, float] | None = None
+    """Successive halving: the study's prune_on metric at each rung reached ("0", "1", ...)."""
+    max_steps: int | None = None
+    """Optimizer steps of the whole training (optimizer_steps is where it stopped)."""
+    warm_start_from: str | None = None
+    """A copy of a finished trial of another study (study name and trial number)."""
+    adapter_dir: str | None = None
+    """Where the trained LoRA adapter was saved (final-adapter folder of the point)."""
+    adapter_sha256: str | None = None
+    tracking: dict[str, str] | None = None
+    """Tracker runs of this trial (tracker -> run name / log folder)."""
 
     # -- derived ---------------------------------------------------------------------
     @property
@@ -177,15 +229,17 @@ class TrialRecord:
         """The trial's point for people (floats shortened), else its number."""
         return short_point_key(self.params) if self.params else (self.point or f"trial {self.number}")
 
+    def scores(self, split: str) -> SplitScores | None:
+        return self.test if split == "test" else self.validation
+
     def objective_value(self, name: str, split: str) -> float | None:
         """The value of one of the study's objectives (study.objectives) on ``split``."""
-        if name == "overall_accuracy":
-            return self.split_overall(split)
-        if name.endswith("_accuracy"):
-            return self.accuracy(name[: -len("_accuracy")], split)
         if name == "eval_seconds_per_example":
             return self.eval_seconds_per_example
-        return getattr(self, name)
+        if name in ("peak_memory_mb", "trainable_params", "train_seconds"):
+            return getattr(self, name)
+        scores = self.scores(split)
+        return scores.metric(name) if scores else None
 
     # -- user attrs ------------------------------------------------------------------
     def to_user_attrs(self) -> dict[str, Any]:
@@ -227,8 +281,14 @@ def _split_attrs(s: SplitScores, prefix: str) -> dict[str, Any]:
             out[f"{prefix}{f}_macro_f1"] = s.macro_f1[f]
         if f in s.confusion:
             out[f"{prefix}{f}_confusion"] = s.confusion[f]
+        if f in s.balanced_accuracy:
+            out[f"{prefix}{f}_balanced_accuracy"] = s.balanced_accuracy[f]
         for metric, v in s.calibration.get(f, {}).items():
             out[f"{prefix}{f}_{metric}"] = v
+    for name, value in (("macro_f1", s.mean_macro_f1), ("balanced_accuracy", s.mean_balanced_accuracy),
+                        ("label_logprob", s.label_logprob)):
+        if value is not None:
+            out[f"{prefix}{name}"] = value
     names = ("eval_examples", "parse_failures", "invalid_labels", "exact_match_accuracy") if not prefix else (
         "examples", "parse_failures", "invalid_labels", "exact_match_accuracy")
     for name, value in zip(names, (s.n, s.parse_failures, s.invalid_labels or None, s.exact_match)):
@@ -256,4 +316,45 @@ def _read_split(ua: dict[str, Any], fields: list[str], prefix: str) -> SplitScor
         confusion=per_field("_confusion"),
         invalid_labels=ua.get(f"{prefix}invalid_labels") or {},
         calibration={f: c for f, c in calibration.items() if c},
+        balanced_accuracy=per_field("_balanced_accuracy"),
+        label_logprob=ua.get(f"{prefix}label_logprob"),
     )
+
+
+# -- the study -----------------------------------------------------------------------------
+@dataclass
+class StudyMeta:
+    """What optuna-search stores on a study (its user attrs): what makes its trials
+    comparable, fixed when it is created. Read with :meth:`from_user_attrs`; written only
+    through ``storage._records.write_meta``."""
+
+    config: dict[str, Any] | None = None
+    """The resolved config, password masked."""
+    config_toml: str | None = None
+    eval_subset: list[dict[str, str]] | None = None
+    """The fixed test examples: ids and SHA-256 of each."""
+    validation_subset: list[dict[str, str]] | None = None
+    baselines: dict[str, dict[str, float]] | None = None
+    """Per baseline, on the test subset: accuracy per field, overall, and the F1 metrics."""
+    baseline_predictions: dict[str, dict[str, dict[str, str]]] | None = None
+    validation_baselines: dict[str, dict[str, float]] | None = None
+    grid_size: int | None = None
+    ensembles: list[dict[str, Any]] | None = None
+    halving: dict[str, Any] | None = None
+    """Successive halving: the promotions decided at each rung (decided once)."""
+    data_digest: dict[str, str] | None = None
+    """SHA-256 of the training, validation and test files when the study was created."""
+    warm_start: dict[str, Any] | None = None
+    """Where the warm-start trials came from."""
+    labels: dict[str, list[str]] | None = None
+    """Each field's label set, in the order trials score them (what `predict` needs)."""
+
+    @classmethod
+    def from_user_attrs(cls, ua: dict[str, Any]) -> "StudyMeta":
+        return cls(**{f.name: ua.get(f.name) for f in dataclasses.fields(cls)})
+
+    def to_user_attrs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+STUDY_ATTRS = tuple(f.name for f in dataclasses.fields(StudyMeta))

@@ -6,6 +6,6 @@ from optuna_search.dashboards._report import (
     render_markdown,
     write_report,
 )
-from optuna_search.dashboards._summary import render_summary, summary_rows
+from optuna_search.dashboards._summary import SummaryRow, render_summary, summary_rows
 
-__all__ = ["collect_report", "render_markdown", "render_summary", "summary_rows", "write_report"]
+__all__ = ["SummaryRow", "collect_report", "render_markdown", "render_summary", "summary_rows", "write_report"]

@@ -14,6 +14,7 @@ later request hangs; a request that is slow to answer also held up all the other
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -33,10 +34,20 @@ def check_port(port: int) -> None:
         raise UserError(f"--port {port} is not a TCP port; use 1-65535 (e.g. 8080)")
 
 
+def check_host(host: str) -> None:
+    """The interface to bind must be an address or a name this machine resolves."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        raise UserError(f"--host {host!r} is not an address or a name this machine can resolve; use 127.0.0.1 "
+                        "(this machine only, the default) or 0.0.0.0 (every interface)") from None
+
+
 def serve_dashboard(study: Any, config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
     import optuna_dashboard
 
     check_port(port)
+    check_host(host)
     if host not in LOOPBACK:
         log.warning("dashboard bound to %s: anyone who can reach this machine can read and edit the study", host)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/dashboard"

@@ -1,138 +1,237 @@
-"""The study report: data first (``collect_report``, testable), then Markdown and a
-self-contained HTML file with plotly charts (``_figures``).
+"""The study report: data first (``collect_report``, testable dataclasses), then Markdown
+(``_render``) and a self-contained HTML file with plotly charts (``_figures``).
 
 It fills the tables of the original study plan (performance summary with baselines,
 training loss per epoch, overfitting analysis, inference speed) and adds what a search
-needs: test and validation side by side, calibration when labels were scored, the
-Pareto front of a multi-objective study, ensembles stored on the study, and exact
-McNemar tests. The recommendation applies the plan's criteria in order (the objective,
-then the first label field - severity in the flagship study -, then the overfitting
-signal, then inference speed) and says plainly when the best is not significantly better
-than the others, a baseline, or an ensemble.
+needs: test and validation side by side, macro-F1 and balanced accuracy (which see
+through a model that answers the majority label), calibration when labels were scored,
+whether the early validation points predict the end (Spearman's rho), the Pareto front,
+ensembles, parameter importances, and exact McNemar tests with Holm's correction for
+the many comparisons. The recommendation applies the plan's criteria in order (the
+objective, then the first label field - severity in the flagship study -, then the
+overfitting signal, then inference speed) and says plainly when the best is not
+significantly better than the others, a baseline, or an ensemble.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import TrialRecord, UserError
-from optuna_search.core._record import (
-    ATTR_BASELINE_PREDICTIONS,
-    ATTR_BASELINES,
-    ATTR_CONFIG,
-    ATTR_ENSEMBLES,
-    ATTR_EVAL_SUBSET,
-    ATTR_VALIDATION_BASELINES,
-)
+from optuna_search.core import Config, TrialRecord, UserError
+from optuna_search.core._record import StudyMeta
 from optuna_search.dashboards._figures import build_figures
 from optuna_search.dashboards._render import render_markdown
 from optuna_search.objectives._ensemble import correctness
 from optuna_search.objectives._metrics import Prediction
-from optuna_search.objectives._stats import (
-    mcnemar_exact,
-    reliability_bins,
-    wilson_interval,
-)
+from optuna_search.objectives._stats import ALPHA, holm, mcnemar_exact, reliability_bins, wilson_interval
 from optuna_search.storage._artifacts import read_records
+
+if TYPE_CHECKING:
+    import optuna
 
 # Choosing the best of more trials than this on the test examples inflates its score.
 OPTIMISM_TRIALS = 3
+# Spearman's rho between early and final validation needs this many configurations.
+MIN_FOR_RHO = 4
 
 
-def load_predictions(store, record: TrialRecord, split: str = "test") -> dict[str, Prediction] | None:
+def load_predictions(store: Any, record: TrialRecord, split: str = "test") -> dict[str, Prediction] | None:
     """A trial's stored predictions on one split, by example id (None if unavailable)."""
     artifact = record.predictions_artifact_id if split == "test" else record.validation_predictions_artifact_id
     rows = read_records(store, artifact)
     return None if rows is None else {r["id"]: Prediction.from_record(r) for r in rows}
 
 
-def collect_report(study, artifact_store=None) -> dict[str, Any]:
-    cfg = study.user_attrs.get(ATTR_CONFIG) or {}
-    fields = list(cfg.get("data", {}).get("fields") or ["severity", "component", "reproducibility"])
-    split = cfg.get("eval", {}).get("objective_split", "test")
-    objectives = cfg.get("study", {}).get("objectives") or ["overall_accuracy"]
-    ids = [s["id"] for s in study.user_attrs.get(ATTR_EVAL_SUBSET) or []]
+@dataclass
+class ReportRow:
+    """One trial in the report; the score fields are set for COMPLETE trials only."""
+
+    trial: int
+    config: str
+    state: str
+    record: TrialRecord
+    accuracy: dict[str, float] = field(default_factory=dict)
+    ci95: dict[str, list[float]] = field(default_factory=dict)
+    macro_f1: dict[str, float] = field(default_factory=dict)
+    balanced_accuracy: dict[str, float] = field(default_factory=dict)
+    validation_accuracy: dict[str, float | None] = field(default_factory=dict)
+    overall: float | None = None
+    objective: float | None = None
+    """The study's first objective on the objective's split."""
+    exact_match: float | None = None
+    gap: float | None = None
+    eval_loss_rising: bool = False
+    single_label: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "COMPLETE" and self.record.duplicate_of is None and self.overall is not None
+
+    @property
+    def validation(self) -> float | None:
+        return self.record.split_overall("validation")
+
+    @property
+    def train_losses(self) -> list[float]:
+        return self.record.train_loss_per_epoch or []
+
+    @property
+    def eval_losses(self) -> list[float]:
+        return self.record.eval_loss_per_epoch or []
+
+
+@dataclass
+class Test:
+    only_a: int
+    only_b: int
+    p: float
+    p_holm: float | None = None
+    """Holm-adjusted over the family of comparisons it belongs to."""
+
+    @property
+    def significant(self) -> bool:
+        return (self.p_holm if self.p_holm is not None else self.p) < ALPHA
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    tests: dict[str, Test]
+    """Per field and "overall" (all fields right)."""
+
+
+@dataclass
+class EarlySignal:
+    """Does a validation point predict the final validation accuracy? (Spearman)"""
+
+    point: int
+    fraction: float | None
+    metric: str
+    rho: float
+    p: float
+    n: int
+
+
+@dataclass
+class Report:
+    study: str
+    config: Config
+    n_eval: int
+    rows: list[ReportRow]
+    baselines: dict[str, dict[str, float]]
+    validation_baselines: dict[str, dict[str, float]]
+    comparisons: list[Comparison]
+    best: ReportRow | None
+    best_vs_baselines: list[Comparison]
+    front: list[ReportRow]
+    ensembles: list[dict[str, Any]]
+    reliability: dict[str, dict[str, list[dict[str, float]]]]
+    early_signal: list[EarlySignal]
+    importances: dict[str, float] | None
+    importance_note: str
+    recommendation: list[str]
+    generated: str
+    majority_labels: dict[str, str]
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.config.data.fields)
+
+    @property
+    def split(self) -> str:
+        return self.config.eval.objective_split
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.config.study.objectives)
+
+    @property
+    def demo(self) -> bool:
+        return self.config.model.name_or_path.startswith("builtin:tiny")
+
+    @property
+    def complete(self) -> list[ReportRow]:
+        return [r for r in self.rows if r.complete]
+
+    @property
+    def optimistic(self) -> bool:
+        return self.split == "test" and len(self.complete) > OPTIMISM_TRIALS
+
+
+def collect_report(study: "optuna.Study", config: Config, artifact_store: Any = None) -> Report:
+    fields = list(config.data.fields)
+    meta = StudyMeta.from_user_attrs(study.user_attrs)
+    ids = [s["id"] for s in meta.eval_subset or []]
     records = [TrialRecord.from_trial(t, fields) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
-    rows = [_row(r, fields) for r in records]
-    _check_same_examples([row for row in rows if row["state"] == "COMPLETE"])
-    complete = [row for row in rows if row["state"] == "COMPLETE" and row.get("duplicate_of") is None and row.get("overall") is not None]
-    correct, gold, reliability = _correctness(artifact_store, records, complete, ids, fields)
-    base_correct = _baseline_correctness(study.user_attrs.get(ATTR_BASELINE_PREDICTIONS) or {}, gold, ids, fields)
-    comparisons = [_compare(a["config"], b["config"], correct[a["trial"]], correct[b["trial"]], fields)
-                   for a in complete for b in complete if a["trial"] < b["trial"] and a["trial"] in correct and b["trial"] in correct]
-    multi = len(objectives) > 1
-    front = _front(study, complete) if multi else []
-    best = _choose_best(complete, fields, split)
-    baselines = study.user_attrs.get(ATTR_BASELINES) or {}
-    vs_baselines = [_compare(best["config"], f"baseline: {name}", correct[best["trial"]], bc, fields)
-                    for name, bc in base_correct.items()] if best is not None and best["trial"] in correct else []
-    ensembles = study.user_attrs.get(ATTR_ENSEMBLES) or []
-    return {
-        "study": study.study_name, "fields": fields, "n_eval": len(ids), "split": split, "objectives": objectives,
-        "sampler": cfg.get("study", {}).get("sampler", "grid"), "method": cfg.get("eval", {}).get("method", "generate"),
-        "model": cfg.get("model", {}).get("name_or_path"),
-        "demo": str(cfg.get("model", {}).get("name_or_path", "")).startswith("builtin:tiny"),
-        "rows": rows, "baselines": baselines, "validation_baselines": study.user_attrs.get(ATTR_VALIDATION_BASELINES) or {},
-        "comparisons": comparisons, "best": best, "best_vs_baselines": vs_baselines, "front": front,
-        "ensembles": ensembles, "reliability": reliability,
-        "optimistic": split == "test" and len(complete) > OPTIMISM_TRIALS,
-        "recommendation": _recommend(best, complete, comparisons, vs_baselines, fields, baselines, front, ensembles, split),
-        "generated": dt.datetime.now().isoformat(timespec="seconds"),
-    }
+    rows = [_row(r, fields, config) for r in records]
+    _check_same_examples([r for r in rows if r.state == "COMPLETE"])
+    complete = [r for r in rows if r.complete]
+    correct, gold, reliability = _correctness(artifact_store, complete, ids, fields)
+    base_correct = _baseline_correctness(meta.baseline_predictions or {}, gold, ids, fields)
+    comparisons = _holm_family([_compare(a.config, b.config, correct[a.trial], correct[b.trial], fields)
+                                for a in complete for b in complete if a.trial < b.trial and a.trial in correct and b.trial in correct], fields)
+    front = _front(study, complete) if len(config.study.objectives) > 1 else []
+    best = _choose_best(complete, fields, config.eval.objective_split)
+    baselines = meta.baselines or {}
+    vs_baselines = [_compare(best.config, f"baseline: {name}", correct[best.trial], bc, fields)
+                    for name, bc in base_correct.items()] if best is not None and best.trial in correct else []
+    ensembles = meta.ensembles or []
+    importances, importance_note = _importances(study, config, complete)
+    majority = {f: lab for f, lab in next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {}).items()}
+    rep = Report(
+        study=study.study_name, config=config, n_eval=len(ids), rows=rows, baselines=baselines,
+        validation_baselines=meta.validation_baselines or {}, comparisons=comparisons, best=best,
+        best_vs_baselines=vs_baselines, front=front, ensembles=ensembles, reliability=reliability,
+        early_signal=early_signal(complete, config), importances=importances, importance_note=importance_note,
+        recommendation=[], generated=dt.datetime.now().isoformat(timespec="seconds"), majority_labels=majority,
+    )
+    rep.recommendation = _recommend(rep)
+    return rep
 
 
-def _row(r: TrialRecord, fields: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "trial": r.number, "config": r.label, "state": r.state, "lora_r": r.params.get("lora_r"), "lora_alpha": r.lora_alpha,
-        "error": r.error, "duplicate_of": r.duplicate_of, "pruned_at": r.pruned_at_step, "values": r.values,
-        "start": r.datetime_start.isoformat() if r.datetime_start else None,
-        "end": r.datetime_complete.isoformat() if r.datetime_complete else None,
-        "validation_curve": r.validation_accuracy_curve or [], "optimizer_steps": r.optimizer_steps,
-        "minutes": r.minutes, "validation": r.split_overall("validation"), "eval_ids_sha256": r.eval_ids_sha256,
-    }
+def _row(r: TrialRecord, fields: list[str], config: Config) -> ReportRow:
+    row = ReportRow(r.number or 0, r.label, r.state or "", r)
     if r.state != "COMPLETE" or r.test is None:
         return row
     t = r.test
-    for f in fields:
-        row[f] = t.accuracy.get(f)
-        row[f + "_ci95"] = t.ci95.get(f) or (list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) if t.n else None)
-        row[f + "_macro_f1"] = t.macro_f1.get(f)
-        row[f + "_validation"] = r.accuracy(f, "validation")
+    row.accuracy = dict(t.accuracy)
+    row.ci95 = {f: t.ci95.get(f) or list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) for f in fields} if t.n else {}
+    row.macro_f1, row.balanced_accuracy = dict(t.macro_f1), dict(t.balanced_accuracy)
+    row.validation_accuracy = {f: r.accuracy(f, "validation") for f in fields}
+    row.overall, row.exact_match = t.overall, t.exact_match
+    row.objective = r.objective_value(config.study.objectives[0], config.eval.objective_split)
     tl, el = r.train_loss_per_epoch or [], r.eval_loss_per_epoch or []
-    row.update(
-        overall=t.overall, exact_match=t.exact_match, calibration=t.calibration,
-        train_loss_per_epoch=tl, eval_loss_per_epoch=el,
-        final_train_loss=tl[-1] if tl else None, final_eval_loss=el[-1] if el else None,
-        gap=(el[-1] - tl[-1]) if tl and el else None, eval_loss_rising=bool(len(el) >= 2 and el[-1] > min(el[:-1])),
-        trainable_params=r.trainable_params, examples_per_second=r.eval_examples_per_second,
-        eval_seconds_per_example=r.eval_seconds_per_example, peak_memory_mb=r.peak_memory_mb, train_seconds=r.train_seconds,
-        parse_failures=t.parse_failures, artifact=r.predictions_artifact_id,
-    )
+    row.gap = (el[-1] - tl[-1]) if tl and el else None
+    row.eval_loss_rising = bool(len(el) >= 2 and el[-1] > min(el[:-1]))
+    row.single_label = t.single_label()
     return row
 
 
-def _check_same_examples(complete: list[dict[str, Any]]) -> None:
-    if len({r["eval_ids_sha256"] for r in complete if r.get("eval_ids_sha256")}) > 1:
+def _check_same_examples(rows: list[ReportRow]) -> None:
+    if len({r.record.eval_ids_sha256 for r in rows if r.record.eval_ids_sha256}) > 1:
         raise UserError("the study's trials were evaluated on different example sets; their accuracies are not "
                         "comparable. Start a new study for the new evaluation set")
 
 
-def _correctness(store, records: list[TrialRecord], complete: list[dict[str, Any]], ids: list[str], fields: list[str]):
+def _correctness(store: Any, complete: list[ReportRow], ids: list[str], fields: list[str]):
     """Per trial, whether each test example is right (per field and all fields), the
     gold labels, and reliability-diagram bins per trial and field (label scoring)."""
-    by_number = {r.number: r for r in records}
     correct, gold, reliability = {}, None, {}
     for row in complete:
-        preds = load_predictions(store, by_number[row["trial"]])
+        preds = load_predictions(store, row.record)
         if preds is None or [i for i in ids if i in preds] != ids:
             continue
-        correct[row["trial"]] = correctness(preds, ids, fields)
+        correct[row.trial] = correctness(preds, ids, fields)
         gold = gold or {i: preds[i].gold for i in ids}
         if all(preds[i].probs is not None for i in ids):
-            reliability[row["config"]] = {f: reliability_bins([preds[i].gold[f] for i in ids], [preds[i].probs[f] for i in ids]) for f in fields}
+            reliability[row.config] = {f: reliability_bins([preds[i].gold[f] for i in ids], [preds[i].probs[f] for i in ids])
+                                       for f in fields}
     return correct, gold, reliability
 
 
@@ -145,126 +244,221 @@ def _baseline_correctness(baseline_preds: dict[str, Any], gold, ids: list[str], 
     return out
 
 
-def _compare(name_a: str, name_b: str, a: dict[str, list[bool]], b: dict[str, list[bool]], fields: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"a": name_a, "b": name_b}
+def _compare(name_a: str, name_b: str, a: dict[str, list[bool]], b: dict[str, list[bool]], fields: list[str]) -> Comparison:
+    tests = {}
     for f in fields + ["overall"]:
         m = mcnemar_exact(a[f], b[f])
-        out[f] = {"only_a": m.only_a, "only_b": m.only_b, "p": m.p_value, "significant": m.significant}
-    return out
+        tests[f] = Test(m.only_a, m.only_b, m.p_value)
+    return Comparison(name_a, name_b, tests)
 
 
-def _front(study, complete: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _holm_family(comparisons: list[Comparison], fields: list[str]) -> list[Comparison]:
+    """Holm's correction per column over all pairwise comparisons of configurations: with
+    k configurations there are k(k-1)/2 tests, and one of them is 'significant' by luck
+    far more often than 5% of the time."""
+    for f in fields + ["overall"]:
+        adjusted = holm([c.tests[f].p for c in comparisons])
+        for c, p in zip(comparisons, adjusted):
+            c.tests[f].p_holm = p
+    return comparisons
+
+
+def _front(study: "optuna.Study", complete: list[ReportRow]) -> list[ReportRow]:
     numbers = {t.number for t in study.best_trials}
-    return [r for r in complete if r["trial"] in numbers]
+    return [r for r in complete if r.trial in numbers]
 
 
-def _choose_best(complete: list[dict[str, Any]], fields: list[str], split: str) -> dict[str, Any] | None:
-    """The plan's criteria, in order: overall accuracy on the objective's split, the
-    first label field's accuracy (severity in the flagship study), the smaller
-    train/eval gap (less overfitting), faster inference."""
+def _choose_best(complete: list[ReportRow], fields: list[str], split: str) -> ReportRow | None:
+    """The plan's criteria, in order: the study's objective on its split, the first
+    label field's accuracy on that split (severity in the flagship study), the smaller
+    train/eval gap (less overfitting), faster inference; then the earlier trial."""
     if not complete:
         return None
 
-    def key(r):
-        gap = r.get("gap")
-        primary = (r.get("validation") if split == "validation" else r.get("overall")) or 0.0
-        first = (r.get(fields[0] + "_validation") if split == "validation" else r.get(fields[0])) or 0.0
-        return (primary, first, -(gap if gap is not None else math.inf), r.get("examples_per_second") or 0.0)
+    def key(r: ReportRow):
+        return (r.objective or 0.0, r.record.accuracy(fields[0], split) or 0.0, -(r.gap if r.gap is not None else math.inf),
+                r.record.eval_examples_per_second or 0.0, -r.trial)
 
     return max(complete, key=key)
 
 
-def _recommend(best, complete, comparisons, vs_baselines, fields, baselines, front, ensembles, split) -> list[str]:
+def early_signal(complete: list[ReportRow], config: Config) -> list[EarlySignal]:
+    """Per validation point: Spearman's rho between the accuracy (and the label
+    log-probability) there and the final validation accuracy, over the finished
+    configurations: the evidence that early points predict the end, or that they do not."""
+    from scipy.stats import spearmanr
+
+    finals = {r.trial: r.validation for r in complete if r.validation is not None and r.record.validation_curve}
+    if len(finals) < MIN_FOR_RHO:
+        return []
+    by_point: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    fraction: dict[int, float] = {}
+    for r in complete:
+        if r.trial not in finals:
+            continue
+        for vp in r.record.validation_curve or []:
+            fraction[vp["point"]] = vp.get("fraction")
+            for metric in ("accuracy", "label_logprob"):
+                if vp.get(metric) is not None:
+                    by_point.setdefault(vp["point"], {}).setdefault(metric, []).append((vp[metric], finals[r.trial]))
+    out = []
+    for point in sorted(by_point):
+        for metric, pairs in by_point[point].items():
+            if len(pairs) < MIN_FOR_RHO or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+                continue
+            res = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+            out.append(EarlySignal(point, fraction.get(point), metric, float(res.statistic), float(res.pvalue), len(pairs)))
+    return out
+
+
+def _importances(study: "optuna.Study", config: Config, complete: list[ReportRow]) -> tuple[dict[str, float] | None, str]:
+    """fANOVA parameter importances (Optuna's) for the first objective, where they mean
+    something: two or more searched hyperparameters that vary, four or more finished trials."""
+    varied = [k for k in config.searched_keys() if len({str(r.record.params.get(k)) for r in complete}) > 1]
+    if len(varied) < 2 or len(complete) < 4:
+        return None, (f"parameter importances need at least 2 varied hyperparameters and 4 complete trials "
+                      f"(this study: {len(varied)} and {len(complete)})")
+    import optuna
+
+    try:
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varied,
+            target=(lambda t: t.values[0]) if len(config.study.objectives) > 1 else None)
+    except (ValueError, RuntimeError) as e:
+        return None, f"parameter importances could not be computed: {e}"
+    return dict(imp), "fANOVA (Optuna), on the first objective"
+
+
+def compare_with_baselines(study: "optuna.Study", config: Config, store: Any, record: TrialRecord) -> dict[str, Comparison]:
+    """McNemar tests of one trial against each baseline on the study's test examples."""
+    fields = list(config.data.fields)
+    meta = StudyMeta.from_user_attrs(study.user_attrs)
+    ids = [s["id"] for s in meta.eval_subset or []]
+    preds = load_predictions(store, record)
+    if preds is None or [i for i in ids if i in preds] != ids:
+        return {}
+    mine = correctness(preds, ids, fields)
+    gold = {i: preds[i].gold for i in ids}
+    return {name: _compare(record.label, f"baseline: {name}", mine, bc, fields)
+            for name, bc in _baseline_correctness(meta.baseline_predictions or {}, gold, ids, fields).items()}
+
+
+def _recommend(rep: Report) -> list[str]:
+    best, fields = rep.best, rep.fields
     if best is None:
         return ["No configuration has a COMPLETE trial yet: nothing to recommend."]
     lines = []
-    if front:
+    if rep.front:
         lines.append("Pareto front (no trial is better on every objective): " + "; ".join(
-            f"**{r['config']}** ({_values_text(r)})" for r in front)
+            f"**{r.config}** ({', '.join(f'{v:.4g}' for v in r.record.values or [])})" for r in rep.front)
             + ". Choose along it by what matters more: the first objective (accuracy) or the costs after it.")
-    on = f"{split} " if split == "validation" else ""
+    on = f"{rep.split} " if rep.split == "validation" else ""
     lines.append(
-        f"Best by the plan's criteria (overall {on}accuracy, then {fields[0]}, then overfitting, then speed): "
-        f"**{best['config']}** with overall test accuracy {_pct(best['overall'])} ({fields[0]} {_pct(best.get(fields[0]))})"
-        + (f", validation {_pct(best.get('validation'))}" if best.get("validation") is not None else "") + ".")
-    lines += _versus_others(best, complete, comparisons)
-    lines += _versus_baselines(best, vs_baselines, baselines, fields)
-    for e in ensembles:
-        better = e["overall"] > (best.get("overall") or 0)
+        f"Best by the plan's criteria ({rep.objectives[0]} on {on or 'test '}examples, then {fields[0]}, then overfitting, "
+        f"then speed): **{best.config}** with overall test accuracy {_pct(best.overall)} ({fields[0]} {_pct(best.accuracy.get(fields[0]))}"
+        + (f", macro-F1 {sum(best.macro_f1.values()) / len(best.macro_f1):.3f}" if best.macro_f1 else "") + ")"
+        + (f", validation {_pct(best.validation)}" if best.validation is not None else "") + ".")
+    lines += _versus_others(rep)
+    lines += _versus_baselines(rep)
+    for f, label in best.single_label.items():
+        maj = " (the majority label)" if rep.majority_labels.get(f) == label else ""
+        lines.append(f"WARNING: on {f} it answers `{label}`{maj} for every example: its {f} accuracy is that label's "
+                     "share, and it has learned nothing there (macro-F1 shows it).")
+    for e in rep.ensembles:
+        better = e["overall"] > (best.overall or 0)
         lines.append(
             f"Ensemble of {', '.join(e['members'])} ({e['method']} voting): {_pct(e['overall'])} vs best single "
             f"{_pct(e['best_single_overall'])}, McNemar p = {e['p_vs_best']:.2g}"
-            + ("" if e["p_vs_best"] < 0.05 else " (not significant)")
+            + ("" if e["p_vs_best"] < ALPHA else " (not significant)")
             + f". It costs {len(e['members'])} adapters to serve and {len(e['members'])} forward passes per example"
             + ("; worth it only if the gain holds on new data" if better else "; the single best trial is the better deal")
             + f" (members chosen on {e['chosen_on']}).")
-    if best.get("eval_loss_rising"):
+    if best.eval_loss_rising:
         lines.append("Its validation loss rose in the last epoch: a sign of overfitting; fewer epochs may do as well.")
+    if best.record.adapter_dir:
+        lines.append(f"Its adapter: `{best.record.adapter_dir}`; a standalone model folder: "
+                     f"`optuna-search export-model --trial {best.trial} --output DIR`.")
     return lines
 
 
-def _versus_others(best, complete, comparisons) -> list[str]:
-    ties = [(c["b"] if c["a"] == best["config"] else c["a"], c["overall"]["p"]) for c in comparisons
-            if best["config"] in (c["a"], c["b"]) and not c["overall"]["significant"]]
-    if len(complete) <= 1:
+def _versus_others(rep: Report) -> list[str]:
+    best = rep.best
+    assert best is not None
+    if len(rep.complete) <= 1:
         return []
+    # The family for "better than every other": the best against each other configuration.
+    family = [c for c in rep.comparisons if best.config in (c.a, c.b)]
+    ties = []
+    for c, p_holm in zip(family, holm([c.tests["overall"].p for c in family])):
+        if p_holm >= ALPHA or _worse(best, c):
+            ties.append((c.b if c.a == best.config else c.a, c.tests["overall"].p, p_holm))
     if ties:
-        return ["It is NOT significantly better than " + ", ".join(f"{o} (McNemar p = {p:.2f})" for o, p in ties)
+        return ["It is NOT significantly better than " + ", ".join(
+                    f"{o} (McNemar p = {p:.2f}, Holm-adjusted {ph:.2f})" for o, p, ph in ties)
                 + " on these examples: the difference may be noise. Among configurations within noise of the best, "
                 "the smallest rank is the cheapest to train and serve."]
-    return ["It is significantly better (McNemar p < 0.05, examples with all fields right) than every other configuration."]
+    return [f"It is significantly better than every other configuration (McNemar on all fields right, Holm-adjusted "
+            f"p < {ALPHA} over the {len(family)} comparisons)."]
 
 
-def _versus_baselines(best, vs_baselines, baselines, fields) -> list[str]:
-    lines = []
-    for c in vs_baselines:
-        name = c["b"].replace("baseline: ", "")
-        acc = baselines.get(name, {}).get("overall")
-        if best["overall"] is not None and acc is not None and best["overall"] <= acc:
+def _worse(best: ReportRow, c: Comparison) -> bool:
+    t = c.tests["overall"]
+    mine, theirs = (t.only_a, t.only_b) if c.a == best.config else (t.only_b, t.only_a)
+    return mine <= theirs
+
+
+def _versus_baselines(rep: Report) -> list[str]:
+    best, lines = rep.best, []
+    assert best is not None
+    for c in rep.best_vs_baselines:
+        name = c.b.replace("baseline: ", "")
+        acc = rep.baselines.get(name, {}).get("overall")
+        t = c.tests["overall"]
+        if best.overall is not None and acc is not None and best.overall <= acc:
             lines.append(f"WARNING: it does not beat the {name} baseline ({_pct(acc)} overall).")
-        elif c["overall"]["significant"]:
-            lines.append(f"It beats the {name} baseline ({_pct(acc)} overall) significantly (p = {c['overall']['p']:.3g}).")
+        elif t.significant:
+            lines.append(f"It beats the {name} baseline ({_pct(acc)} overall) significantly (p = {t.p:.3g}).")
         else:
-            lines.append(f"It is above the {name} baseline ({_pct(acc)} overall) but NOT significantly (p = {c['overall']['p']:.2f}).")
-    for f in fields:
-        for c in vs_baselines:
-            if c[f]["significant"] and c[f]["only_b"] > c[f]["only_a"]:
-                lines.append(f"On {f} it is significantly worse than {c['b']}.")
+            lines.append(f"It is above the {name} baseline ({_pct(acc)} overall) but NOT significantly (p = {t.p:.2f}).")
+    for f in rep.fields:
+        for c in rep.best_vs_baselines:
+            if c.tests[f].significant and c.tests[f].only_b > c.tests[f].only_a:
+                lines.append(f"On {f} it is significantly worse than {c.b}.")
     return lines
 
 
-def _values_text(r: dict[str, Any]) -> str:
-    return ", ".join(f"{v:.4g}" for v in r.get("values") or [])
-
-
-def _pct(v) -> str:
+def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def render_html(rep: dict[str, Any], markdown_text: str) -> str:
-    import html
-
-    figs = build_figures(rep)
+def render_html(rep: Report, markdown_text: str, study: "optuna.Study | None" = None) -> str:
+    figs = build_figures(rep, study)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs)]
     return (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>Study report: {html.escape(rep['study'])}</title>"
+        f"<title>Study report: {html.escape(rep.study)}</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto} pre{white-space:pre-wrap}</style>"
         "</head><body>\n"
-        f"<h1>Study report: {html.escape(rep['study'])}</h1>\n"
+        f"<h1>Study report: {html.escape(rep.study)}</h1>\n"
         + "\n".join(f"<div class='chart'>{p}</div>" for p in parts)
         + f"\n<h2>Tables</h2>\n<pre>{html.escape(markdown_text)}</pre>\n</body></html>\n"
     )
 
 
-def write_report(rep: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(rep: Report, out_dir: str | Path, study: "optuna.Study | None" = None) -> tuple[Path, Path]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output '{out}' is a file; the report is a directory (report.md, report.html): give a "
+                        "directory path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the report directory '{out}' ({e.strerror}); choose another --output") from None
     md = render_markdown(rep)
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(md, encoding="utf-8")
-    html_path.write_text(render_html(rep, md), encoding="utf-8")
+    html_path.write_text(render_html(rep, md, study), encoding="utf-8")
     return md_path, html_path
 
 
-__all__ = ["collect_report", "load_predictions", "render_markdown", "write_report"]
+__all__ = ["Report", "ReportRow", "collect_report", "load_predictions", "render_markdown", "write_report"]

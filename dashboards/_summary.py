@@ -4,9 +4,7 @@ rendered as text. Input: per point, its status and its trials' records."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
-
+from dataclasses import dataclass, field
 from optuna_search.core import TrialRecord
 from optuna_search.core._text import num, pct, render_table
 
@@ -21,9 +19,9 @@ class SummaryPoint:
 
     @property
     def finished(self) -> TrialRecord | None:
-        """The point's result: its COMPLETE trial, else its PRUNED one. A sampler that
-        proposes the point again gets a duplicate trial that only points at the original
-        (``duplicate_of``, no scores of its own): the original is the result."""
+        """The point's result: its COMPLETE trial, else its PRUNED one. Earlier versions
+        answered a sampler's repeated proposal with a duplicate trial that only points at
+        the original (``duplicate_of``, no scores of its own): the original is the result."""
         for state in ("COMPLETE", "PRUNED"):
             done = [r for r in self.records if r.state == state]
             if done:
@@ -32,66 +30,135 @@ class SummaryPoint:
 
     @property
     def repeats(self) -> int:
-        """How many times a sampler proposed the point again after it had run."""
+        """How many times a sampler proposed the point again after it had run (studies of
+        earlier versions; samplers no longer repeat points)."""
         return sum(r.duplicate_of is not None for r in self.records)
 
 
-def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "test") -> list[dict[str, Any]]:
-    """One row per point: its finished trial's numbers (test accuracy per field and
-    overall; ``value`` on the objective's split), or its status."""
+@dataclass
+class SummaryRow:
+    point: str
+    status: str
+    attempts: int
+    repeats: int = 0
+    trial: int | None = None
+    lora_alpha: float | None = None
+    accuracy: dict[str, float | None] = field(default_factory=dict)
+    """Test accuracy per field."""
+    overall: float | None = None
+    """Overall test accuracy."""
+    macro_f1: float | None = None
+    """Mean test macro-F1 over the fields."""
+    value: float | None = None
+    """The study's first objective on its split (what chose the best)."""
+    validation: float | None = None
+    """Overall validation accuracy."""
+    values: list[float] | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    trainable_params: int | None = None
+    minutes: float | None = None
+    parse_failures: int | None = None
+    pruned_at: int | None = None
+    rung: int | None = None
+    error: str | None = None
+    single_label: dict[str, str] = field(default_factory=dict)
+    """Fields whose test predictions are all one label."""
+    adapter_dir: str | None = None
+
+
+def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "test",
+                 objective: str = "overall_accuracy") -> list[SummaryRow]:
+    """One row per point: its finished trial's numbers (test scores per field and
+    overall; ``value``: the first objective on the objective's split), or its status."""
     rows = []
     for p in points:
-        row: dict[str, Any] = {"point": p.key, "status": p.status, "attempts": len(p.records) - p.repeats, "repeats": p.repeats}
+        row = SummaryRow(p.key, p.status, len(p.records) - p.repeats, p.repeats)
         r = p.finished
         if r is not None:
-            row.update(
-                trial=r.number, lora_alpha=r.lora_alpha, overall=r.overall, value=r.split_overall(split),
-                validation=r.split_overall("validation"), values=r.values,
-                **{f: r.accuracy(f) for f in fields},
-                train_loss=(r.train_loss_per_epoch or [None])[-1], eval_loss=(r.eval_loss_per_epoch or [None])[-1],
-                trainable_params=r.trainable_params, minutes=r.minutes, parse_failures=(r.test.parse_failures if r.test else None),
-                pruned_at=r.pruned_at_step,
-            )
-        elif p.records and p.records[-1].error:
-            row["error"] = p.records[-1].error
+            row.trial, row.lora_alpha, row.values = r.number, r.lora_alpha, r.values
+            row.accuracy = {f: r.accuracy(f) for f in fields}
+            row.overall, row.validation = r.overall, r.split_overall("validation")
+            row.value = r.objective_value(objective, split)
+            row.macro_f1 = r.test.mean_macro_f1 if r.test else None
+            row.train_loss = (r.train_loss_per_epoch or [None])[-1]
+            row.eval_loss = (r.eval_loss_per_epoch or [None])[-1]
+            row.trainable_params, row.minutes = r.trainable_params, r.minutes
+            row.parse_failures = r.test.parse_failures if r.test else None
+            row.pruned_at, row.rung = r.pruned_at_step, r.rung
+            row.single_label = r.test.single_label() if r.test else {}
+            row.adapter_dir = r.adapter_dir
+        elif p.records:
+            row.error = p.records[-1].error
+            row.rung = max((x.rung for x in p.records if x.rung is not None), default=None)
         rows.append(row)
     return rows
 
 
-def render_summary(rows: list[dict[str, Any]], fields: list[str], baselines: dict[str, dict[str, float]] | None,
+def render_summary(rows: list[SummaryRow], fields: list[str], baselines: dict[str, dict[str, float]] | None,
                    grid: bool = True, validation_baselines: dict[str, dict[str, float]] | None = None) -> str:
     heads = ["grid point" if grid else "point", "alpha"] + [SHORT.get(f, f[:6]) for f in fields] + [
-        "overall", "val", "train_loss", "eval_loss", "trainable", "min", "status"]
+        "overall", "mF1", "val", "train_loss", "eval_loss", "trainable", "min", "status"]
     table = [heads]
     for r in rows:
-        status = r["status"] + (f" at {r['pruned_at']}" if r.get("pruned_at") else "") + (
-            f" (proposed again {r['repeats']}x)" if r.get("repeats") else "")
+        status = r.status + (f" at {r.pruned_at}" if r.pruned_at else "") + (
+            f" at rung {r.rung + 1}" if r.status in ("pruned", "paused") and r.rung is not None and not r.pruned_at else "") + (
+            f" (proposed again {r.repeats}x)" if r.repeats else "")
         table.append(
-            [r["point"], num(r.get("lora_alpha"), "g")] + [pct(r.get(f)) for f in fields]
-            + [pct(r.get("overall")), pct(r.get("validation")), num(r.get("train_loss"), ".4f"), num(r.get("eval_loss"), ".4f"),
-               num(r.get("trainable_params"), ","), num(r.get("minutes"), ".1f"), status]
+            [r.point, num(r.lora_alpha, "g")] + [pct(r.accuracy.get(f)) for f in fields]
+            + [pct(r.overall), num(r.macro_f1, ".3f"), pct(r.validation), num(r.train_loss, ".4f"), num(r.eval_loss, ".4f"),
+               num(r.trainable_params, ","), num(r.minutes, ".1f"), status]
         )
     for name, b in (baselines or {}).items():
         val = (validation_baselines or {}).get(name, {}).get("overall")
-        table.append([f"baseline: {name}", "-"] + [pct(b.get(f)) for f in fields] + [pct(b.get("overall")),
-                                                                                      pct(val) if val is not None else "-"] + ["-"] * 5)
+        table.append([f"baseline: {name}", "-"] + [pct(b.get(f)) for f in fields]
+                     + [pct(b.get("overall")), num(b.get("macro_f1"), ".3f"), pct(val) if val is not None else "-"] + ["-"] * 5)
     return render_table(table)
 
 
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best COMPLETE row by the objective's value (ties: test overall)."""
-    done = [r for r in rows if r.get("status") == "complete" and r.get("value") is not None]
-    return max(done, key=lambda r: (r["value"], r.get("overall") or 0.0)) if done else None
+def best_row(rows: list[SummaryRow]) -> SummaryRow | None:
+    """The best COMPLETE row by the objective's value; ties go to the earlier trial, as
+    Optuna's ``best_trial`` breaks them (the test split never chooses anything when the
+    objective is on validation)."""
+    done = [r for r in rows if r.status == "complete" and r.value is not None]
+    return max(done, key=lambda r: (r.value, -(r.trial or 0))) if done else None
 
 
-def pareto_rows(rows: list[dict[str, Any]], front: set[int]) -> list[dict[str, Any]]:
+def pareto_rows(rows: list[SummaryRow], front: set[int]) -> list[SummaryRow]:
     """The rows of the Pareto front's trials (``study.best_trials``)."""
-    return [r for r in rows if r.get("trial") in front and r.get("status") == "complete"]
+    return [r for r in rows if r.trial in front and r.status == "complete"]
 
 
-def status_rows(points: list[SummaryPoint], n_target: int, grid: bool, split: str = "test",
-                front: list[str] | None = None) -> dict[str, Any]:
-    """Per point: state, attempts, value, resumed step; n of N, pruned, hours spent, ETA."""
+@dataclass
+class StatusRow:
+    point: str
+    status: str
+    attempts: int
+    value: float | None
+    resumed_from_step: int
+    note: str
+    rung: int | None = None
+
+
+@dataclass
+class StatusReport:
+    rows: list[StatusRow]
+    finished: int
+    total: int
+    grid: bool
+    pruned: int
+    best: StatusRow | None
+    hours_spent: float
+    eta_hours: float | None
+    split: str
+    front: list[str] | None = None
+    rungs: list[float] | None = None
+
+
+def status_report(points: list[SummaryPoint], n_target: int, grid: bool, split: str = "test", front: list[str] | None = None,
+                  rungs: list[float] | None = None, objective: str = "overall_accuracy") -> StatusReport:
+    """Per point: state, attempts, value, resumed step (and rung); n of N, pruned, hours
+    spent, ETA."""
     now = dt.datetime.now()
     rows, spent, durations = [], 0.0, []
     for p in points:
@@ -102,38 +169,40 @@ def status_rows(points: list[SummaryPoint], n_target: int, grid: bool, split: st
             if r.datetime_start is None:
                 continue
             spent += ((r.datetime_complete or now) - r.datetime_start).total_seconds()
-            if r.state == "COMPLETE" and r.datetime_complete and r.duplicate_of is None:  # a repeat costs nothing
+            if r.state == "COMPLETE" and r.datetime_complete and r.duplicate_of is None and r.warm_start_from is None:
                 durations.append((r.datetime_complete - r.datetime_start).total_seconds())
         note = ""
         if last is not None and best is None:
-            note = last.error or ("time budget" if last.stopped_by_time_budget else "") or ("interrupted" if last.state == "FAIL" else "")
-        rows.append({"point": p.key, "status": p.status, "attempts": len(p.records) - p.repeats,
-                     "value": best.split_overall(split) if best else None, "resumed_from_step": resumed, "note": note})
-    finished = sum(r.state in ("COMPLETE", "PRUNED") for p in points for r in p.records) if not grid else sum(
-        p.finished is not None for p in points)
+            note = last.error or ("time budget" if last.stopped_by_time_budget else "") or (
+                "interrupted" if last.state == "FAIL" else "")
+        if last is not None and last.warm_start_from:
+            note = f"warm start: {last.warm_start_from}"
+        rung = max((r.rung for r in p.records if r.rung is not None), default=None)
+        rows.append(StatusRow(p.key, p.status, len(p.records) - p.repeats,
+                              best.objective_value(objective, split) if best else None, resumed, note, rung))
+    finished = sum(p.finished is not None for p in points)
     left = max(0, n_target - finished)
     mean = sum(durations) / len(durations) if durations else None
-    done_rows = [r for r in rows if r["value"] is not None and r["status"] == "complete"]
-    return {
-        "points": rows, "finished": finished, "total": n_target, "grid": grid,
-        "pruned": sum(r.state == "PRUNED" for p in points for r in p.records),
-        "best": max(done_rows, key=lambda r: r["value"]) if done_rows else None,
-        "hours_spent": spent / 3600, "eta_hours": None if mean is None else left * mean / 3600, "split": split,
-        "front": front,
-    }
+    done_rows = [r for r in rows if r.value is not None and r.status == "complete"]
+    return StatusReport(
+        rows, finished, n_target, grid, sum(r.status == "pruned" for r in rows),
+        max(done_rows, key=lambda r: r.value) if done_rows else None,  # type: ignore[arg-type, return-value]
+        spent / 3600, None if mean is None else left * mean / 3600, split, front, rungs)
 
 
-def render_status(s: dict[str, Any], study_name: str) -> str:
-    rows = [["grid point" if s["grid"] else "point", "state", "attempts", "value", "resumed step", "note"]]
-    for p in s["points"]:
-        rows.append([p["point"], p["status"], str(p["attempts"]), pct(p["value"]), str(p["resumed_from_step"]), p["note"][:60]])
-    lines = [progress_line(study_name, s["finished"], s["total"], s["grid"], s["pruned"]), render_table(rows)]
-    if s["front"]:
-        lines.append(f"Pareto front: {'; '.join(s['front'])}")
-    elif s["best"] is not None:
-        lines.append(f"best so far: {s['best']['point']}, overall accuracy {pct(s['best']['value'])} on {s['split']}")
-    eta = "unknown until one trial completes" if s["eta_hours"] is None else f"{s['eta_hours']:.2f} h"
-    lines.append(f"time spent on trials: {s['hours_spent']:.2f} h; ETA for the rest (serial): {eta}")
+def render_status(s: StatusReport, study_name: str) -> str:
+    head = ["grid point" if s.grid else "point", "state", "attempts", "value", "resumed step"] + (["rung"] if s.rungs else []) + ["note"]
+    rows = [head]
+    for p in s.rows:
+        rung = [f"{p.rung + 1}/{len(s.rungs)} ({100 * s.rungs[p.rung]:.0f}%)" if p.rung is not None else "-"] if s.rungs else []
+        rows.append([p.point, p.status, str(p.attempts), pct(p.value), str(p.resumed_from_step)] + rung + [p.note[:60]])
+    lines = [progress_line(study_name, s.finished, s.total, s.grid, s.pruned), render_table(rows)]
+    if s.front:
+        lines.append(f"Pareto front: {'; '.join(s.front)}")
+    elif s.best is not None:
+        lines.append(f"best so far: {s.best.point}, {pct(s.best.value)} on {s.split}")
+    eta = "unknown until one trial completes" if s.eta_hours is None else f"{s.eta_hours:.2f} h"
+    lines.append(f"time spent on trials: {s.hours_spent:.2f} h; ETA for the rest (serial): {eta}")
     return "\n".join(lines)
 
 
@@ -141,3 +210,4 @@ def progress_line(study_name: str, finished: int, total: int, grid: bool, pruned
     """'study 'demo': 3/3 grid points complete' / '12/15 trials finished (2 pruned)'."""
     what = "grid points complete" if grid else "trials finished"
     return f"study {study_name!r}: {finished}/{total} {what}" + (f" ({pruned} pruned)" if pruned else "")
+

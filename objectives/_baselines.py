@@ -14,6 +14,7 @@ from collections import Counter
 from typing import Any
 
 from optuna_search.objectives._data import Example
+from optuna_search.objectives._stats import field_metrics
 
 
 def majority_predictions(train: list[Example], eval_examples: list[Example], fields: list[str]) -> dict[str, dict[str, str]]:
@@ -53,21 +54,29 @@ def tfidf_predictions(train: list[Example], eval_sets: dict[str, list[Example]],
     return out
 
 
-def accuracy_of(predictions: dict[str, dict[str, str]], eval_examples: list[Example], fields: list[str]) -> dict[str, float]:
-    acc = {f: sum(predictions[e.id][f] == e.labels[f] for e in eval_examples) / len(eval_examples) for f in fields}
-    acc["overall"] = sum(acc[f] for f in fields) / len(fields)
-    return acc
+def metrics_of(predictions: dict[str, dict[str, str]], eval_examples: list[Example], fields: list[str],
+               vocab: dict[str, list[str]]) -> dict[str, float]:
+    """Accuracy per field and overall (the mean), and the same F1 metrics as the trials':
+    ``<field>_macro_f1``, ``macro_f1``, ``<field>_balanced_accuracy``, ``balanced_accuracy``."""
+    out: dict[str, float] = {}
+    for f in fields:
+        m = field_metrics([e.labels[f] for e in eval_examples], [predictions[e.id][f] for e in eval_examples], vocab[f])
+        out[f], out[f"{f}_macro_f1"], out[f"{f}_balanced_accuracy"] = m["accuracy"], m["macro_f1"], m["balanced_accuracy"]
+    for name, key in (("overall", ""), ("macro_f1", "_macro_f1"), ("balanced_accuracy", "_balanced_accuracy")):
+        out[name] = sum(out[f + key] for f in fields) / len(fields)
+    return out
 
 
-def compute_baselines(train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str]) -> dict[str, Any]:
-    """Per evaluation set: {"accuracy": {name: {field: acc, "overall": acc}},
+def compute_baselines(train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str],
+                      vocab: dict[str, list[str]]) -> dict[str, Any]:
+    """Per evaluation set: {"metrics": {name: {field: acc, "overall": acc, ...F1s}},
     "predictions": {name: {id: {field: label}}}}."""
     tfidf = tfidf_predictions(train, eval_sets, fields)
     out = {}
     for set_name, examples in eval_sets.items():
         preds = {"majority": majority_predictions(train, examples, fields), "tfidf_logreg": tfidf[set_name]}
         out[set_name] = {
-            "accuracy": {name: accuracy_of(p, examples, fields) for name, p in preds.items()} if examples else {},
+            "metrics": {name: metrics_of(p, examples, fields, vocab) for name, p in preds.items()} if examples else {},
             "predictions": preds,
         }
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import UserError
+from optuna_search.core._files import file_sha256
 from optuna_search.objectives._demo_data import builtin_data_path
 
 SPLITS = ("train", "validation", "test")
@@ -138,9 +140,7 @@ def read_rows(path: Path, what: str) -> tuple[list[tuple[int, dict[str, Any]]], 
         raise UserError(f"{what} file '{path}' is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        # DictReader's line_num counts the header as line 1.
-        return [(i + 2, dict(row)) for i, row in enumerate(reader)], []
+        return _csv_rows(path, text)
     if suffix not in (".jsonl", ".json", ".ndjson"):
         raise UserError(f"{what} file '{path}' has extension '{suffix}'; use .jsonl or .csv")
     rows, problems = [], []
@@ -158,6 +158,28 @@ def read_rows(path: Path, what: str) -> tuple[list[tuple[int, dict[str, Any]]], 
         rows.append((lineno, row))
     if not rows and not problems:
         raise UserError(f"{what} file '{path}' has no rows; give a file with labelled examples")
+    return rows, problems
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    """Rows of a CSV file with the file line each starts on. The csv module reads the
+    file itself, so a quoted cell may hold newlines (spreadsheets and Python's csv
+    writer produce them)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows, problems, start = [], [], 2
+    try:
+        for row in reader:
+            if None in row:
+                problems.append(f"{path}:{start}: more cells than the header has columns")
+            elif any(v is None for v in row.values()):
+                problems.append(f"{path}:{start}: fewer cells than the header has columns")
+            else:
+                rows.append((start, dict(row)))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        problems.append(f"{path}:{reader.line_num}: malformed CSV ({e})")
+    if not rows and not problems:
+        raise UserError(f"file '{path}' has no rows; give a file with labelled examples")
     return rows, problems
 
 
@@ -296,7 +318,11 @@ def label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> tu
                 )
         for split in ("validation", "test"):
             counts = ds.splits[split].label_counts(f)
-            unseen = {k: v for k, v in counts.items() if k not in train_counts or k not in allowed}
+            if declared and f in declared:
+                outside = {k: v for k, v in counts.items() if k not in allowed}
+                if outside:
+                    problems.append(f"{f}: {split} has labels outside the declared set {allowed}: {_fmt_counts(outside)}")
+            unseen = {k: v for k, v in counts.items() if k not in train_counts and k in allowed}
             if unseen:
                 problems.append(
                     f"{f}: {split} has labels never seen in train: {_fmt_counts(unseen)} "
@@ -305,12 +331,14 @@ def label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> tu
     return vocab, problems
 
 
-def select_eval_subset(split: Split, num_samples: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[dict[str, str]]:
+def select_eval_subset(split: Split, num_samples: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
+                       *, stratify: bool = False, fields: list[str] | None = None) -> list[dict[str, str]]:
     """A fixed evaluation subset: ``num_samples`` examples of the split picked by
     ``seed`` (0 = all), leaving out the ids in ``exclude``, as ``{"id", "sha256"}``
-    records in file order."""
+    records in file order; stratified by the label combination when asked."""
     pool = [e for e in split.examples if e.id not in exclude]
-    return [{"id": e.id, "sha256": e.sha256} for e in sample_examples(pool, num_samples, seed)]
+    picked = stratified_sample(pool, num_samples, seed, fields or []) if stratify else sample_examples(pool, num_samples, seed)
+    return [{"id": e.id, "sha256": e.sha256} for e in picked]
 
 
 def sample_examples(examples: list[Example], n: int, seed: int) -> list[Example]:
@@ -318,6 +346,31 @@ def sample_examples(examples: list[Example], n: int, seed: int) -> list[Example]
     if n == 0 or n >= len(examples):
         return list(examples)
     return [examples[i] for i in sorted(random.Random(seed).sample(range(len(examples)), n))]
+
+
+def stratified_sample(examples: list[Example], n: int, seed: int, fields: list[str]) -> list[Example]:
+    """``n`` examples whose label combinations keep their shares in ``examples``
+    (scikit-learn's stratified split), so rare labels are present in a small subset.
+    Combinations too rare to split are pooled; when there are more combinations than
+    ``n`` can hold, the first field's labels stratify instead; in file order."""
+    if n == 0 or n >= len(examples):
+        return list(examples)
+    from sklearn.model_selection import train_test_split
+
+    index = list(range(len(examples)))
+    for key_fields in (fields, fields[:1]):
+        keys = [tuple(examples[i].labels[f] for f in key_fields) for i in index]
+        counts = Counter(keys)
+        keys = [k if counts[k] >= 2 else ("<rare>",) for k in keys]
+        if Counter(keys)[("<rare>",)] == 1:  # one rare example cannot be its own stratum
+            common = Counter(keys).most_common(1)[0][0]
+            keys = [common if k == ("<rare>",) else k for k in keys]
+        try:
+            chosen, _ = train_test_split(index, train_size=n, random_state=seed, stratify=keys)
+        except ValueError:
+            continue  # more strata than n examples: a coarser key
+        return [examples[i] for i in sorted(chosen)]
+    return sample_examples(examples, n, seed)
 
 
 def resolve_eval_subset(test: Split, subset: list[dict[str, str]]) -> list[Example]:
@@ -362,6 +415,8 @@ class StudyData:
     validation_subset: list[dict[str, str]]
     notes: list[str] = field(default_factory=list)
     """Things a user should hear (e.g. a subset smaller than asked for)."""
+    digests: dict[str, str] = field(default_factory=dict)
+    """SHA-256 of the train, validation and test files."""
 
     @property
     def test_examples(self) -> list[Example]:
@@ -382,13 +437,15 @@ def prepare_study_data(data_cfg: Any, eval_cfg: Any, *, train_seed: int, max_len
       subset (the test examples are never used to choose anything), else the whole file;
       the validation subset is ``eval.validation_samples`` of those;
     - training: ``data.train_samples`` examples of the training file picked by
-      ``train.seed`` (0 = all)."""
+      ``train.seed`` (0 = all);
+    - with ``eval.stratify`` the subsets keep the label combinations' shares."""
     ds = load_dataset_from_config(data_cfg, max_length)
     notes = []
     if eval_cfg.num_samples > len(ds.test.examples):
         notes.append(f"eval.num_samples = {eval_cfg.num_samples} but the test file has {len(ds.test.examples)} "
                      f"examples: evaluating on all {len(ds.test.examples)}")
-    test_subset = select_eval_subset(ds.test, eval_cfg.num_samples, eval_cfg.seed)
+    strat = {"stratify": eval_cfg.stratify, "fields": ds.fields}
+    test_subset = select_eval_subset(ds.test, eval_cfg.num_samples, eval_cfg.seed, **strat)
     if Path(ds.validation.path).resolve() == Path(ds.test.path).resolve():
         taken = {s["id"] for s in test_subset}
         pool = [e for e in ds.validation.examples if e.id not in taken]
@@ -405,8 +462,9 @@ def prepare_study_data(data_cfg: Any, eval_cfg: Any, *, train_seed: int, max_len
     if eval_cfg.validation_samples > len(ds.validation.examples):
         notes.append(f"eval.validation_samples = {eval_cfg.validation_samples} but there are {len(ds.validation.examples)} "
                      f"validation examples: validating on all of them")
-    validation_subset = select_eval_subset(ds.validation, eval_cfg.validation_samples, eval_cfg.seed)
+    validation_subset = select_eval_subset(ds.validation, eval_cfg.validation_samples, eval_cfg.seed, **strat)
     if data_cfg.train_samples:
         train = ds.train
         ds.splits["train"] = Split("train", train.path, sample_examples(train.examples, data_cfg.train_samples, train_seed), train.cut_inputs)
-    return StudyData(ds, test_subset, validation_subset, notes)
+    digests = {s: file_sha256(Path(ds.splits[s].path)) for s in SPLITS}
+    return StudyData(ds, test_subset, validation_subset, notes, digests)

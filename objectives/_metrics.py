@@ -9,6 +9,7 @@ from which calibration is measured: log-loss, Brier score and expected calibrati
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,10 +58,14 @@ def score_predictions(preds: list[Prediction], fields: list[str], vocab: dict[st
     for f in fields:
         m = field_metrics([p.gold[f] for p in preds], [p.predicted[f] for p in preds], vocab[f])
         s.accuracy[f], s.ci95[f], s.macro_f1[f], s.confusion[f] = m["accuracy"], m["ci95"], m["macro_f1"], m["confusion"]
+        s.balanced_accuracy[f] = m["balanced_accuracy"]
         allowed = set(vocab[f])
         s.invalid_labels[f] = sum(1 for p in preds if p.predicted[f] is not None and p.predicted[f] not in allowed)
         if all(p.probs is not None for p in preds):
             s.calibration[f] = calibration_metrics([p.gold[f] for p in preds], [p.probs[f] for p in preds], vocab[f])  # type: ignore[index]
+    if all(p.probs is not None for p in preds):
+        # Mean log-probability of the correct labels, normalised over each field's labels.
+        s.label_logprob = sum(math.log(max(p.probs[f].get(p.gold[f], 0.0), 1e-12)) for p in preds for f in fields) / (len(preds) * len(fields))  # type: ignore[index]
     s.parse_failures = sum(p.parse_failed for p in preds)
     s.exact_match = sum(all(p.correct(f) for f in fields) for p in preds) / len(preds)
     return s

@@ -100,6 +100,8 @@ def convert_gguf(folder_or_repo: str, gguf_file: str, *, revision: str) -> Path:
     dest = cache_root() / "models" / f"{Path(gguf_file).stem}-{key[:16]}"
     if (dest / "config.json").exists():
         return dest
+    if local.is_file():
+        check_gguf_file(local)
     tmp = new_build_dir(dest)
     try:
         _dequantise_to(folder_or_repo, gguf_file, revision, tmp)
@@ -108,6 +110,22 @@ def convert_gguf(folder_or_repo: str, gguf_file: str, *, revision: str) -> Path:
         raise
     publish(tmp, dest)
     return dest
+
+
+def check_gguf_file(path: Path) -> None:
+    """A GGUF file that is whole: its header, metadata and tensor index parse, and every
+    tensor's data lies inside the file (a download or copy cut short fails here, named,
+    instead of deep inside transformers)."""
+    from gguf import GGUFReader
+
+    damaged = (f"damaged or truncated GGUF file: {path} ({path.stat().st_size:,} bytes); download or copy it again")
+    try:
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception:  # noqa: BLE001 - any parse error of a cut-short file (struct, value, index errors)
+        raise UserError(damaged) from None
+    if end > path.stat().st_size or not reader.tensors:
+        raise UserError(damaged)
 
 
 def _dequantise_to(folder_or_repo: str, gguf_file: str, revision: str, out: Path) -> None:
@@ -132,6 +150,23 @@ def _dequantise_to(folder_or_repo: str, gguf_file: str, revision: str, out: Path
     fresh.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "README.md").write_text(f"Dequantised by optuna-search from {folder_or_repo}/{gguf_file} (fp32).\n")
+
+
+LICENCES = {BUILTIN_SMOLLM2: "apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+            BUILTIN_TINY: "none: a demo model built locally from random weights"}
+
+
+def base_licence(name: str, source: str) -> str:
+    """The base model's licence where it is known: a builtin's, or the ``license:``
+    line of the model card in the base's folder."""
+    if name in LICENCES:
+        return LICENCES[name]
+    card = Path(source) / "README.md"
+    if card.is_file():
+        for line in card.read_text(encoding="utf-8", errors="replace").splitlines()[:40]:
+            if line.strip().lower().startswith("license:"):
+                return line.split(":", 1)[1].strip()
+    return "unknown: see the base model's card"
 
 
 def check_model_available(model_cfg: Any) -> str:
@@ -171,10 +206,13 @@ def load_tokenizer(source: str, model_cfg: Any):
     return tok
 
 
-def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_checkpointing: bool):
-    """Quantized base model + fresh LoRA adapters for one trial."""
+def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool = False):
+    """The frozen base as a trial trains and evaluates it: quantized per the config
+    (bitsandbytes NF4 / FP4, double quantization), prepared for k-bit training (norms and
+    embeddings in fp32), on this process's GPU or the CPU. Prediction loads it the same
+    way, so its scores are the evaluation's. Returns (model, compute dtype)."""
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = pick_compute_dtype(model_cfg.compute_dtype)
@@ -201,19 +239,67 @@ def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_c
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora = LoraConfig(
-        r=params.lora_r,
-        lora_alpha=params.lora_alpha,
-        lora_dropout=params.lora_dropout,
-        target_modules=list(params.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    return model, dtype
+
+
+def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_checkpointing: bool):
+    """Quantized base model + fresh LoRA adapters for one trial."""
+    from peft import LoraConfig, get_peft_model
+
+    model, dtype = load_base_model(source, model_cfg, gradient_checkpointing=gradient_checkpointing)
     try:
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, LoraConfig(bias="none", task_type="CAUSAL_LM", **params.lora_kwargs()))
     except ValueError as e:
         raise UserError(f"LoRA target_modules {list(params.target_modules)} do not fit this model ({e}); fix lora.target_modules") from None
     return model, dtype
+
+
+def load_adapters(source: str, model_cfg: Any, adapters: dict[str, str]):
+    """The base (as :func:`load_base_model`) with trained adapters loaded by name, all
+    on one copy of the base (peft's multi-adapter API); the first is active."""
+    from peft import PeftModel
+
+    model, _ = load_base_model(source, model_cfg)
+    names = list(adapters)
+    for name in names:
+        if not (Path(adapters[name]) / "adapter_config.json").is_file():
+            raise UserError(f"no trained adapter at '{adapters[name]}' (adapter_config.json is missing); the trial's "
+                            "checkpoint folder was moved or deleted: pass --set train.output_dir=DIR where it is")
+    model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0], is_trainable=False)
+    for name in names[1:]:
+        model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
+    model.set_adapter(names[0])
+    model.eval()
+    return model
+
+
+def check_lora_targets(source: str, model_cfg: Any, params_list: list[TrialParams]) -> None:
+    """Preflight: peft accepts the adapters every configuration asks for (target modules,
+    DoRA, rsLoRA) on this model's architecture, built on the meta device (no weights, no
+    memory): a name the model lacks is refused before the study exists."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=model_cfg.trust_remote_code)
+    problems, seen = [], set()
+    for p in params_list:
+        kwargs = p.lora_kwargs()
+        key = (str(kwargs["target_modules"]), kwargs["use_dora"], kwargs["use_rslora"])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            skeleton = get_peft_model(skeleton, LoraConfig(bias="none", task_type="CAUSAL_LM", **kwargs)).unload()
+        except (ValueError, TypeError, NotImplementedError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problems.append(f"target_modules {kwargs['target_modules']!r}{' with DoRA' if kwargs['use_dora'] else ''}: {first}")
+    if problems:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"peft cannot put these adapters on {model_cfg.name_or_path!r} (its linear layers: "
+                        f"{', '.join(names)}); fix lora.target_modules or the searched values:", problems)
 
 
 def keep_4bit_layers_trainable_on_cpu(model) -> int:

@@ -1,42 +1,79 @@
 """What an objective is: train one configuration and evaluate it, knowing nothing of
-Optuna. The study's adapter (``optuna_search.search._trial``) turns a request into a
-trial's parameters and a :class:`TrialResult` into the trial's record.
+Optuna. The study's runner (``optuna_search.search._trial``) builds a request from a
+trial's parameters and turns the :class:`TrialResult` into the trial's record.
 
+    @runtime_checkable
     class Objective(Protocol):
         def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult: ...
 
-An objective raises :class:`BudgetExhausted` when it stopped at a checkpoint for the
-session's deadline and :class:`OutOfMemory` when the batch did not fit; a pruned trial
-returns a result with ``pruned_at`` set. Ctrl-C and SIGTERM arrive as KeyboardInterrupt.
+A call returns a :class:`TrialResult` (trained to the end and evaluated, stopped at a
+validation point by the pruner, or paused at ``request.train_until``), or raises one of
+the protocol's exceptions: :class:`Stopped` (the process was asked to stop and training
+checkpointed), :class:`BudgetExhausted` (the session's deadline; checkpointed),
+:class:`OutOfMemory` (the batch did not fit) or :class:`DivergedTraining` (the loss
+became nan/inf). Ctrl-C arrives as KeyboardInterrupt; any other exception is a bug or a
+bad input of that configuration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
-from optuna_search.core import TrialParams
 from optuna_search.objectives._data import Dataset, Example
 from optuna_search.objectives._metrics import Evaluation
+
+if TYPE_CHECKING:
+    from optuna_search.core import TrialParams
 
 
 @dataclass(frozen=True)
 class TrialRequest:
-    params: TrialParams
+    params: "TrialParams"
     data: Dataset
     """Train and validation splits (loss), vocabularies."""
     test_examples: list[Example]
     """The study's fixed test subset."""
     validation_examples: list[Example]
-    """The study's fixed validation subset (accuracy at every validation point)."""
+    """The study's fixed validation subset (scored at every validation point)."""
     checkpoint_dir: Path
     """This point's folder: resume from its last checkpoint if there is one."""
     deadline: float | None = None
     """``time.monotonic()`` value to stop at a checkpoint before (the session's budget)."""
+    train_until: float = 1.0
+    """Fraction of training to reach, then checkpoint and return (successive halving's
+    rungs); 1.0 = train to the end and evaluate on the test examples."""
+    validate_at: tuple[float, ...] = ()
+    """Fractions of training at which to validate besides train.validations_per_epoch
+    (the rungs)."""
+    run_name: str | None = None
+    """The trial's name for the trackers of train.report_to (study, trial, point)."""
 
 
-def _never_stop(point: int, accuracy: float) -> bool:
+@dataclass(frozen=True)
+class ValidationPoint:
+    """What the objective measured at one validation point."""
+
+    point: int
+    """1, 2, ...: the index among the trial's validation points (the intermediate value's step)."""
+    step: int
+    """Optimizer step."""
+    fraction: float
+    """step / total optimizer steps."""
+    accuracy: float
+    """Overall accuracy on the validation subset."""
+    label_logprob: float | None
+    """Mean log-probability of the correct labels (label scoring only)."""
+    evaluation: Evaluation | None = None
+    """The predictions behind it (main process only)."""
+
+    def to_record(self) -> dict[str, float | int | None]:
+        return {"point": self.point, "step": self.step, "fraction": round(self.fraction, 6), "accuracy": self.accuracy,
+                "label_logprob": self.label_logprob}
+
+
+def _never_stop(point: ValidationPoint) -> bool:
     return False
 
 
@@ -50,37 +87,50 @@ def _ignore(message: str) -> None:
 
 @dataclass(frozen=True)
 class TrialHooks:
-    on_validation: Callable[[int, float], bool] = _never_stop
-    """Called at validation point n (1, 2, ...) with the overall validation accuracy;
-    returns True to stop the trial there (pruning)."""
+    on_validation: Callable[[ValidationPoint], bool] = _never_stop
+    """Called at each validation point; returns True to stop the trial there (pruning)."""
     progress: Callable[[str], None] = _ignore
     """Progress lines (epoch, step, loss, ETA)."""
     stop_requested: Callable[[], bool] = _no_stop
     """True once the process was asked to stop (SIGTERM): training checkpoints at the end
     of the current optimizer step and the objective raises :class:`Stopped`."""
+    progress_interval: float = 10.0
+    """Seconds between progress lines during training (0: every step)."""
 
 
 @dataclass
 class TrialResult:
     test: Evaluation | None
-    """Scores on the test subset; None for a pruned trial (it never reaches the test)."""
+    """Scores on the test subset; None when the trial was pruned or paused."""
     validation: Evaluation | None
-    """Scores on the validation subset at the end of training (or where it was pruned)."""
+    """Scores on the validation subset at the last validation point reached."""
     train_loss_per_epoch: list[float]
     eval_loss_per_epoch: list[float]
-    validation_curve: list[tuple[int, float]]
-    """(validation point, overall validation accuracy), every point the trial reached."""
+    validation_curve: list[ValidationPoint]
+    """Every validation point the trial reached (across resumes)."""
     trainable_params: int
     train_seconds: float
     peak_memory_mb: float
     peak_memory_kind: str
     optimizer_steps: int
+    max_steps: int = 0
+    """Optimizer steps of the whole training (optimizer_steps < max_steps when it stopped early)."""
     resumed_from_step: int = 0
     compute_dtype: str = ""
     pruned_at: int | None = None
+    """The validation point at which the pruner stopped it."""
+    paused_at_step: int | None = None
+    """The step at which it stopped for ``request.train_until`` (resumable)."""
+    adapter_dir: str | None = None
+    """Where the trained adapter was saved (a finished trial)."""
     environment: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def finished(self) -> bool:
+        return self.pruned_at is None and self.paused_at_step is None
 
+
+@runtime_checkable
 class Objective(Protocol):
     def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult: ...
 
@@ -95,3 +145,8 @@ class BudgetExhausted(Exception):
 
 class OutOfMemory(Exception):
     """The accelerator ran out of memory at the given per-device batch size."""
+
+
+class DivergedTraining(Exception):
+    """The training loss became nan or inf: the configuration cannot train (a learning
+    rate far too high, typically)."""

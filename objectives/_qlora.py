@@ -2,8 +2,9 @@
 
 Base model in 4-bit NF4 (bitsandbytes, double quantization), fresh peft LoRA adapters,
 transformers' Trainer (checkpoints, fp16/bf16, gradient accumulation, callbacks),
-validation accuracy at every validation point (what pruners see), then the final
-evaluation on the study's fixed test subset. Implements :class:`Objective`.
+validation at every validation point (what pruners and successive halving see), then
+the final evaluation on the study's fixed test subset. Implements :class:`Objective`;
+read top to bottom: load, train (resuming), stop where asked, evaluate, save, result.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from optuna_search.objectives._model import (
 from optuna_search.objectives._prompt import PromptEncoder
 from optuna_search.objectives._protocol import (
     BudgetExhausted,
+    DivergedTraining,
     OutOfMemory,
     Stopped,
     TrialHooks,
@@ -37,18 +38,18 @@ from optuna_search.objectives._protocol import (
 )
 from optuna_search.objectives._train import (
     Collator,
-    ValidationState,
+    ValidationRun,
     build_training_args,
     is_out_of_memory,
     losses_per_epoch,
-    make_callback,
-    make_study_trainer,
+    stop_step,
     validation_curve,
 )
 from optuna_search.storage._checkpoints import (
     COMPLETE_MARKER,
     FINAL_ADAPTER,
-    last_complete_checkpoint,
+    checkpoint_state,
+    resume_point,
 )
 
 
@@ -81,14 +82,16 @@ class _Runtime:
 
 
 class QLoRAObjective:
-    """``Objective`` for a causal LM fine-tuned with QLoRA on the study's config."""
+    """``Objective`` for a causal LM fine-tuned with QLoRA on the study's config.
+
+    Under torchrun (``DistributedObjective``) every rank calls it; the ranks other than
+    the first train their share and return a result without evaluations."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult | None:
-        """Train (resuming from the point's last checkpoint if there is one) and evaluate.
-        Returns None on the non-main ranks of a DDP trial."""
+    def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult:
+        """Train (resuming from the point's last checkpoint if there is one) and evaluate."""
         from transformers import set_seed
 
         cfg, params = self.config, request.params
@@ -99,44 +102,53 @@ class QLoRAObjective:
         model = trainer = None
         try:
             t0 = time.monotonic()
+            last, resumed_from = self._last_checkpoint(request.checkpoint_dir, hooks)
+            paused = self._already_there(last, request.train_until)
+            if paused is not None:
+                return paused  # a run killed after it paused at this rung: nothing to train
             # Seed before the adapters are initialised: a point's result must not depend
             # on which trials ran before it in this process.
             set_seed(cfg.train.seed)
             model, dtype = load_lora_model(source, cfg.model, params, cfg.train.gradient_checkpointing)
             trainable = count_trainable(model)
-            hooks.progress(f"loaded base model, {trainable:,} trainable LoRA parameters (r={params.lora_r}, alpha={params.lora_alpha:g})")
+            hooks.progress(f"loaded base model, {trainable:,} trainable LoRA parameters (r={params.lora_r}, "
+                           f"alpha={params.lora_alpha:g}{', DoRA' if params.use_dora else ''}{', rsLoRA' if params.use_rslora else ''})")
 
             def validate(m) -> Evaluation:
-                return evaluate(m, tokenizer, encoder, request.validation_examples,
-                                method=cfg.eval.method, batch_size=cfg.eval.batch_size)
+                return evaluate(m, tokenizer, encoder, request.validation_examples, method=cfg.eval.method,
+                                batch_size=cfg.eval.batch_size)
 
-            validation = ValidationState()
-            trainer, callback = self._trainer(request, hooks, model, tokenizer, encoder, rt, dtype, validation,
-                                              validate if rt.is_main else None)
-            resumed_from = self._train(trainer, request.checkpoint_dir, hooks)
+            run = ValidationRun(validate if rt.is_main else None, hooks.on_validation, request.validate_at, request.train_until)
+            trainer, callback = self._trainer(request, hooks, model, tokenizer, encoder, rt, dtype, run)
+            self._train(trainer, last)
+            step, max_steps = trainer.state.global_step, trainer.state.max_steps
+            if callback.diverged:
+                raise DivergedTraining(callback.diverged + "; lower the learning rate")
             if callback.stopped_on_request:
-                raise Stopped(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}")
+                raise Stopped(f"stopped at step {step}/{max_steps}")
             if callback.stopped_for_budget:
-                raise BudgetExhausted(f"stopped at step {trainer.state.global_step}/{trainer.state.max_steps}")
-            if validation.pruned_at is None:
-                self._finish_validation(trainer, validation, validate if rt.is_main else None, model)
+                raise BudgetExhausted(f"stopped at step {step}/{max_steps}")
+            if run.pruned_at is None and not callback.paused:
+                self._finish_validation(trainer, run, model)
             train_seconds = time.monotonic() - t0
-            if not rt.is_main:
-                return None
-            test = None
-            if validation.pruned_at is None:
+            test, adapter = None, None
+            if rt.is_main and run.pruned_at is None and not callback.paused:
                 hooks.progress(f"evaluating on {len(request.test_examples)} fixed test examples ({cfg.eval.method})")
-                test = evaluate(model, tokenizer, encoder, request.test_examples, method=cfg.eval.method, batch_size=cfg.eval.batch_size)
-                model.save_pretrained(str(request.checkpoint_dir / FINAL_ADAPTER))
+                test = evaluate(model, tokenizer, encoder, request.test_examples, method=cfg.eval.method,
+                                batch_size=cfg.eval.batch_size)
+                adapter = request.checkpoint_dir / FINAL_ADAPTER
+                model.save_pretrained(str(adapter))
+                tokenizer.save_pretrained(str(adapter))
+                _log_final_metrics(trainer, test, run.last)
             train_loss, eval_loss = losses_per_epoch(trainer.state.log_history)
             peak, kind = rt.peak_memory()
             return TrialResult(
-                test=test, validation=validation.last, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
-                validation_curve=validation_curve(trainer.state.log_history), trainable_params=trainable,
-                train_seconds=train_seconds, peak_memory_mb=peak, peak_memory_kind=kind,
-                optimizer_steps=trainer.state.global_step, resumed_from_step=resumed_from,
-                compute_dtype=str(dtype).replace("torch.", ""), pruned_at=validation.pruned_at,
-                environment=environment_fingerprint(),
+                test=test, validation=run.last, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
+                validation_curve=validation_curve(trainer.state.log_history, max_steps), trainable_params=trainable,
+                train_seconds=train_seconds, peak_memory_mb=peak, peak_memory_kind=kind, optimizer_steps=step,
+                max_steps=max_steps, resumed_from_step=resumed_from, compute_dtype=str(dtype).replace("torch.", ""),
+                pruned_at=run.pruned_at, paused_at_step=step if callback.paused else None,
+                adapter_dir=str(adapter) if adapter else None, environment=environment_fingerprint(),
             )
         finally:
             # Several trials run in one process: release the model before the next one loads.
@@ -148,29 +160,33 @@ class QLoRAObjective:
                 torch.cuda.empty_cache()
 
     def _trainer(self, request: TrialRequest, hooks: TrialHooks, model, tokenizer, encoder: PromptEncoder,
-                 rt: _Runtime, dtype, validation: ValidationState, validate):
+                 rt: _Runtime, dtype, run: ValidationRun):
         from transformers import PrinterCallback
+
+        from optuna_search.objectives._trainer import StudyCallback, StudyTrainer, tensorboard_callback
 
         cfg = self.config
         request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         args = build_training_args(str(request.checkpoint_dir), request.params, cfg.train, cuda=rt.cuda, dtype=dtype,
-                                   distributed=rt.distributed)
-        callback = make_callback(validation, cfg.train.validations_per_epoch, hooks.progress, request.deadline,
-                                 hooks.stop_requested)
-        trainer = make_study_trainer(
-            validate=validate, on_validation=hooks.on_validation, validation=validation,
-            model=model, args=args, train_dataset=encoder.to_hf_dataset(request.data.train.examples),
+                                   distributed=rt.distributed, run_name=request.run_name)
+        callback = StudyCallback(run, cfg.train.validations_per_epoch, hooks.progress, request.deadline,
+                                 hooks.stop_requested, hooks.progress_interval)
+        callbacks = [callback]
+        if "tensorboard" in cfg.train.report_to and rt.is_main:
+            callbacks.append(tensorboard_callback(str(request.checkpoint_dir / "tensorboard")))
+        trainer = StudyTrainer(
+            validation=run, model=model, args=args, train_dataset=encoder.to_hf_dataset(request.data.train.examples),
             # Validation loss on the same fixed subset as validation accuracy: comparable
             # across trials, and bounded in cost.
             eval_dataset=encoder.to_hf_dataset(request.validation_examples or request.data.validation.examples),
-            data_collator=Collator(tokenizer), callbacks=[callback],
+            data_collator=Collator(tokenizer), callbacks=callbacks,
         )
         # Our callback logs progress to stderr; Trainer's printer would dump dicts to stdout.
         trainer.remove_callback(PrinterCallback)
         return trainer, callback
 
     @staticmethod
-    def _finish_validation(trainer, validation: ValidationState, validate, model) -> None:
+    def _finish_validation(trainer, run: ValidationRun, model) -> None:
         """Make sure the end of training was validated: a trial resumed from a checkpoint
         written at the last step (killed during the test evaluation) has the loss record
         but not the predictions in memory; one resumed from before the last validation
@@ -178,26 +194,59 @@ class QLoRAObjective:
         end = trainer.state.max_steps
         if not any("eval_loss" in r and r.get("step") == end for r in trainer.state.log_history):
             trainer.evaluate()  # every rank: the loss is computed data-parallel
-        if validate is not None and validation.last_step != end:
-            validation.last, validation.last_step = validate(model), end
+        if run.validate is not None and run.last_step != end:
+            run.last, run.last_step = run.validate(model), end
 
     @staticmethod
-    def _train(trainer, checkpoint_dir: Path, hooks: TrialHooks) -> int:
-        """Train from the last complete checkpoint, if any; returns the step resumed from."""
-        last, broken = last_complete_checkpoint(checkpoint_dir)
+    def _last_checkpoint(folder: Path, hooks: TrialHooks) -> tuple[Path | None, int]:
+        """The last complete checkpoint of the point and its step."""
+        last, step, broken = resume_point(folder)
         for p in broken:
-            # Unusable, and in the way: Trainer would pick the highest step again.
-            hooks.progress(f"removing {p}: its write was interrupted (no {COMPLETE_MARKER})")
-            shutil.rmtree(p, ignore_errors=True)
-        resumed_from = int(last.name.split("-")[-1]) if last else 0
+            hooks.progress(f"removed {p}: its write was interrupted (no {COMPLETE_MARKER})")
         if last:
-            hooks.progress(f"resuming from checkpoint {last} (step {resumed_from})")
-            last = str(last)
+            hooks.progress(f"resuming from checkpoint {last} (step {step})")
+        return last, step
+
+    @staticmethod
+    def _already_there(last: Path | None, train_until: float) -> TrialResult | None:
+        """A configuration that already paused at (or past) the requested rung, then was
+        killed before the study recorded it: its result is in the checkpoint."""
+        if last is None or train_until >= 1.0:
+            return None
+        state = checkpoint_state(last)
+        step, max_steps = state["global_step"], state["max_steps"]
+        if step < stop_step(max_steps, train_until):
+            return None
+        history = state["log_history"]
+        train_loss, eval_loss = losses_per_epoch(history)
+        return TrialResult(test=None, validation=None, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
+                           validation_curve=validation_curve(history, max_steps), trainable_params=0, train_seconds=0.0,
+                           peak_memory_mb=0.0, peak_memory_kind="", optimizer_steps=step, max_steps=max_steps,
+                           resumed_from_step=step, paused_at_step=step)
+
+    @staticmethod
+    def _train(trainer, last: Path | None) -> None:
         try:
-            trainer.train(resume_from_checkpoint=last)
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
         except Exception as e:
             if is_out_of_memory(e):
                 raise OutOfMemory(str(e)) from e
             raise
-        return resumed_from
 
+
+def _log_final_metrics(trainer, test: Evaluation, validation: Evaluation | None) -> None:
+    """The trial's final scores, for the trackers of train.report_to (one run per trial)."""
+    if not trainer.args.report_to and not any(type(c).__name__ == "TensorBoardCallback" for c in trainer.callback_handler.callbacks):
+        return
+    metrics = {f"test_{k}": v for k, v in _metrics(test).items()}
+    if validation is not None:
+        metrics.update({f"validation_{k}": v for k, v in _metrics(validation).items()})
+    trainer.log(metrics)
+
+
+def _metrics(e: Evaluation) -> dict[str, float]:
+    s = e.scores
+    out = {"overall_accuracy": s.overall, **{f"{f}_accuracy": a for f, a in s.accuracy.items()}}
+    if s.mean_macro_f1 is not None:
+        out["macro_f1"] = s.mean_macro_f1
+    return out

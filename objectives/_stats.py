@@ -52,11 +52,23 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNem
     return McNemar(only_a, only_b, len(a_correct), p)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise
+    error rate): the i-th smallest is multiplied by (m - i), then made non-decreasing."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def field_metrics(gold: list[str], predicted: list[str | None], labels: list[str]) -> dict[str, Any]:
-    """Accuracy with Wilson interval, macro-F1 over the field's labels, confusion matrix
+    """Accuracy with Wilson interval, macro-F1 over the field's labels, balanced accuracy, confusion matrix
     (rows = gold, columns = predicted; an unparseable or out-of-vocabulary prediction
     goes to the column '<invalid>')."""
-    from sklearn.metrics import confusion_matrix, f1_score
+    from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
     pred = [p if p in labels else INVALID for p in predicted]
     correct = sum(g == p for g, p in zip(gold, pred))
@@ -67,6 +79,9 @@ def field_metrics(gold: list[str], predicted: list[str | None], labels: list[str
         "ci95": list(wilson_interval(correct, len(gold))),
         # Macro-F1 over the real labels only: '<invalid>' is never a right answer.
         "macro_f1": float(f1_score(gold, pred, labels=list(labels), average="macro", zero_division=0)),
+        # Balanced accuracy: the mean recall over the labels that occur in ``gold``
+        # (scikit-learn's definition; a model that answers one label scores 1/labels).
+        "balanced_accuracy": float(recall_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0)),
         "confusion": {"labels": cols, "matrix": cm[: len(labels)].tolist()},
     }
 

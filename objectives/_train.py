@@ -1,30 +1,35 @@
-"""Training with transformers' Trainer: arguments, validation points, progress, the
-session deadline, and the curves read back from Trainer's log history.
+"""Training with transformers' Trainer, the light half: arguments, validation points, the
+stop step, progress lines, and the curves read back from Trainer's log history. The
+Trainer and callback classes themselves are in ``_trainer`` (imported only where a trial
+trains: it imports transformers).
 
-Validation points: ``train.validations_per_epoch`` evenly spaced points per epoch, the
-last at the epoch's end. At each, Trainer computes the validation loss and
-:class:`StudyTrainer` the overall validation accuracy on the study's fixed validation
-subset; the accuracy is logged into Trainer's history (saved in every checkpoint, so the
-curve survives a resume) and passed to ``on_validation``, which may stop the trial
-(pruning). A checkpoint due at a validation point is written after its validation, so a
-resume never misses one.
+Validation points: ``train.validations_per_epoch`` evenly spaced points per epoch (the
+last at the epoch's end), plus the fractions the request asks for (successive halving's
+rungs). At each, Trainer computes the validation loss and :class:`ValidationRun` the
+overall validation accuracy and the mean label log-probability on the study's fixed
+validation subset; they are logged into Trainer's history (saved in every checkpoint, so
+the curve survives a resume) and passed to ``on_validation``, which may stop the trial
+(pruning). A checkpoint due at a validation point is written after its validation.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from optuna_search.core import TrialParams
 from optuna_search.core._text import format_seconds
 from optuna_search.objectives._metrics import Evaluation
+from optuna_search.objectives._protocol import ValidationPoint
 
-# Seconds between progress lines during training (OPTUNA_SEARCH_PROGRESS_INTERVAL=0: every step).
-PROGRESS_INTERVAL_S = float(os.environ.get("OPTUNA_SEARCH_PROGRESS_INTERVAL", "10"))
-VALIDATION_KEY = "validation_accuracy"
+if TYPE_CHECKING:
+    from optuna_search.core import TrialParams
+
+PROGRESS_INTERVAL_S = 10.0
+"""Default seconds between progress lines during training."""
+ACCURACY_KEY = "validation_accuracy"
+LOGPROB_KEY = "validation_label_logprob"
 
 
 def at_epoch_end(epoch: float | None) -> bool:
@@ -50,17 +55,28 @@ def losses_per_epoch(log_history: list[dict[str, Any]]) -> tuple[list[float], li
     return [sum(v) / len(v) for _, v in sorted(train.items())], [v for _, v in sorted(evals.items())]
 
 
-def validation_curve(log_history: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    """(validation point, overall validation accuracy) pairs from the log history."""
-    curve = {int(r["validation_point"]): float(r[VALIDATION_KEY]) for r in log_history if VALIDATION_KEY in r}
-    return sorted(curve.items())
+def validation_curve(log_history: list[dict[str, Any]], max_steps: int) -> list[ValidationPoint]:
+    """The validation points logged so far (across resumes), in order."""
+    points = {}
+    for r in log_history:
+        if ACCURACY_KEY in r:
+            step = int(r.get("validation_step", r.get("step", 0)))
+            points[int(r["validation_point"])] = ValidationPoint(
+                int(r["validation_point"]), step, step / max(max_steps, 1), float(r[ACCURACY_KEY]), r.get(LOGPROB_KEY))
+    return [points[k] for k in sorted(points)]
 
 
-def validation_steps(max_steps: int, epochs: int, per_epoch: int) -> list[int]:
+def validation_steps(max_steps: int, epochs: int, per_epoch: int, fractions: tuple[float, ...] = ()) -> list[int]:
     """Optimizer steps after which validation runs: ``per_epoch`` evenly spaced points
-    per epoch, the last at the epoch's end."""
+    per epoch (the last at the epoch's end), and the given fractions of training."""
     steps_per_epoch = max_steps / epochs
-    return sorted({max(1, round(steps_per_epoch * (e + k / per_epoch))) for e in range(epochs) for k in range(1, per_epoch + 1)})
+    steps = {max(1, round(steps_per_epoch * (e + k / per_epoch))) for e in range(epochs) for k in range(1, per_epoch + 1)}
+    return sorted(steps | {stop_step(max_steps, f) for f in fractions})
+
+
+def stop_step(max_steps: int, fraction: float) -> int:
+    """The optimizer step at which a run that trains ``fraction`` of its steps stops."""
+    return max_steps if fraction >= 1.0 else min(max_steps, max(1, round(fraction * max_steps)))
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -70,32 +86,61 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 @dataclass
-class ValidationState:
-    """Shared by the callback (which schedules validation) and the trainer (which runs it)."""
+class ValidationRun:
+    """Validation points of one training run, shared by the callback (which schedules
+    them and stops where asked) and the trainer (which measures)."""
 
+    validate: Callable[[Any], Evaluation] | None
+    """Scores the model on the validation subset (main process only; None elsewhere)."""
+    on_validation: Callable[[ValidationPoint], bool]
+    fractions: tuple[float, ...] = ()
+    train_until: float = 1.0
     steps: list[int] = field(default_factory=list)
+    max_steps: int = 0
+    stop_at: int = 0
     last: Evaluation | None = None
     last_step: int = -1
     pruned_at: int | None = None
 
+    def plan(self, max_steps: int, epochs: int, per_epoch: int) -> None:
+        self.max_steps = max_steps
+        self.steps = validation_steps(max_steps, epochs, per_epoch, self.fractions)
+        self.stop_at = stop_step(max_steps, self.train_until)
+
     def point_of(self, step: int) -> int:
         return self.steps.index(step) + 1 if step in self.steps else len([s for s in self.steps if s <= step])
 
+    def measure(self, model: Any, step: int) -> tuple[ValidationPoint, bool] | None:
+        """Validate at ``step``; the point and whether the pruner says stop (None off the
+        main process)."""
+        if self.validate is None:
+            return None
+        evaluation = self.validate(model)
+        self.last, self.last_step = evaluation, step
+        vp = ValidationPoint(self.point_of(step), step, step / max(self.max_steps, 1), evaluation.scores.overall,
+                             evaluation.scores.label_logprob, evaluation)
+        stop = bool(self.on_validation(vp))
+        if stop:
+            self.pruned_at = vp.point
+        return vp, stop
 
-def build_training_args(output_dir: str, params: TrialParams, train_cfg: Any, *, cuda: bool, dtype: Any, distributed: bool):
+
+def log_entry(vp: ValidationPoint) -> dict[str, float]:
+    """The validation point as Trainer logs it (and saves it in each checkpoint)."""
+    out = {ACCURACY_KEY: vp.accuracy, "validation_point": vp.point, "validation_step": vp.step}
+    if vp.label_logprob is not None:
+        out[LOGPROB_KEY] = vp.label_logprob
+    return out
+
+
+def build_training_args(output_dir: str, params: "TrialParams", train_cfg: Any, *, cuda: bool, dtype: Any,
+                        distributed: bool, run_name: str | None = None):
     import torch
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=output_dir,
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=params.batch_size,
-        gradient_accumulation_steps=params.gradient_accumulation,
-        num_train_epochs=params.epochs,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type=train_cfg.lr_scheduler,
-        warmup_steps=params.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        weight_decay=params.weight_decay,
+        **params.trainer_kwargs(),  # every searchable hyperparameter Trainer takes (see core._params)
         seed=train_cfg.seed,
         data_seed=train_cfg.seed,
         fp16=cuda and dtype == torch.float16,
@@ -110,7 +155,10 @@ def build_training_args(output_dir: str, params: TrialParams, train_cfg: Any, *,
         train_sampling_strategy="group_by_length",
         length_column_name="length",
         remove_unused_columns=False,
-        report_to=[],
+        # TensorBoard gets its own callback with a folder per point (see _trainer);
+        # mlflow and wandb are Trainer's integrations, configured by their environment.
+        report_to=[t for t in train_cfg.report_to if t != "tensorboard"],
+        run_name=run_name,
         disable_tqdm=True,
         dataloader_num_workers=0,
         # Every LoRA parameter gets a gradient; the frozen 4-bit base needs no search.
@@ -118,97 +166,30 @@ def build_training_args(output_dir: str, params: TrialParams, train_cfg: Any, *,
     )
 
 
-def make_study_trainer(
-    *,
-    validate: Callable[[Any], Evaluation] | None,
-    on_validation: Callable[[int, float], bool],
-    validation: ValidationState,
-    **trainer_kwargs: Any,
-):
-    """A transformers ``Trainer`` that, at each validation point, also measures the
-    validation accuracy (``validate(model)``, main process only) and may stop there."""
-    from transformers import Trainer
+class Progress:
+    """Progress lines with an ETA, at most one per ``interval`` seconds."""
 
-    class StudyTrainer(Trainer):
-        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-            metrics = super().evaluate(*args, **kwargs)
-            step = self.state.global_step
-            if validate is None or step not in validation.steps:
-                return metrics
-            evaluation = validate(self.model)
-            self.model.train()
-            point = validation.point_of(step)
-            validation.last, validation.last_step = evaluation, step
-            self.log({VALIDATION_KEY: evaluation.scores.overall, "validation_point": point})
-            if on_validation(point, evaluation.scores.overall):
-                validation.pruned_at = point
-                self.control.should_training_stop = True
-            return metrics
+    def __init__(self, emit: Callable[[str], None], interval: float = PROGRESS_INTERVAL_S) -> None:
+        self.emit, self.interval = emit, interval
+        self.t0 = time.monotonic()
+        self.first_step: int | None = None
+        self.last = 0.0
+        self.step_seconds = 0.0
 
-    return StudyTrainer(**trainer_kwargs)
-
-
-def make_callback(validation: ValidationState, validations_per_epoch: int, progress: Callable[[str], None], deadline: float | None,
-                  stop_requested: Callable[[], bool]):
-    from transformers import TrainerCallback
-
-    class StudyCallback(TrainerCallback):
-        """Schedules validation points, logs progress with an ETA, and stops at a
-        checkpoint before the session's deadline or when the process is asked to stop."""
-
-        def __init__(self) -> None:
-            self.t0 = time.monotonic()
-            self.first_step: int | None = None
-            self.last_log = 0.0
-            self.step_seconds = 0.0
-            self.stopped_for_budget = False
-            self.stopped_on_request = False
-
-        def on_train_begin(self, args, state, control, **kw):
-            validation.steps = validation_steps(state.max_steps, int(args.num_train_epochs), validations_per_epoch)
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.first_step is None:
-                self.first_step = state.global_step - 1
-            now = time.monotonic()
-            done = state.global_step - self.first_step
-            self.step_seconds = (now - self.t0) / max(done, 1)
-            if state.global_step in validation.steps:
-                control.should_evaluate = True
-            running = state.global_step < state.max_steps
-            if running and stop_requested():
-                # SIGTERM: Trainer writes the checkpoint right after this step, then stops.
-                self.stopped_on_request = True
-                self._checkpoint_and_stop(control, f"stop requested: checkpointing at step {state.global_step}/{state.max_steps}")
-                return
-            # Stop while there is still time for a few more steps' worth of work (the
-            # checkpoint write): the next session resumes from exactly this step.
-            if running and deadline is not None and now + max(5.0, 3 * self.step_seconds) >= deadline:
-                self.stopped_for_budget = True
-                self._checkpoint_and_stop(control, f"time budget reached at step {state.global_step}/{state.max_steps}: checkpointing")
-                return
-            if now - self.last_log >= PROGRESS_INTERVAL_S or state.global_step >= state.max_steps:
-                self.last_log = now
-                progress(self._progress_line(args, state, done, now))
-
-        @staticmethod
-        def _checkpoint_and_stop(control, message: str) -> None:
-            control.should_save = True
-            control.should_training_stop = True
-            control.should_evaluate = False
-            progress(message + " and stopping")
-
-        def _progress_line(self, args, state, done: int, now: float) -> str:
-            rate = done / max(now - self.t0, 1e-9)
-            eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
-            loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
-            return (
-                f"epoch {state.epoch:.2f}/{args.num_train_epochs:g} step {state.global_step}/{state.max_steps}"
-                + (f" loss {loss:.4f}" if loss is not None else "")
-                + f" ETA {format_seconds(eta)}"
-            )
-
-    return StudyCallback()
+    def step(self, global_step: int, max_steps: int, epoch: float, epochs: float, loss: float | None, stop_at: int) -> None:
+        if self.first_step is None:
+            self.first_step = global_step - 1
+        now = time.monotonic()
+        done = global_step - self.first_step
+        self.step_seconds = (now - self.t0) / max(done, 1)
+        if now - self.last < self.interval and global_step < stop_at:
+            return
+        self.last = now
+        eta = (stop_at - global_step) * self.step_seconds
+        self.emit(f"epoch {epoch:.2f}/{epochs:g} step {global_step}/{max_steps}"
+                  + (f" loss {loss:.4f}" if loss is not None else "")
+                  + (f" (pausing at step {stop_at})" if stop_at < max_steps else "")
+                  + f" ETA {format_seconds(eta)}")
 
 
 class Collator:

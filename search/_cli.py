@@ -1,10 +1,11 @@
-"""`optuna-search` command line. Heavy libraries (torch, transformers, peft, optuna) are
-imported inside the functions that need them, never at module import, so ``--help`` is
-instant.
+"""`optuna-search` command line: parse, then call the Python API's functions. Heavy
+libraries (torch, transformers, peft, optuna) are imported inside the functions that need
+them, never at module import, so ``--help`` is instant.
 
-Exit codes: 0 study complete / command succeeded, 1 study incomplete (a point failed),
-2 bad input (message names the problem and the fix; nothing written), 3 time budget
-reached (resume in a new session with the same command), 130 Ctrl-C, 143 SIGTERM.
+Exit codes (``_exit``): 0 study complete / command succeeded, 1 study incomplete (a point
+failed; `status` of a study not yet complete), 2 bad input (message names the problem
+and the fix; nothing written), 3 time budget reached (resume in a new session with the
+same command), 4 disk full (free space, same command), 130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,34 +14,47 @@ import argparse
 import logging
 import re
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Sequence
 
 from optuna_search.core import Config, UserError
-from optuna_search.core._config import to_toml
-from optuna_search.dashboards._launch import check_port, serve_dashboard
-from optuna_search.dashboards._report import (
-    collect_report,
-    render_markdown,
-    write_report,
-)
+from optuna_search.core._toml import to_toml
+from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
+from optuna_search.dashboards._report import collect_report, render_markdown, write_report
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._bundles import export_study_bundle, import_study_bundle
 from optuna_search.search._config import config_layers, explicit_location, load_config
 from optuna_search.search._ensembles import run_ensemble
-from optuna_search.search._open import create_or_resume, open_for_reading, stored_config
+from optuna_search.search._exit import (
+    EXIT_BUDGET,
+    EXIT_DISK_FULL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
+from optuna_search.search._export_model import export_model
+from optuna_search.search._open import create_or_resume, open_for_reading
+from optuna_search.search._predict import BAD_ROW_POLICIES, predict_file
 from optuna_search.search._preflight import preflight
 from optuna_search.search._run import print_summary, run_study, summarize
-from optuna_search.search._scheduler import RunOutcome, read_state
-from optuna_search.search._signals import EXIT_TERMINATED, Terminated, handle_sigterm
-from optuna_search.search._space import make_sampler
+from optuna_search.search._scheduler import RunOutcome, study_state
+from optuna_search.search._signals import Terminated, handle_sigterm
 from optuna_search.search._status import status
 from optuna_search.search._trial import DiskFull
 from optuna_search.search._validate import validate
-from optuna_search.search._workers import choose_workers, run_workers
+from optuna_search.search._workers import WorkerOptions, choose_workers, run_workers
 from optuna_search.storage._artifacts import artifact_store
+from optuna_search.storage._storages import redacted_config
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("optuna_search")
+
+
+def _version() -> str:
+    try:
+        return version("optuna-search")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> None:
@@ -49,7 +63,7 @@ def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> No
     g = p.add_argument_group(title)
     g.add_argument("--preset", help="start from a shipped preset (see show-config --help): kaggle-t4, kaggle-t4-search, "
                    "cpu-real, demo, demo-search")
-    g.add_argument("--config", metavar="FILE", help="TOML config file")
+    g.add_argument("--config", metavar="FILE", help="TOML config file ('-': standard input)")
     g.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="sets",
                    help="override one key, e.g. --set train.epochs=1 --set 'study.grid={lora_r=[8]}' (repeatable)")
     g.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna-search.db)")
@@ -58,8 +72,12 @@ def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optuna-search", description=(
-        "Resumable Optuna studies (grid, TPE, GP, NSGA-II; pruning; Pareto fronts) for LoRA/QLoRA fine-tuning of causal LMs."))
-    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors on stderr")
+        "Resumable Optuna studies (grid, TPE, GP, NSGA-II, brute force; pruning; successive halving over checkpoints; "
+        "Pareto fronts) for LoRA/QLoRA fine-tuning of causal LMs, and the measured model they choose."))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors on stderr")
+    noise.add_argument("--verbose", "-v", action="store_true", help="debug lines too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run what the study lacks: every grid point, or n_trials sampled trials")
@@ -71,28 +89,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N", help="parallel worker processes on this study, each pinned to its own GPU "
                    "(default: one per visible GPU, 1 on CPU; capped at the GPUs, or the CPU cores without a GPU)")
     p.add_argument("--oversubscribe", action="store_true", help="allow --workers above the machine's GPUs/cores")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", type=int, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--resume-from", metavar="BUNDLE",
                    help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working directory, then run")
+    p.add_argument("--warm-start-from", metavar="URL[#STUDY]",
+                   help="a new study starts with the finished trials of an earlier one (same data and evaluation subsets)")
+    p.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines while training (default 10; 0: every step)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="per point: state, attempts, value, resumed step; n of N trials, best, hours so far and ETA")
+    p = sub.add_parser("status", help="per point: state, attempts, value, resumed step, rung; n of N trials, best, hours so far and ETA")
     _add_config_args(p, reading=True)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("report", help="Markdown + HTML report: tables, baselines, significance, Pareto front, recommendation")
+    p = sub.add_parser("report", help="Markdown + HTML report: tables, baselines, significance, importances, recommendation")
     _add_config_args(p, reading=True)
     p.add_argument("--output", "-o", default="optuna-search-report", metavar="DIR",
                    help="directory for report.md and report.html (default: optuna-search-report)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("ensemble", help="soft/hard voting over trials from their stored predictions (no model, no GPU)")
+    p = sub.add_parser("ensemble", help="soft/hard voting over trials from their stored predictions (no model, no GPU); "
+                       "stored on the study")
     _add_config_args(p, reading=True)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--trials", metavar="N,N,...", help="trial numbers, e.g. 0,1,2")
     which.add_argument("--top", type=int, metavar="K", help="the K best trials by the study's objective (on its split; validation when stored)")
     which.add_argument("--all", action="store_true", help="every COMPLETE trial")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("predict", help="label new reports with the study's best trial (or a trial, the ensemble, an exported model)")
+    _add_config_args(p, reading=True)
+    p.add_argument("--input", "-i", required=True, metavar="FILE", help="JSONL or CSV with the study's text column")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="JSONL (CSV when it ends in .csv); rerun to resume")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--trial", default="best", metavar="best|N", help="the study's chosen trial (default) or trial N")
+    model.add_argument("--ensemble", action="store_true", help="the ensemble stored by `ensemble` (soft voting, one base model)")
+    model.add_argument("--model", metavar="DIR", help="a folder written by export-model (no study needed)")
+    p.add_argument("--on-bad-row", choices=BAD_ROW_POLICIES, default="skip",
+                   help="a row without text: skip it (reported with its line) or fail (default skip)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="rows per batch (default: the study's eval.batch_size)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export-model", help="a standalone folder with the trial's adapter, tokenizer, label sets and model card")
+    _add_config_args(p, reading=True)
+    p.add_argument("--trial", default="best", metavar="best|N", help="the study's chosen trial (default) or trial N")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create (e.g. /kaggle/working/model)")
+    p.add_argument("--merge", action="store_true", help="also write the adapter merged into the base model (fp16/bf16)")
+    p.set_defaults(func=cmd_export_model)
 
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1 unless --host)")
     _add_config_args(p, reading=True)
@@ -129,7 +172,8 @@ def parse_duration(text: str) -> float:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
-    for flag, section, key in (("storage", "storage", "url"), ("study_name", "study", "name")):
+    for flag, section, key in (("storage", "storage", "url"), ("study_name", "study", "name"),
+                               ("warm_start_from", "study", "warm_start")):
         value = getattr(args, flag, None)
         if value is not None:
             if not value.strip():
@@ -151,74 +195,67 @@ def resolve_location(args: argparse.Namespace) -> dict[str, str]:
 
 # -- commands ----------------------------------------------------------------------------
 def cmd_show_config(args: argparse.Namespace) -> int:
-    print(to_toml(stored_config(resolve_config(args))))  # a password never reaches the terminal
+    print(to_toml(redacted_config(resolve_config(args))))  # a password never reaches the terminal
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-
-    config = resolve_config(args)
-    print(validate(config))
+    print(validate(resolve_config(args)))
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-
     config = resolve_config(args)
+    if args.progress_interval < 0:
+        raise UserError(f"--progress-interval {args.progress_interval} must be >= 0 seconds")
     if args.resume_from:
-
         import_study_bundle(args.resume_from, config)
     if config.model.name_or_path == "builtin:tiny-mistral":
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
-    if args.worker:
+    if args.worker is not None:
         # One of `run --workers N`'s processes: run until nothing is left for us; the
         # parent prints the summary.
-        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, wait_for_others=False)
+        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, worker=str(args.worker),
+                            wait_for_others=False, progress_interval=args.progress_interval)
         return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
-
     workers = choose_workers(args.workers, config.train.gpus_per_trial, oversubscribe=args.oversubscribe)
     if workers > 1:
         outcome = _run_with_workers(args, config, workers)
         if outcome is None:
             return EXIT_USAGE
     else:
-        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget)
+        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget,
+                            progress_interval=args.progress_interval)
     return print_summary(summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached))
 
 
-def _run_with_workers(args: argparse.Namespace, config: Config, workers: int):
-
-    study = create_or_resume(config, preflight(config))  # created once, before the workers race
+def _run_with_workers(args: argparse.Namespace, config: Config, workers: int) -> RunOutcome | None:
+    study, _ = create_or_resume(config, preflight(config))  # created once, before the workers race
     log.info("starting %d workers", workers)
-    codes = run_workers(args.argv, workers, config.train.gpus_per_trial)
+    codes = run_workers(config, workers, WorkerOptions(args.retry_failed, args.time_budget, args.progress_interval))
     if EXIT_USAGE in codes:
         return None
-    sampler = make_sampler(config) if config.is_grid else None
-    return RunOutcome(study, read_state(config, study.get_trials(deepcopy=False), sampler), ran=sum(c == 0 for c in codes),
-                      budget_reached=EXIT_BUDGET in codes)
+    return RunOutcome(study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=EXIT_BUDGET in codes)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-
     opened = open_for_reading(resolve_location(args))
-    text, complete = status(opened.study, opened.config)
+    text, code = status(opened.study, opened.config)
     print(text)
-    return EXIT_OK if complete else EXIT_INCOMPLETE
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-
     opened = open_for_reading(resolve_location(args))
-    rep = collect_report(opened.study, artifact_store(opened.config.storage.artifacts, create=False))
-    md_path, html_path = write_report(rep, args.output)
+    rep = collect_report(opened.study, opened.config, artifact_store(opened.config.storage.artifacts, create=False))
+    md_path, html_path = write_report(rep, args.output, opened.study)
     print(render_markdown(rep))
     log.info("wrote %s and %s", md_path, html_path)
     return EXIT_OK
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-
-    opened = open_for_reading(resolve_location(args), mode="write")
+    opened = open_for_reading(resolve_location(args), mode="write")  # the ensemble is stored on the study
     trials = _parse_trials(args.trials) if args.trials else None
     print(run_ensemble(opened.study, opened.config, trials=trials, top=args.top))
     return EXIT_OK
@@ -229,20 +266,35 @@ def _parse_trials(text: str) -> list[int]:
         numbers = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise UserError(f"--trials {text!r} must be trial numbers separated by commas, e.g. 0,1,2") from None
+    if len(set(numbers)) != len(numbers):
+        raise UserError(f"--trials {text!r} names a trial twice; an ensemble needs distinct trials")
     if len(numbers) < 2:
         raise UserError(f"--trials {text!r}: an ensemble needs at least two trials")
     return numbers
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    summary = predict_file(args.input, args.output, location=None if args.model else resolve_location(args),
+                           trial=args.trial, ensemble=args.ensemble, model_dir=args.model, on_bad_row=args.on_bad_row,
+                           batch_size=args.batch_size)
+    print(summary)
+    return EXIT_OK
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    print(export_model(resolve_location(args), args.trial, args.output, merge=args.merge))
+    return EXIT_OK
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     check_port(args.port)
+    check_host(args.host)
     opened = open_for_reading(resolve_location(args), mode="write")  # the dashboard saves notes
     serve_dashboard(opened.study, opened.config, host=args.host, port=args.port)
     return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-
     manifest = export_study_bundle(resolve_location(args), args.output)
     print(f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
           f"next session: optuna-search run --resume-from {args.output} (same config)")
@@ -258,10 +310,35 @@ def _damaged_database(e: BaseException) -> str | None:
     return None
 
 
+def _disk_full(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "database or disk is full" in text or "no space left on device" in text
+
+
+class _LevelFormatter(logging.Formatter):
+    """Progress lines as they are; warnings, errors and debug lines say their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.levelno == logging.INFO:
+            return line
+        stamp, _, rest = line.partition(" ")
+        return f"{stamp} {record.levelname} {rest}"
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    root.setLevel(logging.WARNING)
+    log.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
@@ -273,8 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Once for every command: the libraries' known noise, among it the "experimental"
         # Optuna features relied on here.
         quiet_libraries()
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    setup_logging(args.quiet, args.verbose)
     if args.command == "run":
         handle_sigterm()
     try:
@@ -284,12 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except DiskFull as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_INCOMPLETE
+        return EXIT_DISK_FULL
     except KeyboardInterrupt as e:
         print("interrupted: completed trials are saved and the interrupted one resumes from its last checkpoint; "
               "run the same command again", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - a damaged database is bad input; anything else is a bug to show
+    except Exception as e:  # noqa: BLE001 - a damaged database is bad input, a full disk has its code; the rest is a bug to show
+        if _disk_full(e):
+            print("error: no space left on device while writing the study database; free some space and run the same "
+                  "command (completed trials are saved, the interrupted one resumes)", file=sys.stderr)
+            return EXIT_DISK_FULL
         message = _damaged_database(e)
         if message is None:
             raise

@@ -7,13 +7,16 @@ The dataclasses and their validation live in ``optuna_search.core``.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from optuna_search.core import Config, UserError, build_config
-from optuna_search.core._config import LOCATION_KEYS, SECTIONS, suggest
+from optuna_search.core._identity import LOCATION_KEYS
+from optuna_search.core._schema import SECTIONS, suggest
+from optuna_search.core._toml import TOMLDecodeError, loads
 
 
 def list_presets() -> list[str]:
@@ -25,20 +28,31 @@ def read_preset(name: str) -> dict[str, Any]:
     presets = list_presets()
     if name not in presets:
         raise UserError(f"unknown preset {name!r}{suggest(name, presets)}; available presets: {', '.join(presets)}")
-    return tomllib.loads(resources.files("optuna_search.search.presets").joinpath(f"{name}.toml").read_text())
+    return loads(resources.files("optuna_search.search.presets").joinpath(f"{name}.toml").read_text())
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML config file; ``-`` reads standard input (how `run --workers` hands each
+    worker its resolved config)."""
+    if str(path) == "-":
+        try:
+            return loads(sys.stdin.read())
+        except TOMLDecodeError as e:
+            raise UserError(f"the config on standard input is not valid TOML: {e}") from None
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise UserError(f"config file {str(p)!r} does not exist; pass an existing TOML file to --config") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {str(p)!r} is a directory; pass a TOML file to --config") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {str(p)!r} is not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     except OSError as e:
         raise UserError(f"cannot read config file {str(p)!r}: {e.strerror}; check its permissions") from None
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        return loads(text)
+    except TOMLDecodeError as e:
         raise UserError(f"config file {str(p)!r} is not valid TOML: {e}; fix the syntax there") from None
 
 
@@ -50,8 +64,8 @@ def parse_set_option(item: str) -> tuple[str, str, Any]:
     dotted, raw = item.split("=", 1)
     section, key = dotted.strip().split(".", 1)
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = loads(f"v = {raw.strip()}")["v"]
+    except TOMLDecodeError:
         value = raw.strip()
     return section, key, value
 
@@ -103,7 +117,5 @@ def explicit_location(raw: dict[str, Any]) -> dict[str, str]:
 
 
 def default_location(dotted: str) -> str:
-    import dataclasses
-
     section, key = dotted.split(".")
     return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)

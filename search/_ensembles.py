@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna_search.core import Config, TrialRecord, UserError
-from optuna_search.core._record import (
-    ATTR_BASELINE_PREDICTIONS,
-    ATTR_ENSEMBLES,
-    ATTR_EVAL_SUBSET,
-)
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
 from optuna_search.core._text import num, pct, render_table
 from optuna_search.dashboards._report import load_predictions
 from optuna_search.objectives._ensemble import (
@@ -25,16 +20,18 @@ from optuna_search.objectives._ensemble import (
 from optuna_search.objectives._metrics import Prediction, score_predictions
 from optuna_search.objectives._stats import mcnemar_exact
 from optuna_search.search._run import write_study_note
-from optuna_search.search._scheduler import read_state
-from optuna_search.search._space import make_sampler
+from optuna_search.search._scheduler import study_state
 from optuna_search.search._trial import ids_digest
 from optuna_search.storage._artifacts import artifact_store, upload_records
+from optuna_search.storage._records import read_meta, write_meta
 
 
 def choose_members(records: list[TrialRecord], config: Config, *, trials: list[int] | None, top: int | None) -> tuple[list[TrialRecord], str]:
     """The members, best first by the study's objective, and what chose them."""
     complete = [r for r in records if r.state == "COMPLETE" and r.duplicate_of is None and r.test is not None]
     by_number = {r.number: r for r in complete}
+    if not complete:
+        raise UserError("the study has no complete trial yet; an ensemble needs at least two (run the study first)")
     has_validation = all(r.validation is not None for r in complete)
     rank_on = "validation" if has_validation else "test"
     ranked = sorted(complete, key=lambda r: -(r.split_overall(rank_on) or 0.0))
@@ -55,7 +52,7 @@ def choose_members(records: list[TrialRecord], config: Config, *, trials: list[i
 
 def run_ensemble(study: Any, config: Config, *, trials: list[int] | None = None, top: int | None = None) -> str:
     fields = list(config.data.fields)
-    subset = study.user_attrs.get(ATTR_EVAL_SUBSET) or []
+    subset = read_meta(study).eval_subset or []
     ids = [s["id"] for s in subset]
     records = [TrialRecord.from_trial(t, fields) for t in study.get_trials(deepcopy=False)]
     chosen, chosen_on = choose_members(records, config, trials=trials, top=top)
@@ -92,7 +89,7 @@ def _evaluate(method: str, preds: list[Prediction], members: list[Member], chose
     best = members[0]
     vs_best = mcnemar_exact(mine, correctness(best.predictions, ids, fields)["overall"])
     vs_baselines = {}
-    for name, bp in (study.user_attrs.get(ATTR_BASELINE_PREDICTIONS) or {}).items():
+    for name, bp in (read_meta(study).baseline_predictions or {}).items():
         theirs = [all(bp[i][f] == by_id[i].gold[f] for f in fields) for i in ids]
         vs_baselines[name] = mcnemar_exact(mine, theirs).p_value
     best_single = sum(correctness(best.predictions, ids, fields)[f].count(True) for f in fields) / (len(ids) * len(fields))
@@ -106,14 +103,14 @@ def _evaluate(method: str, preds: list[Prediction], members: list[Member], chose
 
 
 def _store(study: Any, config: Config, results: list[dict[str, Any]], store) -> None:
-    kept = [e for e in study.user_attrs.get(ATTR_ENSEMBLES) or []
+    kept = [e for e in read_meta(study).ensembles or []
             if not any(e["trials"] == r["trials"] and e["method"] == r["method"] for r in results)]
     out_store = store or artifact_store(config.storage.artifacts)
     for r in results:
         preds = r.pop("predictions")
         r["artifact_id"] = upload_records(out_store, study, f"ensemble-{r['method']}-{'-'.join(map(str, r['trials']))}.jsonl", preds)
-    study.set_user_attr(ATTR_ENSEMBLES, kept + results)
-    write_study_note(study, config, read_state(config, study.get_trials(deepcopy=False), make_sampler(config) if config.is_grid else None))
+    write_meta(study, StudyMeta(ensembles=kept + results))
+    write_study_note(study, config, study_state(study, config))
 
 
 def _render(results: list[dict[str, Any]], members: list[Member], fields: list[str]) -> str:

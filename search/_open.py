@@ -1,40 +1,66 @@
 """Opening a study: create-or-resume for ``run``, read-only for everything else.
 
 ``create_or_resume`` stores on a new study what makes its trials comparable (the
-resolved config, the evaluation subsets, the baselines) and refuses to resume one under
-a config that changes what its trials mean. ``open_for_reading`` needs nothing but where
-the study lives: the storage URL and, when the storage holds several studies, the name;
-the study's own stored config says the rest.
+resolved config, the evaluation subsets, the data digests, the baselines) and refuses to
+resume one under a config that changes what its trials mean. ``open_for_reading`` needs
+nothing but where the study lives: the storage URL and, when the storage holds several,
+the name; the study's own stored config says the rest.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, UserError, build_config
-from optuna_search.core._config import PRIMARY_OBJECTIVE, diff_semantic, to_toml
-from optuna_search.core._record import (
-    ATTR_BASELINE_PREDICTIONS,
-    ATTR_BASELINES,
-    ATTR_CONFIG,
-    ATTR_CONFIG_TOML,
-    ATTR_EVAL_SUBSET,
-    ATTR_GRID_SIZE,
-    ATTR_VALIDATION_BASELINES,
-    ATTR_VALIDATION_SUBSET,
-)
+from optuna_search.core import Config, StudyMeta, UserError, build_config
+from optuna_search.core._identity import adopt_legacy_defaults, diff_semantic, with_legacy_values
+from optuna_search.core._toml import to_toml
 from optuna_search.search._config import default_location
 from optuna_search.search._preflight import Preflight
 from optuna_search.search._space import make_pruner, make_sampler
 from optuna_search.storage._claim import ClaimLock
 from optuna_search.storage._internals import engine_of
-from optuna_search.storage._storages import list_study_names, open_storage, redact_url
+from optuna_search.storage._records import read_meta, write_meta
+from optuna_search.storage._storages import list_study_names, open_storage, redact_url, redacted_config
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("optuna_search")
 
 
-def create_or_resume(config: Config, pf: Preflight):
-    """The study named by ``config``, created if it does not exist (for ``run``)."""
+def stored_config_of(config: Config) -> dict[str, Any] | None:
+    """The config stored on the study ``config`` names, if it exists (None for a new
+    study or a new database). Opens the storage read-only: looks, writes nothing."""
+    try:
+        storage = open_storage(config.storage.url, mode="read")
+    except UserError:
+        return None  # no database yet, or an empty one: a new study
+    if config.study.name not in list_study_names(storage):
+        return None
+    import optuna
+
+    study = optuna.load_study(study_name=config.study.name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
+    return read_meta(study).config
+
+
+def as_resumed(config: Config) -> Config:
+    """``config`` as the existing study it names reads it: keys its stored config
+    predates take what the study meant then (e.g. unstratified evaluation subsets), where
+    the command line left them at their defaults."""
+    stored = stored_config_of(config)
+    if stored is None:
+        return config
+    adjusted, adopted = adopt_legacy_defaults(stored, config)
+    if adopted:
+        log.info("study %r was created by an earlier version: keeping its %s", config.study.name, ", ".join(adopted))
+    return adjusted
+
+
+def create_or_resume(config: Config, pf: Preflight) -> tuple["optuna.Study", bool]:
+    """The study named by ``config``, created if it does not exist (for ``run``), and
+    whether it was created now."""
     import optuna
 
     storage = open_storage(config.storage.url, mode="create", heartbeat_interval=config.storage.heartbeat_interval,
@@ -43,75 +69,63 @@ def create_or_resume(config: Config, pf: Preflight):
     # attrs while the other waits, then loads it.
     with ClaimLock(engine_of(storage), config.study.name):
         if config.study.name not in list_study_names(storage):
-            return _create(config, pf, storage)
+            return _create(config, pf, storage), True
     study = optuna.load_study(study_name=config.study.name, storage=storage, sampler=make_sampler(config),
                               pruner=make_pruner(config))
-    _check_resumable(study, config, pf)
+    check_resumable(study, config, pf)
     _record_extension(study, config)
-    return study
+    return study, False
 
 
-def _record_extension(study: Any, config: Config) -> None:
+def _record_extension(study: "optuna.Study", config: Config) -> None:
     """`run --n-trials N` extends a search: the stored config says so from then on
     (what `status` and `report` count against)."""
-    stored = study.user_attrs.get(ATTR_CONFIG)
+    stored = read_meta(study).config
     if stored is not None and stored.get("study", {}).get("n_trials", config.study.n_trials) != config.study.n_trials:
-        shown = stored_config(config)
-        study.set_user_attr(ATTR_CONFIG, {**stored, "study": {**stored["study"], "n_trials": config.study.n_trials}})
-        study.set_user_attr(ATTR_CONFIG_TOML, to_toml(shown))
+        shown = redacted_config(config)
+        write_meta(study, StudyMeta(config={**stored, "study": {**stored["study"], "n_trials": config.study.n_trials}},
+                                    config_toml=to_toml(shown)))
 
 
-def _create(config: Config, pf: Preflight, storage: Any):
+def _create(config: Config, pf: Preflight, storage: Any) -> "optuna.Study":
     import optuna
 
     study = optuna.create_study(study_name=config.study.name, storage=storage, sampler=make_sampler(config),
                                 pruner=make_pruner(config), directions=config.directions())
     study.set_metric_names(list(config.study.objectives))
-    shown = stored_config(config)
-    for key, value in (
-        (ATTR_CONFIG, shown.to_dict()),
-        (ATTR_CONFIG_TOML, to_toml(shown)),
-        (ATTR_EVAL_SUBSET, pf.data.test_subset),
-        (ATTR_VALIDATION_SUBSET, pf.data.validation_subset),
-        (ATTR_BASELINES, pf.baselines),
-        (ATTR_BASELINE_PREDICTIONS, pf.baseline_predictions),
-        (ATTR_VALIDATION_BASELINES, pf.validation_baselines),
-        (ATTR_GRID_SIZE, len(config.grid_points()) if config.is_grid else None),
-    ):
-        if value is not None:
-            study.set_user_attr(key, value)
+    shown = redacted_config(config)
+    write_meta(study, StudyMeta(
+        config=shown.to_dict(), config_toml=to_toml(shown), eval_subset=pf.data.test_subset,
+        validation_subset=pf.data.validation_subset, baselines=pf.baselines, baseline_predictions=pf.baseline_predictions,
+        validation_baselines=pf.validation_baselines, grid_size=len(config.grid_points()) if config.is_grid else None,
+        data_digest=pf.data.digests, labels=pf.data.dataset.vocab,
+    ))
     return study
 
 
-def stored_config(config: Config) -> Config:
-    """The copy stored on the study, shown in the dashboard and reports: never a password."""
-    return dataclasses.replace(config, storage=dataclasses.replace(config.storage, url=redact_url(config.storage.url)))
-
-
-def _check_resumable(study: Any, config: Config, pf: Preflight) -> None:
-    stored = study.user_attrs.get(ATTR_CONFIG)
+def check_resumable(study: "optuna.Study", config: Config, pf: Preflight) -> None:
+    meta = read_meta(study)
     where = f"study {config.study.name!r} in {redact_url(config.storage.url)}"
-    if stored is not None:
-        diffs = diff_semantic(stored, config.to_dict())
+    if meta.config is not None:
+        diffs = diff_semantic(meta.config, config.to_dict())
         if diffs:
             raise UserError(
                 f"{where} was created with a config that gives its trials a different meaning; resume it with "
                 "the original config, or start a new study with --study-name. Differences:", diffs)
-    if study.user_attrs.get(ATTR_EVAL_SUBSET) not in (None, pf.data.test_subset):
+    if meta.eval_subset not in (None, pf.data.test_subset):
         raise UserError(f"the evaluation subset of {where} differs from the one the test file gives now; restore "
                         "the original test file or start a new study (--study-name)")
-    if ATTR_VALIDATION_SUBSET not in study.user_attrs:
+    if meta.validation_subset is None:
         # A study created before validation subsets existed: fix one now, once.
-        study.set_user_attr(ATTR_VALIDATION_SUBSET, pf.data.validation_subset)
-        study.set_user_attr(ATTR_VALIDATION_BASELINES, pf.validation_baselines)
-    elif study.user_attrs[ATTR_VALIDATION_SUBSET] != pf.data.validation_subset:
+        write_meta(study, StudyMeta(validation_subset=pf.data.validation_subset, validation_baselines=pf.validation_baselines))
+    elif meta.validation_subset != pf.data.validation_subset:
         raise UserError(f"the validation subset of {where} differs from the one the validation file gives now; restore "
                         "the original validation file or start a new study (--study-name)")
 
 
 @dataclass
 class OpenedStudy:
-    study: Any
+    study: "optuna.Study"
     config: Config
     """The study's own config, located where the command line says."""
 
@@ -119,7 +133,7 @@ class OpenedStudy:
 def open_for_reading(location: dict[str, str], *, mode: str = "read") -> OpenedStudy:
     """A study opened from its location alone (``storage.url``, optional ``study.name``,
     ``storage.artifacts``, ``train.output_dir``): read-only unless ``mode="write"``
-    (the dashboard, which saves notes)."""
+    (the dashboard, which saves notes; ensembles, which are stored on the study)."""
     import optuna
 
     url = location.get("storage.url") or default_location("storage.url")
@@ -137,16 +151,18 @@ def open_for_reading(location: dict[str, str], *, mode: str = "read") -> OpenedS
     return OpenedStudy(study, study_config(study, {**location, "storage.url": url, "study.name": name}))
 
 
-def study_config(study: Any, location: dict[str, str]) -> Config:
+def study_config(study: "optuna.Study", location: dict[str, str]) -> Config:
     """The config a study was created with, located where ``location`` says (explicit
-    keys win; the rest of the location comes from the study's own config)."""
-    stored = study.user_attrs.get(ATTR_CONFIG)
+    keys win; the rest of the location comes from the study's own config). Keys it
+    predates read as they meant then."""
+    stored = read_meta(study).config
     if stored is None:
         raise UserError(f"study {study.study_name!r} was not created by optuna-search (it has no stored config); "
                         "use optuna-dashboard or the optuna CLI for it")
-    raw = {section: dict(values) for section, values in stored.items()}
+    raw = with_legacy_values(stored)
     for dotted, value in location.items():
         section, key = dotted.split(".")
         raw.setdefault(section, {})[key] = value
-    raw.setdefault("study", {}).setdefault("objectives", [PRIMARY_OBJECTIVE])
     return build_config(raw)
+
+

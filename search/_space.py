@@ -1,24 +1,28 @@
-"""The search space as Optuna distributions, and the sampler and pruner of a study.
+"""The search space as Optuna distributions, its size, and the sampler and pruner of a
+study (built from the hyperparameter table, ``core._params``).
 
-Grids run through :class:`GridPointSampler`, a GridSampler whose point is chosen by the
-scheduler (retries first, then grid order, never a point that already finished) and
-recorded exactly as GridSampler would (system attrs ``search_space`` and ``grid_id``), so
-the study stays an ordinary grid study for every Optuna tool. The other samplers are
-Optuna's own, seeded by ``study.seed``.
+Grids run through ``GridPointSampler`` (the scheduler chooses the point). The other
+samplers are Optuna's own, seeded by ``study.seed`` and the trial number, behind
+``NoRepeatSampler``: on a finite space no trial is spent on a point that already has a
+trial; ``brute_force`` is Optuna's BruteForceSampler, which never repeats by design.
+The samplers' classes are in ``_samplers`` (they subclass Optuna's, so that module
+imports optuna; it is imported here only inside the functions that build one).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+import itertools
+import math
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config
-from optuna_search.core._params import INT_KEYS, to_optuna_value
-from optuna_search.storage._internals import (
-    grid_points,
-    grid_search_space,
-    set_trial_system_attr,
-)
+from optuna_search.core._params import BY_NAME, to_optuna_value
+
+if TYPE_CHECKING:
+    import optuna
+
+# A finite space larger than this is sampled like an infinite one (no enumeration).
+ENUMERABLE = 100_000
 
 
 def grid_space(config: Config) -> dict[str, list[Any]]:
@@ -26,13 +30,9 @@ def grid_space(config: Config) -> dict[str, list[Any]]:
     return {k: [to_optuna_value(k, v) for v in vals] for k, vals in config.study.grid.items()}
 
 
-def distributions(config: Config) -> dict[str, Any]:
+def distributions(config: Config) -> dict[str, "optuna.distributions.BaseDistribution"]:
     """One Optuna distribution per searched hyperparameter."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if config.is_grid:
         return {k: CategoricalDistribution(v) for k, v in grid_space(config).items()}
@@ -40,27 +40,86 @@ def distributions(config: Config) -> dict[str, Any]:
     for key, spec in config.study.search_space.items():
         if isinstance(spec, list):
             out[key] = CategoricalDistribution([to_optuna_value(key, v) for v in spec])
-        elif key in INT_KEYS:
+        elif BY_NAME[key].type is int:
             out[key] = IntDistribution(int(spec["low"]), int(spec["high"]), log=spec.get("log", False), step=int(spec.get("step") or 1))
         else:
             out[key] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False), step=spec.get("step"))
     return out
 
 
-def make_sampler(config: Config):
-    import optuna
+def _choices(spec: Any, key: str) -> list[Any] | None:
+    """Every value of one dimension of the search space, or None when it is continuous."""
+    if isinstance(spec, list):
+        return [to_optuna_value(key, v) for v in spec]
+    step = spec.get("step")
+    if BY_NAME[key].type is int:
+        step = int(step or 1)
+        if spec.get("log"):
+            return list(range(int(spec["low"]), int(spec["high"]) + 1))
+        return list(range(int(spec["low"]), int(spec["high"]) + 1, step))
+    if step is None:
+        return None
+    n = int(math.floor((spec["high"] - spec["low"]) / step + 1e-9)) + 1
+    return [round(spec["low"] + i * step, 12) for i in range(n)]
+
+
+def space_size(config: Config) -> int | None:
+    """Points in the search space (the grid's, or a finite sampler space's); None when a
+    dimension is continuous."""
+    if config.is_grid:
+        return len(config.grid_points())
+    size = 1
+    for key, spec in config.study.search_space.items():
+        values = _choices(spec, key)
+        if values is None:
+            return None
+        size *= len(values)
+    return size
+
+
+def enumerate_space(config: Config) -> list[dict[str, Any]] | None:
+    """Every point of a finite sampler space (Optuna's values), or None when it is
+    continuous or too large to list."""
+    size = space_size(config)
+    if size is None or size > ENUMERABLE:
+        return None
+    keys = list(config.study.search_space)
+    dims = [_choices(config.study.search_space[k], k) for k in keys]
+    return [dict(zip(keys, values)) for values in itertools.product(*dims)]  # type: ignore[arg-type]
+
+
+def n_target(config: Config) -> int:
+    """Finished trials (grid points, sampled configurations) that complete the study:
+    the grid's size, or n_trials clipped to the size of a finite space."""
+    if config.is_grid:
+        return len(config.grid_points())
+    size = space_size(config)
+    return config.study.n_trials if size is None else min(config.study.n_trials, size)
+
+
+def make_sampler(config: Config) -> "optuna.samplers.BaseSampler":
+    from optuna_search.search._samplers import GridPointSampler, NoRepeatSampler, QuietBruteForceSampler
 
     s = config.study
     if s.sampler == "grid":
-        return grid_point_sampler_class()(grid_space(config), seed=s.seed)
+        return GridPointSampler(grid_space(config), seed=s.seed)
+    if s.sampler == "brute_force":
+        return QuietBruteForceSampler(seed=s.seed)
+    return NoRepeatSampler(lambda seed: _inner_sampler(config, seed), distributions(config), s.seed, enumerate_space(config))
+
+
+def _inner_sampler(config: Config, seed: int) -> "optuna.samplers.BaseSampler":
+    import optuna
+
+    s = config.study
     if s.sampler == "tpe":
         # constant_liar only changes anything while other workers' trials are RUNNING.
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True, n_startup_trials=s.startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=s.startup_trials)
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup_trials)
-    return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, s.startup_trials))
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.startup_trials)
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, s.startup_trials))
 
 
 def max_validation_points(config: Config) -> int:
@@ -70,10 +129,10 @@ def max_validation_points(config: Config) -> int:
         epochs = max(spec)
     elif isinstance(spec, dict):
         epochs = int(spec["high"])
-    return epochs * config.train.validations_per_epoch
+    return epochs * config.train.validations_per_epoch + (len(config.study.rungs) if config.halving else 0)
 
 
-def make_pruner(config: Config):
+def make_pruner(config: Config) -> "optuna.pruners.BasePruner":
     import optuna
 
     s = config.study
@@ -87,59 +146,3 @@ def make_pruner(config: Config):
             reduction_factor=s.pruner_reduction_factor,
         )
     return optuna.pruners.NopPruner()
-
-
-@functools.cache
-def grid_point_sampler_class() -> type:
-    """:class:`GridPointSampler`, defined on first use: it subclasses Optuna's
-    GridSampler, and Optuna is only imported by the commands that need it."""
-    from optuna.samplers import GridSampler
-
-    class GridPointSampler(GridSampler):
-        """A GridSampler that creates the trial for the point the scheduler chose:
-        ``sampler.ask_point(study, point, distributions)``."""
-
-        def __init__(self, search_space: dict[str, list[Any]], seed: int | None = None) -> None:
-            super().__init__(search_space, seed=seed)
-            self._claim: dict[str, Any] | None = None
-            self._ids = {_point_id(p): i for i, p in enumerate(grid_points(self))}
-
-        def grid_id(self, point: dict[str, Any]) -> int:
-            try:
-                return self._ids[_point_id(point)]
-            except KeyError:
-                raise KeyError(f"{point!r} is not a point of the grid {grid_search_space(self)!r}") from None
-
-        def ask_point(self, study, point: dict[str, Any], dists: dict[str, Any]):
-            """Create the trial of ``point`` (its params set at once from ``dists``)."""
-            self._claim = point
-            try:
-                return study.ask(dists)
-            finally:
-                self._claim = None
-
-        def before_trial(self, study, trial) -> None:
-            attrs = trial.system_attrs
-            if self._claim is None or "grid_id" in attrs or "fixed_params" in attrs:
-                # A retry of a stale trial keeps its point (GridSampler returns at once).
-                super().before_trial(study, trial)
-                return
-            set_trial_system_attr(study, trial, "search_space", grid_search_space(self))
-            set_trial_system_attr(study, trial, "grid_id", self.grid_id(self._claim))
-
-        def after_trial(self, study, trial, state, values) -> None:
-            # GridSampler would call study.stop() after the last point, which only works
-            # inside optimize(); the scheduler decides when the grid is done.
-            return None
-
-    return GridPointSampler
-
-
-def __getattr__(name: str) -> Any:
-    if name == "GridPointSampler":
-        return grid_point_sampler_class()
-    raise AttributeError(name)
-
-
-def _point_id(point: dict[str, Any]) -> tuple:
-    return tuple(sorted(point.items()))

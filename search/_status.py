@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from optuna_search.core import Config
-from optuna_search.core._params import short_point_key
-from optuna_search.dashboards._summary import render_status, status_rows
+from optuna_search.dashboards._summary import render_status, status_report
+from optuna_search.search._exit import EXIT_INCOMPLETE, EXIT_OK
 from optuna_search.search._run import summary_points
-from optuna_search.search._scheduler import Status, read_state
-from optuna_search.search._space import make_sampler
+from optuna_search.search._scheduler import Status, study_state
+
+if TYPE_CHECKING:
+    import optuna
 
 
-def status(study: Any, config: Config) -> tuple[str, bool]:
-    """The status table and whether the study is complete."""
-    state = read_state(config, study.get_trials(deepcopy=False), make_sampler(config) if config.is_grid else None)
-    fields = list(config.data.fields)
+def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
+    """The status table, and the exit code: 0 complete, 1 not (yet) complete."""
+    state = study_state(study, config)
     front = None
     if len(config.study.objectives) > 1:
         best = {b.number for b in study.best_trials}
-        front = [short_point_key(p.params) for p in state.points if any(t.number in best for t in p.complete)]
-    rows = status_rows(summary_points(state, fields), state.n_target, config.is_grid, config.eval.objective_split, front)
-    return render_status(rows, config.study.name), state.finished >= state.n_target and not state.of(Status.RUNNING, Status.WAITING)
-
+        front = [p.label for p in state.points if any(t.number in best for t in p.complete)]
+    report = status_report(summary_points(state, list(config.data.fields)), state.n_target, config.is_grid,
+                           config.eval.objective_split, front, list(config.study.rungs) if config.halving else None,
+                           config.study.objectives[0])
+    text = render_status(report, config.study.name)
+    failed = state.of(Status.FAILED)
+    if failed:
+        text += "\nfailed: " + ", ".join(p.label for p in failed) + " (re-run them with: optuna-search run --retry-failed)"
+    return text, EXIT_OK if state.done else EXIT_INCOMPLETE

@@ -1,64 +1,63 @@
-"""The Optuna-facing adapter: runs one trial through an objective and records it.
+"""The runner: one trial through the study's objective, and how it ended.
 
 ``TrialRunner.run(trial)`` builds the objective's request from the trial's params,
-keeps the trial's heartbeat while it trains, reports validation accuracy as the trial's
-intermediate values (asking the pruner after each), falls back to a smaller batch when
-the accelerator runs out of memory, and finally writes the trial's record (user attrs),
-its predictions artifact and its dashboard note, and tells Optuna the outcome.
+keeps the trial's heartbeat while it trains, reports the validation signal
+(``study.prune_on``) as the trial's intermediate values (asking the pruner after each),
+falls back to a smaller batch when the accelerator runs out of memory, saves a finished
+trial's predictions and note, and returns a :class:`TrialOutcome`: completed, pruned,
+paused at a rung, failed, stopped for the time budget or interrupted. It never tells
+Optuna anything; the scheduler does, in one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
 import logging
-import os
-import shutil
 import socket
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, TrialParams, TrialRecord, UserError
 from optuna_search.core._params import point_key, short_point_key
-from optuna_search.core._record import ATTR_EVAL_SUBSET, ATTR_VALIDATION_SUBSET
 from optuna_search.core._text import pct
 from optuna_search.dashboards._notes import trial_note
 from optuna_search.objectives import (
     BudgetExhausted,
+    DivergedTraining,
+    Objective,
     OutOfMemory,
     Stopped,
     StudyData,
     TrialHooks,
     TrialRequest,
     TrialResult,
+    ValidationPoint,
 )
 from optuna_search.objectives._data import resolve_eval_subset
-from optuna_search.objectives._ddp import run_distributed
+from optuna_search.objectives._train import stop_step
+from optuna_search.search._scheduler import Outcome, TrialOutcome
 from optuna_search.search._signals import Terminated, disarm, stop_requested
 from optuna_search.storage._artifacts import artifact_store, upload_records
 from optuna_search.storage._checkpoints import (
+    adapter_digest,
     point_checkpoints,
     read_run_settings,
     restart_with_settings,
 )
-from optuna_search.storage._internals import heartbeat, set_trial_user_attr, stored_trial
-from optuna_search.storage._storages import redact_url
+from optuna_search.storage._internals import heartbeat, stored_trial
+from optuna_search.storage._records import read_meta, write_record
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger("optuna_search")
 
 
-class TrialFailed(Exception):
-    """The trial failed with an error (recorded on it); the study goes on."""
-
-
 class DiskFull(Exception):
     """No space left on the device: nothing more can be saved, the run stops."""
-
-
-def write_record(study: Any, trial: Any, record: TrialRecord) -> None:
-    """Write a (partial) record's user attrs on a trial: the one writer of user attrs."""
-    for key, value in record.to_user_attrs().items():
-        set_trial_user_attr(study, trial, key, value)
 
 
 def ids_digest(subset: list[dict[str, str]]) -> str:
@@ -66,61 +65,56 @@ def ids_digest(subset: list[dict[str, str]]) -> str:
 
 
 class TrialRunner:
-    def __init__(self, study: Any, config: Config, data: StudyData, objective: Any, deadline: float | None = None) -> None:
-        self.study, self.config, self.data, self.objective, self.deadline = study, config, data, objective, deadline
-        self.budget_stopped = False
+    def __init__(self, study: "optuna.Study", config: Config, data: StudyData, objective: Objective, *,
+                 deadline: float | None = None, worker: str = "0", progress_interval: float = 10.0) -> None:
+        self.study, self.config, self.data, self.objective = study, config, data, objective
+        self.deadline, self.worker, self.progress_interval = deadline, worker, progress_interval
         self.multi_objective = len(config.study.objectives) > 1
-        self._reported: set[int] = set()  # validation points reported on the current trial
+        self.rungs = list(config.study.rungs) if config.halving else []
+        self.meta = read_meta(study)
 
-    # -- the trial -------------------------------------------------------------------
-    def run(self, trial: Any, *, position: tuple[int, int], attempts: int) -> None:
-        from optuna.trial import TrialState
-
+    def run(self, trial: "optuna.Trial", *, position: tuple[int, int], attempts: int, rung: int | None = None) -> TrialOutcome:
         point = {k: trial.params[k] for k in self.config.searched_keys()}
-        tag = f"[trial {position[0]}/{position[1]} {short_point_key(point)}]"
+        until = 1.0 if rung is None else self.rungs[rung]
+        tag = f"[trial {position[0]}/{position[1]} {short_point_key(point)}]" + (
+            f" (to rung {rung + 1}/{len(self.rungs)}, {100 * until:.0f}% of training)" if rung is not None else "")
         folder = point_checkpoints(self.config.train.output_dir, self.config.study.name, point)
         params = self._params(point, folder)
-        request = self._request(params, folder)
         write_record(self.study, trial, TrialRecord(
             point=point_key(point), lora_alpha=params.lora_alpha, effective_params=params.to_dict(),
-            eval_ids_sha256=ids_digest(self.study.user_attrs.get(ATTR_EVAL_SUBSET)),
-            validation_ids_sha256=ids_digest(self.study.user_attrs.get(ATTR_VALIDATION_SUBSET) or []),
-            attempts=attempts, worker=os.environ.get("OPTUNA_SEARCH_WORKER", "0"), host=socket.gethostname(),
-            eval_method=self.config.eval.method,
+            eval_ids_sha256=ids_digest(self.meta.eval_subset or []),
+            validation_ids_sha256=ids_digest(self.meta.validation_subset or []),
+            attempts=attempts, worker=self.worker, host=socket.gethostname(), eval_method=self.config.eval.method,
         ))
+        request = self._request(params, folder, until, trial.number, point)
         log.info("%s starting (attempt %d)", tag, attempts)
-        self._reported = set()
         try:
             with heartbeat(self.study, trial):
                 result, request = self._train(trial, request, tag)
         except Stopped:
-            # SIGTERM: checkpointed at the last step; FAIL at once, resumable from there.
+            # SIGTERM: checkpointed at the last step; resumable from there.
             disarm()
-            self._tell_quietly(trial, TrialState.FAIL)
-            raise Terminated() from None
+            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted="SIGTERM"), stop=Terminated())
         except BudgetExhausted as e:
-            write_record(self.study, trial, TrialRecord(stopped_by_time_budget=str(e)))
-            self.budget_stopped = True
-            self.study.tell(trial, state=TrialState.FAIL)
-            return
-        except (KeyboardInterrupt, UserError):
+            return TrialOutcome(Outcome.BUDGET, TrialRecord(stopped_by_time_budget=str(e)))
+        except (KeyboardInterrupt, UserError) as e:
             # Ctrl-C, SIGTERM or bad input: not the trial's fault, and it resumes from its
-            # last checkpoint next time; FAIL at once, so the next run need not wait for
+            # last checkpoint next time; marked at once, so the next run need not wait for
             # its heartbeat to go stale.
             disarm()
-            self._tell_quietly(trial, TrialState.FAIL)
-            raise
+            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(), stop=e)
         except OSError as e:
             if e.errno != errno.ENOSPC:
-                self._fail(trial, tag, e)
-                return
-            self._fail(trial, tag, e, quiet=True)
-            raise DiskFull(f"no space left on device at {getattr(e, 'filename', None) or self.config.train.output_dir}; "
-                           "free some space (old checkpoints, caches) and run the same command to resume") from None
+                return self._failed(tag, e)
+            where = getattr(e, "filename", None) or self.config.train.output_dir
+            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted=f"no space left on device at {where}"),
+                                stop=DiskFull(f"no space left on device at {where}; free some space (old checkpoints, "
+                                              "caches) and run the same command: the trial resumes from its last checkpoint"))
+        except DivergedTraining as e:
+            return self._failed(tag, e)
         except Exception as e:  # noqa: BLE001 - any training failure is recorded, then the next point runs
-            self._fail(trial, tag, e)
-            return
-        self._record(trial, tag, request, result)
+            return self._failed(tag, e)
+        return self._outcome(trial, tag, request, result, rung)
 
     def _params(self, point: dict[str, Any], folder) -> TrialParams:
         params = self.config.trial_params(point)
@@ -128,23 +122,27 @@ class TrialRunner:
         settings = read_run_settings(folder)
         return params.with_batch(**settings) if settings else params
 
-    def _request(self, params: TrialParams, folder) -> TrialRequest:
+    def _request(self, params: TrialParams, folder, until: float, number: int, point: dict[str, Any]) -> TrialRequest:
         # Belt and braces: the examples evaluated are exactly the study's stored subsets.
         ds = self.data.dataset
         return TrialRequest(
             params=params, data=ds,
-            test_examples=resolve_eval_subset(ds.test, self.study.user_attrs.get(ATTR_EVAL_SUBSET)),
-            validation_examples=resolve_eval_subset(ds.validation, self.study.user_attrs.get(ATTR_VALIDATION_SUBSET) or []),
-            checkpoint_dir=folder, deadline=self.deadline,
+            test_examples=resolve_eval_subset(ds.test, self.meta.eval_subset or []),
+            validation_examples=resolve_eval_subset(ds.validation, self.meta.validation_subset or []),
+            checkpoint_dir=folder, deadline=self.deadline, train_until=until, validate_at=tuple(self.rungs),
+            run_name=f"{self.config.study.name}/trial-{number}/{short_point_key(point)}",
         )
 
-    def _train(self, trial: Any, request: TrialRequest, tag: str) -> tuple[TrialResult, TrialRequest]:
+    def _train(self, trial: "optuna.Trial", request: TrialRequest, tag: str) -> tuple[TrialResult, TrialRequest]:
         """Run the objective; on out-of-memory, start the point over with half the
         per-device batch and twice the accumulation (same effective batch)."""
         oom_retries: list[dict[str, Any]] = []
+        hooks = TrialHooks(on_validation=lambda vp: self._on_validation(trial, vp),
+                           progress=lambda msg: log.info("%s %s", tag, msg), stop_requested=stop_requested,
+                           progress_interval=self.progress_interval)
         while True:
             try:
-                return self._call_objective(trial, request, tag), request
+                return self.objective(request, hooks), request
             except OutOfMemory as e:
                 p = request.params
                 if p.batch_size == 1:
@@ -156,117 +154,114 @@ class TrialRunner:
                 # Checkpoints of the larger batch would replay a different data order.
                 restart_with_settings(request.checkpoint_dir, smaller.batch_size, smaller.gradient_accumulation)
                 write_record(self.study, trial, TrialRecord(oom_retries=oom_retries))
-                request = TrialRequest(smaller, request.data, request.test_examples, request.validation_examples,
-                                       request.checkpoint_dir, request.deadline)
+                request = dataclasses.replace(request, params=smaller)
 
-    def _call_objective(self, trial: Any, request: TrialRequest, tag: str) -> TrialResult:
-        hooks = TrialHooks(on_validation=lambda n, acc: self._on_validation(trial, n, acc),
-                           progress=lambda msg: log.info("%s %s", tag, msg), stop_requested=stop_requested)
-        gpus = self.config.train.gpus_per_trial
-        if gpus <= 1:
-            return self.objective(request, hooks)
-        # Same effective batch over the ranks: accumulation is divided by them.
-        p = request.params
-        ddp = TrialRequest(p.with_batch(p.batch_size, max(1, p.gradient_accumulation // gpus)), request.data,
-                           request.test_examples, request.validation_examples, request.checkpoint_dir, request.deadline)
-        subsets = {"test": self.study.user_attrs.get(ATTR_EVAL_SUBSET),
-                   "validation": self.study.user_attrs.get(ATTR_VALIDATION_SUBSET) or []}
-        return run_distributed(self._redacted_config(), ddp, subsets, hooks.progress)
+    def _signal(self, vp: ValidationPoint) -> float | None:
+        """The intermediate value of a validation point: study.prune_on, higher is better."""
+        return vp.label_logprob if self.config.study.prune_on == "label_logprob" else vp.accuracy
 
-    def _redacted_config(self) -> Config:
-        import dataclasses
-
-        c = self.config
-        return dataclasses.replace(c, storage=dataclasses.replace(c.storage, url=redact_url(c.storage.url)))
-
-    def _on_validation(self, trial: Any, point: int, accuracy: float) -> bool:
+    def _on_validation(self, trial: "optuna.Trial", vp: ValidationPoint) -> bool:
         """Report a validation point; True when the pruner says stop."""
-        if self.multi_objective:
-            return False  # Optuna neither takes intermediate values nor prunes here
-        trial.report(accuracy, step=point)
-        self._reported.add(point)
-        return trial.should_prune()
+        value = self._signal(vp)
+        if self.multi_objective or value is None or vp.point in stored_trial(self.study, trial).intermediate_values:
+            return False  # Optuna neither takes intermediate values nor prunes multi-objective studies
+        trial.report(value, step=vp.point)
+        return not self.rungs and trial.should_prune()
 
     # -- outcomes --------------------------------------------------------------------
-    def _fail(self, trial: Any, tag: str, e: BaseException, quiet: bool = False) -> None:
-        from optuna.trial import TrialState
-
+    def _failed(self, tag: str, e: BaseException) -> TrialOutcome:
         message = f"{type(e).__name__}: {e}"[:2000]
-        try:
-            write_record(self.study, trial, TrialRecord(error=message))
-        finally:
-            self._tell_quietly(trial, TrialState.FAIL)
-        if not quiet:
-            log.error("%s failed: %s", tag, message)
+        log.error("%s failed: %s", tag, message)
+        return TrialOutcome(Outcome.FAILED, TrialRecord(error=message))
 
-    def _tell_quietly(self, trial: Any, state: Any) -> None:
-        try:
-            self.study.tell(trial, state=state)
-        except Exception:  # noqa: BLE001 - the database itself may be what failed; the heartbeat recovers it
-            log.debug("could not mark trial %d %s", trial.number, state.name)
-
-    def _record(self, trial: Any, tag: str, request: TrialRequest, res: TrialResult) -> None:
-        from optuna.trial import TrialState
-
-        record = self._result_record(request, res)
-        write_record(self.study, trial, record)
+    def _outcome(self, trial: "optuna.Trial", tag: str, request: TrialRequest, res: TrialResult, rung: int | None) -> TrialOutcome:
+        record = self._result_record(request, res, rung)
         if not self.multi_objective:
             # Points reported by an earlier attempt are on that attempt's trial; report the
             # whole curve here, so this trial's learning curve is complete.
-            for n, acc in res.validation_curve:
-                if n not in self._reported:
-                    trial.report(acc, step=n)
+            reported = stored_trial(self.study, trial).intermediate_values
+            for vp in res.validation_curve:
+                value = self._signal(vp)
+                if vp.point not in reported and value is not None:
+                    trial.report(value, step=vp.point)
+        if res.paused_at_step is not None:
+            log.info("%s paused at step %d/%d, %s %s", tag, res.optimizer_steps, res.max_steps, self.config.study.prune_on,
+                     _fmt(self._signal(res.validation_curve[-1])) if res.validation_curve else "-")
+            return TrialOutcome(Outcome.PAUSED, record)
         if res.pruned_at is not None:
-            shutil.rmtree(request.checkpoint_dir, ignore_errors=True)  # a pruned trial releases its checkpoints
-            self.study.tell(trial, state=TrialState.PRUNED)
             log.info("%s pruned at validation point %d (validation accuracy %s)", tag, res.pruned_at,
-                     pct(res.validation_curve[-1][1]) if res.validation_curve else "-")
-            return
-        self._save_predictions(trial, res)
-        self._save_note(trial)
+                     pct(res.validation_curve[-1].accuracy) if res.validation_curve else "-")
+            return TrialOutcome(Outcome.PRUNED, record)
+        record = record.replace(**self._save_predictions(trial, res))
         values = [record.objective_value(name, self.config.eval.objective_split) for name in self.config.study.objectives]
-        self.study.tell(trial, values if len(values) > 1 else values[0])
+        self._save_note(trial, record)
         t = res.test.scores if res.test else None
         log.info("%s done: test overall %s (%s), %d parse failures, %.1f min", tag, pct(t.overall if t else None),
                  ", ".join(f"{f} {pct(a)}" for f, a in (t.accuracy.items() if t else [])), t.parse_failures if t else 0,
                  (record.minutes or 0))
+        return TrialOutcome(Outcome.COMPLETE, record, values=values)
 
-    def _result_record(self, request: TrialRequest, res: TrialResult) -> TrialRecord:
+    def _result_record(self, request: TrialRequest, res: TrialResult, rung: int | None) -> TrialRecord:
         import optuna
 
         p = request.params
         gpus = self.config.train.gpus_per_trial
         test_seconds = res.test.seconds if res.test else None
+        rung_values = None
+        if self.rungs:
+            at = {vp.step: self._signal(vp) for vp in res.validation_curve}
+            rung_values = {str(r): at[stop_step(res.max_steps, f)] for r, f in enumerate(self.rungs)
+                           if at.get(stop_step(res.max_steps, f)) is not None}
+        reached = max((int(r) for r in rung_values), default=None) if rung_values else None
+        if not res.trainable_params:  # a result read back from a checkpoint: only its curve and steps
+            return TrialRecord(validation_curve=[vp.to_record() for vp in res.validation_curve], rung=reached,
+                               rung_values=rung_values, optimizer_steps=res.optimizer_steps, max_steps=res.max_steps,
+                               validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve])
         return TrialRecord(
             test=res.test.scores if res.test else None,
             validation=res.validation.scores if res.validation else None,
             trainable_params=res.trainable_params,
             train_loss_per_epoch=res.train_loss_per_epoch, eval_loss_per_epoch=res.eval_loss_per_epoch,
-            validation_accuracy_curve=[[n, acc] for n, acc in res.validation_curve],
+            validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve],
+            validation_curve=[vp.to_record() for vp in res.validation_curve], rung=reached, rung_values=rung_values,
             train_seconds=round(res.train_seconds, 2),
             eval_seconds=round(test_seconds, 2) if test_seconds is not None else None,
             eval_examples_per_second=round(res.test.scores.n / max(test_seconds, 1e-9), 3) if res.test else None,
             peak_memory_mb=round(res.peak_memory_mb, 1), peak_memory_kind=res.peak_memory_kind,
-            resumed_from_step=res.resumed_from_step, optimizer_steps=res.optimizer_steps, compute_dtype=res.compute_dtype,
-            environment={**res.environment, "optuna": optuna.__version__},
+            resumed_from_step=res.resumed_from_step, optimizer_steps=res.optimizer_steps, max_steps=res.max_steps,
+            compute_dtype=res.compute_dtype, environment={**res.environment, "optuna": optuna.__version__},
             batch_size=p.batch_size, gradient_accumulation=p.gradient_accumulation // gpus if gpus > 1 else p.gradient_accumulation,
             gpus_per_trial=gpus, pruned_at_step=res.pruned_at,
+            adapter_dir=res.adapter_dir, adapter_sha256=adapter_digest(Path(res.adapter_dir)) if res.adapter_dir else None,
+            tracking=_tracking(self.config, request) or None,
         )
 
-    def _save_predictions(self, trial: Any, res: TrialResult) -> None:
+    def _save_predictions(self, trial: "optuna.Trial", res: TrialResult) -> dict[str, str | None]:
         store = artifact_store(self.config.storage.artifacts)
         ids = {}
         for name, evaluation in (("predictions", res.test), ("validation-predictions", res.validation)):
             if evaluation is not None:
                 ids[name] = upload_records(store, trial, f"{name}-trial{trial.number}.jsonl",
                                            [p.to_record() for p in evaluation.predictions])
-        write_record(self.study, trial, TrialRecord(predictions_artifact_id=ids.get("predictions"),
-                                                    validation_predictions_artifact_id=ids.get("validation-predictions")))
+        return {"predictions_artifact_id": ids.get("predictions"),
+                "validation_predictions_artifact_id": ids.get("validation-predictions")}
 
-    def _save_note(self, trial: Any) -> None:
+    def _save_note(self, trial: "optuna.Trial", record: TrialRecord) -> None:
         import optuna_dashboard
 
         fields = list(self.config.data.fields)
         stored = stored_trial(self.study, trial)
-        full = TrialRecord.from_user_attrs(stored.user_attrs, fields, number=trial.number, params=dict(stored.params))
-        optuna_dashboard.save_note(trial, trial_note(full, self.config.to_dict(), fields, self.config.eval.objective_split))
+        full = TrialRecord.from_user_attrs({**stored.user_attrs, **record.to_user_attrs()}, fields, number=trial.number,
+                                           params=dict(stored.params))
+        optuna_dashboard.save_note(trial, trial_note(full, self.config, fields, self.config.eval.objective_split))
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _tracking(config: Config, request: TrialRequest) -> dict[str, str]:
+    out = {}
+    for t in config.train.report_to:
+        out[t] = str(request.checkpoint_dir / "tensorboard") if t == "tensorboard" else str(request.run_name)
+    return out

@@ -24,10 +24,12 @@ def validate(config: Config) -> str:
         print(f"warning: {w}", file=sys.stderr)
     lines.append(prompt_lengths(config, pf.data.dataset))
     lines.append(f"evaluation subsets: {len(pf.data.test_subset)} test examples, {len(pf.data.validation_subset)} "
-                 f"validation examples (seed {config.eval.seed})")
+                 f"validation examples (seed {config.eval.seed}{', stratified by label combination' if config.eval.stratify else ''})")
     for split, baselines in (("test", pf.baselines), ("validation", pf.validation_baselines)):
         lines.append(f"baselines on the {split} subset:")
-        lines += [f"  {name}: " + ", ".join(f"{k} {pct(v)}" for k, v in b.items()) for name, b in baselines.items()]
+        lines += [f"  {name}: " + ", ".join(f"{k} {pct(b[k])}" for k in [*ds.fields, "overall"])
+                  + f"; macro-F1 {b['macro_f1']:.3f}, balanced accuracy {pct(b['balanced_accuracy'])}"
+                  for name, b in baselines.items()]
     return "\n".join(lines)
 
 

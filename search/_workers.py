@@ -1,8 +1,11 @@
 """`run --workers N`: N worker processes on one study, one GPU (group) each.
 
 The parent checks the inputs and creates the study (so workers never race to create
-it), then starts N copies of the same `run` command with ``--worker``, each pinned to its
-own GPU(s) through ``CUDA_VISIBLE_DEVICES``. Workers coordinate only through the study's
+it), then starts N worker processes, each pinned to its own GPU(s) through
+``CUDA_VISIBLE_DEVICES``, with an argument list built from the resolved config: the
+config itself travels as TOML on the worker's standard input (``--config -``; a
+storage password never appears in a process list), and the worker's number as
+``--worker N``. Workers coordinate only through the study's
 storage (Optuna's own distributed mode) plus the claim lock; the parent relays their
 progress lines, prefixed with the worker number, to one terminal. Ctrl-C reaches every
 worker (same process group); a SIGTERM to the parent alone is passed on to them. Each
@@ -19,9 +22,10 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Sequence
+from dataclasses import dataclass
 
-from optuna_search.core import UserError
+from optuna_search.core import Config, UserError
+from optuna_search.core._toml import to_toml
 from optuna_search.search._signals import Terminated, handle_sigterm
 
 log = logging.getLogger("optuna_search")
@@ -67,44 +71,47 @@ def worker_env(index: int, gpus: list[str], gpus_per_worker: int = 1) -> dict[st
     if gpus:
         start = (index * gpus_per_worker) % len(gpus)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start: start + gpus_per_worker])
-    env["OPTUNA_SEARCH_WORKER"] = str(index)
     return env
 
 
-def worker_argv(argv: Sequence[str]) -> list[str]:
-    """The parent's `run` arguments minus what only the parent does."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--workers", "--resume-from"):
-            skip = True
-            continue
-        if a.startswith(("--workers=", "--resume-from=")) or a == "--oversubscribe":
-            continue
-        out.append(a)
-    return out + ["--worker"]
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What the parent's `run` passes on to each worker, besides the config."""
+
+    retry_failed: bool = False
+    time_budget_s: float | None = None
+    progress_interval: float | None = None
+
+    def args(self, index: int) -> list[str]:
+        out = ["run", "--worker", str(index), "--config", "-"]
+        if self.retry_failed:
+            out.append("--retry-failed")
+        if self.time_budget_s is not None:
+            out += ["--time-budget", f"{self.time_budget_s}s"]
+        if self.progress_interval is not None:
+            out += ["--progress-interval", str(self.progress_interval)]
+        return out
 
 
-def run_workers(argv: Sequence[str], n: int, gpus_per_trial: int = 1) -> list[int]:
-    """Start n workers with the given `run` arguments; relay their stderr; return their
-    exit codes."""
+def run_workers(config: Config, n: int, options: WorkerOptions) -> list[int]:
+    """Start n workers on the study of ``config``; relay their stderr; return their exit codes."""
     # The parent trains nothing: a SIGTERM must reach the workers at once (they each
     # checkpoint within their grace time), not after the parent's own grace timer.
     handle_sigterm(graceful=False)
     gpus = visible_gpus()
     cpu_share = max(1, (os.cpu_count() or 1) // n)
     procs, envs = [], []
+    config_toml = to_toml(config)
     for i in range(n):
-        env = worker_env(i, gpus, gpus_per_trial)
+        env = worker_env(i, gpus, config.train.gpus_per_trial)
         # CPU-only workers share the cores instead of each grabbing all of them.
         env.setdefault("OMP_NUM_THREADS", str(cpu_share))
         envs.append(env)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "optuna_search.search._cli", *worker_argv(argv)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
-        ))
+        proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *options.args(i)], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
+        proc.stdin.write(config_toml)  # type: ignore[union-attr]
+        proc.stdin.close()  # type: ignore[union-attr]
+        procs.append(proc)
     lock = threading.Lock()
 
     def relay(i: int, stream) -> None:

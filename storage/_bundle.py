@@ -61,6 +61,16 @@ def _schema_revision(db: Path) -> str | None:
         con.close()
 
 
+def _study_names(db: Path) -> list[str]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT study_name FROM studies")]
+    except sqlite3.Error:
+        return []
+    finally:
+        con.close()
+
+
 def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
     import optuna
 
@@ -71,6 +81,8 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
     names = list_study_names(open_storage(loc.storage_url, mode="read"))
     if loc.study_name not in names:
         raise UserError(f"no study {loc.study_name!r} in '{db}'; studies there: {', '.join(names) or 'none'} (pass --study-name)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output '{out}' is a file; a bundle is a directory: give a new directory path")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"bundle directory '{out}' exists and is not empty; choose a new --output")
     out.mkdir(parents=True, exist_ok=True)
@@ -151,6 +163,12 @@ def verify_bundle(bundle: str | Path) -> dict[str, Any]:
     extra = [str(p.relative_to(root)) for p in sorted(root.rglob("*"))
              if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in files]
     bad += [f"{rel}: not listed in the manifest (nothing is imported unchecked)" for rel in extra]
+    if not bad:
+        names = _study_names(root / "study.db")
+        if manifest["study_name"] not in names:
+            raise UserError(f"bundle '{root}': its manifest names study {manifest['study_name']!r} but its database holds "
+                            f"{', '.join(map(repr, names)) or 'no study'}: the manifest was edited; re-export the bundle "
+                            "from the session that wrote it")
     if bad:
         raise UserError(
             f"bundle '{root}' is damaged ({len(bad)} problems in {len(files)} listed files); re-export it from the session that wrote it:",

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from optuna_search.core._files import file_sha256
 from optuna_search.core._params import point_dirname
 
 RUN_SETTINGS = "run_settings.json"
@@ -51,6 +52,36 @@ def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
             return p, broken
         broken.append(p)
     return None, broken
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("checkpoint-"))
+
+
+def resume_point(folder: Path) -> tuple[Path | None, int, list[Path]]:
+    """The checkpoint a point resumes from (None: start), its step, and the folders a
+    kill cut short, removed here (they are unusable, and in the way: Trainer would pick
+    the highest step again)."""
+    last, broken = last_complete_checkpoint(folder)
+    for p in broken:
+        shutil.rmtree(p, ignore_errors=True)
+    return last, (checkpoint_step(last) if last else 0), broken
+
+
+def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    """Trainer's state saved in a checkpoint: global_step, max_steps, log_history."""
+    return json.loads((checkpoint / COMPLETE_MARKER).read_text())
+
+
+def release(folder: Path) -> None:
+    """A pruned point gives its checkpoints back (nothing of it is used again)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def adapter_digest(adapter: Path) -> str | None:
+    """SHA-256 of a saved adapter's weights (what `predict` and `export-model` check)."""
+    weights = adapter / "adapter_model.safetensors"
+    return file_sha256(weights) if weights.is_file() else None
 
 
 def has_checkpoint(folder: Path) -> bool:

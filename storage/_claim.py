@@ -16,14 +16,34 @@ The lock is held for tens of milliseconds, never during training.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def _key(study_name: str) -> int:
     # Advisory locks take a signed 64-bit key.
     return int.from_bytes(hashlib.sha256(f"optuna-search:{study_name}".encode()).digest()[:8], "big", signed=True)
+
+
+def lock_path(db: str | Path) -> Path:
+    """The lock file beside a SQLite database."""
+    db = Path(str(db).removeprefix("file:").split("?")[0])
+    return db.with_name(db.name + ".claim.lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``fcntl`` lock on ``path`` for the block (workers on one machine)."""
+    import fcntl
+
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 class ClaimLock:
@@ -32,15 +52,12 @@ class ClaimLock:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._conn = None
-        self._fh = None
+        self._file: contextlib.AbstractContextManager | None = None
 
     def __enter__(self) -> "ClaimLock":
         if self._dialect == "sqlite":
-            import fcntl
-
-            db = Path(self._engine.url.database.removeprefix("file:").split("?")[0])
-            self._fh = open(db.with_name(db.name + ".claim.lock"), "a+")
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+            self._file = file_lock(lock_path(self._engine.url.database))
+            self._file.__enter__()
         elif self._dialect in ("postgresql", "mysql"):
             from sqlalchemy import text
 
@@ -53,12 +70,9 @@ class ClaimLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._fh is not None:
-            import fcntl
-
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._file is not None:
+            self._file.__exit__(*exc)
+            self._file = None
         if self._conn is not None:
             from sqlalchemy import text
 

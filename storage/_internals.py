@@ -1,21 +1,35 @@
-"""Every use of Optuna's private API, in one place.
+"""Every use of Optuna's private API and of its system-attr keys, in one place.
 
 optuna-search needs a few things Optuna does not expose publicly: the SQLAlchemy engine
 behind an ``RDBStorage`` (claim locks, the heartbeat table), trial and study ids for
 storage calls, the heartbeat thread that ``Study.optimize`` starts (we run trials with
-ask/tell so that the claim lock can cover trial creation), and GridSampler's enumeration
-of its grid. ``tests/test_internals.py`` pins each of these on the installed Optuna, so
-an Optuna upgrade that changes one fails that test, not the product.
+ask/tell so that the claim lock can cover trial creation), GridSampler's enumeration of
+its grid and the system attrs it (and ``enqueue_trial``) writes, and the heartbeat row of
+a trial that successive halving pauses between rungs. ``tests/test_internals.py`` pins
+each of these on the installed Optuna, so an Optuna upgrade that changes one fails that
+test, not the product.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial, Trial
+
+# System attrs Optuna's GridSampler writes on a trial: the grid it belongs to and its point.
+GRID_SEARCH_SPACE = "search_space"
+GRID_ID = "grid_id"
+# System attr ``Study.enqueue_trial`` writes (and the stale-trial retry copies).
+FIXED_PARAMS = "fixed_params"
+# Ours: the rung at which successive halving paused a RUNNING trial (None once resumed).
+PAUSED = "optuna_search:paused_at_rung"
 
 
-def storage_of(study: Any) -> Any:
+def storage_of(study: "optuna.Study") -> Any:
     """The storage a study reads and writes through (possibly a caching wrapper)."""
     return study._storage
 
@@ -30,26 +44,34 @@ def engine_of(study_or_storage: Any) -> Any:
     return rdb_backend(storage).engine
 
 
-def study_id(study: Any) -> int:
+def study_id(study: "optuna.Study") -> int:
     return study._study_id
 
 
-def trial_id(trial: Any) -> int:
+def trial_id(trial: "Trial | FrozenTrial") -> int:
     return trial._trial_id
 
 
-def stored_trial(study: Any, trial: Any) -> Any:
+def stored_trial(study: "optuna.Study", trial: "Trial | FrozenTrial") -> "FrozenTrial":
     """The trial as stored now: a live ``optuna.Trial`` caches its user attrs from when it
     was asked, so attrs written since (through the storage) are missing from it."""
     return study._storage.get_trial(trial._trial_id)
 
 
-def heartbeat_enabled(study: Any) -> bool:
+def live_trial(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial":
+    """A live ``optuna.Trial`` on a RUNNING trial that this process did not ask for (a
+    configuration successive halving resumes): report() and should_prune() work on it."""
+    from optuna.trial import Trial
+
+    return Trial(study, frozen._trial_id)
+
+
+def heartbeat_enabled(study: "optuna.Study") -> bool:
     return getattr(rdb_backend(study._storage), "heartbeat_interval", None) is not None
 
 
 @contextlib.contextmanager
-def heartbeat(study: Any, trial: Any) -> Iterator[None]:
+def heartbeat(study: "optuna.Study", trial: "Trial | FrozenTrial") -> Iterator[None]:
     """Record the trial's heartbeat while the block runs, as ``Study.optimize`` does."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
@@ -57,16 +79,17 @@ def heartbeat(study: Any, trial: Any) -> Iterator[None]:
         yield
 
 
-def set_trial_user_attr(study: Any, trial: Any, key: str, value: Any) -> None:
-    """Set a user attr on any trial of the study, finished ones included."""
+def set_trial_user_attr(study: "optuna.Study", trial: "Trial | FrozenTrial", key: str, value: Any) -> None:
+    """Set a user attr on any trial of the study, finished ones included (used by
+    ``storage._records`` only)."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
 
 
-def set_trial_system_attr(study: Any, trial: Any, key: str, value: Any) -> None:
+def set_trial_system_attr(study: "optuna.Study", trial: "Trial | FrozenTrial", key: str, value: Any) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
-def fail_trial(study: Any, trial: Any) -> bool:
+def fail_trial(study: "optuna.Study", trial: "Trial | FrozenTrial") -> bool:
     """Mark a RUNNING trial FAIL; False when another process finished it first."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -77,8 +100,30 @@ def fail_trial(study: Any, trial: Any) -> bool:
         return False
 
 
-def running_trials_without_heartbeat(study: Any, trials: list[Any], older_than_s: float) -> list[Any]:
-    """RUNNING trials with no heartbeat record, started more than ``older_than_s`` ago.
+def paused_at(trial: "FrozenTrial") -> int | None:
+    """The rung a paused trial waits at (successive halving), else None."""
+    return trial.system_attrs.get(PAUSED)
+
+
+def pause(study: "optuna.Study", trial: "Trial | FrozenTrial", rung: int) -> None:
+    """Leave a RUNNING trial waiting at a rung: marked paused, and its heartbeat row
+    removed, so Optuna's stale-trial check (which fails RUNNING trials whose heartbeat
+    is old) does not count a pause as a death."""
+    from sqlalchemy import text
+
+    set_trial_system_attr(study, trial, PAUSED, rung)
+    if heartbeat_enabled(study):
+        with engine_of(study).begin() as conn:
+            conn.execute(text("DELETE FROM trial_heartbeats WHERE trial_id = :t"), {"t": trial._trial_id})
+
+
+def unpause(study: "optuna.Study", trial: "Trial | FrozenTrial") -> None:
+    set_trial_system_attr(study, trial, PAUSED, None)
+
+
+def running_trials_without_heartbeat(study: "optuna.Study", trials: list["FrozenTrial"], older_than_s: float) -> list["FrozenTrial"]:
+    """RUNNING trials with no heartbeat record, started more than ``older_than_s`` ago,
+    paused ones excepted.
 
     Optuna's stale-trial check only looks at trials that have a heartbeat record, so a
     process killed between creating its trial and its first heartbeat is invisible to it.
@@ -86,7 +131,7 @@ def running_trials_without_heartbeat(study: Any, trials: list[Any], older_than_s
     from optuna.trial import TrialState
     from sqlalchemy import text
 
-    running = [t for t in trials if t.state == TrialState.RUNNING]
+    running = [t for t in trials if t.state == TrialState.RUNNING and paused_at(t) is None]
     if not running or not heartbeat_enabled(study):
         return []
     with engine_of(study).connect() as conn:
@@ -106,6 +151,14 @@ def running_trials_without_heartbeat(study: Any, trials: list[Any], older_than_s
         if t._trial_id not in beating and t.datetime_start is not None
         and (now - t.datetime_start).total_seconds() > older_than_s
     ]
+
+
+def distribution_contains(dist: Any, value: Any) -> bool:
+    """Whether an Optuna distribution holds ``value`` (external representation)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
 
 
 def grid_points(sampler: Any) -> list[dict[str, Any]]:

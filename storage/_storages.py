@@ -14,6 +14,7 @@ behind, and passwords are masked in every message (:func:`redact_url`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import sqlite3
@@ -22,7 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from optuna_search.core import UserError
+from optuna_search.core import Config, UserError
+from optuna_search.storage._claim import file_lock, lock_path
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
 MODES = ("create", "write", "read")
@@ -43,6 +45,12 @@ def redact_url(url: str) -> str:
     except Exception:  # noqa: BLE001 - an unparseable URL: hide everything after '//'
         head, sep, _ = url.partition("//")
         return head + sep + "***" if sep else url
+
+
+def redacted_config(config: Config) -> Config:
+    """The config with its storage password masked: what is stored on a study, shown by
+    show-config, and handed to processes that never open the storage."""
+    return dataclasses.replace(config, storage=dataclasses.replace(config.storage, url=redact_url(config.storage.url)))
 
 
 def redact_text(text: str, url: str) -> str:
@@ -197,19 +205,12 @@ def _sqlite_url(parsed: Any, *, read_only: bool) -> str:
 @contextlib.contextmanager
 def _schema_lock(parsed: Any) -> Iterator[None]:
     """Two `run` on a fresh SQLite file at the same moment would both create Optuna's
-    schema (UNIQUE constraint failed: alembic_version); hold a file lock while one does."""
+    schema (UNIQUE constraint failed: alembic_version); hold the claim lock while one does."""
     if parsed is None:
         yield
         return
-    import fcntl
-
-    db = Path(parsed.database)
-    with open(db.with_name(db.name + ".claim.lock"), "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with file_lock(lock_path(parsed.database)):
+        yield
 
 
 def _create_rdb_storage(full: str, url: str, kwargs: dict[str, Any]):

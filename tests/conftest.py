@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GAME_BUGS = SHARED / "data" / "game-bugs"
 MISTRAL_TOKENIZER = SHARED / "tokenizers" / "mistral-7b-instruct-v0.2"
+FAST_CONFIG = REPO / "tests" / "fast.toml"
+FAST = ["--preset", "demo", "--config", str(FAST_CONFIG)]
+"""The tests' study: the demo preset with fewer examples and steps (tests/fast.toml)."""
 
 
 def pytest_collection_modifyitems(config, items):
@@ -75,12 +78,11 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
 
 
 def start_cli_until(*args: str, pattern: str, cwd: Path) -> subprocess.Popen:
-    """Start `optuna-search` with progress on every step and return once a stderr line
-    matches ``pattern`` (the rest of stderr is left to read)."""
+    """Start `optuna-search run` with progress on every step and return once a stderr
+    line matches ``pattern`` (the rest of stderr is left to read)."""
     import re
 
-    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args, "--progress-interval", "0"], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if re.search(pattern, line):

@@ -1,11 +1,9 @@
-import tomllib
-
 import pytest
 
-from optuna_search.core import Config
-from optuna_search.core._config import diff_semantic, to_toml
+from optuna_search.core import Config, UserError
+from optuna_search.core._identity import adopt_legacy_defaults, diff_semantic
+from optuna_search.core._toml import loads, to_toml
 from optuna_search.search._config import list_presets, load_config, parse_set_option, read_preset
-from optuna_search.core import UserError
 
 
 @pytest.mark.parametrize("name", list_presets())
@@ -13,7 +11,7 @@ def test_every_shipped_preset_loads_and_round_trips(name):
     config = load_config(preset=name)
     assert isinstance(config, Config)
     # show-config's TOML reads back to the same configuration.
-    again = load_config(config_file=None, sets=None, overrides=tomllib.loads(to_toml(config)))
+    again = load_config(config_file=None, sets=None, overrides=loads(to_toml(config)))
     assert again == config
 
 
@@ -90,3 +88,132 @@ def test_semantic_diff_ignores_storage_and_names_meaningful_changes():
     diffs = diff_semantic(a, c)
     assert any(d.startswith("train.learning_rate") for d in diffs)
     assert any(d.startswith("eval.num_samples") for d in diffs)
+
+
+def test_toml_output_reads_back_whatever_characters_it_holds():
+    # An emoji is outside the BMP: a hand-written TOML writer escaped it as two invalid surrogates.
+    c = load_config(preset="demo", sets=['data.default_instruction="Classify this \U0001F41B report: \"quoted\" \\ done"'])
+    assert "\U0001F41B" in c.data.default_instruction
+    assert load_config(overrides=loads(to_toml(c))) == c
+
+
+@pytest.mark.parametrize("setting,needle", [
+    ("train.learning_rate=inf", "train.learning_rate = inf must be a finite number"),
+    ("train.learning_rate=nan", "train.learning_rate = nan must be a finite number"),
+    ("study.grid={learning_rate=[nan]}", "numbers must be finite"),
+    ("lora.dropout=-inf", "lora.dropout = -inf must be a finite number"),
+])
+def test_non_finite_numbers_are_refused_everywhere(setting, needle):
+    with pytest.raises(UserError, match="invalid configuration") as e:
+        load_config(preset="demo", sets=[setting])
+    assert needle in str(e.value)
+
+
+def test_a_nan_range_bound_is_refused():
+    with pytest.raises(UserError) as e:
+        load_config(preset="demo-search", sets=["study.search_space={learning_rate={low=nan, high=1e-3}}"])
+    assert "numbers must be finite" in str(e.value)
+
+
+@pytest.mark.parametrize("space,needle", [
+    ("{lora_r={low=2, high=16, step=2.5}}", "step = 2.5 must be a positive integer"),
+    ("{lora_r={low=2, high=16, step=32}}", "is larger than the range"),
+    ("{learning_rate={low=1e-4, high=4e-4, step=2e-4}}", "does not divide"),
+    ("{lora_r=[4, 8, 4]}", "repeats a value"),
+    ("{lora_r={low=1, high=2000000000}}", "must be an integer from 1 to 1,024"),
+    ("{lora_dropout={low=0.0, high=0.2, log=true}}", "a log range"),
+    ("{target_modules={low=1, high=2}}", "must be a list of choices"),
+])
+def test_search_spaces_optuna_would_silently_adjust_are_refused(space, needle):
+    with pytest.raises(UserError) as e:
+        load_config(preset="demo-search", sets=[f"study.search_space={space}"])
+    assert needle in str(e.value)
+
+
+def test_absurd_counts_are_refused():
+    with pytest.raises(UserError, match="n_trials = 100000000000000000000"):
+        load_config(preset="demo-search", sets=["study.n_trials=100000000000000000000"])
+    with pytest.raises(UserError, match="must be an integer from 1 to 1,024"):
+        load_config(preset="demo", sets=["study.grid={lora_r=[2000000000]}"])
+
+
+def test_label_sets_must_be_lists():
+    with pytest.raises(UserError, match="data.labels.severity = 'low,high' must be a list of labels"):
+        load_config(preset="demo", sets=['data.labels={severity="low,high"}'])
+
+
+def test_lora_alpha_is_a_hyperparameter_of_its_own():
+    """The table's example: lora_alpha searched independently of r (one table entry)."""
+    c = load_config(preset="demo", sets=["study.grid={lora_r=[8], lora_alpha=[8, 32]}"])
+    assert [c.trial_params(p).lora_alpha for p in c.grid_points()] == [8.0, 32.0]
+    assert [c.trial_params(p).lora_r for p in c.grid_points()] == [8, 8]
+    fixed = load_config(preset="demo", sets=["lora.alpha=12"])
+    assert fixed.trial_params({"lora_r": 4}).lora_alpha == 12.0
+    assert load_config(preset="demo").trial_params({"lora_r": 4}).lora_alpha == 16.0  # alpha_ratio * r by default
+
+
+def test_hyperparameters_reach_peft_and_trainer_by_the_table():
+    from optuna_search.core._params import HYPERPARAMETERS, to_optuna_value
+
+    c = load_config(preset="demo", sets=["lora.use_dora=true", "lora.use_rslora=true", 'lora.target_modules="all-linear"',
+                                         "train.max_grad_norm=0.3", "train.lr_scheduler='linear'", "train.optim='adafactor'",
+                                         "train.batch_size=2", "train.gradient_accumulation=8"])
+    p = c.trial_params({"lora_r": 16, "learning_rate": 3e-4})
+    lora, trainer = p.lora_kwargs(), p.trainer_kwargs()
+    assert lora == {"r": 16, "lora_alpha": 64.0, "lora_dropout": 0.05, "target_modules": "all-linear", "use_dora": True,
+                    "use_rslora": True}
+    assert trainer["learning_rate"] == 3e-4 and trainer["max_grad_norm"] == 0.3 and trainer["lr_scheduler_type"] == "linear"
+    assert trainer["optim"] == "adafactor" and trainer["gradient_accumulation_steps"] == 8
+    assert trainer["per_device_train_batch_size"] == trainer["per_device_eval_batch_size"] == 2
+    # Every entry maps onto peft or Trainer, and every one may be searched.
+    assert all(h.peft or h.trainer for h in HYPERPARAMETERS)
+    for h in HYPERPARAMETERS:
+        value = getattr(p, h.name)
+        searched = load_config(preset="demo", sets=[f"study.grid={{{h.name}=[{_toml(value)}]}}"])
+        (point,) = searched.grid_points()
+        assert getattr(searched.trial_params({h.name: to_optuna_value(h.name, point[h.name])}), h.name) == value, h.name
+
+
+def _toml(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, tuple):
+        return '"' + ",".join(v) + '"'
+    return repr(v)
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["study.schedule='successive_halving'", "study.rungs=[0.5, 0.3, 1.0]"], "must be increasing fractions"),
+    (["study.schedule='successive_halving'", "study.rungs=[0.3, 0.6]"], "ending at 1.0"),
+    (["study.schedule='successive_halving'", "study.eta=1"], "study.eta = 1 must be from 2 to 100"),
+    (["study.prune_on='label_logprob'"], "needs label probabilities"),
+    (["study.schedule='successive_halving'", "study.objectives=['overall_accuracy', 'trainable_params']"],
+     "compares configurations on one objective"),
+    (["study.objectives=['accuracy_macro']"], "is not one of"),
+    (["train.report_to=['neptune']"], "'neptune' is not one of tensorboard, mlflow, wandb"),
+    (["train.optim='lion'"], "must be one of adamw_torch"),
+])
+def test_bad_search_and_schedule_settings_are_one_line_each(sets, needle):
+    with pytest.raises(UserError) as e:
+        load_config(preset="demo", sets=sets)
+    assert needle in str(e.value)
+
+
+def test_quality_objectives_beyond_accuracy():
+    c = load_config(preset="demo", sets=["study.objectives=['macro_f1', 'component_macro_f1']"])
+    assert c.directions() == ["maximize", "maximize"]
+    load_config(preset="demo", sets=["study.objectives=['balanced_accuracy']"])
+
+
+def test_a_study_stored_before_new_keys_keeps_its_meaning():
+    stored = load_config(preset="demo").to_dict()
+    del stored["eval"]["stratify"]  # written by a version without stratified subsets
+    config = load_config(preset="demo")
+    adjusted, adopted = adopt_legacy_defaults(stored, config)
+    assert adjusted.eval.stratify is False and adopted == ["eval.stratify = False"]
+    assert diff_semantic(stored, adjusted.to_dict()) == []
+    explicit = load_config(preset="demo", sets=["lora.use_dora=true"])
+    del stored["lora"]["use_dora"]
+    assert "lora.use_dora: study has False, config has True" in diff_semantic(stored, explicit.to_dict())

@@ -1,0 +1,107 @@
+"""transformers' Trainer with the study's validation points, and the callback that
+schedules them, stops where asked and shows progress. This module imports transformers
+at the top (its classes subclass Trainer's): only the code that trains imports it,
+inside the function that trains, so ``optuna-search --help`` stays light."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+from transformers import Trainer, TrainerCallback
+
+from optuna_search.objectives._train import Progress, ValidationRun, log_entry
+
+
+class StudyTrainer(Trainer):
+    """A ``Trainer`` that, at each validation point, also measures the validation
+    accuracy and label log-probability (main process only) and may stop there."""
+
+    def __init__(self, *args: Any, validation: ValidationRun, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.validation = validation
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        metrics = super().evaluate(*args, **kwargs)
+        step = self.state.global_step
+        if step not in self.validation.steps:
+            return metrics
+        measured = self.validation.measure(self.model, step)
+        self.model.train()
+        if measured is not None:
+            vp, stop = measured
+            self.log(log_entry(vp))
+            if stop:
+                self.control.should_training_stop = True
+        return metrics
+
+
+class StudyCallback(TrainerCallback):
+    """Schedules validation points, logs progress with an ETA, and stops at a checkpoint:
+    where the request pauses (a rung), before the session's deadline, when the process
+    is asked to stop, or when the loss is no longer a number."""
+
+    def __init__(self, validation: ValidationRun, validations_per_epoch: int, progress: Callable[[str], None],
+                 deadline: float | None, stop_requested: Callable[[], bool], progress_interval: float) -> None:
+        self.validation = validation
+        self.per_epoch = validations_per_epoch
+        self.emit = progress
+        self.deadline = deadline
+        self.stop_requested = stop_requested
+        self.progress = Progress(progress, progress_interval)
+        self.stopped_for_budget = False
+        self.stopped_on_request = False
+        self.paused = False
+        self.diverged: str | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.validation.plan(state.max_steps, int(args.num_train_epochs), self.per_epoch)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.diverged = f"the training loss became {loss} at step {state.global_step}"
+            control.should_training_stop = True
+            control.should_save = False
+
+    def on_step_end(self, args, state, control, **kw):
+        step, v = state.global_step, self.validation
+        if step in v.steps:
+            control.should_evaluate = True
+        if step >= v.stop_at and v.stop_at < state.max_steps:
+            # A rung: validate (above), checkpoint after it, stop; the next call resumes here.
+            self.paused = True
+            control.should_save = True
+            control.should_training_stop = True
+            self.emit(f"reached step {step}/{state.max_steps} ({100 * step / state.max_steps:.0f}% of training): "
+                      "checkpointing and pausing")
+            return
+        loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
+        self.progress.step(step, state.max_steps, state.epoch or 0.0, args.num_train_epochs, loss, v.stop_at)
+        running = step < state.max_steps
+        if running and self.stop_requested():
+            # SIGTERM: Trainer writes the checkpoint right after this step, then stops.
+            self.stopped_on_request = True
+            self._checkpoint_and_stop(control, f"stop requested: checkpointing at step {step}/{state.max_steps}")
+            return
+        # Stop while there is still time for a few more steps' worth of work (the
+        # checkpoint write): the next session resumes from exactly this step.
+        now = time.monotonic()
+        if running and self.deadline is not None and now + max(5.0, 3 * self.progress.step_seconds) >= self.deadline:
+            self.stopped_for_budget = True
+            self._checkpoint_and_stop(control, f"time budget reached at step {step}/{state.max_steps}: checkpointing")
+
+    def _checkpoint_and_stop(self, control, message: str) -> None:
+        control.should_save = True
+        control.should_training_stop = True
+        control.should_evaluate = False
+        self.emit(message + " and stopping")
+
+
+def tensorboard_callback(log_dir: str):
+    """Trainer's TensorBoard integration, writing into ``log_dir`` (one folder per point)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=log_dir))

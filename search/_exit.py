@@ -1,0 +1,16 @@
+"""`optuna-search` exit codes (README, Commands)."""
+
+import signal
+
+EXIT_OK = 0
+"""The study is complete / the command succeeded."""
+EXIT_INCOMPLETE = 1
+"""The study is not complete: a point failed (listed), or `status` of a study still running."""
+EXIT_USAGE = 2
+"""Bad input: the message names the problem and the fix; nothing was written."""
+EXIT_BUDGET = 3
+"""The time budget was reached; the same command in a new session resumes."""
+EXIT_DISK_FULL = 4
+"""No space left on the device; free some and run the same command (the trial resumes)."""
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM

@@ -1,0 +1,117 @@
+"""Successive halving over checkpoints: which configuration trains next, to which rung,
+and which go on (pure functions; the scheduler applies them under the claim lock).
+
+Every configuration of the space (the grid's points, or ``n_trials`` sampled without
+repeats) trains to the first rung (a fraction of its training) and pauses at a
+checkpoint. When all of them have reached it, the best ceil(n / eta) by the rung's
+metric (``study.prune_on`` at that validation point) are promoted, decided once and
+stored on the study; the others end PRUNED with their curves. The promoted ones resume
+from their checkpoints to the next rung, with the full run's learning-rate schedule and
+data order, so a paused-and-resumed configuration trains exactly as an uninterrupted one.
+The last rung (1.0) trains to the end and evaluates on the test examples.
+
+With eta = 3 and rungs (1/9, 1/3, 1), 12 configurations with 2 finalists cost about 3.6
+full trainings (30% of the grid).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration as successive halving sees it."""
+
+    key: str
+    state: str
+    """pending, waiting, running, paused, failed, complete or pruned (the scheduler's Status)."""
+    reached: int
+    """The last rung it reached (-1: none yet)."""
+    metrics: dict[int, float]
+    """Its metric at each rung it reached (higher is better)."""
+    order: int
+    """Ties and the population are decided in this order (first trial number / grid order)."""
+
+
+@dataclass(frozen=True)
+class TrainTo:
+    key: str
+    rung: int
+
+
+@dataclass(frozen=True)
+class NewConfig:
+    """Sample a new configuration and train it to the first rung."""
+
+
+@dataclass(frozen=True)
+class Promote:
+    rung: int
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneRest:
+    rung: int
+    keys: tuple[str, ...]
+    """Configurations not promoted at a decided rung that still need to be ended PRUNED."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    pass
+
+
+Action = TrainTo | NewConfig | Promote | PruneRest | Wait | Finished
+RUNNABLE = ("pending", "waiting", "paused")
+ENDED = ("complete", "pruned")
+
+
+def survivors(n: int, eta: int) -> int:
+    return max(1, math.ceil(n / eta))
+
+
+def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_configs: int, n_rungs: int, eta: int,
+                retry_failed: bool = False) -> Action:
+    """What to do next. ``promoted[r]``: the keys decided to go on from rung r."""
+    population = sorted(configs, key=lambda c: c.order)[:n_configs]
+    for r in range(n_rungs):
+        if r == 0 and len(population) < n_configs:
+            return NewConfig()
+        todo = [c for c in population if c.reached < r and c.state not in ENDED]
+        runnable = [c for c in todo if c.state in RUNNABLE or (retry_failed and c.state == "failed")]
+        if runnable:
+            return TrainTo(runnable[0].key, r)
+        running = [c.key for c in todo if c.state == "running"]
+        if running:
+            return Wait(tuple(running))
+        if r == n_rungs - 1:
+            return Finished()
+        if r not in promoted:
+            reached = sorted((c for c in population if c.reached >= r),
+                             key=lambda c: (-c.metrics.get(r, -math.inf), c.order))
+            return Promote(r, tuple(c.key for c in reached[: survivors(len(population), eta)]))
+        left = tuple(c.key for c in population if c.key not in promoted[r] and c.state not in ENDED)
+        if left:
+            return PruneRest(r, left)
+        population = [c for c in population if c.key in promoted[r]]
+    return Finished()
+
+
+def cost(n: int, rungs: list[float], eta: int) -> float:
+    """Full trainings spent on ``n`` configurations (no failures): each configuration
+    pays for the training between the rungs it reaches."""
+    total, alive, done = 0.0, n, 0.0
+    for r, f in enumerate(rungs):
+        total += alive * (f - done)
+        done = f
+        if r < len(rungs) - 1:
+            alive = survivors(alive, eta)
+    return total

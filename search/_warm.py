@@ -1,0 +1,137 @@
+"""Warm start: the finished trials of an earlier study become prior knowledge of a new one.
+
+``run --warm-start-from URL[#STUDY]`` (or ``study.warm_start``) copies every COMPLETE
+trial of the earlier study into the new study as it is created (``study.add_trials``),
+with the new study's distributions and objective values recomputed from the trial's
+record on the new study's objectives: the flagship grid's three finished ranks seed the
+wider search and are not trained again (they count toward its ``n_trials``). Refused,
+with one line, when the earlier study was evaluated on other examples, trained on other
+data, or with another model or evaluation; a trial whose fixed hyperparameters differ
+from the new config's, or that lies outside the new space, is left out and named.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
+from optuna_search.core._params import point_key
+from optuna_search.search._preflight import Preflight
+from optuna_search.search._space import distributions
+from optuna_search.storage._internals import distribution_contains
+from optuna_search.storage._records import read_meta, write_meta
+from optuna_search.storage._storages import list_study_names, open_storage, redact_url
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("optuna_search")
+# What must be the same for an earlier trial to mean the same thing here.
+SAME = ("model", "data.fields", "eval.method", "eval.objective_split")
+
+
+def open_source(source: str) -> "optuna.Study":
+    import optuna
+
+    url, _, name = source.partition("#")
+    storage = open_storage(url, mode="read")
+    names = list_study_names(storage)
+    if not name:
+        if len(names) != 1:
+            raise UserError(f"warm start: {redact_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                            "name one after '#', e.g. --warm-start-from 'sqlite:///grid.db#mistral7b-bugs-qlora'")
+        name = names[0]
+    if name not in names:
+        raise UserError(f"warm start: no study {name!r} in {redact_url(url)}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
+
+
+def check_compatible(source: "optuna.Study", config: Config, pf: Preflight) -> StudyMeta:
+    """The earlier study must have scored the same examples of the same data with the same
+    model; returns its meta."""
+    meta = read_meta(source)
+    where = f"warm start from study {source.study_name!r}"
+    if meta.config is None:
+        raise UserError(f"{where}: it was not created by optuna-search (no stored config)")
+    problems = []
+    if meta.eval_subset != pf.data.test_subset:
+        problems.append("its test examples differ from this study's (other ids, content, eval.num_samples or eval.seed)")
+    if meta.validation_subset != pf.data.validation_subset:
+        problems.append("its validation examples differ from this study's")
+    for split, digest in (meta.data_digest or {}).items():
+        if pf.data.digests.get(split) != digest:
+            problems.append(f"its {split} file differs from this study's (SHA-256)")
+    stored = meta.config
+    current = config.to_dict()
+    if stored.get("model") != current["model"]:
+        problems.append("it used another base model or quantization (model.*)")
+    for key in SAME[1:]:
+        section, name = key.split(".")
+        if stored.get(section, {}).get(name, current[section][name]) != current[section][name]:
+            problems.append(f"its {key} is {stored[section][name]!r}, this study's {current[section][name]!r}")
+    if problems:
+        raise UserError(f"{where} refused: " + "; ".join(problems))
+    return meta
+
+
+def warm_start(study: "optuna.Study", config: Config, pf: Preflight, source_spec: str) -> int:
+    """Copy the earlier study's COMPLETE trials into ``study``; returns how many."""
+    from optuna.trial import TrialState, create_trial
+
+    source = open_source(source_spec)
+    check_compatible(source, config, pf)
+    fields = list(config.data.fields)
+    dists = distributions(config)
+    keys = config.searched_keys()
+    taken: set[str] = set()
+    copied, skipped = [], []
+    for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = TrialRecord.from_trial(t, fields)
+        if record.duplicate_of is not None:
+            continue
+        point, why = _point_in(record, t.params, keys, dists, config)
+        if point is None:
+            skipped.append(f"trial {t.number} ({record.label}): {why}")
+            continue
+        values = [record.objective_value(o, config.eval.objective_split) for o in config.study.objectives]
+        if any(v is None for v in values) or point_key(point) in taken:
+            skipped.append(f"trial {t.number} ({record.label}): " + ("a repeat" if point_key(point) in taken else "no score for this study's objectives"))
+            continue
+        taken.add(point_key(point))
+        copied.append(create_trial(
+            state=TrialState.COMPLETE, values=values, params=point, distributions={k: dists[k] for k in point},
+            user_attrs={**t.user_attrs, **record.replace(warm_start_from=f"{source.study_name}#{t.number}").to_user_attrs()},
+            intermediate_values=dict(t.intermediate_values) if len(values) == 1 else None,
+        ))
+    study.add_trials(copied)
+    write_meta(study, StudyMeta(warm_start={"study": source.study_name, "trials": len(copied), "skipped": skipped}))
+    log.info("warm start: %d finished trials of study %r copied%s", len(copied), source.study_name,
+             ("; left out: " + "; ".join(skipped)) if skipped else "")
+    return len(copied)
+
+
+def _point_in(record: TrialRecord, params: dict[str, Any], keys: list[str], dists: dict[str, Any],
+              config: Config) -> tuple[dict[str, Any] | None, str]:
+    """The trial as a point of this study's space, or why it is not one."""
+    effective = record.effective_params or {}
+    point = {}
+    for k in keys:
+        value = params.get(k, effective.get(k))
+        if value is None:
+            return None, f"it has no value for {k}"
+        if k == "target_modules" and isinstance(value, list):
+            value = ",".join(value)
+        if not distribution_contains(dists[k], value):
+            return None, f"{k} = {value!r} is outside this study's space"
+        point[k] = value
+    mine = config.trial_params(point).to_dict()
+    differs = [k for k, v in mine.items() if k in effective and k not in ("batch_size", "gradient_accumulation")
+               and _norm(effective[k]) != _norm(v)]
+    if differs:
+        return None, "its " + ", ".join(f"{k} = {effective[k]!r} (here {mine[k]!r})" for k in differs)
+    return point, ""
+
+
+def _norm(v: Any) -> Any:
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)

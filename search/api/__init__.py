@@ -1,0 +1,149 @@
+"""optuna-search from Python: everything the command line does, for notebooks.
+
+    import optuna_search
+
+    config = optuna_search.load_config(preset="demo", sets=["study.grid={lora_r=[4, 8]}"])
+    result = optuna_search.run(config)                  # the study, as `optuna-search run`
+    print(result.summary)
+    study = optuna_search.open_study("sqlite:///optuna-search-demo.db")
+    print(study.best.label, study.best.overall, study.baselines["majority"]["overall"])
+    predictor = optuna_search.Predictor.from_study("sqlite:///optuna-search-demo.db")
+    for p in predictor.predict(["Title: Game crashes when saving\\n\\nDescription: ..."]):
+        print(p.id, p.labels)
+
+The command line is built on these functions. Everything else in the package is private.
+Bad input raises :class:`UserError` (the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
+from optuna_search.dashboards._report import Report, collect_report, write_report
+from optuna_search.objectives._quiet import quiet_libraries
+from optuna_search.search._config import load_config
+from optuna_search.search._export_model import export_model as _export_model
+from optuna_search.search._open import create_or_resume, open_for_reading
+from optuna_search.search._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
+from optuna_search.search._preflight import preflight
+from optuna_search.search._run import Summary, print_summary, run_study, summarize
+from optuna_search.search._scheduler import RunOutcome, study_state
+from optuna_search.search._status import status as _status
+from optuna_search.search._workers import WorkerOptions, choose_workers, run_workers
+from optuna_search.storage._artifacts import artifact_store
+from optuna_search.storage._records import read_meta
+
+if TYPE_CHECKING:
+    import optuna
+
+Prediction = RowPrediction
+
+
+@dataclass
+class StudyResult:
+    """What `run` did: the study's table and verdict, and the exit code the CLI returns."""
+
+    study_name: str
+    summary: str
+    exit_code: int
+    """0 complete, 1 a point failed, 3 time budget reached (see the README's Commands)."""
+    problems: list[str]
+    records: list[TrialRecord]
+    best: TrialRecord | None
+
+    def print(self) -> int:
+        return print_summary(Summary(self.summary, self.exit_code, self.problems))
+
+
+def run(config: Config, *, retry_failed: bool = False, time_budget: float | None = None, workers: int | None = 1,
+        oversubscribe: bool = False, progress_interval: float = 10.0) -> StudyResult:
+    """Create or resume the study ``config`` names and run what it lacks (as
+    ``optuna-search run``). ``time_budget``: seconds; ``workers``: parallel processes
+    (None: one per visible GPU)."""
+    quiet_libraries()
+    n = choose_workers(workers, config.train.gpus_per_trial, oversubscribe=oversubscribe)
+    if n > 1:
+        study, _ = create_or_resume(config, preflight(config))  # created once, before the workers race
+        codes = run_workers(config, n, WorkerOptions(retry_failed, time_budget, progress_interval))
+        if 2 in codes:
+            raise UserError("a worker refused the config (its message is above)")
+        outcome = RunOutcome(study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=3 in codes)
+    else:
+        outcome = run_study(config, retry_failed=retry_failed, time_budget_s=time_budget, progress_interval=progress_interval)
+    s = summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached)
+    handle = StudyHandle(outcome.study, config)
+    return StudyResult(config.study.name, s.text, s.exit_code, s.problems, handle.records, handle.best)
+
+
+class StudyHandle:
+    """A study opened for reading: its config, typed trial records, best, baselines."""
+
+    def __init__(self, study: "optuna.Study", config: Config) -> None:
+        self.study = study
+        self.config = config
+
+    @property
+    def records(self) -> list[TrialRecord]:
+        fields = list(self.config.data.fields)
+        return [TrialRecord.from_trial(t, fields) for t in self.study.get_trials(deepcopy=False)]
+
+    @property
+    def meta(self) -> StudyMeta:
+        return read_meta(self.study)
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The study's chosen trial (Optuna's best on the objective's split); None before
+        one completes, or on a multi-objective study (see ``pareto_front``)."""
+        if len(self.config.study.objectives) > 1 or not any(t.state.name == "COMPLETE" for t in self.study.get_trials(deepcopy=False)):
+            return None
+        number = self.study.best_trial.number
+        return next(r for r in self.records if r.number == number)
+
+    @property
+    def pareto_front(self) -> list[TrialRecord]:
+        numbers = {t.number for t in self.study.best_trials}
+        return [r for r in self.records if r.number in numbers]
+
+    @property
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """Per baseline (majority, tfidf_logreg): accuracy per field, overall, macro-F1."""
+        return self.meta.baselines or {}
+
+    def status(self) -> str:
+        return _status(self.study, self.config)[0]
+
+    def report(self, output: str | Path | None = None) -> Report:
+        """The report's data; with ``output``, report.md and report.html written there."""
+        rep = collect_report(self.study, self.config, artifact_store(self.config.storage.artifacts, create=False))
+        if output is not None:
+            write_report(rep, output, self.study)
+        return rep
+
+    def predictor(self, trial: str | int = "best", *, ensemble: bool = False) -> Predictor:
+        return Predictor(spec_from_study(self.study, self.config, trial=trial, ensemble=ensemble))
+
+
+def open_study(storage: str, name: str | None = None, *, artifacts: str | None = None,
+               checkpoints: str | None = None) -> StudyHandle:
+    """A study from where it lives (the storage URL; the name when it holds several)."""
+    location = {"storage.url": storage}
+    for key, value in (("study.name", name), ("storage.artifacts", artifacts), ("train.output_dir", checkpoints)):
+        if value is not None:
+            location[key] = value
+    opened = open_for_reading(location)
+    return StudyHandle(opened.study, opened.config)
+
+
+def export_model(storage: str, output: str | Path, *, trial: str | int = "best", name: str | None = None,
+                 merge: bool = False) -> str:
+    """Write the trial's standalone model folder (as ``optuna-search export-model``)."""
+    location = {"storage.url": storage, **({"study.name": name} if name else {})}
+    return _export_model(location, str(trial), str(output), merge=merge)
+
+
+__all__ = ["Config", "ModelSpec", "Prediction", "Predictor", "StudyHandle", "StudyResult", "TrialRecord", "UserError",
+           "export_model", "load_config", "open_study", "run"]

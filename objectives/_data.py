@@ -322,7 +322,8 @@ def label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> tu
                 outside = {k: v for k, v in counts.items() if k not in allowed}
                 if outside:
                     problems.append(f"{f}: {split} has labels outside the declared set {allowed}: {_fmt_counts(outside)}")
-            unseen = {k: v for k, v in counts.items() if k not in train_counts and k in allowed}
+            declared_here = bool(declared and f in declared)
+            unseen = {k: v for k, v in counts.items() if k not in train_counts and (not declared_here or k in allowed)}
             if unseen:
                 problems.append(
                     f"{f}: {split} has labels never seen in train: {_fmt_counts(unseen)} "

@@ -101,7 +101,8 @@ def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_conf
         left = tuple(c.key for c in population if c.key not in promoted[r] and c.state not in ENDED)
         if left:
             return PruneRest(r, left)
-        population = [c for c in population if c.key in promoted[r]]
+        by_key = {c.key: c for c in population}
+        population = [by_key[k] for k in promoted[r] if k in by_key]  # the best first
     return Finished()
 
 

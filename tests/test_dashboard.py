@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,8 +49,7 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
 def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
     """optuna-dashboard issue 545: a dashboard on a live SQLite study crashed it."""
     # Create the study first so the dashboard has something to read from the start.
-    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "run", "--preset", "demo", "--set", "train.epochs=2",
-                            "--set", "study.grid={lora_r=[4,8]}"],
+    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "run", *FAST],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not (tmp_path / "optuna-search-demo.db").exists() and run.poll() is None:
         time.sleep(0.2)
@@ -115,6 +114,7 @@ def test_trial_notes_hold_the_finished_trial(demo_study):
     note = optuna_dashboard.get_note(optuna.Trial(study, by_r[4]._trial_id))
     assert note.startswith("## Trial 0: lora_r=4")
     assert "95% CI (Wilson)" in note and "| LoRA r / alpha / dropout | 4 / 16 / 0.05 |" in note
+    assert "balanced accuracy" in note and "| optimizer | adamw_torch |" in note
     assert "None" not in note.split("### Environment")[0]
 
 
@@ -162,3 +162,8 @@ def test_notes_in_a_real_browser(demo_study, tmp_path):
     finally:
         dash.kill()
     assert (shots / "dashboard-trial-note.png").stat().st_size > 10_000
+
+
+def test_a_host_that_is_not_an_address_is_named_as_such(tmp_path):
+    proc = run_cli("dashboard", "--preset", "demo", "--host", "not a host!", cwd=tmp_path)
+    assert proc.returncode == 2 and "--host 'not a host!' is not an address" in proc.stderr and "port" not in proc.stderr

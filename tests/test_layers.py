@@ -4,11 +4,17 @@
 
 core is the base every folder may import; storage imports nothing from search/ or
 objectives/; objectives/ imports no Optuna and nothing from search/; dashboards/ reads
-studies and records and never trains; search/ orchestrates. Project modules are imported
-at the top of files; heavy libraries only inside functions (the --help test guards that).
+studies and records and never trains; search/ orchestrates (search/api is the Python
+API, installed as ``optuna_search``). Project modules are imported at the top of files;
+heavy libraries only inside functions (``--help`` imports none), except in the two
+modules whose classes subclass theirs, which are themselves imported only inside the
+functions that need them.
 """
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -25,6 +31,7 @@ ALLOWED = {
 DASHBOARD_OBJECTIVES = {"_metrics", "_stats", "_ensemble", "_data"}
 HEAVY = ("torch", "transformers", "peft", "optuna", "optuna_dashboard", "plotly", "sklearn", "scipy", "datasets",
          "bitsandbytes", "accelerate", "sqlalchemy")
+HEAVY_MODULES = {"optuna_search.objectives._trainer", "optuna_search.search._samplers"}
 
 
 def _imports(path: Path):
@@ -39,25 +46,46 @@ def _imports(path: Path):
             yield node, name
 
 
-def _top_level(path: Path) -> set[int]:
-    """Line numbers of imports at module level (not inside a function or class)."""
+def _top_level(path: Path, *, type_only: bool = True) -> set[int]:
+    """Line numbers of imports at module level (not inside a function or class); with
+    ``type_only``, also those of an ``if TYPE_CHECKING:`` block (never run)."""
     tree = ast.parse(path.read_text())
-    return {n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    lines = {n.lineno for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    for n in tree.body:
+        if type_only and isinstance(n, ast.If) and getattr(n.test, "id", None) == "TYPE_CHECKING":
+            lines |= {m.lineno for m in ast.walk(n) if isinstance(m, (ast.Import, ast.ImportFrom))}
+        if isinstance(n, ast.If) and getattr(n.test, "id", None) != "TYPE_CHECKING":  # e.g. a Python-version switch
+            lines |= {m.lineno for m in n.body + n.orelse if isinstance(m, (ast.Import, ast.ImportFrom))}
+    return lines
+
+
+def _sources():
+    for folder in FOLDERS:
+        for path in sorted((REPO / folder).rglob("*.py")):
+            yield folder, path
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[:2] == ["search", "api"]:
+        parts = parts[2:]
+    return ".".join(["optuna_search"] + parts).removesuffix(".__init__")
 
 
 def test_imports_follow_the_layers():
     wrong = []
-    for folder in FOLDERS:
-        for path in sorted((REPO / folder).glob("*.py")):
-            for node, name in _imports(path):
-                parts = name.split(".")
-                if parts[0] != "optuna_search" or len(parts) < 2:
-                    continue
-                target = parts[1]
-                if target != folder and target not in ALLOWED[folder]:
-                    wrong.append(f"{folder}/{path.name}:{node.lineno} imports {name}")
-                if folder == "dashboards" and target == "objectives" and len(parts) > 2 and parts[2] not in DASHBOARD_OBJECTIVES:
-                    wrong.append(f"{folder}/{path.name}:{node.lineno} imports {name} (training code)")
+    for folder, path in _sources():
+        for node, name in _imports(path):
+            parts = name.split(".")
+            if parts[0] != "optuna_search" or len(parts) < 2:
+                continue
+            target = parts[1]
+            if target not in FOLDERS:
+                continue  # the public API package itself is not imported by the layers
+            if target != folder and target not in ALLOWED[folder]:
+                wrong.append(f"{folder}/{path.name}:{node.lineno} imports {name}")
+            if folder == "dashboards" and target == "objectives" and len(parts) > 2 and parts[2] not in DASHBOARD_OBJECTIVES:
+                wrong.append(f"{folder}/{path.name}:{node.lineno} imports {name} (training code)")
     assert not wrong, "imports against the layers' direction:\n" + "\n".join(wrong)
 
 
@@ -68,15 +96,52 @@ def test_objectives_import_no_optuna():
 
 
 def test_project_modules_are_imported_at_the_top_and_heavy_ones_inside_functions():
+    heavy_modules = {_module(p) for _, p in _sources() for n, name in _imports(p)
+                     if name.split(".")[0] in HEAVY and n.lineno in _top_level(p, type_only=False)}
+    assert heavy_modules == HEAVY_MODULES, heavy_modules
     late, heavy_at_top = [], []
-    for folder in FOLDERS:
-        for path in sorted((REPO / folder).glob("*.py")):
-            top = _top_level(path)
-            for node, name in _imports(path):
-                root = name.split(".")[0]
-                if root == "optuna_search" and node.lineno not in top:
-                    late.append(f"{folder}/{path.name}:{node.lineno} {name}")
-                if root in HEAVY and node.lineno in top:
-                    heavy_at_top.append(f"{folder}/{path.name}:{node.lineno} {name}")
+    for folder, path in _sources():
+        top = _top_level(path)
+        for node, name in _imports(path):
+            where = f"{folder}/{path.relative_to(REPO / folder)}:{node.lineno} {name}"
+            if name in HEAVY_MODULES:
+                if node.lineno in top:
+                    heavy_at_top.append(where + " (a module that imports heavy libraries)")
+            elif name.split(".")[0] == "optuna_search" and node.lineno not in top:
+                late.append(where)
+            elif name.split(".")[0] in HEAVY and node.lineno in _top_level(path, type_only=False) and _module(path) not in HEAVY_MODULES:
+                heavy_at_top.append(where)
     assert not late, "project modules imported inside functions:\n" + "\n".join(late)
-    assert not heavy_at_top, "heavy libraries imported at module level:\n" + "\n".join(heavy_at_top)
+    assert not heavy_at_top, "heavy imports at module level:\n" + "\n".join(heavy_at_top)
+
+
+def test_help_imports_no_heavy_module():
+    code = ("import sys\nfrom optuna_search.search._cli import build_parser\nbuild_parser()\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {sorted(HEAVY_MODULES)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_optuna_is_told_in_one_module():
+    """A trial's outcome reaches Optuna in one place (the scheduler's _tell)."""
+    found = [f"{folder}/{p.name}" for folder, p in _sources() if re.search(r"study\.tell\(", p.read_text())]
+    assert found == ["search/_scheduler.py"], found
+
+
+def test_user_attrs_are_written_by_the_records_only():
+    """TrialRecord / StudyMeta are the only writers of user attrs: no other code sets one
+    (optuna-dashboard's notes are its own system attrs)."""
+    pattern = re.compile(r"set_user_attr\(|set_trial_user_attr\(")
+    found = [f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())]
+    assert sorted(found) == ["storage/_internals.py", "storage/_records.py"], found
+    # ...and _internals' writer is used by _records alone.
+    users = [f"{folder}/{p.name}" for folder, p in _sources() if "set_trial_user_attr" in p.read_text()]
+    assert sorted(users) == ["storage/_internals.py", "storage/_records.py"], users
+
+
+def test_optuna_private_api_stays_in_internals():
+    """Optuna's private attributes (``study._storage``, ``trial._trial_id``, ...) are used in
+    storage/_internals.py only, where tests/test_internals.py pins them."""
+    pattern = re.compile(r"\b(study|trial|storage|sampler|frozen|t)\._(storage|study_id|trial_id|backend|param_names|all_grids|search_space|contains)\b")
+    found = [f"{folder}/{p.name}" for folder, p in _sources() if p.name != "_internals.py" and pattern.search(p.read_text())]
+    assert not found, found

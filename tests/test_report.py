@@ -9,8 +9,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import run_cli
-from optuna_search.dashboards._report import collect_report, render_markdown
 from optuna_search.core import UserError
+from optuna_search.dashboards._report import collect_report, render_markdown
+from optuna_search.search._open import study_config
 from optuna_search.storage._artifacts import artifact_store
 
 pytestmark = pytest.mark.slow
@@ -22,8 +23,8 @@ def test_report_fills_every_table_of_the_plan(demo_study, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md == proc.stdout.rstrip("\n") + "\n" or md.strip() == proc.stdout.strip()
-    for section in ("## Performance summary", "## Training loss per epoch", "## Overfitting analysis",
-                    "## Inference speed", "## Significance", "## Recommendation"):
+    for section in ("## Performance summary", "## Macro-F1 and balanced accuracy", "## Training loss per epoch",
+                    "## Overfitting analysis", "## Inference speed", "## Significance", "## Recommendation"):
         assert section in md
     for row in ("| lora_r=4 |", "| lora_r=8 |", "| lora_r=16 |", "| baseline: majority |", "| baseline: tfidf_logreg |"):
         assert row in md
@@ -48,8 +49,12 @@ def test_report_fills_every_table_of_the_plan(demo_study, tmp_path):
     c = Checker()
     c.feed(html)
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
-    assert c.divs == 5 and c.remote_scripts == 0  # self-contained: plotly.js inlined once
-    assert html.count("Plotly.newPlot") == 5
+    assert c.remote_scripts == 0 and html.count("plotly.js v") <= 2  # self-contained: plotly.js inlined once
+    assert c.divs == html.count("Plotly.newPlot") >= 10
+    for title in ("Confusion matrix, severity", "Optimization History Plot", "Intermediate Values Plot", "Timeline Plot",
+                  "Parallel Coordinate Plot"):
+        assert title in html, title  # Optuna's own figures where Optuna has one
+    assert "Holm" in md  # three configurations: three pairwise tests, corrected
 
 
 def test_baselines_are_scored_on_the_trials_ids(demo_study):
@@ -73,10 +78,10 @@ def test_report_shows_failed_and_running_trials(demo_study, tmp_path):
     study.add_trial(create_trial(state=TrialState.FAIL, params={"lora_r": 8}, distributions=dist,
                                  user_attrs={"error": "OutOfMemoryError: CUDA out of memory"}))
     study.ask({"lora_r": CategoricalDistribution([4, 8, 16])})  # a RUNNING trial
-    rep = collect_report(study, artifact_store(work / "optuna-search-demo-artifacts"))
+    rep = collect_report(study, _config(study), artifact_store(work / "optuna-search-demo-artifacts"))
     md = render_markdown(rep)
     assert "fail: OutOfMemoryError" in md and "running" in md
-    assert rep["best"] is not None
+    assert rep.best is not None
 
 
 def test_comparing_trials_on_different_eval_sets_is_refused(demo_study, tmp_path):
@@ -85,4 +90,23 @@ def test_comparing_trials_on_different_eval_sets_is_refused(demo_study, tmp_path
     study.add_trial(create_trial(value=0.5, params={"lora_r": 8}, distributions={"lora_r": CategoricalDistribution([4, 8, 16])},
                                  user_attrs={"eval_ids_sha256": "another-set", "severity_accuracy": 0.5}))
     with pytest.raises(UserError, match="different example sets"):
-        collect_report(study, artifact_store(work / "optuna-search-demo-artifacts"))
+        collect_report(study, _config(study), artifact_store(work / "optuna-search-demo-artifacts"))
+
+
+def _config(study):
+    return study_config(study, {})
+
+
+def test_holm_adjustment_by_hand():
+    from optuna_search.objectives._stats import holm
+
+    # Sorted p: 0.01, 0.02, 0.04 -> 3 * 0.01, 2 * 0.02, 1 * 0.04, made non-decreasing.
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def test_report_output_that_is_a_file_is_one_line(demo_study, tmp_path):
+    work, _ = demo_study
+    (tmp_path / "taken").write_text("x")
+    proc = run_cli("report", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,6 +1,7 @@
-"""The scheduler's states and decisions, on in-memory studies built with create_trial
-(no subprocess, no model): what runs next, when a study is done, the time budget, and
-that a real loop runs every point exactly once."""
+"""The scheduler's states and decisions, on real SQLite studies with fake runners (no
+model): what runs next, when a study is done, the time budget, samplers that never spend
+a trial on a point twice (also across resumes and between two processes), failing
+points that stop a search instead of looping, and successive halving over checkpoints."""
 
 import datetime as dt
 
@@ -9,16 +10,23 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from optuna_search.core import TrialRecord
+from optuna_search.core._params import point_key
+from optuna_search.search import _halving as halving
 from optuna_search.search._config import load_config
+from optuna_search.search._run import summarize
 from optuna_search.search._scheduler import (
-    BudgetStop, Done, RunNew, RunPoint, RunWaiting, Scheduler, Status, WaitForOthers, decide, point_status, read_state,
+    BudgetStop, Done, Outcome, RunNew, RunPoint, RunWaiting, Scheduler, Status, TrialOutcome, WaitForOthers, decide,
+    point_status, read_state,
 )
-from optuna_search.search._space import distributions, make_sampler
+from optuna_search.search._space import make_sampler, n_target, space_size
+from optuna_search.storage._internals import paused_at
 from optuna_search.storage._storages import open_storage
 
 GRID = load_config(preset="demo")  # lora_r in [4, 8, 16]
 TPE = load_config(preset="demo-search", sets=["study.n_trials=3"])
 DIST = {"lora_r": CategoricalDistribution([4, 8, 16])}
+FIELDS = list(GRID.data.fields)
 
 
 def _t(state, r, error=None):
@@ -33,8 +41,7 @@ def _timed(r, seconds, start):
 
 
 def _running(r):
-    t = create_trial(state=TrialState.RUNNING, params={"lora_r": r}, distributions=DIST)
-    return t
+    return create_trial(state=TrialState.RUNNING, params={"lora_r": r}, distributions=DIST)
 
 
 def test_point_status_from_its_trials():
@@ -66,7 +73,7 @@ def test_waiting_for_others_and_done():
     assert decide(done, retry_failed=False) == Done() and done.finished == 3
 
 
-def test_sampler_study_counts_finished_trials_and_resumes_interrupted_points():
+def test_sampler_study_counts_finished_points_and_resumes_interrupted_ones():
     C, P, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
     lr = FloatDistribution(1e-3, 1e-2, log=True)
     mk = lambda s, r, v: create_trial(state=s, value=0.5 if s == C else None, params={"lora_r": r, "learning_rate": v},
@@ -89,50 +96,183 @@ def test_time_budget_starts_no_trial_that_cannot_finish():
 
 
 class _Runner:
-    budget_stopped = False
+    """Stands in for the trial runner: records what it ran and says how it ended."""
 
-    def __init__(self, study, values):
-        self.study, self.values, self.ran = study, values, []
+    def __init__(self, values, fail=(), during=None):
+        self.values, self.fail, self.during, self.ran = values, set(fail), during, []
 
-    def run(self, trial, *, position, attempts):
-        self.ran.append((dict(trial.params), position, attempts))
-        self.study.tell(trial, self.values(trial.params))
+    def run(self, trial, *, position, attempts, rung=None):
+        params = dict(trial.params)
+        self.ran.append((params, position, attempts, rung))
+        if self.during is not None:
+            self.during(trial)
+        if point_key(params) in self.fail:
+            return TrialOutcome(Outcome.FAILED, TrialRecord(error="RuntimeError: cannot allocate"))
+        return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[self.values(params)])
+
+
+def _storage(tmp_path):
+    return open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=5, grace_period=30)
 
 
 def _real_study(tmp_path, config):
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=5, grace_period=30)
-    return optuna.create_study(study_name=config.study.name, storage=storage, sampler=make_sampler(config),
+    return optuna.create_study(study_name=config.study.name, storage=_storage(tmp_path), sampler=make_sampler(config),
                                directions=config.directions())
+
+
+def _reload(tmp_path, config):
+    return optuna.load_study(study_name=config.study.name, storage=_storage(tmp_path), sampler=make_sampler(config))
 
 
 def test_the_loop_runs_each_grid_point_once_and_again_adds_nothing(tmp_path):
     study = _real_study(tmp_path, GRID)
-    runner = _Runner(study, lambda p: p["lora_r"] / 100)
-    outcome = Scheduler(study, GRID, runner, distributions(GRID)).run()
+    runner = _Runner(lambda p: p["lora_r"] / 100)
+    outcome = Scheduler(study, GRID, runner).run()
     assert [r[0]["lora_r"] for r in runner.ran] == [4, 8, 16]
     assert [r[1] for r in runner.ran] == [(1, 3), (2, 3), (3, 3)]
     assert outcome.ran == 3 and outcome.state.finished == 3
-    again = Scheduler(study, GRID, _Runner(study, lambda p: 0.0), distributions(GRID)).run()
+    again = Scheduler(study, GRID, _Runner(lambda p: 0.0)).run()
     assert again.ran == 0 and len(study.trials) == 3
 
 
-def test_a_sampler_proposing_a_finished_point_again_is_not_trained(tmp_path):
-    config = load_config(preset="demo-search", sets=["study.sampler='random'", "study.n_trials=6", "study.pruner='none'",
-                                                     "study.search_space={lora_r=[4, 8]}"])
+def _categorical(sampler, n, space="{lora_r=[4, 8, 12, 16]}"):
+    return load_config(preset="demo-search", sets=[f"study.sampler='{sampler}'", f"study.n_trials={n}", "study.pruner='none'",
+                                                   f"study.search_space={space}"])
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "brute_force"])
+def test_no_sampler_spends_a_trial_on_a_point_twice(tmp_path, sampler):
+    config = _categorical(sampler, 4)
     study = _real_study(tmp_path, config)
-    runner = _Runner(study, lambda p: p["lora_r"] / 100)
-    Scheduler(study, config, runner, distributions(config)).run()
-    trained = [r[0]["lora_r"] for r in runner.ran]
-    assert sorted(trained) == [4, 8]  # each point trained once...
+    runner = _Runner(lambda p: p["lora_r"] / 100)
+    Scheduler(study, config, runner).run()
+    assert sorted(r[0]["lora_r"] for r in runner.ran) == [4, 8, 12, 16]
+    assert len(study.trials) == 4 and not any("duplicate_of" in t.user_attrs for t in study.trials)
+
+
+def test_n_trials_above_a_finite_space_is_clipped_and_the_study_completes(tmp_path):
+    config = _categorical("tpe", 10, "{lora_r=[4, 8]}")
+    assert space_size(config) == 2 and n_target(config) == 2
+    study = _real_study(tmp_path, config)
+    outcome = Scheduler(study, config, _Runner(lambda p: 0.5)).run()
+    assert outcome.ran == 2 and outcome.state.done
+    text = summarize(study, config, outcome.state, ran=0, budget_reached=False).text
+    assert "every point of the search space has a finished trial; n_trials = 10 was clipped to its 2 points" in text
+
+
+def test_a_resumed_search_proposes_new_points_not_its_earlier_ones(tmp_path):
+    """The sampler is seeded by study.seed and the trial number: a study resumed in a new
+    process must not replay the first proposals (seen: TPE re-seeded on every start
+    proposed trial 0's exact params again)."""
+    config = load_config(preset="demo-search", sets=["study.n_trials=2", "study.pruner='none'"])
+    study = _real_study(tmp_path, config)
+    Scheduler(study, config, _Runner(lambda p: 0.5)).run()
+    more = load_config(preset="demo-search", sets=["study.n_trials=4", "study.pruner='none'"])
+    Scheduler(_reload(tmp_path, more), more, _Runner(lambda p: 0.5)).run()
+    points = [point_key(t.params) for t in _reload(tmp_path, more).trials]
+    assert len(points) == 4 and len(set(points)) == 4
+
+
+def test_two_processes_with_the_same_seed_never_run_one_point_twice_nor_exceed_n_trials(tmp_path):
+    """Two `run` on one new study: the second starts while the first's trial is RUNNING
+    (seen: both proposed the same point, the second recorded it as a PRUNED duplicate and
+    the study ended 3/2)."""
+    config = _categorical("tpe", 2)
+    a_study = _real_study(tmp_path, config)
+    b_runner = _Runner(lambda p: 0.6)
+    a_runner = _Runner(lambda p: 0.5, during=lambda trial: Scheduler(_reload(tmp_path, config), config, b_runner).run(
+        wait_for_others=False))
+    Scheduler(a_study, config, a_runner).run()
+    trials = _reload(tmp_path, config).trials
+    assert len(trials) == 2 and len(a_runner.ran) == len(b_runner.ran) == 1
+    assert a_runner.ran[0][0] != b_runner.ran[0][0]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_a_failing_point_of_a_search_is_not_sampled_forever(tmp_path):
+    """Seen: a sampler study whose point fails started the same point again at once,
+    forever (35 failed trials in 30 s). A failed configuration counts toward n_trials;
+    the study stops and the exit code names it."""
+    config = _categorical("tpe", 3)
+    study = _real_study(tmp_path, config)
+    runner = _Runner(lambda p: 0.5, fail={"lora_r=8", "lora_r=4", "lora_r=12", "lora_r=16"})
+    outcome = Scheduler(study, config, runner).run()
+    assert len(runner.ran) == 3 and len({point_key(r[0]) for r in runner.ran}) == 3
+    summary = summarize(study, config, outcome.state, ran=outcome.ran, budget_reached=False)
+    assert summary.exit_code == 1 and any("is failed (RuntimeError: cannot allocate)" in p for p in summary.problems)
+    assert "re-run failed points with: optuna-search run --retry-failed" in summary.problems
+
+
+# -- successive halving ---------------------------------------------------------------------
+def test_halving_decisions_rung_by_rung():
+    C = halving.Config
+    configs = [C(f"k{i}", "pending", -1, {}, i) for i in range(9)]
+    assert halving.next_action(configs, {}, n_configs=9, n_rungs=3, eta=3) == halving.TrainTo("k0", 0)
+    at0 = [C(f"k{i}", "paused", 0, {0: i / 10}, i) for i in range(9)]
+    assert halving.next_action(at0, {}, n_configs=9, n_rungs=3, eta=3) == halving.Promote(0, ("k8", "k7", "k6"))
+    assert halving.next_action(at0, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == halving.PruneRest(
+        0, tuple(f"k{i}" for i in range(6)))
+    pruned = [C(f"k{i}", "pruned", 0, {0: i / 10}, i) for i in range(6)] + at0[6:]
+    assert halving.next_action(pruned, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == halving.TrainTo("k8", 1)
+    running = [C("k0", "running", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: 0.1}, i) for i in range(1, 3)]
+    assert halving.next_action(running, {}, n_configs=3, n_rungs=2, eta=3) == halving.Wait(("k0",))
+    assert halving.next_action(configs[:2], {}, n_configs=4, n_rungs=2, eta=2) == halving.NewConfig()
+    # 12 points, eta 3, rungs 1/9, 1/3, 1: 12 to 1/9, 4 to 1/3, 2 finalists = 3.56 trainings (30% of the grid).
+    assert halving.cost(12, [1 / 9, 1 / 3, 1.0], 3) == pytest.approx(12 / 9 + 4 * 2 / 9 + 2 * 2 / 3)
+
+
+class _Halving:
+    """A fake runner for successive halving: pauses at every rung but the last with the
+    metric ``lora_r / 100`` (the larger rank looks better), completes at the last."""
+
+    def __init__(self, rungs, interrupt_at=None):
+        self.rungs, self.interrupt_at, self.ran = rungs, interrupt_at, []
+
+    def run(self, trial, *, position, attempts, rung=None):
+        r = trial.params["lora_r"]
+        self.ran.append((r, rung))
+        if self.interrupt_at == len(self.ran):
+            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(), stop=KeyboardInterrupt())
+        values = {str(k): r / 100 for k in range(rung + 1)}
+        record = TrialRecord(rung=rung, rung_values=values)
+        if rung < len(self.rungs) - 1:
+            return TrialOutcome(Outcome.PAUSED, record)
+        return TrialOutcome(Outcome.COMPLETE, record, values=[r / 100])
+
+
+def _halving_config():
+    return load_config(preset="demo", sets=["study.grid={lora_r=[1, 2, 3, 4, 5, 6, 7, 8, 9]}", "study.schedule='successive_halving'",
+                                            "study.rungs=[0.111, 0.333, 1.0]", "study.eta=3"])
+
+
+def test_successive_halving_over_a_grid_trains_each_rung_once_and_ends_complete_or_pruned(tmp_path):
+    config = _halving_config()
+    study = _real_study(tmp_path, config)
+    runner = _Halving(config.study.rungs)
+    Scheduler(study, config, runner).run()
+    assert [x for x in runner.ran if x[1] == 0] == [(r, 0) for r in range(1, 10)]
+    assert sorted(r for r, rung in runner.ran if rung == 1) == [7, 8, 9]
+    assert [r for r, rung in runner.ran if rung == 2] == [9]
     trials = study.get_trials()
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 6  # ...and the study still has its 6 trials
-    dups = [t for t in trials if "duplicate_of" in t.user_attrs]
-    assert len(dups) == 4 and all(t.value == trials[t.user_attrs["duplicate_of"]].value for t in dups)
+    assert len(trials) == 9  # one trial per configuration, across rungs
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] + ["PRUNED"] * 8
+    assert study.user_attrs["halving"]["promoted"] == {"0": ["lora_r=9", "lora_r=8", "lora_r=7"], "1": ["lora_r=9"]}
+    from optuna.storages import fail_stale_trials
+    fail_stale_trials(study)  # nothing paused is ever mistaken for a dead trial
+    assert not [t for t in study.get_trials() if t.state == TrialState.FAIL]
 
 
-@pytest.mark.parametrize("n", [3])
-def test_never_more_than_n_trials_are_started(tmp_path, n):
-    config = load_config(preset="demo-search", sets=[f"study.n_trials={n}", "study.pruner='none'"])
+def test_successive_halving_resumes_where_it_was_after_an_interruption(tmp_path):
+    config = _halving_config()
     study = _real_study(tmp_path, config)
-    Scheduler(study, config, _Runner(study, lambda p: 0.5), distributions(config)).run()
-    assert len(study.trials) == n
+    first = _Halving(config.study.rungs, interrupt_at=11)  # during the second rung
+    with pytest.raises(KeyboardInterrupt):
+        Scheduler(study, config, first).run()
+    interrupted = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert len(interrupted) == 3 and all(paused_at(t) is not None for t in interrupted)  # paused, not failed
+    assert not [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    second = _Halving(config.study.rungs)
+    Scheduler(_reload(tmp_path, config), config, second).run()
+    trained = first.ran[:-1] + second.ran
+    assert sorted(trained) == sorted([(r, 0) for r in range(1, 10)] + [(7, 1), (8, 1), (9, 1), (9, 2)])
+    assert sorted(t.state.name for t in _reload(tmp_path, config).get_trials()) == ["COMPLETE"] + ["PRUNED"] * 8

@@ -2,15 +2,16 @@
 
 import pytest
 
-from optuna_search.core import Config
+from optuna_search.core import Config, TrialRecord
+from optuna_search.core._record import SplitScores
 from optuna_search.dashboards._notes import study_note
-from optuna_search.dashboards._summary import render_summary
+from optuna_search.dashboards._summary import SummaryPoint, SummaryRow, best_row, render_summary, summary_rows
 
 FIELDS = ["severity", "component", "reproducibility"]
 TEST = {"majority": {"severity": 0.5, "component": 0.4, "reproducibility": 0.6, "overall": 0.5}}
 VALIDATION = {"majority": {"severity": 0.6, "component": 0.5, "reproducibility": 0.7, "overall": 0.6}}
-ROW = {"point": "lora_r=4", "trial": 0, "status": "complete", "lora_alpha": 16.0, "severity": 0.7, "component": 0.6,
-       "reproducibility": 0.8, "overall": 0.7, "validation": 0.65, "value": 0.7}
+ROW = SummaryRow("lora_r=4", "complete", 1, trial=0, lora_alpha=16.0,
+                 accuracy={"severity": 0.7, "component": 0.6, "reproducibility": 0.8}, overall=0.7, validation=0.65, value=0.7)
 
 
 def test_baseline_rows_show_their_validation_accuracy_in_the_val_column():
@@ -18,19 +19,19 @@ def test_baseline_rows_show_their_validation_accuracy_in_the_val_column():
     heads, _, trial, baseline = table.splitlines()
     cells = baseline.split()
     assert cells[:2] == ["baseline:", "majority"]
-    # severity, component, reproducibility, overall on test, then val
-    assert cells[3:8] == ["50.0%", "40.0%", "60.0%", "50.0%", "60.0%"]
+    # severity, component, reproducibility, overall on test, macro-F1, then val
+    assert cells[3:7] == ["50.0%", "40.0%", "60.0%", "50.0%"] and cells[8] == "60.0%"
     assert "65.0%" in trial.split()
 
 
 def test_baseline_rows_without_stored_validation_baselines_say_so():
     baseline = render_summary([ROW], FIELDS, TEST).splitlines()[-1].split()
-    assert baseline[7] == "-"  # never a made-up number
+    assert baseline[8] == "-"  # never a made-up number
 
 
 def test_study_note_puts_validation_baselines_beside_test():
     note = study_note(Config(), [ROW], TEST, 100, 3, validation_baselines=VALIDATION)
-    assert "| baseline: majority | 50.0% | 40.0% | 60.0% | 50.0% | 60.0% |" in note
+    assert "| baseline: majority | 50.0% | 40.0% | 60.0% | 50.0% | - | 60.0% |" in note
 
 
 def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
@@ -38,10 +39,6 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
     (duplicate_of): the row and the best must come from the original trial. (Seen on
     a TPE study of the demo: the row showed the empty duplicate and the summary named a
     39% trial best while Optuna's best was 74%.)"""
-    from optuna_search.core import TrialRecord
-    from optuna_search.core._record import SplitScores
-    from optuna_search.dashboards._summary import SummaryPoint, best_row, summary_rows
-
     def scored(number, acc):
         return TrialRecord(number=number, state="COMPLETE", test=SplitScores({f: acc for f in FIELDS}, 100),
                            validation=SplitScores({f: acc for f in FIELDS}, 100))
@@ -50,6 +47,27 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
                                                        TrialRecord(number=11, state="COMPLETE", duplicate_of=9)])
     poor = SummaryPoint("lr=0.01,r=32", "complete", [scored(2, 0.39)])
     rows = summary_rows([good, poor], FIELDS, "validation")
-    assert rows[0]["trial"] == 9 and rows[0]["overall"] == pytest.approx(0.74) and rows[0]["attempts"] == 1
-    assert best_row(rows)["point"] == "lr=0.002,r=32"
+    assert rows[0].trial == 9 and rows[0].overall == pytest.approx(0.74) and rows[0].attempts == 1
+    assert best_row(rows).point == "lr=0.002,r=32"
     assert "complete (proposed again 2x)" in render_summary(rows, FIELDS, None, grid=False)
+
+
+def _scored(number, test, validation):
+    return TrialRecord(number=number, state="COMPLETE", test=SplitScores({f: test for f in FIELDS}, 100),
+                       validation=SplitScores({f: validation for f in FIELDS}, 100))
+
+
+def test_ties_on_validation_are_never_broken_by_test():
+    """With the objective on validation, two trials tied there go to the earlier one (as
+    Optuna's best_trial does), never to the one with the better test score. (Seen: the
+    summary named trial 1 best while Optuna's best_trial was 0.)"""
+    rows = summary_rows([SummaryPoint("a", "complete", [_scored(0, 0.60, 0.70)]),
+                         SummaryPoint("b", "complete", [_scored(1, 0.90, 0.70)])], FIELDS, "validation")
+    assert best_row(rows).trial == 0
+
+
+def test_a_majority_label_model_is_flagged():
+    confusion = {"labels": ["a", "b", "<invalid>"], "matrix": [[5, 0, 0], [3, 0, 0]]}
+    test = SplitScores({f: 0.6 for f in FIELDS}, 8, confusion={"component": confusion}, macro_f1={f: 0.3 for f in FIELDS})
+    (row,) = summary_rows([SummaryPoint("r", "complete", [TrialRecord(number=0, state="COMPLETE", test=test)])], FIELDS)
+    assert row.single_label == {"component": "a"} and row.macro_f1 == pytest.approx(0.3)

@@ -96,3 +96,12 @@ def demo_study(tmp_path_factory, demo_cache):
     work = tmp_path_factory.mktemp("demo-study")
     proc = run_cli("run", "--preset", "demo", cwd=work)
     return work, proc
+
+
+@pytest.fixture(scope="session")
+def scored_study(tmp_path_factory, demo_cache):
+    """The tests' study evaluated by label scoring (probabilities: soft voting, predict)."""
+    work = tmp_path_factory.mktemp("scored")
+    proc = run_cli("run", *FAST, "--set", "eval.method='score'", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work

@@ -15,16 +15,6 @@ from optuna_search.objectives._metrics import Prediction
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def scored_study(tmp_path_factory, demo_cache):
-    """Three demo trials evaluated by label scoring (probabilities for soft voting)."""
-    work = tmp_path_factory.mktemp("scored")
-    proc = run_cli("run", "--preset", "demo", "--set", "eval.method='score'", "--set", "train.epochs=1",
-                   "--set", "data.train_samples=600", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
-
-
 def _exact_mcnemar(b: int, c: int) -> float:
     n = b + c
     return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n)
@@ -45,7 +35,7 @@ def test_ensemble_from_artifacts_only(scored_study, monkeypatch, capsys):
     assert "soft voting: ensemble of lora_r=" in out and "hard voting" in out
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{scored_study / 'optuna-search-demo.db'}")
     ensembles = study.user_attrs["ensembles"]
-    assert [e["method"] for e in ensembles] == ["soft", "hard"] and len(ensembles[0]["members"]) == 3
+    assert [e["method"] for e in ensembles] == ["soft", "hard"] and len(ensembles[0]["members"]) == 2
     soft = ensembles[0]
     # The McNemar figures, by hand from the stored predictions (all fields right per example).
     store = optuna.artifacts.FileSystemArtifactStore(str(scored_study / "optuna-search-demo-artifacts"))
@@ -84,6 +74,30 @@ def test_members_scored_on_other_examples_are_refused(scored_study, tmp_path):
     proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--trials", "0,1",
                    "--set", f'storage.artifacts="{scored_study / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
     assert proc.returncode == 2 and "evaluated on other examples" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--trials", "1,1"], "names a trial twice"),
+    (["--trials", "0,7"], "trial(s) 7 are not COMPLETE trials"),
+    (["--top", "5"], "give 2 to 2"),
+])
+def test_bad_member_choices_are_one_line(scored_study, tmp_path, args, needle):
+    shutil.copy(scored_study / "optuna-search-demo.db", tmp_path / "copy.db")
+    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_ensemble_of_a_study_without_complete_trials_says_so(tmp_path):
+    import optuna
+
+    from optuna_search.core import StudyMeta
+    from optuna_search.search._config import load_config
+    from optuna_search.storage._records import write_meta
+
+    study = optuna.create_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'e.db'}")
+    write_meta(study, StudyMeta(config=load_config(preset="demo").to_dict()))
+    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'e.db'}", "--top", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and "has no complete trial yet" in proc.stderr
 
 
 def test_generated_members_vote_by_majority_only(demo_study, tmp_path):

@@ -285,12 +285,20 @@ def check_lora_targets(source: str, model_cfg: Any, params_list: list[TrialParam
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=model_cfg.trust_remote_code)
     problems, seen = [], set()
+    module_names = [n for n, _ in skeleton.named_modules()]
     for p in params_list:
         kwargs = p.lora_kwargs()
         key = (str(kwargs["target_modules"]), kwargs["use_dora"], kwargs["use_rslora"])
         if key in seen:
             continue
         seen.add(key)
+        if isinstance(kwargs["target_modules"], list):
+            # peft adapts the names that match and says nothing of a list's others (a typo).
+            missing = [t for t in kwargs["target_modules"] if not any(n == t or n.endswith("." + t) for n in module_names)]
+            if missing:
+                problems.append(f"target_modules {kwargs['target_modules']!r}: the model has no module named "
+                                f"{', '.join(map(repr, missing))}")
+                continue
         try:
             skeleton = get_peft_model(skeleton, LoraConfig(bias="none", task_type="CAUSAL_LM", **kwargs)).unload()
         except (ValueError, TypeError, NotImplementedError) as e:

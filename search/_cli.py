@@ -327,13 +327,15 @@ class _LevelFormatter(logging.Formatter):
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LevelFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    """Progress and results of this tool at INFO (DEBUG with -v, WARNING with -q) on
+    stderr; the libraries' warnings too, with their level."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    root.setLevel(logging.WARNING)
-    log.setLevel(level)
+    if not root.handlers:  # a host application (a notebook, pytest) keeps its own
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LevelFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import logging
+import shutil
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,6 @@ from optuna_search.core._text import pct
 from optuna_search.dashboards._notes import trial_note
 from optuna_search.objectives import (
     BudgetExhausted,
-    DivergedTraining,
     Objective,
     OutOfMemory,
     Stopped,
@@ -103,16 +103,12 @@ class TrialRunner:
             # its heartbeat to go stale.
             disarm()
             return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(), stop=e)
-        except OSError as e:
-            if e.errno != errno.ENOSPC:
-                return self._failed(tag, e)
-            where = getattr(e, "filename", None) or self.config.train.output_dir
-            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted=f"no space left on device at {where}"),
-                                stop=DiskFull(f"no space left on device at {where}; free some space (old checkpoints, "
-                                              "caches) and run the same command: the trial resumes from its last checkpoint"))
-        except DivergedTraining as e:
-            return self._failed(tag, e)
         except Exception as e:  # noqa: BLE001 - any training failure is recorded, then the next point runs
+            if _disk_full(e, folder):
+                where = getattr(e, "filename", None) or folder
+                return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted=f"no space left on device at {where}"),
+                                    stop=DiskFull(f"no space left on device at {where}; free some space (old checkpoints, "
+                                                  "caches) and run the same command: the trial resumes from its last checkpoint"))
             return self._failed(tag, e)
         return self._outcome(trial, tag, request, result, rung)
 
@@ -254,6 +250,20 @@ class TrialRunner:
         full = TrialRecord.from_user_attrs({**stored.user_attrs, **record.to_user_attrs()}, fields, number=trial.number,
                                            params=dict(stored.params))
         optuna_dashboard.save_note(trial, trial_note(full, self.config, fields, self.config.eval.objective_split))
+
+
+LOW_DISK_BYTES = 64 * 2**20
+
+
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """No space left: an OSError saying so, or torch's checkpoint writer failing (its
+    "[enforce fail at inline_container.cc]" RuntimeError) on a disk that is indeed full."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    if isinstance(e, RuntimeError) and ("inline_container" in str(e) or "PytorchStreamWriter" in str(e)):
+        probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+        return shutil.disk_usage(probe).free < LOW_DISK_BYTES
+    return False
 
 
 def _fmt(v: float | None) -> str:

@@ -1,19 +1,20 @@
 """The real QLoRA path (bitsandbytes NF4 on CPU, peft LoRA, transformers Trainer) on a
 tiny Mistral-architecture model built in-process."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from optuna_search.core import TrialParams
-from optuna_search.objectives._model import count_trainable, load_lora_model, resolve_model_source
-from optuna_search.objectives._train import losses_per_epoch
-from optuna_search.search._config import load_config
 from optuna_search.core import UserError
+from optuna_search.objectives._model import count_trainable, load_lora_model, resolve_model_source
+from optuna_search.objectives._train import build_training_args, losses_per_epoch
+from optuna_search.search._config import load_config
 
 
-def _params(r=8, modules=("q_proj", "k_proj", "v_proj", "o_proj")):
-    return TrialParams(lora_r=r, lora_alpha=4.0 * r, lora_dropout=0.0, target_modules=tuple(modules), learning_rate=5e-3,
-                       epochs=1, warmup_ratio=0.0, weight_decay=0.0, batch_size=8, gradient_accumulation=1)
+def _params(r=8, modules=("q_proj", "k_proj", "v_proj", "o_proj"), *sets, **changes):
+    c = load_config(preset="demo", sets=["lora.dropout=0.0", "train.warmup_ratio=0.0", "train.epochs=1", *sets])
+    return dataclasses.replace(c.trial_params({"lora_r": r, "target_modules": ",".join(modules)}), **changes)
 
 
 def test_loads_nf4_base_with_lora_from_a_local_directory(demo_model_dir):
@@ -117,3 +118,38 @@ def test_gradients_reach_the_first_layers_adapters_after_a_validation_pass(demo_
     after = _first_adapter_grad(model, ids)
     assert before > 0.01
     assert after == pytest.approx(before, rel=1e-3)
+
+
+def test_dora_rslora_independent_alpha_and_all_linear_reach_peft(demo_model_dir):
+    import bitsandbytes as bnb
+
+    cfg = load_config(preset="demo").model
+    p = _params(4, ("all-linear",), "lora.use_dora=true", "lora.use_rslora=true", "lora.alpha=12")
+    model, _ = load_lora_model(str(demo_model_dir), cfg, p, gradient_checkpointing=False)
+    lc = model.peft_config["default"]
+    assert (lc.r, lc.lora_alpha, lc.use_dora, lc.use_rslora) == (4, 12.0, True, True)
+    adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # all-linear, not lm_head
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(12 / 4 ** 0.5)  # rsLoRA: alpha / sqrt(r)
+    assert "default" in q.lora_magnitude_vector  # DoRA
+
+
+def test_trainer_knobs_reach_training_arguments(tmp_path):
+    c = load_config(preset="demo", sets=["train.optim='adafactor'", "train.max_grad_norm=0.3", "train.lr_scheduler='linear'",
+                                         "train.batch_size=2", "train.gradient_accumulation=8", "train.weight_decay=0.01"])
+    args = build_training_args(str(tmp_path), c.trial_params({"lora_r": 8}), c.train, cuda=False, dtype=torch.float32,
+                               distributed=False)
+    assert args.optim.value == "adafactor" and args.max_grad_norm == 0.3 and args.lr_scheduler_type.value == "linear"
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.weight_decay) == (2, 8, 0.01)
+    assert args.learning_rate == c.train.learning_rate and args.num_train_epochs == c.train.epochs
+
+
+def test_targets_the_model_lacks_are_refused_before_anything_is_written(demo_model_dir):
+    from optuna_search.objectives._model import check_lora_targets
+
+    cfg = load_config(preset="demo").model
+    with pytest.raises(UserError) as e:
+        check_lora_targets(str(demo_model_dir), cfg, [_params(8, ("q_proj", "attn.c_attn"))])
+    assert "c_attn" in str(e.value) and "its linear layers: down_proj, gate_proj" in str(e.value)
+    check_lora_targets(str(demo_model_dir), cfg, [_params(8, ("all-linear",))])

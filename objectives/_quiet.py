@@ -63,13 +63,13 @@ def quiet_libraries() -> None:
     # a command that fails on bad input should not pay for them (they read these switches
     # when they are first imported). A user's own setting wins.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    # The hub's download progress stays on: a 14 GB model download must show progress.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for name in ("transformers", "peft", "accelerate", "datasets", "httpx", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # imported already (e.g. by a test): switch it directly
         sys.modules["transformers"].logging.set_verbosity_error()
-        sys.modules["transformers"].utils.logging.disable_progress_bar()
     if "datasets" in sys.modules:
         sys.modules["datasets"].disable_progress_bars()
     for message, module in EXPECTED_WARNINGS:

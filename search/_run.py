@@ -28,11 +28,11 @@ from optuna_search.dashboards._summary import (
 )
 from optuna_search.objectives import make_objective
 from optuna_search.search._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK
-from optuna_search.search._open import as_resumed, create_or_resume
+from optuna_search.search._open import as_resumed, create_or_resume, stored_config_of
 from optuna_search.search._preflight import LARGE_GRID, preflight
 from optuna_search.search._scheduler import RunOutcome, Scheduler, Status, StudyState
 from optuna_search.search._trial import TrialRunner
-from optuna_search.search._warm import warm_start
+from optuna_search.search._warm import warm_start, warm_start_source
 from optuna_search.storage._records import read_meta
 
 if TYPE_CHECKING:
@@ -55,9 +55,10 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
     log.info("data ok: %d train / %d validation / %d test examples; evaluation subsets: %d test, %d validation examples (seed %d%s)",
              len(d.dataset.train.examples), len(d.dataset.validation.examples), len(d.dataset.test.examples),
              len(d.test_subset), len(d.validation_subset), config.eval.seed, ", stratified" if config.eval.stratify else "")
+    source = warm_start_source(config, pf) if config.study.warm_start and stored_config_of(config) is None else None
     study, created = create_or_resume(config, pf)
-    if created and config.study.warm_start:
-        warm_start(study, config, pf, config.study.warm_start)
+    if created and source is not None:
+        warm_start(study, config, source)
     # Reconcile at once: trials whose process died are failed (and, by the storage's
     # retry callback, re-queued as WAITING) before we decide what is left to do, so the
     # retry of an interrupted trial is the first thing a new session does.

@@ -75,12 +75,17 @@ def check_compatible(source: "optuna.Study", config: Config, pf: Preflight) -> S
     return meta
 
 
-def warm_start(study: "optuna.Study", config: Config, pf: Preflight, source_spec: str) -> int:
+def warm_start_source(config: Config, pf: Preflight) -> "optuna.Study":
+    """The earlier study a new study starts from, checked (before the new one exists)."""
+    source = open_source(config.study.warm_start)
+    check_compatible(source, config, pf)
+    return source
+
+
+def warm_start(study: "optuna.Study", config: Config, source: "optuna.Study") -> int:
     """Copy the earlier study's COMPLETE trials into ``study``; returns how many."""
     from optuna.trial import TrialState, create_trial
 
-    source = open_source(source_spec)
-    check_compatible(source, config, pf)
     fields = list(config.data.fields)
     dists = distributions(config)
     keys = config.searched_keys()

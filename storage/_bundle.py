@@ -25,7 +25,7 @@ from typing import Any
 from optuna_search.core import UserError
 from optuna_search.core._files import file_sha256
 from optuna_search.storage._checkpoints import study_checkpoints
-from optuna_search.storage._storages import check_storage_url, list_study_names, open_storage, redact_url
+from optuna_search.storage._storages import check_storage_url, list_study_names, open_storage, read_only_uri, redact_url
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -52,7 +52,7 @@ def _sqlite_path(url: str, *, what: str) -> Path:
 
 
 def _schema_revision(db: Path) -> str | None:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = sqlite3.connect(read_only_uri(db), uri=True)
     try:
         return con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     except sqlite3.Error:
@@ -62,7 +62,7 @@ def _schema_revision(db: Path) -> str | None:
 
 
 def _study_names(db: Path) -> list[str]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    con = sqlite3.connect(read_only_uri(db), uri=True)
     try:
         return [r[0] for r in con.execute("SELECT study_name FROM studies")]
     except sqlite3.Error:
@@ -86,7 +86,7 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"bundle directory '{out}' exists and is not empty; choose a new --output")
     out.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    src = sqlite3.connect(read_only_uri(db), uri=True)
     dst = sqlite3.connect(str(out / "study.db"))
     try:
         src.backup(dst)  # consistent snapshot, even while a trial writes

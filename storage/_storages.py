@@ -76,6 +76,9 @@ def check_storage_url(url: str, *, must_exist: bool = False, writable: bool = Tr
         parsed = make_url(url)
     except ArgumentError:
         raise UserError(f"storage URL '{shown}' is not a database URL; {_FIX}") from None
+    except ValueError:  # sqlalchemy converts the port to int while parsing
+        port = url.split("@")[-1].split("/")[0].rsplit(":", 1)[-1]
+        raise UserError(f"storage URL '{shown}': port {port!r} is not a number; e.g. postgresql://user@host:5432/db") from None
     dialect = parsed.get_backend_name()
     if dialect not in SUPPORTED_DIALECTS:
         raise UserError(f"storage URL '{shown}' uses '{dialect}', which is not supported; {_FIX}")
@@ -134,7 +137,7 @@ def sqlite_tables(path: Path, shown: str) -> set[str] | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        con = sqlite3.connect(read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if tables and con.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
@@ -198,8 +201,18 @@ def _check_sqlite_file(path: Path, shown: str, mode: str) -> None:
 def _sqlite_url(parsed: Any, *, read_only: bool) -> str:
     if not read_only:
         return parsed.render_as_string(hide_password=False)
-    # SQLite's own read-only mode: no table creation, no WAL switch, no write at all.
-    return f"sqlite:///file:{Path(parsed.database).resolve()}?mode=ro&uri=true"
+    # SQLite's own read-only mode: no table creation, no WAL switch, no write at all. A
+    # WAL database that no process has open (no -wal file) is read as immutable, so that
+    # looking leaves no -wal/-shm files behind; with a writer at work, SQLite's shared
+    # memory is what keeps the read consistent, and it is used.
+    return f"sqlite:///{read_only_uri(Path(parsed.database))}&uri=true"
+
+
+def read_only_uri(path: Path) -> str:
+    """A SQLite URI that opens ``path`` read-only and, when no process has the database
+    open (no -wal file beside it), as immutable: looking leaves no -wal/-shm files."""
+    path = path.resolve()
+    return f"file:{path}?mode=ro" + ("" if path.with_name(path.name + "-wal").exists() else "&immutable=1")
 
 
 @contextlib.contextmanager

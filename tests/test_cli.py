@@ -4,6 +4,7 @@ and nothing written to the study."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -230,3 +231,74 @@ def test_workers_are_capped_at_what_the_machine_has(tmp_path, monkeypatch, caplo
     assert _workers.choose_workers(None, 1) == 1
     monkeypatch.setattr(_workers, "visible_gpus", lambda: ["0", "1"])
     assert _workers.choose_workers(None, 1) == 2 and _workers.choose_workers(8, 2) == 1
+
+
+def test_a_target_module_the_model_lacks_is_refused_before_the_study_exists(work):
+    """Seen: refused only after the study and a trial were written, and the corrected
+    rerun was then refused as 'a different meaning'."""
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "lora.target_modules=q_proj,v_porj",
+                                  "--storage", "sqlite:///study.db", cwd=work), work, "the model has no module named 'v_porj'")
+
+
+def test_validation_points_beyond_the_steps_of_an_epoch_are_refused(work):
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "train.validations_per_epoch=500",
+                                  "--storage", "sqlite:///study.db", cwd=work), work,
+                          "train.validations_per_epoch = 500 but an epoch has only 150 optimizer steps")
+
+
+def test_an_8_bit_optimizer_without_a_gpu_is_refused(work):
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "train.optim='paged_adamw_8bit'",
+                                  "--storage", "sqlite:///study.db", cwd=work, env_extra={"CUDA_VISIBLE_DEVICES": ""}), work,
+                          "run on CUDA GPUs only")
+
+
+def test_a_tracker_that_is_not_installed_is_refused(work):
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "train.report_to=['wandb']",
+                                  "--storage", "sqlite:///study.db", cwd=work), work, "the package 'wandb' is not installed")
+
+
+def test_a_postgresql_url_with_a_port_that_is_not_a_number_is_one_line(work):
+    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--storage", "postgresql://u:pw@localhost:port/db", cwd=work),
+                          work, "port 'port' is not a number")
+
+
+def test_export_into_an_existing_file_is_one_line(demo_study, tmp_path):
+    work, _ = demo_study
+    (tmp_path / "taken").write_text("x")
+    proc = run_cli("export", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_version_levels_and_verbosity(tmp_path):
+    from importlib.metadata import version
+
+    out = run_cli("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"optuna-search {version('optuna-search')}"
+    warned = run_cli("validate", "--preset", "demo", "--set", "eval.num_samples=1000", cwd=tmp_path)
+    assert warned.returncode == 0 and re.search(r"^\d\d:\d\d:\d\d WARNING eval.num_samples = 1000", warned.stderr, re.M)
+    assert re.search(r"^\d\d:\d\d:\d\d data ok|^\d\d:\d\d:\d\d [a-z]", warned.stderr, re.M) or "WARNING" in warned.stderr
+    quiet = run_cli("-q", "validate", "--preset", "demo", cwd=tmp_path)
+    assert quiet.returncode == 0 and "INFO" not in quiet.stderr
+
+
+def test_status_of_a_study_still_running_exits_1_and_of_a_finished_one_0(demo_study, tmp_path):
+    work, _ = demo_study
+    assert run_cli("status", "--preset", "demo", cwd=work).returncode == 0
+    shutil.copy(work / "optuna-search-demo.db", tmp_path / "optuna-search-demo.db")
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
+    study.ask({"lora_r": CategoricalDistribution([4, 8, 16])})
+    proc = run_cli("status", "--preset", "demo", cwd=tmp_path)
+    assert proc.returncode == 1 and "running" in proc.stdout
+
+
+def test_reading_a_wal_database_leaves_no_files_behind(demo_study, tmp_path):
+    work, _ = demo_study
+    shutil.copy(work / "optuna-search-demo.db", tmp_path / "s.db")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for cmd in (["status"], ["report", "-o", str(tmp_path / "rep")]):
+        assert run_cli(*cmd, "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path).returncode == 0
+    after = sorted(p.name for p in tmp_path.iterdir() if p.name != "rep")
+    assert after == before, after

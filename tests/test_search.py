@@ -91,7 +91,91 @@ def test_multi_objective_study_has_a_pareto_front(tmp_path, demo_cache):
     rep = run_cli("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
     assert rep.returncode == 0 and "## Pareto front" in rep.stdout and "lora_r=2" in rep.stdout.split("## Pareto front")[1]
     html = (tmp_path / "r" / "report.html").read_text()
-    assert "front highlighted" in html
+    assert "Pareto-front Plot" in html  # Optuna's own figure
     refused = run_cli("run", "--preset", "demo", "--set", "study.objectives=['overall_accuracy', 'trainable_params']",
                       "--set", "study.pruner='median'", "--study-name", "x", cwd=tmp_path)
     assert refused.returncode == 2 and "Optuna does not prune multi-objective studies" in refused.stderr
+
+
+# -- successive halving over checkpoints, the early signal, warm start ------------------------
+HALVING = ["--set", "study.grid={lora_r=[4, 8, 16]}", "--set", "study.schedule='successive_halving'",
+           "--set", "study.rungs=[0.333, 1.0]", "--set", "study.eta=3", "--set", "eval.method='score'",
+           "--set", "study.prune_on='label_logprob'"]
+
+
+def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, demo_cache):
+    from conftest import FAST as TESTS
+
+    proc = run_cli("run", *TESTS, *HALVING, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpointing and pausing" in proc.stderr and "rung 1 (33% of training) decided" in proc.stderr
+    trials = sorted(_study(tmp_path, "demo").get_trials(), key=lambda t: t.number)
+    assert len(trials) == 3 and sorted(t.state.name for t in trials) == ["COMPLETE", "PRUNED", "PRUNED"]
+    (final,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    for t in trials:
+        curve = t.user_attrs["validation_curve"]
+        assert curve[0]["step"] == 50 and curve[0]["label_logprob"] < 0  # the rung's point: 1/3 of 150 steps
+        assert t.intermediate_values[curve[0]["point"]] == curve[0]["label_logprob"]  # prune_on: the log-probability
+        assert t.user_attrs["rung_values"]["0"] == curve[0]["label_logprob"]
+    best_at_rung = max(trials, key=lambda t: t.user_attrs["rung_values"]["0"])
+    assert final.number == best_at_rung.number and final.user_attrs["optimizer_steps"] == 150
+    assert all(t.user_attrs["optimizer_steps"] == 50 for t in trials if t.state == TrialState.PRUNED)
+    assert final.user_attrs["resumed_from_step"] == 50  # paused at the rung, resumed from its checkpoint
+    status = run_cli("status", "--preset", "demo", cwd=tmp_path)
+    assert status.returncode == 0 and "rung" in status.stdout and "2/2 (100%)" in status.stdout
+    rep = run_cli("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    assert "Successive halving (rungs 0.333, 1" in rep.stdout and "of training every configuration to its end" in rep.stdout
+
+
+def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_path, demo_model_dir):
+    """Pausing at a rung keeps the full run's learning-rate schedule and data order: the
+    losses of a run paused at 1/3 and resumed equal those of one that never paused."""
+    from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
+    from optuna_search.objectives._data import prepare_study_data
+    from optuna_search.search._config import load_config
+
+    from conftest import FAST_CONFIG
+
+    config = load_config(preset="demo", config_file=str(FAST_CONFIG), sets=["train.epochs=1"])
+    data = prepare_study_data(config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length)
+    params = config.trial_params({"lora_r": 8})
+
+    def request(folder, until):
+        return TrialRequest(params, data.dataset, data.test_examples, data.validation_examples, folder, train_until=until,
+                            validate_at=(0.333,))
+
+    objective = QLoRAObjective(config)
+    paused = objective(request(tmp_path / "paused", 0.333), TrialHooks())
+    assert paused.paused_at_step == 25 and paused.test is None
+    resumed = objective(request(tmp_path / "paused", 1.0), TrialHooks())
+    straight = objective(request(tmp_path / "straight", 1.0), TrialHooks())
+    assert resumed.resumed_from_step == 25 and resumed.optimizer_steps == straight.optimizer_steps == 75
+
+    def losses(folder):
+        import json
+
+        state = json.loads(next(folder.glob("checkpoint-75")).joinpath("trainer_state.json").read_text())
+        return [r["loss"] for r in state["log_history"] if "loss" in r]
+
+    assert losses(tmp_path / "paused") == pytest.approx(losses(tmp_path / "straight"), rel=1e-5, abs=1e-6)
+    assert [p.accuracy for p in resumed.validation_curve] == pytest.approx([p.accuracy for p in straight.validation_curve])
+
+
+def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp_path, demo_cache):
+    from conftest import FAST as TESTS
+
+    grid = run_cli("run", *TESTS, "--set", "study.grid={lora_r=[4]}", cwd=tmp_path)
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    url = f"sqlite:///{tmp_path / 'optuna-search-demo.db'}#demo"
+    search = ["run", *TESTS, "--study-name", "wider", "--set", "study.sampler='tpe'", "--set", "study.grid={}",
+              "--set", "study.search_space={lora_r=[4, 8]}", "--set", "study.n_trials=2", "--warm-start-from", url]
+    proc = run_cli(*search, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warm start: 1 finished trials of study 'demo' copied" in proc.stderr
+    wider = _study(tmp_path, "wider").get_trials()
+    assert sorted(t.params["lora_r"] for t in wider) == [4, 8] and len(wider) == 2  # r=4 not trained again
+    copied = next(t for t in wider if t.params["lora_r"] == 4)
+    assert copied.user_attrs["warm_start_from"] == "demo#0" and copied.value == copied.user_attrs["overall_accuracy"]
+    other = run_cli(*search, "--study-name", "other", "--set", "eval.num_samples=40", cwd=tmp_path)
+    assert other.returncode == 2 and "warm start from study 'demo' refused: its test examples differ" in other.stderr
+    assert "other" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")

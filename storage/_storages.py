@@ -170,6 +170,7 @@ def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | No
         full = _sqlite_url(parsed, read_only=mode == "read")
     else:
         full = parsed.render_as_string(hide_password=False)
+        _check_server_database(full, url, mode)
     kwargs: dict[str, Any] = {
         "engine_kwargs": {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True},
         "skip_table_creation": mode != "create",
@@ -256,8 +257,45 @@ def _create_rdb_storage(full: str, url: str, kwargs: dict[str, Any]):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _check_server_database(full: str, url: str, mode: str) -> None:
+    """A PostgreSQL/MySQL database is reachable and is Optuna's (or empty, for `run`):
+    the server's own words when it is not (no listener, an unknown role or database, a
+    wrong password), and another application's database is refused as a SQLite file of
+    another application is."""
+    import sqlalchemy
+
+    shown = redact_url(url)
+    engine = sqlalchemy.create_engine(full)
+    try:
+        with engine.connect() as conn:
+            tables = set(sqlalchemy.inspect(conn).get_table_names())
+    except Exception as e:  # noqa: BLE001 - any driver's connection error
+        raise UserError(_open_error(e, url)) from None
+    finally:
+        engine.dispose()
+    if tables and not tables & OPTUNA_TABLES:
+        raise UserError(f"storage '{shown}' is a database of another application (tables: {', '.join(sorted(tables)[:8])}); "
+                        "give Optuna a database of its own, e.g. `createdb optuna` and postgresql://user@host/optuna")
+    if mode != "create" and not tables & OPTUNA_TABLES:
+        raise UserError(f"storage '{shown}' holds no Optuna study (an empty database); run a study there first or check --storage")
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The driver's own error under Optuna's and SQLAlchemy's wrappers (Optuna reports
+    every database error as 'An exception is raised during the commit ...')."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "orig", None) or e.__cause__ or e.__context__
+        if inner is None:
+            break
+        e = inner
+    return e
+
+
 def _open_error(e: Exception, url: str) -> str:
-    msg = redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__, url)
+    e = _root_cause(e)
+    msg = redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, url)
     if "malformed" in msg or "not a database" in msg:
         return damaged_database_message(redact_url(url), url, msg)
     return f"cannot open storage '{redact_url(url)}' ({msg}); check the URL and that the server is up"

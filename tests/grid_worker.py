@@ -17,16 +17,15 @@ import optuna
 
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._config import load_config
-from optuna_search.search._scheduler import Scheduler
-from optuna_search.search._space import distributions, make_sampler
+from optuna_search.core import TrialRecord
+from optuna_search.search._scheduler import Outcome, Scheduler, TrialOutcome
+from optuna_search.search._space import make_sampler
 from optuna_search.storage._internals import heartbeat
 from optuna_search.storage._storages import open_storage
 
 
 class SleepRunner:
-    """Stands in for the trial adapter: holds the heartbeat, sleeps, tells the value."""
-
-    budget_stopped = False
+    """Stands in for the trial runner: holds the heartbeat, sleeps, returns the value."""
 
     def __init__(self, study, sleep: str) -> None:
         self.study = study
@@ -34,10 +33,10 @@ class SleepRunner:
         value = float(sleep.split(":", 1)[1] if fixed else sleep)
         self.sleep = (lambda: value) if fixed else (lambda: random.uniform(0, value))
 
-    def run(self, trial, *, position, attempts) -> None:
+    def run(self, trial, *, position, attempts, rung=None) -> TrialOutcome:
         with heartbeat(self.study, trial):
             time.sleep(self.sleep())
-        self.study.tell(trial, float(trial.params["lora_r"]))
+        return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[float(trial.params["lora_r"])])
 
 
 def grid_config(url: str, grid_size: int, study: str):
@@ -62,7 +61,7 @@ def main() -> None:
     quiet_libraries()
     for name in studies:
         study, config = create(url, grid_size, name)
-        Scheduler(study, config, SleepRunner(study, sleep), distributions(config)).run(wait_for_others=False)
+        Scheduler(study, config, SleepRunner(study, sleep)).run(wait_for_others=False)
 
 
 if __name__ == "__main__":

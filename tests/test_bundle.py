@@ -63,3 +63,15 @@ def test_files_the_manifest_does_not_list_are_not_imported_unchecked(bundle):
     with pytest.raises(UserError, match="planted.py: not listed in the manifest"):
         import_bundle(out, loc)
     assert not (new / "ckpt").exists()
+
+
+def test_a_manifest_whose_study_name_was_edited_is_refused(bundle):
+    """Seen: an edited study name was imported, and following the error's own suggestion
+    (--study-name <edited>) retrained every point as a new study beside the complete one."""
+    out, tmp_path = bundle
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "study_name": "edited"}))
+    loc, new = _target(tmp_path)
+    with pytest.raises(UserError, match="its manifest names study 'edited' but its database holds 's'"):
+        import_bundle(out, StudyLocation(loc.storage_url, "edited", loc.checkpoints_dir, loc.artifacts_dir))
+    assert not (new / "study.db").exists()

@@ -72,7 +72,7 @@ def test_unknown_config_key(work):
 
 def test_rank_zero(work):
     _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "study.grid={lora_r=[0,4]}", "--storage", "sqlite:///study.db", cwd=work),
-                          work, "study.grid.lora_r value 0 must be a positive integer")
+                          work, "study.grid.lora_r value 0 must be an integer from 1 to 1,024")
 
 
 def test_bad_config_file(work):
@@ -285,11 +285,12 @@ def test_status_of_a_study_still_running_exits_1_and_of_a_finished_one_0(demo_st
     work, _ = demo_study
     assert run_cli("status", "--preset", "demo", cwd=work).returncode == 0
     shutil.copy(work / "optuna-search-demo.db", tmp_path / "optuna-search-demo.db")
-    import optuna
-    from optuna.distributions import CategoricalDistribution
+    import sqlite3
 
-    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
-    study.ask({"lora_r": CategoricalDistribution([4, 8, 16])})
+    con = sqlite3.connect(tmp_path / "optuna-search-demo.db")  # the last point as if still training
+    con.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL WHERE number = 2")
+    con.commit()
+    con.close()
     proc = run_cli("status", "--preset", "demo", cwd=tmp_path)
     assert proc.returncode == 1 and "running" in proc.stdout
 

@@ -5,6 +5,7 @@ import pytest
 from conftest import GAME_BUGS
 from optuna_search.objectives._data import (
     load_split,
+    read_split,
     normalise_label,
     parse_label_lines,
     resolve_eval_subset,
@@ -169,3 +170,54 @@ def test_validation_is_the_test_file_minus_the_test_subset():
     test_ids = {s["id"] for s in sd.test_subset}
     assert len(sd.dataset.validation.examples) == 199 and not test_ids & {e.id for e in sd.dataset.validation.examples}
     assert len(sd.validation_subset) == 100 and len(sd.dataset.train.examples) == 200
+
+
+def test_csv_cells_with_newlines_keep_them_and_errors_name_file_lines(tmp_path):
+    """Seen: the reader split the file on lines before parsing, so a quoted cell with
+    newlines (what spreadsheets and Python's csv writer produce) broke every row."""
+    import csv
+
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["input", "severity", "component", "reproducibility"])
+        w.writerow(["Title: crash\n\nDescription: line one\nline two", "high", "ui", "always"])
+        w.writerow(["Title: slow", "low", "performance"])  # a missing cell, on file line 6
+        w.writerow(["Title: fine\nstill fine", "low", "ui", "rare"])
+    split, problems = read_split("train", str(path), fields=FIELDS)
+    assert [e.input for e in split.examples] == ["Title: crash\n\nDescription: line one\nline two", "Title: fine\nstill fine"]
+    assert [e.line for e in split.examples] == [2, 7]
+    assert problems == [f"{path}:6: fewer cells than the header has columns"]
+
+
+def test_labels_outside_a_declared_set_are_named_as_such(tmp_path):
+    rows = {"train": ["low", "high"], "val": ["low"], "test": ["medium"]}
+    for name, labels in rows.items():
+        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(
+            {"input": f"r{i}", "output": f"Severity: {lab}\nComponent: ui\nReproducibility: rare"}) for i, lab in enumerate(labels)) + "\n")
+    c = load_config(preset="demo", sets=[f'data.{k}="{tmp_path / v}.jsonl"' for k, v in
+                                         (("train", "train"), ("validation", "val"), ("test", "test"))]
+                    + ['data.labels={severity=["low", "high"]}'])
+    with pytest.raises(UserError) as e:
+        load_dataset_from_config(c.data)
+    msg = str(e.value)
+    assert "severity: test has labels outside the declared set ['low', 'high']: 'medium' x1" in msg
+    assert "never seen in train" not in msg
+
+
+def test_stratified_subsets_keep_rare_labels(tmp_path):
+    """eval.stratify picks the subsets by label combination: on the real validation file a
+    20-example subset holds the rare severities that a plain random draw can miss."""
+    from collections import Counter
+
+    split = load_split("validation", str(GAME_BUGS / "val.jsonl"), fields=FIELDS)
+    share = Counter(e.labels["severity"] for e in split.examples)
+    picked = select_eval_subset(split, 60, seed=0, stratify=True, fields=FIELDS)
+    by_id = {e.id: e for e in split.examples}
+    got = Counter(by_id[s["id"]].labels["severity"] for s in picked)
+    assert len(picked) == 60 and set(got) == set(share)  # every severity is there
+    for label, n in share.items():
+        assert abs(got[label] / 60 - n / len(split.examples)) < 0.05, (label, got, share)
+    assert select_eval_subset(split, 60, seed=0, stratify=True, fields=FIELDS) == picked  # fixed by the seed
+    ids = [s["id"] for s in picked]
+    assert ids == [e.id for e in split.examples if e.id in set(ids)]  # in file order

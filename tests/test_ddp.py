@@ -5,10 +5,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
-ARGS = ["run", "--preset", "demo", "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1",
+ARGS = ["run", *FAST, "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1", "--progress-interval", "0",
         "--set", "train.gpus_per_trial=2", "--set", "train.batch_size=4", "--set", "train.gradient_accumulation=2"]
 
 
@@ -16,17 +16,17 @@ def _check(tmp_path, proc):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (t,) = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}").get_trials()
     assert t.state == TrialState.COMPLETE and t.user_attrs["gpus_per_trial"] == 2
-    # 1200 examples / (batch 4 x 2 ranks x accumulation 1): each rank saw half the data,
+    # 600 examples / (batch 4 x 2 ranks x accumulation 1): each rank saw half the data,
     # and the effective batch (8) is the configured 4 x 2.
     assert "launching DDP over 2 processes" in proc.stderr
-    assert "step 150/150" in proc.stderr
+    assert "step 75/75" in proc.stderr
     assert t.user_attrs["gradient_accumulation"] == 1
     assert len(t.user_attrs["train_loss_per_epoch"]) == 1 and sorted(t.intermediate_values) == [1]
     assert t.value > optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}").user_attrs["baselines"]["majority"]["overall"]
 
 
 def test_one_trial_on_two_ranks_cpu(tmp_path, demo_cache):
-    proc = run_cli(*ARGS, cwd=tmp_path, env_extra={"OPTUNA_SEARCH_PROGRESS_INTERVAL": "0", "CUDA_VISIBLE_DEVICES": ""})
+    proc = run_cli(*ARGS, cwd=tmp_path, env_extra={"CUDA_VISIBLE_DEVICES": ""})
     _check(tmp_path, proc)
 
 
@@ -36,10 +36,22 @@ def test_one_trial_on_two_gpus(tmp_path, demo_cache):
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs")
-    proc = run_cli(*ARGS, cwd=tmp_path, env_extra={"OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"})
+    proc = run_cli(*ARGS, cwd=tmp_path)
     _check(tmp_path, proc)
 
 
 def test_accumulation_must_split_over_the_gpus(tmp_path):
     proc = run_cli("show-config", "--preset", "demo", "--set", "train.gpus_per_trial=2", "--set", "train.gradient_accumulation=3", cwd=tmp_path)
     assert proc.returncode == 2 and "not divisible by train.gpus_per_trial" in proc.stderr
+
+
+def test_every_objective_path_is_an_objective():
+    """One way a trial trains: the runner holds an Objective, in-process or DDP."""
+    from optuna_search.objectives import DistributedObjective, Objective, QLoRAObjective, make_objective
+    from optuna_search.search._config import load_config
+
+    single = make_objective(load_config(preset="demo"))
+    ddp = make_objective(load_config(preset="demo", sets=["train.gpus_per_trial=2", "train.gradient_accumulation=2"]))
+    assert isinstance(single, QLoRAObjective) and isinstance(ddp, DistributedObjective)
+    assert isinstance(single, Objective) and isinstance(ddp, Objective)
+    assert "***" in ddp.config.storage.url or "@" not in ddp.config.storage.url  # the ranks never see a password

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import REPO, run_cli
+from conftest import FAST, REPO, run_cli
 import grid_worker
 
 pytestmark = pytest.mark.slow
@@ -81,9 +81,16 @@ def postgres(tmp_path_factory):
         as_user = ["runuser", "-u", "postgres", "--"]
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     run(str(bin_dir / "initdb"), "-D", str(data / "db"), "--auth=trust", "-U", "postgres")
+    # One role with a password (to see a wrong one refused); everyone else is trusted.
+    hba = data / "db" / "pg_hba.conf"
+    hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-w", "-l", str(data / "log"),
         "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=100", "start")
-    run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna_test")
+    for db in ("optuna_test", "empty_db", "crm"):
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
+    psql = [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-q"]
+    run(*psql, "crm", "-c", "CREATE TABLE customers (id int)")
+    run(*psql, "postgres", "-c", "CREATE ROLE pwuser LOGIN PASSWORD 'right-pw'")
     yield f"postgresql://postgres@127.0.0.1:{port}/optuna_test", port
     run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop")
     shutil.rmtree(data, ignore_errors=True)
@@ -98,8 +105,8 @@ def test_demo_on_postgresql_never_shows_the_password(postgres, tmp_path, demo_ca
     _, port = postgres
     secret = "s3cret-pw"
     url = f"postgresql://postgres:{secret}@127.0.0.1:{port}/optuna_test"  # trust auth ignores it
-    proc = run_cli("run", "--preset", "demo", "--storage", url, "--study-name", "demo-pg",
-                   "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=1", cwd=tmp_path)
+    proc = run_cli("run", *FAST, "--storage", url, "--study-name", "demo-pg", "--set", "study.grid={lora_r=[4]}",
+                   "--set", "train.epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert secret not in proc.stdout + proc.stderr
     study = optuna.load_study(study_name="demo-pg", storage=_sa(url))
@@ -115,8 +122,35 @@ def test_demo_on_postgresql_never_shows_the_password(postgres, tmp_path, demo_ca
 
 def test_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_path):
     proc = run_cli("status", "--preset", "demo", "--storage", "postgresql://bob:hunter2@127.0.0.1:1/db", cwd=tmp_path)
-    assert proc.returncode == 2 and "cannot open storage" in proc.stderr
-    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "cannot open storage" in proc.stderr and "Connection refused" in proc.stderr
+    assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr and "exceeding max length" not in proc.stderr
+
+
+@pytest.mark.parametrize("who,db,needle", [
+    ("postgres", "empty_db", "holds no Optuna study (an empty database)"),
+    ("postgres", "no_such_db", 'database "no_such_db" does not exist'),
+    ("nobody", "optuna_test", 'role "nobody" does not exist'),
+    ("pwuser:wrong-pw", "optuna_test", 'password authentication failed for user "pwuser"'),
+])
+def test_postgresql_problems_are_named_by_their_real_cause(postgres, tmp_path, who, db, needle):
+    """Seen: each of these said 'An exception is raised during the commit ... exceeding max length'."""
+    _, port = postgres
+    for cmd in (["status"], ["report", "-o", str(tmp_path / "r")]):
+        proc = run_cli(*cmd, "--storage", f"postgresql://{who}@127.0.0.1:{port}/{db}", cwd=tmp_path)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+        assert "exceeding max length" not in proc.stderr and "wrong-pw" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_another_applications_postgresql_database_is_refused(postgres, tmp_path):
+    _, port = postgres
+    proc = run_cli("run", *FAST, "--storage", f"postgresql://postgres@127.0.0.1:{port}/crm", cwd=tmp_path)
+    assert proc.returncode == 2 and "is a database of another application (tables: customers)" in proc.stderr
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/crm")
+    with engine.connect() as conn:
+        assert sqlalchemy.inspect(conn).get_table_names() == ["customers"]  # nothing created beside them
+    engine.dispose()
 
 
 def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, demo_cache):
@@ -127,9 +161,8 @@ def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, de
     import signal
     import threading
 
-    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
-    args = ["run", "--preset", "demo", "--workers", "2", "--set", "train.checkpoint_steps=25",
-            "--set", "study.grid={lora_r=[4,8]}", "--set", "train.epochs=2"]
+    env = dict(os.environ)
+    args = ["run", *FAST, "--workers", "2", "--progress-interval", "0"]
     # A process group of its own, as a terminal gives: Ctrl-C reaches parent and workers.
     proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

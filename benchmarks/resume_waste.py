@@ -32,8 +32,8 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="resume-waste-"))
-    env = {**os.environ, "OPTUNA_SEARCH_PROGRESS_INTERVAL": "0"}
-    cmd = [sys.executable, "-m", "optuna_search.search._cli", "run", "--preset", "demo",
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "optuna_search.search._cli", "run", "--preset", "demo", "--progress-interval", "0",
            "--set", "study.grid={lora_r=[8]}", "--set", f"train.checkpoint_steps={args.checkpoint_steps}",
            "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=2"]
     step_re = re.compile(r"step (\d+)/(\d+)")

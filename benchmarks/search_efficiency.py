@@ -1,80 +1,323 @@
-"""Optimizer steps a Bayesian search with early stopping needs to find what the full
-grid finds, on the demo model and data.
+"""How much of the grid's compute each search strategy needs to find what the grid finds:
+the full grid run once, every strategy replayed offline from its curves over many seeds,
+then the best strategy run live once.
 
-A 12-point space (4 ranks x 3 learning rates). The full grid runs once: its best
-validation accuracy is the reference and its optimizer steps the cost. Then TPE +
-Hyperband (pruning on validation accuracy) runs 12 trials over the same space, once per
-seed. Per seed: the best validation accuracy it found, the optimizer steps it spent, and
-the steps it had spent when it first came within 1 point of the grid's best.
+1. The grid: every point of the space trains to its end through the project's objective,
+   with validation points fine enough for every strategy's rungs (36 over training:
+   every 1/36 holds 1/9, 1/4 and 1/3), label scoring on the fixed validation subset;
+   per point and validation point it keeps every example's correctness and the
+   log-probability of its correct labels (the curves are cached in ``--curves``).
+2. Replay: per seed, the validation examples are resampled with replacement (the noise
+   a strategy's choices meet; the grid's best is the best on that resample), and each
+   strategy is run against the curves, charged the fraction of training each
+   configuration used: the full grid (in grid order), random order without repeats, TPE +
+   Hyperband on accuracy (as the search presets did: repeats allowed, 4 validation
+   points), TPE without repeats + Hyperband on the label log-prob, brute force + Optuna's
+   successive-halving pruner on the label log-prob, GP without repeats, and successive
+   halving over checkpoints (this project's scheduler; rungs 1/9, 1/3, 1, eta 3) on
+   accuracy and on the label log-prob.
+   Per strategy: P(within 1 point of the grid's best validation accuracy at <= 1/3 of
+   the grid's compute), the median compute fraction when it gets there, the median gap
+   to the grid's best at 1/3 of the compute.
+3. Live: the winning strategy runs once as a real study; its compute fraction and best.
 
-    python benchmarks/search_efficiency.py [--seeds 5] [--epochs 2] [--train-samples 600]
+    python benchmarks/search_efficiency.py [--seeds 200] [--curves curves.json] [--no-live]
+    python benchmarks/search_efficiency.py --real   # SmolLM2 on the real reports (about an hour)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 
-RANKS = [4, 8, 16, 32]
-RATES = [2e-3, 5e-3, 1e-2]
+POINTS = 36  # validation points over training, demo: every 1/36 holds 1/9, 1/4 and 1/3
+REAL_POINTS = 9  # the real model: every 1/9 (a validation point costs it half a minute)
+RUNGS = [1 / 9, 1 / 3, 1.0]
+DEMO = {"lora_r": [4, 8, 16, 32], "learning_rate": [2e-3, 5e-3, 1e-2]}
+REAL = {"lora_r": [4, 16], "learning_rate": [3e-4, 1e-3, 3e-3]}
 
 
-def run(work: Path, name: str, *sets: str, common: list[str]) -> list:
-    cmd = [sys.executable, "-m", "optuna_search.search._cli", "-q", "run", "--preset", "demo-search", "--study-name", name,
-           *common, *[a for s in sets for a in ("--set", s)]]
+# -- 1. the grid's curves -------------------------------------------------------------------
+def grid_curves(space: dict[str, list], preset: str, sets: list[str], path: Path, points: int = POINTS) -> dict[str, Any]:
+    """Train every point once; per point, per validation point: fraction, per-example
+    correctness (all fields, as 0/1 per field) and gold-label log-probability."""
+    if path.exists():
+        return json.loads(path.read_text())
+    from optuna_search.core._params import point_key
+    from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
+    from optuna_search.objectives._data import prepare_study_data
+    from optuna_search.objectives._quiet import quiet_libraries
+    from optuna_search.search._config import load_config
+    from optuna_search.search._space import enumerate_grid
+
+    quiet_libraries()
+    config = load_config(preset=preset, sets=[*sets, "eval.method='score'"])
+    data = prepare_study_data(config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length)
+    fractions = tuple(k / points for k in range(1, points + 1))
+    out: dict[str, Any] = {"space": space, "preset": preset, "sets": sets, "points": {}}
+    work = Path(tempfile.mkdtemp(prefix="search-efficiency-"))
+    for n, point in enumerate(enumerate_grid(space)):
+        curve: list[dict[str, Any]] = []
+
+        def record(vp, curve=curve) -> bool:
+            preds = vp.evaluation.predictions
+            curve.append({"fraction": vp.fraction, "correct": [[int(p.correct(f)) for f in p.gold] for p in preds],
+                          "logprob": [sum(math.log(max(p.probs[f][p.gold[f]], 1e-12)) for f in p.gold) / len(p.gold) for p in preds]})
+            return False
+
+        t0 = time.monotonic()
+        request = TrialRequest(config.trial_params(point), data.dataset, [], data.validation_examples, work / f"p{n}",
+                               validate_at=fractions)
+        result = QLoRAObjective(config)(request, TrialHooks(on_validation=record))
+        out["points"][point_key(point)] = {"params": point, "steps": result.max_steps, "curve": curve}
+        print(f"grid {n + 1}: {point_key(point)}: final validation {100 * _mean_acc(curve[-1]['correct']):.1f}% "
+              f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def _mean_acc(correct: list[list[int]], idx: list[int] | None = None) -> float:
+    rows = correct if idx is None else [correct[i] for i in idx]
+    return sum(sum(r) / len(r) for r in rows) / len(rows)
+
+
+# -- 2. replay -----------------------------------------------------------------------------
+class Curves:
+    """The grid's curves on one resample of the validation examples."""
+
+    def __init__(self, data: dict[str, Any], seed: int) -> None:
+        self.keys = list(data["points"])
+        self.params = {k: v["params"] for k, v in data["points"].items()}
+        n = len(data["points"][self.keys[0]]["curve"][0]["correct"])
+        rng = random.Random(seed)
+        idx = [rng.randrange(n) for _ in range(n)]
+        self.acc = {k: [_mean_acc(p["correct"], idx) for p in v["curve"]] for k, v in data["points"].items()}
+        self.lp = {k: [sum(p["logprob"][i] for i in idx) / n for p in v["curve"]] for k, v in data["points"].items()}
+        self.best = max(a[-1] for a in self.acc.values())
+        self.fractions = {k: [p["fraction"] for p in v["curve"]] for k, v in data["points"].items()}
+
+    def at(self, metric: str, key: str, fraction: float) -> float:
+        """The metric at the validation point nearest ``fraction`` of training."""
+        i = min(range(len(self.fractions[key])), key=lambda j: abs(self.fractions[key][j] - fraction))
+        return (self.acc if metric == "accuracy" else self.lp)[key][i]
+
+
+class Run:
+    """What a strategy spent and found: events (compute so far, best full-trained accuracy)."""
+
+    def __init__(self, curves: Curves) -> None:
+        self.curves, self.spent, self.events = curves, 0.0, []
+        self.best = -1.0
+
+    def train(self, key: str, to: float, done: float = 0.0) -> None:
+        self.spent += (to - done) / len(self.curves.keys)
+        if to >= 1.0:
+            self.best = max(self.best, self.curves.acc[key][-1])
+        self.events.append((self.spent, self.best))
+
+    def reached(self, tolerance: float = 0.01) -> float | None:
+        """The compute fraction when the best came within ``tolerance`` of the grid's best."""
+        return next((spent for spent, best in self.events if best >= self.curves.best - tolerance), None)
+
+    def gap_at(self, budget: float) -> float:
+        best = max([b for s, b in self.events if s <= budget + 1e-9] + [-1.0])
+        return self.curves.best - best if best >= 0 else self.curves.best
+
+
+def in_order(curves: Curves, order: list[str]) -> Run:
+    run = Run(curves)
+    for k in order:
+        run.train(k, 1.0)
+    return run
+
+
+def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pruner: Callable[[], Any], metric: str,
+                    rungs: list[float], n_trials: int, no_repeats: bool) -> Run:
+    """An Optuna sampler and pruner over the curves: each trial reports the metric at the
+    validation points ``rungs`` (fractions) and may be pruned there; a repeated point
+    (allowed when ``no_repeats`` is False, as Optuna's samplers do) costs nothing."""
+    from optuna_search.core._params import point_key
+    from optuna_search.search._samplers import NoRepeatSampler
+    from optuna.distributions import CategoricalDistribution
+
+    run = Run(curves)
+    space = {k: CategoricalDistribution(sorted({p[k] for p in curves.params.values()})) for k in next(iter(curves.params.values()))}
+    points = [dict(p) for p in curves.params.values()]
+    s = NoRepeatSampler(sampler, space, seed, points) if no_repeats else sampler(seed)
+    study = optuna.create_study(direction="maximize", sampler=s, pruner=pruner())
+    trained: set[str] = set()
+
+    def objective(trial: optuna.Trial) -> float:
+        point = {k: trial.suggest_categorical(k, d.choices) for k, d in space.items()}
+        key = point_key(point)
+        if key in trained:
+            return curves.acc[key][-1]  # a repeat: the earlier result, no training
+        trained.add(key)
+        done = 0.0
+        for step, f in enumerate(rungs, start=1):
+            run.train(key, f, done)
+            done = f
+            if f < 1.0:
+                trial.report(curves.at(metric, key, f), step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+        return curves.acc[key][-1]
+
+    study.optimize(objective, n_trials=n_trials)
+    return run
+
+
+def halving_strategy(curves: Curves, metric: str) -> Run:
+    """This project's successive halving over checkpoints (``search._halving``)."""
+    from optuna_search.search import _halving as h
+
+    run = Run(curves)
+    state = {k: {"state": "pending", "reached": -1, "metrics": {}} for k in curves.keys}
+    promoted: dict[int, list[str]] = {}
+    while True:
+        configs = [h.Config(k, v["state"], v["reached"], v["metrics"], i) for i, (k, v) in enumerate(state.items())]
+        a = h.next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(RUNGS), eta=3)
+        if isinstance(a, h.TrainTo):
+            s = state[a.key]
+            run.train(a.key, RUNGS[a.rung], RUNGS[s["reached"]] if s["reached"] >= 0 else 0.0)
+            s["reached"], s["metrics"][a.rung] = a.rung, curves.at(metric, a.key, RUNGS[a.rung])
+            s["state"] = "complete" if a.rung == len(RUNGS) - 1 else "paused"
+        elif isinstance(a, h.Promote):
+            promoted[a.rung] = list(a.keys)
+        elif isinstance(a, h.PruneRest):
+            for k in a.keys:
+                state[k]["state"] = "pruned"
+        else:
+            return run
+
+
+def strategies(n: int) -> dict[str, Callable[[Curves, int], Run]]:
+    hb4 = [0.25, 0.5, 0.75, 1.0]  # the search presets' 2 validation points per epoch over 2 epochs
+    fine = [k / 9 for k in range(1, 10)]
+    tpe = lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True, n_startup_trials=4)  # noqa: E731
+    hyperband = lambda rungs: (lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=len(rungs), reduction_factor=3))  # noqa: E731
+    return {
+        "full grid": lambda c, s: in_order(c, c.keys),
+        "random, no repeats": lambda c, s: in_order(c, random.Random(s).sample(c.keys, len(c.keys))),
+        "TPE + Hyperband (accuracy), as before": lambda c, s: optuna_strategy(c, s, tpe, hyperband(hb4), "accuracy", hb4, n, False),
+        "TPE no repeats + Hyperband (label_logprob)": lambda c, s: optuna_strategy(c, s, tpe, hyperband(fine), "label_logprob", fine, n, True),
+        "brute force + SH pruner (label_logprob)": lambda c, s: optuna_strategy(
+            c, s, lambda s2: optuna.samplers.BruteForceSampler(seed=s2),
+            lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3), "label_logprob", fine, n, False),
+        "GP, no repeats, no pruning": lambda c, s: optuna_strategy(
+            c, s, lambda s2: optuna.samplers.GPSampler(seed=s2, n_startup_trials=4), lambda: optuna.pruners.NopPruner(),
+            "accuracy", [1.0], n, True),
+        "successive halving (accuracy)": lambda c, s: halving_strategy(c, "accuracy"),
+        "successive halving (label_logprob)": lambda c, s: halving_strategy(c, "label_logprob"),
+    }
+
+
+def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
+    n = len(data["points"])
+    rows = {}
+    for name, strategy in strategies(n).items():
+        within, fractions, gaps = 0, [], []
+        for seed in range(seeds):
+            curves = Curves(data, seed)
+            run = strategy(curves, seed)
+            reached = run.reached()
+            if reached is not None and reached <= 1 / 3 + 1e-9:
+                within += 1
+            if reached is not None:
+                fractions.append(reached)
+            gaps.append(run.gap_at(1 / 3))
+        rows[name] = {"p": within / seeds, "fraction": statistics.median(fractions) if fractions else math.inf,
+                      "gap": statistics.median(gaps), "reached": len(fractions) / seeds}
+    return rows
+
+
+def spearman(data: dict[str, Any]) -> list[tuple[float, str, float]]:
+    """Spearman's rho between each early point's metric and the final validation
+    accuracy over the grid's points (full validation set): does early predict late?"""
+    from scipy.stats import spearmanr
+
+    curves = Curves(data, seed=-1)
+    curves.acc = {k: [_mean_acc(p["correct"]) for p in v["curve"]] for k, v in data["points"].items()}
+    curves.lp = {k: [sum(p["logprob"]) / len(p["logprob"]) for p in v["curve"]] for k, v in data["points"].items()}
+    finals = [curves.acc[k][-1] for k in curves.keys]
+    out = []
+    for f in (1 / 9, 1 / 4, 1 / 3, 1 / 2):
+        for metric in ("accuracy", "label_logprob"):
+            xs = [curves.at(metric, k, f) for k in curves.keys]
+            rho = float(spearmanr(xs, finals).statistic) if len(set(xs)) > 1 else float("nan")
+            out.append((f, metric, rho))
+    return out
+
+
+# -- 3. live ---------------------------------------------------------------------------------
+def live(data: dict[str, Any], preset: str, sets: list[str]) -> tuple[float, float, float]:
+    """Successive halving on the label log-prob as a real study (the CLI); returns its
+    compute fraction, its best validation accuracy and the grid's."""
+    space = data["space"]
+    work = Path(tempfile.mkdtemp(prefix="search-efficiency-live-"))
+    grid = "{" + ", ".join(f"{k}={v}" for k, v in space.items()) + "}"
+    cmd = [sys.executable, "-m", "optuna_search.search._cli", "-q", "run", "--preset", preset, "--study-name", "live",
+           *[a for s in [*sets, f"study.grid={grid}", "study.schedule='successive_halving'", "study.rungs=[0.111, 0.333, 1.0]",
+                         "study.eta=3", "eval.method='score'", "study.prune_on='label_logprob'", "study.pruner='none'",
+                         "study.sampler='grid'", "study.search_space={}", "study.n_trials=0",
+                         "eval.objective_split='validation'"] for a in ("--set", s)]]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
-    return sorted(study.get_trials(), key=lambda t: t.number)
-
-
-def best_validation(trials) -> float:
-    return max(t.user_attrs["validation_overall_accuracy"] for t in trials
-               if t.state.name == "COMPLETE" and "validation_overall_accuracy" in t.user_attrs)
-
-
-def steps_to_reach(trials, target: float) -> int | None:
-    spent = 0
-    for t in trials:
-        spent += t.user_attrs.get("optimizer_steps", 0)
-        if t.state.name == "COMPLETE" and t.user_attrs.get("validation_overall_accuracy", -1) >= target:
-            return spent
-    return None
+    study = optuna.load_study(study_name="live", storage=f"sqlite:///{work / 'optuna-search.db'}")
+    steps = sum(t.user_attrs.get("optimizer_steps", 0) for t in study.trials)
+    total = sum(p["steps"] for p in data["points"].values())
+    best = max(t.user_attrs["validation_overall_accuracy"] for t in study.trials if t.state.name == "COMPLETE")
+    grid_best = max(_mean_acc(p["curve"][-1]["correct"]) for p in data["points"].values())
+    return steps / total, best, grid_best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--train-samples", type=int, default=600)
+    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--curves", type=Path, help="cache of the grid's curves (JSON); trained when missing")
+    ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the real reports (about an hour on 2 cores)")
+    ap.add_argument("--no-live", action="store_true", help="skip the live run")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = f"{{lora_r={RANKS}, learning_rate={RATES}}}"
-    common = ["--set", f"train.epochs={args.epochs}", "--set", f"data.train_samples={args.train_samples}"]
-    with tempfile.TemporaryDirectory() as d:
-        work = Path(d)
-        grid = run(work, "grid", "study.sampler='grid'", f"study.grid={space}", "study.search_space={}", "study.n_trials=0",
-                   "study.pruner='none'", common=common)
-        reference = best_validation(grid)
-        grid_steps = sum(t.user_attrs["optimizer_steps"] for t in grid)
-        print(f"grid: {len(grid)} trials, best validation accuracy {100 * reference:.1f}%, {grid_steps} optimizer steps")
-        ratios = []
-        for seed in range(args.seeds):
-            trials = run(work, f"tpe-{seed}", f"study.search_space={space}", "study.n_trials=12", f"study.seed={seed}", common=common)
-            spent = sum(t.user_attrs.get("optimizer_steps", 0) for t in trials)
-            reach = steps_to_reach(trials, reference - 0.01)
-            pruned = sum(t.state.name == "PRUNED" for t in trials)
-            ratios.append((reach if reach is not None else float("inf")) / grid_steps)
-            print(f"seed {seed}: best validation {100 * best_validation(trials):.1f}%, {spent} steps spent ({pruned} pruned), "
-                  f"within 1 point of the grid's best after {reach if reach is not None else 'never'} steps")
-    print(f"steps to reach the grid's best within 1 point / grid steps = {statistics.median(ratios):.2f}")
+    if args.real:
+        space, preset = REAL, "cpu-real"
+        sets = ["data.train_samples=240", "model.max_length=128", "train.gradient_accumulation=1",
+                "eval.validation_samples=40", "train.checkpoint_steps=1000", "study.sampler='grid'",
+                "study.grid={lora_r=[4]}"]
+    else:
+        space, preset = DEMO, "demo-search"
+        sets = ["train.epochs=2", "data.train_samples=600", "eval.validation_samples=100", "train.checkpoint_steps=1000"]
+    sets += ["train.gradient_checkpointing=false"]
+    t0 = time.monotonic()
+    data = grid_curves(space, preset, sets, args.curves or Path(tempfile.mkdtemp()) / "curves.json",
+                       REAL_POINTS if args.real else POINTS)
+    print(f"grid: {len(data['points'])} points trained once ({time.monotonic() - t0:.0f} s); replaying over {args.seeds} seeds")
+    print("early signal (Spearman's rho with the final validation accuracy, over the grid's points):")
+    for f, metric, rho in spearman(data):
+        print(f"  at {100 * f:.0f}% of training, {metric}: rho = {rho:+.2f}")
+    rows = replay(data, args.seeds)
+    width = max(map(len, rows))
+    print(f"{'strategy':<{width}}  P(within 1 pt at <= 1/3 compute)  median compute when within  median gap at 1/3")
+    for name, r in rows.items():
+        print(f"{name:<{width}}  {r['p']:>32.2f}  {r['fraction']:>26.2f}  {100 * r['gap']:>15.1f} pt")
+    if not args.no_live:
+        fraction, best, grid_best = live(data, preset, sets)
+        print(f"live successive halving (label_logprob): {fraction:.2f} of the grid's optimizer steps, best validation "
+              f"{100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({100 * (best - grid_best):+.1f} points)")
+    print(f"successive halving (label_logprob): P(within 1 point at <= 1/3 grid compute) = "
+          f"{rows['successive halving (label_logprob)']['p']:.2f}")
 
 
 if __name__ == "__main__":

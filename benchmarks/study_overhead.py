@@ -21,23 +21,22 @@ from pathlib import Path
 
 import optuna
 
+from optuna_search.core import TrialRecord
 from optuna_search.search._config import load_config
-from optuna_search.search._scheduler import Scheduler
-from optuna_search.search._space import distributions, make_sampler
+from optuna_search.search._scheduler import Outcome, Scheduler, TrialOutcome
+from optuna_search.search._space import make_sampler
 from optuna_search.storage._internals import heartbeat
 from optuna_search.storage._storages import open_storage
 
 
 class NoopRunner:
-    budget_stopped = False
-
     def __init__(self, study):
         self.study = study
 
-    def run(self, trial, *, position, attempts):
+    def run(self, trial, *, position, attempts, rung=None):
         with heartbeat(self.study, trial):
             pass
-        self.study.tell(trial, 0.0)
+        return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[0.0])
 
 
 def bare(n: int, tmp: Path) -> float:
@@ -60,7 +59,7 @@ def project(n: int, tmp: Path) -> float:
                            grace_period=config.storage.grace_period)
     study = optuna.create_study(storage=storage, sampler=make_sampler(config), direction="maximize")
     optuna.storages.fail_stale_trials(study)
-    outcome = Scheduler(study, config, NoopRunner(study), distributions(config)).run()
+    outcome = Scheduler(study, config, NoopRunner(study)).run()
     assert outcome.ran == n and outcome.state.finished == n
     return time.perf_counter() - t0
 

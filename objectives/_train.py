@@ -148,6 +148,9 @@ def build_training_args(output_dir: str, params: "TrialParams", train_cfg: Any, 
         use_cpu=not cuda,
         logging_strategy="steps",
         logging_steps=1,
+        # The real loss is logged, nan and inf included: a diverging trial must fail, not
+        # be averaged into a finite number (Trainer's default filter).
+        logging_nan_inf_filter=False,
         eval_strategy="no",  # validation points are scheduled by StudyCallback
         save_strategy="steps",
         save_steps=train_cfg.checkpoint_steps,

@@ -45,7 +45,7 @@ from optuna_search.search._trial import DiskFull
 from optuna_search.search._validate import validate
 from optuna_search.search._workers import WorkerOptions, choose_workers, run_workers
 from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._storages import redacted_config
+from optuna_search.storage._storages import close_storages, redacted_config
 
 log = logging.getLogger("optuna_search")
 
@@ -355,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.quiet, args.verbose)
     if args.command == "run":
         handle_sigterm()
+    try:
+        return _run_command(args)
+    finally:
+        close_storages()
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except UserError as e:

@@ -20,6 +20,7 @@ import os
 import sqlite3
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -185,7 +186,21 @@ def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | No
         storage = _create_rdb_storage(full, url, kwargs)
     if sqlite and mode != "read":
         _sqlite_pragmas(storage)
+    _OPENED.append(weakref.ref(storage))
     return storage
+
+
+_OPENED: list[weakref.ref] = []
+
+
+def close_storages() -> None:
+    """Close the connections of every storage this process opened: a SQLite database in
+    WAL mode then folds its -wal file back into the database file (what a copy of the
+    file needs). The CLI calls it when a command ends."""
+    while _OPENED:
+        storage = _OPENED.pop()()
+        if storage is not None:
+            storage.engine.dispose()
 
 
 def _check_sqlite_file(path: Path, shown: str, mode: str) -> None:

@@ -77,6 +77,35 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     )
 
 
+def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`optuna-search` in this process (its libraries are imported once for the whole
+    suite): what a subprocess shows, stdout, stderr with our log lines, and the exit
+    code. For everything that needs no process of its own (signals, kills, workers)."""
+    import contextlib
+    import io
+    import logging
+
+    from optuna_search.search._cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("optuna_search")
+    logger.addHandler(handler)
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --version, --help, usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        os.chdir(old)
+        logger.removeHandler(handler)
+    return subprocess.CompletedProcess(["optuna-search", *args], code, out.getvalue(), err.getvalue())
+
+
 def start_cli_until(*args: str, pattern: str, cwd: Path) -> subprocess.Popen:
     """Start `optuna-search run` with progress on every step and return once a stderr
     line matches ``pattern`` (the rest of stderr is left to read)."""
@@ -102,6 +131,6 @@ def demo_study(tmp_path_factory, demo_cache):
 def scored_study(tmp_path_factory, demo_cache):
     """The tests' study evaluated by label scoring (probabilities: soft voting, predict)."""
     work = tmp_path_factory.mktemp("scored")
-    proc = run_cli("run", *FAST, "--set", "eval.method='score'", cwd=work)
+    proc = run_main("run", *FAST, "--set", "eval.method='score'", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import GAME_BUGS, run_cli
+from conftest import GAME_BUGS, run_cli, run_main
 
 LABELS = "Severity: low\nComponent: ui\nReproducibility: rare"
 
@@ -46,38 +46,38 @@ def work(tmp_path, demo_cache):
 def test_missing_data_file(work):
     _write_data(work / "d")
     os.remove(work / "d" / "val.jsonl")
-    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "data.validation file", "does not exist")
+    _assert_clean_refusal(run_main(*_args(work / "d"), cwd=work), work, "data.validation file", "does not exist")
 
 
 def test_malformed_json_line(work):
     _write_data(work / "d", [json.dumps({"input": "a", "output": LABELS}), '{"input": "b", '])
-    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "train.jsonl:2: malformed JSON")
+    _assert_clean_refusal(run_main(*_args(work / "d"), cwd=work), work, "train.jsonl:2: malformed JSON")
 
 
 def test_row_without_parseable_label(work):
     _write_data(work / "d", [json.dumps({"input": "a", "output": "Severity: low"})])
-    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "train.jsonl:1: no parseable label for component, reproducibility")
+    _assert_clean_refusal(run_main(*_args(work / "d"), cwd=work), work, "train.jsonl:1: no parseable label for component, reproducibility")
 
 
 def test_label_mismatch_between_train_and_test(work):
     _write_data(work / "d")
     (work / "d" / "test.jsonl").write_text(json.dumps({"input": "r", "output": "Severity: minor\nComponent: ui\nReproducibility: rare"}) + "\n")
-    _assert_clean_refusal(run_cli(*_args(work / "d"), cwd=work), work, "severity: test has labels never seen in train: 'minor'")
+    _assert_clean_refusal(run_main(*_args(work / "d"), cwd=work), work, "severity: test has labels never seen in train: 'minor'")
 
 
 def test_unknown_config_key(work):
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "lora.rank=8", "--storage", "sqlite:///study.db", cwd=work),
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "lora.rank=8", "--storage", "sqlite:///study.db", cwd=work),
                           work, "unknown key lora.rank")
 
 
 def test_rank_zero(work):
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "study.grid={lora_r=[0,4]}", "--storage", "sqlite:///study.db", cwd=work),
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "study.grid={lora_r=[0,4]}", "--storage", "sqlite:///study.db", cwd=work),
                           work, "study.grid.lora_r value 0 must be an integer from 1 to 1,024")
 
 
 def test_bad_config_file(work):
     (work / "c.toml").write_text("[train\nepochs = 3\n")
-    _assert_clean_refusal(run_cli("run", "--config", str(work / "c.toml"), cwd=work), work, "is not valid TOML")
+    _assert_clean_refusal(run_main("run", "--config", str(work / "c.toml"), cwd=work), work, "is not valid TOML")
 
 
 @pytest.mark.parametrize("url,needle", [
@@ -87,12 +87,12 @@ def test_bad_config_file(work):
     ("sqlite://", "in-memory"),
 ])
 def test_bad_storage_url(work, url, needle):
-    proc = run_cli("run", "--preset", "demo", "--storage", url, cwd=work)
+    proc = run_main("run", "--preset", "demo", "--storage", url, cwd=work)
     _assert_clean_refusal(proc, work, needle)
 
 
 def test_password_never_printed(work):
-    proc = run_cli("run", "--preset", "demo", "--storage", "mssql://user:hunter2@localhost/db", cwd=work)
+    proc = run_main("run", "--preset", "demo", "--storage", "mssql://user:hunter2@localhost/db", cwd=work)
     assert proc.returncode == 2 and "hunter2" not in proc.stderr + proc.stdout and "***" in proc.stderr
 
 
@@ -103,7 +103,7 @@ def test_read_only_database(work):
     os.chmod(db, 0o444)
     if os.access(db, os.W_OK):
         pytest.skip("running as a user that can write read-only files (root)")
-    proc = run_cli("run", "--preset", "demo", "--storage", f"sqlite:///{db}", cwd=work)
+    proc = run_main("run", "--preset", "demo", "--storage", f"sqlite:///{db}", cwd=work)
     assert proc.returncode == 2 and "read-only" in proc.stderr
 
 
@@ -120,7 +120,7 @@ def test_read_only_database_check(tmp_path, monkeypatch):
 
 
 def test_missing_model_path(work):
-    proc = run_cli("run", "--preset", "demo", "--set", f'model.name_or_path="{work / "nope"}"', "--storage", "sqlite:///study.db", cwd=work)
+    proc = run_main("run", "--preset", "demo", "--set", f'model.name_or_path="{work / "nope"}"', "--storage", "sqlite:///study.db", cwd=work)
     _assert_clean_refusal(proc, work, "model.name_or_path", "does not exist")
 
 
@@ -134,7 +134,7 @@ def test_help_does_not_import_heavy_libraries():
 
 
 def test_show_config_prints_resolved_toml(work):
-    proc = run_cli("show-config", "--preset", "kaggle-t4", "--set", "train.epochs=1", "--study-name", "x", cwd=work)
+    proc = run_main("show-config", "--preset", "kaggle-t4", "--set", "train.epochs=1", "--study-name", "x", cwd=work)
     assert proc.returncode == 0
     import tomllib
     cfg = tomllib.loads(proc.stdout)
@@ -143,7 +143,7 @@ def test_show_config_prints_resolved_toml(work):
 
 
 def test_validate_on_the_real_game_bugs_data(work):
-    proc = run_cli("validate", "--preset", "kaggle-t4", "--set", f'data.train="{GAME_BUGS / "train.jsonl"}"',
+    proc = run_main("validate", "--preset", "kaggle-t4", "--set", f'data.train="{GAME_BUGS / "train.jsonl"}"',
                    "--set", f'data.validation="{GAME_BUGS / "val.jsonl"}"', "--set", f'data.test="{GAME_BUGS / "val.jsonl"}"',
                    "--set", "eval.num_samples=0", "--set", f'model.name_or_path="{_tiny_model_dir()}"', cwd=work)
     assert proc.returncode == 0, proc.stderr
@@ -154,7 +154,7 @@ def test_validate_on_the_real_game_bugs_data(work):
 
 
 def test_a_grid_of_over_a_thousand_points_is_warned_about(work):
-    proc = run_cli("validate", "--preset", "demo", "--set", f"study.grid={{lora_r={list(range(1, 1002))}}}", cwd=work)
+    proc = run_main("validate", "--preset", "demo", "--set", f"study.grid={{lora_r={list(range(1, 1002))}}}", cwd=work)
     assert proc.returncode == 0 and "the grid has 1001 points" in proc.stderr
 
 
@@ -167,15 +167,15 @@ def test_reading_commands_need_only_the_storage_url(demo_study, tmp_path):
     work, proc = demo_study
     assert proc.returncode == 0
     url = f"sqlite:///{work / 'optuna-search-demo.db'}"
-    status = run_cli("status", "--storage", url, cwd=tmp_path)  # elsewhere, no preset, no study name
+    status = run_main("status", "--storage", url, cwd=tmp_path)  # elsewhere, no preset, no study name
     assert status.returncode == 0 and "3/3 grid points complete" in status.stdout, status.stderr
-    rep = run_cli("report", "--storage", url, "-o", str(tmp_path / "rep"), cwd=tmp_path)
+    rep = run_main("report", "--storage", url, "-o", str(tmp_path / "rep"), cwd=tmp_path)
     assert rep.returncode == 0 and "## Performance summary" in rep.stdout, rep.stderr
     assert "invalid configuration" not in rep.stderr and "is not set" not in rep.stderr
     # The study's own config says where its artifacts are (relative to where it ran):
     # from another directory they are not there, and looking creates nothing.
     assert not (tmp_path / "optuna-search-demo-artifacts").exists()
-    nosuch = run_cli("export", "--storage", url, "--study-name", "nosuch", "-o", str(tmp_path / "b"), cwd=tmp_path)
+    nosuch = run_main("export", "--storage", url, "--study-name", "nosuch", "-o", str(tmp_path / "b"), cwd=tmp_path)
     assert nosuch.returncode == 2 and "no study 'nosuch'" in nosuch.stderr and "demo" in nosuch.stderr
     assert not (tmp_path / "b").exists()
 
@@ -212,12 +212,12 @@ def test_dashboard_from_the_storage_url_alone(demo_study, tmp_path):
     (["dashboard", "--port", "-1"], "is not a TCP port"),
 ])
 def test_bad_flags_are_one_clear_line(tmp_path, args, needle):
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = run_main(*args, cwd=tmp_path)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_show_config_masks_the_password(tmp_path):
-    proc = run_cli("show-config", "--preset", "demo", "--storage", "postgresql://u:S3cret@host/db", cwd=tmp_path)
+    proc = run_main("show-config", "--preset", "demo", "--storage", "postgresql://u:S3cret@host/db", cwd=tmp_path)
     assert proc.returncode == 0 and "S3cret" not in proc.stdout and "u:***@host" in proc.stdout
 
 
@@ -236,36 +236,36 @@ def test_workers_are_capped_at_what_the_machine_has(tmp_path, monkeypatch, caplo
 def test_a_target_module_the_model_lacks_is_refused_before_the_study_exists(work):
     """Seen: refused only after the study and a trial were written, and the corrected
     rerun was then refused as 'a different meaning'."""
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "lora.target_modules=q_proj,v_porj",
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "lora.target_modules=q_proj,v_porj",
                                   "--storage", "sqlite:///study.db", cwd=work), work, "the model has no module named 'v_porj'")
 
 
 def test_validation_points_beyond_the_steps_of_an_epoch_are_refused(work):
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "train.validations_per_epoch=500",
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "train.validations_per_epoch=500",
                                   "--storage", "sqlite:///study.db", cwd=work), work,
                           "train.validations_per_epoch = 500 but an epoch has only 150 optimizer steps")
 
 
 def test_an_8_bit_optimizer_without_a_gpu_is_refused(work):
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "train.optim='paged_adamw_8bit'",
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "train.optim='paged_adamw_8bit'",
                                   "--storage", "sqlite:///study.db", cwd=work, env_extra={"CUDA_VISIBLE_DEVICES": ""}), work,
                           "run on CUDA GPUs only")
 
 
 def test_a_tracker_that_is_not_installed_is_refused(work):
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--set", "train.report_to=['wandb']",
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "train.report_to=['wandb']",
                                   "--storage", "sqlite:///study.db", cwd=work), work, "the package 'wandb' is not installed")
 
 
 def test_a_postgresql_url_with_a_port_that_is_not_a_number_is_one_line(work):
-    _assert_clean_refusal(run_cli("run", "--preset", "demo", "--storage", "postgresql://u:pw@localhost:port/db", cwd=work),
+    _assert_clean_refusal(run_main("run", "--preset", "demo", "--storage", "postgresql://u:pw@localhost:port/db", cwd=work),
                           work, "port 'port' is not a number")
 
 
 def test_export_into_an_existing_file_is_one_line(demo_study, tmp_path):
     work, _ = demo_study
     (tmp_path / "taken").write_text("x")
-    proc = run_cli("export", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
+    proc = run_main("export", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
     assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -283,7 +283,7 @@ def test_version_levels_and_verbosity(tmp_path):
 
 def test_status_of_a_study_still_running_exits_1_and_of_a_finished_one_0(demo_study, tmp_path):
     work, _ = demo_study
-    assert run_cli("status", "--preset", "demo", cwd=work).returncode == 0
+    assert run_main("status", "--preset", "demo", cwd=work).returncode == 0
     shutil.copy(work / "optuna-search-demo.db", tmp_path / "optuna-search-demo.db")
     import sqlite3
 
@@ -291,7 +291,7 @@ def test_status_of_a_study_still_running_exits_1_and_of_a_finished_one_0(demo_st
     con.execute("UPDATE trials SET state = 'RUNNING', datetime_complete = NULL WHERE number = 2")
     con.commit()
     con.close()
-    proc = run_cli("status", "--preset", "demo", cwd=tmp_path)
+    proc = run_main("status", "--preset", "demo", cwd=tmp_path)
     assert proc.returncode == 1 and "running" in proc.stdout
 
 

@@ -8,7 +8,7 @@ import shutil
 import optuna
 import pytest
 
-from conftest import run_cli
+from conftest import run_main
 from optuna_search.objectives._ensemble import Member, hard_vote
 from optuna_search.objectives._metrics import Prediction
 
@@ -57,7 +57,7 @@ def test_ensemble_from_artifacts_only(scored_study, monkeypatch, capsys):
     import optuna_dashboard
 
     assert "ensemble of" in optuna_dashboard.get_note(study)
-    rep = run_cli("report", "--preset", "demo", "-o", str(scored_study / "rep"), cwd=scored_study)
+    rep = run_main("report", "--preset", "demo", "-o", str(scored_study / "rep"), cwd=scored_study)
     assert "## Ensembles" in rep.stdout and "adapters to serve" in rep.stdout
     assert "Reliability diagram" in (scored_study / "rep" / "report.html").read_text()
     assert "## Calibration" in rep.stdout
@@ -71,7 +71,7 @@ def test_members_scored_on_other_examples_are_refused(scored_study, tmp_path):
     con.execute("UPDATE trial_user_attributes SET value_json = '\"another-set\"' WHERE key = 'eval_ids_sha256' "
                 "AND trial_id = (SELECT trial_id FROM trials WHERE number = 1)")
     con.commit(); con.close()
-    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--trials", "0,1",
+    proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--trials", "0,1",
                    "--set", f'storage.artifacts="{scored_study / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
     assert proc.returncode == 2 and "evaluated on other examples" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -83,7 +83,7 @@ def test_members_scored_on_other_examples_are_refused(scored_study, tmp_path):
 ])
 def test_bad_member_choices_are_one_line(scored_study, tmp_path, args, needle):
     shutil.copy(scored_study / "optuna-search-demo.db", tmp_path / "copy.db")
-    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", *args, cwd=tmp_path)
+    proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", *args, cwd=tmp_path)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -96,14 +96,14 @@ def test_an_ensemble_of_a_study_without_complete_trials_says_so(tmp_path):
 
     study = optuna.create_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'e.db'}")
     write_meta(study, StudyMeta(config=load_config(preset="demo").to_dict()))
-    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'e.db'}", "--top", "2", cwd=tmp_path)
+    proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'e.db'}", "--top", "2", cwd=tmp_path)
     assert proc.returncode == 2 and "has no complete trial yet" in proc.stderr
 
 
 def test_generated_members_vote_by_majority_only(demo_study, tmp_path):
     work, _ = demo_study
     shutil.copy(work / "optuna-search-demo.db", tmp_path / "copy.db")
-    proc = run_cli("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--top", "3",
+    proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--top", "3",
                    "--set", f'storage.artifacts="{work / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "only hard (majority) voting is shown" in proc.stdout and "soft voting:" not in proc.stdout

@@ -10,7 +10,7 @@ import shutil
 import optuna
 import pytest
 
-from conftest import run_cli
+from conftest import run_main
 from optuna_search.objectives._demo_data import ensure_demo_data
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_predict_gives_the_measured_models_answers_and_export_model_the_same_wit
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
     best = study.best_trial.number
     out = tmp_path / "pred.jsonl"
-    proc = run_cli("predict", "--preset", "demo", "--input", str(test_file), "--output", str(out), cwd=work)
+    proc = run_main("predict", "--preset", "demo", "--input", str(test_file), "--output", str(out), cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows/s" in proc.stderr and "ETA" in proc.stderr and "Traceback" not in proc.stderr
     rows = _read(out)
@@ -55,7 +55,7 @@ def test_predict_gives_the_measured_models_answers_and_export_model_the_same_wit
     assert provenance["model"]["trials"] == [best] and provenance["members"][0]["sha256"]
 
     model_dir = tmp_path / "model"
-    exported = run_cli("export-model", "--preset", "demo", "--output", str(model_dir), cwd=work)
+    exported = run_main("export-model", "--preset", "demo", "--output", str(model_dir), cwd=work)
     assert exported.returncode == 0, exported.stderr[-3000:]
     for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "optuna-search-model.json", "README.md"):
         assert (model_dir / f).is_file(), f
@@ -64,7 +64,7 @@ def test_predict_gives_the_measured_models_answers_and_export_model_the_same_wit
         assert needle in card, needle
     fresh = tmp_path / "elsewhere"
     fresh.mkdir()
-    again = run_cli("predict", "--model", str(model_dir), "--input", str(test_file), "--output", str(fresh / "p.csv"), cwd=fresh)
+    again = run_main("predict", "--model", str(model_dir), "--input", str(test_file), "--output", str(fresh / "p.csv"), cwd=fresh)
     assert again.returncode == 0, again.stderr[-3000:]
     import csv
 
@@ -85,16 +85,16 @@ def test_predict_resumes_after_a_kill_and_reports_bad_rows(scored_study, tmp_pat
     lines = [json.dumps(r) for r in rows[:5]] + ["{not json", json.dumps({"id": "no-text"})] + [json.dumps(r) for r in rows[5:]]
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    strict = run_cli("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--on-bad-row", "fail", cwd=work)
+    strict = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--on-bad-row", "fail", cwd=work)
     assert strict.returncode == 2 and f"{inp}:6: not JSON" in strict.stderr and "Traceback" not in strict.stderr
-    first = run_cli("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=work)
+    first = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=work)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "skipped 2 bad rows" in first.stdout and f"{inp}:7: no text in column 'input'" in first.stderr
     complete = out.read_text().splitlines()
     assert len(complete) == 12
     # A kill in the middle of a write: four whole lines and half of the fifth.
     out.write_text("\n".join(complete[:4]) + "\n" + complete[4][:20])
-    again = run_cli("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=work)
+    again = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=work)
     assert again.returncode == 0 and "(4 already there from an earlier run)" in again.stdout
     resumed = out.read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in resumed) == sorted(r["id"] for r in rows)
@@ -104,14 +104,14 @@ def test_predict_resumes_after_a_kill_and_reports_bad_rows(scored_study, tmp_pat
 def test_ensemble_predictions_equal_the_stored_ensemble(scored_study, tmp_path):
     shutil.copytree(scored_study, tmp_path / "s", ignore=shutil.ignore_patterns("rep"))
     work = tmp_path / "s"
-    assert run_cli("ensemble", "--preset", "demo", "--all", cwd=work).returncode == 0
+    assert run_main("ensemble", "--preset", "demo", "--all", cwd=work).returncode == 0
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
     soft = next(e for e in study.user_attrs["ensembles"] if e["method"] == "soft")
     store = optuna.artifacts.FileSystemArtifactStore(str(work / "optuna-search-demo-artifacts"))
     with store.open_reader(soft["artifact_id"]) as fh:
         stored = {r["id"]: r for r in map(json.loads, fh.read().decode().splitlines())}
     out = tmp_path / "e.jsonl"
-    proc = run_cli("predict", "--preset", "demo", "--ensemble", "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(out), cwd=work)
+    proc = run_main("predict", "--preset", "demo", "--ensemble", "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(out), cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_same({r["id"]: r for r in _read(out)}, stored)
 
@@ -130,7 +130,7 @@ def test_bad_predict_requests_are_one_line(scored_study, tmp_path, args, needle)
         base += ["--output", str(tmp_path / "p.jsonl")]
     if "--model" in args:
         base = [a for a in base if a not in ("--preset", "demo")]
-    proc = run_cli(*base, *args, cwd=tmp_path)
+    proc = run_main(*base, *args, cwd=tmp_path)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -142,16 +142,16 @@ def test_a_pruned_or_failed_trial_cannot_be_exported(scored_study, tmp_path):
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
     study.add_trial(create_trial(state=TrialState.PRUNED, params={"lora_r": 8}, distributions={"lora_r": CategoricalDistribution([4, 8])}))
     n = len(study.trials) - 1
-    proc = run_cli("export-model", "--preset", "demo", "--trial", str(n), "--output", str(tmp_path / "m"), cwd=tmp_path)
+    proc = run_main("export-model", "--preset", "demo", "--trial", str(n), "--output", str(tmp_path / "m"), cwd=tmp_path)
     assert proc.returncode == 2 and f"trial {n} is PRUNED, not COMPLETE" in proc.stderr and not (tmp_path / "m").exists()
 
 
 def test_an_export_whose_base_is_gone_names_where_it_looked(scored_study, tmp_path):
     model_dir = tmp_path / "model"
-    assert run_cli("export-model", "--preset", "demo", "--output", str(model_dir), cwd=scored_study).returncode == 0
+    assert run_main("export-model", "--preset", "demo", "--output", str(model_dir), cwd=scored_study).returncode == 0
     spec = json.loads((model_dir / "optuna-search-model.json").read_text())
     spec["base"]["name_or_path"] = str(tmp_path / "no-such-base")
     (model_dir / "optuna-search-model.json").write_text(json.dumps(spec))
-    proc = run_cli("predict", "--model", str(model_dir), "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(tmp_path / "p.jsonl"),
+    proc = run_main("predict", "--model", str(model_dir), "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(tmp_path / "p.jsonl"),
                    cwd=tmp_path)
     assert proc.returncode == 2 and "the base model cannot be found" in proc.stderr and "no-such-base" in proc.stderr

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import GAME_BUGS, run_cli
+from conftest import GAME_BUGS, run_main
 from optuna_search.core import UserError
 from optuna_search.objectives._data import load_split
 from optuna_search.objectives._model import BUILTIN_SMOLLM2, load_lora_model, load_tokenizer, resolve_model_source
@@ -68,7 +68,7 @@ def test_missing_or_unsupported_gguf_is_a_clear_error(tmp_path, demo_cache):
             cut.write_bytes(src.read(size))
         with pytest.raises(UserError, match=f"damaged or truncated GGUF file: {cut}"):
             resolve_model_source(str(cut))
-    proc = run_cli("validate", "--preset", "cpu-real", "--set", f'model.name_or_path="{path}"', *_data_args(), cwd=tmp_path)
+    proc = run_main("validate", "--preset", "cpu-real", "--set", f'model.name_or_path="{path}"', *_data_args(), cwd=tmp_path)
     assert proc.returncode == 2 and "bogusarch" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -96,7 +96,7 @@ def test_real_model_converted_once_trains_in_nf4_and_answers_in_the_format(smoll
     assert isinstance(q.base_layer, bnb.nn.Linear4bit) and q.base_layer.weight.quant_type == "nf4"
     assert q.lora_A["default"].weight.shape == (4, 576)
     del model
-    proc = run_cli("run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=32", "--set", "train.epochs=2",
+    proc = run_main("run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=32", "--set", "train.epochs=2",
                    "--set", "train.gradient_accumulation=1",
                    "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=96", "--set", "eval.num_samples=8",
                    "--set", "eval.validation_samples=8", "--set", "train.learning_rate=3e-3", "--set", "eval.method='generate'",

@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import run_cli
+from conftest import run_main
 from optuna_search.core import UserError
 from optuna_search.dashboards._report import collect_report, render_markdown
 from optuna_search.search._open import study_config
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def test_report_fills_every_table_of_the_plan(demo_study, tmp_path):
     work, _ = demo_study
-    proc = run_cli("report", "--preset", "demo", "--output", str(tmp_path / "rep"), cwd=work)
+    proc = run_main("report", "--preset", "demo", "--output", str(tmp_path / "rep"), cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md == proc.stdout.rstrip("\n") + "\n" or md.strip() == proc.stdout.strip()
@@ -108,5 +108,5 @@ def test_holm_adjustment_by_hand():
 def test_report_output_that_is_a_file_is_one_line(demo_study, tmp_path):
     work, _ = demo_study
     (tmp_path / "taken").write_text("x")
-    proc = run_cli("report", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
+    proc = run_main("report", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
     assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import FAST, run_cli, start_cli_until
+from conftest import FAST, run_cli, run_main, start_cli_until
 
 pytestmark = pytest.mark.slow
 
@@ -239,14 +239,14 @@ def test_export_and_resume_from_a_read_only_bundle(demo_study, tmp_path):
     work, proc = demo_study
     assert proc.returncode == 0
     bundle = tmp_path / "bundle"
-    out = run_cli("export", "--preset", "demo", "--output", str(bundle), cwd=work)
+    out = run_main("export", "--preset", "demo", "--output", str(bundle), cwd=work)
     assert out.returncode == 0, out.stderr
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert "study.db" in manifest["files"] and any(f.startswith("artifacts/") for f in manifest["files"])
     for p in bundle.rglob("*"):  # like a Kaggle input dataset
         os.chmod(p, 0o555 if p.is_dir() else 0o444)
     new = tmp_path / "next-session"; new.mkdir()
-    proc = run_cli("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
+    proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nothing to run" in proc.stdout
     assert len(_study(new).get_trials()) == 3
@@ -255,16 +255,16 @@ def test_export_and_resume_from_a_read_only_bundle(demo_study, tmp_path):
 def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
     work, _ = demo_study
     bundle = tmp_path / "bundle"
-    assert run_cli("export", "--preset", "demo", "--output", str(bundle), cwd=work).returncode == 0
+    assert run_main("export", "--preset", "demo", "--output", str(bundle), cwd=work).returncode == 0
     art = next(p for p in (bundle / "artifacts").rglob("*") if p.is_file())
     art.write_bytes(art.read_bytes() + b"x")
     new = tmp_path / "s1"; new.mkdir()
-    proc = run_cli("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
+    proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
     assert proc.returncode == 2 and "checksum mismatch" in proc.stderr and "Traceback" not in proc.stderr
     assert not (new / "optuna-search-demo.db").exists()
 
     old = tmp_path / "old"
-    assert run_cli("export", "--preset", "demo", "--output", str(old), cwd=work).returncode == 0
+    assert run_main("export", "--preset", "demo", "--output", str(old), cwd=work).returncode == 0
     db = sqlite3.connect(old / "study.db")
     db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.a'"); db.commit(); db.close()
     from optuna_search.core._files import file_sha256 as _sha256
@@ -272,7 +272,7 @@ def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
     m["files"]["study.db"] = {"sha256": _sha256(old / "study.db"), "bytes": (old / "study.db").stat().st_size}
     (old / "manifest.json").write_text(json.dumps(m))
     new = tmp_path / "s2"; new.mkdir()
-    proc = run_cli("run", "--preset", "demo", "--resume-from", str(old), cwd=new)
+    proc = run_main("run", "--preset", "demo", "--resume-from", str(old), cwd=new)
     assert proc.returncode == 2 and "optuna storage upgrade" in proc.stderr
     assert not (new / "optuna-search-demo.db").exists()
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, start_cli_until
+from conftest import run_cli, run_main, start_cli_until
 
 pytestmark = pytest.mark.slow
 FAST = ["--set", "train.epochs=1", "--set", "data.train_samples=400", "--set", "eval.num_samples=40",
@@ -21,7 +21,7 @@ def _study(work, name):
 
 def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache):
     args = ["run", "--preset", "demo-search", *FAST, "--set", "study.n_trials=3", "--set", "study.pruner='none'"]
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = run_main(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3/3 trials finished" in proc.stdout and "chosen on validation" in proc.stdout
     trials = _study(tmp_path, "demo-search").get_trials()
@@ -30,21 +30,21 @@ def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache)
         assert t.params["lora_r"] in (2, 4, 8, 12, 16, 24, 32) and 1e-3 <= t.params["learning_rate"] <= 1e-2
         assert t.value == t.user_attrs["validation_overall_accuracy"]  # the objective is on validation
         assert "overall_accuracy" in t.user_attrs  # ...and the test score is stored beside it
-    again = run_cli(*args, cwd=tmp_path)
+    again = run_main(*args, cwd=tmp_path)
     assert again.returncode == 0 and "nothing to run: 3 trials already finished" in again.stdout
-    more = run_cli(*args, "--n-trials", "4", cwd=tmp_path)
+    more = run_main(*args, "--n-trials", "4", cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-2000:]
     assert len(_study(tmp_path, "demo-search").get_trials()) == 4
-    status = run_cli("status", "--preset", "demo-search", cwd=tmp_path)
+    status = run_main("status", "--preset", "demo-search", cwd=tmp_path)
     assert status.returncode == 0 and "4/4 trials finished" in status.stdout and "best so far:" in status.stdout
-    other = run_cli(*args, "--set", "study.sampler='random'", cwd=tmp_path)
+    other = run_main(*args, "--set", "study.sampler='random'", cwd=tmp_path)
     assert other.returncode == 2 and "study.sampler: study has 'tpe', config has 'random'" in other.stderr
 
 
 def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cache):
     # A grid with a rate that cannot learn after one that does: the median pruner must
     # stop the second at its first validation point (deterministic).
-    proc = run_cli("run", "--preset", "demo", "--set", "eval.num_samples=40", "--set", "eval.validation_samples=40",
+    proc = run_main("run", "--preset", "demo", "--set", "eval.num_samples=40", "--set", "eval.validation_samples=40",
                    "--set", "train.epochs=2", "--set", "study.grid={learning_rate=[1e-2, 1e-7]}",
                    "--set", "study.pruner='median'", "--set", "study.pruner_startup_trials=1", "--set", "study.pruner_warmup_steps=0",
                    cwd=tmp_path)
@@ -81,18 +81,18 @@ def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache
 
 
 def test_multi_objective_study_has_a_pareto_front(tmp_path, demo_cache):
-    proc = run_cli("run", "--preset", "demo", *FAST, "--set", "study.grid={lora_r=[2, 16]}", "--set", "train.epochs=2",
+    proc = run_main("run", "--preset", "demo", *FAST, "--set", "study.grid={lora_r=[2, 16]}", "--set", "train.epochs=2",
                    "--set", "study.objectives=['overall_accuracy', 'trainable_params']", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = _study(tmp_path, "demo")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["overall_accuracy", "trainable_params"]
     assert len(study.best_trials) == 2 and "Pareto front" in proc.stdout
-    rep = run_cli("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    rep = run_main("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
     assert rep.returncode == 0 and "## Pareto front" in rep.stdout and "lora_r=2" in rep.stdout.split("## Pareto front")[1]
     html = (tmp_path / "r" / "report.html").read_text()
     assert "Pareto-front Plot" in html  # Optuna's own figure
-    refused = run_cli("run", "--preset", "demo", "--set", "study.objectives=['overall_accuracy', 'trainable_params']",
+    refused = run_main("run", "--preset", "demo", "--set", "study.objectives=['overall_accuracy', 'trainable_params']",
                       "--set", "study.pruner='median'", "--study-name", "x", cwd=tmp_path)
     assert refused.returncode == 2 and "Optuna does not prune multi-objective studies" in refused.stderr
 
@@ -106,7 +106,7 @@ HALVING = ["--set", "study.grid={lora_r=[4, 8, 16]}", "--set", "study.schedule='
 def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, demo_cache):
     from conftest import FAST as TESTS
 
-    proc = run_cli("run", *TESTS, *HALVING, cwd=tmp_path)
+    proc = run_main("run", *TESTS, *HALVING, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpointing and pausing" in proc.stderr and "rung 1 (33% of training) decided" in proc.stderr
     trials = sorted(_study(tmp_path, "demo").get_trials(), key=lambda t: t.number)
@@ -121,9 +121,9 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
     assert final.number == best_at_rung.number and final.user_attrs["optimizer_steps"] == 150
     assert all(t.user_attrs["optimizer_steps"] == 50 for t in trials if t.state == TrialState.PRUNED)
     assert final.user_attrs["resumed_from_step"] == 50  # paused at the rung, resumed from its checkpoint
-    status = run_cli("status", "--preset", "demo", cwd=tmp_path)
+    status = run_main("status", "--preset", "demo", cwd=tmp_path)
     assert status.returncode == 0 and "rung" in status.stdout and "2/2 (100%)" in status.stdout
-    rep = run_cli("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    rep = run_main("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
     assert "Successive halving (rungs 0.333, 1" in rep.stdout and "of training every configuration to its end" in rep.stdout
 
 
@@ -164,18 +164,18 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
 def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp_path, demo_cache):
     from conftest import FAST as TESTS
 
-    grid = run_cli("run", *TESTS, "--set", "study.grid={lora_r=[4]}", cwd=tmp_path)
+    grid = run_main("run", *TESTS, "--set", "study.grid={lora_r=[4]}", cwd=tmp_path)
     assert grid.returncode == 0, grid.stderr[-2000:]
     url = f"sqlite:///{tmp_path / 'optuna-search-demo.db'}#demo"
     search = ["run", *TESTS, "--study-name", "wider", "--set", "study.sampler='tpe'", "--set", "study.grid={}",
               "--set", "study.search_space={lora_r=[4, 8]}", "--set", "study.n_trials=2", "--warm-start-from", url]
-    proc = run_cli(*search, cwd=tmp_path)
+    proc = run_main(*search, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warm start: 1 finished trials of study 'demo' copied" in proc.stderr
     wider = _study(tmp_path, "wider").get_trials()
     assert sorted(t.params["lora_r"] for t in wider) == [4, 8] and len(wider) == 2  # r=4 not trained again
     copied = next(t for t in wider if t.params["lora_r"] == 4)
     assert copied.user_attrs["warm_start_from"] == "demo#0" and copied.value == copied.user_attrs["overall_accuracy"]
-    other = run_cli(*search, "--study-name", "other", "--set", "eval.num_samples=40", cwd=tmp_path)
+    other = run_main(*search, "--study-name", "other", "--set", "eval.num_samples=40", cwd=tmp_path)
     assert other.returncode == 2 and "warm start from study 'demo' refused: its test examples differ" in other.stderr
     assert "other" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")

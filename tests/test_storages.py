@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_main
 from optuna_search.core import UserError
 from optuna_search.storage._storages import check_storage_url, open_storage
 
@@ -40,7 +40,7 @@ def test_reading_commands_never_write_to_other_files(tmp_path):
     for db in (other, empty):
         before = _snapshot(db)
         for cmd in (["status"], ["report", "-o", str(tmp_path / "r")]):
-            proc = run_cli(*cmd, "--storage", f"sqlite:///{db}", cwd=tmp_path)
+            proc = run_main(*cmd, "--storage", f"sqlite:///{db}", cwd=tmp_path)
             assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert _snapshot(db) == before, f"{db.name} was modified"
         assert not (tmp_path / f"{db.name}-wal").exists()
@@ -74,7 +74,7 @@ def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
     for p in range(2, len(raw) // page):  # damage every page but the first (the header stays valid)
         raw[p * page + 8: p * page + 200] = os.urandom(192)
     db.write_bytes(bytes(raw))
-    proc = run_cli("status", "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    proc = run_main("status", "--storage", f"sqlite:///{db}", cwd=tmp_path)
     assert proc.returncode == 2 and "damaged" in proc.stderr and ".recover" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -82,10 +82,12 @@ def diff_semantic(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [f"{key}: study has {a[key]!r}, config has {b.get(key)!r}" for key in sorted(a) if a[key] != b.get(key)]
 
 
-def adopt_legacy_defaults(stored: dict[str, Any], config: Config) -> tuple[Config, list[str]]:
-    """For a study whose stored config predates some keys: where ``config`` leaves such a
-    key at its default, use what the study meant instead (an old study resumes with the
-    same preset); an explicit other value stays, and ``diff_semantic`` names it."""
+def adopt_legacy_defaults(stored: dict[str, Any], config: Config, explicit: set[str] | None = None) -> tuple[Config, list[str]]:
+    """For a study whose stored config predates some keys: where the user did not set such
+    a key (``explicit``: the keys a config file, --set or a flag set; None: those left at
+    their default), use what the study meant instead, so an old study resumes with the
+    same preset even where the preset's value changed since; an explicit other value
+    stays, and ``diff_semantic`` names it."""
     flat_stored = flatten(stored)
     changes: dict[str, dict[str, Any]] = {}
     adopted = []
@@ -93,9 +95,9 @@ def adopt_legacy_defaults(stored: dict[str, Any], config: Config) -> tuple[Confi
         section, key = dotted.split(".")
         if dotted in flat_stored:
             continue
-        default = _default(section, key)
         current = getattr(getattr(config, section), key)
-        if current == default and current != legacy:
+        unset = dotted not in explicit if explicit is not None else current == _default(section, key)
+        if unset and current != legacy:
             changes.setdefault(section, {})[key] = legacy
             adopted.append(f"{dotted} = {legacy!r}")
     for section, values in changes.items():

@@ -138,6 +138,8 @@ class StatusRow:
     resumed_from_step: int
     note: str
     rung: int | None = None
+    trial: int | None = None
+    adapter_dir: str | None = None
 
 
 @dataclass
@@ -156,9 +158,10 @@ class StatusReport:
 
 
 def status_report(points: list[SummaryPoint], n_target: int, grid: bool, split: str = "test", front: list[str] | None = None,
-                  rungs: list[float] | None = None, objective: str = "overall_accuracy") -> StatusReport:
-    """Per point: state, attempts, value, resumed step (and rung); n of N, pruned, hours
-    spent, ETA."""
+                  rungs: list[float] | None = None, objective: str = "overall_accuracy", *, finished: int,
+                  pruned: int) -> StatusReport:
+    """Per point: state, attempts, value, resumed step (and rung); n of N (``finished``,
+    ``pruned``: the study state's counts), hours spent, ETA."""
     now = dt.datetime.now()
     rows, spent, durations = [], 0.0, []
     for p in points:
@@ -179,13 +182,13 @@ def status_report(points: list[SummaryPoint], n_target: int, grid: bool, split: 
             note = f"warm start: {last.warm_start_from}"
         rung = max((r.rung for r in p.records if r.rung is not None), default=None)
         rows.append(StatusRow(p.key, p.status, len(p.records) - p.repeats,
-                              best.objective_value(objective, split) if best else None, resumed, note, rung))
-    finished = sum(p.finished is not None for p in points)
+                              best.objective_value(objective, split) if best else None, resumed, note, rung,
+                              best.number if best else None, best.adapter_dir if best else None))
     left = max(0, n_target - finished)
     mean = sum(durations) / len(durations) if durations else None
     done_rows = [r for r in rows if r.value is not None and r.status == "complete"]
     return StatusReport(
-        rows, finished, n_target, grid, sum(r.status == "pruned" for r in rows),
+        rows, finished, n_target, grid, pruned,
         max(done_rows, key=lambda r: r.value) if done_rows else None,  # type: ignore[arg-type, return-value]
         spent / 3600, None if mean is None else left * mean / 3600, split, front, rungs)
 
@@ -200,7 +203,10 @@ def render_status(s: StatusReport, study_name: str) -> str:
     if s.front:
         lines.append(f"Pareto front: {'; '.join(s.front)}")
     elif s.best is not None:
-        lines.append(f"best so far: {s.best.point}, {pct(s.best.value)} on {s.split}")
+        lines.append(f"best so far: {s.best.point} (trial {s.best.trial}), {pct(s.best.value)} on {s.split}")
+        if s.best.adapter_dir:
+            lines.append(f"its adapter: {s.best.adapter_dir}; a standalone model: optuna-search export-model "
+                         f"--trial {s.best.trial} --output DIR")
     eta = "unknown until one trial completes" if s.eta_hours is None else f"{s.eta_hours:.2f} h"
     lines.append(f"time spent on trials: {s.hours_spent:.2f} h; ETA for the rest (serial): {eta}")
     return "\n".join(lines)

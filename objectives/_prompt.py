@@ -17,7 +17,6 @@ exactly ``<s> [INST] instruction\\n\\nreport [/INST] answer</s>``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,7 @@ class PromptEncoder:
         self.fields = fields
         self.vocab = vocab
         self.max_length = max_length
+        self._pieces: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("the tokenizer has no chat template; set model.chat_template (see the README)")
         self._frame = self._answer_frame()
@@ -100,8 +100,14 @@ class PromptEncoder:
         except Exception as e:  # noqa: BLE001 - a template that cannot render this conversation
             raise UserError(f"the chat template cannot render a user/assistant conversation ({e}); set model.chat_template") from None
 
-    @lru_cache(maxsize=64)
     def _prompt_pieces(self, instruction: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The prompt's token ids before and after the report, per instruction (most
+        datasets have one instruction: rendered once, kept with this encoder)."""
+        if instruction not in self._pieces:
+            self._pieces[instruction] = self._render_pieces(instruction)
+        return self._pieces[instruction]
+
+    def _render_pieces(self, instruction: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         text = self._render([{"role": "user", "content": f"{instruction}\n\n{_REPORT}"}], True)
         if text.count(_REPORT) != 1:
             raise UserError("the chat template does not place the user's message once; set model.chat_template")

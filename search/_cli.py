@@ -23,7 +23,7 @@ from optuna_search.dashboards._launch import check_host, check_port, serve_dashb
 from optuna_search.dashboards._report import collect_report, render_markdown, write_report
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._bundles import export_study_bundle, import_study_bundle
-from optuna_search.search._config import config_layers, explicit_location, load_config
+from optuna_search.search._config import config_layers, explicit_keys, explicit_location, load_config
 from optuna_search.search._ensembles import run_ensemble
 from optuna_search.search._exit import (
     EXIT_BUDGET,
@@ -34,7 +34,7 @@ from optuna_search.search._exit import (
     EXIT_USAGE,
 )
 from optuna_search.search._export_model import export_model
-from optuna_search.search._open import create_or_resume, open_for_reading
+from optuna_search.search._open import as_resumed, create_or_resume, open_for_reading
 from optuna_search.search._predict import BAD_ROW_POLICIES, predict_file
 from optuna_search.search._preflight import preflight
 from optuna_search.search._run import print_summary, run_study, summarize
@@ -213,19 +213,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.model.name_or_path == "builtin:tiny-mistral":
         log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
     if args.worker is not None:
-        # One of `run --workers N`'s processes: run until nothing is left for us; the
-        # parent prints the summary.
+        # One of `run --workers N`'s processes: run until nothing is left for us (under
+        # successive halving, until the last rung: the next rung's work follows the
+        # others'); the parent prints the summary.
         outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, worker=str(args.worker),
-                            wait_for_others=False, progress_interval=args.progress_interval)
+                            wait_for_others=config.halving, progress_interval=args.progress_interval)
         return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
     workers = choose_workers(args.workers, config.train.gpus_per_trial, oversubscribe=args.oversubscribe)
     if workers > 1:
+        # The workers get the config as the study reads it (their --config - sets every key).
+        config = as_resumed(config, explicit_keys(args.config, args.sets, _flag_overrides(args)))
         outcome = _run_with_workers(args, config, workers)
         if outcome is None:
             return EXIT_USAGE
     else:
         outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget,
-                            progress_interval=args.progress_interval)
+                            progress_interval=args.progress_interval,
+                            explicit=explicit_keys(args.config, args.sets, _flag_overrides(args)))
     return print_summary(summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached))
 
 

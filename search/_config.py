@@ -96,6 +96,14 @@ def config_layers(preset: str | None = None, config_file: str | None = None, set
     return merge_layers(*layers, set_layer, overrides or {})
 
 
+def explicit_keys(config_file: str | None = None, sets: list[str] | None = None,
+                  overrides: dict[str, dict[str, Any]] | None = None) -> set[str]:
+    """The keys the user set (a config file, --set, flags), as opposed to a preset's or the
+    defaults: what an old study's legacy values may not override."""
+    raw = config_layers(None, config_file, sets, overrides)
+    return {f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict) for key in values}
+
+
 def load_config(preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     return build_config(config_layers(preset, config_file, sets, overrides))

@@ -45,14 +45,14 @@ def stored_config_of(config: Config) -> dict[str, Any] | None:
     return read_meta(study).config
 
 
-def as_resumed(config: Config) -> Config:
+def as_resumed(config: Config, explicit: set[str] | None = None) -> Config:
     """``config`` as the existing study it names reads it: keys its stored config
-    predates take what the study meant then (e.g. unstratified evaluation subsets), where
-    the command line left them at their defaults."""
+    predates take what the study meant then (e.g. unstratified evaluation subsets),
+    unless the user set them (``explicit``; None: unless changed from the default)."""
     stored = stored_config_of(config)
     if stored is None:
         return config
-    adjusted, adopted = adopt_legacy_defaults(stored, config)
+    adjusted, adopted = adopt_legacy_defaults(stored, config, explicit)
     if adopted:
         log.info("study %r was created by an earlier version: keeping its %s", config.study.name, ", ".join(adopted))
     return adjusted

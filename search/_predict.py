@@ -143,6 +143,7 @@ def _adapter_dir(config: Config, record: TrialRecord, location_dir: str | None) 
     if record.adapter_dir:
         candidates.append(Path(record.adapter_dir))
     candidates.append(point_checkpoints(config.train.output_dir, config.study.name, point) / FINAL_ADAPTER)
+    candidates = list(dict.fromkeys(candidates))
     for c in candidates:
         if (c / "adapter_config.json").is_file():
             return str(c)

@@ -42,14 +42,14 @@ log = logging.getLogger("optuna_search")
 
 
 def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: float | None = None, worker: str = "0",
-              wait_for_others: bool = True, progress_interval: float = 10.0) -> RunOutcome:
+              wait_for_others: bool = True, progress_interval: float = 10.0, explicit: set[str] | None = None) -> RunOutcome:
     """Run what the study lacks, resuming interrupted trials from their checkpoints.
     With ``time_budget_s``, start no trial that the estimate from earlier trials says
     cannot finish, and stop a running one at a checkpoint in time."""
     from optuna.storages import fail_stale_trials
 
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
-    config = as_resumed(config)
+    config = as_resumed(config, explicit)
     pf = preflight(config)
     d = pf.data
     log.info("data ok: %d train / %d validation / %d test examples; evaluation subsets: %d test, %d validation examples (seed %d%s)",

@@ -23,7 +23,7 @@ def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
         front = [p.label for p in state.points if any(t.number in best for t in p.complete)]
     report = status_report(summary_points(state, list(config.data.fields)), state.n_target, config.is_grid,
                            config.eval.objective_split, front, list(config.study.rungs) if config.halving else None,
-                           config.study.objectives[0])
+                           config.study.objectives[0], finished=state.finished, pruned=state.pruned)
     text = render_status(report, config.study.name)
     failed = state.of(Status.FAILED)
     if failed:

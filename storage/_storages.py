@@ -186,21 +186,21 @@ def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | No
         storage = _create_rdb_storage(full, url, kwargs)
     if sqlite and mode != "read":
         _sqlite_pragmas(storage)
-    _OPENED.append(weakref.ref(storage))
+    # Its connections close when it is dropped, or when the command ends (close_storages):
+    # a SQLite database in WAL mode then folds its -wal file back into the database file,
+    # whole for whoever copies it next.
+    _OPENED.append(weakref.finalize(storage, storage.engine.dispose))
     return storage
 
 
-_OPENED: list[weakref.ref] = []
+_OPENED: list[weakref.finalize] = []
 
 
 def close_storages() -> None:
-    """Close the connections of every storage this process opened: a SQLite database in
-    WAL mode then folds its -wal file back into the database file (what a copy of the
-    file needs). The CLI calls it when a command ends."""
+    """Close the connections of every storage this process opened (the CLI calls it when
+    a command ends)."""
     while _OPENED:
-        storage = _OPENED.pop()()
-        if storage is not None:
-            storage.engine.dispose()
+        _OPENED.pop()()
 
 
 def _check_sqlite_file(path: Path, shown: str, mode: str) -> None:

@@ -77,7 +77,7 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     )
 
 
-def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_main(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """`optuna-search` in this process (its libraries are imported once for the whole
     suite): what a subprocess shows, stdout, stderr with our log lines, and the exit
     code. For everything that needs no process of its own (signals, kills, workers)."""
@@ -92,8 +92,9 @@ def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("optuna_search")
     logger.addHandler(handler)
-    old = os.getcwd()
+    old, saved = os.getcwd(), {k: os.environ.get(k) for k in env_extra or {}}
     os.chdir(cwd)
+    os.environ.update(env_extra or {})
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -102,6 +103,8 @@ def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                 code = e.code if isinstance(e.code, int) else 2
     finally:
         os.chdir(old)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         logger.removeHandler(handler)
     return subprocess.CompletedProcess(["optuna-search", *args], code, out.getvalue(), err.getvalue())
 

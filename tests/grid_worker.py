@@ -4,7 +4,9 @@ given studies in turn.
 
     python tests/grid_worker.py URL GRID_SIZE SLEEP STUDY [STUDY ...]
 
-SLEEP: "0.03" sleeps a random 0-0.03 s per trial; "fixed:2" sleeps exactly 2 s.
+SLEEP: "0.03" sleeps a random 0-0.03 s per trial; "fixed:2" sleeps exactly 2 s;
+"halving:0.05:LOG" runs successive halving (rungs 1/9, 1/3, 1, eta 3; the metric at each
+rung is lora_r / 100), sleeps a random 0-0.05 s per rung and appends "lora_r rung" to LOG.
 """
 
 from __future__ import annotations
@@ -29,25 +31,35 @@ class SleepRunner:
 
     def __init__(self, study, sleep: str) -> None:
         self.study = study
-        fixed = sleep.startswith("fixed:")
-        value = float(sleep.split(":", 1)[1] if fixed else sleep)
-        self.sleep = (lambda: value) if fixed else (lambda: random.uniform(0, value))
+        kind, _, rest = sleep.partition(":")
+        self.log = rest.split(":", 1)[1] if kind == "halving" else None
+        value = float(rest.split(":")[0]) if rest else float(kind)
+        self.sleep = (lambda: value) if kind == "fixed" else (lambda: random.uniform(0, value))
 
     def run(self, trial, *, position, attempts, rung=None) -> TrialOutcome:
+        r = trial.params["lora_r"]
         with heartbeat(self.study, trial):
             time.sleep(self.sleep())
-        return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[float(trial.params["lora_r"])])
+        if self.log is None:
+            return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[float(r)])
+        with open(self.log, "a") as fh:
+            fh.write(f"{r} {rung}\n")
+        record = TrialRecord(rung=rung, rung_values={str(k): r / 100 for k in range(rung + 1)})
+        if rung < 2:
+            return TrialOutcome(Outcome.PAUSED, record)
+        return TrialOutcome(Outcome.COMPLETE, record, values=[r / 100])
 
 
-def grid_config(url: str, grid_size: int, study: str):
+def grid_config(url: str, grid_size: int, study: str, halving: bool = False):
     return load_config(preset="demo", sets=[
         f"study.grid={{lora_r={list(range(1, grid_size + 1))}}}", f'storage.url="{url}"', f'study.name="{study}"',
         "storage.heartbeat_interval=5", "storage.grace_period=30",
+        *(["study.schedule='successive_halving'", "study.rungs=[0.111, 0.333, 1.0]", "study.eta=3"] if halving else []),
     ])
 
 
-def create(url: str, grid_size: int, study: str):
-    config = grid_config(url, grid_size, study)
+def create(url: str, grid_size: int, study: str, halving: bool = False):
+    config = grid_config(url, grid_size, study, halving)
     storage = open_storage(url, heartbeat_interval=5, grace_period=30)
     return optuna.create_study(study_name=study, storage=storage, direction="maximize", load_if_exists=True,
                                sampler=make_sampler(config)), config
@@ -60,8 +72,10 @@ def main() -> None:
     # "experimental" features it relies on) are filtered, anything else still shows.
     quiet_libraries()
     for name in studies:
-        study, config = create(url, grid_size, name)
-        Scheduler(study, config, SleepRunner(study, sleep)).run(wait_for_others=False)
+        study, config = create(url, grid_size, name, halving=sleep.startswith("halving"))
+        # As `run --worker`: a grid's worker ends when the rest is running elsewhere; under
+        # successive halving it waits, since the next rung's work follows.
+        Scheduler(study, config, SleepRunner(study, sleep)).run(wait_for_others=config.halving)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,17 @@ def test_a_study_stored_before_new_keys_keeps_its_meaning():
     explicit = load_config(preset="demo", sets=["lora.use_dora=true"])
     del stored["lora"]["use_dora"]
     assert "lora.use_dora: study has False, config has True" in diff_semantic(stored, explicit.to_dict())
+
+
+def test_an_old_kaggle_study_resumes_with_the_new_preset():
+    """The kaggle presets now train with paged 8-bit AdamW; a study created by an earlier
+    version (no train.optim stored: AdamW) resumes with the same preset unchanged, and
+    only an explicit other optimizer is a different study."""
+    stored = load_config(preset="kaggle-t4").to_dict()
+    del stored["train"]["optim"]
+    preset = load_config(preset="kaggle-t4")
+    assert preset.train.optim == "paged_adamw_8bit"
+    adjusted, adopted = adopt_legacy_defaults(stored, preset, explicit=set())
+    assert adjusted.train.optim == "adamw_torch" and diff_semantic(stored, adjusted.to_dict()) == []
+    mine, _ = adopt_legacy_defaults(stored, preset, explicit={"train.optim"})
+    assert diff_semantic(stored, mine.to_dict()) == ["train.optim: study has 'adamw_torch', config has 'paged_adamw_8bit'"]

@@ -44,3 +44,15 @@ def test_floors_are_at_least_the_releases_whose_apis_we_use():
 def test_the_installed_libraries_have_those_apis():
     missing = [api for api, (_, _, present) in FLOORS.items() if not present()]
     assert not missing, missing
+
+
+def test_python_3_10_is_supported_as_declared():
+    """pyproject says Python >= 3.10: tomllib (3.11+) is read through core._toml, which
+    falls back to tomli, declared for older Pythons."""
+    import re
+
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'requires-python = ">=3.10"' in text and "tomli>=1.1; python_version < '3.11'" in text
+    importers = [str(p.relative_to(REPO)) for folder in ("core", "storage", "objectives", "dashboards", "search")
+                 for p in (REPO / folder).rglob("*.py") if re.search(r"^\s*import tomllib|^from tomllib", p.read_text(), re.M)]
+    assert importers == ["core/_toml.py"], importers

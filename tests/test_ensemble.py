@@ -15,12 +15,17 @@ from optuna_search.objectives._metrics import Prediction
 pytestmark = pytest.mark.slow
 
 
+def _own_copy(work, tmp_path):
+    shutil.copytree(work, tmp_path / "study")
+    return tmp_path / "study"
+
+
 def _exact_mcnemar(b: int, c: int) -> float:
     n = b + c
     return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n)
 
 
-def test_ensemble_from_artifacts_only(scored_study, monkeypatch, capsys):
+def test_ensemble_from_artifacts_only(scored_study, tmp_path, monkeypatch, capsys):
     import transformers
 
     from optuna_search.search._cli import main
@@ -29,6 +34,7 @@ def test_ensemble_from_artifacts_only(scored_study, monkeypatch, capsys):
         raise AssertionError("an ensemble must not load a model")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_model)
+    scored_study = _own_copy(scored_study, tmp_path)  # the ensemble is stored on the study
     monkeypatch.chdir(scored_study)
     assert main(["ensemble", "--preset", "demo", "--all"]) == 0
     out = capsys.readouterr().out

@@ -49,6 +49,24 @@ def _stress(url: str, tmp_path: Path) -> None:
     assert overlaps > REPEATS
 
 
+def test_successive_halving_splits_each_rung_over_workers_and_decides_once(tmp_path):
+    """Two workers on one successive-halving study: every configuration trains to each
+    rung it reaches exactly once, between them; each promotion is decided once."""
+    url = f"sqlite:///{tmp_path / 'halving.db'}"
+    log = tmp_path / "trained.log"
+    grid_worker.create(url, 9, "halving", halving=True)
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "grid_worker.py"), url, "9", f"halving:0.05:{log}", "halving"],
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errs)
+    trained = Counter(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+    assert max(trained.values()) == 1, trained  # nothing trained twice
+    assert sorted(trained) == sorted([(r, 0) for r in range(1, 10)] + [(7, 1), (8, 1), (9, 1), (9, 2)])
+    study = optuna.load_study(study_name="halving", storage=url)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] + ["PRUNED"] * 8
+    assert study.user_attrs["halving"]["promoted"] == {"0": ["lora_r=9", "lora_r=8", "lora_r=7"], "1": ["lora_r=9"]}
+
+
 def test_four_workers_twenty_times_on_sqlite(tmp_path):
     _stress(f"sqlite:///{tmp_path / 'stress.db'}", tmp_path)
 

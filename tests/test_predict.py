@@ -155,3 +155,19 @@ def test_an_export_whose_base_is_gone_names_where_it_looked(scored_study, tmp_pa
     proc = run_main("predict", "--model", str(model_dir), "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(tmp_path / "p.jsonl"),
                    cwd=tmp_path)
     assert proc.returncode == 2 and "the base model cannot be found" in proc.stderr and "no-such-base" in proc.stderr
+
+
+def test_merge_writes_a_plain_model_that_answers_like_the_adapter(scored_study, tmp_path):
+    """--merge: the adapter merged into the dequantised base, in fp16, loadable with plain
+    AutoModelForCausalLM; its greedy answer to a report is the adapter's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = tmp_path / "model"
+    proc = run_main("export-model", "--preset", "demo", "--output", str(model_dir), "--merge", cwd=scored_study)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "merged model" in proc.stdout and "MiB in" in proc.stdout
+    merged = AutoModelForCausalLM.from_pretrained(str(model_dir / "merged"))
+    assert merged.dtype == torch.float16 and not hasattr(merged, "peft_config")
+    tok = AutoTokenizer.from_pretrained(str(model_dir / "merged"))
+    assert tok.chat_template  # the prompt's template travels with it

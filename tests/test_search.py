@@ -39,6 +39,11 @@ def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache)
     assert status.returncode == 0 and "4/4 trials finished" in status.stdout and "best so far:" in status.stdout
     other = run_main(*args, "--set", "study.sampler='random'", cwd=tmp_path)
     assert other.returncode == 2 and "study.sampler: study has 'tpe', config has 'random'" in other.stderr
+    # Two searched hyperparameters, four trials: the report says what mattered (Optuna's fANOVA).
+    rep = run_main("report", "--preset", "demo-search", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    importances = rep.stdout.split("## Parameter importances")[1].split("##")[0]
+    assert "fANOVA" in importances and "| lora_r |" in importances and "| learning_rate |" in importances
+    assert "Contour Plot" in (tmp_path / "r" / "report.html").read_text()
 
 
 def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cache):
@@ -179,3 +184,26 @@ def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp
     other = run_main(*search, "--study-name", "other", "--set", "eval.num_samples=40", cwd=tmp_path)
     assert other.returncode == 2 and "warm start from study 'demo' refused: its test examples differ" in other.stderr
     assert "other" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
+
+
+def test_a_macro_f1_study_tracked_in_tensorboard(tmp_path, demo_cache):
+    """study.objectives = ["macro_f1"] runs end to end (the value is the mean macro-F1 of
+    the fields), and train.report_to = ["tensorboard"] writes one run per trial that
+    TensorBoard reads back: the training curve and the final scores."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import FAST as TESTS
+
+    proc = run_main("run", *TESTS, "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1",
+                    "--set", "study.objectives=['macro_f1']", "--set", "train.report_to=['tensorboard']", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (t,) = _study(tmp_path, "demo").get_trials()
+    assert t.value == pytest.approx(t.user_attrs["macro_f1"]) and _study(tmp_path, "demo").metric_names == ["macro_f1"]
+    assert "chosen on test: macro_f1" in proc.stdout
+    logdir = t.user_attrs["tracking"]["tensorboard"]
+    events = EventAccumulator(logdir)
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/loss" in tags and "test/overall_accuracy" in tags and "test/macro_f1" in tags
+    assert events.Scalars("test/macro_f1")[-1].value == pytest.approx(t.value, abs=1e-6)
+    assert len(events.Scalars("train/loss")) == t.user_attrs["optimizer_steps"]

@@ -26,7 +26,7 @@ from optuna_search.dashboards._report import Report, collect_report, write_repor
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._config import load_config
 from optuna_search.search._export_model import export_model as _export_model
-from optuna_search.search._open import create_or_resume, open_for_reading
+from optuna_search.search._open import as_resumed, create_or_resume, open_for_reading
 from optuna_search.search._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
 from optuna_search.search._preflight import preflight
 from optuna_search.search._run import Summary, print_summary, run_study, summarize
@@ -66,6 +66,7 @@ def run(config: Config, *, retry_failed: bool = False, time_budget: float | None
     quiet_libraries()
     n = choose_workers(workers, config.train.gpus_per_trial, oversubscribe=oversubscribe)
     if n > 1:
+        config = as_resumed(config)
         study, _ = create_or_resume(config, preflight(config))  # created once, before the workers race
         codes = run_workers(config, n, WorkerOptions(retry_failed, time_budget, progress_interval))
         if 2 in codes:

@@ -59,7 +59,7 @@ def grid_curves(space: dict[str, list], preset: str, sets: list[str], path: Path
     from optuna_search.objectives._data import prepare_study_data
     from optuna_search.objectives._quiet import quiet_libraries
     from optuna_search.search._config import load_config
-    from optuna_search.search._space import enumerate_grid
+    from optuna_search.core._schema import enumerate_grid
 
     quiet_libraries()
     config = load_config(preset=preset, sets=[*sets, "eval.method='score'"])
@@ -77,7 +77,7 @@ def grid_curves(space: dict[str, list], preset: str, sets: list[str], path: Path
             return False
 
         t0 = time.monotonic()
-        request = TrialRequest(config.trial_params(point), data.dataset, [], data.validation_examples, work / f"p{n}",
+        request = TrialRequest(config.trial_params(point), data.dataset, data.test_examples, data.validation_examples, work / f"p{n}",
                                validate_at=fractions)
         result = QLoRAObjective(config)(request, TrialHooks(on_validation=record))
         out["points"][point_key(point)] = {"params": point, "steps": result.max_steps, "curve": curve}

@@ -30,6 +30,7 @@ from optuna_search.core._files import file_sha256
 from optuna_search.objectives._cache import cache_root, new_build_dir, publish
 from optuna_search.objectives._demo import ensure_demo_model
 from optuna_search.objectives._prompt import apply_chat_template_setting
+from optuna_search.objectives._quiet import no_loading_bars
 
 BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
 BUILTIN_TINY = "builtin:tiny-mistral"
@@ -243,6 +244,7 @@ def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    no_loading_bars()
     dtype = pick_compute_dtype(model_cfg.compute_dtype)
     kwargs: dict[str, Any] = {"revision": model_cfg.revision or None, "trust_remote_code": model_cfg.trust_remote_code, "dtype": dtype}
     if model_cfg.quantization != "none":

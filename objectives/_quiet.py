@@ -57,6 +57,19 @@ class _DropExpected(logging.Filter):
         return self.substring not in record.getMessage()
 
 
+def no_loading_bars() -> None:
+    """transformers' own progress bars (a "Loading weights" bar per trial) off, the hub's
+    download bars on: a first download of a 14 GB model shows its progress, a trial's
+    model load from disk says nothing. Called where models are loaded (transformers is
+    imported there)."""
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # switches the hub's off too...
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").lower() not in ("1", "true", "yes"):
+        huggingface_hub.utils.enable_progress_bars()  # ...so back on for downloads
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Through the environment, so that transformers and datasets are not imported here:

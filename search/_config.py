@@ -106,6 +106,9 @@ def explicit_keys(config_file: str | None = None, sets: list[str] | None = None,
 
 def load_config(preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """A validated config from a preset, a TOML file, ``section.key=value`` strings and
+    raw overrides, in that order of precedence (the last wins), as the command line
+    builds it; every problem raised at once as a :class:`UserError`."""
     return build_config(config_layers(preset, config_file, sets, overrides))
 
 

@@ -39,6 +39,7 @@ from optuna_search.storage._checkpoints import (
 )
 from optuna_search.storage._claim import ClaimLock
 from optuna_search.storage._internals import (
+    claim_waiting,
     engine_of,
     fail_trial,
     live_trial,
@@ -411,7 +412,8 @@ class Scheduler:
                 if wait_for_others and self._wait_for(action.running):
                     continue
                 return RunOutcome(self.study, state, ran)
-            assert trial is not None
+            if trial is None:
+                continue  # the retry went to another process: decide again
             rung = getattr(action, "rung", None)
             outcome = self.runner.run(trial, position=(state.finished + 1, state.n_target), attempts=self._attempts(action),
                                       rung=rung)
@@ -507,7 +509,10 @@ class Scheduler:
             unpause(self.study, t)
             return live_trial(self.study, t)
         if isinstance(action, RunWaiting):
-            return self.study.ask(self.dists)  # pops the oldest WAITING retry, same params
+            # This point's own retry (Optuna's ask would pop the oldest WAITING trial,
+            # whichever point it holds), with the params of the trial it retries.
+            waiting = next(t for t in action.point.trials if t.state.name == "WAITING")
+            return claim_waiting(self.study, waiting)  # None: another process took it first
         if isinstance(action, RunPoint) and self.sampler is not None:
             return self.sampler.ask_point(self.study, action.point.params, self.dists)
         if isinstance(action, RunPoint):

@@ -66,6 +66,20 @@ def live_trial(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial":
     return Trial(study, frozen._trial_id)
 
 
+def claim_waiting(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial | None":
+    """Start one particular WAITING trial (a retry of a killed one) as ``study.ask()``
+    starts the oldest: RUNNING, with its params. None when another process took it."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        if not study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+            return None
+    except UpdateFinishedTrialError:
+        return None
+    return live_trial(study, frozen)
+
+
 def heartbeat_enabled(study: "optuna.Study") -> bool:
     return getattr(rdb_backend(study._storage), "heartbeat_interval", None) is not None
 

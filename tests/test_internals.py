@@ -51,3 +51,32 @@ def test_grid_sampler_enumeration(tmp_path):
     trial = study.ask()
     gid = trial.system_attrs["grid_id"] if hasattr(trial, "system_attrs") else study.get_trials()[0].system_attrs["grid_id"]
     assert {"lora_r": trial.suggest_categorical("lora_r", [4, 8, 16]), "lr": trial.suggest_categorical("lr", [1.0, 2.0])} == points[gid]
+
+
+def test_pausing_claiming_and_live_trials(tmp_path):
+    """Successive halving pauses a RUNNING trial without a heartbeat row (so the stale
+    check leaves it alone), and resumes it, or a WAITING retry, as a live Trial."""
+    from optuna.distributions import IntDistribution
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import create_trial
+
+    study = _study(tmp_path, heartbeat_interval=1, grace_period=2)
+    trial = study.ask({"x": IntDistribution(0, 2)})
+    with oi.heartbeat(study, trial):
+        time.sleep(0.2)
+    oi.pause(study, trial, rung=0)
+    time.sleep(2.2)
+    fail_stale_trials(study)
+    (t,) = study.get_trials()
+    assert t.state == TrialState.RUNNING and oi.paused_at(t) == 0
+    assert oi.running_trials_without_heartbeat(study, study.get_trials(), older_than_s=0) == []
+    oi.unpause(study, trial)
+    live = oi.live_trial(study, study.get_trials()[0])
+    live.report(0.5, step=1)
+    assert oi.paused_at(study.get_trials()[0]) is None and study.get_trials()[0].intermediate_values == {1: 0.5}
+    study.add_trial(create_trial(state=TrialState.WAITING, params={"x": 1}, distributions={"x": IntDistribution(0, 2)}))
+    waiting = study.get_trials()[1]
+    claimed = oi.claim_waiting(study, waiting)
+    assert claimed is not None and claimed.params == {"x": 1} and study.get_trials()[1].state == TrialState.RUNNING
+    assert oi.claim_waiting(study, waiting) is None  # taken already
+    assert oi.distribution_contains(IntDistribution(0, 2), 2) and not oi.distribution_contains(IntDistribution(0, 2), 3)

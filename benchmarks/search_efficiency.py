@@ -268,6 +268,7 @@ def live(data: dict[str, Any], preset: str, sets: list[str]) -> tuple[float, flo
     work = Path(tempfile.mkdtemp(prefix="search-efficiency-live-"))
     grid = "{" + ", ".join(f"{k}={v}" for k, v in space.items()) + "}"
     cmd = [sys.executable, "-m", "optuna_search.search._cli", "-q", "run", "--preset", preset, "--study-name", "live",
+           "--storage", f"sqlite:///{work / 'live.db'}",
            *[a for s in [*sets, f"study.grid={grid}", "study.schedule='successive_halving'", "study.rungs=[0.111, 0.333, 1.0]",
                          "study.eta=3", "eval.method='score'", "study.prune_on='label_logprob'", "study.pruner='none'",
                          "study.sampler='grid'", "study.search_space={}", "study.n_trials=0",
@@ -275,7 +276,7 @@ def live(data: dict[str, Any], preset: str, sets: list[str]) -> tuple[float, flo
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
-    study = optuna.load_study(study_name="live", storage=f"sqlite:///{work / 'optuna-search.db'}")
+    study = optuna.load_study(study_name="live", storage=f"sqlite:///{work / 'live.db'}")
     steps = sum(t.user_attrs.get("optimizer_steps", 0) for t in study.trials)
     total = sum(p["steps"] for p in data["points"].values())
     best = max(t.user_attrs["validation_overall_accuracy"] for t in study.trials if t.state.name == "COMPLETE")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core._params import short_point_key
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 CALIBRATION_METRICS = ("log_loss", "brier", "ece")
@@ -259,7 +262,7 @@ class TrialRecord:
         return cls(test=_read_split(ua, fields, ""), validation=_read_split(ua, fields, "validation_"), **kw, **trial_fields)
 
     @classmethod
-    def from_trial(cls, trial: Any, fields: list[str]) -> "TrialRecord":
+    def from_trial(cls, trial: "FrozenTrial", fields: list[str]) -> "TrialRecord":
         """From an Optuna ``FrozenTrial`` (or anything with the same attributes)."""
         return cls.from_user_attrs(
             trial.user_attrs, fields,

@@ -17,13 +17,16 @@ import logging
 import socket
 import sys
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna_search.core import Config, UserError
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._internals import storage_of
 from optuna_search.storage._storages import redact_url
+
+if TYPE_CHECKING:
+    import optuna
 
 log = logging.getLogger("optuna_search")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -43,7 +46,7 @@ def check_host(host: str) -> None:
                         "(this machine only, the default) or 0.0.0.0 (every interface)") from None
 
 
-def serve_dashboard(study: Any, config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve_dashboard(study: "optuna.Study", config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
     import optuna_dashboard
 
     check_port(port)

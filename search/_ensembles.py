@@ -5,7 +5,7 @@ the dashboard's study note show it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
 from optuna_search.core._text import num, pct, render_table
@@ -24,6 +24,9 @@ from optuna_search.search._scheduler import study_state
 from optuna_search.search._trial import ids_digest
 from optuna_search.storage._artifacts import artifact_store, upload_records
 from optuna_search.storage._records import read_meta, write_meta
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def choose_members(records: list[TrialRecord], config: Config, *, trials: list[int] | None, top: int | None) -> tuple[list[TrialRecord], str]:
@@ -50,7 +53,7 @@ def choose_members(records: list[TrialRecord], config: Config, *, trials: list[i
     return ranked, "all complete trials"
 
 
-def run_ensemble(study: Any, config: Config, *, trials: list[int] | None = None, top: int | None = None) -> str:
+def run_ensemble(study: "optuna.Study", config: Config, *, trials: list[int] | None = None, top: int | None = None) -> str:
     fields = list(config.data.fields)
     subset = read_meta(study).eval_subset or []
     ids = [s["id"] for s in subset]
@@ -80,7 +83,7 @@ def _check_digests(chosen: list[TrialRecord], digest: str) -> None:
                         "evaluation ids (their digests differ); an ensemble needs the same examples for every member")
 
 
-def _evaluate(method: str, preds: list[Prediction], members: list[Member], chosen_on: str, study: Any,
+def _evaluate(method: str, preds: list[Prediction], members: list[Member], chosen_on: str, study: "optuna.Study",
               fields: list[str], ids: list[str]) -> dict[str, Any]:
     vocab = {f: sorted({lab for p in preds for lab in ((p.probs or {}).get(f) or {})} | {p.gold[f] for p in preds}) for f in fields}
     scores = score_predictions(preds, fields, vocab)
@@ -102,7 +105,7 @@ def _evaluate(method: str, preds: list[Prediction], members: list[Member], chose
     }
 
 
-def _store(study: Any, config: Config, results: list[dict[str, Any]], store) -> None:
+def _store(study: "optuna.Study", config: Config, results: list[dict[str, Any]], store: Any) -> None:
     kept = [e for e in read_meta(study).ensembles or []
             if not any(e["trials"] == r["trials"] and e["method"] == r["method"] for r in results)]
     out_store = store or artifact_store(config.storage.artifacts)

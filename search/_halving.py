@@ -56,7 +56,8 @@ class Promote:
 class PruneRest:
     rung: int
     keys: tuple[str, ...]
-    """Configurations not promoted at a decided rung that still need to be ended PRUNED."""
+    """Paused configurations not promoted at a decided rung: to be ended PRUNED (one that
+    failed stays FAIL, named by `run`'s exit code)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_conf
             reached = sorted((c for c in population if c.reached >= r),
                              key=lambda c: (-c.metrics.get(r, -math.inf), c.order))
             return Promote(r, tuple(c.key for c in reached[: survivors(len(population), eta)]))
-        left = tuple(c.key for c in population if c.key not in promoted[r] and c.state not in ENDED)
+        left = tuple(c.key for c in population if c.key not in promoted[r] and c.state == "paused")
         if left:
             return PruneRest(r, left)
         by_key = {c.key: c for c in population}

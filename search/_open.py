@@ -34,15 +34,11 @@ def stored_config_of(config: Config) -> dict[str, Any] | None:
     """The config stored on the study ``config`` names, if it exists (None for a new
     study or a new database). Opens the storage read-only: looks, writes nothing."""
     try:
-        storage = open_storage(config.storage.url, mode="read")
+        if config.study.name not in list_study_names(open_storage(config.storage.url, mode="read")):
+            return None
     except UserError:
         return None  # no database yet, or an empty one: a new study
-    if config.study.name not in list_study_names(storage):
-        return None
-    import optuna
-
-    study = optuna.load_study(study_name=config.study.name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
-    return read_meta(study).config
+    return read_meta(load_named_study(config.storage.url, config.study.name)).config
 
 
 def as_resumed(config: Config, explicit: set[str] | None = None) -> Config:
@@ -134,21 +130,26 @@ def open_for_reading(location: dict[str, str], *, mode: str = "read") -> OpenedS
     """A study opened from its location alone (``storage.url``, optional ``study.name``,
     ``storage.artifacts``, ``train.output_dir``): read-only unless ``mode="write"``
     (the dashboard, which saves notes; ensembles, which are stored on the study)."""
+    url = location.get("storage.url") or default_location("storage.url")
+    study = load_named_study(url, location.get("study.name"), mode=mode)
+    return OpenedStudy(study, study_config(study, {**location, "storage.url": url, "study.name": study.study_name}))
+
+
+def load_named_study(url: str, name: str | None, *, mode: str = "read", what: str = "",
+                     how: str = "pass --study-name") -> "optuna.Study":
+    """The study ``name`` of a storage (without a name: its only study), opened for
+    ``mode``, with a sampler that never samples (reading needs none)."""
     import optuna
 
-    url = location.get("storage.url") or default_location("storage.url")
     storage = open_storage(url, mode=mode)
     names = list_study_names(storage)
-    name = location.get("study.name")
     if name is None:
         if len(names) != 1:
-            raise UserError(f"{redact_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                            "pass --study-name")
+            raise UserError(f"{what}{redact_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); {how}")
         name = names[0]
     if name not in names:
-        raise UserError(f"no study {name!r} in {redact_url(url)}; studies there: {', '.join(names) or 'none'} (pass --study-name)")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
-    return OpenedStudy(study, study_config(study, {**location, "storage.url": url, "study.name": name}))
+        raise UserError(f"{what}no study {name!r} in {redact_url(url)}; studies there: {', '.join(names) or 'none'} ({how})")
+    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
 
 
 def study_config(study: "optuna.Study", location: dict[str, str]) -> Config:

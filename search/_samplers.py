@@ -39,8 +39,9 @@ from optuna_search.storage._internals import (
 )
 
 log = logging.getLogger("optuna_search")
-REASKS = 8
-"""Proposals asked of the inner sampler before an unseen point is taken at random."""
+REASKS = 3
+"""Proposals asked of the inner sampler before an unseen point is taken at random (a
+model-based sampler that proposes a point again tends to propose it once more)."""
 
 
 class GridPointSampler(GridSampler):

@@ -227,16 +227,9 @@ class RunNew:
     rung: int | None = None
 
 
-@dataclass(frozen=True)
-class Promote:
-    rung: int
-    keys: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PruneRest:
-    rung: int
-    points: tuple[Point, ...]
+# Successive halving's decisions at a rung, as _halving makes them.
+Promote = halving.Promote
+PruneRest = halving.PruneRest
 
 
 @dataclass(frozen=True)
@@ -313,10 +306,8 @@ def _halving_step(state: StudyState, retry_failed: bool, rungs: int, eta: int, f
         if p.status == Status.PAUSED:
             return ResumePaused(p, a.rung)
         return RunPoint(p, a.rung)
-    if isinstance(a, halving.Promote):
-        return Promote(a.rung, a.keys)
-    if isinstance(a, halving.PruneRest):
-        return PruneRest(a.rung, tuple(by_key[k] for k in a.keys))
+    if isinstance(a, (halving.Promote, halving.PruneRest)):
+        return a
     if isinstance(a, halving.Wait):
         return WaitForOthers(tuple(by_key[k].label for k in a.keys))
     return Done()
@@ -367,7 +358,7 @@ class Runner(Protocol):
 
 @dataclass
 class RunOutcome:
-    study: Any
+    study: "optuna.Study"
     state: StudyState
     ran: int
     budget_reached: bool = False
@@ -424,7 +415,7 @@ class Scheduler:
                 after_trial(self.study, self.state())
 
     # -- Optuna is told here, and only here ------------------------------------------------
-    def _tell(self, trial: Any, state: str, values: list[float] | None = None) -> None:
+    def _tell(self, trial: "optuna.Trial", state: str, values: list[float] | None = None) -> None:
         from optuna.trial import TrialState
 
         if state == "COMPLETE":
@@ -432,7 +423,7 @@ class Scheduler:
         else:
             self.study.tell(trial, state=TrialState[state])
 
-    def _finish(self, trial: Any, outcome: TrialOutcome, rung: int | None) -> None:
+    def _finish(self, trial: "optuna.Trial", outcome: TrialOutcome, rung: int | None) -> None:
         """Record the outcome, then tell Optuna (or pause the trial); raise what stops the run."""
         try:
             write_record(self.study, trial, outcome.record)
@@ -465,7 +456,8 @@ class Scheduler:
             log.info("rung %d (%.0f%% of training) decided: %s go on", action.rung + 1, 100 * self.rungs[action.rung],
                      ", ".join(names[k] for k in action.keys))
             return
-        for p in action.points:
+        by_key = {p.key: p for p in state.points}
+        for p in (by_key[k] for k in action.keys):
             t = p.paused_trial
             if t is None:
                 continue

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
 from optuna_search.core._params import point_key
+from optuna_search.search._open import load_named_study
 from optuna_search.search._preflight import Preflight
 from optuna_search.search._space import distributions
 from optuna_search.storage._internals import distribution_contains
 from optuna_search.storage._records import read_meta, write_meta
-from optuna_search.storage._storages import list_study_names, open_storage, redact_url
 
 if TYPE_CHECKING:
     import optuna
@@ -32,19 +32,9 @@ SAME = ("model", "data.fields", "eval.method", "eval.objective_split")
 
 
 def open_source(source: str) -> "optuna.Study":
-    import optuna
-
     url, _, name = source.partition("#")
-    storage = open_storage(url, mode="read")
-    names = list_study_names(storage)
-    if not name:
-        if len(names) != 1:
-            raise UserError(f"warm start: {redact_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                            "name one after '#', e.g. --warm-start-from 'sqlite:///grid.db#mistral7b-bugs-qlora'")
-        name = names[0]
-    if name not in names:
-        raise UserError(f"warm start: no study {name!r} in {redact_url(url)}; studies there: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
+    return load_named_study(url, name or None, what="warm start: ",
+                            how="name it after '#', e.g. --warm-start-from 'sqlite:///grid.db#mistral7b-bugs-qlora'")
 
 
 def check_compatible(source: "optuna.Study", config: Config, pf: Preflight) -> StudyMeta:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def artifact_store(base: str | Path, *, create: bool = True):
@@ -22,7 +25,7 @@ def artifact_store(base: str | Path, *, create: bool = True):
     return FileSystemArtifactStore(str(path))
 
 
-def upload_records(store, study_or_trial: Any, name: str, records: list[dict[str, Any]]) -> str:
+def upload_records(store: Any, study_or_trial: "optuna.Study | optuna.Trial", name: str, records: list[dict[str, Any]]) -> str:
     """Write ``records`` as a JSON-lines artifact on a trial or study; returns its id."""
     from optuna.artifacts import upload_artifact
 

@@ -16,6 +16,12 @@ MISTRAL_TOKENIZER = SHARED / "tokenizers" / "mistral-7b-instruct-v0.2"
 FAST_CONFIG = REPO / "tests" / "fast.toml"
 FAST = ["--preset", "demo", "--config", str(FAST_CONFIG)]
 """The tests' study: the demo preset with fewer examples and steps (tests/fast.toml)."""
+TPE_SETS = ["study.sampler='tpe'", "study.grid={}", "study.schedule='trials'", "study.prune_on='accuracy'",
+            "study.search_space={lora_r=[2, 4, 8, 12, 16, 24, 32], learning_rate={low=1e-3, high=1e-2, log=true}}",
+            "study.n_trials=12", "study.pruner='hyperband'", "train.validations_per_epoch=2"]
+"""demo-search as a TPE search over a continuous space (its preset is a grid searched by
+successive halving)."""
+TPE = ["--preset", "demo-search", *[a for s in TPE_SETS for a in ("--set", s)]]
 
 
 def pytest_collection_modifyitems(config, items):

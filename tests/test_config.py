@@ -3,6 +3,7 @@ import pytest
 from optuna_search.core import Config, UserError
 from optuna_search.core._identity import adopt_legacy_defaults, diff_semantic
 from optuna_search.core._toml import loads, to_toml
+from conftest import TPE_SETS
 from optuna_search.search._config import list_presets, load_config, parse_set_option, read_preset
 
 
@@ -111,7 +112,7 @@ def test_non_finite_numbers_are_refused_everywhere(setting, needle):
 
 def test_a_nan_range_bound_is_refused():
     with pytest.raises(UserError) as e:
-        load_config(preset="demo-search", sets=["study.search_space={learning_rate={low=nan, high=1e-3}}"])
+        load_config(preset="demo-search", sets=[*TPE_SETS, "study.search_space={learning_rate={low=nan, high=1e-3}}"])
     assert "numbers must be finite" in str(e.value)
 
 
@@ -126,13 +127,13 @@ def test_a_nan_range_bound_is_refused():
 ])
 def test_search_spaces_optuna_would_silently_adjust_are_refused(space, needle):
     with pytest.raises(UserError) as e:
-        load_config(preset="demo-search", sets=[f"study.search_space={space}"])
+        load_config(preset="demo-search", sets=[*TPE_SETS, f"study.search_space={space}"])
     assert needle in str(e.value)
 
 
 def test_absurd_counts_are_refused():
     with pytest.raises(UserError, match="n_trials = 100000000000000000000"):
-        load_config(preset="demo-search", sets=["study.n_trials=100000000000000000000"])
+        load_config(preset="demo-search", sets=[*TPE_SETS, "study.n_trials=100000000000000000000"])
     with pytest.raises(UserError, match="must be an integer from 1 to 1,024"):
         load_config(preset="demo", sets=["study.grid={lora_r=[2000000000]}"])
 

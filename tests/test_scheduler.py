@@ -10,6 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from conftest import TPE_SETS
 from optuna_search.core import TrialRecord
 from optuna_search.core._params import point_key
 from optuna_search.search import _halving as halving
@@ -24,7 +25,7 @@ from optuna_search.storage._internals import paused_at
 from optuna_search.storage._storages import open_storage
 
 GRID = load_config(preset="demo")  # lora_r in [4, 8, 16]
-TPE = load_config(preset="demo-search", sets=["study.n_trials=3"])
+TPE = load_config(preset="demo-search", sets=[*TPE_SETS, "study.n_trials=3"])
 DIST = {"lora_r": CategoricalDistribution([4, 8, 16])}
 FIELDS = list(GRID.data.fields)
 
@@ -136,7 +137,7 @@ def test_the_loop_runs_each_grid_point_once_and_again_adds_nothing(tmp_path):
 
 
 def _categorical(sampler, n, space="{lora_r=[4, 8, 12, 16]}"):
-    return load_config(preset="demo-search", sets=[f"study.sampler='{sampler}'", f"study.n_trials={n}", "study.pruner='none'",
+    return load_config(preset="demo-search", sets=[*TPE_SETS, f"study.sampler='{sampler}'", f"study.n_trials={n}", "study.pruner='none'",
                                                    f"study.search_space={space}"])
 
 
@@ -164,10 +165,10 @@ def test_a_resumed_search_proposes_new_points_not_its_earlier_ones(tmp_path):
     """The sampler is seeded by study.seed and the trial number: a study resumed in a new
     process must not replay the first proposals (seen: TPE re-seeded on every start
     proposed trial 0's exact params again)."""
-    config = load_config(preset="demo-search", sets=["study.n_trials=2", "study.pruner='none'"])
+    config = load_config(preset="demo-search", sets=[*TPE_SETS, "study.n_trials=2", "study.pruner='none'"])
     study = _real_study(tmp_path, config)
     Scheduler(study, config, _Runner(lambda p: 0.5)).run()
-    more = load_config(preset="demo-search", sets=["study.n_trials=4", "study.pruner='none'"])
+    more = load_config(preset="demo-search", sets=[*TPE_SETS, "study.n_trials=4", "study.pruner='none'"])
     Scheduler(_reload(tmp_path, more), more, _Runner(lambda p: 0.5)).run()
     points = [point_key(t.params) for t in _reload(tmp_path, more).trials]
     assert len(points) == 4 and len(set(points)) == 4
@@ -217,6 +218,10 @@ def test_halving_decisions_rung_by_rung():
     running = [C("k0", "running", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: 0.1}, i) for i in range(1, 3)]
     assert halving.next_action(running, {}, n_configs=3, n_rungs=2, eta=3) == halving.Wait(("k0",))
     assert halving.next_action(configs[:2], {}, n_configs=4, n_rungs=2, eta=2) == halving.NewConfig()
+    # A configuration that failed with an error is not promoted, not pruned, not waited for.
+    failed = [C("k0", "failed", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: i / 10}, i) for i in range(1, 3)]
+    assert halving.next_action(failed, {}, n_configs=3, n_rungs=2, eta=3) == halving.Promote(0, ("k2",))
+    assert halving.next_action(failed, {0: ["k2"]}, n_configs=3, n_rungs=2, eta=3) == halving.PruneRest(0, ("k1",))
     # 12 points, eta 3, rungs 1/9, 1/3, 1: 12 to 1/9, 4 to 1/3, 2 finalists = 3.56 trainings (30% of the grid).
     assert halving.cost(12, [1 / 9, 1 / 3, 1.0], 3) == pytest.approx(12 / 9 + 4 * 2 / 9 + 2 * 2 / 3)
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, run_main, start_cli_until
+from conftest import TPE, run_cli, run_main, start_cli_until
 
 pytestmark = pytest.mark.slow
 FAST = ["--set", "train.epochs=1", "--set", "data.train_samples=400", "--set", "eval.num_samples=40",
@@ -20,7 +20,7 @@ def _study(work, name):
 
 
 def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache):
-    args = ["run", "--preset", "demo-search", *FAST, "--set", "study.n_trials=3", "--set", "study.pruner='none'"]
+    args = ["run", *TPE, *FAST, "--set", "study.n_trials=3", "--set", "study.pruner='none'"]
     proc = run_main(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3/3 trials finished" in proc.stdout and "chosen on validation" in proc.stdout
@@ -35,12 +35,12 @@ def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache)
     more = run_main(*args, "--n-trials", "4", cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-2000:]
     assert len(_study(tmp_path, "demo-search").get_trials()) == 4
-    status = run_main("status", "--preset", "demo-search", cwd=tmp_path)
+    status = run_main("status", *TPE, cwd=tmp_path)
     assert status.returncode == 0 and "4/4 trials finished" in status.stdout and "best so far:" in status.stdout
     other = run_main(*args, "--set", "study.sampler='random'", cwd=tmp_path)
     assert other.returncode == 2 and "study.sampler: study has 'tpe', config has 'random'" in other.stderr
     # Two searched hyperparameters, four trials: the report says what mattered (Optuna's fANOVA).
-    rep = run_main("report", "--preset", "demo-search", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    rep = run_main("report", *TPE, "-o", str(tmp_path / "r"), cwd=tmp_path)
     importances = rep.stdout.split("## Parameter importances")[1].split("##")[0]
     assert "fANOVA" in importances and "| lora_r |" in importances and "| learning_rate |" in importances
     assert "Contour Plot" in (tmp_path / "r" / "report.html").read_text()
@@ -70,7 +70,7 @@ def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cac
 
 
 def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache):
-    args = ["run", "--preset", "demo-search", *FAST, "--set", "study.n_trials=1", "--set", "study.pruner='none'",
+    args = ["run", *TPE, *FAST, "--set", "study.n_trials=1", "--set", "study.pruner='none'",
             "--set", "train.checkpoint_steps=10", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3"]
     proc = start_cli_until(*args, pattern=r"step (2\d|3\d)/", cwd=tmp_path)
     os.kill(proc.pid, signal.SIGKILL)

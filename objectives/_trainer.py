@@ -6,9 +6,12 @@ inside the function that trains, so ``optuna-search --help`` stays light."""
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import Any, Callable
 
+import numpy as np
+import torch
 from transformers import Trainer, TrainerCallback
 
 from optuna_search.objectives._train import Progress, ValidationRun, log_entry
@@ -16,13 +19,25 @@ from optuna_search.objectives._train import Progress, ValidationRun, log_entry
 
 class StudyTrainer(Trainer):
     """A ``Trainer`` that, at each validation point, also measures the validation
-    accuracy and label log-probability (main process only) and may stop there."""
+    accuracy and label log-probability (main process only) and may stop there.
+
+    Validation leaves the training's random state as it found it: the evaluation loader
+    draws a seed from torch's generator, which would shift every later dropout mask, so
+    a configuration's training would depend on how often it is validated (successive
+    halving's rungs, validations_per_epoch)."""
 
     def __init__(self, *args: Any, validation: ValidationRun, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.validation = validation
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        state = _rng_state()
+        try:
+            return self._evaluate_and_measure(*args, **kwargs)
+        finally:
+            _set_rng_state(state)
+
+    def _evaluate_and_measure(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         metrics = super().evaluate(*args, **kwargs)
         step = self.state.global_step
         if step not in self.validation.steps:
@@ -97,6 +112,20 @@ class StudyCallback(TrainerCallback):
         control.should_training_stop = True
         control.should_evaluate = False
         self.emit(message + " and stopping")
+
+
+def _rng_state() -> tuple[Any, ...]:
+    return (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: tuple[Any, ...]) -> None:
+    py, np_state, cpu, cuda = state
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def tensorboard_callback(log_dir: str):

@@ -135,6 +135,8 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
 def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_path, demo_model_dir):
     """Pausing at a rung keeps the full run's learning-rate schedule and data order: the
     losses of a run paused at 1/3 and resumed equal those of one that never paused."""
+    import dataclasses
+
     from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
     from optuna_search.objectives._data import prepare_study_data
     from optuna_search.search._config import load_config
@@ -155,6 +157,12 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
     resumed = objective(request(tmp_path / "paused", 1.0), TrialHooks())
     straight = objective(request(tmp_path / "straight", 1.0), TrialHooks())
     assert resumed.resumed_from_step == 25 and resumed.optimizer_steps == straight.optimizer_steps == 75
+    # ...and training does not depend on how often it is validated (a validation pass
+    # leaves the random state as it found it): the curves a benchmark replays are the
+    # trainings successive halving runs.
+    often = objective(dataclasses.replace(request(tmp_path / "often", 1.0), validate_at=tuple(k / 15 for k in range(1, 16))),
+                      TrialHooks())
+    assert len(often.validation_curve) == 15
 
     def losses(folder):
         import json
@@ -163,6 +171,7 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
         return [r["loss"] for r in state["log_history"] if "loss" in r]
 
     assert losses(tmp_path / "paused") == pytest.approx(losses(tmp_path / "straight"), rel=1e-5, abs=1e-6)
+    assert losses(tmp_path / "often") == pytest.approx(losses(tmp_path / "straight"), rel=1e-5, abs=1e-6)
     assert [p.accuracy for p in resumed.validation_curve] == pytest.approx([p.accuracy for p in straight.validation_curve])
 
 

@@ -178,7 +178,7 @@ def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pr
     return run
 
 
-def halving_strategy(curves: Curves, metric: str) -> Run:
+def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, eta: int = 3) -> Run:
     """This project's successive halving over checkpoints (``search._halving``)."""
     from optuna_search.search import _halving as h
 
@@ -187,12 +187,12 @@ def halving_strategy(curves: Curves, metric: str) -> Run:
     promoted: dict[int, list[str]] = {}
     while True:
         configs = [h.Config(k, v["state"], v["reached"], v["metrics"], i) for i, (k, v) in enumerate(state.items())]
-        a = h.next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(RUNGS), eta=3)
+        a = h.next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(rungs), eta=eta)
         if isinstance(a, h.TrainTo):
             s = state[a.key]
-            run.train(a.key, RUNGS[a.rung], RUNGS[s["reached"]] if s["reached"] >= 0 else 0.0)
-            s["reached"], s["metrics"][a.rung] = a.rung, curves.at(metric, a.key, RUNGS[a.rung])
-            s["state"] = "complete" if a.rung == len(RUNGS) - 1 else "paused"
+            run.train(a.key, rungs[a.rung], rungs[s["reached"]] if s["reached"] >= 0 else 0.0)
+            s["reached"], s["metrics"][a.rung] = a.rung, curves.at(metric, a.key, rungs[a.rung])
+            s["state"] = "complete" if a.rung == len(rungs) - 1 else "paused"
         elif isinstance(a, h.Promote):
             promoted[a.rung] = list(a.keys)
         elif isinstance(a, h.PruneRest):
@@ -220,6 +220,11 @@ def strategies(n: int) -> dict[str, Callable[[Curves, int], Run]]:
             "accuracy", [1.0], n, True),
         "successive halving (accuracy)": lambda c, s: halving_strategy(c, "accuracy"),
         "successive halving (label_logprob)": lambda c, s: halving_strategy(c, "label_logprob"),
+        # The first rung where the early signal predicts the end (Spearman's rho >= 0.7
+        # at 1/4 of training, printed above), eta 4: it costs more than 1/3 of the grid.
+        "successive halving (label_logprob), rungs 1/4, 1, eta 4": lambda c, s: halving_strategy(
+            c, "label_logprob", [0.25, 1.0], 4),
+        "successive halving (accuracy), rungs 1/4, 1, eta 4": lambda c, s: halving_strategy(c, "accuracy", [0.25, 1.0], 4),
     }
 
 
@@ -227,7 +232,7 @@ def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
     n = len(data["points"])
     rows = {}
     for name, strategy in strategies(n).items():
-        within, fractions, gaps = 0, [], []
+        within, fractions, gaps, spent, end_gaps = 0, [], [], [], []
         for seed in range(seeds):
             curves = Curves(data, seed)
             run = strategy(curves, seed)
@@ -237,8 +242,11 @@ def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
             if reached is not None:
                 fractions.append(reached)
             gaps.append(run.gap_at(1 / 3))
+            spent.append(run.spent)
+            end_gaps.append(run.gap_at(2.0))
         rows[name] = {"p": within / seeds, "fraction": statistics.median(fractions) if fractions else math.inf,
-                      "gap": statistics.median(gaps), "reached": len(fractions) / seeds}
+                      "gap": statistics.median(gaps), "reached": len(fractions) / seeds, "spent": statistics.median(spent),
+                      "gap_end": statistics.median(end_gaps)}
     return rows
 
 
@@ -261,16 +269,17 @@ def spearman(data: dict[str, Any]) -> list[tuple[float, str, float]]:
 
 
 # -- 3. live ---------------------------------------------------------------------------------
-def live(data: dict[str, Any], preset: str, sets: list[str]) -> tuple[float, float, float]:
-    """Successive halving on the label log-prob as a real study (the CLI); returns its
-    compute fraction, its best validation accuracy and the grid's."""
+def live(data: dict[str, Any], preset: str, sets: list[str], rungs: list[float], eta: int,
+         metric: str) -> tuple[float, float, float]:
+    """Successive halving as a real study (the CLI); returns its compute fraction, its
+    best validation accuracy and the grid's."""
     space = data["space"]
     work = Path(tempfile.mkdtemp(prefix="search-efficiency-live-"))
     grid = "{" + ", ".join(f"{k}={v}" for k, v in space.items()) + "}"
     cmd = [sys.executable, "-m", "optuna_search.search._cli", "-q", "run", "--preset", preset, "--study-name", "live",
            "--storage", f"sqlite:///{work / 'live.db'}",
-           *[a for s in [*sets, f"study.grid={grid}", "study.schedule='successive_halving'", "study.rungs=[0.111, 0.333, 1.0]",
-                         "study.eta=3", "eval.method='score'", "study.prune_on='label_logprob'", "study.pruner='none'",
+           *[a for s in [*sets, f"study.grid={grid}", "study.schedule='successive_halving'", f"study.rungs={rungs}",
+                         f"study.eta={eta}", "eval.method='score'", f"study.prune_on='{metric}'", "study.pruner='none'",
                          "study.sampler='grid'", "study.search_space={}", "study.n_trials=0",
                          "eval.objective_split='validation'"] for a in ("--set", s)]]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
@@ -290,6 +299,8 @@ def main() -> None:
     ap.add_argument("--curves", type=Path, help="cache of the grid's curves (JSON); trained when missing")
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the real reports (about an hour on 2 cores)")
     ap.add_argument("--no-live", action="store_true", help="skip the live run")
+    ap.add_argument("--live-only", metavar="METRIC:RUNGS:ETA", help="only the live run of this successive halving, "
+                    "e.g. accuracy:0.25,1.0:4 (the grid's curves from --curves)")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if args.real:
@@ -304,18 +315,30 @@ def main() -> None:
     t0 = time.monotonic()
     data = grid_curves(space, preset, sets, args.curves or Path(tempfile.mkdtemp()) / "curves.json",
                        REAL_POINTS if args.real else POINTS)
+    if args.live_only:
+        metric, rungs, eta = args.live_only.split(":")
+        fraction, best, grid_best = live(data, preset, sets, [float(x) for x in rungs.split(",")], int(eta), metric)
+        print(f"live successive halving ({metric}), rungs {rungs}, eta {eta}: {fraction:.2f} of the grid's optimizer steps, "
+              f"best validation {100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({100 * (best - grid_best):+.1f} points)")
+        return
     print(f"grid: {len(data['points'])} points trained once ({time.monotonic() - t0:.0f} s); replaying over {args.seeds} seeds")
     print("early signal (Spearman's rho with the final validation accuracy, over the grid's points):")
     for f, metric, rho in spearman(data):
         print(f"  at {100 * f:.0f}% of training, {metric}: rho = {rho:+.2f}")
     rows = replay(data, args.seeds)
     width = max(map(len, rows))
-    print(f"{'strategy':<{width}}  P(within 1 pt at <= 1/3 compute)  median compute when within  median gap at 1/3")
+    print(f"{'strategy':<{width}}  P(within 1 pt at <= 1/3 compute)  median compute when within  median gap at 1/3  "
+          "compute spent  gap at its end")
     for name, r in rows.items():
-        print(f"{name:<{width}}  {r['p']:>32.2f}  {r['fraction']:>26.2f}  {100 * r['gap']:>15.1f} pt")
+        print(f"{name:<{width}}  {r['p']:>32.2f}  {r['fraction']:>26.2f}  {100 * r['gap']:>15.1f} pt  {r['spent']:>13.2f}  "
+              f"{100 * r['gap_end']:>11.1f} pt")
     if not args.no_live:
-        fraction, best, grid_best = live(data, preset, sets)
-        print(f"live successive halving (label_logprob): {fraction:.2f} of the grid's optimizer steps, best validation "
+        halving = {k: v for k, v in rows.items() if k.startswith("successive halving")}
+        best_name = max(halving, key=lambda k: (halving[k]["p"], -halving[k]["gap"]))
+        rungs, eta = ([0.25, 1.0], 4) if "1/4" in best_name else ([0.111, 0.333, 1.0], 3)
+        metric = "label_logprob" if "label_logprob" in best_name else "accuracy"
+        fraction, best, grid_best = live(data, preset, sets, rungs, eta, metric)
+        print(f"live {best_name}: {fraction:.2f} of the grid's optimizer steps, best validation "
               f"{100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({100 * (best - grid_best):+.1f} points)")
     print(f"successive halving (label_logprob): P(within 1 point at <= 1/3 grid compute) = "
           f"{rows['successive halving (label_logprob)']['p']:.2f}")

@@ -116,7 +116,7 @@ def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache
     # Either a trial was stopped mid-training at a checkpoint, or the next one was not
     # started because the estimate said it could not finish.
     assert stopped or "not starting" in proc.stderr
-    status = run_cli("status", *two, cwd=tmp_path)
+    status = run_main("status", *two, cwd=tmp_path)
     assert status.returncode == 1 and f"{len(done)}/2 grid points complete" in status.stdout
     proc = run_cli("run", *two, cwd=tmp_path)
     assert proc.returncode == 0
@@ -307,7 +307,7 @@ def test_sigterm_checkpoints_marks_the_trial_failed_and_the_next_run_resumes_at_
     (t,) = _study(tmp_path).get_trials()
     assert t.state == TrialState.FAIL and "error" not in t.user_attrs
     t0 = time.monotonic()
-    again = run_cli(*args, cwd=tmp_path)
+    again = run_main(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert time.monotonic() - t0 < 120  # no grace-period wait
     done = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]

@@ -82,7 +82,7 @@ def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
 def test_two_processes_creating_the_schema_at_once_never_collide(tmp_path):
     code = ("import sys\nfrom optuna_search.storage._storages import open_storage\n"
             "open_storage(sys.argv[1], mode='create')\n")
-    for i in range(8):
+    for i in range(4):
         url = f"sqlite:///{tmp_path / f'race{i}.db'}"
         procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(3)]
         errs = [p.communicate(timeout=120)[1] for p in procs]

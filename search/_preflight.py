@@ -38,11 +38,17 @@ class Preflight:
     quality: dict[str, Any]
 
 
-def preflight(config: Config, *, model: bool = True) -> Preflight:
+def preflight(config: Config, *, model: bool = True, here: bool = True) -> Preflight:
     """Validate data, labels, model and storage URL. Writes nothing anywhere except the
-    cache of builtin and GGUF models."""
+    cache of builtin and GGUF models. ``here``: the config runs on this machine (`run`);
+    `validate` may check a Kaggle config on a laptop, and only warns."""
     check_storage_url(config.storage.url)
-    check_environment(config)
+    try:
+        check_environment(config)
+    except UserError as e:
+        if here:
+            raise
+        log.warning("%s", str(e).replace("this machine cannot run the config as it is:", "on this machine the config could not run:"))
     data = prepare_study_data(config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length)
     for note in data.notes:
         log.warning("%s", note)

@@ -14,7 +14,7 @@ from optuna_search.search._preflight import preflight
 
 
 def validate(config: Config) -> str:
-    pf = preflight(config)
+    pf = preflight(config, here=False)
     ds = pf.data.dataset
     lines = [f"data ok: train {len(ds.train.examples)}, validation {len(ds.validation.examples)}, test {len(ds.test.examples)} examples"]
     lines.append("label vocabularies (every validation/test label occurs in train):")

@@ -277,7 +277,7 @@ def test_version_levels_and_verbosity(tmp_path):
     warned = run_cli("validate", "--preset", "demo", "--set", "eval.num_samples=1000", cwd=tmp_path)
     assert warned.returncode == 0 and re.search(r"^\d\d:\d\d:\d\d WARNING eval.num_samples = 1000", warned.stderr, re.M)
     assert re.search(r"^\d\d:\d\d:\d\d data ok|^\d\d:\d\d:\d\d [a-z]", warned.stderr, re.M) or "WARNING" in warned.stderr
-    quiet = run_cli("-q", "validate", "--preset", "demo", cwd=tmp_path)
+    quiet = run_main("-q", "validate", "--preset", "demo", cwd=tmp_path)
     assert quiet.returncode == 0 and "INFO" not in quiet.stderr
 
 

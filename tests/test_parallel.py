@@ -14,13 +14,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, REPO, run_cli, run_main
 import grid_worker
 
 pytestmark = pytest.mark.slow
 GRID = 12
 WORKERS = 4
-REPEATS = 20
+REPEATS = 10
 
 
 def _sa(url: str) -> str:
@@ -123,7 +123,7 @@ def test_demo_on_postgresql_never_shows_the_password(postgres, tmp_path, demo_ca
     _, port = postgres
     secret = "s3cret-pw"
     url = f"postgresql://postgres:{secret}@127.0.0.1:{port}/optuna_test"  # trust auth ignores it
-    proc = run_cli("run", *FAST, "--storage", url, "--study-name", "demo-pg", "--set", "study.grid={lora_r=[4]}",
+    proc = run_main("run", *FAST, "--storage", url, "--study-name", "demo-pg", "--set", "study.grid={lora_r=[4]}",
                    "--set", "train.epochs=1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert secret not in proc.stdout + proc.stderr

@@ -84,7 +84,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path, demo_cach
             assert all(now.get(n) == v for n, v in seen.items()), "a COMPLETE trial was lost or changed"
             seen = now
     assert kills >= 3
-    proc = run_cli("run", *KILL, cwd=tmp_path)
+    proc = run_main("run", *KILL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(tmp_path).get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -98,7 +98,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes(tmp_path, demo_cach
         assert len(t.user_attrs["train_loss_per_epoch"]) == 2 and sorted(t.intermediate_values) == [1, 2]
     # A resumed point gives the result of an uninterrupted run (same seed, data order, RNG).
     ref = tmp_path / "ref"; ref.mkdir()
-    proc = run_cli("run", *FAST, "--set", "study.grid={lora_r=[4]}", cwd=ref)
+    proc = run_main("run", *FAST, "--set", "study.grid={lora_r=[4]}", cwd=ref)
     assert proc.returncode == 0
     resumed4 = [t for t in complete if t.params["lora_r"] == 4][0]
     assert _study(ref).best_trial.user_attrs["train_loss_per_epoch"] == pytest.approx(resumed4.user_attrs["train_loss_per_epoch"], rel=0.05)
@@ -118,7 +118,7 @@ def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache
     assert stopped or "not starting" in proc.stderr
     status = run_main("status", *two, cwd=tmp_path)
     assert status.returncode == 1 and f"{len(done)}/2 grid points complete" in status.stdout
-    proc = run_cli("run", *two, cwd=tmp_path)
+    proc = run_main("run", *two, cwd=tmp_path)
     assert proc.returncode == 0
     complete = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lora_r"] for t in complete) == [4, 8]

@@ -77,7 +77,7 @@ def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache
     proc.wait()
     (killed,) = _study(tmp_path, "demo-search").get_trials()
     assert killed.state == TrialState.RUNNING
-    again = run_cli(*args, cwd=tmp_path)
+    again = run_main(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     trials = _study(tmp_path, "demo-search").get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -209,8 +209,8 @@ def test_a_macro_f1_study_tracked_in_tensorboard(tmp_path, demo_cache):
     (t,) = _study(tmp_path, "demo").get_trials()
     assert t.value == pytest.approx(t.user_attrs["macro_f1"]) and _study(tmp_path, "demo").metric_names == ["macro_f1"]
     assert "chosen on test: macro_f1" in proc.stdout
-    logdir = t.user_attrs["tracking"]["tensorboard"]
-    events = EventAccumulator(logdir)
+    logdir = tmp_path / t.user_attrs["tracking"]["tensorboard"]  # relative to where the study runs, as its checkpoints
+    events = EventAccumulator(str(logdir))
     events.Reload()
     tags = events.Tags()["scalars"]
     assert "train/loss" in tags and "test/overall_accuracy" in tags and "test/macro_f1" in tags

@@ -4,7 +4,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import run_main
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +85,7 @@ def test_every_trial_evaluates_the_same_stored_ids(demo_study):
 def test_rerunning_a_finished_study_adds_no_trials(demo_study):
     work, _ = demo_study
     before = len(_study(work).get_trials())
-    proc = run_cli("run", "--preset", "demo", cwd=work)
+    proc = run_main("run", "--preset", "demo", cwd=work)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nothing to run" in proc.stdout
     assert len(_study(work).get_trials()) == before
@@ -94,7 +94,7 @@ def test_rerunning_a_finished_study_adds_no_trials(demo_study):
 def test_resuming_with_a_config_that_changes_trial_meaning_is_refused(demo_study):
     work, _ = demo_study
     before = len(_study(work).get_trials())
-    proc = run_cli("run", "--preset", "demo", "--set", "train.learning_rate=1e-3", "--set", "eval.num_samples=50", cwd=work)
+    proc = run_main("run", "--preset", "demo", "--set", "train.learning_rate=1e-3", "--set", "eval.num_samples=50", cwd=work)
     assert proc.returncode == 2
     assert "train.learning_rate: study has 0.005, config has 0.001" in proc.stderr
     assert "eval.num_samples" in proc.stderr and "Traceback" not in proc.stderr

@@ -133,4 +133,8 @@ def tensorboard_callback(log_dir: str):
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=log_dir))
+    callback = TensorBoardCallback(tb_writer=SummaryWriter(log_dir=log_dir))
+    # Its writer closes at the end of training; the trial's final scores, logged after,
+    # reopen one: in the same folder.
+    callback.logging_dir = log_dir
+    return callback

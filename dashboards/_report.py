@@ -30,6 +30,7 @@ from optuna_search.objectives._ensemble import correctness
 from optuna_search.objectives._metrics import Prediction
 from optuna_search.objectives._stats import ALPHA, holm, mcnemar_exact, reliability_bins, wilson_interval
 from optuna_search.storage._artifacts import read_records
+from optuna_search.storage._storages import study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -377,7 +378,7 @@ def _recommend(rep: Report) -> list[str]:
         lines.append("Its validation loss rose in the last epoch: a sign of overfitting; fewer epochs may do as well.")
     if best.record.adapter_dir:
         lines.append(f"Its adapter: `{best.record.adapter_dir}`; a standalone model folder: "
-                     f"`optuna-search export-model --trial {best.trial} --output DIR`.")
+                     f"`optuna-search export-model{study_flags(rep.config)} --trial {best.trial} --output DIR`.")
     return lines
 
 

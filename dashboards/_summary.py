@@ -193,7 +193,8 @@ def status_report(points: list[SummaryPoint], n_target: int, grid: bool, split: 
         spent / 3600, None if mean is None else left * mean / 3600, split, front, rungs)
 
 
-def render_status(s: StatusReport, study_name: str) -> str:
+def render_status(s: StatusReport, study_name: str, flags: str = "") -> str:
+    """``flags``: what addresses the study again (storage, study name) in the commands it suggests."""
     head = ["grid point" if s.grid else "point", "state", "attempts", "value", "resumed step"] + (["rung"] if s.rungs else []) + ["note"]
     rows = [head]
     for p in s.rows:
@@ -205,7 +206,7 @@ def render_status(s: StatusReport, study_name: str) -> str:
     elif s.best is not None:
         lines.append(f"best so far: {s.best.point} (trial {s.best.trial}), {pct(s.best.value)} on {s.split}")
         if s.best.adapter_dir:
-            lines.append(f"its adapter: {s.best.adapter_dir}; a standalone model: optuna-search export-model "
+            lines.append(f"its adapter: {s.best.adapter_dir}; a standalone model: optuna-search export-model{flags} "
                          f"--trial {s.best.trial} --output DIR")
     eta = "unknown until one trial completes" if s.eta_hours is None else f"{s.eta_hours:.2f} h"
     lines.append(f"time spent on trials: {s.hours_spent:.2f} h; ETA for the rest (serial): {eta}")

@@ -34,6 +34,7 @@ from optuna_search.search._scheduler import RunOutcome, Scheduler, Status, Study
 from optuna_search.search._trial import TrialRunner
 from optuna_search.search._warm import warm_start, warm_start_source
 from optuna_search.storage._records import read_meta
+from optuna_search.storage._storages import study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -138,10 +139,11 @@ def verdict(rows: list[SummaryRow], config: Config, study: "optuna.Study") -> li
         if not front:
             return []
         return [f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
-                "the trade-off between them and significance tests: optuna-search report"]
+                f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}"]
     best = best_row(rows)
     if best is None or best.overall is None:
         return []
+    flags = study_flags(config)  # the commands below must find this study (the demo's is not the default)
     on = config.eval.objective_split
     objective = config.study.objectives[0]
     chosen = (f" (chosen on {on}: {objective} {_value(objective, best.value)})"
@@ -161,8 +163,9 @@ def verdict(rows: list[SummaryRow], config: Config, study: "optuna.Study") -> li
         out.append(line + f" (its {f} accuracy is that label's share" + (
             f"; mean macro-F1 {best.macro_f1:.3f})" if best.macro_f1 is not None else ")"))
     if best.adapter_dir:
-        out.append(f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model --trial {best.trial} --output DIR")
-    out.append("significance tests and the recommendation: optuna-search report")
+        out.append(f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model{flags} --trial {best.trial} "
+                   "--output DIR")
+    out.append(f"significance tests and the recommendation: optuna-search report{flags}")
     return out
 
 

@@ -9,6 +9,7 @@ from optuna_search.dashboards._summary import render_status, status_report
 from optuna_search.search._exit import EXIT_INCOMPLETE, EXIT_OK
 from optuna_search.search._run import summary_points
 from optuna_search.search._scheduler import Status, study_state
+from optuna_search.storage._storages import study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -24,7 +25,7 @@ def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
     report = status_report(summary_points(state, list(config.data.fields)), state.n_target, config.is_grid,
                            config.eval.objective_split, front, list(config.study.rungs) if config.halving else None,
                            config.study.objectives[0], finished=state.finished, pruned=state.pruned)
-    text = render_status(report, config.study.name)
+    text = render_status(report, config.study.name, study_flags(config))
     failed = state.of(Status.FAILED)
     if failed:
         text += "\nfailed: " + ", ".join(p.label for p in failed) + " (re-run them with: optuna-search run --retry-failed)"

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
+import shlex
 import sqlite3
 import time
 import warnings
@@ -52,6 +53,20 @@ def redacted_config(config: Config) -> Config:
     """The config with its storage password masked: what is stored on a study, shown by
     show-config, and handed to processes that never open the storage."""
     return dataclasses.replace(config, storage=dataclasses.replace(config.storage, url=redact_url(config.storage.url)))
+
+
+def study_flags(config: Config) -> str:
+    """The flags that address this study again from the same directory, for the commands
+    a summary suggests ('' when the storage and the study name are the defaults); the
+    password, if any, stays masked."""
+    from optuna_search.core._schema import StorageSection, StudySection
+
+    flags = []
+    if config.storage.url != StorageSection().url:
+        flags.append(f" --storage {shlex.quote(redact_url(config.storage.url))}")
+    if config.study.name != StudySection().name:
+        flags.append(f" --study-name {shlex.quote(config.study.name)}")
+    return "".join(flags)
 
 
 def redact_text(text: str, url: str) -> str:

@@ -41,6 +41,20 @@ def test_demo_runs_the_full_grid_and_beats_the_majority_baseline(demo_study):
     assert "DEMO" in proc.stdout and "tiny" in proc.stdout
 
 
+def test_the_commands_the_demo_summary_suggests_find_its_study(demo_study):
+    # The demo's study is not in the default storage: the suggested follow-up commands
+    # carry its --storage/--study-name, so they work pasted as printed.
+    import shlex
+
+    work, proc = demo_study
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("significance tests and the recommendation: "))
+    cmd = shlex.split(line.split(": ", 1)[1])
+    assert cmd[:2] == ["optuna-search", "report"] and "--storage" in cmd
+    report = run_main(*cmd[1:], "--output", "suggested-report", cwd=work)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "## Recommendation" in report.stdout
+
+
 def test_results_go_to_stdout_and_progress_to_stderr(demo_study):
     work, proc = demo_study
     header = [l for l in proc.stdout.splitlines() if l.startswith("grid point")][0]

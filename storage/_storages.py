@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from optuna_search.core import Config, UserError
+from optuna_search.core._schema import StorageSection, StudySection
 from optuna_search.storage._claim import file_lock, lock_path
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
@@ -59,8 +60,6 @@ def study_flags(config: Config) -> str:
     """The flags that address this study again from the same directory, for the commands
     a summary suggests ('' when the storage and the study name are the defaults); the
     password, if any, stays masked."""
-    from optuna_search.core._schema import StorageSection, StudySection
-
     flags = []
     if config.storage.url != StorageSection().url:
         flags.append(f" --storage {shlex.quote(redact_url(config.storage.url))}")

@@ -49,7 +49,7 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
 def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
     """optuna-dashboard issue 545: a dashboard on a live SQLite study crashed it."""
     # Create the study first so the dashboard has something to read from the start.
-    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "run", *FAST],
+    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "run", *FAST, "--set", "study.grid={lora_r=[4]}"],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not (tmp_path / "optuna-search-demo.db").exists() and run.poll() is None:
         time.sleep(0.2)

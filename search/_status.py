@@ -28,5 +28,7 @@ def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
     text = render_status(report, config.study.name, study_flags(config))
     failed = state.of(Status.FAILED)
     if failed:
-        text += "\nfailed: " + ", ".join(p.label for p in failed) + " (re-run them with: optuna-search run --retry-failed)"
+        text += "\nfailed: " + ", ".join(p.label for p in failed) + (
+            " (re-run them with the `optuna-search run` command that ran the study, its --preset/--config/--set, "
+            "plus --retry-failed)")
     return text, EXIT_OK if state.done else EXIT_INCOMPLETE

@@ -311,6 +311,10 @@ def main() -> None:
         sets = ["data.train_samples=240", "model.max_length=128", "train.gradient_accumulation=1",
                 "eval.validation_samples=40", "train.checkpoint_steps=1000", "study.sampler='grid'",
                 "study.grid={lora_r=[4]}"]
+        # Absolute data paths: the live study runs in a folder of its own.
+        bugs = Path(__file__).resolve().parents[2] / "shared" / "data" / "game-bugs"
+        sets += [f'data.train="{bugs / "train.jsonl"}"', f'data.validation="{bugs / "val.jsonl"}"',
+                 f'data.test="{bugs / "val.jsonl"}"']
     else:
         space, preset = DEMO, "demo-search"
         sets = ["train.epochs=2", "data.train_samples=600", "eval.validation_samples=100", "train.checkpoint_steps=1000"]
@@ -322,7 +326,7 @@ def main() -> None:
         metric, rungs, eta = args.live_only.split(":")
         fraction, best, grid_best = live(data, preset, sets, [float(x) for x in rungs.split(",")], int(eta), metric)
         print(f"live successive halving ({metric}), rungs {rungs}, eta {eta}: {fraction:.2f} of the grid's optimizer steps, "
-              f"best validation {100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({100 * (best - grid_best):+.1f} points)")
+              f"best validation {100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({round(100 * (best - grid_best), 1) + 0.0:+.1f} points)")
         return
     print(f"grid: {len(data['points'])} points trained once ({time.monotonic() - t0:.0f} s); replaying over {args.seeds} seeds")
     print("early signal (Spearman's rho with the final validation accuracy, over the grid's points):")
@@ -342,7 +346,7 @@ def main() -> None:
         metric = "label_logprob" if "label_logprob" in best_name else "accuracy"
         fraction, best, grid_best = live(data, preset, sets, rungs, eta, metric)
         print(f"live {best_name}: {fraction:.2f} of the grid's optimizer steps, best validation "
-              f"{100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({100 * (best - grid_best):+.1f} points)")
+              f"{100 * best:.1f}% vs the grid's {100 * grid_best:.1f}% ({round(100 * (best - grid_best), 1) + 0.0:+.1f} points)")
     preset = rows["successive halving (accuracy), rungs 1/4, 1, eta 4"]
     print(f"successive halving as the presets run it (accuracy, rungs 1/4, 1, eta 4): P(within 1 point at <= 1/3 "
           f"grid compute) = {preset['p']:.2f}; compute spent {preset['spent']:.2f}, gap at its end "

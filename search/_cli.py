@@ -34,16 +34,14 @@ from optuna_search.search._exit import (
     EXIT_USAGE,
 )
 from optuna_search.search._export_model import export_model
-from optuna_search.search._open import as_resumed, create_or_resume, open_for_reading
+from optuna_search.search._open import open_for_reading
 from optuna_search.search._predict import BAD_ROW_POLICIES, predict_file
-from optuna_search.search._preflight import preflight
-from optuna_search.search._run import print_summary, run_study, summarize
-from optuna_search.search._scheduler import RunOutcome, study_state
+from optuna_search.search._run import print_summary, run_study, run_with_workers, summarize
 from optuna_search.search._signals import Terminated, handle_sigterm
 from optuna_search.search._status import status
 from optuna_search.search._trial import DiskFull
 from optuna_search.search._validate import validate
-from optuna_search.search._workers import WorkerOptions, choose_workers, run_workers
+from optuna_search.search._workers import WorkerOptions, choose_workers
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._storages import close_storages, redacted_config
 
@@ -221,9 +219,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
     workers = choose_workers(args.workers, config.train.gpus_per_trial, oversubscribe=args.oversubscribe)
     if workers > 1:
-        # The workers get the config as the study reads it (their --config - sets every key).
-        config = as_resumed(config, explicit_keys(args.config, args.sets, _flag_overrides(args)))
-        outcome = _run_with_workers(args, config, workers)
+        outcome = run_with_workers(config, workers, WorkerOptions(args.retry_failed, args.time_budget, args.progress_interval),
+                                   explicit_keys(args.config, args.sets, _flag_overrides(args)))
         if outcome is None:
             return EXIT_USAGE
     else:
@@ -231,15 +228,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                             progress_interval=args.progress_interval,
                             explicit=explicit_keys(args.config, args.sets, _flag_overrides(args)))
     return print_summary(summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached))
-
-
-def _run_with_workers(args: argparse.Namespace, config: Config, workers: int) -> RunOutcome | None:
-    study, _ = create_or_resume(config, preflight(config))  # created once, before the workers race
-    log.info("starting %d workers", workers)
-    codes = run_workers(config, workers, WorkerOptions(args.retry_failed, args.time_budget, args.progress_interval))
-    if EXIT_USAGE in codes:
-        return None
-    return RunOutcome(study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=EXIT_BUDGET in codes)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

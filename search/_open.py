@@ -34,11 +34,10 @@ def stored_config_of(config: Config) -> dict[str, Any] | None:
     """The config stored on the study ``config`` names, if it exists (None for a new
     study or a new database). Opens the storage read-only: looks, writes nothing."""
     try:
-        if config.study.name not in list_study_names(open_storage(config.storage.url, mode="read")):
-            return None
+        study = load_named_study(config.storage.url, config.study.name)
     except UserError:
-        return None  # no database yet, or an empty one: a new study
-    return read_meta(load_named_study(config.storage.url, config.study.name)).config
+        return None  # no database yet, an empty one, or no such study there: a new study
+    return read_meta(study).config
 
 
 def as_resumed(config: Config, explicit: set[str] | None = None) -> Config:

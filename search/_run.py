@@ -27,12 +27,13 @@ from optuna_search.dashboards._summary import (
     summary_rows,
 )
 from optuna_search.objectives import make_objective
-from optuna_search.search._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK
+from optuna_search.search._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
 from optuna_search.search._open import as_resumed, create_or_resume, stored_config_of
 from optuna_search.search._preflight import LARGE_GRID, preflight
-from optuna_search.search._scheduler import RunOutcome, Scheduler, Status, StudyState
+from optuna_search.search._scheduler import RunOutcome, Scheduler, Status, StudyState, study_state
 from optuna_search.search._trial import TrialRunner
 from optuna_search.search._warm import warm_start, warm_start_source
+from optuna_search.search._workers import WorkerOptions, run_workers
 from optuna_search.storage._records import read_meta
 from optuna_search.storage._storages import study_flags
 
@@ -86,6 +87,19 @@ def summary_points(state: StudyState, fields: list[str]) -> list[SummaryPoint]:
 def rows_of(state: StudyState, config: Config) -> list[SummaryRow]:
     return summary_rows(summary_points(state, list(config.data.fields)), list(config.data.fields), config.eval.objective_split,
                         config.study.objectives[0])
+
+
+def run_with_workers(config: Config, workers: int, options: WorkerOptions, explicit: set[str] | None = None) -> RunOutcome | None:
+    """`run --workers N` (and the API's ``workers``): the study created once, before the
+    workers race, then N worker processes given the config as the study reads it. None
+    when a worker refused the config (it said why, with exit code 2)."""
+    config = as_resumed(config, explicit)
+    study, _ = create_or_resume(config, preflight(config))
+    log.info("starting %d workers", workers)
+    codes = run_workers(config, workers, options)
+    if EXIT_USAGE in codes:
+        return None
+    return RunOutcome(study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=EXIT_BUDGET in codes)
 
 
 def write_study_note(study: "optuna.Study", config: Config, state: StudyState) -> None:

@@ -203,6 +203,7 @@ def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | No
     # Its connections close when it is dropped, or when the command ends (close_storages):
     # a SQLite database in WAL mode then folds its -wal file back into the database file,
     # whole for whoever copies it next.
+    _OPENED[:] = [f for f in _OPENED if f.alive]  # a long-lived process (the API) keeps only live ones
     _OPENED.append(weakref.finalize(storage, storage.engine.dispose))
     return storage
 

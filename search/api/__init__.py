@@ -26,13 +26,11 @@ from optuna_search.dashboards._report import Report, collect_report, write_repor
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._config import load_config
 from optuna_search.search._export_model import export_model as _export_model
-from optuna_search.search._open import as_resumed, create_or_resume, open_for_reading
+from optuna_search.search._open import open_for_reading
 from optuna_search.search._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
-from optuna_search.search._preflight import preflight
-from optuna_search.search._run import Summary, print_summary, run_study, summarize
-from optuna_search.search._scheduler import RunOutcome, study_state
+from optuna_search.search._run import Summary, print_summary, run_study, run_with_workers, summarize
 from optuna_search.search._status import status as _status
-from optuna_search.search._workers import WorkerOptions, choose_workers, run_workers
+from optuna_search.search._workers import WorkerOptions, choose_workers
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._records import read_meta
 
@@ -66,12 +64,9 @@ def run(config: Config, *, retry_failed: bool = False, time_budget: float | None
     quiet_libraries()
     n = choose_workers(workers, config.train.gpus_per_trial, oversubscribe=oversubscribe)
     if n > 1:
-        config = as_resumed(config)
-        study, _ = create_or_resume(config, preflight(config))  # created once, before the workers race
-        codes = run_workers(config, n, WorkerOptions(retry_failed, time_budget, progress_interval))
-        if 2 in codes:
+        outcome = run_with_workers(config, n, WorkerOptions(retry_failed, time_budget, progress_interval))
+        if outcome is None:
             raise UserError("a worker refused the config (its message is above)")
-        outcome = RunOutcome(study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=3 in codes)
     else:
         outcome = run_study(config, retry_failed=retry_failed, time_budget_s=time_budget, progress_interval=progress_interval)
     s = summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached)

@@ -115,16 +115,37 @@ def run_main(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess
     return subprocess.CompletedProcess(["optuna-search", *args], code, out.getvalue(), err.getvalue())
 
 
-def start_cli_until(*args: str, pattern: str, cwd: Path) -> subprocess.Popen:
-    """Start `optuna-search run` with progress on every step and return once a stderr
-    line matches ``pattern`` (the rest of stderr is left to read)."""
-    import re
+HOOKS = REPO / "tests" / "hooks"
 
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args, "--progress-interval", "0"], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+def hold_env(pattern: str, env: dict | None = None) -> dict:
+    """The environment of a process that holds at its first log line matching
+    ``pattern`` (tests/hooks/sitecustomize.py) until it is signalled."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([str(HOOKS), *filter(None, [env.get("PYTHONPATH")])])
+    env["OPTUNA_SEARCH_TEST_HOLD"] = pattern
+    return env
+
+
+def wait_for_holds(proc: subprocess.Popen, n: int = 1, lines: list | None = None) -> list[str]:
+    """Read ``proc``'s stderr until ``n`` processes said TEST-HOLD (they stay there until
+    signalled: no race with their progress); returns the lines read."""
+    seen = [] if lines is None else lines
+    held = 0
     for line in proc.stderr:
-        if re.search(pattern, line):
-            break
+        seen.append(line)
+        held += "TEST-HOLD: " in line
+        if held == n:
+            return seen
+    raise AssertionError(f"exited with {proc.wait()} before {n} hold(s):\n" + "".join(seen[-30:]))
+
+
+def start_cli_until(*args: str, pattern: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
+    """Start `optuna-search` and return once it holds at its first log line matching
+    ``pattern`` (the rest of stderr is left to read)."""
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args, "--progress-interval", "0"], cwd=cwd,
+                            env=hold_env(pattern, env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    wait_for_holds(proc)
     return proc
 
 

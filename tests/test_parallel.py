@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import FAST, REPO, run_cli, run_main
+from conftest import FAST, REPO, hold_env, run_cli, run_main, wait_for_holds
 import grid_worker
 
 pytestmark = pytest.mark.slow
@@ -172,32 +172,18 @@ def test_another_applications_postgresql_database_is_refused(postgres, tmp_path)
 
 
 def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, demo_cache):
-    """The demo on 2 CPU workers: each trains its own point at the same time (both reach
-    step 40 before Ctrl-C), Ctrl-C stops both, and the next run finishes both points from
-    their checkpoints."""
-    import re
+    """The demo on 2 CPU workers: each trains its own point at the same time (both are
+    held past their step-40 checkpoint, whatever the machine's load), Ctrl-C stops both,
+    and the next run finishes both points from their checkpoints."""
     import signal
-    import threading
 
-    env = dict(os.environ)
     args = ["run", *FAST, "--workers", "2", "--progress-interval", "0"]
     # A process group of its own, as a terminal gives: Ctrl-C reaches parent and workers.
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    past_checkpoint: set[str] = set()
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def reader():
-        for line in proc.stderr:
-            lines.append(line)
-            m = re.match(r"\[worker (\d)\].* step (\d+)/", line)
-            if m and int(m.group(2)) >= 40:
-                past_checkpoint.add(m.group(1))
-                if len(past_checkpoint) == 2:
-                    ready.set()
-    threading.Thread(target=reader, daemon=True).start()
-    assert ready.wait(180), "".join(lines[-20:])
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path,
+                            env=hold_env(r"step 4[1-9]/"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    lines = wait_for_holds(proc, 2)
+    assert {line.split("]")[0] for line in lines if "TEST-HOLD" in line} == {"[worker 0", "[worker 1"}
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")

@@ -1,0 +1,40 @@
+"""Test hook, loaded by the Python processes a test starts with this folder on
+PYTHONPATH (``conftest.hold_env``): with ``OPTUNA_SEARCH_TEST_HOLD=<regex>`` set, the
+first optuna-search log line matching it holds the process right there, after printing
+``TEST-HOLD: <line>`` to stderr, until it is signalled (SIGINT, SIGKILL, or SIGTERM,
+which lets the training go on to its checkpoint-and-stop), or, with
+``OPTUNA_SEARCH_TEST_HOLD_SECONDS=S``, for S seconds. A test then signals a process that is
+exactly where it wants it, or lets a deadline pass at a known step, instead of racing its
+progress."""
+
+import os
+
+_PATTERN = os.environ.get("OPTUNA_SEARCH_TEST_HOLD")
+_SECONDS = float(os.environ.get("OPTUNA_SEARCH_TEST_HOLD_SECONDS", "inf"))
+
+if _PATTERN:
+    import logging
+    import re
+    import sys
+    import time
+
+    class _Hold(logging.Filter):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rx = re.compile(_PATTERN)
+            self.held = False
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not self.held and self.rx.search(record.getMessage()):
+                self.held = True
+                sys.stderr.write(f"TEST-HOLD: {record.getMessage()}\n")
+                sys.stderr.flush()
+                from optuna_search.search._signals import stop_requested
+
+                until = time.monotonic() + _SECONDS
+                # SIGINT raises out of the sleep; SIGKILL ends the process here.
+                while not stop_requested() and time.monotonic() < until:
+                    time.sleep(0.02)
+            return True
+
+    logging.getLogger("optuna_search").addFilter(_Hold())

@@ -24,8 +24,8 @@ from typing import Any, Callable
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
 """Learning-rate schedules (transformers' names)."""
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
-"""Optimizers (transformers' names). The 8-bit and paged ones are bitsandbytes' and need a CUDA GPU."""
-CUDA_ONLY_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+"""Optimizers (transformers' names). The 8-bit and paged ones are bitsandbytes' (on a CPU they
+run unpaged; on a GPU, bitsandbytes pages only tensors of 100,000 elements or more)."""
 ALL_LINEAR = "all-linear"
 
 

@@ -128,6 +128,7 @@ _PLAIN = (
     ("adapter_dir", "adapter_dir"),
     ("adapter_sha256", "adapter_sha256"),
     ("tracking", "tracking"),
+    ("eval_batch_size", "eval_batch_size"),
 )
 
 
@@ -197,6 +198,9 @@ class TrialRecord:
     adapter_sha256: str | None = None
     tracking: dict[str, str] | None = None
     """Tracker runs of this trial (tracker -> run name / log folder)."""
+    eval_batch_size: int | None = None
+    """The evaluation batch its scores were computed with (smaller than eval.batch_size
+    after running out of memory); `predict` uses the same."""
 
     # -- derived ---------------------------------------------------------------------
     @property

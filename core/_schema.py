@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from optuna_search.core._params import (
     BY_NAME,
-    CUDA_ONLY_OPTIMIZERS,
     OPTIMIZERS,
     SCHEDULERS,
     SEARCH_KEYS,
@@ -546,10 +545,6 @@ def _check_objectives(objectives: list[str], fields: list[str]) -> list[str]:
     if len(set(objectives)) != len(objectives):
         p.append(f"study.objectives = {objectives!r} repeats an objective")
     return p
-
-
-def cuda_only_optimizer(name: str) -> bool:
-    return name in CUDA_ONLY_OPTIMIZERS
 
 
 __all__ = ["Config", "OPTIMIZERS", "SCHEDULERS", "SECTIONS", "objective_direction", "enumerate_grid", "suggest"]

@@ -18,6 +18,7 @@ from optuna_search.objectives._protocol import (
     TrialResult,
     ValidationPoint,
 )
+from optuna_search.objectives._memory import release_memory
 from optuna_search.objectives._qlora import QLoRAObjective
 
 
@@ -30,5 +31,5 @@ def make_objective(config: Config) -> Objective:
 __all__ = [
     "BudgetExhausted", "Dataset", "DistributedObjective", "DivergedTraining", "Example", "Objective", "OutOfMemory",
     "QLoRAObjective", "Stopped", "StudyData", "TrialHooks", "TrialRequest", "TrialResult", "ValidationPoint",
-    "load_dataset_from_config", "make_objective", "prepare_study_data",
+    "load_dataset_from_config", "make_objective", "prepare_study_data", "release_memory",
 ]

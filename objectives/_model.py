@@ -214,13 +214,24 @@ def check_model_available(model_cfg: Any) -> str:
     return source
 
 
+def native_bf16() -> bool:
+    """The GPU computes in bf16 in hardware: compute capability 8.0 (Ampere) and later.
+    ``torch.cuda.is_bf16_supported()`` also says yes on a T4 (sm_75), where bf16 is
+    emulated and trains several times slower than fp16."""
+    import torch
+
+    return torch.cuda.is_available() and tuple(torch.cuda.get_device_capability()) >= (8, 0)
+
+
 def pick_compute_dtype(setting: str):
+    """``model.compute_dtype``: as set, or for "auto" bf16 on a GPU that has it natively,
+    fp16 on older GPUs (the T4), fp32 on the CPU."""
     import torch
 
     if setting != "auto":
         return getattr(torch, setting)
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     return torch.float32
 
 
@@ -286,10 +297,11 @@ def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_c
 
 def load_adapters(source: str, model_cfg: Any, adapters: dict[str, str]):
     """The base (as :func:`load_base_model`) with trained adapters loaded by name, all
-    on one copy of the base (peft's multi-adapter API); the first is active."""
+    on one copy of the base (peft's multi-adapter API); the first is active. Returns
+    (model, compute dtype)."""
     from peft import PeftModel
 
-    model, _ = load_base_model(source, model_cfg)
+    model, dtype = load_base_model(source, model_cfg)
     names = list(adapters)
     for name in names:
         if not (Path(adapters[name]) / "adapter_config.json").is_file():
@@ -300,7 +312,7 @@ def load_adapters(source: str, model_cfg: Any, adapters: dict[str, str]):
         model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
     model.set_adapter(names[0])
     model.eval()
-    return model
+    return model, dtype
 
 
 def check_lora_targets(source: str, model_cfg: Any, params_list: list[TrialParams]) -> None:
@@ -374,3 +386,41 @@ def environment_fingerprint() -> dict[str, str]:
             info[mod] = "missing"
     info["cpu_count"] = str(os.cpu_count())
     return info
+
+
+def count_parameters(source: str, model_cfg: Any) -> int:
+    """The base model's parameters, counted on the meta device (no weights, no memory)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=model_cfg.trust_remote_code)
+    return sum(p.numel() for p in skeleton.parameters())
+
+
+def merged_model(source: str, model_cfg: Any, adapter_dir: str, trained_dtype: Any, dtype: Any):
+    """The adapter merged into the weights it was trained against, in ``dtype`` (16-bit):
+    the base loaded as the trial loaded it (NF4, double quantization, from weights in its
+    compute dtype ``trained_dtype``), dequantised, then the adapter merged in. Memory: the
+    4-bit model plus one copy in the compute dtype (about 18 GB for a 7B model trained in
+    fp16, within a Kaggle session's 30 GB; an fp32 load of the original weights needed
+    29 GB, and merged into weights the adapter never saw)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    no_loading_bars()
+    kwargs: dict[str, Any] = {"revision": model_cfg.revision or None, "trust_remote_code": model_cfg.trust_remote_code,
+                              "dtype": trained_dtype}
+    if model_cfg.quantization != "none":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=model_cfg.quantization,
+            bnb_4bit_use_double_quant=model_cfg.double_quant, bnb_4bit_compute_dtype=trained_dtype)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if model_cfg.quantization != "none":
+        base = base.dequantize(dtype=trained_dtype)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    return merged.to(device="cpu", dtype=dtype)

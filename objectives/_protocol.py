@@ -10,7 +10,7 @@ A call returns a :class:`TrialResult` (trained to the end and evaluated, stopped
 validation point by the pruner, or paused at ``request.train_until``), or raises one of
 the protocol's exceptions: :class:`Stopped` (the process was asked to stop and training
 checkpointed), :class:`BudgetExhausted` (the session's deadline; checkpointed),
-:class:`OutOfMemory` (the batch did not fit) or :class:`DivergedTraining` (the loss
+:class:`OutOfMemory` (something did not fit the accelerator; where, in its ``phase``) or :class:`DivergedTraining` (the loss
 became nan/inf). Ctrl-C arrives as KeyboardInterrupt; any other exception is a bug or a
 bad input of that configuration.
 """
@@ -49,6 +49,9 @@ class TrialRequest:
     (the rungs)."""
     run_name: str | None = None
     """The trial's name for the trackers of train.report_to (study, trial, point)."""
+    eval_batch_size: int | None = None
+    """Examples per evaluation batch (validation points, the validation loss, the test
+    evaluation); None: ``eval.batch_size``. Smaller after an out-of-memory retry."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class TrialResult:
     adapter_dir: str | None = None
     """Where the trained adapter was saved (a finished trial)."""
     environment: dict[str, str] = field(default_factory=dict)
+    eval_batch_size: int | None = None
+    """The evaluation batch the scores were computed with (`predict` uses the same)."""
 
     @property
     def finished(self) -> bool:
@@ -143,8 +148,25 @@ class BudgetExhausted(Exception):
     """Training stopped at a checkpoint because the session's time budget ran out."""
 
 
+OOM_PHASES = ("load", "train", "evaluate")
+
+
 class OutOfMemory(Exception):
-    """The accelerator ran out of memory at the given per-device batch size."""
+    """The accelerator ran out of memory. ``phase`` says where, and so what a retry
+    changes: ``load`` (the base model itself: nothing smaller to try), ``train`` (a
+    training step: half the per-device batch, twice the accumulation, from step 0) or
+    ``evaluate`` (validation, the validation loss or the final test evaluation: half the
+    evaluation batch, training resumed from its checkpoint).
+
+    Raised outside the ``except`` block that caught the library's error, so that neither
+    it nor its traceback holds the frames (and through them the model) of the attempt
+    that ran out: the retry must find the memory free."""
+
+    def __init__(self, message: str, phase: str = "train") -> None:
+        if phase not in OOM_PHASES:
+            raise ValueError(f"phase {phase!r} is not one of {OOM_PHASES}")
+        super().__init__(message)
+        self.phase = phase
 
 
 class DivergedTraining(Exception):

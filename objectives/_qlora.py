@@ -5,19 +5,24 @@ transformers' Trainer (checkpoints, fp16/bf16, gradient accumulation, callbacks)
 validation at every validation point (what pruners and successive halving see), then
 the final evaluation on the study's fixed test subset. Implements :class:`Objective`;
 read top to bottom: load, train (resuming), stop where asked, evaluate, save, result.
+
+Running out of accelerator memory raises :class:`OutOfMemory` with the phase it happened
+in, created after this attempt's model and trainer are released and collected: the
+runner's retry loads its model into free memory, never beside the first one.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from optuna_search.core import Config
-from optuna_search.objectives._evaluate import evaluate
+from optuna_search.objectives._evaluate import Evaluator
+from optuna_search.objectives._memory import oom_phase, release_memory
 from optuna_search.objectives._metrics import Evaluation
 from optuna_search.objectives._model import (
     count_trainable,
@@ -40,7 +45,6 @@ from optuna_search.objectives._train import (
     Collator,
     ValidationRun,
     build_training_args,
-    is_out_of_memory,
     losses_per_epoch,
     stop_step,
     validation_curve,
@@ -81,6 +85,18 @@ class _Runtime:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_max_rss"
 
 
+@dataclass
+class _Trial:
+    """One attempt's live objects, dropped together when it ends."""
+
+    model: Any
+    dtype: Any
+    trainer: Any
+    callback: Any
+    run: ValidationRun
+    evaluator: Evaluator
+
+
 class QLoRAObjective:
     """``Objective`` for a causal LM fine-tuned with QLoRA on the study's config.
 
@@ -92,75 +108,107 @@ class QLoRAObjective:
 
     def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult:
         """Train (resuming from the point's last checkpoint if there is one) and evaluate."""
-        from transformers import set_seed
+        oom: OutOfMemory | None = None
+        try:
+            return self._run(request, hooks)
+        except OutOfMemory as e:
+            # A fresh exception: the caught one's traceback holds this attempt's frames,
+            # and through them its model and trainer.
+            oom = OutOfMemory(str(e), e.phase)
+        finally:
+            # Several trials run in one process: release the model before the next loads.
+            release_memory()
+        raise oom
 
-        cfg, params = self.config, request.params
+    def _run(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult:
+        cfg = self.config
         source = model_source(cfg.model)
         tokenizer = load_tokenizer(source, cfg.model)
         encoder = PromptEncoder(tokenizer, request.data.fields, request.data.vocab, cfg.model.max_length)
         rt = _Runtime.detect()
-        model = trainer = None
-        try:
-            t0 = time.monotonic()
-            last, resumed_from = self._last_checkpoint(request.checkpoint_dir, hooks)
-            paused = self._already_there(last, request.train_until)
-            if paused is not None:
-                return paused  # a run killed after it paused at this rung: nothing to train
-            # Seed before the adapters are initialised: a point's result must not depend
-            # on which trials ran before it in this process.
-            set_seed(cfg.train.seed)
+        t0 = time.monotonic()
+        last, resumed_from = self._last_checkpoint(request.checkpoint_dir, hooks)
+        paused = self._already_there(last, request.train_until)
+        if paused is not None:
+            return paused  # a run killed after it paused at this rung: nothing to train
+        trial = self._start(request, hooks, source, tokenizer, encoder, rt)
+        with oom_phase("train"):
+            trial.trainer.train(resume_from_checkpoint=str(last) if last else None)
+        self._raise_if_stopped(trial)
+        test, adapter = self._finish(request, hooks, trial, tokenizer, rt)
+        return self._result(request, trial, test, adapter, rt, t0, resumed_from)
+
+    def _start(self, request: TrialRequest, hooks: TrialHooks, source: str, tokenizer, encoder: PromptEncoder,
+               rt: _Runtime) -> _Trial:
+        """The quantized base with fresh adapters, the evaluator, the trainer."""
+        from transformers import set_seed
+
+        cfg, params = self.config, request.params
+        # Seed before the adapters are initialised: a point's result must not depend
+        # on which trials ran before it in this process.
+        set_seed(cfg.train.seed)
+        with oom_phase("load"):
             model, dtype = load_lora_model(source, cfg.model, params, cfg.train.gradient_checkpointing)
-            trainable = count_trainable(model)
-            hooks.progress(f"loaded base model, {trainable:,} trainable LoRA parameters (r={params.lora_r}, "
-                           f"alpha={params.lora_alpha:g}{', DoRA' if params.use_dora else ''}{', rsLoRA' if params.use_rslora else ''})")
+        hooks.progress(f"loaded base model, {count_trainable(model):,} trainable LoRA parameters (r={params.lora_r}, "
+                       f"alpha={params.lora_alpha:g}{', DoRA' if params.use_dora else ''}{', rsLoRA' if params.use_rslora else ''})")
+        evaluator = Evaluator(tokenizer, encoder, cfg.eval.method, request.eval_batch_size or cfg.eval.batch_size, dtype)
 
-            def validate(m) -> Evaluation:
-                return evaluate(m, tokenizer, encoder, request.validation_examples, method=cfg.eval.method,
-                                batch_size=cfg.eval.batch_size)
+        def validate(m) -> Evaluation:
+            return evaluator(m, request.validation_examples)
 
-            run = ValidationRun(validate if rt.is_main else None, hooks.on_validation, request.validate_at, request.train_until)
-            trainer, callback = self._trainer(request, hooks, model, tokenizer, encoder, rt, dtype, run)
-            self._train(trainer, last)
-            step, max_steps = trainer.state.global_step, trainer.state.max_steps
-            if callback.diverged:
-                raise DivergedTraining(callback.diverged + "; lower the learning rate")
-            if callback.stopped_on_request:
-                raise Stopped(f"stopped at step {step}/{max_steps}")
-            if callback.stopped_for_budget:
-                raise BudgetExhausted(f"stopped at step {step}/{max_steps}")
-            if run.pruned_at is None and not callback.paused:
-                self._finish_validation(trainer, run, model)
-            train_seconds = time.monotonic() - t0
-            test, adapter = None, None
-            if rt.is_main and run.pruned_at is None and not callback.paused:
-                hooks.progress(f"evaluating on {len(request.test_examples)} fixed test examples ({cfg.eval.method})")
-                test = evaluate(model, tokenizer, encoder, request.test_examples, method=cfg.eval.method,
-                                batch_size=cfg.eval.batch_size)
-                adapter = request.checkpoint_dir / FINAL_ADAPTER
-                model.save_pretrained(str(adapter))
-                tokenizer.save_pretrained(str(adapter))
-                _log_final_metrics(trainer, test, run.last)
-            train_loss, eval_loss = losses_per_epoch(trainer.state.log_history)
-            peak, kind = rt.peak_memory()
-            return TrialResult(
-                test=test, validation=run.last, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
-                validation_curve=validation_curve(trainer.state.log_history, max_steps), trainable_params=trainable,
-                train_seconds=train_seconds, peak_memory_mb=peak, peak_memory_kind=kind, optimizer_steps=step,
-                max_steps=max_steps, resumed_from_step=resumed_from, compute_dtype=str(dtype).replace("torch.", ""),
-                pruned_at=run.pruned_at, paused_at_step=step if callback.paused else None,
-                adapter_dir=str(adapter) if adapter else None, environment=environment_fingerprint(),
-            )
-        finally:
-            # Several trials run in one process: release the model before the next one loads.
-            del trainer, model
-            gc.collect()
-            if rt.cuda:
-                import torch
+        run = ValidationRun(validate if rt.is_main else None, hooks.on_validation, request.validate_at, request.train_until)
+        trainer, callback = self._trainer(request, hooks, model, tokenizer, encoder, rt, dtype, run, evaluator.batch_size)
+        return _Trial(model, dtype, trainer, callback, run, evaluator)
 
-                torch.cuda.empty_cache()
+    @staticmethod
+    def _raise_if_stopped(trial: _Trial) -> None:
+        step, max_steps = trial.trainer.state.global_step, trial.trainer.state.max_steps
+        callback = trial.callback
+        if callback.diverged:
+            raise DivergedTraining(callback.diverged + "; lower the learning rate")
+        if callback.stopped_on_request:
+            raise Stopped(f"stopped at step {step}/{max_steps}")
+        if callback.stopped_for_budget:
+            raise BudgetExhausted(f"stopped at step {step}/{max_steps}")
+
+    def _finish(self, request: TrialRequest, hooks: TrialHooks, trial: _Trial, tokenizer,
+                rt: _Runtime) -> tuple[Evaluation | None, Path | None]:
+        """Validation at the end of training, the test evaluation and the saved adapter
+        (a trial trained to its end on the main process; None, None otherwise)."""
+        run, cfg = trial.run, self.config
+        if run.pruned_at is not None or trial.callback.paused:
+            return None, None
+        self._finish_validation(trial.trainer, run, trial.model)
+        if not rt.is_main:
+            return None, None
+        hooks.progress(f"evaluating on {len(request.test_examples)} fixed test examples ({cfg.eval.method})")
+        test = trial.evaluator(trial.model, request.test_examples)
+        adapter = request.checkpoint_dir / FINAL_ADAPTER
+        # No hub lookup at save time: the embeddings are never trained here (peft's "auto"
+        # asks the hub about the base model's vocabulary on every save of a hub id).
+        trial.model.save_pretrained(str(adapter), save_embedding_layers=False)
+        tokenizer.save_pretrained(str(adapter))
+        _log_final_metrics(trial.trainer, test, run.last)
+        return test, adapter
+
+    def _result(self, request: TrialRequest, trial: _Trial, test: Evaluation | None, adapter: Path | None, rt: _Runtime,
+                t0: float, resumed_from: int) -> TrialResult:
+        state = trial.trainer.state
+        train_loss, eval_loss = losses_per_epoch(state.log_history)
+        peak, kind = rt.peak_memory()
+        return TrialResult(
+            test=test, validation=trial.run.last, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
+            validation_curve=validation_curve(state.log_history, state.max_steps), trainable_params=count_trainable(trial.model),
+            train_seconds=time.monotonic() - t0 - (test.seconds if test else 0.0), peak_memory_mb=peak,
+            peak_memory_kind=kind, optimizer_steps=state.global_step, max_steps=state.max_steps,
+            resumed_from_step=resumed_from, compute_dtype=str(trial.dtype).replace("torch.", ""),
+            pruned_at=trial.run.pruned_at, paused_at_step=state.global_step if trial.callback.paused else None,
+            adapter_dir=str(adapter) if adapter else None, environment=environment_fingerprint(),
+            eval_batch_size=trial.evaluator.batch_size,
+        )
 
     def _trainer(self, request: TrialRequest, hooks: TrialHooks, model, tokenizer, encoder: PromptEncoder,
-                 rt: _Runtime, dtype, run: ValidationRun):
+                 rt: _Runtime, dtype, run: ValidationRun, eval_batch_size: int):
         from transformers import PrinterCallback
 
         from optuna_search.objectives._trainer import StudyCallback, StudyTrainer, tensorboard_callback
@@ -168,7 +216,7 @@ class QLoRAObjective:
         cfg = self.config
         request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         args = build_training_args(str(request.checkpoint_dir), request.params, cfg.train, cuda=rt.cuda, dtype=dtype,
-                                   distributed=rt.distributed, run_name=request.run_name)
+                                   distributed=rt.distributed, run_name=request.run_name, eval_batch_size=eval_batch_size)
         callback = StudyCallback(run, cfg.train.validations_per_epoch, hooks.progress, request.deadline,
                                  hooks.stop_requested, hooks.progress_interval)
         callbacks = [callback]
@@ -223,15 +271,6 @@ class QLoRAObjective:
                            validation_curve=validation_curve(history, max_steps), trainable_params=0, train_seconds=0.0,
                            peak_memory_mb=0.0, peak_memory_kind="", optimizer_steps=step, max_steps=max_steps,
                            resumed_from_step=step, paused_at_step=step)
-
-    @staticmethod
-    def _train(trainer, last: Path | None) -> None:
-        try:
-            trainer.train(resume_from_checkpoint=str(last) if last else None)
-        except Exception as e:
-            if is_out_of_memory(e):
-                raise OutOfMemory(str(e)) from e
-            raise
 
 
 def _log_final_metrics(trainer, test: Evaluation, validation: Evaluation | None) -> None:

@@ -79,12 +79,6 @@ def stop_step(max_steps: int, fraction: float) -> int:
     return max_steps if fraction >= 1.0 else min(max_steps, max(1, round(fraction * max_steps)))
 
 
-def is_out_of_memory(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
-
 @dataclass
 class ValidationRun:
     """Validation points of one training run, shared by the callback (which schedules
@@ -134,17 +128,23 @@ def log_entry(vp: ValidationPoint) -> dict[str, float]:
 
 
 def build_training_args(output_dir: str, params: "TrialParams", train_cfg: Any, *, cuda: bool, dtype: Any,
-                        distributed: bool, run_name: str | None = None):
+                        distributed: bool, run_name: str | None = None, eval_batch_size: int = 8):
     import torch
     from transformers import TrainingArguments
 
+    kwargs = params.trainer_kwargs()  # every searchable hyperparameter Trainer takes (see core._params)
+    # The validation loss pass: at most the training batch, and smaller once an evaluation
+    # ran out of memory.
+    kwargs["per_device_eval_batch_size"] = min(kwargs["per_device_eval_batch_size"], eval_batch_size)
     return TrainingArguments(
         output_dir=output_dir,
-        **params.trainer_kwargs(),  # every searchable hyperparameter Trainer takes (see core._params)
+        **kwargs,
         seed=train_cfg.seed,
         data_seed=train_cfg.seed,
+        # Mixed precision at the compute dtype: fp16 on a GPU (a T4), bf16 wherever it is
+        # asked for (CPUs run bf16 autocast too; fp32 trains as it is).
         fp16=cuda and dtype == torch.float16,
-        bf16=cuda and dtype == torch.bfloat16,
+        bf16=dtype == torch.bfloat16,
         use_cpu=not cuda,
         logging_strategy="steps",
         logging_steps=1,
@@ -197,12 +197,20 @@ class Progress:
 
 class Collator:
     """Dynamic padding (pad to the longest in the batch), dropping the length column
-    that only the length-grouped sampler needs."""
+    that only the length-grouped sampler needs. Training pads on the right, whatever the
+    tokenizer's own side (Mistral's pads left, for generation): every position of a row
+    then has real tokens before it, and no attention row is all masked (which SDPA
+    kernels handle differently)."""
 
     def __init__(self, tokenizer: Any) -> None:
         from transformers import DataCollatorForSeq2Seq
 
+        self.tokenizer = tokenizer
         self.inner = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
     def __call__(self, features):
-        return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
+        side, self.tokenizer.padding_side = self.tokenizer.padding_side, "right"
+        try:
+            return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
+        finally:
+            self.tokenizer.padding_side = side

@@ -5,6 +5,7 @@ inside the function that trains, so ``optuna-search --help`` stays light."""
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
 
+from optuna_search.objectives._memory import oom_phase
 from optuna_search.objectives._train import Progress, ValidationRun, log_entry
 
 
@@ -37,8 +39,20 @@ class StudyTrainer(Trainer):
         finally:
             _set_rng_state(state)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint's adapter, saved without peft's hub lookup: for a hub id it asks
+        the hub about the base model's vocabulary at every save ("auto" embedding
+        layers), and the embeddings are never trained here."""
+        save = self.model.save_pretrained
+        self.model.save_pretrained = functools.partial(save, save_embedding_layers=False)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            del self.model.save_pretrained
+
     def _evaluate_and_measure(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        metrics = super().evaluate(*args, **kwargs)
+        with oom_phase("evaluate"):
+            metrics = super().evaluate(*args, **kwargs)
         step = self.state.global_step
         if step not in self.validation.steps:
             return metrics
@@ -95,15 +109,15 @@ class StudyCallback(TrainerCallback):
         loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
         self.progress.step(step, state.max_steps, state.epoch or 0.0, args.num_train_epochs, loss, v.stop_at)
         running = step < state.max_steps
-        if running and self.stop_requested():
+        # Stop while there is still time for a few more steps' worth of work (the
+        # checkpoint write): the next session resumes from exactly this step.
+        late = self.deadline is not None and time.monotonic() + max(5.0, 3 * self.progress.step_seconds) >= self.deadline
+        asked, late = agree(running and self.stop_requested(), running and late)
+        if asked:
             # SIGTERM: Trainer writes the checkpoint right after this step, then stops.
             self.stopped_on_request = True
             self._checkpoint_and_stop(control, f"stop requested: checkpointing at step {step}/{state.max_steps}")
-            return
-        # Stop while there is still time for a few more steps' worth of work (the
-        # checkpoint write): the next session resumes from exactly this step.
-        now = time.monotonic()
-        if running and self.deadline is not None and now + max(5.0, 3 * self.progress.step_seconds) >= self.deadline:
+        elif late:
             self.stopped_for_budget = True
             self._checkpoint_and_stop(control, f"time budget reached at step {step}/{state.max_steps}: checkpointing")
 
@@ -112,6 +126,22 @@ class StudyCallback(TrainerCallback):
         control.should_training_stop = True
         control.should_evaluate = False
         self.emit(message + " and stopping")
+
+
+def agree(*flags: bool) -> tuple[bool, ...]:
+    """Under DDP every rank must stop at the same step, or the ones that go on wait in
+    their next all-reduce for a rank that left (until NCCL's 30-minute timeout). A stop
+    request (a SIGTERM reaches each rank at its own moment) and the deadline (each rank's
+    own step time) are decided by one rank alone, so each flag is OR-ed over the ranks
+    every step (one tiny all-reduce; a single process returns its own flags)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flags
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
 
 
 def _rng_state() -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ from optuna_search.core import Config, UserError
 from optuna_search.core._toml import to_toml
 from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
 from optuna_search.dashboards._report import collect_report, render_markdown, write_report
+from optuna_search.objectives._memory import prefer_expandable_segments
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._bundles import export_study_bundle, import_study_bundle
 from optuna_search.search._config import config_layers, explicit_keys, explicit_location, load_config
@@ -331,6 +332,9 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    prefer_expandable_segments(os.environ)  # before anything starts CUDA
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

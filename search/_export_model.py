@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,8 @@ from optuna_search.storage._records import read_meta
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger("optuna_search")
 
 
 def export_model(location: dict[str, str], trial: str, output: str, *, merge: bool = False) -> str:
@@ -62,13 +65,14 @@ def export_model(location: dict[str, str], trial: str, output: str, *, merge: bo
                                        base_sha256=base_sha)
         (out / SPEC_FILE).write_text(json.dumps(exported.to_json(), indent=1))
         (out / "README.md").write_text(model_card(study, config, record, exported, source, out))
-        merged = _merge(source, config, out) if merge else None
+        merged = _merge(source, config, record, out) if merge else None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # never leave half an export behind
         raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return (f"exported trial {record.number} ({record.label}) to {out} ({size / 2**20:.1f} MiB"
-            + (f"; merged model {merged / 2**20:.0f} MiB in {out / 'merged'}" if merged else "") + "); use it with: "
+            + (f"; merged model {merged[0] / 2**20:.0f} MiB in {out / 'merged'}, peak process memory {merged[1]:.0f} MiB"
+               if merged else "") + "); use it with: "
             f"optuna-search predict --model {out} --input reports.jsonl --output predictions.jsonl")
 
 
@@ -91,20 +95,57 @@ def _base_digest(config: Config, source: str) -> str | None:
     return h.hexdigest()
 
 
-def _merge(source: str, config: Config, out: Path) -> int:
-    """The adapter merged into the dequantised base, in fp16 (bf16 where the GPU has it):
-    loadable with plain AutoModelForCausalLM. Returns the bytes written."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+MERGE_WARN_BYTES = 4 * 2**30
 
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
-    base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, revision=config.model.revision or None,
-                                                trust_remote_code=config.model.trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload().to(dtype)
+
+def _merge_dtype(record: TrialRecord):
+    """16 bits: the trial's compute dtype when it trained in 16 bits, else bf16 where the
+    GPU has it natively, fp16 otherwise (a T4, the CPU)."""
+    import torch
+
+    from optuna_search.objectives._model import native_bf16
+
+    if record.compute_dtype in ("float16", "bfloat16"):
+        return getattr(torch, record.compute_dtype)
+    return torch.bfloat16 if native_bf16() else torch.float16
+
+
+def _check_merge_room(source: str, config: Config, out: Path, dtype) -> int:
+    """The merged model's size (parameters x 2 bytes), said before anything is written;
+    refused, with the numbers, when the output's disk has not that much free."""
+    import shutil as sh
+
+    from optuna_search.objectives._model import count_parameters
+
+    size = count_parameters(source, config.model) * dtype.itemsize
+    free = sh.disk_usage(out.parent).free
+    if size > free:
+        raise UserError(f"--merge writes about {size / 2**30:.1f} GiB into {out / 'merged'}, but only {free / 2**30:.1f} GiB "
+                        "are free there; export without --merge (the adapter alone, a few MiB, loads onto the base with "
+                        "peft), or give --output on a larger disk")
+    level = logging.WARNING if size >= MERGE_WARN_BYTES else logging.INFO
+    log.log(level, "--merge: writing about %.1f GiB (%s) into %s; %.1f GiB free there", size / 2**30,
+            str(dtype).replace("torch.", ""), out / "merged", free / 2**30)
+    return size
+
+
+def _merge(source: str, config: Config, record: TrialRecord, out: Path) -> tuple[int, float]:
+    """The adapter merged into the dequantised base it was trained against, in 16 bits:
+    loadable with plain AutoModelForCausalLM. Returns the bytes written and the process's
+    peak memory (MiB)."""
+    import resource
+
+    from optuna_search.objectives._model import merged_model, pick_compute_dtype
+
+    dtype = _merge_dtype(record)
+    _check_merge_room(source, config, out, dtype)
+    trained = pick_compute_dtype(record.compute_dtype or config.model.compute_dtype)
+    merged = merged_model(source, config.model, str(out), trained, dtype)
     merged.save_pretrained(str(out / "merged"))
+    del merged
     _save_tokenizer(source, config, out / "merged")
-    return sum(f.stat().st_size for f in (out / "merged").rglob("*") if f.is_file())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return sum(f.stat().st_size for f in (out / "merged").rglob("*") if f.is_file()), peak
 
 
 def model_card(study: "optuna.Study", config: Config, r: TrialRecord, spec: ModelSpec, source: str, out: Path) -> str:

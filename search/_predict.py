@@ -181,11 +181,14 @@ def spec_from_study(study: "optuna.Study", config: Config, *, trial: str | int =
                             "restore the study's checkpoints")
         members.append(Member(f"trial-{r.number}", r.number or 0, adapter, dict(r.params), digest))
     meta = read_meta(study)
+    # As the trial evaluated: its compute dtype (the "auto" of the machine it trained on)
+    # and evaluation batch.
+    base = {**dataclasses.asdict(config.model), "compute_dtype": records[0].compute_dtype or config.model.compute_dtype}
     return ModelSpec(
         fields=list(config.data.fields), labels=study_labels(study, config, records[0]),
         default_instruction=config.data.default_instruction, instruction_column=config.data.instruction_column,
         input_column=config.data.input_column, chat_template=config.model.chat_template, max_length=config.model.max_length,
-        method=config.eval.method, batch_size=config.eval.batch_size, base=dataclasses.asdict(config.model), members=members,
+        method=config.eval.method, batch_size=records[0].eval_batch_size or config.eval.batch_size, base=base, members=members,
         provenance={"study": study.study_name, "trials": [r.number for r in records], "params": [dict(r.params) for r in records],
                     "voting": "soft" if ensemble else None, "eval_subset_sha256": records[0].eval_ids_sha256,
                     "data_sha256": meta.data_digest},
@@ -224,7 +227,7 @@ class Predictor:
         self.tokenizer = load_tokenizer(spec.tokenizer_dir or source, _with_template(model_cfg, spec))
         self.encoder = PromptEncoder(self.tokenizer, spec.fields, spec.labels, spec.max_length)
         try:
-            self.model = load_adapters(source, model_cfg, {m.name: m.adapter for m in spec.members})
+            self.model, self.dtype = load_adapters(source, model_cfg, {m.name: m.adapter for m in spec.members})
         except OSError as e:
             raise UserError(f"cannot load the base model {model_cfg.name_or_path!r} ({str(e).splitlines()[0]}); check "
                             "that it is reachable (a local folder, or the hub with a login for gated models)") from None
@@ -272,7 +275,7 @@ class Predictor:
         for m in s.members:
             self.model.set_adapter(m.name)
             per_member.append(evaluate_examples(self.model, self.tokenizer, self.encoder, examples, method=s.method,
-                                                batch_size=s.batch_size))
+                                                batch_size=s.batch_size, dtype=self.dtype))
         out = []
         for i, e in enumerate(examples):
             preds = [pm[i] for pm in per_member]

@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna_search.core import Config, UserError
-from optuna_search.core._params import CUDA_ONLY_OPTIMIZERS, to_optuna_value
+from optuna_search.core._params import to_optuna_value
 from optuna_search.objectives._baselines import compute_baselines
 from optuna_search.objectives._data import StudyData, prepare_study_data
 from optuna_search.objectives._model import check_lora_targets, check_model_available
 from optuna_search.objectives._quality import check_quality
 from optuna_search.search._space import space_size
-from optuna_search.search._workers import visible_gpus
 from optuna_search.storage._storages import check_storage_url
 
 log = logging.getLogger("optuna_search")
@@ -66,19 +65,13 @@ def preflight(config: Config, *, model: bool = True, here: bool = True) -> Prefl
 
 
 def check_environment(config: Config) -> None:
-    """What this machine must have for the config: the trackers' packages, a GPU for
-    bitsandbytes' 8-bit and paged optimizers."""
+    """What this machine must have for the config: the trackers' packages. (bitsandbytes'
+    8-bit and paged optimizers run on the CPU too, without paging.)"""
     problems = []
     for t in config.train.report_to:
         if importlib.util.find_spec(TRACKER_PACKAGES[t]) is None:
             problems.append(f"train.report_to names {t!r}, but the package {TRACKER_PACKAGES[t]!r} is not installed; "
                             f"`pip install {TRACKER_PACKAGES[t]}` or remove it from train.report_to")
-    optims = {config.train.optim} | set(_values(config, "optim"))
-    cuda_only = sorted(o for o in optims if o in CUDA_ONLY_OPTIMIZERS)
-    if cuda_only and not visible_gpus():
-        problems.append(f"train.optim {', '.join(cuda_only)}: bitsandbytes' 8-bit and paged optimizers run on CUDA GPUs "
-                        "only, and this machine has none; use adamw_torch on CPU (the kaggle-t4 presets use "
-                        "paged_adamw_8bit on the T4s)")
     if problems:
         raise UserError("this machine cannot run the config as it is:", problems)
 

@@ -35,6 +35,7 @@ from optuna_search.objectives import (
     TrialRequest,
     TrialResult,
     ValidationPoint,
+    release_memory,
 )
 from optuna_search.objectives._data import resolve_eval_subset
 from optuna_search.objectives._train import stop_step
@@ -46,6 +47,7 @@ from optuna_search.storage._checkpoints import (
     point_checkpoints,
     read_run_settings,
     restart_with_settings,
+    update_run_settings,
 )
 from optuna_search.storage._internals import heartbeat, stored_trial
 from optuna_search.storage._records import read_meta, write_record
@@ -115,7 +117,7 @@ class TrialRunner:
     def _params(self, point: dict[str, Any], folder) -> TrialParams:
         params = self.config.trial_params(point)
         # An earlier attempt that ran out of memory checkpointed with a smaller batch.
-        settings = read_run_settings(folder)
+        settings = {k: v for k, v in read_run_settings(folder).items() if k in ("batch_size", "gradient_accumulation")}
         return params.with_batch(**settings) if settings else params
 
     def _request(self, params: TrialParams, folder, until: float, number: int, point: dict[str, Any]) -> TrialRequest:
@@ -127,30 +129,57 @@ class TrialRunner:
             validation_examples=resolve_eval_subset(ds.validation, self.meta.validation_subset or []),
             checkpoint_dir=folder, deadline=self.deadline, train_until=until, validate_at=tuple(self.rungs),
             run_name=f"{self.config.study.name}/trial-{number}/{short_point_key(point)}",
+            eval_batch_size=read_run_settings(folder).get("eval_batch_size", self.config.eval.batch_size),
         )
 
     def _train(self, trial: "optuna.Trial", request: TrialRequest, tag: str) -> tuple[TrialResult, TrialRequest]:
-        """Run the objective; on out-of-memory, start the point over with half the
-        per-device batch and twice the accumulation (same effective batch)."""
+        """Run the objective; when the accelerator runs out of memory, free what the
+        attempt left and try again with what that phase needs (``_smaller``)."""
         oom_retries: list[dict[str, Any]] = []
         hooks = TrialHooks(on_validation=lambda vp: self._on_validation(trial, vp),
                            progress=lambda msg: log.info("%s %s", tag, msg), stop_requested=stop_requested,
                            progress_interval=self.progress_interval)
         while True:
+            failure: tuple[str, str] | None = None
             try:
                 return self.objective(request, hooks), request
             except OutOfMemory as e:
-                p = request.params
-                if p.batch_size == 1:
-                    raise RuntimeError(f"out of memory even at per-device batch 1: {e}") from e
-                oom_retries.append({"batch_size": p.batch_size, "error": str(e)[:300]})
-                smaller = p.with_batch(p.batch_size // 2, p.gradient_accumulation * 2)
-                log.warning("%s out of memory; retrying with per-device batch %d x accumulation %d",
-                            tag, smaller.batch_size, smaller.gradient_accumulation)
-                # Checkpoints of the larger batch would replay a different data order.
-                restart_with_settings(request.checkpoint_dir, smaller.batch_size, smaller.gradient_accumulation)
-                write_record(self.study, trial, TrialRecord(oom_retries=oom_retries))
-                request = dataclasses.replace(request, params=smaller)
+                failure = (e.phase, str(e))
+            release_memory()  # the attempt's model is garbage now: collect it before the next loads
+            oom_retries.append({"phase": failure[0], "batch_size": request.params.batch_size,
+                                "eval_batch_size": request.eval_batch_size, "error": failure[1][:300]})
+            request = self._smaller(request, *failure, oom_retries, tag)
+            write_record(self.study, trial, TrialRecord(oom_retries=oom_retries))
+
+    def _smaller(self, request: TrialRequest, phase: str, message: str, retries: list[dict[str, Any]],
+                 tag: str) -> TrialRequest:
+        """The request to retry after running out of memory in ``phase``: the model load
+        once more (the memory is free now); an evaluation with half the evaluation batch,
+        the training kept (its checkpoints stay); training from the start with half the
+        per-device batch and twice the accumulation (same effective batch)."""
+        if phase == "load":
+            if sum(r["phase"] == "load" for r in retries) > 1:
+                raise RuntimeError(f"out of memory while loading the base model, twice, with nothing else loaded: the "
+                                   f"model does not fit this device ({message})")
+            log.warning("%s out of memory while loading the base model; memory released, loading once more", tag)
+            return request
+        if phase == "evaluate":
+            n = request.eval_batch_size or self.config.eval.batch_size
+            if n == 1:
+                raise RuntimeError(f"out of memory while evaluating, even at evaluation batch 1: {message}")
+            log.warning("%s out of memory while evaluating; retrying with evaluation batch %d (training resumes from "
+                        "its checkpoint)", tag, n // 2)
+            update_run_settings(request.checkpoint_dir, eval_batch_size=n // 2)
+            return dataclasses.replace(request, eval_batch_size=n // 2)
+        p = request.params
+        if p.batch_size == 1:
+            raise RuntimeError(f"out of memory even at per-device batch 1: {message}")
+        smaller = p.with_batch(p.batch_size // 2, p.gradient_accumulation * 2)
+        log.warning("%s out of memory; retrying with per-device batch %d x accumulation %d",
+                    tag, smaller.batch_size, smaller.gradient_accumulation)
+        # Checkpoints of the larger batch would replay a different data order.
+        restart_with_settings(request.checkpoint_dir, smaller.batch_size, smaller.gradient_accumulation)
+        return dataclasses.replace(request, params=smaller)
 
     def _signal(self, vp: ValidationPoint) -> float | None:
         """The intermediate value of a validation point: study.prune_on, higher is better."""
@@ -229,7 +258,7 @@ class TrialRunner:
             batch_size=p.batch_size, gradient_accumulation=p.gradient_accumulation // gpus if gpus > 1 else p.gradient_accumulation,
             gpus_per_trial=gpus, pruned_at_step=res.pruned_at,
             adapter_dir=res.adapter_dir, adapter_sha256=adapter_digest(Path(res.adapter_dir)) if res.adapter_dir else None,
-            tracking=_tracking(self.config, request) or None,
+            tracking=_tracking(self.config, request) or None, eval_batch_size=res.eval_batch_size,
         )
 
     def _save_predictions(self, trial: "optuna.Trial", res: TrialResult) -> dict[str, str | None]:

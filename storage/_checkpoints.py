@@ -96,18 +96,29 @@ def remove_intermediate_checkpoints(folder: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+RUN_SETTING_KEYS = ("batch_size", "gradient_accumulation", "eval_batch_size")
+
+
 def read_run_settings(folder: Path) -> dict[str, int]:
-    """Per-device batch and accumulation an earlier attempt fell back to after running
-    out of memory ({} if none): its checkpoints were written with that batch, so a
-    resume must use it too."""
+    """The batches an earlier attempt fell back to after running out of memory ({} if
+    none): per-device batch and accumulation (its checkpoints were written with that
+    batch, so a resume must use it too) and the evaluation batch."""
     f = folder / RUN_SETTINGS
     if not f.exists():
         return {}
-    return {k: int(v) for k, v in json.loads(f.read_text()).items() if k in ("batch_size", "gradient_accumulation")}
+    return {k: int(v) for k, v in json.loads(f.read_text()).items() if k in RUN_SETTING_KEYS}
 
 
 def restart_with_settings(folder: Path, batch_size: int, gradient_accumulation: int) -> None:
-    """Start the point over with a new batch: the old checkpoints replay another data order."""
+    """Start the point over with a new training batch: the old checkpoints replay another
+    data order (an evaluation batch learned earlier is kept)."""
+    kept = {k: v for k, v in read_run_settings(folder).items() if k == "eval_batch_size"}
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_SETTINGS).write_text(json.dumps({"batch_size": batch_size, "gradient_accumulation": gradient_accumulation}))
+    (folder / RUN_SETTINGS).write_text(json.dumps({**kept, "batch_size": batch_size, "gradient_accumulation": gradient_accumulation}))
+
+
+def update_run_settings(folder: Path, **settings: int) -> None:
+    """Change settings that leave the checkpoints valid (the evaluation batch): kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_SETTINGS).write_text(json.dumps({**read_run_settings(folder), **settings}))

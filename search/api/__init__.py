@@ -17,12 +17,14 @@ Bad input raises :class:`UserError` (the CLI prints it and exits 2).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
 from optuna_search.dashboards._report import Report, collect_report, write_report
+from optuna_search.objectives._memory import prefer_expandable_segments
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.search._config import load_config
 from optuna_search.search._export_model import export_model as _export_model
@@ -62,6 +64,7 @@ def run(config: Config, *, retry_failed: bool = False, time_budget: float | None
     ``optuna-search run``). ``time_budget``: seconds; ``workers``: parallel processes
     (None: one per visible GPU)."""
     quiet_libraries()
+    prefer_expandable_segments(os.environ)  # takes effect if CUDA has not started yet in this process
     n = choose_workers(workers, config.train.gpus_per_trial, oversubscribe=oversubscribe)
     if n > 1:
         outcome = run_with_workers(config, n, WorkerOptions(retry_failed, time_budget, progress_interval))

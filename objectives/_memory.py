@@ -1,0 +1,54 @@
+"""Accelerator memory: what counts as running out of it, in which phase of a trial, and
+giving it back before the next attempt loads a model.
+
+An out-of-memory error surfaces as the library's exception (``torch.cuda.OutOfMemoryError``,
+or a RuntimeError saying "out of memory" from bitsandbytes and older kernels) deep inside
+Trainer or generate; :func:`oom_phase` turns it into the protocol's
+:class:`~optuna_search.objectives._protocol.OutOfMemory`, which says where it happened
+(load, train, evaluate) so that the retry changes the right thing."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from typing import Iterator
+
+from optuna_search.objectives._protocol import OutOfMemory
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+@contextlib.contextmanager
+def oom_phase(phase: str) -> Iterator[None]:
+    """Inside the block, running out of memory raises ``OutOfMemory(message, phase)``;
+    an ``OutOfMemory`` raised deeper (an evaluation inside training) keeps its phase."""
+    try:
+        yield
+    except OutOfMemory:
+        raise
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise OutOfMemory(str(e), phase) from None
+        raise
+
+
+def release_memory() -> None:
+    """Collect what the last attempt left (accelerate's patched ``forward`` and Trainer's
+    callbacks make reference cycles that only the collector frees), then give the
+    allocator's cached blocks back to the device."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def prefer_expandable_segments(environ: dict[str, str]) -> None:
+    """Dynamic padding allocates tensors of a new shape at every batch; PyTorch's
+    expandable segments keep that from fragmenting a 15 GB T4 into "out of memory" with
+    gigabytes free. Set before CUDA starts (the CLI's first act), unless the user chose."""
+    environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")

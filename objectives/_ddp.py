@@ -20,8 +20,10 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from optuna_search.objectives._protocol import (
     BudgetExhausted,
     DivergedTraining,
     OutOfMemory,
+    Stopped,
     TrialHooks,
     TrialRequest,
     TrialResult,
@@ -42,7 +45,10 @@ from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.storage._storages import redacted_config
 
-_STATUS = {"budget": BudgetExhausted, "oom": OutOfMemory, "diverged": DivergedTraining, "error": RuntimeError}
+_STATUS = {"budget": BudgetExhausted, "stopped": Stopped, "diverged": DivergedTraining, "error": RuntimeError}
+RESULT = "ddp-result-rank{rank}.json"
+"""Each rank writes its outcome: the trial's result is rank 0's, but a rank that ran out
+of memory (or failed) alone must be heard too."""
 
 
 class DistributedObjective:
@@ -55,38 +61,65 @@ class DistributedObjective:
     def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult:
         ckpt = request.checkpoint_dir
         ckpt.mkdir(parents=True, exist_ok=True)
-        spec, result = ckpt / "ddp-spec.json", ckpt / "ddp-result.json"
-        result.unlink(missing_ok=True)
+        spec = ckpt / "ddp-spec.json"
+        for old in ckpt.glob(RESULT.format(rank="*")):
+            old.unlink()
+        spec.write_text(json.dumps(self._spec(request, hooks)))
+        hooks.progress(f"launching DDP over {self.ranks} processes (torchrun)")
+        code = self._launch(spec)
+        outcomes = [json.loads(p.read_text()) for p in sorted(ckpt.glob(RESULT.format(rank="*")))]
+        return _result_of(outcomes, code)
+
+    def _spec(self, request: TrialRequest, hooks: TrialHooks) -> dict[str, Any]:
         p = request.params
         per_rank = p.with_batch(p.batch_size, max(1, p.gradient_accumulation // self.ranks))
-        spec.write_text(json.dumps({
+        return {
             "config": self.config.to_dict(),
             "params": per_rank.to_dict(),
             "subsets": {"test": _ids(request.test_examples), "validation": _ids(request.validation_examples)},
-            "checkpoint_dir": str(ckpt),
+            "checkpoint_dir": str(request.checkpoint_dir),
             # Wall-clock, since the ranks are other processes.
             "deadline_unix": None if request.deadline is None else time.time() + (request.deadline - time.monotonic()),
             "train_until": request.train_until,
             "validate_at": list(request.validate_at),
             "progress_interval": hooks.progress_interval,
             "run_name": request.run_name,
-            "result": str(result),
-        }))
-        hooks.progress(f"launching DDP over {self.ranks} processes (torchrun)")
-        proc = subprocess.run(
+            "eval_batch_size": request.eval_batch_size,
+        }
+
+    def _launch(self, spec: Path) -> int:
+        """torchrun, waited for; a Ctrl-C or SIGTERM here is passed on (torchrun hands it
+        to the ranks, which agree on a step, checkpoint there and stop) before it is raised."""
+        proc = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.ranks}",
              "-m", "optuna_search.objectives._ddp", str(spec)],
             # torchrun would pin each CPU rank to 1 thread; on CUDA the GPUs do the work anyway.
             env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.ranks)))},
         )
-        if result.exists():
-            out = json.loads(result.read_text())
-            status = out.get("status")
-            if status in _STATUS:
-                raise _STATUS[status](out["message"])
-            if proc.returncode == 0 and status == "ok":
-                return result_from_dict(out["result"])
-        raise RuntimeError(f"the DDP trial exited with code {proc.returncode} and no result (see the ranks' output above)")
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def _result_of(outcomes: list[dict[str, Any]], code: int) -> TrialResult:
+    """The trial's result from the ranks' outcomes: rank 0's when every rank is done; a
+    rank that ran out of memory makes it an OutOfMemory (of its phase), whichever rank."""
+    for out in outcomes:
+        if out.get("status") == "oom":
+            raise OutOfMemory(out["message"], out.get("phase", "train"))
+    main = next((o for o in outcomes if o.get("rank") == 0), None)
+    for out in ([main] if main else []) + outcomes:
+        if out.get("status") in _STATUS:
+            raise _STATUS[out["status"]](out["message"])
+    if code == 0 and main is not None and main.get("status") == "ok":
+        return result_from_dict(main["result"])
+    raise RuntimeError(f"the DDP trial exited with code {code} and no result (see the ranks' output above)")
 
 
 def _ids(examples) -> list[dict[str, str]]:
@@ -128,23 +161,33 @@ def main(spec_path: str) -> int:
         test_examples=resolve_eval_subset(data.test, spec["subsets"]["test"]),
         validation_examples=resolve_eval_subset(data.validation, spec["subsets"]["validation"]),
         checkpoint_dir=Path(spec["checkpoint_dir"]), deadline=deadline, train_until=spec["train_until"],
-        validate_at=tuple(spec["validate_at"]), run_name=spec["run_name"],
+        validate_at=tuple(spec["validate_at"]), run_name=spec["run_name"], eval_batch_size=spec.get("eval_batch_size"),
     )
-    hooks = TrialHooks(progress=lambda m: log.info("%s", m), progress_interval=spec["progress_interval"])
-    out: dict[str, Any]
-    try:
-        out = {"status": "ok", "result": result_to_dict(QLoRAObjective(config)(request, hooks))}
-    except BudgetExhausted as e:
-        out = {"status": "budget", "message": str(e)}
-    except OutOfMemory as e:
-        out = {"status": "oom", "message": str(e)}
-    except DivergedTraining as e:
-        out = {"status": "diverged", "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - reported to the wrapper, which records it on the trial
-        out = {"status": "error", "message": f"{type(e).__name__}: {e}"}
-    if rank == 0:  # the other ranks trained their share; rank 0 holds the evaluations
-        Path(spec["result"]).write_text(json.dumps(out))
+    # A SIGTERM (Kaggle's stop, torchrun passing on the parent's) asks this rank to stop;
+    # the ranks agree on the step (objectives/_trainer.agree) and checkpoint there.
+    asked = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: asked.set())
+    hooks = TrialHooks(progress=lambda m: log.info("%s", m), progress_interval=spec["progress_interval"],
+                       stop_requested=asked.is_set)
+    out = _outcome(QLoRAObjective(config), request, hooks)
+    out["rank"] = rank
+    Path(spec["checkpoint_dir"], RESULT.format(rank=rank)).write_text(json.dumps(out))
     return 0 if out["status"] == "ok" else 1
+
+
+def _outcome(objective: QLoRAObjective, request: TrialRequest, hooks: TrialHooks) -> dict[str, Any]:
+    try:
+        return {"status": "ok", "result": result_to_dict(objective(request, hooks))}
+    except BudgetExhausted as e:
+        return {"status": "budget", "message": str(e)}
+    except Stopped as e:
+        return {"status": "stopped", "message": str(e)}
+    except OutOfMemory as e:
+        return {"status": "oom", "message": str(e), "phase": e.phase}
+    except DivergedTraining as e:
+        return {"status": "diverged", "message": str(e)}
+    except Exception as e:  # noqa: BLE001 - reported to the wrapper, which records it on the trial
+        return {"status": "error", "message": f"{type(e).__name__}: {e}"}
 
 
 if __name__ == "__main__":

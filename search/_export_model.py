@@ -27,7 +27,16 @@ from optuna_search.core import Config, TrialRecord, UserError
 from optuna_search.core._files import file_sha256
 from optuna_search.core._text import markdown_table, num, pct
 from optuna_search.dashboards._report import compare_with_baselines
-from optuna_search.objectives._model import BUILTIN_TINY, base_licence, load_tokenizer, resolve_model_source
+from optuna_search.objectives._model import (
+    BUILTIN_TINY,
+    base_licence,
+    count_parameters,
+    load_tokenizer,
+    merged_model,
+    native_bf16,
+    pick_compute_dtype,
+    resolve_model_source,
+)
 from optuna_search.search._open import open_for_reading
 from optuna_search.search._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
 from optuna_search.search._run import rows_of, verdict
@@ -103,8 +112,6 @@ def _merge_dtype(record: TrialRecord):
     GPU has it natively, fp16 otherwise (a T4, the CPU)."""
     import torch
 
-    from optuna_search.objectives._model import native_bf16
-
     if record.compute_dtype in ("float16", "bfloat16"):
         return getattr(torch, record.compute_dtype)
     return torch.bfloat16 if native_bf16() else torch.float16
@@ -114,8 +121,6 @@ def _check_merge_room(source: str, config: Config, out: Path, dtype) -> int:
     """The merged model's size (parameters x 2 bytes), said before anything is written;
     refused, with the numbers, when the output's disk has not that much free."""
     import shutil as sh
-
-    from optuna_search.objectives._model import count_parameters
 
     size = count_parameters(source, config.model) * dtype.itemsize
     free = sh.disk_usage(out.parent).free
@@ -134,8 +139,6 @@ def _merge(source: str, config: Config, record: TrialRecord, out: Path) -> tuple
     loadable with plain AutoModelForCausalLM. Returns the bytes written and the process's
     peak memory (MiB)."""
     import resource
-
-    from optuna_search.objectives._model import merged_model, pick_compute_dtype
 
     dtype = _merge_dtype(record)
     _check_merge_room(source, config, out, dtype)

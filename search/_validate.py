@@ -7,6 +7,7 @@ import sys
 
 from optuna_search.core import Config
 from optuna_search.core._text import pct
+from optuna_search.objectives._footprint import GiB, T4_USABLE_BYTES, Setting, Shape, estimate
 from optuna_search.objectives._model import load_tokenizer, model_source
 from optuna_search.objectives._prompt import PromptEncoder
 from optuna_search.objectives._quality import quality_warnings, render_distribution
@@ -51,8 +52,6 @@ def memory_line(config: Config) -> str:
     """The estimated accelerator memory of the study's largest configuration (largest
     batch, rank and evaluation batch), against a T4's 15 GiB; a warning when it cannot fit."""
     from transformers import AutoConfig
-
-    from optuna_search.objectives._footprint import GiB, T4_USABLE_BYTES, Setting, Shape, estimate
 
     hf = AutoConfig.from_pretrained(model_source(config.model), revision=config.model.revision or None,
                                     trust_remote_code=config.model.trust_remote_code)

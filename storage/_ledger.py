@@ -1,0 +1,260 @@
+"""The trial ledger: the only code that moves a trial through its life.
+
+    new / claim_waiting / resume_paused        a trial starts (created, a retry claimed,
+                                               a paused configuration resumed)
+    start                                      its starting record (point, attempts, host)
+    report / should_prune                      its validation points (the pruner's input)
+    complete / prune / pause / fail / interrupt  how it ended, with its record, in one call
+    prune_paused                               a paused configuration not promoted
+    promote                                    a rung's decision (successive halving)
+    reconcile                                  trials whose process died: failed (and
+                                               re-queued by the storage's retry callback)
+    copy_in                                    finished trials of another study (warm start)
+
+Every operation is one step of the study's history, made under the caller's claim lock
+where several workers could race, and ends by telling the ``on_commit`` listeners what
+changed (a :class:`Commit`): the remote copy of a study (``storage._remote``) pushes the
+database snapshot and the point's checkpoint on exactly these moments. Nothing else in
+the project calls ``tell``, ``enqueue_trial``, ``add_trials``, ``fail_stale_trials`` or
+a storage setter (``tests/test_layers.py`` scans for them); the samplers' own bookkeeping
+(GridSampler's grid id) and Optuna's private calls stay in ``storage._internals``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from optuna_search.core import StudyMeta, TrialRecord
+from optuna_search.storage._internals import (
+    claim_waiting,
+    fail_trial,
+    heartbeat,
+    live_trial,
+    pause,
+    running_trials_without_heartbeat,
+    set_trial_user_attr,
+    stored_trial,
+    unpause,
+)
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial, Trial
+
+RESET_ON_CLAIM = ("interrupted", "stopped_by_time_budget", "orphaned", "error")
+"""Record fields of an earlier attempt that a claimed retry must not carry on (Optuna's
+retry copies the stale trial's user attrs)."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one ledger operation changed: ``kind`` is the operation's name, ``number``
+    the trial's (None for a study-wide change), ``params`` its point."""
+
+    kind: str
+    number: int | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False
+    """The trial ended for good (complete, pruned, failed): its point's checkpoints are final."""
+
+
+Listener = Callable[[Commit], None]
+
+
+class Ledger:
+    """The study's trials as a ledger of lifecycle operations (see the module docstring)."""
+
+    def __init__(self, study: "optuna.Study", fields: list[str] | None = None, *, artifacts: Any = None) -> None:
+        self.study = study
+        self.fields = list(fields or [])
+        """The label fields (to read trial records back)."""
+        self.artifacts = artifacts
+        """An Optuna artifact store for the trials' predictions (None: none stored)."""
+        self.listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def _commit(self, kind: str, trial: "Trial | FrozenTrial | None" = None, *, finished: bool = False) -> None:
+        event = Commit(kind, None if trial is None else trial.number, dict(trial.params) if trial is not None else {},
+                       finished)
+        for listener in self.listeners:
+            listener(event)
+
+    # -- a trial starts --------------------------------------------------------------
+    def new(self, distributions: dict[str, Any], params: dict[str, Any] | None = None, sampler: Any = None) -> "Trial":
+        """A new RUNNING trial: at ``params`` (a grid's point through its sampler, or a
+        fixed point), else where the study's sampler proposes."""
+        if params is not None and sampler is not None and hasattr(sampler, "ask_point"):
+            trial = sampler.ask_point(self.study, params, distributions)
+        else:
+            if params is not None:
+                self.study.enqueue_trial(params, skip_if_exists=False)
+            trial = self.study.ask(distributions)
+        self._commit("new", trial)
+        return trial
+
+    def claim_waiting(self, frozen: "FrozenTrial") -> "Trial | None":
+        """A WAITING retry of a killed trial, now RUNNING here (None: another process
+        claimed it first); what the killed attempt recorded about its ending is cleared."""
+        trial = claim_waiting(self.study, frozen)
+        if trial is not None:
+            self._clear_ending(trial)
+            self._commit("claim", trial)
+        return trial
+
+    def resume_paused(self, frozen: "FrozenTrial") -> "Trial":
+        """A configuration paused at a rung, promoted (or interrupted there): RUNNING again."""
+        unpause(self.study, frozen)
+        trial = live_trial(self.study, frozen)
+        self._clear_ending(trial)
+        self._commit("resume", trial)
+        return trial
+
+    def start(self, trial: "Trial", record: TrialRecord) -> None:
+        """The starting record: point, attempts, worker, host, what it is evaluated on."""
+        self._write(trial, record)
+
+    @contextlib.contextmanager
+    def heartbeat(self, trial: "Trial") -> Iterator[None]:
+        """The trial's heartbeat while it trains: a dead process's trial goes stale."""
+        with heartbeat(self.study, trial):
+            yield
+
+    # -- while it trains ---------------------------------------------------------------
+    def report(self, trial: "Trial", step: int, value: float) -> None:
+        """A validation point's value (an intermediate value), once per step."""
+        if step not in stored_trial(self.study, trial).intermediate_values:
+            trial.report(value, step=step)
+
+    def should_prune(self, trial: "Trial") -> bool:
+        return bool(trial.should_prune())
+
+    # -- how it ended --------------------------------------------------------------------
+    def complete(self, trial: "Trial", record: TrialRecord, values: list[float], *,
+                 predictions: dict[str, list[dict[str, Any]]] | None = None, note: Callable[[TrialRecord], str] | None = None) -> None:
+        """Finished: its predictions stored as artifacts, its record and note written, then
+        Optuna told its values (the last step: a kill before it leaves a resumable trial)."""
+        record = record.replace(**self._store_predictions(trial, predictions or {}))
+        self._write(trial, record)
+        if note is not None:
+            import optuna_dashboard
+
+            optuna_dashboard.save_note(trial, note(self.record_of(trial)))
+        self.study.tell(trial, values if len(values) > 1 else values[0])
+        self._commit("complete", trial, finished=True)
+
+    def prune(self, trial: "Trial", record: TrialRecord) -> None:
+        from optuna.trial import TrialState
+
+        self._write(trial, record)
+        self.study.tell(trial, state=TrialState.PRUNED)
+        self._commit("prune", trial, finished=True)
+
+    def pause(self, trial: "Trial", record: TrialRecord, rung: int) -> None:
+        """Stopped at a rung's checkpoint (successive halving), or interrupted between
+        rungs: the same trial waits, RUNNING without a heartbeat, and resumes later."""
+        self._write(trial, record)
+        pause(self.study, trial, rung)
+        self._commit("pause", trial)
+
+    def fail(self, trial: "Trial", record: TrialRecord) -> None:
+        """An error of this configuration (its message in ``record.error``): it waits for
+        ``run --retry-failed``."""
+        from optuna.trial import TrialState
+
+        self._write(trial, record)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self._commit("fail", trial, finished=True)
+
+    def interrupt(self, trial: "Trial", record: TrialRecord) -> None:
+        """Stopped by something that is not its fault (Ctrl-C, SIGTERM, the time budget,
+        bad input, a full disk): FAIL without an error, resumed from its checkpoint next time."""
+        from optuna.trial import TrialState
+
+        self._write(trial, record)
+        self.study.tell(trial, state=TrialState.FAIL)
+        self._commit("interrupt", trial)
+
+    def prune_paused(self, frozen: "FrozenTrial") -> None:
+        """A paused configuration that a rung did not promote."""
+        from optuna.trial import TrialState
+
+        self.study.tell(live_trial(self.study, frozen), state=TrialState.PRUNED)
+        self._commit("prune", frozen, finished=True)
+
+    def promote(self, rung: int, keys: list[str]) -> None:
+        """A rung's promotions, decided once and stored on the study."""
+        halving = dict(self.meta().halving or {})
+        halving["promoted"] = {**halving.get("promoted", {}), str(rung): list(keys)}
+        self.write_meta(StudyMeta(halving=halving))
+        self._commit("promote")
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def reconcile(self, grace_period: float) -> int:
+        """Fail the trials whose process died: a stale heartbeat (Optuna's check; its retry
+        callback re-queues them WAITING), and RUNNING trials that never had a heartbeat,
+        older than the grace period (a process killed between creating its trial and its
+        first heartbeat). Returns how many were failed."""
+        from optuna.storages import fail_stale_trials
+
+        before = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+        fail_stale_trials(self.study)
+        failed = 0
+        for t in running_trials_without_heartbeat(self.study, self.study.get_trials(deepcopy=False), grace_period):
+            self._write(t, TrialRecord(orphaned="its process died before its heartbeat started"))
+            failed += fail_trial(self.study, t)
+        after = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+        gone = len(before - after)
+        if gone:
+            self._commit("reconcile")
+        return max(gone, failed)
+
+    def copy_in(self, trials: list["FrozenTrial"], source: str, skipped: list[str]) -> None:
+        """Finished trials of another study, added as they are (a warm start)."""
+        self.study.add_trials(trials)
+        self.write_meta(StudyMeta(warm_start={"study": source, "trials": len(trials), "skipped": skipped}))
+        self._commit("copy_in")
+
+    # -- records -------------------------------------------------------------------------
+    def meta(self) -> StudyMeta:
+        return StudyMeta.from_user_attrs(self.study.user_attrs)
+
+    def write_meta(self, meta: StudyMeta) -> None:
+        for key, value in meta.to_user_attrs().items():
+            self.study.set_user_attr(key, value)
+
+    def record_of(self, trial: "Trial | FrozenTrial") -> TrialRecord:
+        """The trial's record as stored now (a live trial's own copy lags behind)."""
+        return TrialRecord.from_trial(stored_trial(self.study, trial), self.fields)
+
+    def _write(self, trial: "Trial | FrozenTrial", record: TrialRecord) -> None:
+        for key, value in record.to_user_attrs().items():
+            set_trial_user_attr(self.study, trial, key, value)
+
+    def _clear_ending(self, trial: "Trial") -> None:
+        ua = stored_trial(self.study, trial).user_attrs
+        for key in RESET_ON_CLAIM:
+            if ua.get(key) is not None:
+                set_trial_user_attr(self.study, trial, key, None)
+
+    def _store_predictions(self, trial: "Trial", predictions: dict[str, list[dict[str, Any]]]) -> dict[str, str | None]:
+        """Upload each split's predictions as a JSON-lines artifact of the trial."""
+        ids: dict[str, str | None] = {}
+        if self.artifacts is None:
+            return ids
+        from optuna.artifacts import upload_artifact
+
+        for name, rows in predictions.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name}-trial{trial.number}.jsonl"
+                path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+                ids[name] = upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial,
+                                            mimetype="application/jsonl")
+        return {"predictions_artifact_id": ids.get("predictions"),
+                "validation_predictions_artifact_id": ids.get("validation-predictions")}

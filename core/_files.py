@@ -12,3 +12,24 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+LOW_DISK_BYTES = 64 * 2**20
+
+
+def disk_full(e: BaseException, folder: Path | None = None) -> bool:
+    """No space left: an OSError saying so, a database that says its disk is full, or
+    torch's checkpoint writer failing (its "[enforce fail at inline_container.cc]"
+    RuntimeError) on a disk that is indeed nearly full."""
+    import errno
+    import shutil
+
+    text = str(e).lower()
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "database or disk is full" in text \
+            or "no space left on device" in text:
+        return True
+    if isinstance(e, RuntimeError) and ("inline_container" in text or "pytorchstreamwriter" in text):
+        here = folder or Path(".")
+        probe = next((p for p in (here, *here.parents) if p.exists()), Path("."))
+        return shutil.disk_usage(probe).free < LOW_DISK_BYTES
+    return False

@@ -129,6 +129,7 @@ _PLAIN = (
     ("adapter_sha256", "adapter_sha256"),
     ("tracking", "tracking"),
     ("eval_batch_size", "eval_batch_size"),
+    ("seconds_spent", "seconds_spent"),
 )
 
 
@@ -201,6 +202,10 @@ class TrialRecord:
     eval_batch_size: int | None = None
     """The evaluation batch its scores were computed with (smaller than eval.batch_size
     after running out of memory); `predict` uses the same."""
+    seconds_spent: float | None = None
+    """Wall time of this trial's segments (model load, training, evaluation), summed over
+    its resumes; the time between them (a paused configuration, a killed session) is not
+    counted."""
 
     # -- derived ---------------------------------------------------------------------
     @property
@@ -223,6 +228,10 @@ class TrialRecord:
 
     @property
     def minutes(self) -> float | None:
+        """Time spent on the trial: its segments' wall time (earlier versions: training plus
+        evaluation of the last segment)."""
+        if self.seconds_spent is not None:
+            return self.seconds_spent / 60
         if self.train_seconds is None and self.eval_seconds is None:
             return None
         return ((self.train_seconds or 0) + (self.eval_seconds or 0)) / 60

@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Sequence
 
 from optuna_search.core import Config, UserError
+from optuna_search.core._files import disk_full
 from optuna_search.core._toml import to_toml
 from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
 from optuna_search.dashboards._report import collect_report, render_markdown, write_report
@@ -303,11 +304,6 @@ def _damaged_database(e: BaseException) -> str | None:
     return None
 
 
-def _disk_full(e: BaseException) -> bool:
-    text = str(e).lower()
-    return "database or disk is full" in text or "no space left on device" in text
-
-
 class _LevelFormatter(logging.Formatter):
     """Progress lines as they are; warnings, errors and debug lines say their level."""
 
@@ -371,7 +367,7 @@ def _run_command(args: argparse.Namespace) -> int:
               "run the same command again", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a damaged database is bad input, a full disk has its code; the rest is a bug to show
-        if _disk_full(e):
+        if disk_full(e):
             print("error: no space left on device while writing the study database; free some space and run the same "
                   "command (completed trials are saved, the interrupted one resumes)", file=sys.stderr)
             return EXIT_DISK_FULL

@@ -16,8 +16,13 @@ full trainings (30% of the grid).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+
+from optuna_search.search._schedule import Action, Done, New, Promote, PruneRest, StudyState, Status, Train, Wait
+
+log = logging.getLogger("optuna_search")
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class Config:
 
     key: str
     state: str
-    """pending, waiting, running, paused, failed, complete or pruned (the scheduler's Status)."""
+    """pending, waiting, running, paused, failed, complete or pruned (the study's Status)."""
     reached: int
     """The last rung it reached (-1: none yet)."""
     metrics: dict[int, float]
@@ -35,42 +40,6 @@ class Config:
     """Ties and the population are decided in this order (first trial number / grid order)."""
 
 
-@dataclass(frozen=True)
-class TrainTo:
-    key: str
-    rung: int
-
-
-@dataclass(frozen=True)
-class NewConfig:
-    """Sample a new configuration and train it to the first rung."""
-
-
-@dataclass(frozen=True)
-class Promote:
-    rung: int
-    keys: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PruneRest:
-    rung: int
-    keys: tuple[str, ...]
-    """Paused configurations not promoted at a decided rung: to be ended PRUNED (one that
-    failed stays FAIL, named by `run`'s exit code)."""
-
-
-@dataclass(frozen=True)
-class Wait:
-    keys: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Finished:
-    pass
-
-
-Action = TrainTo | NewConfig | Promote | PruneRest | Wait | Finished
 RUNNABLE = ("pending", "waiting", "paused")
 ENDED = ("complete", "pruned")
 
@@ -85,16 +54,16 @@ def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_conf
     population = sorted(configs, key=lambda c: c.order)[:n_configs]
     for r in range(n_rungs):
         if r == 0 and len(population) < n_configs:
-            return NewConfig()
+            return New(0)
         todo = [c for c in population if c.reached < r and c.state not in ENDED]
         runnable = [c for c in todo if c.state in RUNNABLE or (retry_failed and c.state == "failed")]
         if runnable:
-            return TrainTo(runnable[0].key, r)
+            return Train(runnable[0].key, r)
         running = [c.key for c in todo if c.state == "running"]
         if running:
             return Wait(tuple(running))
         if r == n_rungs - 1:
-            return Finished()
+            return Done()
         if r not in promoted:
             reached = sorted((c for c in population if c.reached >= r),
                              key=lambda c: (-c.metrics.get(r, -math.inf), c.order))
@@ -104,7 +73,47 @@ def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_conf
             return PruneRest(r, left)
         by_key = {c.key: c for c in population}
         population = [by_key[k] for k in promoted[r] if k in by_key]  # the best first
-    return Finished()
+    return Done()
+
+
+def tied_at_the_cut(configs: list[Config], rung: int, keep: int) -> list[str]:
+    """The configurations whose metric at ``rung`` equals the last promoted one's while
+    some of them were left out: a promotion that a tie decided (by order)."""
+    reached = sorted((c for c in configs if c.reached >= rung), key=lambda c: (-c.metrics.get(rung, -math.inf), c.order))
+    if len(reached) <= keep or keep == 0:
+        return []
+    cut = reached[keep - 1].metrics.get(rung)
+    tied = [c.key for c in reached if c.metrics.get(rung) == cut]
+    return tied if any(c.key in tied for c in reached[keep:]) else []
+
+
+class SuccessiveHalving:
+    """The successive-halving schedule (see the module docstring) over a study's points."""
+
+    def __init__(self, n_rungs: int, eta: int, fields: list[str]) -> None:
+        self.n_rungs, self.eta, self.fields = n_rungs, eta, fields
+
+    def configs(self, state: StudyState) -> list[Config]:
+        out = []
+        for i, p in enumerate(state.points):
+            reached = self.n_rungs - 1 if p.status == Status.COMPLETE else p.rung(self.fields)
+            out.append(Config(p.key, p.status.value, reached, rung_metrics(p.records(self.fields)),
+                              i if state.grid else (p.order if p.trials else 10**9 + i)))
+        return out
+
+    def next(self, state: StudyState, retry_failed: bool) -> Action:
+        return next_action(self.configs(state), state.halving_promoted, n_configs=state.n_target, n_rungs=self.n_rungs,
+                           eta=self.eta, retry_failed=retry_failed)
+
+
+def rung_metrics(records) -> dict[int, float]:
+    """A configuration's metric at each rung it reached (the intermediate value reported
+    at that rung's validation point; the study's prune_on signal)."""
+    out: dict[int, float] = {}
+    for r in records:
+        for rung, value in (r.rung_values or {}).items():
+            out[int(rung)] = value
+    return out
 
 
 def cost(n: int, rungs: list[float], eta: int) -> float:

@@ -30,10 +30,13 @@ from optuna_search.objectives import make_objective
 from optuna_search.search._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
 from optuna_search.search._open import as_resumed, create_or_resume, stored_config_of
 from optuna_search.search._preflight import LARGE_GRID, preflight
-from optuna_search.search._scheduler import RunOutcome, Scheduler, Status, StudyState, study_state
+from optuna_search.search._schedule import Status, StudyState
+from optuna_search.search._scheduler import RunOutcome, Scheduler, study_state
 from optuna_search.search._trial import TrialRunner
 from optuna_search.search._warm import warm_start, warm_start_source
 from optuna_search.search._workers import WorkerOptions, run_workers
+from optuna_search.storage._artifacts import artifact_store
+from optuna_search.storage._ledger import Ledger
 from optuna_search.storage._records import read_meta
 from optuna_search.storage._storages import study_flags
 
@@ -48,8 +51,6 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
     """Run what the study lacks, resuming interrupted trials from their checkpoints.
     With ``time_budget_s``, start no trial that the estimate from earlier trials says
     cannot finish, and stop a running one at a checkpoint in time."""
-    from optuna.storages import fail_stale_trials
-
     deadline = time.monotonic() + time_budget_s if time_budget_s else None
     config = as_resumed(config, explicit)
     pf = preflight(config)
@@ -59,16 +60,17 @@ def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: floa
              len(d.test_subset), len(d.validation_subset), config.eval.seed, ", stratified" if config.eval.stratify else "")
     source = warm_start_source(config, pf) if config.study.warm_start and stored_config_of(config) is None else None
     study, created = create_or_resume(config, pf)
+    ledger = Ledger(study, list(config.data.fields), artifacts=artifact_store(config.storage.artifacts))
     if created and source is not None:
-        warm_start(study, config, source)
-    # Reconcile at once: trials whose process died are failed (and, by the storage's
-    # retry callback, re-queued as WAITING) before we decide what is left to do, so the
-    # retry of an interrupted trial is the first thing a new session does.
-    fail_stale_trials(study)
-    runner = TrialRunner(study, config, pf.data, make_objective(config), deadline=deadline, worker=worker,
+        warm_start(ledger, config, source)
+    runner = TrialRunner(config, pf.data, make_objective(config), read_meta(study), deadline=deadline, worker=worker,
                          progress_interval=progress_interval)
-    return Scheduler(study, config, runner).run(retry_failed=retry_failed, deadline=deadline, wait_for_others=wait_for_others,
-                                                after_trial=lambda st, state: _after_trial(st, config, state))
+    # The scheduler reconciles first: trials whose process died are failed (and, by the
+    # storage's retry callback, re-queued WAITING) before it decides what is left to do,
+    # so the retry of an interrupted trial is the first thing a new session does.
+    return Scheduler(study, config, runner, ledger).run(retry_failed=retry_failed, deadline=deadline,
+                                                        wait_for_others=wait_for_others,
+                                                        after_trial=lambda st, state: _after_trial(st, config, state))
 
 
 def _after_trial(study: "optuna.Study", config: Config, state: StudyState) -> None:

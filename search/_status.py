@@ -8,7 +8,8 @@ from optuna_search.core import Config
 from optuna_search.dashboards._summary import render_status, status_report
 from optuna_search.search._exit import EXIT_INCOMPLETE, EXIT_OK
 from optuna_search.search._run import summary_points
-from optuna_search.search._scheduler import Status, study_state
+from optuna_search.search._schedule import Status
+from optuna_search.search._scheduler import study_state
 from optuna_search.storage._storages import study_flags
 
 if TYPE_CHECKING:

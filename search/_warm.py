@@ -21,7 +21,8 @@ from optuna_search.search._open import load_named_study
 from optuna_search.search._preflight import Preflight
 from optuna_search.search._space import distributions
 from optuna_search.storage._internals import distribution_contains
-from optuna_search.storage._records import read_meta, write_meta
+from optuna_search.storage._ledger import Ledger
+from optuna_search.storage._records import read_meta
 
 if TYPE_CHECKING:
     import optuna
@@ -72,8 +73,8 @@ def warm_start_source(config: Config, pf: Preflight) -> "optuna.Study":
     return source
 
 
-def warm_start(study: "optuna.Study", config: Config, source: "optuna.Study") -> int:
-    """Copy the earlier study's COMPLETE trials into ``study``; returns how many."""
+def warm_start(ledger: Ledger, config: Config, source: "optuna.Study") -> int:
+    """Copy the earlier study's COMPLETE trials into the ledger's study; returns how many."""
     from optuna.trial import TrialState, create_trial
 
     fields = list(config.data.fields)
@@ -99,10 +100,13 @@ def warm_start(study: "optuna.Study", config: Config, source: "optuna.Study") ->
             user_attrs={**t.user_attrs, **record.replace(warm_start_from=f"{source.study_name}#{t.number}").to_user_attrs()},
             intermediate_values=dict(t.intermediate_values) if len(values) == 1 else None,
         ))
-    study.add_trials(copied)
-    write_meta(study, StudyMeta(warm_start={"study": source.study_name, "trials": len(copied), "skipped": skipped}))
-    log.info("warm start: %d finished trials of study %r copied%s", len(copied), source.study_name,
-             ("; left out: " + "; ".join(skipped)) if skipped else "")
+    ledger.copy_in(copied, source.study_name, skipped)
+    if copied:
+        log.info("warm start: %d finished trials of study %r copied%s", len(copied), source.study_name,
+                 ("; left out: " + "; ".join(skipped)) if skipped else "")
+    else:
+        log.warning("warm start: no trial of study %r fits this study, nothing was copied%s", source.study_name,
+                    (" (" + "; ".join(skipped) + ")") if skipped else " (it has no finished trial)")
     return len(copied)
 
 

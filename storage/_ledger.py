@@ -41,14 +41,17 @@ from optuna_search.storage._internals import (
     stored_trial,
     unpause,
 )
+from optuna_search.storage._records import read_meta, write_meta
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial, Trial
 
-RESET_ON_CLAIM = ("interrupted", "stopped_by_time_budget", "orphaned", "error")
-"""Record fields of an earlier attempt that a claimed retry must not carry on (Optuna's
-retry copies the stale trial's user attrs)."""
+ENDING = ("interrupted", "stopped_by_time_budget", "orphaned", "error")
+"""Record fields saying how an attempt ended: cleared when the trial runs again."""
+COPIED = ENDING + ("seconds_spent", "train_seconds", "eval_seconds", "oom_retries")
+"""What a claimed retry must not carry on of the attempt it retries (Optuna's retry copies
+the stale trial's user attrs; that attempt's time is counted on its own trial)."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class Ledger:
         claimed it first); what the killed attempt recorded about its ending is cleared."""
         trial = claim_waiting(self.study, frozen)
         if trial is not None:
-            self._clear_ending(trial)
+            self._clear(trial, COPIED)
             self._commit("claim", trial)
         return trial
 
@@ -112,7 +115,7 @@ class Ledger:
         """A configuration paused at a rung, promoted (or interrupted there): RUNNING again."""
         unpause(self.study, frozen)
         trial = live_trial(self.study, frozen)
-        self._clear_ending(trial)
+        self._clear(trial, ENDING)
         self._commit("resume", trial)
         return trial
 
@@ -223,11 +226,10 @@ class Ledger:
 
     # -- records -------------------------------------------------------------------------
     def meta(self) -> StudyMeta:
-        return StudyMeta.from_user_attrs(self.study.user_attrs)
+        return read_meta(self.study)
 
     def write_meta(self, meta: StudyMeta) -> None:
-        for key, value in meta.to_user_attrs().items():
-            self.study.set_user_attr(key, value)
+        write_meta(self.study, meta)
 
     def record_of(self, trial: "Trial | FrozenTrial") -> TrialRecord:
         """The trial's record as stored now (a live trial's own copy lags behind)."""
@@ -237,9 +239,9 @@ class Ledger:
         for key, value in record.to_user_attrs().items():
             set_trial_user_attr(self.study, trial, key, value)
 
-    def _clear_ending(self, trial: "Trial") -> None:
+    def _clear(self, trial: "Trial", keys: tuple[str, ...]) -> None:
         ua = stored_trial(self.study, trial).user_attrs
-        for key in RESET_ON_CLAIM:
+        for key in keys:
             if ua.get(key) is not None:
                 set_trial_user_attr(self.study, trial, key, None)
 

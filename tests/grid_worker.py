@@ -22,12 +22,12 @@ from optuna_search.search._config import load_config
 from optuna_search.core import TrialRecord
 from optuna_search.search._scheduler import Outcome, Scheduler, TrialOutcome
 from optuna_search.search._space import make_sampler
-from optuna_search.storage._internals import heartbeat
 from optuna_search.storage._storages import open_storage
 
 
 class SleepRunner:
-    """Stands in for the trial runner: holds the heartbeat, sleeps, returns the value."""
+    """Stands in for the trial runner: sleeps, returns the value (the scheduler holds the
+    trial's heartbeat meanwhile)."""
 
     def __init__(self, study, sleep: str) -> None:
         self.study = study
@@ -36,10 +36,9 @@ class SleepRunner:
         value = float(rest.split(":")[0]) if rest else float(kind)
         self.sleep = (lambda: value) if kind == "fixed" else (lambda: random.uniform(0, value))
 
-    def run(self, trial, *, position, attempts, rung=None) -> TrialOutcome:
-        r = trial.params["lora_r"]
-        with heartbeat(self.study, trial):
-            time.sleep(self.sleep())
+    def run(self, job) -> TrialOutcome:
+        r, rung = job.params["lora_r"], job.rung
+        time.sleep(self.sleep())
         if self.log is None:
             return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[float(r)])
         with open(self.log, "a") as fh:

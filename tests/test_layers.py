@@ -122,21 +122,30 @@ def test_help_imports_no_heavy_module():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-def test_optuna_is_told_in_one_module():
-    """A trial's outcome reaches Optuna in one place (the scheduler's _tell)."""
-    found = [f"{folder}/{p.name}" for folder, p in _sources() if re.search(r"study\.tell\(", p.read_text())]
-    assert found == ["search/_scheduler.py"], found
+LIFECYCLE = re.compile(r"\bstudy\.tell\(|\btrial\.report\(|\benqueue_trial\(|\badd_trials?\(|\bfail_stale_trials\(|"
+                       r"\bset_trial_state_values\(|\bset_trial_user_attr\(|\bset_trial_intermediate_value\(|"
+                       r"\bset_trial_param\(|(?<![\w.])(claim_waiting|fail_trial|pause|unpause)\(")
+"""Optuna's calls that move a trial (and storage/_internals' wrappers of its private ones)."""
+
+
+def test_a_trials_state_moves_in_the_ledger_only():
+    """Creating, claiming, pausing, resuming, failing, completing and copying trials, and
+    writing their records: storage/_ledger.py (through Optuna's calls, and
+    storage/_internals.py for the private ones). No other module tells Optuna anything,
+    enqueues, adds trials, reports intermediate values or calls a storage setter."""
+    found = sorted({f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources()
+                    for line in p.read_text().splitlines()
+                    if LIFECYCLE.search(line) and not line.lstrip().startswith(("#", "def ", '"', "'"))})
+    assert found == ["storage/_internals.py", "storage/_ledger.py"], found
 
 
 def test_user_attrs_are_written_by_the_records_only():
-    """TrialRecord / StudyMeta are the only writers of user attrs: no other code sets one
-    (optuna-dashboard's notes are its own system attrs)."""
+    """A trial's record is written by the ledger, a study's by storage/_records.py (its
+    StudyMeta); no other code sets a user attr (optuna-dashboard's notes are its own system
+    attrs)."""
     pattern = re.compile(r"set_user_attr\(|set_trial_user_attr\(")
     found = [f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())]
-    assert sorted(found) == ["storage/_internals.py", "storage/_records.py"], found
-    # ...and _internals' writer is used by _records alone.
-    users = [f"{folder}/{p.name}" for folder, p in _sources() if "set_trial_user_attr" in p.read_text()]
-    assert sorted(users) == ["storage/_internals.py", "storage/_records.py"], users
+    assert sorted(found) == ["storage/_internals.py", "storage/_ledger.py", "storage/_records.py"], found
 
 
 def test_optuna_private_api_stays_in_internals():

@@ -249,15 +249,16 @@ def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
 def test_trial_killed_before_its_first_heartbeat_is_reclaimed(tmp_path):
     """Optuna's stale check skips trials without a heartbeat record; a process killed
     between creating its trial and starting the heartbeat must not leave it RUNNING."""
-    from optuna_search.search._scheduler import fail_orphaned_trials
+    from optuna_search.storage._ledger import Ledger
     from optuna_search.storage._storages import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=storage)
     orphan = study.ask()  # RUNNING, never heartbeated
-    assert fail_orphaned_trials(study, grace_period=60) == 0  # too young: might be starting up
+    ledger = Ledger(study)
+    assert ledger.reconcile(grace_period=60) == 0  # too young: might be starting up
     time.sleep(1.2)
-    assert fail_orphaned_trials(study, grace_period=1) == 1
+    assert ledger.reconcile(grace_period=1) == 1
     t = study.get_trials()[orphan.number]
     assert t.state == TrialState.FAIL and "orphaned" in t.user_attrs
 
@@ -319,12 +320,12 @@ def test_a_full_disk_while_writing_the_database_is_one_line(tmp_path, demo_cache
     import sqlalchemy
 
     from optuna_search.search._cli import main
-    from optuna_search.storage import _records
+    from optuna_search.storage import _ledger
 
     def full(*a, **kw):
         raise sqlalchemy.exc.OperationalError("INSERT INTO trial_user_attributes", {}, Exception("database or disk is full"))
 
-    monkeypatch.setattr(_records, "set_trial_user_attr", full)
+    monkeypatch.setattr(_ledger, "set_trial_user_attr", full)
     monkeypatch.chdir(tmp_path)
     assert main(_one_point()) == 4
     err = capsys.readouterr().err

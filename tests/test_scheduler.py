@@ -16,10 +16,15 @@ from optuna_search.core._params import point_key
 from optuna_search.search import _halving as halving
 from optuna_search.search._config import load_config
 from optuna_search.search._run import summarize
-from optuna_search.search._scheduler import (
-    BudgetStop, Done, Outcome, RunNew, RunPoint, RunWaiting, Scheduler, Status, TrialOutcome, WaitForOthers, decide,
-    point_status, read_state,
+from optuna_search.search._schedule import (
+    BudgetStop, Done, New, Promote, PruneRest, Status, Train, TrialSchedule, Wait, point_status, read_state,
 )
+from optuna_search.search._schedule import decide as _decide
+from optuna_search.search._scheduler import Outcome, Scheduler, TrialOutcome
+
+
+def decide(state, **kw):
+    return _decide(TrialSchedule(), state, **kw)
 from optuna_search.search._space import make_sampler, n_target, space_size
 from optuna_search.storage._internals import paused_at
 from optuna_search.storage._storages import open_storage
@@ -60,16 +65,16 @@ def test_grid_runs_points_in_grid_order_retries_first_failed_only_when_asked():
     C, F, W = TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING
     state = read_state(GRID, [_t(C, 4), _t(F, 8, error="boom")])
     assert [p.status for p in state.points] == [Status.COMPLETE, Status.FAILED, Status.PENDING]
-    assert decide(state, retry_failed=False) == RunPoint(state.points[2])
-    assert decide(state, retry_failed=True) == RunPoint(state.points[1])
+    assert decide(state, retry_failed=False) == Train(state.points[2].key)
+    assert decide(state, retry_failed=True) == Train(state.points[1].key)
     waiting = read_state(GRID, [_t(C, 4), _t(W, 16)])
-    assert isinstance(decide(waiting, retry_failed=False), RunWaiting)
+    assert decide(waiting, retry_failed=False) == Train("lora_r=16")
 
 
 def test_waiting_for_others_and_done():
     C = TrialState.COMPLETE
     state = read_state(GRID, [_t(C, 4), _t(C, 8), _running(16)])
-    assert decide(state, retry_failed=False) == WaitForOthers(("lora_r=16",))
+    assert decide(state, retry_failed=False) == Wait(("lora_r=16",))
     done = read_state(GRID, [_t(C, 4), _t(C, 8), _t(C, 16)])
     assert decide(done, retry_failed=False) == Done() and done.finished == 3
 
@@ -80,9 +85,9 @@ def test_sampler_study_counts_finished_points_and_resumes_interrupted_ones():
     mk = lambda s, r, v: create_trial(state=s, value=0.5 if s == C else None, params={"lora_r": r, "learning_rate": v},
                                       distributions={"lora_r": CategoricalDistribution([2, 4, 8, 12, 16, 24, 32]), "learning_rate": lr})
     state = read_state(TPE, [mk(C, 4, 2e-3), mk(P, 8, 3e-3)])
-    assert state.finished == 2 and decide(state, retry_failed=False) == RunNew()
+    assert state.finished == 2 and decide(state, retry_failed=False) == New()
     interrupted = read_state(TPE, [mk(C, 4, 2e-3), mk(F, 8, 3e-3)])
-    assert decide(interrupted, retry_failed=False) == RunPoint(interrupted.points[1])  # same params, from its checkpoint
+    assert decide(interrupted, retry_failed=False) == Train(interrupted.points[1].key)  # same params, from its checkpoint
     full = read_state(TPE, [mk(C, 4, 2e-3), mk(P, 8, 3e-3), mk(C, 16, 5e-3)])
     assert decide(full, retry_failed=False) == Done()
 
@@ -90,9 +95,9 @@ def test_sampler_study_counts_finished_points_and_resumes_interrupted_ones():
 def test_time_budget_starts_no_trial_that_cannot_finish():
     state = read_state(GRID, [_timed(4, 600, dt.datetime(2026, 1, 1))])
     assert isinstance(decide(state, retry_failed=False, seconds_left=300), BudgetStop)
-    assert isinstance(decide(state, retry_failed=False, seconds_left=900), RunPoint)
+    assert isinstance(decide(state, retry_failed=False, seconds_left=900), Train)
     # A point with a checkpoint can always make progress before the deadline.
-    assert isinstance(decide(state, retry_failed=False, seconds_left=300, checkpointed=lambda p: True), RunPoint)
+    assert isinstance(decide(state, retry_failed=False, seconds_left=300, checkpointed=lambda p: True), Train)
     assert isinstance(decide(state, retry_failed=False, seconds_left=0, checkpointed=lambda p: True), BudgetStop)
 
 
@@ -102,11 +107,11 @@ class _Runner:
     def __init__(self, values, fail=(), during=None):
         self.values, self.fail, self.during, self.ran = values, set(fail), during, []
 
-    def run(self, trial, *, position, attempts, rung=None):
-        params = dict(trial.params)
-        self.ran.append((params, position, attempts, rung))
+    def run(self, job):
+        params = dict(job.params)
+        self.ran.append((params, job.position, job.attempts, job.rung))
         if self.during is not None:
-            self.during(trial)
+            self.during(job)
         if point_key(params) in self.fail:
             return TrialOutcome(Outcome.FAILED, TrialRecord(error="RuntimeError: cannot allocate"))
         return TrialOutcome(Outcome.COMPLETE, TrialRecord(), values=[self.values(params)])
@@ -208,20 +213,24 @@ def test_a_failing_point_of_a_search_is_not_sampled_forever(tmp_path):
 def test_halving_decisions_rung_by_rung():
     C = halving.Config
     configs = [C(f"k{i}", "pending", -1, {}, i) for i in range(9)]
-    assert halving.next_action(configs, {}, n_configs=9, n_rungs=3, eta=3) == halving.TrainTo("k0", 0)
+    assert halving.next_action(configs, {}, n_configs=9, n_rungs=3, eta=3) == Train("k0", 0)
     at0 = [C(f"k{i}", "paused", 0, {0: i / 10}, i) for i in range(9)]
-    assert halving.next_action(at0, {}, n_configs=9, n_rungs=3, eta=3) == halving.Promote(0, ("k8", "k7", "k6"))
-    assert halving.next_action(at0, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == halving.PruneRest(
+    assert halving.next_action(at0, {}, n_configs=9, n_rungs=3, eta=3) == Promote(0, ("k8", "k7", "k6"))
+    assert halving.next_action(at0, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == PruneRest(
         0, tuple(f"k{i}" for i in range(6)))
     pruned = [C(f"k{i}", "pruned", 0, {0: i / 10}, i) for i in range(6)] + at0[6:]
-    assert halving.next_action(pruned, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == halving.TrainTo("k8", 1)
+    assert halving.next_action(pruned, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == Train("k8", 1)
     running = [C("k0", "running", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: 0.1}, i) for i in range(1, 3)]
-    assert halving.next_action(running, {}, n_configs=3, n_rungs=2, eta=3) == halving.Wait(("k0",))
-    assert halving.next_action(configs[:2], {}, n_configs=4, n_rungs=2, eta=2) == halving.NewConfig()
+    assert halving.next_action(running, {}, n_configs=3, n_rungs=2, eta=3) == Wait(("k0",))
+    assert halving.next_action(configs[:2], {}, n_configs=4, n_rungs=2, eta=2) == New(0)
     # A configuration that failed with an error is not promoted, not pruned, not waited for.
     failed = [C("k0", "failed", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: i / 10}, i) for i in range(1, 3)]
-    assert halving.next_action(failed, {}, n_configs=3, n_rungs=2, eta=3) == halving.Promote(0, ("k2",))
-    assert halving.next_action(failed, {0: ["k2"]}, n_configs=3, n_rungs=2, eta=3) == halving.PruneRest(0, ("k1",))
+    assert halving.next_action(failed, {}, n_configs=3, n_rungs=2, eta=3) == Promote(0, ("k2",))
+    assert halving.next_action(failed, {0: ["k2"]}, n_configs=3, n_rungs=2, eta=3) == PruneRest(0, ("k1",))
+    # A promotion that a tie decided is named (the scheduler warns).
+    tie = [C(f"k{i}", "paused", 0, {0: 0.5}, i) for i in range(4)]
+    assert halving.next_action(tie, {}, n_configs=4, n_rungs=2, eta=2) == Promote(0, ("k0", "k1"))
+    assert halving.tied_at_the_cut(tie, 0, 2) == ["k0", "k1", "k2", "k3"] and halving.tied_at_the_cut(at0, 0, 3) == []
     # 12 points, eta 3, rungs 1/9, 1/3, 1: 12 to 1/9, 4 to 1/3, 2 finalists = 3.56 trainings (30% of the grid).
     assert halving.cost(12, [1 / 9, 1 / 3, 1.0], 3) == pytest.approx(12 / 9 + 4 * 2 / 9 + 2 * 2 / 3)
 
@@ -233,8 +242,8 @@ class _Halving:
     def __init__(self, rungs, interrupt_at=None):
         self.rungs, self.interrupt_at, self.ran = rungs, interrupt_at, []
 
-    def run(self, trial, *, position, attempts, rung=None):
-        r = trial.params["lora_r"]
+    def run(self, job):
+        r, rung = job.params["lora_r"], job.rung
         self.ran.append((r, rung))
         if self.interrupt_at == len(self.ran):
             return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(), stop=KeyboardInterrupt())

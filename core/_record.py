@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 
 CALIBRATION_METRICS = ("log_loss", "brier", "ece")
+PAUSED_ATTR = "optuna_search:paused_at_rung"
+"""The system attr that marks a RUNNING trial paused at a successive-halving rung (the
+rung, or None once resumed): the one representation of "paused". A record reads such a
+trial's state as PAUSED."""
 
 
 @dataclass
@@ -130,6 +134,7 @@ _PLAIN = (
     ("tracking", "tracking"),
     ("eval_batch_size", "eval_batch_size"),
     ("seconds_spent", "seconds_spent"),
+    ("resumed_at", "resumed_at"),
 )
 
 
@@ -139,7 +144,8 @@ class TrialRecord:
 
     number: int | None = None
     state: str | None = None
-    """Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING."""
+    """Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING; PAUSED for a RUNNING
+    trial paused at a rung."""
     values: list[float] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     """Optuna's trial params: the searched values."""
@@ -202,6 +208,8 @@ class TrialRecord:
     eval_batch_size: int | None = None
     """The evaluation batch its scores were computed with (smaller than eval.batch_size
     after running out of memory); `predict` uses the same."""
+    resumed_at: float | None = None
+    """When its current segment started (Unix time): a running trial's time so far."""
     seconds_spent: float | None = None
     """Wall time of this trial's segments (model load, training, evaluation), summed over
     its resumes; the time between them (a paused configuration, a killed session) is not
@@ -235,6 +243,20 @@ class TrialRecord:
         if self.train_seconds is None and self.eval_seconds is None:
             return None
         return ((self.train_seconds or 0) + (self.eval_seconds or 0)) / 60
+
+    def seconds(self, now: float, *, paused: bool = False) -> float:
+        """Time spent on this trial by ``now`` (Unix time): its finished segments, and the
+        running one's time so far; a paused trial's wait is not counted. Studies of earlier
+        versions: training plus evaluation, else the trial's span."""
+        done = self.seconds_spent
+        if done is None and (self.train_seconds is not None or self.eval_seconds is not None):
+            done = (self.train_seconds or 0) + (self.eval_seconds or 0)
+        if self.state == "RUNNING" and not paused:
+            start = self.resumed_at or (self.datetime_start.timestamp() if self.datetime_start else now)
+            return (done or 0.0) + max(0.0, now - start)
+        if done is None and self.datetime_start is not None and self.datetime_complete is not None:
+            return (self.datetime_complete - self.datetime_start).total_seconds()
+        return done or 0.0
 
     @property
     def eval_seconds_per_example(self) -> float | None:
@@ -277,9 +299,10 @@ class TrialRecord:
     @classmethod
     def from_trial(cls, trial: "FrozenTrial", fields: list[str]) -> "TrialRecord":
         """From an Optuna ``FrozenTrial`` (or anything with the same attributes)."""
+        paused = trial.state.name == "RUNNING" and trial.system_attrs.get(PAUSED_ATTR) is not None
         return cls.from_user_attrs(
             trial.user_attrs, fields,
-            number=trial.number, state=trial.state.name, values=list(trial.values) if trial.values else None,
+            number=trial.number, state="PAUSED" if paused else trial.state.name, values=list(trial.values) if trial.values else None,
             params=dict(trial.params), datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
         )
 

@@ -50,7 +50,8 @@ def _performance(rep: "Report") -> list[str]:
         else:
             rec = r.record
             note = r.state.lower() + (f" at validation point {rec.pruned_at_step}" if rec.pruned_at_step else "") + (
-                f" at rung {rec.rung + 1}" if r.state == "PRUNED" and rec.rung is not None and not rec.pruned_at_step else "") + (
+                f" at rung {rec.rung + 1}" if r.state in ("PRUNED", "PAUSED") and rec.rung is not None and not rec.pruned_at_step
+                else "") + (
                 f": {rec.error[:80]}" if rec.error else "")
             rows.append([r.config] + ["-"] * len(fields) + ["-", pct(r.validation), "-", "-", note])
     for name, b in rep.baselines.items():

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, TrialRecord, UserError
+from optuna_search.core import Config, TrialRecord, UserError, best_record
 from optuna_search.core._record import StudyMeta
 from optuna_search.dashboards._figures import build_figures
 from optuna_search.dashboards._render import render_markdown
@@ -178,7 +178,7 @@ def collect_report(study: "optuna.Study", config: Config, artifact_store: Any = 
     comparisons = _holm_family([_compare(a.config, b.config, correct[a.trial], correct[b.trial], fields)
                                 for a in complete for b in complete if a.trial < b.trial and a.trial in correct and b.trial in correct], fields)
     front = _front(study, complete) if len(config.study.objectives) > 1 else []
-    best = _choose_best(complete, fields, config.eval.objective_split)
+    best = _choose_best(complete, config)
     baselines = meta.baselines or {}
     vs_baselines = [_compare(best.config, f"baseline: {name}", correct[best.trial], bc, fields)
                     for name, bc in base_correct.items()] if best is not None and best.trial in correct else []
@@ -269,18 +269,13 @@ def _front(study: "optuna.Study", complete: list[ReportRow]) -> list[ReportRow]:
     return [r for r in complete if r.trial in numbers]
 
 
-def _choose_best(complete: list[ReportRow], fields: list[str], split: str) -> ReportRow | None:
-    """The plan's criteria, in order: the study's objective on its split, the first
-    label field's accuracy on that split (severity in the flagship study), the smaller
-    train/eval gap (less overfitting), faster inference; then the earlier trial."""
-    if not complete:
-        return None
-
-    def key(r: ReportRow):
-        return (r.objective or 0.0, r.record.accuracy(fields[0], split) or 0.0, -(r.gap if r.gap is not None else math.inf),
-                r.record.eval_examples_per_second or 0.0, -r.trial)
-
-    return max(complete, key=key)
+def _choose_best(complete: list[ReportRow], config: Config) -> ReportRow | None:
+    """The study's best trial (``core.best_record``, the rule every command uses: the
+    objective on its split, the first label field on that split, the smaller train/eval
+    gap, faster inference, the earlier trial)."""
+    best = best_record([r.record for r in complete], config.study.objectives[0], config.eval.objective_split,
+                       list(config.data.fields))
+    return next((r for r in complete if best is not None and r.trial == best.number), None)
 
 
 def early_signal(complete: list[ReportRow], config: Config) -> list[EarlySignal]:

@@ -3,9 +3,9 @@ rendered as text. Input: per point, its status and its trials' records."""
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 from dataclasses import dataclass, field
-from optuna_search.core import TrialRecord
+from optuna_search.core import TrialRecord, best_record
 from optuna_search.core._text import num, pct, render_table
 
 SHORT = {"severity": "sev", "component": "comp", "reproducibility": "repro"}
@@ -65,6 +65,8 @@ class SummaryRow:
     single_label: dict[str, str] = field(default_factory=dict)
     """Fields whose test predictions are all one label."""
     adapter_dir: str | None = None
+    record: TrialRecord | None = None
+    """The finished trial's record (what the best is chosen from)."""
 
 
 def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "test",
@@ -87,7 +89,7 @@ def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "te
             row.parse_failures = r.test.parse_failures if r.test else None
             row.pruned_at, row.rung = r.pruned_at_step, r.rung
             row.single_label = r.test.single_label() if r.test else {}
-            row.adapter_dir = r.adapter_dir
+            row.adapter_dir, row.record = r.adapter_dir, r
         elif p.records:
             row.error = p.records[-1].error
             row.rung = max((x.rung for x in p.records if x.rung is not None), default=None)
@@ -116,12 +118,11 @@ def render_summary(rows: list[SummaryRow], fields: list[str], baselines: dict[st
     return render_table(table)
 
 
-def best_row(rows: list[SummaryRow]) -> SummaryRow | None:
-    """The best COMPLETE row by the objective's value; ties go to the earlier trial, as
-    Optuna's ``best_trial`` breaks them (the test split never chooses anything when the
-    objective is on validation)."""
-    done = [r for r in rows if r.status == "complete" and r.value is not None]
-    return max(done, key=lambda r: (r.value, -(r.trial or 0))) if done else None
+def best_row(rows: list[SummaryRow], objective: str, split: str, fields: list[str]) -> SummaryRow | None:
+    """The row of the study's best trial (``core.best_record``: the one rule every command
+    uses)."""
+    best = best_record([r.record for r in rows if r.status == "complete" and r.record is not None], objective, split, fields)
+    return next((r for r in rows if best is not None and r.trial == best.number), None)
 
 
 def pareto_rows(rows: list[SummaryRow], front: set[int]) -> list[SummaryRow]:
@@ -140,6 +141,10 @@ class StatusRow:
     rung: int | None = None
     trial: int | None = None
     adapter_dir: str | None = None
+    checkpoint_step: int | None = None
+    """The step of the point's newest complete checkpoint (where it resumes), if any."""
+    rung_value: float | None = None
+    """Successive halving: the prune_on metric at the last rung it reached."""
 
 
 @dataclass
@@ -157,49 +162,67 @@ class StatusReport:
     rungs: list[float] | None = None
 
 
-def status_report(points: list[SummaryPoint], n_target: int, grid: bool, split: str = "test", front: list[str] | None = None,
-                  rungs: list[float] | None = None, objective: str = "overall_accuracy", *, finished: int,
-                  pruned: int) -> StatusReport:
-    """Per point: state, attempts, value, resumed step (and rung); n of N (``finished``,
-    ``pruned``: the study state's counts), hours spent, ETA."""
-    now = dt.datetime.now()
+@dataclass(frozen=True)
+class StatusInput:
+    """What the status table is made of besides the points."""
+
+    n_target: int
+    grid: bool
+    split: str = "test"
+    objective: str = "overall_accuracy"
+    fields: list[str] = field(default_factory=list)
+    front: list[str] | None = None
+    rungs: list[float] | None = None
+    finished: int = 0
+    pruned: int = 0
+    checkpoints: dict[str, int | None] = field(default_factory=dict)
+    """The newest complete checkpoint's step per point (by its key)."""
+
+
+def status_report(points: list[SummaryPoint], s: StatusInput, now: float | None = None) -> StatusReport:
+    """Per point: state, attempts, value, resumed step, checkpoint (and rung); n of N,
+    hours spent (the trials' segments, not their pauses), ETA from the completed trials."""
+    now = time.time() if now is None else now
     rows, spent, durations = [], 0.0, []
     for p in points:
-        best = p.finished
-        resumed = max((r.resumed_from_step or 0 for r in p.records), default=0)
-        last = p.records[-1] if p.records else None
-        for r in p.records:
-            if r.datetime_start is None:
-                continue
-            spent += ((r.datetime_complete or now) - r.datetime_start).total_seconds()
-            if r.state == "COMPLETE" and r.datetime_complete and r.duplicate_of is None and r.warm_start_from is None:
-                durations.append((r.datetime_complete - r.datetime_start).total_seconds())
-        note = ""
-        if last is not None and best is None:
-            note = last.error or ("time budget" if last.stopped_by_time_budget else "") or (
-                "interrupted" if last.state == "FAIL" else "")
-        if last is not None and last.warm_start_from:
-            note = f"warm start: {last.warm_start_from}"
-        rung = max((r.rung for r in p.records if r.rung is not None), default=None)
-        rows.append(StatusRow(p.key, p.status, len(p.records) - p.repeats,
-                              best.objective_value(objective, split) if best else None, resumed, note, rung,
-                              best.number if best else None, best.adapter_dir if best else None))
-    left = max(0, n_target - finished)
+        spent += sum(r.seconds(now, paused=p.status == "paused") for r in p.records)
+        durations += [r.seconds(now) for r in p.records if r.state == "COMPLETE" and r.duplicate_of is None
+                      and r.warm_start_from is None]
+        rows.append(_status_row(p, s))
+    best = best_record([r for p in points for r in p.records], s.objective, s.split, s.fields)
+    left = max(0, s.n_target - s.finished)
     mean = sum(durations) / len(durations) if durations else None
-    done_rows = [r for r in rows if r.value is not None and r.status == "complete"]
-    return StatusReport(
-        rows, finished, n_target, grid, pruned,
-        max(done_rows, key=lambda r: r.value) if done_rows else None,  # type: ignore[arg-type, return-value]
-        spent / 3600, None if mean is None else left * mean / 3600, split, front, rungs)
+    return StatusReport(rows, s.finished, s.n_target, s.grid, s.pruned,
+                        next((r for r in rows if best is not None and r.trial == best.number), None), spent / 3600,
+                        None if mean is None else left * mean / 3600, s.split, s.front, s.rungs)
+
+
+def _status_row(p: SummaryPoint, s: StatusInput) -> StatusRow:
+    best, last = p.finished, (p.records[-1] if p.records else None)
+    note = ""
+    if last is not None and best is None:
+        note = last.error or ("time budget" if last.stopped_by_time_budget else "") or (
+            f"interrupted ({last.interrupted})" if last.interrupted else "interrupted" if last.state == "FAIL" else "")
+    if last is not None and last.warm_start_from:
+        note = f"warm start: {last.warm_start_from}"
+    reached = [(r.rung, (r.rung_values or {}).get(str(r.rung))) for r in p.records if r.rung is not None]
+    rung, rung_value = max(reached, key=lambda x: x[0]) if reached else (None, None)
+    return StatusRow(p.key, p.status, len(p.records) - p.repeats,
+                     best.objective_value(s.objective, s.split) if best else None,
+                     max((r.resumed_from_step or 0 for r in p.records), default=0), note, rung,
+                     best.number if best else None, best.adapter_dir if best else None, s.checkpoints.get(p.key), rung_value)
 
 
 def render_status(s: StatusReport, study_name: str, flags: str = "") -> str:
     """``flags``: what addresses the study again (storage, study name) in the commands it suggests."""
-    head = ["grid point" if s.grid else "point", "state", "attempts", "value", "resumed step"] + (["rung"] if s.rungs else []) + ["note"]
+    head = ["grid point" if s.grid else "point", "state", "attempts", "value", "resumed step", "checkpoint"] + (
+        ["rung", "rung value"] if s.rungs else []) + ["note"]
     rows = [head]
     for p in s.rows:
-        rung = [f"{p.rung + 1}/{len(s.rungs)} ({100 * s.rungs[p.rung]:.0f}%)" if p.rung is not None else "-"] if s.rungs else []
-        rows.append([p.point, p.status, str(p.attempts), pct(p.value), str(p.resumed_from_step)] + rung + [p.note[:60]])
+        rung = [f"{p.rung + 1}/{len(s.rungs)} ({100 * s.rungs[p.rung]:.0f}%)" if p.rung is not None else "-",
+                num(p.rung_value, ".4f")] if s.rungs else []
+        rows.append([p.point, p.status, str(p.attempts), pct(p.value), str(p.resumed_from_step),
+                     "-" if p.checkpoint_step is None else f"step {p.checkpoint_step}"] + rung + [p.note[:60]])
     lines = [progress_line(study_name, s.finished, s.total, s.grid, s.pruned), render_table(rows)]
     if s.front:
         lines.append(f"Pareto front: {'; '.join(s.front)}")
@@ -209,7 +232,8 @@ def render_status(s: StatusReport, study_name: str, flags: str = "") -> str:
             lines.append(f"its adapter: {s.best.adapter_dir}; a standalone model: optuna-search export-model{flags} "
                          f"--trial {s.best.trial} --output DIR")
     eta = "unknown until one trial completes" if s.eta_hours is None else f"{s.eta_hours:.2f} h"
-    lines.append(f"time spent on trials: {s.hours_spent:.2f} h; ETA for the rest (serial): {eta}")
+    lines.append(f"time spent on trials: {s.hours_spent:.2f} h (training and evaluation; pauses not counted); "
+                 f"ETA for the rest (serial): {eta}")
     return "\n".join(lines)
 
 

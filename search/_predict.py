@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from optuna_search.core import Config, TrialRecord, UserError
+from optuna_search.core import Config, TrialRecord, UserError, best_record
 from optuna_search.core._text import format_seconds
 from optuna_search.objectives._data import CHARS_PER_TOKEN_BOUND, Example
 from optuna_search.objectives._evaluate import evaluate_examples
@@ -104,18 +104,19 @@ class RowPrediction:
 
 # -- where a model comes from ---------------------------------------------------------------
 def chosen_trial(study: "optuna.Study", config: Config, which: str | int) -> TrialRecord:
-    """``best`` (the study's chosen trial: Optuna's best on the objective's split) or a
-    trial number; only a COMPLETE trial with a trained adapter predicts."""
+    """``best`` (the study's best trial, ``core.best_record``) or a trial number; only a
+    COMPLETE trial with a trained adapter predicts."""
     fields = list(config.data.fields)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if str(which) == "best":
         if len(config.study.objectives) > 1:
             front = ", ".join(str(t.number) for t in study.best_trials)
             raise UserError(f"--trial best is ambiguous on a multi-objective study; pass one trial of the Pareto front: {front}")
-        done = [t for t in trials.values() if t.state.name == "COMPLETE"]
-        if not done:
+        best = best_record([TrialRecord.from_trial(t, fields) for t in trials.values()], config.study.objectives[0],
+                           config.eval.objective_split, fields)
+        if best is None:
             raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet; run it first")
-        number = study.best_trial.number
+        number = best.number
     else:
         try:
             number = int(which)

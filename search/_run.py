@@ -156,7 +156,7 @@ def verdict(rows: list[SummaryRow], config: Config, study: "optuna.Study") -> li
             return []
         return [f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
                 f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}"]
-    best = best_row(rows)
+    best = best_row(rows, config.study.objectives[0], config.eval.objective_split, list(config.data.fields))
     if best is None or best.overall is None:
         return []
     flags = study_flags(config)  # the commands below must find this study (the demo's is not the default)

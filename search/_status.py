@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from optuna_search.core import Config
-from optuna_search.dashboards._summary import render_status, status_report
+from optuna_search.dashboards._summary import StatusInput, render_status, status_report
 from optuna_search.search._exit import EXIT_INCOMPLETE, EXIT_OK
 from optuna_search.search._run import summary_points
 from optuna_search.search._schedule import Status
 from optuna_search.search._scheduler import study_state
+from optuna_search.storage._checkpoints import checkpoint_step, last_complete_checkpoint, point_checkpoints
 from optuna_search.storage._storages import study_flags
 
 if TYPE_CHECKING:
@@ -23,9 +24,11 @@ def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
     if len(config.study.objectives) > 1:
         best = {b.number for b in study.best_trials}
         front = [p.label for p in state.points if any(t.number in best for t in p.complete)]
-    report = status_report(summary_points(state, list(config.data.fields)), state.n_target, config.is_grid,
-                           config.eval.objective_split, front, list(config.study.rungs) if config.halving else None,
-                           config.study.objectives[0], finished=state.finished, pruned=state.pruned)
+    fields = list(config.data.fields)
+    checkpoints = {p.key: _checkpoint_step(config, p.params) for p in state.points if not p.status.finished}
+    report = status_report(summary_points(state, fields), StatusInput(
+        state.n_target, config.is_grid, config.eval.objective_split, config.study.objectives[0], fields, front,
+        list(config.study.rungs) if config.halving else None, state.finished, state.pruned, checkpoints))
     text = render_status(report, config.study.name, study_flags(config))
     failed = state.of(Status.FAILED)
     if failed:
@@ -33,3 +36,8 @@ def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
             " (re-run them with the `optuna-search run` command that ran the study, its --preset/--config/--set, "
             "plus --retry-failed)")
     return text, EXIT_OK if state.done else EXIT_INCOMPLETE
+
+
+def _checkpoint_step(config: Config, params: dict) -> int | None:
+    last, _ = last_complete_checkpoint(point_checkpoints(config.train.output_dir, config.study.name, params))
+    return checkpoint_step(last) if last is not None else None

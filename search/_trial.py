@@ -81,7 +81,7 @@ class TrialRunner:
             point=point_key(self._point(job)), lora_alpha=params.lora_alpha, effective_params=params.to_dict(),
             eval_ids_sha256=ids_digest(self.meta.eval_subset or []),
             validation_ids_sha256=ids_digest(self.meta.validation_subset or []), attempts=job.attempts,
-            worker=self.worker, host=socket.gethostname(), eval_method=self.config.eval.method,
+            worker=self.worker, host=socket.gethostname(), eval_method=self.config.eval.method, resumed_at=time.time(),
         )
 
     def run(self, job: Job) -> TrialOutcome:

@@ -16,6 +16,8 @@ import contextlib
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Iterator
 
+from optuna_search.core._record import PAUSED_ATTR
+
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial, Trial
@@ -26,7 +28,7 @@ GRID_ID = "grid_id"
 # System attr ``Study.enqueue_trial`` writes (and the stale-trial retry copies).
 FIXED_PARAMS = "fixed_params"
 # Ours: the rung at which successive halving paused a RUNNING trial (None once resumed).
-PAUSED = "optuna_search:paused_at_rung"
+PAUSED = PAUSED_ATTR
 
 
 def storage_of(study: "optuna.Study") -> Any:

@@ -48,7 +48,7 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
     poor = SummaryPoint("lr=0.01,r=32", "complete", [scored(2, 0.39)])
     rows = summary_rows([good, poor], FIELDS, "validation")
     assert rows[0].trial == 9 and rows[0].overall == pytest.approx(0.74) and rows[0].attempts == 1
-    assert best_row(rows).point == "lr=0.002,r=32"
+    assert best_row(rows, "overall_accuracy", "validation", FIELDS).point == "lr=0.002,r=32"
     assert "complete (proposed again 2x)" in render_summary(rows, FIELDS, None, grid=False)
 
 
@@ -58,12 +58,12 @@ def _scored(number, test, validation):
 
 
 def test_ties_on_validation_are_never_broken_by_test():
-    """With the objective on validation, two trials tied there go to the earlier one (as
-    Optuna's best_trial does), never to the one with the better test score. (Seen: the
-    summary named trial 1 best while Optuna's best_trial was 0.)"""
+    """With the objective on validation, two trials tied there (and on every tie-breaker
+    measured on validation) go to the earlier one, never to the one with the better test
+    score. (Seen: the summary named trial 1 best while Optuna's best_trial was 0.)"""
     rows = summary_rows([SummaryPoint("a", "complete", [_scored(0, 0.60, 0.70)]),
                          SummaryPoint("b", "complete", [_scored(1, 0.90, 0.70)])], FIELDS, "validation")
-    assert best_row(rows).trial == 0
+    assert best_row(rows, "overall_accuracy", "validation", FIELDS).trial == 0
 
 
 def test_a_majority_label_model_is_flagged():

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
 from optuna_search.dashboards._report import Report, collect_report, write_report
 from optuna_search.objectives._memory import prefer_expandable_segments
 from optuna_search.objectives._quiet import quiet_libraries
@@ -95,12 +95,13 @@ class StudyHandle:
 
     @property
     def best(self) -> TrialRecord | None:
-        """The study's chosen trial (Optuna's best on the objective's split); None before
-        one completes, or on a multi-objective study (see ``pareto_front``)."""
-        if len(self.config.study.objectives) > 1 or not any(t.state.name == "COMPLETE" for t in self.study.get_trials(deepcopy=False)):
+        """The study's best trial (``core.best_record``, as `run`, `status`, `report` and
+        `predict` choose it); None before one completes, or on a multi-objective study
+        (see ``pareto_front``)."""
+        if len(self.config.study.objectives) > 1:
             return None
-        number = self.study.best_trial.number
-        return next(r for r in self.records if r.number == number)
+        return best_record(self.records, self.config.study.objectives[0], self.config.eval.objective_split,
+                           list(self.config.data.fields))
 
     @property
     def pareto_front(self) -> list[TrialRecord]:

@@ -24,11 +24,10 @@ from optuna_search.dashboards._launch import check_host, check_port, serve_dashb
 from optuna_search.dashboards._report import collect_report, render_markdown, write_report
 from optuna_search.objectives._memory import prefer_expandable_segments
 from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.search._bundles import export_study_bundle, import_study_bundle
-from optuna_search.search._config import config_layers, explicit_keys, explicit_location, load_config
+from optuna_search.search._bundles import export_study_bundle
+from optuna_search.search._config import config_layers, explicit_location, load_config
 from optuna_search.search._ensembles import run_ensemble
 from optuna_search.search._exit import (
-    EXIT_BUDGET,
     EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -38,12 +37,12 @@ from optuna_search.search._exit import (
 from optuna_search.search._export_model import export_model
 from optuna_search.search._open import open_for_reading
 from optuna_search.search._predict import BAD_ROW_POLICIES, predict_file
-from optuna_search.search._run import print_summary, run_study, run_with_workers, summarize
+from optuna_search.search._request import RunRequest, execute
+from optuna_search.search._run import print_summary
 from optuna_search.search._signals import Terminated, handle_sigterm
 from optuna_search.search._status import status
 from optuna_search.search._trial import DiskFull
 from optuna_search.search._validate import validate
-from optuna_search.search._workers import WorkerOptions, choose_workers
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._storages import close_storages, redacted_config
 
@@ -190,7 +189,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def resolve_location(args: argparse.Namespace) -> dict[str, str]:
     """For reading commands: where the study lives, from flags, --set, --config, --preset."""
-    return explicit_location(config_layers(args.preset, args.config, args.sets, _flag_overrides(args)))
+    return explicit_location(config_layers(args.preset, args.config, args.sets, _flag_overrides(args)).merged)
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -205,31 +204,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
-    if args.progress_interval < 0:
-        raise UserError(f"--progress-interval {args.progress_interval} must be >= 0 seconds")
-    if args.resume_from:
-        import_study_bundle(args.resume_from, config)
-    if config.model.name_or_path == "builtin:tiny-mistral":
-        log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
-    if args.worker is not None:
-        # One of `run --workers N`'s processes: run until nothing is left for us (under
-        # successive halving, until the last rung: the next rung's work follows the
-        # others'); the parent prints the summary.
-        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget, worker=str(args.worker),
-                            wait_for_others=config.halving, progress_interval=args.progress_interval)
-        return EXIT_BUDGET if outcome.budget_reached else EXIT_OK
-    workers = choose_workers(args.workers, config.train.gpus_per_trial, oversubscribe=args.oversubscribe)
-    if workers > 1:
-        outcome = run_with_workers(config, workers, WorkerOptions(args.retry_failed, args.time_budget, args.progress_interval),
-                                   explicit_keys(args.config, args.sets, _flag_overrides(args)))
-        if outcome is None:
-            return EXIT_USAGE
-    else:
-        outcome = run_study(config, retry_failed=args.retry_failed, time_budget_s=args.time_budget,
-                            progress_interval=args.progress_interval,
-                            explicit=explicit_keys(args.config, args.sets, _flag_overrides(args)))
-    return print_summary(summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached))
+    request = RunRequest.from_layers(
+        args.preset, args.config, args.sets, _flag_overrides(args), retry_failed=args.retry_failed,
+        time_budget_s=args.time_budget, workers=args.workers, oversubscribe=args.oversubscribe,
+        progress_interval=args.progress_interval, resume_from=args.resume_from, worker=args.worker)
+    result = execute(request)
+    if result.summary is None:
+        return result.exit_code
+    return print_summary(result.summary)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,35 +82,44 @@ def merge_layers(*layers: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@dataclass(frozen=True)
+class Layers:
+    """The configuration's layers, read once (a file on standard input cannot be read twice)."""
+
+    merged: dict[str, Any]
+    """Every layer merged, before validation."""
+    user: dict[str, Any]
+    """What the user set: the config file, --set and flags (not the preset, not the defaults)."""
+
+
 def config_layers(preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
-                  overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The merged raw layers, before validation."""
+                  overrides: dict[str, dict[str, Any]] | None = None) -> Layers:
     layers: list[dict[str, Any]] = []
     if preset:
         layers.append(read_preset(preset))
-    if config_file:
-        layers.append(read_toml(config_file))
+    user = [read_toml(config_file)] if config_file else []
     set_layer: dict[str, dict[str, Any]] = {}
     for item in sets or []:
         section, key, value = parse_set_option(item)
         set_layer.setdefault(section, {})[key] = value
-    return merge_layers(*layers, set_layer, overrides or {})
+    user += [set_layer, overrides or {}]
+    return Layers(merge_layers(*layers, *user), merge_layers(*user))
 
 
-def explicit_keys(config_file: str | None = None, sets: list[str] | None = None,
-                  overrides: dict[str, dict[str, Any]] | None = None) -> set[str]:
-    """The keys the user set (a config file, --set, flags), as opposed to a preset's or the
-    defaults: what an old study's legacy values may not override."""
-    raw = config_layers(None, config_file, sets, overrides)
-    return {f"{section}.{key}" for section, values in raw.items() if isinstance(values, dict) for key in values}
+def explicit_of(layers: Layers) -> set[str]:
+    """The keys the user set, as opposed to a preset's or the defaults: what an old study's
+    legacy values may not override."""
+    return {f"{section}.{key}" for section, values in layers.user.items() if isinstance(values, dict) for key in values}
 
 
-def load_config(preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
+def load_config(preset: str | None = None, config_file: str | None = None, sets: list[str] | str | None = None,
                 overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """A validated config from a preset, a TOML file, ``section.key=value`` strings and
-    raw overrides, in that order of precedence (the last wins), as the command line
-    builds it; every problem raised at once as a :class:`UserError`."""
-    return build_config(config_layers(preset, config_file, sets, overrides))
+    """A validated config from a preset, a TOML file, ``section.key=value`` strings (a list,
+    or one string) and raw overrides, in that order of precedence (the last wins), as the
+    command line builds it; every problem raised at once as a :class:`UserError`."""
+    if isinstance(sets, str):
+        sets = [sets]
+    return build_config(config_layers(preset, config_file, sets, overrides).merged)
 
 
 def explicit_location(raw: dict[str, Any]) -> dict[str, str]:

@@ -1,6 +1,7 @@
-"""`optuna-search run`, from a resolved config to a finished (or budget-stopped) study:
+"""A study run, from a config that preflight accepted to a finished (or budget-stopped)
+study (the run request, ``_request``, gets it here):
 
-    preflight -> create_or_resume (warm start) -> Scheduler(TrialRunner(objective)) -> summary
+    create_or_resume (warm start) -> Scheduler(TrialRunner(objective), Ledger) -> summary
 
 ``run_study`` is what one process does (the single process, or each of `--workers`);
 ``summarize`` turns the study's state into the printed table and the exit code.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +28,8 @@ from optuna_search.dashboards._summary import (
 )
 from optuna_search.objectives import make_objective
 from optuna_search.search._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
-from optuna_search.search._open import as_resumed, create_or_resume, stored_config_of
-from optuna_search.search._preflight import LARGE_GRID, preflight
+from optuna_search.search._open import create_or_resume, stored_config_of
+from optuna_search.search._preflight import LARGE_GRID, Preflight
 from optuna_search.search._schedule import Status, StudyState
 from optuna_search.search._scheduler import RunOutcome, Scheduler, study_state
 from optuna_search.search._trial import TrialRunner
@@ -46,14 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("optuna_search")
 
 
-def run_study(config: Config, *, retry_failed: bool = False, time_budget_s: float | None = None, worker: str = "0",
-              wait_for_others: bool = True, progress_interval: float = 10.0, explicit: set[str] | None = None) -> RunOutcome:
-    """Run what the study lacks, resuming interrupted trials from their checkpoints.
-    With ``time_budget_s``, start no trial that the estimate from earlier trials says
-    cannot finish, and stop a running one at a checkpoint in time."""
-    deadline = time.monotonic() + time_budget_s if time_budget_s else None
-    config = as_resumed(config, explicit)
-    pf = preflight(config)
+def run_study(config: Config, pf: Preflight, *, retry_failed: bool = False, deadline: float | None = None, worker: str = "0",
+              wait_for_others: bool = True, progress_interval: float = 10.0) -> RunOutcome:
+    """What one process does (the single process, or each of `--workers`) with a config
+    that preflight accepted: create or resume the study (a new one warm-started if asked),
+    then run what it lacks, resuming interrupted trials from their checkpoints. With a
+    ``deadline`` (``time.monotonic()``), start no trial that the estimate from earlier
+    trials says cannot finish, and stop a running one at a checkpoint in time."""
     d = pf.data
     log.info("data ok: %d train / %d validation / %d test examples; evaluation subsets: %d test, %d validation examples (seed %d%s)",
              len(d.dataset.train.examples), len(d.dataset.validation.examples), len(d.dataset.test.examples),
@@ -91,12 +90,11 @@ def rows_of(state: StudyState, config: Config) -> list[SummaryRow]:
                         config.study.objectives[0])
 
 
-def run_with_workers(config: Config, workers: int, options: WorkerOptions, explicit: set[str] | None = None) -> RunOutcome | None:
+def run_with_workers(config: Config, pf: Preflight, workers: int, options: WorkerOptions) -> RunOutcome | None:
     """`run --workers N` (and the API's ``workers``): the study created once, before the
     workers race, then N worker processes given the config as the study reads it. None
     when a worker refused the config (it said why, with exit code 2)."""
-    config = as_resumed(config, explicit)
-    study, _ = create_or_resume(config, preflight(config))
+    study, _ = create_or_resume(config, pf)
     log.info("starting %d workers", workers)
     codes = run_workers(config, workers, options)
     if EXIT_USAGE in codes:

@@ -30,3 +30,42 @@ def test_public_names_have_docstrings():
     for name in optuna_search.__all__:
         obj = getattr(optuna_search, name)
         assert obj.__doc__ and obj.__doc__.strip(), name
+
+
+CONFIG = """[study]
+name = "same-door"
+grid = { lora_r = [4, 8] }
+
+[train]
+epochs = 1
+"""
+
+
+def test_the_cli_and_the_api_are_one_front_door_stdin_included(tmp_path, demo_cache, monkeypatch):
+    """The same input (a preset and a config on standard input) through `run` and through
+    the API stores the same config; the file on standard input is read once, so the keys
+    it sets count as the user's (seen: read twice, the second time empty). A budget of a
+    millisecond creates the study and trains nothing."""
+    import io
+    import subprocess
+    import sys
+
+    import optuna
+
+    import optuna_search
+    from optuna_search.search._request import RunRequest
+
+    cli, api = tmp_path / "cli", tmp_path / "api"
+    cli.mkdir(), api.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "optuna_search.search._cli", "run", "--preset", "demo", "--config", "-",
+                           "--time-budget", "0.001s"], input=CONFIG, cwd=cli, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    monkeypatch.chdir(api)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(CONFIG))
+    request = RunRequest.from_layers("demo", "-", time_budget_s=0.001)
+    assert {"study.name", "study.grid", "train.epochs"} <= request.explicit
+    assert optuna_search.run(request).exit_code == 3
+    stored = [optuna.load_study(study_name="same-door", storage=f"sqlite:///{d / 'optuna-search-demo.db'}").user_attrs
+              for d in (cli, api)]
+    assert stored[0]["config"] == stored[1]["config"] and stored[0]["config_toml"] == stored[1]["config_toml"]
+    assert stored[0]["config"]["study"]["grid"] == {"lora_r": [4, 8]} and stored[0]["config"]["train"]["epochs"] == 1

@@ -30,9 +30,9 @@ from optuna_search.search._config import load_config
 from optuna_search.search._export_model import export_model as _export_model
 from optuna_search.search._open import open_for_reading
 from optuna_search.search._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
-from optuna_search.search._run import Summary, print_summary, run_study, run_with_workers, summarize
+from optuna_search.search._request import RunRequest, execute
+from optuna_search.search._run import Summary, print_summary
 from optuna_search.search._status import status as _status
-from optuna_search.search._workers import WorkerOptions, choose_workers
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._records import read_meta
 
@@ -58,23 +58,24 @@ class StudyResult:
         return print_summary(Summary(self.summary, self.exit_code, self.problems))
 
 
-def run(config: Config, *, retry_failed: bool = False, time_budget: float | None = None, workers: int | None = 1,
-        oversubscribe: bool = False, progress_interval: float = 10.0) -> StudyResult:
-    """Create or resume the study ``config`` names and run what it lacks (as
-    ``optuna-search run``). ``time_budget``: seconds; ``workers``: parallel processes
-    (None: one per visible GPU)."""
+def run(config: "Config | RunRequest", *, retry_failed: bool = False, time_budget: float | None = None,
+        workers: int | None = 1, oversubscribe: bool = False, progress_interval: float = 10.0,
+        resume_from: str | None = None) -> StudyResult:
+    """Create or resume the study ``config`` names and run what it lacks, as
+    ``optuna-search run`` (the same front door): ``time_budget`` in seconds, ``workers``
+    parallel processes (None: one per visible GPU). ``config`` may be a :class:`RunRequest`
+    (``RunRequest.from_layers(preset=..., config_file=..., sets=[...])``: the keys the user
+    set are then known, exactly as the command line knows them)."""
     quiet_libraries()
     prefer_expandable_segments(os.environ)  # takes effect if CUDA has not started yet in this process
-    n = choose_workers(workers, config.train.gpus_per_trial, oversubscribe=oversubscribe)
-    if n > 1:
-        outcome = run_with_workers(config, n, WorkerOptions(retry_failed, time_budget, progress_interval))
-        if outcome is None:
-            raise UserError("a worker refused the config (its message is above)")
-    else:
-        outcome = run_study(config, retry_failed=retry_failed, time_budget_s=time_budget, progress_interval=progress_interval)
-    s = summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached)
-    handle = StudyHandle(outcome.study, config)
-    return StudyResult(config.study.name, s.text, s.exit_code, s.problems, handle.records, handle.best)
+    request = config if isinstance(config, RunRequest) else RunRequest(
+        config, None, retry_failed=retry_failed, time_budget_s=time_budget, workers=workers, oversubscribe=oversubscribe,
+        progress_interval=progress_interval, resume_from=resume_from)
+    result = execute(request)
+    assert result.outcome is not None and result.summary is not None
+    s = result.summary
+    handle = StudyHandle(result.outcome.study, request.config)
+    return StudyResult(request.config.study.name, s.text, s.exit_code, s.problems, handle.records, handle.best)
 
 
 class StudyHandle:
@@ -145,5 +146,5 @@ def export_model(storage: str, output: str | Path, *, trial: str | int = "best",
     return _export_model(location, str(trial), str(output), merge=merge)
 
 
-__all__ = ["Config", "ModelSpec", "Prediction", "Predictor", "StudyHandle", "StudyResult", "TrialRecord", "UserError",
+__all__ = ["Config", "ModelSpec", "Prediction", "Predictor", "RunRequest", "StudyHandle", "StudyResult", "TrialRecord", "UserError",
            "export_model", "load_config", "open_study", "run"]

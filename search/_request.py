@@ -1,0 +1,96 @@
+"""The one front door of `run`: the command line and the Python API both build a
+:class:`RunRequest` and hand it to :func:`execute`, which resolves the configuration once
+(the layers read once, standard input included; the stored study's meaning of keys its
+config predates; a bundle to resume from), checks it in one preflight pass, then runs
+the study in this process or in `--workers` processes.
+
+    layers -> RunRequest -> execute: resolve (bundle, stored study) -> preflight -> run -> summary
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from optuna_search.core import Config, UserError, build_config
+from optuna_search.search._bundles import import_study_bundle
+from optuna_search.search._config import config_layers, explicit_of
+from optuna_search.search._exit import EXIT_BUDGET, EXIT_OK
+from optuna_search.search._open import as_resumed
+from optuna_search.search._preflight import preflight
+from optuna_search.search._run import Summary, run_study, run_with_workers, summarize
+from optuna_search.search._scheduler import RunOutcome
+from optuna_search.search._workers import WorkerOptions, choose_workers
+
+log = logging.getLogger("optuna_search")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything `run` was asked to do."""
+
+    config: Config
+    explicit: frozenset[str] | None = None
+    """The keys the user set (a config file, --set, flags), as opposed to a preset's or the
+    defaults: what an earlier version's study may not read in its own old meaning. None
+    (a Config built in code): the keys that differ from the defaults."""
+    retry_failed: bool = False
+    time_budget_s: float | None = None
+    workers: int | None = 1
+    """Worker processes; None: one per visible GPU (1 on a CPU)."""
+    oversubscribe: bool = False
+    progress_interval: float = 10.0
+    resume_from: str | None = None
+    """A bundle written by `export` to import first."""
+    worker: int | None = None
+    """Set in one of `run --workers N`'s processes: its number."""
+
+    @classmethod
+    def from_layers(cls, preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
+                    overrides: dict[str, dict[str, Any]] | None = None, **options: Any) -> "RunRequest":
+        """The request from a preset, a TOML file ('-': standard input, read once), --set
+        strings and flags, in that order of precedence."""
+        layers = config_layers(preset, config_file, sets, overrides)
+        return cls(build_config(layers.merged), frozenset(explicit_of(layers)), **options)
+
+
+@dataclass
+class RunResult:
+    outcome: RunOutcome | None
+    """None when a worker refused the config (it said why)."""
+    summary: Summary | None
+    exit_code: int
+
+
+def execute(request: RunRequest) -> RunResult:
+    if request.progress_interval < 0:
+        raise UserError(f"--progress-interval {request.progress_interval} must be >= 0 seconds")
+    deadline = time.monotonic() + request.time_budget_s if request.time_budget_s else None
+    config = request.config
+    if request.resume_from:
+        import_study_bundle(request.resume_from, config)
+    config = as_resumed(config, set(request.explicit) if request.explicit is not None else None)
+    pf = preflight(config)
+    if config.model.name_or_path == "builtin:tiny-mistral":
+        log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
+    if request.worker is not None:
+        # One of `run --workers N`'s processes: run until nothing is left for us (under
+        # successive halving, until the last rung: the next rung's work follows the
+        # others'); the parent prints the summary.
+        outcome = run_study(config, pf, retry_failed=request.retry_failed, deadline=deadline, worker=str(request.worker),
+                            wait_for_others=config.halving, progress_interval=request.progress_interval)
+        return RunResult(outcome, None, EXIT_BUDGET if outcome.budget_reached else EXIT_OK)
+    n = choose_workers(request.workers, config.train.gpus_per_trial, oversubscribe=request.oversubscribe)
+    if n > 1:
+        options = WorkerOptions(request.retry_failed, request.time_budget_s, request.progress_interval)
+        many = run_with_workers(config, pf, n, options)
+        if many is None:
+            raise UserError("a worker refused the config (its message is above)")
+        outcome = many
+    else:
+        outcome = run_study(config, pf, retry_failed=request.retry_failed, deadline=deadline,
+                            progress_interval=request.progress_interval)
+    summary = summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached)
+    return RunResult(outcome, summary, summary.exit_code)

@@ -34,7 +34,7 @@ def main() -> None:
     from optuna_search.objectives._model import load_lora_model, load_tokenizer, model_source
     from optuna_search.objectives._prompt import PromptEncoder
     from optuna_search.objectives._train import Collator
-    from optuna_search.search._config import load_config
+    from optuna_search.search.front._config import load_config
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

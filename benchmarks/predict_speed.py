@@ -25,7 +25,7 @@ from pathlib import Path
 CHILD = """
 import resource, sys, logging
 from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.search._predict import predict_file
+from optuna_search.search.use._predict import predict_file
 quiet_libraries()
 logging.basicConfig(level=logging.WARNING)
 predict_file(sys.argv[1], sys.argv[2], location=None, model_dir=sys.argv[3])
@@ -40,17 +40,17 @@ def main() -> None:
     from optuna_search.objectives._demo_data import ensure_demo_data
     from optuna_search.objectives._evaluate import evaluate_examples
     from optuna_search.objectives._quiet import quiet_libraries
-    from optuna_search.search._predict import Predictor, predict_file
+    from optuna_search.search.use._predict import Predictor, predict_file
 
     quiet_libraries()
     work = Path(tempfile.mkdtemp(prefix="predict-speed-"))
     fast = Path(__file__).resolve().parents[1] / "tests" / "fast.toml"
-    proc = subprocess.run([sys.executable, "-m", "optuna_search.search._cli", "-q", "run", "--preset", "demo", "--config", str(fast),
+    proc = subprocess.run([sys.executable, "-m", "optuna_search.search.front._cli", "-q", "run", "--preset", "demo", "--config", str(fast),
                            "--set", "study.grid={lora_r=[8]}", "--set", "eval.method='score'"], cwd=work, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     model_dir = work / "model"
-    subprocess.run([sys.executable, "-m", "optuna_search.search._cli", "-q", "export-model", "--preset", "demo",
+    subprocess.run([sys.executable, "-m", "optuna_search.search.front._cli", "-q", "export-model", "--preset", "demo",
                     "--output", str(model_dir)], cwd=work, check=True, capture_output=True)
     rows_file = ensure_demo_data() / "test.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]

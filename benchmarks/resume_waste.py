@@ -33,7 +33,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="resume-waste-"))
     env = dict(os.environ)
-    cmd = [sys.executable, "-m", "optuna_search.search._cli", "run", "--preset", "demo", "--progress-interval", "0",
+    cmd = [sys.executable, "-m", "optuna_search.search.front._cli", "run", "--preset", "demo", "--progress-interval", "0",
            "--set", "study.grid={lora_r=[8]}", "--set", f"train.checkpoint_steps={args.checkpoint_steps}",
            "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=2"]
     step_re = re.compile(r"step (\d+)/(\d+)")

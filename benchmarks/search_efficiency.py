@@ -61,7 +61,7 @@ def grid_curves(space: dict[str, list], preset: str, sets: list[str], path: Path
     from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
     from optuna_search.objectives._data import prepare_study_data
     from optuna_search.objectives._quiet import quiet_libraries
-    from optuna_search.search._config import load_config
+    from optuna_search.search.front._config import load_config
     from optuna_search.core._schema import enumerate_grid
 
     quiet_libraries()
@@ -151,7 +151,7 @@ def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pr
     validation points ``rungs`` (fractions) and may be pruned there; a repeated point
     (allowed when ``no_repeats`` is False, as Optuna's samplers do) costs nothing."""
     from optuna_search.core._params import point_key
-    from optuna_search.search._samplers import NoRepeatSampler
+    from optuna_search.search.loop._samplers import NoRepeatSampler
     from optuna.distributions import CategoricalDistribution
 
     run = Run(curves)
@@ -183,7 +183,7 @@ def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pr
 
 def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, eta: int = 3) -> Run:
     """This project's successive halving over checkpoints (``search._halving``)."""
-    from optuna_search.search import _halving as h
+    from optuna_search.search.loop import _halving as h
 
     run = Run(curves)
     state = {k: {"state": "pending", "reached": -1, "metrics": {}} for k in curves.keys}
@@ -279,7 +279,7 @@ def live(data: dict[str, Any], preset: str, sets: list[str], rungs: list[float],
     space = data["space"]
     work = Path(tempfile.mkdtemp(prefix="search-efficiency-live-"))
     grid = "{" + ", ".join(f"{k}={v}" for k, v in space.items()) + "}"
-    cmd = [sys.executable, "-m", "optuna_search.search._cli", "-q", "run", "--preset", preset, "--study-name", "live",
+    cmd = [sys.executable, "-m", "optuna_search.search.front._cli", "-q", "run", "--preset", preset, "--study-name", "live",
            "--storage", f"sqlite:///{work / 'live.db'}",
            *[a for s in [*sets, f"study.grid={grid}", "study.schedule='successive_halving'", f"study.rungs={rungs}",
                          f"study.eta={eta}", "eval.method='score'", f"study.prune_on='{metric}'", "study.pruner='none'",

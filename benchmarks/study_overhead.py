@@ -22,9 +22,9 @@ from pathlib import Path
 import optuna
 
 from optuna_search.core import TrialRecord
-from optuna_search.search._config import load_config
-from optuna_search.search._scheduler import Outcome, Scheduler, TrialOutcome
-from optuna_search.search._space import make_sampler
+from optuna_search.search.front._config import load_config
+from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
+from optuna_search.search.loop._space import make_sampler
 from optuna_search.storage._storages import open_storage
 
 

@@ -53,6 +53,12 @@ LEGACY_VALUES: dict[str, Any] = {
 }
 
 
+def default_location(dotted: str) -> str:
+    """The default of a location key (e.g. ``storage.url``)."""
+    section, key = dotted.split(".")
+    return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+
+
 def flatten(config_dict: dict[str, Any]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, values in config_dict.items() for k, v in values.items()}
 

@@ -5,7 +5,7 @@ values (checked, with a suggestion, by ``_build``); the checks that need more th
 sit in each section's ``check`` method, right below its fields (peft-style). Every
 problem is collected and raised once (``build_config``), so a user fixes a config in one
 round trip. Reading presets, TOML files and ``--set`` overrides (and their precedence)
-is the CLI's job: ``optuna_search.search._config``.
+is the CLI's job: ``optuna_search.search.front._config``.
 """
 
 from __future__ import annotations

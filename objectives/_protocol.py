@@ -1,5 +1,5 @@
 """What an objective is: train one configuration and evaluate it, knowing nothing of
-Optuna. The study's runner (``optuna_search.search._trial``) builds a request from a
+Optuna. The study's runner (``optuna_search.search.loop._runner``) builds a request from a
 trial's parameters and turns the :class:`TrialResult` into the trial's record.
 
     @runtime_checkable

@@ -78,7 +78,7 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     """Run `optuna-search` as a user would: a fresh process, stdout/stderr captured."""
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "optuna_search.search._cli", *args],
+        [sys.executable, "-m", "optuna_search.search.front._cli", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -91,7 +91,7 @@ def run_main(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess
     import io
     import logging
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
@@ -143,7 +143,7 @@ def wait_for_holds(proc: subprocess.Popen, n: int = 1, lines: list | None = None
 def start_cli_until(*args: str, pattern: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
     """Start `optuna-search` and return once it holds at its first log line matching
     ``pattern`` (the rest of stderr is left to read)."""
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args, "--progress-interval", "0"], cwd=cwd,
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *args, "--progress-interval", "0"], cwd=cwd,
                             env=hold_env(pattern, env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
     wait_for_holds(proc)
     return proc

@@ -53,11 +53,11 @@ def test_the_cli_and_the_api_are_one_front_door_stdin_included(tmp_path, demo_ca
     import optuna
 
     import optuna_search
-    from optuna_search.search._request import RunRequest
+    from optuna_search.search.front._request import RunRequest
 
     cli, api = tmp_path / "cli", tmp_path / "api"
     cli.mkdir(), api.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "optuna_search.search._cli", "run", "--preset", "demo", "--config", "-",
+    proc = subprocess.run([sys.executable, "-m", "optuna_search.search.front._cli", "run", "--preset", "demo", "--config", "-",
                            "--time-budget", "0.001s"], input=CONFIG, cwd=cli, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     monkeypatch.chdir(api)

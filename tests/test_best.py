@@ -9,7 +9,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from optuna_search.core import SplitScores, StudyMeta, TrialRecord, best_record
-from optuna_search.search._config import load_config
+from optuna_search.search.front._config import load_config
 
 FIELDS = ["severity", "component", "reproducibility"]
 
@@ -63,10 +63,10 @@ def tied_study(tmp_path):
 def test_summary_status_report_predict_export_and_api_agree_on_a_tie(tied_study):
     import optuna_search
     from optuna_search.dashboards._report import collect_report
-    from optuna_search.search._predict import chosen_trial
-    from optuna_search.search._run import summarize
-    from optuna_search.search._scheduler import study_state
-    from optuna_search.search._status import status
+    from optuna_search.search.use._predict import chosen_trial
+    from optuna_search.search.loop._run import summarize
+    from optuna_search.search.loop._scheduler import study_state
+    from optuna_search.search.loop._status import status
 
     study, config, work = tied_study
     state = study_state(study, config)

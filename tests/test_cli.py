@@ -125,7 +125,7 @@ def test_missing_model_path(work):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys\nfrom optuna_search.search._cli import main\n"
+    code = ("import sys\nfrom optuna_search.search.front._cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'optuna', 'datasets') if m in sys.modules]\n"
             "print('HEAVY', heavy)")
@@ -189,7 +189,7 @@ def test_dashboard_from_the_storage_url_alone(demo_study, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "dashboard", "--storage",
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", "dashboard", "--storage",
                              f"sqlite:///{work / 'optuna-search-demo.db'}", "--port", str(port)], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -222,7 +222,7 @@ def test_show_config_masks_the_password(tmp_path):
 
 
 def test_workers_are_capped_at_what_the_machine_has(tmp_path, monkeypatch, caplog):
-    from optuna_search.search import _workers
+    from optuna_search.search.loop import _workers
 
     monkeypatch.setattr(_workers, "visible_gpus", lambda: [])
     monkeypatch.setattr(_workers.os, "cpu_count", lambda: 2)

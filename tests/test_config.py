@@ -4,7 +4,7 @@ from optuna_search.core import Config, UserError
 from optuna_search.core._identity import adopt_legacy_defaults, diff_semantic
 from optuna_search.core._toml import loads, to_toml
 from conftest import TPE_SETS
-from optuna_search.search._config import list_presets, load_config, parse_set_option, read_preset
+from optuna_search.search.front._config import list_presets, load_config, parse_set_option, read_preset
 
 
 @pytest.mark.parametrize("name", list_presets())

@@ -63,7 +63,7 @@ def test_out_of_memory_in_each_phase_frees_the_model_and_retries_what_that_phase
     from transformers import Trainer
 
     from optuna_search.objectives import _evaluate, _qlora
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     models = _Models(monkeypatch)
     raised = []
@@ -130,7 +130,7 @@ def test_out_of_memory_in_each_phase_frees_the_model_and_retries_what_that_phase
 
 def test_out_of_memory_loading_twice_fails_the_point_with_the_reason(tmp_path, demo_cache, monkeypatch, capsys):
     from optuna_search.objectives import _qlora
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     monkeypatch.setattr(_qlora, "load_lora_model", lambda *a, **kw: (_ for _ in ()).throw(_oom()))
     monkeypatch.chdir(tmp_path)
@@ -220,7 +220,7 @@ def test_merge_dequantises_the_nf4_base_in_16_bits_and_says_its_size_first(tmp_p
 def test_merge_without_room_is_refused_before_writing(tmp_path, demo_cache, monkeypatch):
     import shutil
 
-    from optuna_search.search import _export_model
+    from optuna_search.search.use import _export_model
 
     assert run_main(*_one_point(), cwd=tmp_path).returncode == 0
     usage = shutil.disk_usage
@@ -235,7 +235,7 @@ def test_the_kaggle_t4_training_settings_run_on_a_tiny_model(tmp_path, demo_cach
     """The flagship preset's [train] and [lora] keys (gradient checkpointing, paged 8-bit
     AdamW, cosine schedule, warm-up, accumulation 4, dropout 0.1) and fp16 compute dtype,
     on the demo model: the loss is finite, checkpoints are written and the trial resumes."""
-    from optuna_search.search._config import read_preset
+    from optuna_search.search.front._config import read_preset
 
     preset = read_preset("kaggle-t4")
     sets = [f"train.{k}={json.dumps(v)}" for k, v in preset["train"].items() if k not in ("checkpoint_steps",)]
@@ -290,7 +290,7 @@ def test_expandable_segments_are_set_before_cuda_starts_unless_the_user_chose(mo
     env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
     prefer_expandable_segments(env)
     assert env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
-    out = subprocess.run([sys.executable, "-c", "import os, sys\nfrom optuna_search.search._cli import main\n"
+    out = subprocess.run([sys.executable, "-c", "import os, sys\nfrom optuna_search.search.front._cli import main\n"
                           "sys.argv = ['x']\nos.environ.pop('PYTORCH_CUDA_ALLOC_CONF', None)\ntry:\n  main(['--version'])\n"
                           "except SystemExit:\n  pass\nprint(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))"],
                          capture_output=True, text=True)

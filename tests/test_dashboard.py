@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "dashboard", "--preset", "demo", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", "dashboard", "--preset", "demo", "--port", str(port)],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # Drain its output as it comes: an undrained pipe fills up and blocks the writer.
     proc.output = []
@@ -49,7 +49,7 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
 def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
     """optuna-dashboard issue 545: a dashboard on a live SQLite study crashed it."""
     # Create the study first so the dashboard has something to read from the start.
-    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", "run", *FAST, "--set", "study.grid={lora_r=[4]}"],
+    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", "run", *FAST, "--set", "study.grid={lora_r=[4]}"],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not (tmp_path / "optuna-search-demo.db").exists() and run.poll() is None:
         time.sleep(0.2)

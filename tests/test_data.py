@@ -11,7 +11,7 @@ from optuna_search.objectives._data import (
     resolve_eval_subset,
     select_eval_subset,
 )
-from optuna_search.search._config import load_config
+from optuna_search.search.front._config import load_config
 from optuna_search.core import UserError
 from optuna_search.objectives._data import load_dataset_from_config
 

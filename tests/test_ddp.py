@@ -47,7 +47,7 @@ def test_accumulation_must_split_over_the_gpus(tmp_path):
 def test_every_objective_path_is_an_objective():
     """One way a trial trains: the runner holds an Objective, in-process or DDP."""
     from optuna_search.objectives import DistributedObjective, Objective, QLoRAObjective, make_objective
-    from optuna_search.search._config import load_config
+    from optuna_search.search.front._config import load_config
 
     single = make_objective(load_config(preset="demo"))
     ddp = make_objective(load_config(preset="demo", sets=["train.gpus_per_trial=2", "train.gradient_accumulation=2"]))

@@ -28,7 +28,7 @@ def _exact_mcnemar(b: int, c: int) -> float:
 def test_ensemble_from_artifacts_only(scored_study, tmp_path, monkeypatch, capsys):
     import transformers
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     def no_model(*a, **kw):
         raise AssertionError("an ensemble must not load a model")
@@ -97,7 +97,7 @@ def test_an_ensemble_of_a_study_without_complete_trials_says_so(tmp_path):
     import optuna
 
     from optuna_search.core import StudyMeta
-    from optuna_search.search._config import load_config
+    from optuna_search.search.front._config import load_config
     from optuna_search.storage._records import write_meta
 
     study = optuna.create_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'e.db'}")

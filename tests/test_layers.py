@@ -31,7 +31,7 @@ ALLOWED = {
 DASHBOARD_OBJECTIVES = {"_metrics", "_stats", "_ensemble", "_data"}
 HEAVY = ("torch", "transformers", "peft", "optuna", "optuna_dashboard", "plotly", "sklearn", "scipy", "datasets",
          "bitsandbytes", "accelerate", "sqlalchemy")
-HEAVY_MODULES = {"optuna_search.objectives._trainer", "optuna_search.search._samplers"}
+HEAVY_MODULES = {"optuna_search.objectives._trainer", "optuna_search.search.loop._samplers"}
 
 
 def _imports(path: Path):
@@ -116,7 +116,7 @@ def test_project_modules_are_imported_at_the_top_and_heavy_ones_inside_functions
 
 
 def test_help_imports_no_heavy_module():
-    code = ("import sys\nfrom optuna_search.search._cli import build_parser\nbuild_parser()\n"
+    code = ("import sys\nfrom optuna_search.search.front._cli import build_parser\nbuild_parser()\n"
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {sorted(HEAVY_MODULES)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

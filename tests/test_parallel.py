@@ -179,7 +179,7 @@ def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, de
 
     args = ["run", *FAST, "--workers", "2", "--progress-interval", "0"]
     # A process group of its own, as a terminal gives: Ctrl-C reaches parent and workers.
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *args], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *args], cwd=tmp_path,
                             env=hold_env(r"step 4[1-9]/"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     lines = wait_for_holds(proc, 2)

@@ -11,7 +11,7 @@ import torch
 from optuna_search.core import UserError
 from optuna_search.objectives._model import count_trainable, load_lora_model, resolve_model_source
 from optuna_search.objectives._train import build_training_args, losses_per_epoch
-from optuna_search.search._config import load_config
+from optuna_search.search.front._config import load_config
 
 
 def _params(r=8, modules=("q_proj", "k_proj", "v_proj", "o_proj"), *sets, **changes):

@@ -2,7 +2,7 @@ import json
 
 from optuna_search.objectives._data import load_dataset_from_config
 from optuna_search.objectives._quality import check_quality, quality_warnings
-from optuna_search.search._config import load_config
+from optuna_search.search.front._config import load_config
 
 LAB = "Severity: low\nComponent: ui\nReproducibility: rare"
 

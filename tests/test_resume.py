@@ -79,7 +79,7 @@ def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache
 
     two = [*FAST]
     env = {**hold_env(r"step 2/"), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "20"}
-    proc = subprocess.run([sys.executable, "-m", "optuna_search.search._cli", "run", *two, "--time-budget", "20s",
+    proc = subprocess.run([sys.executable, "-m", "optuna_search.search.front._cli", "run", *two, "--time-budget", "20s",
                            "--progress-interval", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "time budget reached at step 2/" in proc.stderr
@@ -97,7 +97,7 @@ def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache
 
 
 def test_duration_parsing():
-    from optuna_search.search._cli import parse_duration
+    from optuna_search.search.front._cli import parse_duration
     import argparse
 
     assert parse_duration("11h30m") == 41400
@@ -114,7 +114,7 @@ def test_out_of_memory_retries_with_half_batch_same_effective_batch(tmp_path, de
     import torch
     from transformers import Trainer
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     real = Trainer.training_step
 
@@ -135,7 +135,7 @@ def test_out_of_memory_retries_with_half_batch_same_effective_batch(tmp_path, de
 def test_failed_point_is_recorded_and_only_retried_when_asked(tmp_path, demo_cache, monkeypatch, capsys):
     from transformers import Trainer
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     real = Trainer.training_step
     monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **kw: (_ for _ in ()).throw(ValueError("NaN in logits")))
@@ -161,7 +161,7 @@ def test_a_checkpoint_cut_short_by_a_kill_is_skipped_not_resumed_from(tmp_path, 
 
     from transformers import Trainer
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     real = Trainer.training_step
 
@@ -294,7 +294,7 @@ def test_disk_full_is_one_line_and_the_point_resumes_when_space_is_back(tmp_path
 
     from transformers import Trainer
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     real_save, real_usage = Trainer._save_checkpoint, sh.disk_usage
 
@@ -319,7 +319,7 @@ def test_disk_full_is_one_line_and_the_point_resumes_when_space_is_back(tmp_path
 def test_a_full_disk_while_writing_the_database_is_one_line(tmp_path, demo_cache, monkeypatch, capsys):
     import sqlalchemy
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
     from optuna_search.storage import _ledger
 
     def full(*a, **kw):
@@ -337,7 +337,7 @@ def test_a_diverging_trial_fails_with_its_reason(tmp_path, demo_cache, monkeypat
     rate of inf trained to loss 0.0, recorded COMPLETE at 0% with 100 parse failures)."""
     from transformers import Trainer
 
-    from optuna_search.search._cli import main
+    from optuna_search.search.front._cli import main
 
     real = Trainer.training_step
 

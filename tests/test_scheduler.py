@@ -13,19 +13,19 @@ from optuna.trial import TrialState, create_trial
 from conftest import TPE_SETS
 from optuna_search.core import TrialRecord
 from optuna_search.core._params import point_key
-from optuna_search.search import _halving as halving
-from optuna_search.search._config import load_config
-from optuna_search.search._run import summarize
-from optuna_search.search._schedule import (
+from optuna_search.search.loop import _halving as halving
+from optuna_search.search.front._config import load_config
+from optuna_search.search.loop._run import summarize
+from optuna_search.search.loop._schedule import (
     BudgetStop, Done, New, Promote, PruneRest, Status, Train, TrialSchedule, Wait, point_status, read_state,
 )
-from optuna_search.search._schedule import decide as _decide
-from optuna_search.search._scheduler import Outcome, Scheduler, TrialOutcome
+from optuna_search.search.loop._schedule import decide as _decide
+from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
 
 
 def decide(state, **kw):
     return _decide(TrialSchedule(), state, **kw)
-from optuna_search.search._space import make_sampler, n_target, space_size
+from optuna_search.search.loop._space import make_sampler, n_target, space_size
 from optuna_search.storage._internals import paused_at
 from optuna_search.storage._storages import open_storage
 

@@ -13,7 +13,7 @@ from optuna_search.objectives._model import load_tokenizer
 from optuna_search.objectives._prompt import PromptEncoder
 from optuna_search.objectives._score import candidate_ids, score_labels
 from optuna_search.objectives._stats import calibration_metrics, expected_calibration_error
-from optuna_search.search._config import load_config
+from optuna_search.search.front._config import load_config
 
 FIELDS = ["severity", "component", "reproducibility"]
 

@@ -54,7 +54,7 @@ def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cac
     import dataclasses
 
     from optuna_search.objectives import QLoRAObjective
-    from optuna_search.search import _run
+    from optuna_search.search.loop import _run
 
     class SecondCannotLearn:
         def __init__(self, config):
@@ -157,7 +157,7 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
 
     from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
     from optuna_search.objectives._data import prepare_study_data
-    from optuna_search.search._config import load_config
+    from optuna_search.search.front._config import load_config
 
     from conftest import FAST_CONFIG
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from optuna_search.search import _signals
+from optuna_search.search.loop import _signals
 
 
 @pytest.fixture

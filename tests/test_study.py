@@ -130,7 +130,7 @@ def test_status_shows_every_point_without_importing_torch(demo_study):
     import sys
 
     work, _ = demo_study
-    code = ("import sys\nfrom optuna_search.search._cli import main\nrc = main(['-q', 'status', '--preset', 'demo'])\n"
+    code = ("import sys\nfrom optuna_search.search.front._cli import main\nrc = main(['-q', 'status', '--preset', 'demo'])\n"
             "print('RC', rc, 'TORCH', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
     assert "RC 0 TORCH False" in out.stdout, out.stderr

@@ -26,13 +26,13 @@ from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_r
 from optuna_search.dashboards._report import Report, collect_report, write_report
 from optuna_search.objectives._memory import prefer_expandable_segments
 from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.search._config import load_config
-from optuna_search.search._export_model import export_model as _export_model
-from optuna_search.search._open import open_for_reading
-from optuna_search.search._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
-from optuna_search.search._request import RunRequest, execute
-from optuna_search.search._run import Summary, print_summary
-from optuna_search.search._status import status as _status
+from optuna_search.search.front._config import load_config
+from optuna_search.search.use._export_model import export_model as _export_model
+from optuna_search.search.loop._open import open_for_reading
+from optuna_search.search.use._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
+from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.loop._run import Summary, print_summary
+from optuna_search.search.loop._status import status as _status
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._records import read_meta
 

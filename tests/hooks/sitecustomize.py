@@ -29,7 +29,7 @@ if _PATTERN:
                 self.held = True
                 sys.stderr.write(f"TEST-HOLD: {record.getMessage()}\n")
                 sys.stderr.flush()
-                from optuna_search.search._signals import stop_requested
+                from optuna_search.search.loop._signals import stop_requested
 
                 until = time.monotonic() + _SECONDS
                 # SIGINT raises out of the sleep; SIGKILL ends the process here.

@@ -37,10 +37,10 @@ from optuna_search.objectives._model import (
     pick_compute_dtype,
     resolve_model_source,
 )
-from optuna_search.search._open import open_for_reading
-from optuna_search.search._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
-from optuna_search.search._run import rows_of, verdict
-from optuna_search.search._scheduler import study_state
+from optuna_search.search.loop._open import open_for_reading
+from optuna_search.search.use._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
+from optuna_search.search.loop._run import rows_of, verdict
+from optuna_search.search.loop._scheduler import study_state
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._records import read_meta
 

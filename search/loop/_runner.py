@@ -39,8 +39,8 @@ from optuna_search.objectives import (
 )
 from optuna_search.objectives._data import resolve_eval_subset
 from optuna_search.objectives._train import stop_step
-from optuna_search.search._scheduler import Job, Outcome, TrialOutcome
-from optuna_search.search._signals import Terminated, disarm, stop_requested
+from optuna_search.search.loop._scheduler import Job, Outcome, TrialOutcome
+from optuna_search.search.loop._signals import Terminated, disarm, stop_requested
 from optuna_search.storage._checkpoints import (
     adapter_digest,
     point_checkpoints,

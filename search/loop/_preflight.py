@@ -17,7 +17,7 @@ from optuna_search.objectives._baselines import compute_baselines
 from optuna_search.objectives._data import StudyData, prepare_study_data
 from optuna_search.objectives._model import check_lora_targets, check_model_available
 from optuna_search.objectives._quality import check_quality
-from optuna_search.search._space import space_size
+from optuna_search.search.loop._space import space_size
 from optuna_search.storage._storages import check_storage_url
 
 log = logging.getLogger("optuna_search")

@@ -24,25 +24,25 @@ from optuna_search.dashboards._launch import check_host, check_port, serve_dashb
 from optuna_search.dashboards._report import collect_report, render_markdown, write_report
 from optuna_search.objectives._memory import prefer_expandable_segments
 from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.search._bundles import export_study_bundle
-from optuna_search.search._config import config_layers, explicit_location, load_config
-from optuna_search.search._ensembles import run_ensemble
-from optuna_search.search._exit import (
+from optuna_search.search.use._bundles import export_study_bundle
+from optuna_search.search.front._config import config_layers, explicit_location, load_config
+from optuna_search.search.use._ensembles import run_ensemble
+from optuna_search.search.loop._exit import (
     EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
     EXIT_USAGE,
 )
-from optuna_search.search._export_model import export_model
-from optuna_search.search._open import open_for_reading
-from optuna_search.search._predict import BAD_ROW_POLICIES, predict_file
-from optuna_search.search._request import RunRequest, execute
-from optuna_search.search._run import print_summary
-from optuna_search.search._signals import Terminated, handle_sigterm
-from optuna_search.search._status import status
-from optuna_search.search._trial import DiskFull
-from optuna_search.search._validate import validate
+from optuna_search.search.use._export_model import export_model
+from optuna_search.search.loop._open import open_for_reading
+from optuna_search.search.use._predict import BAD_ROW_POLICIES, predict_file
+from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.loop._run import print_summary
+from optuna_search.search.loop._signals import Terminated, handle_sigterm
+from optuna_search.search.loop._status import status
+from optuna_search.search.loop._runner import DiskFull
+from optuna_search.search.front._validate import validate
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._storages import close_storages, redacted_config
 

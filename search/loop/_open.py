@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, UserError, build_config
-from optuna_search.core._identity import adopt_legacy_defaults, diff_semantic, with_legacy_values
+from optuna_search.core._identity import adopt_legacy_defaults, default_location, diff_semantic, with_legacy_values
 from optuna_search.core._toml import to_toml
-from optuna_search.search._config import default_location
-from optuna_search.search._preflight import Preflight
-from optuna_search.search._space import make_pruner, make_sampler
+from optuna_search.search.loop._preflight import Preflight
+from optuna_search.search.loop._space import make_pruner, make_sampler
 from optuna_search.storage._claim import ClaimLock
 from optuna_search.storage._internals import engine_of
 from optuna_search.storage._records import read_meta, write_meta

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna_search.core import Config, UserError, build_config
-from optuna_search.search._bundles import import_study_bundle
-from optuna_search.search._config import config_layers, explicit_of
-from optuna_search.search._exit import EXIT_BUDGET, EXIT_OK
-from optuna_search.search._open import as_resumed
-from optuna_search.search._preflight import preflight
-from optuna_search.search._run import Summary, run_study, run_with_workers, summarize
-from optuna_search.search._scheduler import RunOutcome
-from optuna_search.search._workers import WorkerOptions, choose_workers
+from optuna_search.search.use._bundles import import_study_bundle
+from optuna_search.search.front._config import config_layers, explicit_of
+from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_OK
+from optuna_search.search.loop._open import as_resumed
+from optuna_search.search.loop._preflight import preflight
+from optuna_search.search.loop._run import Summary, run_study, run_with_workers, summarize
+from optuna_search.search.loop._scheduler import RunOutcome
+from optuna_search.search.loop._workers import WorkerOptions, choose_workers
 
 log = logging.getLogger("optuna_search")
 

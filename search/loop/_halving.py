@@ -20,7 +20,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from optuna_search.search._schedule import Action, Done, New, Promote, PruneRest, StudyState, Status, Train, Wait
+from optuna_search.search.loop._schedule import Action, Done, New, Promote, PruneRest, StudyState, Status, Train, Wait
 
 log = logging.getLogger("optuna_search")
 

@@ -11,7 +11,7 @@ from optuna_search.objectives._footprint import GiB, T4_USABLE_BYTES, Setting, S
 from optuna_search.objectives._model import load_tokenizer, model_source
 from optuna_search.objectives._prompt import PromptEncoder
 from optuna_search.objectives._quality import quality_warnings, render_distribution
-from optuna_search.search._preflight import preflight
+from optuna_search.search.loop._preflight import preflight
 
 
 def validate(config: Config) -> str:

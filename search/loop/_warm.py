@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
 from optuna_search.core._params import point_key
-from optuna_search.search._open import load_named_study
-from optuna_search.search._preflight import Preflight
-from optuna_search.search._space import distributions
+from optuna_search.search.loop._open import load_named_study
+from optuna_search.search.loop._preflight import Preflight
+from optuna_search.search.loop._space import distributions
 from optuna_search.storage._internals import distribution_contains
 from optuna_search.storage._ledger import Ledger
 from optuna_search.storage._records import read_meta

@@ -27,14 +27,14 @@ from optuna_search.dashboards._summary import (
     summary_rows,
 )
 from optuna_search.objectives import make_objective
-from optuna_search.search._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
-from optuna_search.search._open import create_or_resume, stored_config_of
-from optuna_search.search._preflight import LARGE_GRID, Preflight
-from optuna_search.search._schedule import Status, StudyState
-from optuna_search.search._scheduler import RunOutcome, Scheduler, study_state
-from optuna_search.search._trial import TrialRunner
-from optuna_search.search._warm import warm_start, warm_start_source
-from optuna_search.search._workers import WorkerOptions, run_workers
+from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
+from optuna_search.search.loop._open import create_or_resume, stored_config_of
+from optuna_search.search.loop._preflight import LARGE_GRID, Preflight
+from optuna_search.search.loop._schedule import Status, StudyState
+from optuna_search.search.loop._scheduler import RunOutcome, Scheduler, study_state
+from optuna_search.search.loop._runner import TrialRunner
+from optuna_search.search.loop._warm import warm_start, warm_start_source
+from optuna_search.search.loop._workers import WorkerOptions, run_workers
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._ledger import Ledger
 from optuna_search.storage._records import read_meta

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from optuna_search.core import Config, TrialRecord
 from optuna_search.dashboards._notes import trial_note
-from optuna_search.search._halving import SuccessiveHalving, tied_at_the_cut
-from optuna_search.search._schedule import (
+from optuna_search.search.loop._halving import SuccessiveHalving, tied_at_the_cut
+from optuna_search.search.loop._schedule import (
     Action,
     BudgetStop,
     Done,
@@ -44,8 +44,8 @@ from optuna_search.search._schedule import (
     decide,
     read_state,
 )
-from optuna_search.search._signals import raise_if_stop_requested
-from optuna_search.search._space import distributions, make_sampler
+from optuna_search.search.loop._signals import raise_if_stop_requested
+from optuna_search.search.loop._space import distributions, make_sampler
 from optuna_search.storage._artifacts import artifact_store
 from optuna_search.storage._checkpoints import (
     has_checkpoint,

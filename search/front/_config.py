@@ -135,8 +135,3 @@ def explicit_location(raw: dict[str, Any]) -> dict[str, str]:
                 raise UserError(f"{dotted} = {value!r} must be a non-empty string")
             out[dotted] = value
     return out
-
-
-def default_location(dotted: str) -> str:
-    section, key = dotted.split(".")
-    return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from optuna_search.core import Config, StudyMeta, TrialRecord
 from optuna_search.core._params import point_key, short_point_key, to_optuna_value
 from optuna_search.core._text import format_seconds
-from optuna_search.search._space import n_target
+from optuna_search.search.loop._space import n_target
 from optuna_search.storage._internals import paused_at
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ from optuna_search.objectives._ensemble import (
 )
 from optuna_search.objectives._metrics import Prediction, score_predictions
 from optuna_search.objectives._stats import mcnemar_exact
-from optuna_search.search._run import write_study_note
-from optuna_search.search._scheduler import study_state
-from optuna_search.search._trial import ids_digest
+from optuna_search.search.loop._run import write_study_note
+from optuna_search.search.loop._scheduler import study_state
+from optuna_search.search.loop._runner import ids_digest
 from optuna_search.storage._artifacts import artifact_store, upload_records
 from optuna_search.storage._records import read_meta, write_meta
 

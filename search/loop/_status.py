@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 from optuna_search.core import Config
 from optuna_search.dashboards._summary import StatusInput, render_status, status_report
-from optuna_search.search._exit import EXIT_INCOMPLETE, EXIT_OK
-from optuna_search.search._run import summary_points
-from optuna_search.search._schedule import Status
-from optuna_search.search._scheduler import study_state
+from optuna_search.search.loop._exit import EXIT_INCOMPLETE, EXIT_OK
+from optuna_search.search.loop._run import summary_points
+from optuna_search.search.loop._schedule import Status
+from optuna_search.search.loop._scheduler import study_state
 from optuna_search.storage._checkpoints import checkpoint_step, last_complete_checkpoint, point_checkpoints
 from optuna_search.storage._storages import study_flags
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from optuna_search.core import Config, UserError
 from optuna_search.core._toml import to_toml
-from optuna_search.search._signals import Terminated, handle_sigterm
+from optuna_search.search.loop._signals import Terminated, handle_sigterm
 
 log = logging.getLogger("optuna_search")
 
@@ -107,7 +107,7 @@ def run_workers(config: Config, n: int, options: WorkerOptions) -> list[int]:
         # CPU-only workers share the cores instead of each grabbing all of them.
         env.setdefault("OMP_NUM_THREADS", str(cpu_share))
         envs.append(env)
-        proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search._cli", *options.args(i)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *options.args(i)], env=env,
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
         proc.stdin.write(config_toml)  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from optuna_search.core import Config
-from optuna_search.search._open import open_for_reading
+from optuna_search.search.loop._open import open_for_reading
 from optuna_search.storage._bundle import StudyLocation, export_bundle, import_bundle
 
 

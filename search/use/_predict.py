@@ -30,7 +30,7 @@ from optuna_search.objectives._data import CHARS_PER_TOKEN_BOUND, Example
 from optuna_search.objectives._evaluate import evaluate_examples
 from optuna_search.objectives._model import load_adapters, load_tokenizer, resolve_model_source
 from optuna_search.objectives._prompt import PromptEncoder
-from optuna_search.search._open import open_for_reading
+from optuna_search.search.loop._open import open_for_reading
 from optuna_search.storage._checkpoints import FINAL_ADAPTER, adapter_digest, point_checkpoints
 from optuna_search.storage._records import read_meta
 

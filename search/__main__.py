@@ -1,0 +1,7 @@
+"""``python -m optuna_search.search``: the ``optuna-search`` command."""
+
+import sys
+
+from optuna_search.search.front._cli import main
+
+sys.exit(main())

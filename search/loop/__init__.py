@@ -1,0 +1,4 @@
+"""The study loop: what a study is made of and what runs next (``_schedule``,
+``_halving``), the loop itself (``_scheduler``: the claim lock, the ledger), the runner
+(``_runner``), samplers and search spaces, preflight, opening studies, workers, signals,
+warm starts, `status` and the run's summary."""

@@ -5,8 +5,62 @@ plain-text formatting. Imports nothing heavy and nothing from the other folders.
 from optuna_search.core._best import best_record
 from optuna_search.core._build import build_config
 from optuna_search.core._errors import UserError
-from optuna_search.core._params import HYPERPARAMETERS, TrialParams
-from optuna_search.core._record import SplitScores, StudyMeta, TrialRecord
-from optuna_search.core._schema import Config
+from optuna_search.core._files import disk_full, file_sha256, writable
+from optuna_search.core._identity import (
+    LOCATION_KEYS,
+    adopt_legacy_defaults,
+    default_location,
+    diff_semantic,
+    with_legacy_values,
+)
+from optuna_search.core._params import (
+    BY_NAME,
+    HYPERPARAMETERS,
+    TrialParams,
+    point_dirname,
+    point_key,
+    short_point_key,
+    to_optuna_value,
+)
+from optuna_search.core._record import PAUSED_ATTR, SplitScores, StudyMeta, TrialRecord
+from optuna_search.core._schema import SECTIONS, Config, StorageSection, StudySection, suggest
+from optuna_search.core._text import format_seconds, markdown_table, num, pct, render_table
+from optuna_search.core._toml import TOMLDecodeError, loads, to_toml
 
-__all__ = ["best_record", "Config", "HYPERPARAMETERS", "SplitScores", "StudyMeta", "TrialParams", "TrialRecord", "UserError", "build_config"]
+__all__ = [
+    "BY_NAME",
+    "HYPERPARAMETERS",
+    "LOCATION_KEYS",
+    "PAUSED_ATTR",
+    "SECTIONS",
+    "Config",
+    "SplitScores",
+    "StorageSection",
+    "StudyMeta",
+    "StudySection",
+    "TOMLDecodeError",
+    "TrialParams",
+    "TrialRecord",
+    "UserError",
+    "adopt_legacy_defaults",
+    "best_record",
+    "build_config",
+    "default_location",
+    "diff_semantic",
+    "disk_full",
+    "file_sha256",
+    "format_seconds",
+    "loads",
+    "markdown_table",
+    "num",
+    "pct",
+    "point_dirname",
+    "point_key",
+    "render_table",
+    "short_point_key",
+    "suggest",
+    "to_optuna_value",
+    "to_toml",
+    "with_legacy_values",
+    "writable",
+]

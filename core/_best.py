@@ -31,12 +31,20 @@ def rank_key(r: TrialRecord, objective: str, split: str, fields: list[str]) -> t
     tl, el = r.train_loss_per_epoch or [], r.eval_loss_per_epoch or []
     gap = (el[-1] - tl[-1]) if tl and el else math.inf
     speed = r.eval_examples_per_second or 0.0
-    return (sign * value if value is not None else -math.inf, first if first is not None else -math.inf, -gap, speed,
-            -(r.number if r.number is not None else math.inf))
+    return (
+        sign * value if value is not None else -math.inf,
+        first if first is not None else -math.inf,
+        -gap,
+        speed,
+        -(r.number if r.number is not None else math.inf),
+    )
 
 
 def best_record(records: list[TrialRecord], objective: str, split: str, fields: list[str]) -> TrialRecord | None:
     """The best COMPLETE trial by the rule above; None before one completes."""
-    done = [r for r in records if r.state == "COMPLETE" and r.duplicate_of is None
-            and r.objective_value(objective, split) is not None]
+    done = [
+        r
+        for r in records
+        if r.state == "COMPLETE" and r.duplicate_of is None and r.objective_value(objective, split) is not None
+    ]
     return max(done, key=lambda r: rank_key(r, objective, split, fields)) if done else None

@@ -21,7 +21,10 @@ def build_config(raw: dict[str, Any]) -> Config:
     for section, values in raw.items():
         cls = SECTIONS.get(section)
         if cls is None:
-            problems.append(f"unknown section [{section}]{suggest(section, list(SECTIONS))}; allowed sections: {', '.join(SECTIONS)}")
+            problems.append(
+                f"unknown section [{section}]{suggest(section, list(SECTIONS))}; allowed sections: "
+                f"{', '.join(SECTIONS)}"
+            )
             continue
         if not isinstance(values, dict):
             problems.append(f"top-level key {section!r} must be a [section] table, got {values!r}")
@@ -47,8 +50,10 @@ def _section_kwargs(section: str, cls: type, values: dict[str, Any], problems: l
     types = field_types(cls)
     for key, value in values.items():
         if key not in known:
-            problems.append(f"unknown key {section}.{key}{suggest(key, sorted(known), prefix=section + '.')}; "
-                            f"allowed keys in [{section}]: {', '.join(known)}")
+            problems.append(
+                f"unknown key {section}.{key}{suggest(key, sorted(known), prefix=section + '.')}; "
+                f"allowed keys in [{section}]: {', '.join(known)}"
+            )
             continue
         coerced, problem = coerce(f"{section}.{key}", value, types[key])
         if problem:
@@ -68,12 +73,18 @@ def coerce(name: str, value: Any, annotation: Any) -> tuple[Any, str | None]:
     if origin is Literal:
         if value in args:
             return value, None
-        return None, (f"{name} = {value!r} is not one of {', '.join(map(str, args))}"
-                      + (suggest(value, [str(a) for a in args]) if isinstance(value, str) else ""))
+        return None, (
+            f"{name} = {value!r} is not one of {', '.join(map(str, args))}"
+            + (suggest(value, [str(a) for a in args]) if isinstance(value, str) else "")
+        )
     if annotation is bool:
         return (value, None) if isinstance(value, bool) else (None, f"{name} = {value!r} must be true or false")
     if annotation is int:
-        return (value, None) if isinstance(value, int) and not isinstance(value, bool) else (None, f"{name} = {value!r} must be an integer")
+        return (
+            (value, None)
+            if isinstance(value, int) and not isinstance(value, bool)
+            else (None, f"{name} = {value!r} must be an integer")
+        )
     if annotation is float:
         if not _number(value):
             return None, f"{name} = {value!r} must be a number"

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+
+from optuna_search.core._errors import UserError
 
 
 def file_sha256(path: Path) -> str:
@@ -25,11 +30,28 @@ def disk_full(e: BaseException, folder: Path | None = None) -> bool:
     import shutil
 
     text = str(e).lower()
-    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "database or disk is full" in text \
-            or "no space left on device" in text:
+    if (
+        (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+        or "database or disk is full" in text
+        or "no space left on device" in text
+    ):
         return True
     if isinstance(e, RuntimeError) and ("inline_container" in text or "pytorchstreamwriter" in text):
         here = folder or Path(".")
         probe = next((p for p in (here, *here.parents) if p.exists()), Path("."))
         return shutil.disk_usage(probe).free < LOW_DISK_BYTES
     return False
+
+
+@contextlib.contextmanager
+def writable(path: Path | str) -> Iterator[None]:
+    """Writing ``path``: a folder that refuses it (read-only, no permission) is one line
+    that names it (a UserError: exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(
+                f"cannot write '{e.filename or path}' ({e.strerror}); give an output in a writable folder"
+            ) from None
+        raise

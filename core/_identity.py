@@ -56,7 +56,7 @@ LEGACY_VALUES: dict[str, Any] = {
 def default_location(dotted: str) -> str:
     """The default of a location key (e.g. ``storage.url``)."""
     section, key = dotted.split(".")
-    return next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
+    return str(next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == key))
 
 
 def flatten(config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +88,9 @@ def diff_semantic(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [f"{key}: study has {a[key]!r}, config has {b.get(key)!r}" for key in sorted(a) if a[key] != b.get(key)]
 
 
-def adopt_legacy_defaults(stored: dict[str, Any], config: Config, explicit: set[str] | None = None) -> tuple[Config, list[str]]:
+def adopt_legacy_defaults(
+    stored: dict[str, Any], config: Config, explicit: set[str] | None = None
+) -> tuple[Config, list[str]]:
     """For a study whose stored config predates some keys: where the user did not set such
     a key (``explicit``: the keys a config file, --set or a flag set; None: those left at
     their default), use what the study meant instead, so an old study resumes with the
@@ -113,4 +115,4 @@ def adopt_legacy_defaults(stored: dict[str, Any], config: Config, explicit: set[
 
 def _default(section: str, key: str) -> Any:
     f = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == key)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc, operator]

@@ -18,12 +18,21 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
 """Learning-rate schedules (transformers' names)."""
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+)
 """Optimizers (transformers' names). The 8-bit and paged ones are bitsandbytes' (on a CPU they
 run unpaged; on a GPU, bitsandbytes pages only tensors of 100,000 elements or more)."""
 ALL_LINEAR = "all-linear"
@@ -38,22 +47,27 @@ def positive_int(upper: int) -> Callable[[Any], str | None]:
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= upper:
             return f"must be an integer from 1 to {upper:,}"
         return None
+
     return check
 
 
-def number_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Callable[[Any], str | None]:
+def number_in(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if not _finite(v):
             return "must be a finite number"
         if (v <= low if low_open else v < low) or (v >= high if high_open else v > high):
             return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         return None
+
     return check
 
 
 def one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         return None if v in choices else f"must be one of {', '.join(choices)}"
+
     return check
 
 
@@ -126,35 +140,137 @@ def _alpha(config: Any, values: dict[str, Any]) -> float:
 
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("lora_r", int, "lora.r", positive_int(1024), "[4, 8, 16]", peft=("r",), doc="LoRA rank"),
-    Hyperparameter("lora_alpha", float, "lora.alpha", number_in(0, 1e6, low_open=True), "[16, 32, 64]", log=True, peft=("lora_alpha",),
-                   derive=_alpha, doc="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)"),
-    Hyperparameter("lora_dropout", float, "lora.dropout", number_in(0, 1, high_open=True), "[0.0, 0.05, 0.1]",
-                   peft=("lora_dropout",), doc="dropout on the LoRA path"),
-    Hyperparameter("target_modules", tuple, "lora.target_modules", check_modules,
-                   '["q_proj,k_proj,v_proj,o_proj", "all-linear"]', ranges=False, peft=("target_modules",),
-                   to_kwarg=_modules_kwarg, encode=modules_to_param, decode=lambda v: tuple(modules_from_param(v)),
-                   doc="modules that get adapters"),
-    Hyperparameter("use_dora", bool, "lora.use_dora", is_bool, "[false, true]", ranges=False, peft=("use_dora",),
-                   doc="DoRA: weight-decomposed LoRA"),
-    Hyperparameter("use_rslora", bool, "lora.use_rslora", is_bool, "[false, true]", ranges=False, peft=("use_rslora",),
-                   doc="rank-stabilised LoRA (scale alpha / sqrt(r))"),
-    Hyperparameter("learning_rate", float, "train.learning_rate", number_in(0, 1, low_open=True),
-                   "{ low = 1e-4, high = 4e-4, log = true }", log=True, trainer=("learning_rate",), doc="peak learning rate"),
-    Hyperparameter("epochs", int, "train.epochs", positive_int(1000), "[1, 2, 3]", trainer=("num_train_epochs",), doc="epochs"),
-    Hyperparameter("warmup_ratio", float, "train.warmup_ratio", number_in(0, 1, high_open=True), "[0.0, 0.03, 0.1]",
-                   trainer=("warmup_steps",), doc="share of steps with linear warm-up"),
-    Hyperparameter("weight_decay", float, "train.weight_decay", number_in(0, 1), "[0.0, 0.01]", trainer=("weight_decay",),
-                   doc="AdamW weight decay"),
-    Hyperparameter("batch_size", int, "train.batch_size", positive_int(4096), "[4, 8]",
-                   trainer=("per_device_train_batch_size", "per_device_eval_batch_size"), doc="per-device micro-batch"),
-    Hyperparameter("gradient_accumulation", int, "train.gradient_accumulation", positive_int(4096), "[2, 4]",
-                   trainer=("gradient_accumulation_steps",), doc="micro-batches per optimizer step"),
-    Hyperparameter("max_grad_norm", float, "train.max_grad_norm", number_in(0, 1e4), "[0.3, 1.0]", trainer=("max_grad_norm",),
-                   doc="gradient clipping norm (0 = none)"),
-    Hyperparameter("lr_scheduler", str, "train.lr_scheduler", one_of(SCHEDULERS), '["cosine", "linear"]', ranges=False,
-                   trainer=("lr_scheduler_type",), doc="learning-rate schedule"),
-    Hyperparameter("optim", str, "train.optim", one_of(OPTIMIZERS), '["adamw_torch", "paged_adamw_8bit"]', ranges=False,
-                   trainer=("optim",), doc="optimizer"),
+    Hyperparameter(
+        "lora_alpha",
+        float,
+        "lora.alpha",
+        number_in(0, 1e6, low_open=True),
+        "[16, 32, 64]",
+        log=True,
+        peft=("lora_alpha",),
+        derive=_alpha,
+        doc="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)",
+    ),
+    Hyperparameter(
+        "lora_dropout",
+        float,
+        "lora.dropout",
+        number_in(0, 1, high_open=True),
+        "[0.0, 0.05, 0.1]",
+        peft=("lora_dropout",),
+        doc="dropout on the LoRA path",
+    ),
+    Hyperparameter(
+        "target_modules",
+        tuple,
+        "lora.target_modules",
+        check_modules,
+        '["q_proj,k_proj,v_proj,o_proj", "all-linear"]',
+        ranges=False,
+        peft=("target_modules",),
+        to_kwarg=_modules_kwarg,
+        encode=modules_to_param,
+        decode=lambda v: tuple(modules_from_param(v)),
+        doc="modules that get adapters",
+    ),
+    Hyperparameter(
+        "use_dora",
+        bool,
+        "lora.use_dora",
+        is_bool,
+        "[false, true]",
+        ranges=False,
+        peft=("use_dora",),
+        doc="DoRA: weight-decomposed LoRA",
+    ),
+    Hyperparameter(
+        "use_rslora",
+        bool,
+        "lora.use_rslora",
+        is_bool,
+        "[false, true]",
+        ranges=False,
+        peft=("use_rslora",),
+        doc="rank-stabilised LoRA (scale alpha / sqrt(r))",
+    ),
+    Hyperparameter(
+        "learning_rate",
+        float,
+        "train.learning_rate",
+        number_in(0, 1, low_open=True),
+        "{ low = 1e-4, high = 4e-4, log = true }",
+        log=True,
+        trainer=("learning_rate",),
+        doc="peak learning rate",
+    ),
+    Hyperparameter(
+        "epochs", int, "train.epochs", positive_int(1000), "[1, 2, 3]", trainer=("num_train_epochs",), doc="epochs"
+    ),
+    Hyperparameter(
+        "warmup_ratio",
+        float,
+        "train.warmup_ratio",
+        number_in(0, 1, high_open=True),
+        "[0.0, 0.03, 0.1]",
+        trainer=("warmup_steps",),
+        doc="share of steps with linear warm-up",
+    ),
+    Hyperparameter(
+        "weight_decay",
+        float,
+        "train.weight_decay",
+        number_in(0, 1),
+        "[0.0, 0.01]",
+        trainer=("weight_decay",),
+        doc="AdamW weight decay",
+    ),
+    Hyperparameter(
+        "batch_size",
+        int,
+        "train.batch_size",
+        positive_int(4096),
+        "[4, 8]",
+        trainer=("per_device_train_batch_size", "per_device_eval_batch_size"),
+        doc="per-device micro-batch",
+    ),
+    Hyperparameter(
+        "gradient_accumulation",
+        int,
+        "train.gradient_accumulation",
+        positive_int(4096),
+        "[2, 4]",
+        trainer=("gradient_accumulation_steps",),
+        doc="micro-batches per optimizer step",
+    ),
+    Hyperparameter(
+        "max_grad_norm",
+        float,
+        "train.max_grad_norm",
+        number_in(0, 1e4),
+        "[0.3, 1.0]",
+        trainer=("max_grad_norm",),
+        doc="gradient clipping norm (0 = none)",
+    ),
+    Hyperparameter(
+        "lr_scheduler",
+        str,
+        "train.lr_scheduler",
+        one_of(SCHEDULERS),
+        '["cosine", "linear"]',
+        ranges=False,
+        trainer=("lr_scheduler_type",),
+        doc="learning-rate schedule",
+    ),
+    Hyperparameter(
+        "optim",
+        str,
+        "train.optim",
+        one_of(OPTIMIZERS),
+        '["adamw_torch", "paged_adamw_8bit"]',
+        ranges=False,
+        trainer=("optim",),
+        doc="optimizer",
+    ),
 )
 BY_NAME: dict[str, Hyperparameter] = {h.name: h for h in HYPERPARAMETERS}
 SEARCH_KEYS = tuple(BY_NAME)
@@ -206,8 +322,8 @@ def _coerce(h: Hyperparameter, value: Any) -> Any:
 class _TrialParamsMethods:
     """Behaviour of :class:`TrialParams` (its fields come from the table)."""
 
-    def with_batch(self, batch_size: int, gradient_accumulation: int) -> "TrialParams":
-        return dataclasses.replace(self, batch_size=batch_size, gradient_accumulation=gradient_accumulation)  # type: ignore[type-var]
+    def with_batch(self, batch_size: int, gradient_accumulation: int) -> TrialParams:
+        return dataclasses.replace(self, batch_size=batch_size, gradient_accumulation=gradient_accumulation)  # type: ignore[type-var, return-value]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -215,10 +331,10 @@ class _TrialParamsMethods:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrialParams":
+    def from_dict(cls, d: dict[str, Any]) -> TrialParams:
         """From ``to_dict`` (also a stored ``effective_params``; keys written by an older
         version that lacked a hyperparameter take the table's fallback where one exists)."""
-        return cls(**{h.name: _coerce(h, d[h.name]) for h in HYPERPARAMETERS if h.name in d})  # type: ignore[call-arg]
+        return cls(**{h.name: _coerce(h, d[h.name]) for h in HYPERPARAMETERS if h.name in d})  # type: ignore[call-arg, return-value]
 
     def lora_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``peft.LoraConfig``."""
@@ -229,14 +345,44 @@ class _TrialParamsMethods:
         return {k: h.to_kwarg(getattr(self, h.name)) for h in HYPERPARAMETERS for k in h.trainer}
 
 
-TrialParams = dataclasses.make_dataclass(
-    "TrialParams", [(h.name, h.type) for h in HYPERPARAMETERS], bases=(_TrialParamsMethods,), frozen=True,
-    namespace={"__doc__": "Effective hyperparameters of one trial: the searched values, else the config's "
-                          "(fields: the HYPERPARAMETERS table, in its order).", "__module__": __name__},
-)
+if TYPE_CHECKING:
+
+    @dataclass(frozen=True)
+    class TrialParams(_TrialParamsMethods):
+        """What a type checker sees of the table-built class below (tests/test_config.py
+        checks that these fields are the table's, in its order)."""
+
+        lora_r: int
+        lora_alpha: float
+        lora_dropout: float
+        target_modules: tuple[str, ...]
+        use_dora: bool
+        use_rslora: bool
+        learning_rate: float
+        epochs: int
+        warmup_ratio: float
+        weight_decay: float
+        batch_size: int
+        gradient_accumulation: int
+        max_grad_norm: float
+        lr_scheduler: str
+        optim: str
+
+else:
+    TrialParams = dataclasses.make_dataclass(
+        "TrialParams",
+        [(h.name, h.type) for h in HYPERPARAMETERS],
+        bases=(_TrialParamsMethods,),
+        frozen=True,
+        namespace={
+            "__doc__": "Effective hyperparameters of one trial: the searched values, else the config's "
+            "(fields: the HYPERPARAMETERS table, in its order).",
+            "__module__": __name__,
+        },
+    )
 
 
-def trial_params(config: Any, point: dict[str, Any]) -> "TrialParams":
+def trial_params(config: Any, point: dict[str, Any]) -> TrialParams:
     """Effective hyperparameters of one point: the searched value (as Optuna stores it),
     else the table's ``derive``, else the config key's value."""
     values: dict[str, Any] = {}

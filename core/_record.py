@@ -71,8 +71,11 @@ class SplitScores:
             return self.mean_macro_f1
         if name == "balanced_accuracy":
             return self.mean_balanced_accuracy
-        for suffix, per_field in (("_balanced_accuracy", self.balanced_accuracy), ("_macro_f1", self.macro_f1),
-                                  ("_accuracy", self.accuracy)):
+        for suffix, per_field in (
+            ("_balanced_accuracy", self.balanced_accuracy),
+            ("_macro_f1", self.macro_f1),
+            ("_accuracy", self.accuracy),
+        ):
             if name.endswith(suffix):
                 return per_field.get(name[: -len(suffix)])
         return None
@@ -292,21 +295,28 @@ class TrialRecord:
         return out
 
     @classmethod
-    def from_user_attrs(cls, ua: dict[str, Any], fields: list[str], **trial_fields: Any) -> "TrialRecord":
+    def from_user_attrs(cls, ua: dict[str, Any], fields: list[str], **trial_fields: Any) -> TrialRecord:
         kw = {name: ua[attr] for name, attr in _PLAIN if attr in ua}
-        return cls(test=_read_split(ua, fields, ""), validation=_read_split(ua, fields, "validation_"), **kw, **trial_fields)
+        return cls(
+            test=_read_split(ua, fields, ""), validation=_read_split(ua, fields, "validation_"), **kw, **trial_fields
+        )
 
     @classmethod
-    def from_trial(cls, trial: "FrozenTrial", fields: list[str]) -> "TrialRecord":
+    def from_trial(cls, trial: FrozenTrial, fields: list[str]) -> TrialRecord:
         """From an Optuna ``FrozenTrial`` (or anything with the same attributes)."""
         paused = trial.state.name == "RUNNING" and trial.system_attrs.get(PAUSED_ATTR) is not None
         return cls.from_user_attrs(
-            trial.user_attrs, fields,
-            number=trial.number, state="PAUSED" if paused else trial.state.name, values=list(trial.values) if trial.values else None,
-            params=dict(trial.params), datetime_start=trial.datetime_start, datetime_complete=trial.datetime_complete,
+            trial.user_attrs,
+            fields,
+            number=trial.number,
+            state="PAUSED" if paused else trial.state.name,
+            values=list(trial.values) if trial.values else None,
+            params=dict(trial.params),
+            datetime_start=trial.datetime_start,
+            datetime_complete=trial.datetime_complete,
         )
 
-    def replace(self, **changes: Any) -> "TrialRecord":
+    def replace(self, **changes: Any) -> TrialRecord:
         return dataclasses.replace(self, **changes)
 
 
@@ -324,13 +334,20 @@ def _split_attrs(s: SplitScores, prefix: str) -> dict[str, Any]:
             out[f"{prefix}{f}_balanced_accuracy"] = s.balanced_accuracy[f]
         for metric, v in s.calibration.get(f, {}).items():
             out[f"{prefix}{f}_{metric}"] = v
-    for name, value in (("macro_f1", s.mean_macro_f1), ("balanced_accuracy", s.mean_balanced_accuracy),
-                        ("label_logprob", s.label_logprob)):
+    for name, value in (
+        ("macro_f1", s.mean_macro_f1),
+        ("balanced_accuracy", s.mean_balanced_accuracy),
+        ("label_logprob", s.label_logprob),
+    ):
         if value is not None:
             out[f"{prefix}{name}"] = value
-    names = ("eval_examples", "parse_failures", "invalid_labels", "exact_match_accuracy") if not prefix else (
-        "examples", "parse_failures", "invalid_labels", "exact_match_accuracy")
-    for name, value in zip(names, (s.n, s.parse_failures, s.invalid_labels or None, s.exact_match)):
+    names = (
+        ("eval_examples", "parse_failures", "invalid_labels", "exact_match_accuracy")
+        if not prefix
+        else ("examples", "parse_failures", "invalid_labels", "exact_match_accuracy")
+    )
+    values: tuple[Any, ...] = (s.n, s.parse_failures, s.invalid_labels or None, s.exact_match)
+    for name, value in zip(names, values):
         if value is not None:
             out[f"{prefix}{name}"] = value
     return out
@@ -344,7 +361,9 @@ def _read_split(ua: dict[str, Any], fields: list[str], prefix: str) -> SplitScor
     def per_field(suffix: str) -> dict[str, Any]:
         return {f: ua[f"{prefix}{f}{suffix}"] for f in fields if f"{prefix}{f}{suffix}" in ua}
 
-    calibration = {f: {m: ua[f"{prefix}{f}_{m}"] for m in CALIBRATION_METRICS if f"{prefix}{f}_{m}" in ua} for f in fields}
+    calibration = {
+        f: {m: ua[f"{prefix}{f}_{m}"] for m in CALIBRATION_METRICS if f"{prefix}{f}_{m}" in ua} for f in fields
+    }
     return SplitScores(
         accuracy={f: ua[f"{prefix}{f}_accuracy"] for f in fields},
         n=ua.get(n_key, 0),
@@ -389,7 +408,7 @@ class StudyMeta:
     """Each field's label set, in the order trials score them (what `predict` needs)."""
 
     @classmethod
-    def from_user_attrs(cls, ua: dict[str, Any]) -> "StudyMeta":
+    def from_user_attrs(cls, ua: dict[str, Any]) -> StudyMeta:
         return cls(**{f.name: ua.get(f.name) for f in dataclasses.fields(cls)})
 
     def to_user_attrs(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ is the CLI's job: ``optuna_search.search.front._config``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -106,25 +107,33 @@ class StudySection:
                 p.append(f"study.n_trials = {self.n_trials}: a grid runs each of its points once; leave n_trials at 0")
         else:
             if not self.search_space:
-                p.append(f"study.search_space is empty; sampler {self.sampler!r} needs ranges, e.g. "
-                         "search_space.learning_rate = { low = 1e-4, high = 4e-4, log = true }")
+                p.append(
+                    f"study.search_space is empty; sampler {self.sampler!r} needs ranges, e.g. "
+                    "search_space.learning_rate = { low = 1e-4, high = 4e-4, log = true }"
+                )
             for key, spec in self.search_space.items():
                 p += _check_space_entry(key, spec)
             if not 1 <= self.n_trials <= MAX_TRIALS:
-                p.append(f"study.n_trials = {self.n_trials}: sampler {self.sampler!r} needs the number of trials to run, "
-                         f"from 1 to {MAX_TRIALS:,} (e.g. 15)")
+                p.append(
+                    f"study.n_trials = {self.n_trials}: sampler {self.sampler!r} needs the number of trials to run, "
+                    f"from 1 to {MAX_TRIALS:,} (e.g. 15)"
+                )
         p += _check_objectives(self.objectives, c.data.fields)
         if self.pruner != "none" and len(self.objectives) > 1:
-            p.append(f"study.pruner = {self.pruner!r} with {len(self.objectives)} objectives: Optuna does not prune "
-                     "multi-objective studies; set study.pruner = \"none\"")
+            p.append(
+                f"study.pruner = {self.pruner!r} with {len(self.objectives)} objectives: Optuna does not prune "
+                'multi-objective studies; set study.pruner = "none"'
+            )
         for name in ("pruner_startup_trials", "pruner_warmup_steps", "startup_trials"):
             if not 0 <= getattr(self, name) <= MAX_TRIALS:
                 p.append(f"study.{name} = {getattr(self, name)} must be from 0 to {MAX_TRIALS:,}")
         if not 1 <= self.pruner_min_resource <= 10_000 or not 2 <= self.pruner_reduction_factor <= 100:
-            p.append(f"study.pruner_min_resource = {self.pruner_min_resource} must be from 1 to 10,000 and "
-                     f"pruner_reduction_factor = {self.pruner_reduction_factor} from 2 to 100")
+            p.append(
+                f"study.pruner_min_resource = {self.pruner_min_resource} must be from 1 to 10,000 and "
+                f"pruner_reduction_factor = {self.pruner_reduction_factor} from 2 to 100"
+            )
         if self.prune_on == "label_logprob" and c.eval.method != "score":
-            p.append("study.prune_on = \"label_logprob\" needs label probabilities: set eval.method = \"score\"")
+            p.append('study.prune_on = "label_logprob" needs label probabilities: set eval.method = "score"')
         if self.schedule == "successive_halving":
             p += self._check_halving()
         return p
@@ -132,19 +141,30 @@ class StudySection:
     def _check_halving(self) -> list[str]:
         p = []
         r = self.rungs
-        if not r or any(not isinstance(x, float) or not 0 < x <= 1 for x in r) or any(b <= a for a, b in zip(r, r[1:])) or r[-1] != 1.0:
-            p.append(f"study.rungs = {r!r} must be increasing fractions of training in (0, 1] ending at 1.0, "
-                     "e.g. [0.111, 0.333, 1.0]")
+        if (
+            not r
+            or any(not isinstance(x, float) or not 0 < x <= 1 for x in r)
+            or any(b <= a for a, b in itertools.pairwise(r))
+            or r[-1] != 1.0
+        ):
+            p.append(
+                f"study.rungs = {r!r} must be increasing fractions of training in (0, 1] ending at 1.0, "
+                "e.g. [0.111, 0.333, 1.0]"
+            )
         if not 2 <= self.eta <= 100:
             p.append(f"study.eta = {self.eta} must be from 2 to 100 (1/eta of the configurations go on at each rung)")
         if len(self.objectives) > 1:
-            p.append("study.schedule = \"successive_halving\" compares configurations on one objective; "
-                     f"study.objectives has {len(self.objectives)}: keep one, or use schedule = \"trials\"")
+            p.append(
+                'study.schedule = "successive_halving" compares configurations on one objective; '
+                f'study.objectives has {len(self.objectives)}: keep one, or use schedule = "trials"'
+            )
         if self.pruner != "none":
-            p.append("study.schedule = \"successive_halving\" decides itself which configurations stop; "
-                     "set study.pruner = \"none\"")
+            p.append(
+                'study.schedule = "successive_halving" decides itself which configurations stop; '
+                'set study.pruner = "none"'
+            )
         if self.sampler == "nsga2":
-            p.append("study.sampler = \"nsga2\" is multi-objective; successive halving takes one objective")
+            p.append('study.sampler = "nsga2" is multi-objective; successive halving takes one objective')
         return p
 
 
@@ -162,8 +182,10 @@ class StorageSection:
 
     def check(self, c: Config) -> list[str]:
         if not 1 <= self.heartbeat_interval < self.grace_period <= 86_400:
-            return [f"storage.heartbeat_interval = {self.heartbeat_interval} and grace_period = {self.grace_period}: "
-                    "need 1 <= interval < grace_period <= 86400 seconds"]
+            return [
+                f"storage.heartbeat_interval = {self.heartbeat_interval} and grace_period = {self.grace_period}: "
+                "need 1 <= interval < grace_period <= 86400 seconds"
+            ]
         return []
 
 
@@ -226,7 +248,9 @@ class LoraSection:
         if self.alpha != 0:
             p += _check_fixed("lora.alpha", self.alpha, "lora_alpha")
         if not 0 < self.alpha_ratio <= 1000:
-            p.append(f"lora.alpha_ratio = {self.alpha_ratio} must be in (0, 1000] (alpha = ratio * r; the study uses 4.0)")
+            p.append(
+                f"lora.alpha_ratio = {self.alpha_ratio} must be in (0, 1000] (alpha = ratio * r; the study uses 4.0)"
+            )
         return p
 
 
@@ -274,17 +298,27 @@ class TrainSection:
 
     def check(self, c: Config) -> list[str]:
         p = []
-        for name, key in (("learning_rate", "learning_rate"), ("batch_size", "batch_size"), ("epochs", "epochs"),
-                          ("gradient_accumulation", "gradient_accumulation"), ("warmup_ratio", "warmup_ratio"),
-                          ("weight_decay", "weight_decay"), ("max_grad_norm", "max_grad_norm"),
-                          ("lr_scheduler", "lr_scheduler"), ("optim", "optim")):
+        for name, key in (
+            ("learning_rate", "learning_rate"),
+            ("batch_size", "batch_size"),
+            ("epochs", "epochs"),
+            ("gradient_accumulation", "gradient_accumulation"),
+            ("warmup_ratio", "warmup_ratio"),
+            ("weight_decay", "weight_decay"),
+            ("max_grad_norm", "max_grad_norm"),
+            ("lr_scheduler", "lr_scheduler"),
+            ("optim", "optim"),
+        ):
             p += _check_fixed(f"train.{name}", getattr(self, name), key)
         for name in ("checkpoint_steps", "validations_per_epoch", "gpus_per_trial"):
             if not 1 <= getattr(self, name) <= 1_000_000:
                 p.append(f"train.{name} = {getattr(self, name)} must be a positive integer")
         if self.gpus_per_trial > 1 and self.gradient_accumulation % self.gpus_per_trial:
-            p.append(f"train.gradient_accumulation = {self.gradient_accumulation} is not divisible by train.gpus_per_trial = "
-                     f"{self.gpus_per_trial}; the effective batch must stay batch_size * gradient_accumulation")
+            p.append(
+                f"train.gradient_accumulation = {self.gradient_accumulation} is not divisible by "
+                "train.gpus_per_trial = "
+                f"{self.gpus_per_trial}; the effective batch must stay batch_size * gradient_accumulation"
+            )
         for t in self.report_to:
             if t not in TRACKERS:
                 p.append(f"train.report_to: {t!r} is not one of {', '.join(TRACKERS)}")
@@ -331,20 +365,24 @@ class DataSection:
         if self.train_samples < 0:
             p.append(f"data.train_samples = {self.train_samples} must be >= 0 (0 = the whole training file)")
         if not self.fields:
-            p.append("data.fields is empty; list the label fields, e.g. [\"severity\", \"component\", \"reproducibility\"]")
-        if len(set(f.lower() for f in self.fields)) != len(self.fields):
+            p.append('data.fields is empty; list the label fields, e.g. ["severity", "component", "reproducibility"]')
+        if len({f.lower() for f in self.fields}) != len(self.fields):
             p.append(f"data.fields = {self.fields!r} repeats a field")
         for key in list(self.labels) + list(self.label_map):
             if key not in self.fields:
                 p.append(f"data.labels/label_map names field {key!r}, which is not in data.fields {self.fields!r}")
         for key, labels in self.labels.items():
             if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
-                p.append(f"data.labels.{key} = {labels!r} must be a list of labels, e.g. [\"low\", \"medium\", \"high\"]")
+                p.append(f'data.labels.{key} = {labels!r} must be a list of labels, e.g. ["low", "medium", "high"]')
             elif len({x.strip().lower() for x in labels}) != len(labels):
                 p.append(f"data.labels.{key} = {labels!r} repeats a label")
         for key, mapping in self.label_map.items():
-            if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-                p.append(f"data.label_map.{key} = {mapping!r} must map old labels to new ones, e.g. {{ minor = \"low\" }}")
+            if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+            ):
+                p.append(
+                    f'data.label_map.{key} = {mapping!r} must map old labels to new ones, e.g. {{ minor = "low" }}'
+                )
         return p
 
 
@@ -418,7 +456,7 @@ class Config:
     def directions(self) -> list[str]:
         return [objective_direction(o) for o in self.study.objectives]
 
-    def trial_params(self, point: dict[str, Any]) -> "TrialParams":
+    def trial_params(self, point: dict[str, Any]) -> TrialParams:
         """Effective hyperparameters of one point (searched value, else config)."""
         return trial_params(self, point)
 
@@ -463,7 +501,8 @@ def _check_value(key: str, v: Any, where: str) -> list[str]:
 
 
 def _unknown_key(kind: str, key: str) -> str:
-    return f"study.{kind} key {key!r} is not searchable{suggest(key, list(SEARCH_KEYS))}; allowed: {', '.join(SEARCH_KEYS)}"
+    allowed = ", ".join(SEARCH_KEYS)
+    return f"study.{kind} key {key!r} is not searchable{suggest(key, list(SEARCH_KEYS))}; allowed: {allowed}"
 
 
 def _repeats(values: list[Any]) -> bool:
@@ -502,7 +541,8 @@ def _check_space_entry(key: str, spec: Any) -> list[str]:
     if not h.ranges:
         return [f"{where} must be a list of choices, not a range (e.g. {h.example})"]
     p = [f"{where} has unknown key {k!r}; allowed: {', '.join(RANGE_KEYS)}" for k in spec if k not in RANGE_KEYS]
-    low, high = spec.get("low"), spec.get("high")
+    low: Any = spec.get("low")
+    high: Any = spec.get("high")
     bounds = [q for v in (low, high) for q in _check_value(key, v, f"{where} bound {v!r}")]
     if bounds:
         return p + bounds
@@ -510,19 +550,30 @@ def _check_space_entry(key: str, spec: Any) -> list[str]:
         p.append(f"{where}: low = {low} must be below high = {high}")
     if h.type is int and not (isinstance(low, int) and isinstance(high, int)):
         p.append(f"{where}: {key} takes integers; give integer low and high")
-    log, step = spec.get("log", False), spec.get("step")
+    log: Any = spec.get("log", False)
+    step: Any = spec.get("step")
     if not isinstance(log, bool):
         p.append(f"{where}.log = {log!r} must be true or false")
     elif log and not h.log and h.type is not int:
         p.append(f"{where}: a log range is for scale-like values (learning_rate, lora_r, ...), not {key}")
     if step is not None:
-        bad_type = not isinstance(step, (int, float)) or isinstance(step, bool) or (h.type is int and not isinstance(step, int))
+        bad_type = (
+            not isinstance(step, (int, float))
+            or isinstance(step, bool)
+            or (h.type is int and not isinstance(step, int))
+        )
         if bad_type or step <= 0:
             p.append(f"{where}.step = {step!r} must be a positive {'integer' if h.type is int else 'number'}")
         elif low < high and step > high - low:
             p.append(f"{where}.step = {step} is larger than the range {low}..{high}: the range would hold one value")
-        elif low < high and h.type is float and abs(round((high - low) / step) * step - (high - low)) > 1e-9 * max(1.0, abs(high)):
-            p.append(f"{where}.step = {step} does not divide {low}..{high}; Optuna would move high to the last step below it")
+        elif (
+            low < high
+            and h.type is float
+            and abs(round((high - low) / step) * step - (high - low)) > 1e-9 * max(1.0, abs(high))
+        ):
+            p.append(
+                f"{where}.step = {step} does not divide {low}..{high}; Optuna would move high to the last step below it"
+            )
     if log and step is not None:
         p.append(f"{where}: log and step cannot be combined (Optuna's rule)")
     if log is True and low <= 0:
@@ -537,8 +588,10 @@ def _check_objectives(objectives: list[str], fields: list[str]) -> list[str]:
     if not objectives:
         p.append(f"study.objectives is empty; give at least {PRIMARY_OBJECTIVE!r}")
     elif objectives[0] not in quality:
-        p.append(f"study.objectives = {objectives!r} must start with a quality objective (overall_accuracy, macro_f1, "
-                 "balanced_accuracy or a field's); costs may follow")
+        p.append(
+            f"study.objectives = {objectives!r} must start with a quality objective (overall_accuracy, macro_f1, "
+            "balanced_accuracy or a field's); costs may follow"
+        )
     for o in objectives:
         if o not in allowed:
             p.append(f"study.objectives: {o!r} is not one of {', '.join(allowed)}{suggest(o, allowed)}")
@@ -547,4 +600,4 @@ def _check_objectives(objectives: list[str], fields: list[str]) -> list[str]:
     return p
 
 
-__all__ = ["Config", "OPTIMIZERS", "SCHEDULERS", "SECTIONS", "objective_direction", "enumerate_grid", "suggest"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "SECTIONS", "Config", "enumerate_grid", "objective_direction", "suggest"]

@@ -1,11 +1,49 @@
 """Study summaries, notes and reports (tables as data, then rendered), optuna-dashboard
 launch. Reads studies and trial records; never trains."""
 
+from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
+from optuna_search.dashboards._notes import study_note, trial_note
 from optuna_search.dashboards._report import (
+    Report,
     collect_report,
+    compare_with_baselines,
+    load_predictions,
     render_markdown,
     write_report,
 )
-from optuna_search.dashboards._summary import SummaryRow, render_summary, summary_rows
+from optuna_search.dashboards._summary import (
+    StatusInput,
+    SummaryPoint,
+    SummaryRow,
+    best_row,
+    pareto_rows,
+    progress_line,
+    render_status,
+    render_summary,
+    status_report,
+    summary_rows,
+)
 
-__all__ = ["SummaryRow", "collect_report", "render_markdown", "render_summary", "summary_rows", "write_report"]
+__all__ = [
+    "Report",
+    "StatusInput",
+    "SummaryPoint",
+    "SummaryRow",
+    "best_row",
+    "check_host",
+    "check_port",
+    "collect_report",
+    "compare_with_baselines",
+    "load_predictions",
+    "pareto_rows",
+    "progress_line",
+    "render_markdown",
+    "render_status",
+    "render_summary",
+    "serve_dashboard",
+    "status_report",
+    "study_note",
+    "summary_rows",
+    "trial_note",
+    "write_report",
+]

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-    from optuna_search.dashboards._report import Report, ReportRow
+    from optuna_search.dashboards._report_model import Report, ReportRow
 
 log = logging.getLogger("optuna_search")
 
 
-def build_figures(rep: "Report", study: "optuna.Study | None" = None) -> list[Any]:
+def build_figures(rep: Report, study: optuna.Study | None = None) -> list[Any]:
     complete = rep.complete
     figs = [_overall(rep, complete), _per_field(rep, complete), _loss_curves(complete), _gap(complete)]
     if rep.best is not None and rep.best.record.test is not None:
@@ -28,18 +28,24 @@ def build_figures(rep: "Report", study: "optuna.Study | None" = None) -> list[An
     return figs
 
 
-def optuna_figures(rep: "Report", study: "optuna.Study") -> list[Any]:
+def optuna_figures(rep: Report, study: optuna.Study) -> list[Any]:
     """Optuna's figures for what they show best (each is skipped, with a debug line, when
     the study has too little for it)."""
     import optuna.visualization as vis
 
     multi = len(rep.objectives) > 1
-    target = {"target": lambda t: t.values[0], "target_name": rep.objectives[0]} if multi else {"target_name": rep.objectives[0]}
+    target = (
+        {"target": lambda t: t.values[0], "target_name": rep.objectives[0]}
+        if multi
+        else {"target_name": rep.objectives[0]}
+    )
     keys = rep.config.searched_keys()
     plots: list[tuple[str, Any]] = [("timeline", lambda: vis.plot_timeline(study))]
     if not multi:
-        plots += [("optimization history", lambda: vis.plot_optimization_history(study, target_name=rep.objectives[0])),
-                  ("intermediate values", lambda: vis.plot_intermediate_values(study))]
+        plots += [
+            ("optimization history", lambda: vis.plot_optimization_history(study, target_name=rep.objectives[0])),
+            ("intermediate values", lambda: vis.plot_intermediate_values(study)),
+        ]
     else:
         plots.append(("Pareto front", lambda: vis.plot_pareto_front(study, target_names=rep.objectives)))
     if len(rep.complete) >= 2:
@@ -61,7 +67,7 @@ def optuna_figures(rep: "Report", study: "optuna.Study") -> list[Any]:
     return figs
 
 
-def _importances(rep: "Report") -> Any:
+def _importances(rep: Report) -> Any:
     import plotly.graph_objects as go
 
     names = list(rep.importances or {})
@@ -70,18 +76,20 @@ def _importances(rep: "Report") -> Any:
     return fig
 
 
-def _overall(rep: "Report", complete: list["ReportRow"]) -> Any:
+def _overall(rep: Report, complete: list[ReportRow]) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
     fig.add_bar(x=[r.config for r in complete], y=[r.overall for r in complete], name="overall (test)")
     for name, b in rep.baselines.items():
         fig.add_hline(y=b["overall"], line_dash="dash", annotation_text=f"{name} baseline")
-    fig.update_layout(title="Overall test accuracy by configuration (dashed: baselines)", yaxis_tickformat=".0%", yaxis_range=[0, 1])
+    fig.update_layout(
+        title="Overall test accuracy by configuration (dashed: baselines)", yaxis_tickformat=".0%", yaxis_range=[0, 1]
+    )
     return fig
 
 
-def _per_field(rep: "Report", complete: list["ReportRow"]) -> Any:
+def _per_field(rep: Report, complete: list[ReportRow]) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -90,25 +98,37 @@ def _per_field(rep: "Report", complete: list["ReportRow"]) -> Any:
         ys = [r.accuracy[f] for r in complete]
         hi = [r.ci95[f][1] - r.accuracy[f] for r in complete]
         lo = [r.accuracy[f] - r.ci95[f][0] for r in complete]
-        fig.add_bar(x=names, y=ys, name=f, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo))
-    fig.update_layout(barmode="group", title="Test accuracy per field with Wilson 95% intervals", yaxis_tickformat=".0%", yaxis_range=[0, 1])
+        fig.add_bar(x=names, y=ys, name=f, error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo})
+    fig.update_layout(
+        barmode="group",
+        title="Test accuracy per field with Wilson 95% intervals",
+        yaxis_tickformat=".0%",
+        yaxis_range=[0, 1],
+    )
     return fig
 
 
-def _loss_curves(complete: list["ReportRow"]) -> Any:
+def _loss_curves(complete: list[ReportRow]) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for r in complete:
         ep = list(range(1, len(r.train_losses) + 1))
         fig.add_scatter(x=ep, y=r.train_losses, mode="lines+markers", name=f"{r.config} train")
-        fig.add_scatter(x=ep[: len(r.eval_losses)], y=r.eval_losses, mode="lines+markers", name=f"{r.config} eval",
-                        line=dict(dash="dash"))
-    fig.update_layout(title="Loss per epoch (solid: train, dashed: validation)", xaxis_title="epoch", yaxis_title="loss")
+        fig.add_scatter(
+            x=ep[: len(r.eval_losses)],
+            y=r.eval_losses,
+            mode="lines+markers",
+            name=f"{r.config} eval",
+            line={"dash": "dash"},
+        )
+    fig.update_layout(
+        title="Loss per epoch (solid: train, dashed: validation)", xaxis_title="epoch", yaxis_title="loss"
+    )
     return fig
 
 
-def _gap(complete: list["ReportRow"]) -> Any:
+def _gap(complete: list[ReportRow]) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -117,27 +137,44 @@ def _gap(complete: list["ReportRow"]) -> Any:
     return fig
 
 
-def _confusion(best: "ReportRow", field: str) -> Any:
+def _confusion(best: ReportRow, field: str) -> Any:
     import plotly.graph_objects as go
 
     c = best.record.test.confusion[field]  # type: ignore[union-attr]
     labels, matrix = c["labels"], c["matrix"]
-    fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels[: len(matrix)], colorscale="Blues", text=matrix,
-                               texttemplate="%{text}"))
-    fig.update_layout(title=f"Confusion matrix, {field}, best trial ({best.config}): rows gold, columns predicted",
-                      xaxis_title="predicted", yaxis_title="gold", yaxis_autorange="reversed")
+    fig = go.Figure(
+        go.Heatmap(z=matrix, x=labels, y=labels[: len(matrix)], colorscale="Blues", text=matrix, texttemplate="%{text}")
+    )
+    fig.update_layout(
+        title=f"Confusion matrix, {field}, best trial ({best.config}): rows gold, columns predicted",
+        xaxis_title="predicted",
+        yaxis_title="gold",
+        yaxis_autorange="reversed",
+    )
     return fig
 
 
-def _reliability(rep: "Report", field: str) -> Any:
+def _reliability(rep: Report, field: str) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", line=dict(dash="dash", color="grey"))
+    fig.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", line={"dash": "dash", "color": "grey"}
+    )
     for config, per_field in rep.reliability.items():
         bins = per_field.get(field, [])
-        fig.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="lines+markers", name=config,
-                        text=[f"n={b['count']}" for b in bins])
-    fig.update_layout(title=f"Reliability diagram: {field} (top-label confidence vs accuracy, 10 bins)",
-                      xaxis_title="confidence", yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1])
+        fig.add_scatter(
+            x=[b["confidence"] for b in bins],
+            y=[b["accuracy"] for b in bins],
+            mode="lines+markers",
+            name=config,
+            text=[f"n={b['count']}" for b in bins],
+        )
+    fig.update_layout(
+        title=f"Reliability diagram: {field} (top-label confidence vs accuracy, 10 bins)",
+        xaxis_title="confidence",
+        yaxis_title="accuracy",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1],
+    )
     return fig

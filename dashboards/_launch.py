@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from optuna_search.core import Config, UserError
-from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._internals import storage_of
-from optuna_search.storage._storages import redact_url
+from optuna_search.storage import artifact_store, redact_url, storage_of
 
 if TYPE_CHECKING:
     import optuna
@@ -42,11 +40,13 @@ def check_host(host: str) -> None:
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError):
-        raise UserError(f"--host {host!r} is not an address or a name this machine can resolve; use 127.0.0.1 "
-                        "(this machine only, the default) or 0.0.0.0 (every interface)") from None
+        raise UserError(
+            f"--host {host!r} is not an address or a name this machine can resolve; use 127.0.0.1 "
+            "(this machine only, the default) or 0.0.0.0 (every interface)"
+        ) from None
 
 
-def serve_dashboard(study: "optuna.Study", config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve_dashboard(study: optuna.Study, config: Config, host: str = "127.0.0.1", port: int = 8080) -> None:
     import optuna_dashboard
 
     check_port(port)
@@ -56,7 +56,9 @@ def serve_dashboard(study: "optuna.Study", config: Config, host: str = "127.0.0.
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/dashboard"
     print(f"optuna-dashboard for {redact_url(config.storage.url)}", flush=True)
     # The artifact store is opened only if it exists: looking must not create folders.
-    app = optuna_dashboard.wsgi(storage_of(study), artifact_store=artifact_store(config.storage.artifacts, create=False))
+    app = optuna_dashboard.wsgi(
+        storage_of(study), artifact_store=artifact_store(config.storage.artifacts, create=False)
+    )
     try:
         server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     except OSError as e:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optuna_search.core import Config, TrialRecord
-from optuna_search.core._text import markdown_table, num, pct
+from optuna_search.core import Config, TrialRecord, markdown_table, num, pct
 from optuna_search.dashboards._summary import SummaryRow
 
 
@@ -17,22 +16,53 @@ def trial_note(r: TrialRecord, config: Config, fields: list[str], split: str = "
     if r.test is not None:
         rows = []
         for f in fields:
-            ci = r.test.ci95.get(f) or [None, None]
-            rows.append([f, pct(r.test.accuracy[f]), f"{pct(ci[0])} - {pct(ci[1])}", num(r.test.macro_f1.get(f), ".3f"),
-                         pct(r.test.balanced_accuracy.get(f)), pct(r.accuracy(f, "validation"))])
-        rows.append(["**overall** (mean of fields)", f"**{pct(r.overall)}**", "", num(r.test.mean_macro_f1, ".3f"),
-                     pct(r.test.mean_balanced_accuracy), pct(r.split_overall("validation"))])
-        lines += [markdown_table(["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "balanced accuracy",
-                                  "validation accuracy"], rows), ""]
+            ci: list[float | None] = list(r.test.ci95.get(f) or [])
+            ci += [None] * (2 - len(ci))
+            rows.append(
+                [
+                    f,
+                    pct(r.test.accuracy[f]),
+                    f"{pct(ci[0])} - {pct(ci[1])}",
+                    num(r.test.macro_f1.get(f), ".3f"),
+                    pct(r.test.balanced_accuracy.get(f)),
+                    pct(r.accuracy(f, "validation")),
+                ]
+            )
+        rows.append(
+            [
+                "**overall** (mean of fields)",
+                f"**{pct(r.overall)}**",
+                "",
+                num(r.test.mean_macro_f1, ".3f"),
+                pct(r.test.mean_balanced_accuracy),
+                pct(r.split_overall("validation")),
+            ]
+        )
+        lines += [
+            markdown_table(
+                ["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "balanced accuracy", "validation accuracy"],
+                rows,
+            ),
+            "",
+        ]
         for f, label in r.test.single_label().items():
             lines += [f"**{f}: every test answer is `{label}`** (accuracy is that label's share; see macro-F1).", ""]
-        lines.append(f"The study's objective is measured on **{split}**. All fields right: {pct(r.test.exact_match)}; "
-                     f"parse failures: {r.test.parse_failures} of {r.test.n} examples.")
+        lines.append(
+            f"The study's objective is measured on **{split}**. All fields right: {pct(r.test.exact_match)}; "
+            f"parse failures: {r.test.parse_failures} of {r.test.n} examples."
+        )
         lines.append("")
         if r.test.calibration:
-            cal = [[f, num(c.get("log_loss"), ".3f"), num(c.get("brier"), ".3f"), num(c.get("ece"), ".3f")]
-                   for f, c in r.test.calibration.items()]
-            lines += ["### Calibration (label probabilities, test)", "", markdown_table(["field", "log-loss", "Brier", "ECE (10 bins)"], cal), ""]
+            cal = [
+                [f, num(c.get("log_loss"), ".3f"), num(c.get("brier"), ".3f"), num(c.get("ece"), ".3f")]
+                for f, c in r.test.calibration.items()
+            ]
+            lines += [
+                "### Calibration (label probabilities, test)",
+                "",
+                markdown_table(["field", "log-loss", "Brier", "ECE (10 bins)"], cal),
+                "",
+            ]
     lines += ["### Effective configuration", "", markdown_table(["setting", "value"], _config_rows(r, config))]
     env = r.environment or {}
     lines += ["", "### Environment", "", markdown_table(["", ""], list(env.items()))]
@@ -47,15 +77,29 @@ def _config_rows(r: TrialRecord, config: Config) -> list[list[Any]]:
         ["base model", m.name_or_path],
         ["revision", m.revision or "default"],
         ["prompt", f"{m.chat_template} chat template"],
-        ["quantization", f"{m.quantization} (double quant {m.double_quant}), compute {r.compute_dtype or m.compute_dtype}"],
-        ["LoRA r / alpha / dropout", f"{p.get('lora_r')} / {num(p.get('lora_alpha'), 'g')} / {p.get('lora_dropout')}"
-         + (f" ({', '.join(lora)})" if lora else "")],
+        [
+            "quantization",
+            f"{m.quantization} (double quant {m.double_quant}), compute {r.compute_dtype or m.compute_dtype}",
+        ],
+        [
+            "LoRA r / alpha / dropout",
+            f"{p.get('lora_r')} / {num(p.get('lora_alpha'), 'g')} / {p.get('lora_dropout')}"
+            + (f" ({', '.join(lora)})" if lora else ""),
+        ],
         ["target modules", ", ".join(p.get("target_modules") or [])],
-        ["learning rate", f"{num(p.get('learning_rate'), 'g')} ({p.get('lr_scheduler', t.lr_scheduler)}, warm-up "
-                          f"{p.get('warmup_ratio')}, weight decay {p.get('weight_decay')}, max grad norm {p.get('max_grad_norm', 1.0)})"],
+        [
+            "learning rate",
+            f"{num(p.get('learning_rate'), 'g')} ({p.get('lr_scheduler', t.lr_scheduler)}, warm-up "
+            f"{p.get('warmup_ratio')}, weight decay {p.get('weight_decay')}, max grad norm "
+            f"{p.get('max_grad_norm', 1.0)})",
+        ],
         ["optimizer", p.get("optim", "adamw_torch")],
-        ["batch", f"{r.batch_size or p.get('batch_size')} per device x {r.gradient_accumulation or p.get('gradient_accumulation')} "
-                  f"accumulation x {r.gpus_per_trial or 1} GPU(s) = {_effective(r, p)} effective"],
+        [
+            "batch",
+            f"{r.batch_size or p.get('batch_size')} per device x "
+            f"{r.gradient_accumulation or p.get('gradient_accumulation')} "
+            f"accumulation x {r.gpus_per_trial or 1} GPU(s) = {_effective(r, p)} effective",
+        ],
         ["epochs", p.get("epochs")],
         ["max length", m.max_length],
         ["evaluation", config.eval.method],
@@ -68,14 +112,25 @@ def _config_rows(r: TrialRecord, config: Config) -> list[list[Any]]:
 
 def _effective(r: TrialRecord, p: dict[str, Any]) -> Any:
     try:
-        return (r.batch_size or p["batch_size"]) * (r.gradient_accumulation or p["gradient_accumulation"]) * (r.gpus_per_trial or 1)
+        return (
+            (r.batch_size or p["batch_size"])
+            * (r.gradient_accumulation or p["gradient_accumulation"])
+            * (r.gpus_per_trial or 1)
+        )
     except (KeyError, TypeError):
         return "-"
 
 
-def study_note(config: Config, rows: list[SummaryRow], baselines: dict[str, dict[str, float]] | None, n_eval: int,
-               n_target: int, ensembles: list[dict[str, Any]] | None = None, headline: list[str] | None = None,
-               validation_baselines: dict[str, dict[str, float]] | None = None) -> str:
+def study_note(
+    config: Config,
+    rows: list[SummaryRow],
+    baselines: dict[str, dict[str, float]] | None,
+    n_eval: int,
+    n_target: int,
+    ensembles: list[dict[str, Any]] | None = None,
+    headline: list[str] | None = None,
+    validation_baselines: dict[str, dict[str, float]] | None = None,
+) -> str:
     """``headline``: where the study stands (n of N, pruned, the best or the front);
     baselines are shown on the test and (where stored) the validation subset."""
     fields = list(config.data.fields)
@@ -83,21 +138,41 @@ def study_note(config: Config, rows: list[SummaryRow], baselines: dict[str, dict
         f"## {config.study.name}",
         "",
         *[f"**{line}**  " for line in headline or []],
-        f"Sampler: {config.study.sampler}, pruner: {config.study.pruner}, schedule: {config.study.schedule}, objective(s): "
+        f"Sampler: {config.study.sampler}, pruner: {config.study.pruner}, schedule: {config.study.schedule}, "
+        "objective(s): "
         f"{', '.join(config.study.objectives)} on the {config.eval.objective_split} split; {n_target} "
         f"{'grid points' if config.is_grid else 'trials'}.",
         f"Every row is scored on the same {n_eval} test examples ({_method(config)}).",
         "",
     ]
     head = ["configuration"] + fields + ["overall", "macro-F1", "validation", "train loss", "eval loss", "status"]
-    table = [[r.point] + [pct(r.accuracy.get(f)) for f in fields]
-             + [pct(r.overall), num(r.macro_f1, ".3f"), pct(r.validation), num(r.train_loss, ".4f"), num(r.eval_loss, ".4f"), r.status]
-             for r in rows]
+    table = [
+        [r.point]
+        + [pct(r.accuracy.get(f)) for f in fields]
+        + [
+            pct(r.overall),
+            num(r.macro_f1, ".3f"),
+            pct(r.validation),
+            num(r.train_loss, ".4f"),
+            num(r.eval_loss, ".4f"),
+            r.status,
+        ]
+        for r in rows
+    ]
     val = validation_baselines or {}
-    table += [[f"baseline: {name}"] + [pct(b.get(f)) for f in fields]
-              + [pct(b.get("overall")), num(b.get("macro_f1"), ".3f"),
-                 pct(val[name]["overall"]) if "overall" in val.get(name, {}) else "-", "-", "-", "-"]
-              for name, b in (baselines or {}).items()]
+    table += [
+        [f"baseline: {name}"]
+        + [pct(b.get(f)) for f in fields]
+        + [
+            pct(b.get("overall")),
+            num(b.get("macro_f1"), ".3f"),
+            pct(val[name]["overall"]) if "overall" in val.get(name, {}) else "-",
+            "-",
+            "-",
+            "-",
+        ]
+        for name, b in (baselines or {}).items()
+    ]
     lines.append(markdown_table(head, table))
     for e in ensembles or []:
         lines += ["", ensemble_line(e)]
@@ -111,5 +186,8 @@ def _method(config: Config) -> str:
 
 def ensemble_line(e: dict[str, Any]) -> str:
     """'ensemble of r=4,8,16 (soft voting): 66.3% vs best single 64.0% (p = 0.42)'."""
-    return (f"ensemble of {', '.join(e['members'])} ({e['method']} voting): {pct(e['overall'])} vs best single "
-            f"{pct(e['best_single_overall'])} (McNemar p = {e['p_vs_best']:.2g}, all fields right; members chosen on {e['chosen_on']})")
+    return (
+        f"ensemble of {', '.join(e['members'])} ({e['method']} voting): {pct(e['overall'])} vs best single "
+        f"{pct(e['best_single_overall'])} (McNemar p = {e['p_vs_best']:.2g}, all fields right; members chosen "
+        f"on {e['chosen_on']})"
+    )

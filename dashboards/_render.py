@@ -4,121 +4,251 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optuna_search.core._text import markdown_table, num, pct
+from optuna_search.core import markdown_table, num, pct
 
 if TYPE_CHECKING:
-    from optuna_search.dashboards._report import Report
+    from optuna_search.dashboards._report_model import Report
 
 
-def render_markdown(rep: "Report") -> str:
+def render_markdown(rep: Report) -> str:
     md = _header(rep)
-    for section in (_performance, _f1, _calibration, _losses, _overfitting, _speed, _search, _early_signal, _importances,
-                    _pareto, _ensembles, _significance):
+    for section in (
+        _performance,
+        _f1,
+        _calibration,
+        _losses,
+        _overfitting,
+        _speed,
+        _search,
+        _early_signal,
+        _importances,
+        _pareto,
+        _ensembles,
+        _significance,
+    ):
         md += section(rep)
     md += ["## Recommendation", ""] + [f"- {line}" for line in rep.recommendation] + [""]
     md += [f"_Generated {rep.generated} by optuna-search._", ""]
     return "\n".join(md)
 
 
-def _header(rep: "Report") -> list[str]:
+def _header(rep: Report) -> list[str]:
     md = [f"# Study report: {rep.study}", ""]
     if rep.demo:
         md += ["> DEMO study: a tiny model on synthetic data. These numbers show the machinery, not model quality.", ""]
     c = rep.config
     method = "label scoring" if c.eval.method == "score" else "greedy decoding"
-    md += [f"Base model: `{c.model.name_or_path}`. Sampler: {c.study.sampler}; schedule: {c.study.schedule}; objective(s): "
-           f"{', '.join(rep.objectives)} on the **{rep.split}** split. Every configuration and baseline is scored on the "
-           f"same {rep.n_eval} test examples ({method}). Intervals: Wilson 95%.", ""]
+    md += [
+        f"Base model: `{c.model.name_or_path}`. Sampler: {c.study.sampler}; schedule: {c.study.schedule}; "
+        "objective(s): "
+        f"{', '.join(rep.objectives)} on the **{rep.split}** split. Every configuration and baseline is scored on the "
+        f"same {rep.n_eval} test examples ({method}). Intervals: Wilson 95%.",
+        "",
+    ]
     if rep.optimistic:
-        md += [f"> The best of {len(rep.complete)} trials was chosen on these test examples: its test score is "
-               "optimistic (the winner's luck on them is part of it). Choose on validation "
-               "(eval.objective_split = \"validation\") for an unbiased test score.", ""]
+        md += [
+            f"> The best of {len(rep.complete)} trials was chosen on these test examples: its test score is "
+            "optimistic (the winner's luck on them is part of it). Choose on validation "
+            '(eval.objective_split = "validation") for an unbiased test score.',
+            "",
+        ]
     return md
 
 
-def _performance(rep: "Report") -> list[str]:
+def _performance(rep: Report) -> list[str]:
     fields = rep.fields
-    head = ["Configuration"] + [f.capitalize() for f in fields] + ["Overall", "Validation", "Training loss", "Trainable params", "State"]
+    head = (
+        ["Configuration"]
+        + [f.capitalize() for f in fields]
+        + ["Overall", "Validation", "Training loss", "Trainable params", "State"]
+    )
     rows = []
     for r in rep.rows:
         if r.complete or (r.state == "COMPLETE" and r.overall is not None):
-            cells = [f"{pct(r.accuracy[f])} [{pct(r.ci95[f][0])}, {pct(r.ci95[f][1])}]" if f in r.ci95 else pct(r.accuracy.get(f))
-                     for f in fields]
+            cells = [
+                f"{pct(r.accuracy[f])} [{pct(r.ci95[f][0])}, {pct(r.ci95[f][1])}]"
+                if f in r.ci95
+                else pct(r.accuracy.get(f))
+                for f in fields
+            ]
             state = "complete" + (f" (= trial {r.record.duplicate_of})" if r.record.duplicate_of is not None else "")
-            rows.append([r.config] + cells + [pct(r.overall), pct(r.validation), num((r.train_losses or [None])[-1], ".4f"),
-                                              num(r.record.trainable_params, ","), state])
+            rows.append(
+                [r.config]
+                + cells
+                + [
+                    pct(r.overall),
+                    pct(r.validation),
+                    num(r.train_losses[-1] if r.train_losses else None, ".4f"),
+                    num(r.record.trainable_params, ","),
+                    state,
+                ]
+            )
         else:
             rec = r.record
-            note = r.state.lower() + (f" at validation point {rec.pruned_at_step}" if rec.pruned_at_step else "") + (
-                f" at rung {rec.rung + 1}" if r.state in ("PRUNED", "PAUSED") and rec.rung is not None and not rec.pruned_at_step
-                else "") + (
-                f": {rec.error[:80]}" if rec.error else "")
+            note = (
+                r.state.lower()
+                + (f" at validation point {rec.pruned_at_step}" if rec.pruned_at_step else "")
+                + (
+                    f" at rung {rec.rung + 1}"
+                    if r.state in ("PRUNED", "PAUSED") and rec.rung is not None and not rec.pruned_at_step
+                    else ""
+                )
+                + (f": {rec.error[:80]}" if rec.error else "")
+            )
             rows.append([r.config] + ["-"] * len(fields) + ["-", pct(r.validation), "-", "-", note])
     for name, b in rep.baselines.items():
         vb = rep.validation_baselines.get(name, {})
-        rows.append([f"baseline: {name}"] + [pct(b.get(f)) for f in fields] + [pct(b.get("overall")), pct(vb.get("overall")), "-", "-", "-"])
-    return ["## Performance summary", "", "Test accuracy per field; Validation: overall accuracy on the validation subset.", "",
-            markdown_table(head, rows), ""]
+        rows.append(
+            [f"baseline: {name}"]
+            + [pct(b.get(f)) for f in fields]
+            + [pct(b.get("overall")), pct(vb.get("overall")), "-", "-", "-"]
+        )
+    return [
+        "## Performance summary",
+        "",
+        "Test accuracy per field; Validation: overall accuracy on the validation subset.",
+        "",
+        markdown_table(head, rows),
+        "",
+    ]
 
 
-def _f1(rep: "Report") -> list[str]:
+def _f1(rep: Report) -> list[str]:
     """Macro-F1 and balanced accuracy: accuracy rewards a model that answers the
     majority label; these do not."""
     fields = rep.fields
-    head = ["Configuration"] + [f"{f.capitalize()} macro-F1 / balanced acc." for f in fields] + ["Mean macro-F1", "Mean balanced acc."]
+    head = (
+        ["Configuration"]
+        + [f"{f.capitalize()} macro-F1 / balanced acc." for f in fields]
+        + ["Mean macro-F1", "Mean balanced acc."]
+    )
     rows = []
     for r in rep.complete:
-        rows.append([r.config] + [f"{num(r.macro_f1.get(f), '.3f')} / {pct(r.balanced_accuracy.get(f))}" for f in fields]
-                    + [num(sum(r.macro_f1.values()) / len(r.macro_f1) if r.macro_f1 else None, ".3f"),
-                       pct(sum(r.balanced_accuracy.values()) / len(r.balanced_accuracy) if r.balanced_accuracy else None)])
+        rows.append(
+            [r.config]
+            + [f"{num(r.macro_f1.get(f), '.3f')} / {pct(r.balanced_accuracy.get(f))}" for f in fields]
+            + [
+                num(sum(r.macro_f1.values()) / len(r.macro_f1) if r.macro_f1 else None, ".3f"),
+                pct(sum(r.balanced_accuracy.values()) / len(r.balanced_accuracy) if r.balanced_accuracy else None),
+            ]
+        )
     for name, b in rep.baselines.items():
-        rows.append([f"baseline: {name}"] + [f"{num(b.get(f + '_macro_f1'), '.3f')} / {pct(b.get(f + '_balanced_accuracy'))}" for f in fields]
-                    + [num(b.get("macro_f1"), ".3f"), pct(b.get("balanced_accuracy"))])
+        rows.append(
+            [f"baseline: {name}"]
+            + [f"{num(b.get(f + '_macro_f1'), '.3f')} / {pct(b.get(f + '_balanced_accuracy'))}" for f in fields]
+            + [num(b.get("macro_f1"), ".3f"), pct(b.get("balanced_accuracy"))]
+        )
     if not rep.complete:
         return []
-    notes = [f"- **{r.config}: {f} is always `{lab}`**" + (" (the majority label)" if rep.majority_labels.get(f) == lab else "")
-             for r in rep.complete for f, lab in r.single_label.items()]
-    return ["## Macro-F1 and balanced accuracy", "",
-            "Per field on the test examples (a model that always answers one label gets macro-F1 near 0 and balanced "
-            "accuracy 1/labels, whatever its accuracy). Confusion matrices of the best trial: report.html.", "",
-            markdown_table(head, rows), ""] + (notes + [""] if notes else [])
+    notes = [
+        f"- **{r.config}: {f} is always `{lab}`**"
+        + (" (the majority label)" if rep.majority_labels.get(f) == lab else "")
+        for r in rep.complete
+        for f, lab in r.single_label.items()
+    ]
+    return [
+        "## Macro-F1 and balanced accuracy",
+        "",
+        "Per field on the test examples (a model that always answers one label gets macro-F1 near 0 and balanced "
+        "accuracy 1/labels, whatever its accuracy). Confusion matrices of the best trial: report.html.",
+        "",
+        markdown_table(head, rows),
+        "",
+    ] + (notes + [""] if notes else [])
 
 
-def _calibration(rep: "Report") -> list[str]:
+def _calibration(rep: Report) -> list[str]:
     rows = [r for r in rep.complete if r.record.test and r.record.test.calibration]
     if not rows:
         return []
     fields = rep.fields
     head = ["Configuration"] + [f"{f.capitalize()} log-loss / Brier / ECE" for f in fields]
-    body = [[r.config] + [" / ".join(num(r.record.test.calibration.get(f, {}).get(m), ".3f") for m in ("log_loss", "brier", "ece"))
-                          for f in fields] for r in rows]
-    return ["## Calibration (label probabilities on the test examples)", "",
-            "Lower is better for all three; ECE: expected calibration error of the top label over 10 confidence bins "
-            "(reliability diagrams in report.html).", "", markdown_table(head, body), ""]
+    body = [
+        [r.config]
+        + [
+            " / ".join(
+                num(r.record.test.calibration.get(f, {}).get(m), ".3f") if r.record.test else "-"
+                for m in ("log_loss", "brier", "ece")
+            )
+            for f in fields
+        ]
+        for r in rows
+    ]
+    return [
+        "## Calibration (label probabilities on the test examples)",
+        "",
+        "Lower is better for all three; ECE: expected calibration error of the top label over 10 confidence bins "
+        "(reliability diagrams in report.html).",
+        "",
+        markdown_table(head, body),
+        "",
+    ]
 
 
-def _losses(rep: "Report") -> list[str]:
+def _losses(rep: Report) -> list[str]:
     complete = rep.complete
     n_ep = max((len(r.train_losses) for r in complete), default=0)
-    body = [[r.config] + [num(v, ".4f") for v in r.train_losses] + ["-"] * (n_ep - len(r.train_losses)) for r in complete]
-    return ["## Training loss per epoch", "", markdown_table(["Configuration"] + [f"Epoch {i + 1}" for i in range(n_ep)], body), ""]
+    body = [
+        [r.config] + [num(v, ".4f") for v in r.train_losses] + ["-"] * (n_ep - len(r.train_losses)) for r in complete
+    ]
+    return [
+        "## Training loss per epoch",
+        "",
+        markdown_table(["Configuration"] + [f"Epoch {i + 1}" for i in range(n_ep)], body),
+        "",
+    ]
 
 
-def _overfitting(rep: "Report") -> list[str]:
-    body = [[r.config, num((r.train_losses or [None])[-1], ".4f"), num((r.eval_losses or [None])[-1], ".4f"), num(r.gap, "+.4f"),
-             "yes" if r.eval_loss_rising else "no"] for r in rep.complete]
-    return ["## Overfitting analysis", "", markdown_table(
-        ["Configuration", "Final train loss", "Final eval loss", "Gap (eval - train)", "Eval loss rose in last epoch"], body), ""]
+def _overfitting(rep: Report) -> list[str]:
+    body = [
+        [
+            r.config,
+            num(r.train_losses[-1] if r.train_losses else None, ".4f"),
+            num(r.eval_losses[-1] if r.eval_losses else None, ".4f"),
+            num(r.gap, "+.4f"),
+            "yes" if r.eval_loss_rising else "no",
+        ]
+        for r in rep.complete
+    ]
+    return [
+        "## Overfitting analysis",
+        "",
+        markdown_table(
+            [
+                "Configuration",
+                "Final train loss",
+                "Final eval loss",
+                "Gap (eval - train)",
+                "Eval loss rose in last epoch",
+            ],
+            body,
+        ),
+        "",
+    ]
 
 
-def _speed(rep: "Report") -> list[str]:
-    body = [[r.config, num(r.record.eval_examples_per_second, ".2f"), str(r.record.test.parse_failures if r.record.test else "-"),
-             num(r.record.minutes, ".1f"), num(r.record.peak_memory_mb, ",.0f")] for r in rep.complete]
-    return ["## Inference speed", "", markdown_table(
-        ["Configuration", "Eval examples/s", "Parse failures", "Minutes (train + eval)", "Peak memory MB"], body), ""]
+def _speed(rep: Report) -> list[str]:
+    body = [
+        [
+            r.config,
+            num(r.record.eval_examples_per_second, ".2f"),
+            str(r.record.test.parse_failures if r.record.test else "-"),
+            num(r.record.minutes, ".1f"),
+            num(r.record.peak_memory_mb, ",.0f"),
+        ]
+        for r in rep.complete
+    ]
+    return [
+        "## Inference speed",
+        "",
+        markdown_table(
+            ["Configuration", "Eval examples/s", "Parse failures", "Minutes (train + eval)", "Peak memory MB"], body
+        ),
+        "",
+    ]
 
 
-def _search(rep: "Report") -> list[str]:
+def _search(rep: Report) -> list[str]:
     c = rep.config
     if c.is_grid and c.study.schedule == "trials" and not any(r.record.pruned_at_step for r in rep.rows):
         return []
@@ -126,55 +256,106 @@ def _search(rep: "Report") -> list[str]:
     pruned = [r for r in rows if r.state == "PRUNED"]
     steps = sum(r.record.optimizer_steps or 0 for r in rows)
     full = sum(r.record.max_steps or r.record.optimizer_steps or 0 for r in rows if r.state in ("COMPLETE", "PRUNED"))
-    md = ["## Search", "", f"{len(rows)} trials: {len(rep.complete)} complete, {len(pruned)} pruned "
-          f"({sum(r.record.optimizer_steps or 0 for r in pruned)} of {steps} optimizer steps went to trials that were pruned), "
-          f"{sum(r.state == 'FAIL' for r in rows)} failed or interrupted."]
+    md = [
+        "## Search",
+        "",
+        f"{len(rows)} trials: {len(rep.complete)} complete, {len(pruned)} pruned "
+        f"({sum(r.record.optimizer_steps or 0 for r in pruned)} of {steps} optimizer steps went to trials that "
+        "were pruned), "
+        f"{sum(r.state == 'FAIL' for r in rows)} failed or interrupted.",
+    ]
     if c.study.schedule == "successive_halving" and full:
-        md[-1] += (f" Successive halving (rungs {', '.join(f'{x:g}' for x in c.study.rungs)}, eta {c.study.eta}): "
-                   f"{steps} optimizer steps, {100 * steps / full:.0f}% of training every configuration to its end.")
+        md[-1] += (
+            f" Successive halving (rungs {', '.join(f'{x:g}' for x in c.study.rungs)}, eta {c.study.eta}): "
+            f"{steps} optimizer steps, {100 * steps / full:.0f}% of training every configuration to its end."
+        )
     return md + [""]
 
 
-def _early_signal(rep: "Report") -> list[str]:
+def _early_signal(rep: Report) -> list[str]:
     if not rep.early_signal:
         return []
-    body = [[str(e.point), f"{100 * e.fraction:.0f}%" if e.fraction is not None else "-", e.metric, f"{e.rho:+.2f}",
-             f"{e.p:.3g}", str(e.n)] for e in rep.early_signal]
-    return ["## Do early validation points predict the end?", "",
-            "Spearman's rho between the metric at each validation point and the final validation accuracy, over the "
-            "finished configurations (near +1: the early ranking holds; near 0: pruning there cuts on noise).", "",
-            markdown_table(["Validation point", "Training", "Metric", "rho", "p", "Configurations"], body), ""]
+    body = [
+        [
+            str(e.point),
+            f"{100 * e.fraction:.0f}%" if e.fraction is not None else "-",
+            e.metric,
+            f"{e.rho:+.2f}",
+            f"{e.p:.3g}",
+            str(e.n),
+        ]
+        for e in rep.early_signal
+    ]
+    return [
+        "## Do early validation points predict the end?",
+        "",
+        "Spearman's rho between the metric at each validation point and the final validation accuracy, over the "
+        "finished configurations (near +1: the early ranking holds; near 0: pruning there cuts on noise).",
+        "",
+        markdown_table(["Validation point", "Training", "Metric", "rho", "p", "Configurations"], body),
+        "",
+    ]
 
 
-def _importances(rep: "Report") -> list[str]:
+def _importances(rep: Report) -> list[str]:
     if rep.importances is None:
-        return (["## Parameter importances", "", rep.importance_note + ".", ""] if not rep.config.is_grid
-                or len(rep.config.searched_keys()) > 1 else [])
+        return (
+            ["## Parameter importances", "", rep.importance_note + ".", ""]
+            if not rep.config.is_grid or len(rep.config.searched_keys()) > 1
+            else []
+        )
     body = [[k, f"{v:.3f}"] for k, v in rep.importances.items()]
-    return ["## Parameter importances", "", f"{rep.importance_note}.", "", markdown_table(["Hyperparameter", "Importance"], body), ""]
+    return [
+        "## Parameter importances",
+        "",
+        f"{rep.importance_note}.",
+        "",
+        markdown_table(["Hyperparameter", "Importance"], body),
+        "",
+    ]
 
 
-def _pareto(rep: "Report") -> list[str]:
+def _pareto(rep: Report) -> list[str]:
     if not rep.front:
         return []
     head = ["Configuration"] + rep.objectives
     body = [[r.config] + [num(v, ".4g") for v in r.record.values or []] for r in rep.front]
-    return ["## Pareto front", "", f"Trials no other trial beats on every objective ({len(rep.front)} of {len(rep.complete)}).",
-            "", markdown_table(head, body), ""]
+    return [
+        "## Pareto front",
+        "",
+        f"Trials no other trial beats on every objective ({len(rep.front)} of {len(rep.complete)}).",
+        "",
+        markdown_table(head, body),
+        "",
+    ]
 
 
-def _ensembles(rep: "Report") -> list[str]:
+def _ensembles(rep: Report) -> list[str]:
     if not rep.ensembles:
         return []
     fields = rep.fields
-    head = ["Ensemble", "Voting"] + [f.capitalize() for f in fields] + ["Overall", "Best single", "p vs best", "Members chosen on"]
-    body = [[", ".join(e["members"]), e["method"]] + [pct(e["accuracy"].get(f)) for f in fields]
-            + [pct(e["overall"]), pct(e["best_single_overall"]), f"{e['p_vs_best']:.3g}", e["chosen_on"]] for e in rep.ensembles]
-    return ["## Ensembles", "", "From the members' stored predictions on the same test examples; p: exact McNemar, all fields right.",
-            "", markdown_table(head, body), ""]
+    head = (
+        ["Ensemble", "Voting"]
+        + [f.capitalize() for f in fields]
+        + ["Overall", "Best single", "p vs best", "Members chosen on"]
+    )
+    body = [
+        [", ".join(e["members"]), e["method"]]
+        + [pct(e["accuracy"].get(f)) for f in fields]
+        + [pct(e["overall"]), pct(e["best_single_overall"]), f"{e['p_vs_best']:.3g}", e["chosen_on"]]
+        for e in rep.ensembles
+    ]
+    return [
+        "## Ensembles",
+        "",
+        "From the members' stored predictions on the same test examples; p: exact McNemar, all fields right.",
+        "",
+        markdown_table(head, body),
+        "",
+    ]
 
 
-def _significance(rep: "Report") -> list[str]:
+def _significance(rep: Report) -> list[str]:
     fields = rep.fields
     md = ["## Significance (exact McNemar, paired on the same examples)", ""]
     tests = rep.comparisons + rep.best_vs_baselines
@@ -187,6 +368,10 @@ def _significance(rep: "Report") -> list[str]:
         return f"{t.only_a} vs {t.only_b}, p={t.p:.3g}{holm}{' *' if t.significant else ''}"
 
     body = [[c.a, c.b] + [cell(c.tests[k]) for k in fields + ["overall"]] for c in tests]
-    return md + ["Cells: examples only A got right vs only B got right, p-value; between configurations also Holm's "
-                 f"adjustment over the {len(rep.comparisons)} pairwise comparisons (* = significant at 5% after it).", "",
-                 markdown_table(head, body), ""]
+    return md + [
+        "Cells: examples only A got right vs only B got right, p-value; between configurations also Holm's "
+        f"adjustment over the {len(rep.comparisons)} pairwise comparisons (* = significant at 5% after it).",
+        "",
+        markdown_table(head, body),
+        "",
+    ]

@@ -17,26 +17,27 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, TrialRecord, UserError, best_record
-from optuna_search.core._record import StudyMeta
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
 from optuna_search.dashboards._figures import build_figures
 from optuna_search.dashboards._render import render_markdown
-from optuna_search.objectives._ensemble import correctness
-from optuna_search.objectives._metrics import Prediction
-from optuna_search.objectives._stats import ALPHA, holm, mcnemar_exact, reliability_bins, wilson_interval
-from optuna_search.storage._artifacts import read_records
-from optuna_search.storage._storages import study_flags
+from optuna_search.dashboards._report_model import Comparison, EarlySignal, Report, ReportRow, Test
+from optuna_search.objectives import (
+    ALPHA,
+    Prediction,
+    correctness,
+    holm,
+    mcnemar_exact,
+    reliability_bins,
+    wilson_interval,
+)
+from optuna_search.storage import read_records, study_flags
 
 if TYPE_CHECKING:
     import optuna
 
-# Choosing the best of more trials than this on the test examples inflates its score.
-OPTIMISM_TRIALS = 3
 # Spearman's rho between early and final validation needs this many configurations.
 MIN_FOR_RHO = 4
 
@@ -48,149 +49,60 @@ def load_predictions(store: Any, record: TrialRecord, split: str = "test") -> di
     return None if rows is None else {r["id"]: Prediction.from_record(r) for r in rows}
 
 
-@dataclass
-class ReportRow:
-    """One trial in the report; the score fields are set for COMPLETE trials only."""
-
-    trial: int
-    config: str
-    state: str
-    record: TrialRecord
-    accuracy: dict[str, float] = field(default_factory=dict)
-    ci95: dict[str, list[float]] = field(default_factory=dict)
-    macro_f1: dict[str, float] = field(default_factory=dict)
-    balanced_accuracy: dict[str, float] = field(default_factory=dict)
-    validation_accuracy: dict[str, float | None] = field(default_factory=dict)
-    overall: float | None = None
-    objective: float | None = None
-    """The study's first objective on the objective's split."""
-    exact_match: float | None = None
-    gap: float | None = None
-    eval_loss_rising: bool = False
-    single_label: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        return self.state == "COMPLETE" and self.record.duplicate_of is None and self.overall is not None
-
-    @property
-    def validation(self) -> float | None:
-        return self.record.split_overall("validation")
-
-    @property
-    def train_losses(self) -> list[float]:
-        return self.record.train_loss_per_epoch or []
-
-    @property
-    def eval_losses(self) -> list[float]:
-        return self.record.eval_loss_per_epoch or []
-
-
-@dataclass
-class Test:
-    only_a: int
-    only_b: int
-    p: float
-    p_holm: float | None = None
-    """Holm-adjusted over the family of comparisons it belongs to."""
-
-    @property
-    def significant(self) -> bool:
-        return (self.p_holm if self.p_holm is not None else self.p) < ALPHA
-
-
-@dataclass
-class Comparison:
-    a: str
-    b: str
-    tests: dict[str, Test]
-    """Per field and "overall" (all fields right)."""
-
-
-@dataclass
-class EarlySignal:
-    """Does a validation point predict the final validation accuracy? (Spearman)"""
-
-    point: int
-    fraction: float | None
-    metric: str
-    rho: float
-    p: float
-    n: int
-
-
-@dataclass
-class Report:
-    study: str
-    config: Config
-    n_eval: int
-    rows: list[ReportRow]
-    baselines: dict[str, dict[str, float]]
-    validation_baselines: dict[str, dict[str, float]]
-    comparisons: list[Comparison]
-    best: ReportRow | None
-    best_vs_baselines: list[Comparison]
-    front: list[ReportRow]
-    ensembles: list[dict[str, Any]]
-    reliability: dict[str, dict[str, list[dict[str, float]]]]
-    early_signal: list[EarlySignal]
-    importances: dict[str, float] | None
-    importance_note: str
-    recommendation: list[str]
-    generated: str
-    majority_labels: dict[str, str]
-
-    @property
-    def fields(self) -> list[str]:
-        return list(self.config.data.fields)
-
-    @property
-    def split(self) -> str:
-        return self.config.eval.objective_split
-
-    @property
-    def objectives(self) -> list[str]:
-        return list(self.config.study.objectives)
-
-    @property
-    def demo(self) -> bool:
-        return self.config.model.name_or_path.startswith("builtin:tiny")
-
-    @property
-    def complete(self) -> list[ReportRow]:
-        return [r for r in self.rows if r.complete]
-
-    @property
-    def optimistic(self) -> bool:
-        return self.split == "test" and len(self.complete) > OPTIMISM_TRIALS
-
-
-def collect_report(study: "optuna.Study", config: Config, artifact_store: Any = None) -> Report:
+def collect_report(study: optuna.Study, config: Config, artifact_store: Any = None) -> Report:
     fields = list(config.data.fields)
     meta = StudyMeta.from_user_attrs(study.user_attrs)
     ids = [s["id"] for s in meta.eval_subset or []]
-    records = [TrialRecord.from_trial(t, fields) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    records = [
+        TrialRecord.from_trial(t, fields) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    ]
     rows = [_row(r, fields, config) for r in records]
     _check_same_examples([r for r in rows if r.state == "COMPLETE"])
     complete = [r for r in rows if r.complete]
     correct, gold, reliability = _correctness(artifact_store, complete, ids, fields)
     base_correct = _baseline_correctness(meta.baseline_predictions or {}, gold, ids, fields)
-    comparisons = _holm_family([_compare(a.config, b.config, correct[a.trial], correct[b.trial], fields)
-                                for a in complete for b in complete if a.trial < b.trial and a.trial in correct and b.trial in correct], fields)
+    comparisons = _holm_family(
+        [
+            _compare(a.config, b.config, correct[a.trial], correct[b.trial], fields)
+            for a in complete
+            for b in complete
+            if a.trial < b.trial and a.trial in correct and b.trial in correct
+        ],
+        fields,
+    )
     front = _front(study, complete) if len(config.study.objectives) > 1 else []
     best = _choose_best(complete, config)
     baselines = meta.baselines or {}
-    vs_baselines = [_compare(best.config, f"baseline: {name}", correct[best.trial], bc, fields)
-                    for name, bc in base_correct.items()] if best is not None and best.trial in correct else []
+    vs_baselines = (
+        [
+            _compare(best.config, f"baseline: {name}", correct[best.trial], bc, fields)
+            for name, bc in base_correct.items()
+        ]
+        if best is not None and best.trial in correct
+        else []
+    )
     ensembles = meta.ensembles or []
     importances, importance_note = _importances(study, config, complete)
-    majority = {f: lab for f, lab in next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {}).items()}
+    majority = dict(next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {}).items())
     rep = Report(
-        study=study.study_name, config=config, n_eval=len(ids), rows=rows, baselines=baselines,
-        validation_baselines=meta.validation_baselines or {}, comparisons=comparisons, best=best,
-        best_vs_baselines=vs_baselines, front=front, ensembles=ensembles, reliability=reliability,
-        early_signal=early_signal(complete, config), importances=importances, importance_note=importance_note,
-        recommendation=[], generated=dt.datetime.now().isoformat(timespec="seconds"), majority_labels=majority,
+        study=study.study_name,
+        config=config,
+        n_eval=len(ids),
+        rows=rows,
+        baselines=baselines,
+        validation_baselines=meta.validation_baselines or {},
+        comparisons=comparisons,
+        best=best,
+        best_vs_baselines=vs_baselines,
+        front=front,
+        ensembles=ensembles,
+        reliability=reliability,
+        early_signal=early_signal(complete, config),
+        importances=importances,
+        importance_note=importance_note,
+        recommendation=[],
+        generated=dt.datetime.now().isoformat(timespec="seconds"),
+        majority_labels=majority,
     )
     rep.recommendation = _recommend(rep)
     return rep
@@ -202,7 +114,9 @@ def _row(r: TrialRecord, fields: list[str], config: Config) -> ReportRow:
         return row
     t = r.test
     row.accuracy = dict(t.accuracy)
-    row.ci95 = {f: t.ci95.get(f) or list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) for f in fields} if t.n else {}
+    row.ci95 = (
+        {f: t.ci95.get(f) or list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) for f in fields} if t.n else {}
+    )
     row.macro_f1, row.balanced_accuracy = dict(t.macro_f1), dict(t.balanced_accuracy)
     row.validation_accuracy = {f: r.accuracy(f, "validation") for f in fields}
     row.overall, row.exact_match = t.overall, t.exact_match
@@ -216,8 +130,10 @@ def _row(r: TrialRecord, fields: list[str], config: Config) -> ReportRow:
 
 def _check_same_examples(rows: list[ReportRow]) -> None:
     if len({r.record.eval_ids_sha256 for r in rows if r.record.eval_ids_sha256}) > 1:
-        raise UserError("the study's trials were evaluated on different example sets; their accuracies are not "
-                        "comparable. Start a new study for the new evaluation set")
+        raise UserError(
+            "the study's trials were evaluated on different example sets; their accuracies are not "
+            "comparable. Start a new study for the new evaluation set"
+        )
 
 
 def _correctness(store: Any, complete: list[ReportRow], ids: list[str], fields: list[str]):
@@ -231,12 +147,16 @@ def _correctness(store: Any, complete: list[ReportRow], ids: list[str], fields: 
         correct[row.trial] = correctness(preds, ids, fields)
         gold = gold or {i: preds[i].gold for i in ids}
         if all(preds[i].probs is not None for i in ids):
-            reliability[row.config] = {f: reliability_bins([preds[i].gold[f] for i in ids], [preds[i].probs[f] for i in ids])
-                                       for f in fields}
+            reliability[row.config] = {
+                f: reliability_bins([preds[i].gold[f] for i in ids], [(preds[i].probs or {})[f] for i in ids])
+                for f in fields
+            }
     return correct, gold, reliability
 
 
-def _baseline_correctness(baseline_preds: dict[str, Any], gold, ids: list[str], fields: list[str]) -> dict[str, dict[str, list[bool]]]:
+def _baseline_correctness(
+    baseline_preds: dict[str, Any], gold, ids: list[str], fields: list[str]
+) -> dict[str, dict[str, list[bool]]]:
     out = {}
     for name, preds in baseline_preds.items():
         if gold is not None and all(i in preds for i in ids):
@@ -245,7 +165,9 @@ def _baseline_correctness(baseline_preds: dict[str, Any], gold, ids: list[str], 
     return out
 
 
-def _compare(name_a: str, name_b: str, a: dict[str, list[bool]], b: dict[str, list[bool]], fields: list[str]) -> Comparison:
+def _compare(
+    name_a: str, name_b: str, a: dict[str, list[bool]], b: dict[str, list[bool]], fields: list[str]
+) -> Comparison:
     tests = {}
     for f in fields + ["overall"]:
         m = mcnemar_exact(a[f], b[f])
@@ -264,7 +186,7 @@ def _holm_family(comparisons: list[Comparison], fields: list[str]) -> list[Compa
     return comparisons
 
 
-def _front(study: "optuna.Study", complete: list[ReportRow]) -> list[ReportRow]:
+def _front(study: optuna.Study, complete: list[ReportRow]) -> list[ReportRow]:
     numbers = {t.number for t in study.best_trials}
     return [r for r in complete if r.trial in numbers]
 
@@ -273,8 +195,9 @@ def _choose_best(complete: list[ReportRow], config: Config) -> ReportRow | None:
     """The study's best trial (``core.best_record``, the rule every command uses: the
     objective on its split, the first label field on that split, the smaller train/eval
     gap, faster inference, the earlier trial)."""
-    best = best_record([r.record for r in complete], config.study.objectives[0], config.eval.objective_split,
-                       list(config.data.fields))
+    best = best_record(
+        [r.record for r in complete], config.study.objectives[0], config.eval.objective_split, list(config.data.fields)
+    )
     return next((r for r in complete if best is not None and r.trial == best.number), None)
 
 
@@ -293,7 +216,7 @@ def early_signal(complete: list[ReportRow], config: Config) -> list[EarlySignal]
         if r.trial not in finals:
             continue
         for vp in r.record.validation_curve or []:
-            fraction[vp["point"]] = vp.get("fraction")
+            fraction[vp["point"]] = float(vp.get("fraction") or 0.0)
             for metric in ("accuracy", "label_logprob"):
                 if vp.get(metric) is not None:
                     by_point.setdefault(vp["point"], {}).setdefault(metric, []).append((vp[metric], finals[r.trial]))
@@ -303,29 +226,38 @@ def early_signal(complete: list[ReportRow], config: Config) -> list[EarlySignal]
             if len(pairs) < MIN_FOR_RHO or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
                 continue
             res = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
-            out.append(EarlySignal(point, fraction.get(point), metric, float(res.statistic), float(res.pvalue), len(pairs)))
+            out.append(
+                EarlySignal(point, fraction.get(point), metric, float(res.statistic), float(res.pvalue), len(pairs))
+            )
     return out
 
 
-def _importances(study: "optuna.Study", config: Config, complete: list[ReportRow]) -> tuple[dict[str, float] | None, str]:
+def _importances(study: optuna.Study, config: Config, complete: list[ReportRow]) -> tuple[dict[str, float] | None, str]:
     """fANOVA parameter importances (Optuna's) for the first objective, where they mean
     something: two or more searched hyperparameters that vary, four or more finished trials."""
     varied = [k for k in config.searched_keys() if len({str(r.record.params.get(k)) for r in complete}) > 1]
     if len(varied) < 2 or len(complete) < 4:
-        return None, (f"parameter importances need at least 2 varied hyperparameters and 4 complete trials "
-                      f"(this study: {len(varied)} and {len(complete)})")
+        return None, (
+            f"parameter importances need at least 2 varied hyperparameters and 4 complete trials "
+            f"(this study: {len(varied)} and {len(complete)})"
+        )
     import optuna
 
     try:
         imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=varied,
-            target=(lambda t: t.values[0]) if len(config.study.objectives) > 1 else None)
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            params=varied,
+            target=(lambda t: t.values[0]) if len(config.study.objectives) > 1 else None,
+        )
     except (ValueError, RuntimeError) as e:
         return None, f"parameter importances could not be computed: {e}"
     return dict(imp), "fANOVA (Optuna), on the first objective"
 
 
-def compare_with_baselines(study: "optuna.Study", config: Config, store: Any, record: TrialRecord) -> dict[str, Comparison]:
+def compare_with_baselines(
+    study: optuna.Study, config: Config, store: Any, record: TrialRecord
+) -> dict[str, Comparison]:
     """McNemar tests of one trial against each baseline on the study's test examples."""
     fields = list(config.data.fields)
     meta = StudyMeta.from_user_attrs(study.user_attrs)
@@ -335,8 +267,10 @@ def compare_with_baselines(study: "optuna.Study", config: Config, store: Any, re
         return {}
     mine = correctness(preds, ids, fields)
     gold = {i: preds[i].gold for i in ids}
-    return {name: _compare(record.label, f"baseline: {name}", mine, bc, fields)
-            for name, bc in _baseline_correctness(meta.baseline_predictions or {}, gold, ids, fields).items()}
+    return {
+        name: _compare(record.label, f"baseline: {name}", mine, bc, fields)
+        for name, bc in _baseline_correctness(meta.baseline_predictions or {}, gold, ids, fields).items()
+    }
 
 
 def _recommend(rep: Report) -> list[str]:
@@ -345,21 +279,30 @@ def _recommend(rep: Report) -> list[str]:
         return ["No configuration has a COMPLETE trial yet: nothing to recommend."]
     lines = []
     if rep.front:
-        lines.append("Pareto front (no trial is better on every objective): " + "; ".join(
-            f"**{r.config}** ({', '.join(f'{v:.4g}' for v in r.record.values or [])})" for r in rep.front)
-            + ". Choose along it by what matters more: the first objective (accuracy) or the costs after it.")
+        lines.append(
+            "Pareto front (no trial is better on every objective): "
+            + "; ".join(f"**{r.config}** ({', '.join(f'{v:.4g}' for v in r.record.values or [])})" for r in rep.front)
+            + ". Choose along it by what matters more: the first objective (accuracy) or the costs after it."
+        )
     on = f"{rep.split} " if rep.split == "validation" else ""
     lines.append(
-        f"Best by the plan's criteria ({rep.objectives[0]} on {on or 'test '}examples, then {fields[0]}, then overfitting, "
-        f"then speed): **{best.config}** with overall test accuracy {_pct(best.overall)} ({fields[0]} {_pct(best.accuracy.get(fields[0]))}"
-        + (f", macro-F1 {sum(best.macro_f1.values()) / len(best.macro_f1):.3f}" if best.macro_f1 else "") + ")"
-        + (f", validation {_pct(best.validation)}" if best.validation is not None else "") + ".")
+        f"Best by the plan's criteria ({rep.objectives[0]} on {on or 'test '}examples, then {fields[0]}, then "
+        "overfitting, "
+        f"then speed): **{best.config}** with overall test accuracy {_pct(best.overall)} ({fields[0]} "
+        f"{_pct(best.accuracy.get(fields[0]))}"
+        + (f", macro-F1 {sum(best.macro_f1.values()) / len(best.macro_f1):.3f}" if best.macro_f1 else "")
+        + ")"
+        + (f", validation {_pct(best.validation)}" if best.validation is not None else "")
+        + "."
+    )
     lines += _versus_others(rep)
     lines += _versus_baselines(rep)
     for f, label in best.single_label.items():
         maj = " (the majority label)" if rep.majority_labels.get(f) == label else ""
-        lines.append(f"WARNING: on {f} it answers `{label}`{maj} for every example: its {f} accuracy is that label's "
-                     "share, and it has learned nothing there (macro-F1 shows it).")
+        lines.append(
+            f"WARNING: on {f} it answers `{label}`{maj} for every example: its {f} accuracy is that label's "
+            "share, and it has learned nothing there (macro-F1 shows it)."
+        )
     for e in rep.ensembles:
         better = e["overall"] > (best.overall or 0)
         lines.append(
@@ -367,13 +310,20 @@ def _recommend(rep: Report) -> list[str]:
             f"{_pct(e['best_single_overall'])}, McNemar p = {e['p_vs_best']:.2g}"
             + ("" if e["p_vs_best"] < ALPHA else " (not significant)")
             + f". It costs {len(e['members'])} adapters to serve and {len(e['members'])} forward passes per example"
-            + ("; worth it only if the gain holds on new data" if better else "; the single best trial is the better deal")
-            + f" (members chosen on {e['chosen_on']}).")
+            + (
+                "; worth it only if the gain holds on new data"
+                if better
+                else "; the single best trial is the better deal"
+            )
+            + f" (members chosen on {e['chosen_on']})."
+        )
     if best.eval_loss_rising:
         lines.append("Its validation loss rose in the last epoch: a sign of overfitting; fewer epochs may do as well.")
     if best.record.adapter_dir:
-        lines.append(f"Its adapter: `{best.record.adapter_dir}`; a standalone model folder: "
-                     f"`optuna-search export-model{study_flags(rep.config)} --trial {best.trial} --output DIR`.")
+        lines.append(
+            f"Its adapter: `{best.record.adapter_dir}`; a standalone model folder: "
+            f"`optuna-search export-model{study_flags(rep.config)} --trial {best.trial} --output DIR`."
+        )
     return lines
 
 
@@ -389,12 +339,16 @@ def _versus_others(rep: Report) -> list[str]:
         if p_holm >= ALPHA or _worse(best, c):
             ties.append((c.b if c.a == best.config else c.a, c.tests["overall"].p, p_holm))
     if ties:
-        return ["It is NOT significantly better than " + ", ".join(
-                    f"{o} (McNemar p = {p:.2f}, Holm-adjusted {ph:.2f})" for o, p, ph in ties)
-                + " on these examples: the difference may be noise. Among configurations within noise of the best, "
-                "the smallest rank is the cheapest to train and serve."]
-    return [f"It is significantly better than every other configuration (McNemar on all fields right, Holm-adjusted "
-            f"p < {ALPHA} over the {len(family)} comparisons)."]
+        return [
+            "It is NOT significantly better than "
+            + ", ".join(f"{o} (McNemar p = {p:.2f}, Holm-adjusted {ph:.2f})" for o, p, ph in ties)
+            + " on these examples: the difference may be noise. Among configurations within noise of the best, "
+            "the smallest rank is the cheapest to train and serve."
+        ]
+    return [
+        f"It is significantly better than every other configuration (McNemar on all fields right, Holm-adjusted "
+        f"p < {ALPHA} over the {len(family)} comparisons)."
+    ]
 
 
 def _worse(best: ReportRow, c: Comparison) -> bool:
@@ -415,7 +369,9 @@ def _versus_baselines(rep: Report) -> list[str]:
         elif t.significant:
             lines.append(f"It beats the {name} baseline ({_pct(acc)} overall) significantly (p = {t.p:.3g}).")
         else:
-            lines.append(f"It is above the {name} baseline ({_pct(acc)} overall) but NOT significantly (p = {t.p:.2f}).")
+            lines.append(
+                f"It is above the {name} baseline ({_pct(acc)} overall) but NOT significantly (p = {t.p:.2f})."
+            )
     for f in rep.fields:
         for c in rep.best_vs_baselines:
             if c.tests[f].significant and c.tests[f].only_b > c.tests[f].only_a:
@@ -427,7 +383,7 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def render_html(rep: Report, markdown_text: str, study: "optuna.Study | None" = None) -> str:
+def render_html(rep: Report, markdown_text: str, study: optuna.Study | None = None) -> str:
     figs = build_figures(rep, study)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figs)]
     return (
@@ -441,11 +397,12 @@ def render_html(rep: Report, markdown_text: str, study: "optuna.Study | None" = 
     )
 
 
-def write_report(rep: Report, out_dir: str | Path, study: "optuna.Study | None" = None) -> tuple[Path, Path]:
+def write_report(rep: Report, out_dir: str | Path, study: optuna.Study | None = None) -> tuple[Path, Path]:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--output '{out}' is a file; the report is a directory (report.md, report.html): give a "
-                        "directory path")
+        raise UserError(
+            f"--output '{out}' is a file; the report is a directory (report.md, report.html): give a directory path"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from optuna_search.core import TrialRecord, best_record
-from optuna_search.core._text import num, pct, render_table
+
+from optuna_search.core import TrialRecord, best_record, num, pct, render_table
 
 SHORT = {"severity": "sev", "component": "comp", "reproducibility": "repro"}
 
@@ -69,8 +69,9 @@ class SummaryRow:
     """The finished trial's record (what the best is chosen from)."""
 
 
-def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "test",
-                 objective: str = "overall_accuracy") -> list[SummaryRow]:
+def summary_rows(
+    points: list[SummaryPoint], fields: list[str], split: str = "test", objective: str = "overall_accuracy"
+) -> list[SummaryRow]:
     """One row per point: its finished trial's numbers (test scores per field and
     overall; ``value``: the first objective on the objective's split), or its status."""
     rows = []
@@ -83,8 +84,8 @@ def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "te
             row.overall, row.validation = r.overall, r.split_overall("validation")
             row.value = r.objective_value(objective, split)
             row.macro_f1 = r.test.mean_macro_f1 if r.test else None
-            row.train_loss = (r.train_loss_per_epoch or [None])[-1]
-            row.eval_loss = (r.eval_loss_per_epoch or [None])[-1]
+            row.train_loss = r.train_loss_per_epoch[-1] if r.train_loss_per_epoch else None
+            row.eval_loss = r.eval_loss_per_epoch[-1] if r.eval_loss_per_epoch else None
             row.trainable_params, row.minutes = r.trainable_params, r.minutes
             row.parse_failures = r.test.parse_failures if r.test else None
             row.pruned_at, row.rung = r.pruned_at_step, r.rung
@@ -97,31 +98,61 @@ def summary_rows(points: list[SummaryPoint], fields: list[str], split: str = "te
     return rows
 
 
-def render_summary(rows: list[SummaryRow], fields: list[str], baselines: dict[str, dict[str, float]] | None,
-                   grid: bool = True, validation_baselines: dict[str, dict[str, float]] | None = None) -> str:
-    heads = ["grid point" if grid else "point", "alpha"] + [SHORT.get(f, f[:6]) for f in fields] + [
-        "overall", "mF1", "val", "train_loss", "eval_loss", "trainable", "min", "status"]
+def render_summary(
+    rows: list[SummaryRow],
+    fields: list[str],
+    baselines: dict[str, dict[str, float]] | None,
+    grid: bool = True,
+    validation_baselines: dict[str, dict[str, float]] | None = None,
+) -> str:
+    heads = (
+        ["grid point" if grid else "point", "alpha"]
+        + [SHORT.get(f, f[:6]) for f in fields]
+        + ["overall", "mF1", "val", "train_loss", "eval_loss", "trainable", "min", "status"]
+    )
     table = [heads]
     for r in rows:
-        status = r.status + (f" at {r.pruned_at}" if r.pruned_at else "") + (
-            f" at rung {r.rung + 1}" if r.status in ("pruned", "paused") and r.rung is not None and not r.pruned_at else "") + (
-            f" (proposed again {r.repeats}x)" if r.repeats else "")
+        status = (
+            r.status
+            + (f" at {r.pruned_at}" if r.pruned_at else "")
+            + (
+                f" at rung {r.rung + 1}"
+                if r.status in ("pruned", "paused") and r.rung is not None and not r.pruned_at
+                else ""
+            )
+            + (f" (proposed again {r.repeats}x)" if r.repeats else "")
+        )
         table.append(
-            [r.point, num(r.lora_alpha, "g")] + [pct(r.accuracy.get(f)) for f in fields]
-            + [pct(r.overall), num(r.macro_f1, ".3f"), pct(r.validation), num(r.train_loss, ".4f"), num(r.eval_loss, ".4f"),
-               num(r.trainable_params, ","), num(r.minutes, ".1f"), status]
+            [r.point, num(r.lora_alpha, "g")]
+            + [pct(r.accuracy.get(f)) for f in fields]
+            + [
+                pct(r.overall),
+                num(r.macro_f1, ".3f"),
+                pct(r.validation),
+                num(r.train_loss, ".4f"),
+                num(r.eval_loss, ".4f"),
+                num(r.trainable_params, ","),
+                num(r.minutes, ".1f"),
+                status,
+            ]
         )
     for name, b in (baselines or {}).items():
         val = (validation_baselines or {}).get(name, {}).get("overall")
-        table.append([f"baseline: {name}", "-"] + [pct(b.get(f)) for f in fields]
-                     + [pct(b.get("overall")), num(b.get("macro_f1"), ".3f"), pct(val) if val is not None else "-"] + ["-"] * 5)
+        table.append(
+            [f"baseline: {name}", "-"]
+            + [pct(b.get(f)) for f in fields]
+            + [pct(b.get("overall")), num(b.get("macro_f1"), ".3f"), pct(val) if val is not None else "-"]
+            + ["-"] * 5
+        )
     return render_table(table)
 
 
 def best_row(rows: list[SummaryRow], objective: str, split: str, fields: list[str]) -> SummaryRow | None:
     """The row of the study's best trial (``core.best_record``: the one rule every command
     uses)."""
-    best = best_record([r.record for r in rows if r.status == "complete" and r.record is not None], objective, split, fields)
+    best = best_record(
+        [r.record for r in rows if r.status == "complete" and r.record is not None], objective, split, fields
+    )
     return next((r for r in rows if best is not None and r.trial == best.number), None)
 
 
@@ -186,54 +217,108 @@ def status_report(points: list[SummaryPoint], s: StatusInput, now: float | None 
     rows, spent, durations = [], 0.0, []
     for p in points:
         spent += sum(r.seconds(now, paused=p.status == "paused") for r in p.records)
-        durations += [r.seconds(now) for r in p.records if r.state == "COMPLETE" and r.duplicate_of is None
-                      and r.warm_start_from is None]
+        durations += [
+            r.seconds(now)
+            for r in p.records
+            if r.state == "COMPLETE" and r.duplicate_of is None and r.warm_start_from is None
+        ]
         rows.append(_status_row(p, s))
     best = best_record([r for p in points for r in p.records], s.objective, s.split, s.fields)
     left = max(0, s.n_target - s.finished)
     mean = sum(durations) / len(durations) if durations else None
-    return StatusReport(rows, s.finished, s.n_target, s.grid, s.pruned,
-                        next((r for r in rows if best is not None and r.trial == best.number), None), spent / 3600,
-                        None if mean is None else left * mean / 3600, s.split, s.front, s.rungs)
+    return StatusReport(
+        rows,
+        s.finished,
+        s.n_target,
+        s.grid,
+        s.pruned,
+        next((r for r in rows if best is not None and r.trial == best.number), None),
+        spent / 3600,
+        None if mean is None else left * mean / 3600,
+        s.split,
+        s.front,
+        s.rungs,
+    )
 
 
 def _status_row(p: SummaryPoint, s: StatusInput) -> StatusRow:
     best, last = p.finished, (p.records[-1] if p.records else None)
     note = ""
     if last is not None and best is None:
-        note = last.error or ("time budget" if last.stopped_by_time_budget else "") or (
-            f"interrupted ({last.interrupted})" if last.interrupted else "interrupted" if last.state == "FAIL" else "")
+        note = (
+            last.error
+            or ("time budget" if last.stopped_by_time_budget else "")
+            or (
+                f"interrupted ({last.interrupted})"
+                if last.interrupted
+                else "interrupted"
+                if last.state == "FAIL"
+                else ""
+            )
+        )
     if last is not None and last.warm_start_from:
         note = f"warm start: {last.warm_start_from}"
     reached = [(r.rung, (r.rung_values or {}).get(str(r.rung))) for r in p.records if r.rung is not None]
     rung, rung_value = max(reached, key=lambda x: x[0]) if reached else (None, None)
-    return StatusRow(p.key, p.status, len(p.records) - p.repeats,
-                     best.objective_value(s.objective, s.split) if best else None,
-                     max((r.resumed_from_step or 0 for r in p.records), default=0), note, rung,
-                     best.number if best else None, best.adapter_dir if best else None, s.checkpoints.get(p.key), rung_value)
+    return StatusRow(
+        p.key,
+        p.status,
+        len(p.records) - p.repeats,
+        best.objective_value(s.objective, s.split) if best else None,
+        max((r.resumed_from_step or 0 for r in p.records), default=0),
+        note,
+        rung,
+        best.number if best else None,
+        best.adapter_dir if best else None,
+        s.checkpoints.get(p.key),
+        rung_value,
+    )
 
 
 def render_status(s: StatusReport, study_name: str, flags: str = "") -> str:
     """``flags``: what addresses the study again (storage, study name) in the commands it suggests."""
-    head = ["grid point" if s.grid else "point", "state", "attempts", "value", "resumed step", "checkpoint"] + (
-        ["rung", "rung value"] if s.rungs else []) + ["note"]
+    head = (
+        ["grid point" if s.grid else "point", "state", "attempts", "value", "resumed step", "checkpoint"]
+        + (["rung", "rung value"] if s.rungs else [])
+        + ["note"]
+    )
     rows = [head]
     for p in s.rows:
-        rung = [f"{p.rung + 1}/{len(s.rungs)} ({100 * s.rungs[p.rung]:.0f}%)" if p.rung is not None else "-",
-                num(p.rung_value, ".4f")] if s.rungs else []
-        rows.append([p.point, p.status, str(p.attempts), pct(p.value), str(p.resumed_from_step),
-                     "-" if p.checkpoint_step is None else f"step {p.checkpoint_step}"] + rung + [p.note[:60]])
+        rung = (
+            [
+                f"{p.rung + 1}/{len(s.rungs)} ({100 * s.rungs[p.rung]:.0f}%)" if p.rung is not None else "-",
+                num(p.rung_value, ".4f"),
+            ]
+            if s.rungs
+            else []
+        )
+        rows.append(
+            [
+                p.point,
+                p.status,
+                str(p.attempts),
+                pct(p.value),
+                str(p.resumed_from_step),
+                "-" if p.checkpoint_step is None else f"step {p.checkpoint_step}",
+            ]
+            + rung
+            + [p.note[:60]]
+        )
     lines = [progress_line(study_name, s.finished, s.total, s.grid, s.pruned), render_table(rows)]
     if s.front:
         lines.append(f"Pareto front: {'; '.join(s.front)}")
     elif s.best is not None:
         lines.append(f"best so far: {s.best.point} (trial {s.best.trial}), {pct(s.best.value)} on {s.split}")
         if s.best.adapter_dir:
-            lines.append(f"its adapter: {s.best.adapter_dir}; a standalone model: optuna-search export-model{flags} "
-                         f"--trial {s.best.trial} --output DIR")
+            lines.append(
+                f"its adapter: {s.best.adapter_dir}; a standalone model: optuna-search export-model{flags} "
+                f"--trial {s.best.trial} --output DIR"
+            )
     eta = "unknown until one trial completes" if s.eta_hours is None else f"{s.eta_hours:.2f} h"
-    lines.append(f"time spent on trials: {s.hours_spent:.2f} h (training and evaluation; pauses not counted); "
-                 f"ETA for the rest (serial): {eta}")
+    lines.append(
+        f"time spent on trials: {s.hours_spent:.2f} h (training and evaluation; pauses not counted); "
+        f"ETA for the rest (serial): {eta}"
+    )
     return "\n".join(lines)
 
 
@@ -241,4 +326,3 @@ def progress_line(study_name: str, finished: int, total: int, grid: bool, pruned
     """'study 'demo': 3/3 grid points complete' / '12/15 trials finished (2 pruned)'."""
     what = "grid points complete" if grid else "trials finished"
     return f"study {study_name!r}: {finished}/{total} {what}" + (f" ({pruned} pruned)" if pruned else "")
-

@@ -5,8 +5,37 @@ Submodules import torch/transformers lazily; importing this package stays light.
 """
 
 from optuna_search.core import Config
-from optuna_search.objectives._data import Dataset, Example, StudyData, load_dataset_from_config, prepare_study_data
+from optuna_search.objectives._baselines import compute_baselines
+from optuna_search.objectives._data import (
+    CHARS_PER_TOKEN_BOUND,
+    Dataset,
+    Example,
+    StudyData,
+    load_dataset_from_config,
+    prepare_study_data,
+    resolve_eval_subset,
+)
 from optuna_search.objectives._ddp import DistributedObjective
+from optuna_search.objectives._ensemble import Member, check_members, correctness, hard_vote, soft_vote
+from optuna_search.objectives._evaluate import evaluate_examples
+from optuna_search.objectives._footprint import T4_USABLE_BYTES, GiB, Setting, Shape, estimate
+from optuna_search.objectives._memory import prefer_expandable_segments, release_memory
+from optuna_search.objectives._metrics import Prediction, score_predictions
+from optuna_search.objectives._model import (
+    BUILTIN_TINY,
+    base_licence,
+    check_lora_targets,
+    check_model_available,
+    count_parameters,
+    load_adapters,
+    load_tokenizer,
+    merged_model,
+    model_source,
+    native_bf16,
+    pick_compute_dtype,
+    resolve_model_source,
+)
+from optuna_search.objectives._prompt import PromptEncoder
 from optuna_search.objectives._protocol import (
     BudgetExhausted,
     DivergedTraining,
@@ -18,8 +47,11 @@ from optuna_search.objectives._protocol import (
     TrialResult,
     ValidationPoint,
 )
-from optuna_search.objectives._memory import release_memory
 from optuna_search.objectives._qlora import QLoRAObjective
+from optuna_search.objectives._quality import check_quality, quality_warnings, render_distribution
+from optuna_search.objectives._quiet import quiet_libraries
+from optuna_search.objectives._stats import ALPHA, holm, mcnemar_exact, reliability_bins, wilson_interval
+from optuna_search.objectives._train import stop_step
 
 
 def make_objective(config: Config) -> Objective:
@@ -29,7 +61,62 @@ def make_objective(config: Config) -> Objective:
 
 
 __all__ = [
-    "BudgetExhausted", "Dataset", "DistributedObjective", "DivergedTraining", "Example", "Objective", "OutOfMemory",
-    "QLoRAObjective", "Stopped", "StudyData", "TrialHooks", "TrialRequest", "TrialResult", "ValidationPoint",
-    "load_dataset_from_config", "make_objective", "prepare_study_data", "release_memory",
+    "ALPHA",
+    "BUILTIN_TINY",
+    "CHARS_PER_TOKEN_BOUND",
+    "T4_USABLE_BYTES",
+    "BudgetExhausted",
+    "Dataset",
+    "DistributedObjective",
+    "DivergedTraining",
+    "Example",
+    "GiB",
+    "Member",
+    "Objective",
+    "OutOfMemory",
+    "Prediction",
+    "PromptEncoder",
+    "QLoRAObjective",
+    "Setting",
+    "Shape",
+    "Stopped",
+    "StudyData",
+    "TrialHooks",
+    "TrialRequest",
+    "TrialResult",
+    "ValidationPoint",
+    "base_licence",
+    "check_lora_targets",
+    "check_members",
+    "check_model_available",
+    "check_quality",
+    "compute_baselines",
+    "correctness",
+    "count_parameters",
+    "estimate",
+    "evaluate_examples",
+    "hard_vote",
+    "holm",
+    "load_adapters",
+    "load_dataset_from_config",
+    "load_tokenizer",
+    "make_objective",
+    "mcnemar_exact",
+    "merged_model",
+    "model_source",
+    "native_bf16",
+    "pick_compute_dtype",
+    "prefer_expandable_segments",
+    "prepare_study_data",
+    "quality_warnings",
+    "quiet_libraries",
+    "release_memory",
+    "reliability_bins",
+    "render_distribution",
+    "resolve_eval_subset",
+    "resolve_model_source",
+    "score_predictions",
+    "soft_vote",
+    "stop_step",
+    "wilson_interval",
 ]

@@ -17,7 +17,9 @@ from optuna_search.objectives._data import Example
 from optuna_search.objectives._stats import field_metrics
 
 
-def majority_predictions(train: list[Example], eval_examples: list[Example], fields: list[str]) -> dict[str, dict[str, str]]:
+def majority_predictions(
+    train: list[Example], eval_examples: list[Example], fields: list[str]
+) -> dict[str, dict[str, str]]:
     labels = {}
     for f in fields:
         counts = Counter(e.labels[f] for e in train)
@@ -25,7 +27,9 @@ def majority_predictions(train: list[Example], eval_examples: list[Example], fie
     return {e.id: dict(labels) for e in eval_examples}
 
 
-def tfidf_predictions(train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str], seed: int = 0) -> dict[str, dict[str, dict[str, str]]]:
+def tfidf_predictions(
+    train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str], seed: int = 0
+) -> dict[str, dict[str, dict[str, str]]]:
     """Per evaluation set: {id: {field: label}} from one TF-IDF + logistic regression
     model per field, fitted once on the training examples."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -54,21 +58,27 @@ def tfidf_predictions(train: list[Example], eval_sets: dict[str, list[Example]],
     return out
 
 
-def metrics_of(predictions: dict[str, dict[str, str]], eval_examples: list[Example], fields: list[str],
-               vocab: dict[str, list[str]]) -> dict[str, float]:
+def metrics_of(
+    predictions: dict[str, dict[str, str]], eval_examples: list[Example], fields: list[str], vocab: dict[str, list[str]]
+) -> dict[str, float]:
     """Accuracy per field and overall (the mean), and the same F1 metrics as the trials':
     ``<field>_macro_f1``, ``macro_f1``, ``<field>_balanced_accuracy``, ``balanced_accuracy``."""
     out: dict[str, float] = {}
     for f in fields:
         m = field_metrics([e.labels[f] for e in eval_examples], [predictions[e.id][f] for e in eval_examples], vocab[f])
-        out[f], out[f"{f}_macro_f1"], out[f"{f}_balanced_accuracy"] = m["accuracy"], m["macro_f1"], m["balanced_accuracy"]
+        out[f], out[f"{f}_macro_f1"], out[f"{f}_balanced_accuracy"] = (
+            m["accuracy"],
+            m["macro_f1"],
+            m["balanced_accuracy"],
+        )
     for name, key in (("overall", ""), ("macro_f1", "_macro_f1"), ("balanced_accuracy", "_balanced_accuracy")):
         out[name] = sum(out[f + key] for f in fields) / len(fields)
     return out
 
 
-def compute_baselines(train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str],
-                      vocab: dict[str, list[str]]) -> dict[str, Any]:
+def compute_baselines(
+    train: list[Example], eval_sets: dict[str, list[Example]], fields: list[str], vocab: dict[str, list[str]]
+) -> dict[str, Any]:
     """Per evaluation set: {"metrics": {name: {field: acc, "overall": acc, ...F1s}},
     "predictions": {name: {id: {field: label}}}}."""
     tfidf = tfidf_predictions(train, eval_sets, fields)

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import UserError
-from optuna_search.core._files import file_sha256
+from optuna_search.core import UserError, file_sha256
 from optuna_search.objectives._demo_data import builtin_data_path
 
 SPLITS = ("train", "validation", "test")
@@ -103,7 +102,7 @@ def parse_label_lines(text: str, fields: list[str]) -> dict[str, str | None]:
 
     The first line for a field wins, so a trailing free-text summary cannot override it.
     """
-    found: dict[str, str | None] = {f: None for f in fields}
+    found: dict[str, str | None] = dict.fromkeys(fields)
     wanted = {normalise_label(f): f for f in fields}
     for line in str(text).splitlines():
         m = _LABEL_LINE.match(line)
@@ -118,7 +117,7 @@ def parse_label_lines(text: str, fields: list[str]) -> dict[str, str | None]:
 
 def resolve_data_path(path: str) -> Path:
     if path.startswith("builtin:"):
-        return builtin_data_path(path[len("builtin:"):])
+        return builtin_data_path(path[len("builtin:") :])
     return Path(path).expanduser()
 
 
@@ -126,10 +125,7 @@ def read_rows(path: Path, what: str) -> tuple[list[tuple[int, dict[str, Any]]], 
     """(line number, row) pairs from a .jsonl/.json or .csv file, and a problem line per
     malformed line. A missing or unreadable file is raised at once."""
     if not path.exists():
-        raise UserError(
-            f"{what} file '{path}' does not exist; fix the path in your config "
-            f"(or pass --set {what}=PATH)"
-        )
+        raise UserError(f"{what} file '{path}' does not exist; fix the path in your config (or pass --set {what}=PATH)")
     if path.is_dir():
         raise UserError(f"{what} = '{path}' is a directory; give a .jsonl or .csv file")
     try:
@@ -210,8 +206,7 @@ def read_split(
     if fmt == "auto":
         fmt = "instruction" if not rows or output_column in rows[0][1] else "columns"
     maps = {
-        f: {normalise_label(k): normalise_label(v) for k, v in (label_map or {}).get(f, {}).items()}
-        for f in fields
+        f: {normalise_label(k): normalise_label(v) for k, v in (label_map or {}).get(f, {}).items()} for f in fields
     }
     examples, seen_ids, cut = [], set(), 0
     for lineno, row in rows:
@@ -238,7 +233,9 @@ def read_split(
     return Split(split, str(path), examples, cut), problems
 
 
-def _row_labels(row: dict[str, Any], fmt: str, fields: list[str], output_column: str) -> tuple[dict[str, str], str | None]:
+def _row_labels(
+    row: dict[str, Any], fmt: str, fields: list[str], output_column: str
+) -> tuple[dict[str, str], str | None]:
     if fmt == "instruction":
         raw = row.get(output_column)
         if not isinstance(raw, str):
@@ -265,16 +262,16 @@ def load_dataset_from_config(data_cfg: Any, max_length: int = 0) -> Dataset:
     """Load and check all three splits named by a ``[data]`` config section: every
     unusable row of every file and, on the usable rows, every vocabulary mismatch, in
     one error. ``max_length`` (tokens) bounds the report text kept per row."""
-    options = dict(
-        fields=list(data_cfg.fields),
-        data_format=data_cfg.format,
-        instruction_column=data_cfg.instruction_column,
-        input_column=data_cfg.input_column,
-        output_column=data_cfg.output_column,
-        default_instruction=data_cfg.default_instruction,
-        label_map=data_cfg.label_map,
-        max_input_chars=max_length * CHARS_PER_TOKEN_BOUND,
-    )
+    options = {
+        "fields": list(data_cfg.fields),
+        "data_format": data_cfg.format,
+        "instruction_column": data_cfg.instruction_column,
+        "input_column": data_cfg.input_column,
+        "output_column": data_cfg.output_column,
+        "default_instruction": data_cfg.default_instruction,
+        "label_map": data_cfg.label_map,
+        "max_input_chars": max_length * CHARS_PER_TOKEN_BOUND,
+    }
     splits, problems = {}, []
     for s in SPLITS:
         splits[s], split_problems = read_split(s, getattr(data_cfg, s), **options)
@@ -286,7 +283,7 @@ def load_dataset_from_config(data_cfg: Any, max_length: int = 0) -> Dataset:
         problems += vocab_problems
         problems.append(
             "relabel the data or map old labels to new ones with [data.label_map] "
-            "(e.g. label_map.severity = { minor = \"low\" })"
+            '(e.g. label_map.severity = { minor = "low" })'
         )
     if problems:
         raise UserError("the data cannot be used as it is; fix these (all problems found are listed):", problems)
@@ -306,22 +303,20 @@ def label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> tu
     problems, vocab = [], {}
     for f in ds.fields:
         train_counts = ds.train.label_counts(f)
-        allowed = (
-            [normalise_label(x) for x in declared[f]] if declared and f in declared else sorted(train_counts)
-        )
+        allowed = [normalise_label(x) for x in declared[f]] if declared and f in declared else sorted(train_counts)
         vocab[f] = allowed
         if declared and f in declared:
             outside = {k: v for k, v in train_counts.items() if k not in allowed}
             if outside:
-                problems.append(
-                    f"{f}: train has labels outside the declared set {allowed}: {_fmt_counts(outside)}"
-                )
+                problems.append(f"{f}: train has labels outside the declared set {allowed}: {_fmt_counts(outside)}")
         for split in ("validation", "test"):
             counts = ds.splits[split].label_counts(f)
             if declared and f in declared:
                 outside = {k: v for k, v in counts.items() if k not in allowed}
                 if outside:
-                    problems.append(f"{f}: {split} has labels outside the declared set {allowed}: {_fmt_counts(outside)}")
+                    problems.append(
+                        f"{f}: {split} has labels outside the declared set {allowed}: {_fmt_counts(outside)}"
+                    )
             declared_here = bool(declared and f in declared)
             unseen = {k: v for k, v in counts.items() if k not in train_counts and (not declared_here or k in allowed)}
             if unseen:
@@ -332,13 +327,24 @@ def label_vocabularies(ds: Dataset, declared: dict[str, list[str]] | None) -> tu
     return vocab, problems
 
 
-def select_eval_subset(split: Split, num_samples: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
-                       *, stratify: bool = False, fields: list[str] | None = None) -> list[dict[str, str]]:
+def select_eval_subset(
+    split: Split,
+    num_samples: int,
+    seed: int,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    *,
+    stratify: bool = False,
+    fields: list[str] | None = None,
+) -> list[dict[str, str]]:
     """A fixed evaluation subset: ``num_samples`` examples of the split picked by
     ``seed`` (0 = all), leaving out the ids in ``exclude``, as ``{"id", "sha256"}``
     records in file order; stratified by the label combination when asked."""
     pool = [e for e in split.examples if e.id not in exclude]
-    picked = stratified_sample(pool, num_samples, seed, fields or []) if stratify else sample_examples(pool, num_samples, seed)
+    picked = (
+        stratified_sample(pool, num_samples, seed, fields or [])
+        if stratify
+        else sample_examples(pool, num_samples, seed)
+    )
     return [{"id": e.id, "sha256": e.sha256} for e in picked]
 
 
@@ -443,8 +449,10 @@ def prepare_study_data(data_cfg: Any, eval_cfg: Any, *, train_seed: int, max_len
     ds = load_dataset_from_config(data_cfg, max_length)
     notes = []
     if eval_cfg.num_samples > len(ds.test.examples):
-        notes.append(f"eval.num_samples = {eval_cfg.num_samples} but the test file has {len(ds.test.examples)} "
-                     f"examples: evaluating on all {len(ds.test.examples)}")
+        notes.append(
+            f"eval.num_samples = {eval_cfg.num_samples} but the test file has {len(ds.test.examples)} "
+            f"examples: evaluating on all {len(ds.test.examples)}"
+        )
     strat = {"stratify": eval_cfg.stratify, "fields": ds.fields}
     test_subset = select_eval_subset(ds.test, eval_cfg.num_samples, eval_cfg.seed, **strat)
     if Path(ds.validation.path).resolve() == Path(ds.test.path).resolve():
@@ -454,18 +462,26 @@ def prepare_study_data(data_cfg: Any, eval_cfg: Any, *, train_seed: int, max_len
             ds.splits["validation"] = Split("validation", ds.validation.path, pool, ds.validation.cut_inputs)
             notes.append(f"validation is the test file: validating on its {len(pool)} rows outside the test subset")
         elif eval_cfg.objective_split == "validation":
-            raise UserError("eval.objective_split = \"validation\" but data.validation is the test file and the test "
-                            "subset takes all of it: the test examples would choose the winner; lower eval.num_samples "
-                            "or give a separate validation file")
+            raise UserError(
+                'eval.objective_split = "validation" but data.validation is the test file and the test '
+                "subset takes all of it: the test examples would choose the winner; lower eval.num_samples "
+                "or give a separate validation file"
+            )
         else:
-            notes.append("validation is the test file and the test subset is all of it: the validation points score "
-                         "the test examples (fine for curves, never for choosing)")
+            notes.append(
+                "validation is the test file and the test subset is all of it: the validation points score "
+                "the test examples (fine for curves, never for choosing)"
+            )
     if eval_cfg.validation_samples > len(ds.validation.examples):
-        notes.append(f"eval.validation_samples = {eval_cfg.validation_samples} but there are {len(ds.validation.examples)} "
-                     f"validation examples: validating on all of them")
+        notes.append(
+            f"eval.validation_samples = {eval_cfg.validation_samples} but there are {len(ds.validation.examples)} "
+            f"validation examples: validating on all of them"
+        )
     validation_subset = select_eval_subset(ds.validation, eval_cfg.validation_samples, eval_cfg.seed, **strat)
     if data_cfg.train_samples:
         train = ds.train
-        ds.splits["train"] = Split("train", train.path, sample_examples(train.examples, data_cfg.train_samples, train_seed), train.cut_inputs)
+        ds.splits["train"] = Split(
+            "train", train.path, sample_examples(train.examples, data_cfg.train_samples, train_seed), train.cut_inputs
+        )
     digests = {s: file_sha256(Path(ds.splits[s].path)) for s in SPLITS}
     return StudyData(ds, test_subset, validation_subset, notes, digests)

@@ -43,7 +43,7 @@ from optuna_search.objectives._protocol import (
 )
 from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.storage._storages import redacted_config
+from optuna_search.storage import redacted_config
 
 _STATUS = {"budget": BudgetExhausted, "stopped": Stopped, "diverged": DivergedTraining, "error": RuntimeError}
 RESULT = "ddp-result-rank{rank}.json"
@@ -91,10 +91,21 @@ class DistributedObjective:
         """torchrun, waited for; a Ctrl-C or SIGTERM here is passed on (torchrun hands it
         to the ranks, which agree on a step, checkpoint there and stop) before it is raised."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.ranks}",
-             "-m", "optuna_search.objectives._ddp", str(spec)],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={self.ranks}",
+                "-m",
+                "optuna_search.objectives._ddp",
+                str(spec),
+            ],
             # torchrun would pin each CPU rank to 1 thread; on CUDA the GPUs do the work anyway.
-            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.ranks)))},
+            env={
+                **os.environ,
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.ranks))),
+            },
         )
         try:
             return proc.wait()
@@ -135,7 +146,9 @@ def result_to_dict(res: TrialResult) -> dict[str, Any]:
 def _evaluation_from_dict(d: dict[str, Any] | None) -> Evaluation | None:
     if d is None:
         return None
-    return Evaluation([Prediction(**p) for p in d["predictions"]], SplitScores(**d["scores"]), d["seconds"], d["method"])
+    return Evaluation(
+        [Prediction(**p) for p in d["predictions"]], SplitScores(**d["scores"]), d["seconds"], d["method"]
+    )
 
 
 def result_from_dict(d: dict[str, Any]) -> TrialResult:
@@ -149,26 +162,38 @@ def result_from_dict(d: dict[str, Any]) -> TrialResult:
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     log = logging.getLogger("optuna_search")
     quiet_libraries()
     config = build_config(spec["config"])
-    data = prepare_study_data(config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length).dataset
+    data = prepare_study_data(
+        config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
+    ).dataset
     deadline = None if spec["deadline_unix"] is None else time.monotonic() + (spec["deadline_unix"] - time.time())
     request = TrialRequest(
-        params=TrialParams.from_dict(spec["params"]), data=data,
+        params=TrialParams.from_dict(spec["params"]),
+        data=data,
         test_examples=resolve_eval_subset(data.test, spec["subsets"]["test"]),
         validation_examples=resolve_eval_subset(data.validation, spec["subsets"]["validation"]),
-        checkpoint_dir=Path(spec["checkpoint_dir"]), deadline=deadline, train_until=spec["train_until"],
-        validate_at=tuple(spec["validate_at"]), run_name=spec["run_name"], eval_batch_size=spec.get("eval_batch_size"),
+        checkpoint_dir=Path(spec["checkpoint_dir"]),
+        deadline=deadline,
+        train_until=spec["train_until"],
+        validate_at=tuple(spec["validate_at"]),
+        run_name=spec["run_name"],
+        eval_batch_size=spec.get("eval_batch_size"),
     )
     # A SIGTERM (Kaggle's stop, torchrun passing on the parent's) asks this rank to stop;
     # the ranks agree on the step (objectives/_trainer.agree) and checkpoint there.
     asked = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: asked.set())
-    hooks = TrialHooks(progress=lambda m: log.info("%s", m), progress_interval=spec["progress_interval"],
-                       stop_requested=asked.is_set)
+    hooks = TrialHooks(
+        progress=lambda m: log.info("%s", m), progress_interval=spec["progress_interval"], stop_requested=asked.is_set
+    )
     out = _outcome(QLoRAObjective(config), request, hooks)
     out["rank"] = rank
     Path(spec["checkpoint_dir"], RESULT.format(rank=rank)).write_text(json.dumps(out))
@@ -186,7 +211,7 @@ def _outcome(objective: QLoRAObjective, request: TrialRequest, hooks: TrialHooks
         return {"status": "oom", "message": str(e), "phase": e.phase}
     except DivergedTraining as e:
         return {"status": "diverged", "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - reported to the wrapper, which records it on the trial
+    except Exception as e:
         return {"status": "error", "message": f"{type(e).__name__}: {e}"}
 
 

@@ -52,7 +52,7 @@ def ensure_demo_model() -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
-    tokenizer.add_bos_token = True
+    tokenizer.add_bos_token = True  # type: ignore[misc]  # settable at run time; the stubs say read-only
     tokenizer.chat_template = DEMO_CHAT_TEMPLATE
 
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def _pretrain(model, tokenizer, rows: list[dict], epochs: int = 3, batch_size: i
 
     fields = ["severity", "component", "reproducibility"]
     rng = random.Random(0)
-    labels = [parse_label_lines(r["output"], fields) for r in rows]
+    labels: list[dict[str, str]] = [parse_label_lines(r["output"], fields) for r in rows]  # type: ignore[misc]  # every demo row has all labels
     rng.shuffle(labels)
     examples = [Example(str(i), r["instruction"], r["input"], lab, i) for i, (r, lab) in enumerate(zip(rows, labels))]
     vocab = {f: sorted({lab[f] for lab in labels}) for f in fields}
@@ -116,5 +116,3 @@ def _pretrain(model, tokenizer, rows: list[dict], epochs: int = 3, batch_size: i
             opt.step()
             opt.zero_grad()
     model.eval()
-
-

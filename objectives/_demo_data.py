@@ -96,7 +96,9 @@ def generate_reports(seed: int, n: int) -> list[dict]:
             f"Severity: {labels['severity']}\nComponent: {labels['component']}\n"
             f"Reproducibility: {labels['reproducibility']}\nSummary: {title}"
         )
-        rows.append({"instruction": INSTRUCTION, "input": f"Title: {title}\n\nDescription: {' '.join(body)}", "output": output})
+        rows.append(
+            {"instruction": INSTRUCTION, "input": f"Title: {title}\n\nDescription: {' '.join(body)}", "output": output}
+        )
     return rows
 
 

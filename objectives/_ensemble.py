@@ -42,13 +42,15 @@ def check_members(members: list[Member], ids: list[str]) -> None:
 
 def soft_vote(members: list[Member], ids: list[str], fields: list[str]) -> list[Prediction]:
     if not all(m.has_probabilities for m in members):
-        raise UserError("soft voting needs label probabilities; members evaluated by `generate` have none "
-                        "(set eval.method = \"score\" for a new study)")
+        raise UserError(
+            "soft voting needs label probabilities; members evaluated by `generate` have none "
+            '(set eval.method = "score" for a new study)'
+        )
     out = []
     for i in ids:
         gold = members[0].predictions[i].gold
         probs = {f: _mean_probs([m.predictions[i].probs[f] for m in members]) for f in fields}  # type: ignore[index]
-        predicted = {f: max(probs[f].items(), key=lambda kv: kv[1])[0] for f in fields}
+        predicted: dict[str, str | None] = {f: max(probs[f].items(), key=lambda kv: kv[1])[0] for f in fields}
         out.append(Prediction(i, gold, predicted, "soft vote", probs))
     return out
 
@@ -75,7 +77,7 @@ def _majority(preds: list[Prediction], f: str) -> str | None:
     tied = [lab for lab, n in votes.items() if n == top]
     if len(tied) > 1 and all(p.probs is not None for p in preds):
         mean = _mean_probs([p.probs[f] for p in preds])  # type: ignore[index]
-        return max(tied, key=lambda lab: mean.get(lab, 0.0))
+        return max(tied, key=lambda lab: mean.get(lab or "", 0.0))
     for p in preds:  # members are ordered best first
         if p.predicted.get(f) in tied:
             return p.predicted[f]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from optuna_search.objectives._data import Example
 from optuna_search.objectives._generate import generate_predictions
@@ -36,8 +37,16 @@ def precision(model: Any, dtype: Any) -> Iterator[None]:
         yield
 
 
-def evaluate_examples(model, tokenizer, encoder: PromptEncoder, examples: list[Example], *, method: str,
-                      batch_size: int, dtype: Any = None) -> list[Prediction]:
+def evaluate_examples(
+    model,
+    tokenizer,
+    encoder: PromptEncoder,
+    examples: list[Example],
+    *,
+    method: str,
+    batch_size: int,
+    dtype: Any = None,
+) -> list[Prediction]:
     """One prediction per example, in order, by ``method`` at ``dtype``: what evaluation
     and `predict` both run (batched by length; see ``_generate`` and ``_score``)."""
     with precision(model, dtype):
@@ -46,8 +55,16 @@ def evaluate_examples(model, tokenizer, encoder: PromptEncoder, examples: list[E
         return generate_predictions(model, tokenizer, encoder, examples, batch_size)
 
 
-def evaluate(model, tokenizer, encoder: PromptEncoder, examples: list[Example], *, method: str, batch_size: int,
-             dtype: Any = None) -> Evaluation:
+def evaluate(
+    model,
+    tokenizer,
+    encoder: PromptEncoder,
+    examples: list[Example],
+    *,
+    method: str,
+    batch_size: int,
+    dtype: Any = None,
+) -> Evaluation:
     """Predictions and scores on ``examples`` by ``method`` (generate | score);
     ``seconds`` is the model's time (inference speed), not the metrics'."""
     t0 = time.monotonic()
@@ -69,5 +86,12 @@ class Evaluator:
 
     def __call__(self, model: Any, examples: list[Example]) -> Evaluation:
         with oom_phase("evaluate"):
-            return evaluate(model, self.tokenizer, self.encoder, examples, method=self.method, batch_size=self.batch_size,
-                            dtype=self.dtype)
+            return evaluate(
+                model,
+                self.tokenizer,
+                self.encoder,
+                examples,
+                method=self.method,
+                batch_size=self.batch_size,
+                dtype=self.dtype,
+            )

@@ -49,19 +49,31 @@ class Shape:
         return self.hidden // self.heads
 
     @classmethod
-    def of(cls, hf_config: Any) -> "Shape":
+    def of(cls, hf_config: Any) -> Shape:
         heads = hf_config.num_attention_heads
-        return cls(vocab=hf_config.vocab_size, hidden=hf_config.hidden_size, intermediate=hf_config.intermediate_size,
-                   layers=hf_config.num_hidden_layers, heads=heads,
-                   kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
-                   tied=bool(getattr(hf_config, "tie_word_embeddings", False)))
+        return cls(
+            vocab=hf_config.vocab_size,
+            hidden=hf_config.hidden_size,
+            intermediate=hf_config.intermediate_size,
+            layers=hf_config.num_hidden_layers,
+            heads=heads,
+            kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
+            tied=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        )
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer of one decoder layer, by module name."""
         kv = self.kv_heads * self.head_dim
         h, i = self.hidden, self.intermediate
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def linear_params(self) -> int:
@@ -92,9 +104,14 @@ class Setting:
 
 def estimate(shape: Shape, s: Setting) -> dict[str, int]:
     """Bytes per part (see the module docstring); ``total`` is their sum."""
-    parts = {"weights": _weights(shape, s), "lora + gradients + optimizer": _lora(shape, s),
-             "activations": _activations(shape, s), "logits": 2 * s.batch_size * s.max_length * shape.vocab * 4,
-             "evaluation KV cache": _kv_cache(shape, s), "CUDA context + allocator": CUDA_OVERHEAD_BYTES}
+    parts = {
+        "weights": _weights(shape, s),
+        "lora + gradients + optimizer": _lora(shape, s),
+        "activations": _activations(shape, s),
+        "logits": 2 * s.batch_size * s.max_length * shape.vocab * 4,
+        "evaluation KV cache": _kv_cache(shape, s),
+        "CUDA context + allocator": CUDA_OVERHEAD_BYTES,
+    }
     parts["total"] = sum(parts.values())
     return parts
 
@@ -107,8 +124,11 @@ def _weights(shape: Shape, s: Setting) -> int:
 
 
 def lora_params(shape: Shape, s: Setting) -> int:
-    targets = shape.linear_shapes() if "all-linear" in s.target_modules else {
-        k: v for k, v in shape.linear_shapes().items() if k in s.target_modules}
+    targets = (
+        shape.linear_shapes()
+        if "all-linear" in s.target_modules
+        else {k: v for k, v in shape.linear_shapes().items() if k in s.target_modules}
+    )
     return shape.layers * sum(s.lora_r * (a + b) for a, b in targets.values())
 
 

@@ -5,7 +5,7 @@ temperature would make two evaluations of the same model disagree."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from optuna_search.objectives._data import Example
 from optuna_search.objectives._metrics import Prediction, parse_prediction
@@ -20,8 +20,8 @@ def left_padded(prompts: list[list[int]], pad: int):
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
     return ids, mask
 
 
@@ -44,10 +44,12 @@ def by_length(prompts: list[list[int]], batch_size: int) -> Iterator[list[int]]:
     """Indices of the prompts in batches of similar length, so batches pad little."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     for start in range(0, len(order), batch_size):
-        yield order[start: start + batch_size]
+        yield order[start : start + batch_size]
 
 
-def generate_predictions(model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int) -> list[Prediction]:
+def generate_predictions(
+    model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int
+) -> list[Prediction]:
     """Greedy, batched generation, stopping at the template's end-of-turn token."""
     device = next(p.device for p in model.parameters())
     prompts = [encoder.encode_prompt(e)[0] for e in examples]
@@ -65,5 +67,5 @@ def generate_predictions(model, tokenizer, encoder: PromptEncoder, examples: lis
                 eos_token_id=encoder.stop_token_ids,
             )
             for row, i in enumerate(idx):
-                raw[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
+                raw[i] = tokenizer.decode(out[row, ids.shape[1] :], skip_special_tokens=True)
     return [parse_prediction(examples[i], raw[i], encoder.fields) for i in range(len(examples))]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Iterator
+from collections.abc import Iterator, MutableMapping
 
 from optuna_search.objectives._protocol import OutOfMemory
 
@@ -19,7 +19,9 @@ from optuna_search.objectives._protocol import OutOfMemory
 def is_out_of_memory(e: BaseException) -> bool:
     import torch
 
-    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
 
 
 @contextlib.contextmanager
@@ -47,7 +49,7 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def prefer_expandable_segments(environ: dict[str, str]) -> None:
+def prefer_expandable_segments(environ: MutableMapping[str, str]) -> None:
     """Dynamic padding allocates tensors of a new shape at every batch; PyTorch's
     expandable segments keep that from fragmenting a 15 GB T4 into "out of memory" with
     gigabytes free. Set before CUDA starts (the CLI's first act), unless the user chose."""

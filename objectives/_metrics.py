@@ -41,7 +41,7 @@ class Prediction:
         return rec
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "Prediction":
+    def from_record(cls, rec: dict[str, Any]) -> Prediction:
         return cls(rec["id"], rec["gold"], rec["predicted"], rec.get("raw", ""), rec.get("probs"))
 
 
@@ -57,7 +57,12 @@ def score_predictions(preds: list[Prediction], fields: list[str], vocab: dict[st
     s = SplitScores(accuracy={}, n=len(preds))
     for f in fields:
         m = field_metrics([p.gold[f] for p in preds], [p.predicted[f] for p in preds], vocab[f])
-        s.accuracy[f], s.ci95[f], s.macro_f1[f], s.confusion[f] = m["accuracy"], m["ci95"], m["macro_f1"], m["confusion"]
+        s.accuracy[f], s.ci95[f], s.macro_f1[f], s.confusion[f] = (
+            m["accuracy"],
+            m["ci95"],
+            m["macro_f1"],
+            m["confusion"],
+        )
         s.balanced_accuracy[f] = m["balanced_accuracy"]
         allowed = set(vocab[f])
         s.invalid_labels[f] = sum(1 for p in preds if p.predicted[f] is not None and p.predicted[f] not in allowed)
@@ -65,7 +70,9 @@ def score_predictions(preds: list[Prediction], fields: list[str], vocab: dict[st
             s.calibration[f] = calibration_metrics([p.gold[f] for p in preds], [p.probs[f] for p in preds], vocab[f])  # type: ignore[index]
     if all(p.probs is not None for p in preds):
         # Mean log-probability of the correct labels, normalised over each field's labels.
-        s.label_logprob = sum(math.log(max(p.probs[f].get(p.gold[f], 0.0), 1e-12)) for p in preds for f in fields) / (len(preds) * len(fields))  # type: ignore[index]
+        s.label_logprob = sum(
+            math.log(max((p.probs or {})[f].get(p.gold[f], 0.0), 1e-12)) for p in preds for f in fields
+        ) / (len(preds) * len(fields))  # type: ignore[index]
     s.parse_failures = sum(p.parse_failed for p in preds)
     s.exact_match = sum(all(p.correct(f) for f in fields) for p in preds) / len(preds)
     return s

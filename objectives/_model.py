@@ -22,11 +22,10 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Any
+from urllib.parse import urlparse
 
-from optuna_search.core import TrialParams, UserError
-from optuna_search.core._files import file_sha256
+from optuna_search.core import TrialParams, UserError, file_sha256
 from optuna_search.objectives._cache import cache_root, new_build_dir, publish
 from optuna_search.objectives._demo import ensure_demo_model
 from optuna_search.objectives._prompt import apply_chat_template_setting
@@ -99,7 +98,11 @@ def convert_gguf(folder_or_repo: str, gguf_file: str, *, revision: str) -> Path:
     local = Path(folder_or_repo).expanduser() / gguf_file
     if Path(folder_or_repo).expanduser().is_dir() and not local.is_file():
         raise UserError(f"model.gguf_file '{gguf_file}' is not in '{folder_or_repo}'; fix model.gguf_file")
-    key = file_sha256(local) if local.is_file() else hashlib.sha256(f"{folder_or_repo}@{revision}/{gguf_file}".encode()).hexdigest()
+    key = (
+        file_sha256(local)
+        if local.is_file()
+        else hashlib.sha256(f"{folder_or_repo}@{revision}/{gguf_file}".encode()).hexdigest()
+    )
     dest = cache_root() / "models" / f"{Path(gguf_file).stem}-{key[:16]}"
     if (dest / "config.json").exists():
         return dest
@@ -121,11 +124,11 @@ def check_gguf_file(path: Path) -> None:
     instead of deep inside transformers)."""
     from gguf import GGUFReader
 
-    damaged = (f"damaged or truncated GGUF file: {path} ({path.stat().st_size:,} bytes); download or copy it again")
+    damaged = f"damaged or truncated GGUF file: {path} ({path.stat().st_size:,} bytes); download or copy it again"
     try:
         reader = GGUFReader(str(path))
         end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception:  # noqa: BLE001 - any parse error of a cut-short file (struct, value, index errors)
+    except Exception:
         raise UserError(damaged) from None
     if end > path.stat().st_size or not reader.tensors:
         raise UserError(damaged)
@@ -155,8 +158,10 @@ def _dequantise_to(folder_or_repo: str, gguf_file: str, revision: str, out: Path
     (out / "README.md").write_text(f"Dequantised by optuna-search from {folder_or_repo}/{gguf_file} (fp32).\n")
 
 
-LICENCES = {BUILTIN_SMOLLM2: "apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
-            BUILTIN_TINY: "none: a demo model built locally from random weights"}
+LICENCES = {
+    BUILTIN_SMOLLM2: "apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+    BUILTIN_TINY: "none: a demo model built locally from random weights",
+}
 
 
 def base_licence(name: str, source: str) -> str:
@@ -200,11 +205,15 @@ def check_model_available(model_cfg: Any) -> str:
     if not Path(source).is_dir() and not _cached_on_hub_cache(source, model_cfg.revision):
         why = hub_unreachable()
         if why is not None:
-            raise UserError(f"model {model_cfg.name_or_path!r} is not in the local Hugging Face cache and the hub cannot be "
-                            f"reached ({why}); download it where there is a network (or attach it as a Kaggle input) and "
-                            "point model.name_or_path at its folder")
+            raise UserError(
+                f"model {model_cfg.name_or_path!r} is not in the local Hugging Face cache and the hub cannot be "
+                f"reached ({why}); download it where there is a network (or attach it as a Kaggle input) and "
+                "point model.name_or_path at its folder"
+            )
     try:
-        AutoConfig.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
+        AutoConfig.from_pretrained(
+            source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code
+        )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -238,7 +247,9 @@ def pick_compute_dtype(setting: str):
 def load_tokenizer(source: str, model_cfg: Any):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code
+    )
     if tok.pad_token_id is None:
         # Mistral has no pad token; padded positions are masked out, so any id works.
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
@@ -257,7 +268,11 @@ def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool
 
     no_loading_bars()
     dtype = pick_compute_dtype(model_cfg.compute_dtype)
-    kwargs: dict[str, Any] = {"revision": model_cfg.revision or None, "trust_remote_code": model_cfg.trust_remote_code, "dtype": dtype}
+    kwargs: dict[str, Any] = {
+        "revision": model_cfg.revision or None,
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "dtype": dtype,
+    }
     if model_cfg.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -291,7 +306,9 @@ def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_c
     try:
         model = get_peft_model(model, LoraConfig(bias="none", task_type="CAUSAL_LM", **params.lora_kwargs()))
     except ValueError as e:
-        raise UserError(f"LoRA target_modules {list(params.target_modules)} do not fit this model ({e}); fix lora.target_modules") from None
+        raise UserError(
+            f"LoRA target_modules {list(params.target_modules)} do not fit this model ({e}); fix lora.target_modules"
+        ) from None
     return model, dtype
 
 
@@ -305,8 +322,10 @@ def load_adapters(source: str, model_cfg: Any, adapters: dict[str, str]):
     names = list(adapters)
     for name in names:
         if not (Path(adapters[name]) / "adapter_config.json").is_file():
-            raise UserError(f"no trained adapter at '{adapters[name]}' (adapter_config.json is missing); the trial's "
-                            "checkpoint folder was moved or deleted: pass --set train.output_dir=DIR where it is")
+            raise UserError(
+                f"no trained adapter at '{adapters[name]}' (adapter_config.json is missing); the trial's "
+                "checkpoint folder was moved or deleted: pass --set train.output_dir=DIR where it is"
+            )
     model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0], is_trainable=False)
     for name in names[1:]:
         model.load_adapter(adapters[name], adapter_name=name, is_trainable=False)
@@ -323,7 +342,9 @@ def check_lora_targets(source: str, model_cfg: Any, params_list: list[TrialParam
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf_config = AutoConfig.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
+    hf_config = AutoConfig.from_pretrained(
+        source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code
+    )
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=model_cfg.trust_remote_code)
     problems, seen = [], set()
@@ -336,20 +357,29 @@ def check_lora_targets(source: str, model_cfg: Any, params_list: list[TrialParam
         seen.add(key)
         if isinstance(kwargs["target_modules"], list):
             # peft adapts the names that match and says nothing of a list's others (a typo).
-            missing = [t for t in kwargs["target_modules"] if not any(n == t or n.endswith("." + t) for n in module_names)]
+            missing = [
+                t for t in kwargs["target_modules"] if not any(n == t or n.endswith("." + t) for n in module_names)
+            ]
             if missing:
-                problems.append(f"target_modules {kwargs['target_modules']!r}: the model has no module named "
-                                f"{', '.join(map(repr, missing))}")
+                problems.append(
+                    f"target_modules {kwargs['target_modules']!r}: the model has no module named "
+                    f"{', '.join(map(repr, missing))}"
+                )
                 continue
         try:
             skeleton = get_peft_model(skeleton, LoraConfig(bias="none", task_type="CAUSAL_LM", **kwargs)).unload()
         except (ValueError, TypeError, NotImplementedError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            problems.append(f"target_modules {kwargs['target_modules']!r}{' with DoRA' if kwargs['use_dora'] else ''}: {first}")
+            problems.append(
+                f"target_modules {kwargs['target_modules']!r}{' with DoRA' if kwargs['use_dora'] else ''}: {first}"
+            )
     if problems:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UserError(f"peft cannot put these adapters on {model_cfg.name_or_path!r} (its linear layers: "
-                        f"{', '.join(names)}); fix lora.target_modules or the searched values:", problems)
+        raise UserError(
+            f"peft cannot put these adapters on {model_cfg.name_or_path!r} (its linear layers: "
+            f"{', '.join(names)}); fix lora.target_modules or the searched values:",
+            problems,
+        )
 
 
 def keep_4bit_layers_trainable_on_cpu(model) -> int:
@@ -382,7 +412,7 @@ def environment_fingerprint() -> dict[str, str]:
     for mod in ("transformers", "peft", "bitsandbytes", "accelerate"):
         try:
             info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional module is just not reported
+        except Exception:
             info[mod] = "missing"
     info["cpu_count"] = str(os.cpu_count())
     return info
@@ -393,7 +423,9 @@ def count_parameters(source: str, model_cfg: Any) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf_config = AutoConfig.from_pretrained(source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code)
+    hf_config = AutoConfig.from_pretrained(
+        source, revision=model_cfg.revision or None, trust_remote_code=model_cfg.trust_remote_code
+    )
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=model_cfg.trust_remote_code)
     return sum(p.numel() for p in skeleton.parameters())
@@ -411,12 +443,18 @@ def merged_model(source: str, model_cfg: Any, adapter_dir: str, trained_dtype: A
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     no_loading_bars()
-    kwargs: dict[str, Any] = {"revision": model_cfg.revision or None, "trust_remote_code": model_cfg.trust_remote_code,
-                              "dtype": trained_dtype}
+    kwargs: dict[str, Any] = {
+        "revision": model_cfg.revision or None,
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "dtype": trained_dtype,
+    }
     if model_cfg.quantization != "none":
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=model_cfg.quantization,
-            bnb_4bit_use_double_quant=model_cfg.double_quant, bnb_4bit_compute_dtype=trained_dtype)
+            load_in_4bit=True,
+            bnb_4bit_quant_type=model_cfg.quantization,
+            bnb_4bit_use_double_quant=model_cfg.double_quant,
+            bnb_4bit_compute_dtype=trained_dtype,
+        )
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     base = AutoModelForCausalLM.from_pretrained(source, **kwargs)

@@ -54,7 +54,7 @@ def apply_chat_template_setting(tokenizer: Any, setting: str) -> None:
         tokenizer.chat_template = path.read_text(encoding="utf-8")
     elif not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            "the tokenizer has no chat template; set model.chat_template = \"plain\" (the documented plain "
+            'the tokenizer has no chat template; set model.chat_template = "plain" (the documented plain '
             "template) or the path of a Jinja template file"
         )
 
@@ -97,8 +97,10 @@ class PromptEncoder:
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         try:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-        except Exception as e:  # noqa: BLE001 - a template that cannot render this conversation
-            raise UserError(f"the chat template cannot render a user/assistant conversation ({e}); set model.chat_template") from None
+        except Exception as e:
+            raise UserError(
+                f"the chat template cannot render a user/assistant conversation ({e}); set model.chat_template"
+            ) from None
 
     def _prompt_pieces(self, instruction: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The prompt's token ids before and after the report, per instruction (most
@@ -119,9 +121,11 @@ class PromptEncoder:
         prompt = self._render(user, True)
         full = self._render(user + [{"role": "assistant", "content": _ANSWER}], False)
         if not full.startswith(prompt) or full.count(_ANSWER) != 1:
-            raise UserError("the chat template renders the assistant's answer in a way this tool cannot split; "
-                            "set model.chat_template = \"plain\" or give a Jinja file")
-        before, after = full[len(prompt):].split(_ANSWER)
+            raise UserError(
+                "the chat template renders the assistant's answer in a way this tool cannot split; "
+                'set model.chat_template = "plain" or give a Jinja file'
+            )
+        before, after = full[len(prompt) :].split(_ANSWER)
         return _AnswerFrame(before, self._end_of_turn(after))
 
     def _end_of_turn(self, after: str) -> tuple[int, ...]:
@@ -134,7 +138,10 @@ class PromptEncoder:
             if t in special:
                 return tuple(ids[: i + 1])
         if self.tokenizer.eos_token_id is None:
-            raise UserError("the tokenizer has no EOS token and its template ends no turn; use a causal-LM tokenizer that defines one")
+            raise UserError(
+                "the tokenizer has no EOS token and its template ends no turn; use a causal-LM tokenizer that "
+                "defines one"
+            )
         return (self.tokenizer.eos_token_id,)
 
     @property

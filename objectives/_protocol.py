@@ -10,16 +10,18 @@ A call returns a :class:`TrialResult` (trained to the end and evaluated, stopped
 validation point by the pruner, or paused at ``request.train_until``), or raises one of
 the protocol's exceptions: :class:`Stopped` (the process was asked to stop and training
 checkpointed), :class:`BudgetExhausted` (the session's deadline; checkpointed),
-:class:`OutOfMemory` (something did not fit the accelerator; where, in its ``phase``) or :class:`DivergedTraining` (the loss
-became nan/inf). Ctrl-C arrives as KeyboardInterrupt; any other exception is a bug or a
+:class:`OutOfMemory` (something did not fit the accelerator; where, in its ``phase``) or
+:class:`DivergedTraining` (the loss became nan/inf). Ctrl-C arrives as KeyboardInterrupt;
+any other exception is a bug or a
 bad input of that configuration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from optuna_search.objectives._data import Dataset, Example
 from optuna_search.objectives._metrics import Evaluation
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrialRequest:
-    params: "TrialParams"
+    params: TrialParams
     data: Dataset
     """Train and validation splits (loss), vocabularies."""
     test_examples: list[Example]
@@ -72,8 +74,13 @@ class ValidationPoint:
     """The predictions behind it (main process only)."""
 
     def to_record(self) -> dict[str, float | int | None]:
-        return {"point": self.point, "step": self.step, "fraction": round(self.fraction, 6), "accuracy": self.accuracy,
-                "label_logprob": self.label_logprob}
+        return {
+            "point": self.point,
+            "step": self.step,
+            "fraction": round(self.fraction, 6),
+            "accuracy": self.accuracy,
+            "label_logprob": self.label_logprob,
+        }
 
 
 def _never_stop(point: ValidationPoint) -> bool:

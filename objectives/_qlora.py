@@ -49,12 +49,7 @@ from optuna_search.objectives._train import (
     stop_step,
     validation_curve,
 )
-from optuna_search.storage._checkpoints import (
-    COMPLETE_MARKER,
-    FINAL_ADAPTER,
-    checkpoint_state,
-    resume_point,
-)
+from optuna_search.storage import COMPLETE_MARKER, FINAL_ADAPTER, checkpoint_state, resume_point
 
 
 @dataclass
@@ -66,7 +61,7 @@ class _Runtime:
     is_main: bool
 
     @classmethod
-    def detect(cls) -> "_Runtime":
+    def detect(cls) -> _Runtime:
         import torch
 
         cuda = torch.cuda.is_available()
@@ -138,8 +133,9 @@ class QLoRAObjective:
         test, adapter = self._finish(request, hooks, trial, tokenizer, rt)
         return self._result(request, trial, test, adapter, rt, t0, resumed_from)
 
-    def _start(self, request: TrialRequest, hooks: TrialHooks, source: str, tokenizer, encoder: PromptEncoder,
-               rt: _Runtime) -> _Trial:
+    def _start(
+        self, request: TrialRequest, hooks: TrialHooks, source: str, tokenizer, encoder: PromptEncoder, rt: _Runtime
+    ) -> _Trial:
         """The quantized base with fresh adapters, the evaluator, the trainer."""
         from transformers import set_seed
 
@@ -149,15 +145,24 @@ class QLoRAObjective:
         set_seed(cfg.train.seed)
         with oom_phase("load"):
             model, dtype = load_lora_model(source, cfg.model, params, cfg.train.gradient_checkpointing)
-        hooks.progress(f"loaded base model, {count_trainable(model):,} trainable LoRA parameters (r={params.lora_r}, "
-                       f"alpha={params.lora_alpha:g}{', DoRA' if params.use_dora else ''}{', rsLoRA' if params.use_rslora else ''})")
-        evaluator = Evaluator(tokenizer, encoder, cfg.eval.method, request.eval_batch_size or cfg.eval.batch_size, dtype)
+        hooks.progress(
+            f"loaded base model, {count_trainable(model):,} trainable LoRA parameters (r={params.lora_r}, "
+            f"alpha={params.lora_alpha:g}{', DoRA' if params.use_dora else ''}"
+            f"{', rsLoRA' if params.use_rslora else ''})"
+        )
+        evaluator = Evaluator(
+            tokenizer, encoder, cfg.eval.method, request.eval_batch_size or cfg.eval.batch_size, dtype
+        )
 
         def validate(m) -> Evaluation:
             return evaluator(m, request.validation_examples)
 
-        run = ValidationRun(validate if rt.is_main else None, hooks.on_validation, request.validate_at, request.train_until)
-        trainer, callback = self._trainer(request, hooks, model, tokenizer, encoder, rt, dtype, run, evaluator.batch_size)
+        run = ValidationRun(
+            validate if rt.is_main else None, hooks.on_validation, request.validate_at, request.train_until
+        )
+        trainer, callback = self._trainer(
+            request, hooks, model, tokenizer, encoder, rt, dtype, run, evaluator.batch_size
+        )
         return _Trial(model, dtype, trainer, callback, run, evaluator)
 
     @staticmethod
@@ -171,8 +176,9 @@ class QLoRAObjective:
         if callback.stopped_for_budget:
             raise BudgetExhausted(f"stopped at step {step}/{max_steps}")
 
-    def _finish(self, request: TrialRequest, hooks: TrialHooks, trial: _Trial, tokenizer,
-                rt: _Runtime) -> tuple[Evaluation | None, Path | None]:
+    def _finish(
+        self, request: TrialRequest, hooks: TrialHooks, trial: _Trial, tokenizer, rt: _Runtime
+    ) -> tuple[Evaluation | None, Path | None]:
         """Validation at the end of training, the test evaluation and the saved adapter
         (a trial trained to its end on the main process; None, None otherwise)."""
         run, cfg = trial.run, self.config
@@ -191,43 +197,89 @@ class QLoRAObjective:
         _log_final_metrics(trial.trainer, test, run.last)
         return test, adapter
 
-    def _result(self, request: TrialRequest, trial: _Trial, test: Evaluation | None, adapter: Path | None, rt: _Runtime,
-                t0: float, resumed_from: int) -> TrialResult:
+    def _result(
+        self,
+        request: TrialRequest,
+        trial: _Trial,
+        test: Evaluation | None,
+        adapter: Path | None,
+        rt: _Runtime,
+        t0: float,
+        resumed_from: int,
+    ) -> TrialResult:
         state = trial.trainer.state
         train_loss, eval_loss = losses_per_epoch(state.log_history)
         peak, kind = rt.peak_memory()
         return TrialResult(
-            test=test, validation=trial.run.last, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
-            validation_curve=validation_curve(state.log_history, state.max_steps), trainable_params=count_trainable(trial.model),
-            train_seconds=time.monotonic() - t0 - (test.seconds if test else 0.0), peak_memory_mb=peak,
-            peak_memory_kind=kind, optimizer_steps=state.global_step, max_steps=state.max_steps,
-            resumed_from_step=resumed_from, compute_dtype=str(trial.dtype).replace("torch.", ""),
-            pruned_at=trial.run.pruned_at, paused_at_step=state.global_step if trial.callback.paused else None,
-            adapter_dir=str(adapter) if adapter else None, environment=environment_fingerprint(),
+            test=test,
+            validation=trial.run.last,
+            train_loss_per_epoch=train_loss,
+            eval_loss_per_epoch=eval_loss,
+            validation_curve=validation_curve(state.log_history, state.max_steps),
+            trainable_params=count_trainable(trial.model),
+            train_seconds=time.monotonic() - t0 - (test.seconds if test else 0.0),
+            peak_memory_mb=peak,
+            peak_memory_kind=kind,
+            optimizer_steps=state.global_step,
+            max_steps=state.max_steps,
+            resumed_from_step=resumed_from,
+            compute_dtype=str(trial.dtype).replace("torch.", ""),
+            pruned_at=trial.run.pruned_at,
+            paused_at_step=state.global_step if trial.callback.paused else None,
+            adapter_dir=str(adapter) if adapter else None,
+            environment=environment_fingerprint(),
             eval_batch_size=trial.evaluator.batch_size,
         )
 
-    def _trainer(self, request: TrialRequest, hooks: TrialHooks, model, tokenizer, encoder: PromptEncoder,
-                 rt: _Runtime, dtype, run: ValidationRun, eval_batch_size: int):
+    def _trainer(
+        self,
+        request: TrialRequest,
+        hooks: TrialHooks,
+        model,
+        tokenizer,
+        encoder: PromptEncoder,
+        rt: _Runtime,
+        dtype,
+        run: ValidationRun,
+        eval_batch_size: int,
+    ):
         from transformers import PrinterCallback
 
         from optuna_search.objectives._trainer import StudyCallback, StudyTrainer, tensorboard_callback
 
         cfg = self.config
         request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        args = build_training_args(str(request.checkpoint_dir), request.params, cfg.train, cuda=rt.cuda, dtype=dtype,
-                                   distributed=rt.distributed, run_name=request.run_name, eval_batch_size=eval_batch_size)
-        callback = StudyCallback(run, cfg.train.validations_per_epoch, hooks.progress, request.deadline,
-                                 hooks.stop_requested, hooks.progress_interval)
+        args = build_training_args(
+            str(request.checkpoint_dir),
+            request.params,
+            cfg.train,
+            cuda=rt.cuda,
+            dtype=dtype,
+            distributed=rt.distributed,
+            run_name=request.run_name,
+            eval_batch_size=eval_batch_size,
+        )
+        callback = StudyCallback(
+            run,
+            cfg.train.validations_per_epoch,
+            hooks.progress,
+            request.deadline,
+            hooks.stop_requested,
+            hooks.progress_interval,
+        )
         callbacks = [callback]
         if "tensorboard" in cfg.train.report_to and rt.is_main:
             callbacks.append(tensorboard_callback(str(request.checkpoint_dir / "tensorboard")))
         trainer = StudyTrainer(
-            validation=run, model=model, args=args, train_dataset=encoder.to_hf_dataset(request.data.train.examples),
+            validation=run,
+            model=model,
+            args=args,
+            train_dataset=encoder.to_hf_dataset(request.data.train.examples),
             # Validation loss on the same fixed subset as validation accuracy: comparable
             # across trials, and bounded in cost.
             eval_dataset=encoder.to_hf_dataset(request.validation_examples or request.data.validation.examples),
-            data_collator=Collator(tokenizer), callbacks=callbacks,
+            data_collator=Collator(tokenizer),
+            callbacks=callbacks,
         )
         # Our callback logs progress to stderr; Trainer's printer would dump dicts to stdout.
         trainer.remove_callback(PrinterCallback)
@@ -267,15 +319,28 @@ class QLoRAObjective:
             return None
         history = state["log_history"]
         train_loss, eval_loss = losses_per_epoch(history)
-        return TrialResult(test=None, validation=None, train_loss_per_epoch=train_loss, eval_loss_per_epoch=eval_loss,
-                           validation_curve=validation_curve(history, max_steps), trainable_params=0, train_seconds=0.0,
-                           peak_memory_mb=0.0, peak_memory_kind="", optimizer_steps=step, max_steps=max_steps,
-                           resumed_from_step=step, paused_at_step=step)
+        return TrialResult(
+            test=None,
+            validation=None,
+            train_loss_per_epoch=train_loss,
+            eval_loss_per_epoch=eval_loss,
+            validation_curve=validation_curve(history, max_steps),
+            trainable_params=0,
+            train_seconds=0.0,
+            peak_memory_mb=0.0,
+            peak_memory_kind="",
+            optimizer_steps=step,
+            max_steps=max_steps,
+            resumed_from_step=step,
+            paused_at_step=step,
+        )
 
 
 def _log_final_metrics(trainer, test: Evaluation, validation: Evaluation | None) -> None:
     """The trial's final scores, for the trackers of train.report_to (one run per trial)."""
-    if not trainer.args.report_to and not any(type(c).__name__ == "TensorBoardCallback" for c in trainer.callback_handler.callbacks):
+    if not trainer.args.report_to and not any(
+        type(c).__name__ == "TensorBoardCallback" for c in trainer.callback_handler.callbacks
+    ):
         return
     metrics = {f"test_{k}": v for k, v in _metrics(test).items()}
     if validation is not None:

@@ -79,8 +79,10 @@ def quality_warnings(report: dict[str, Any]) -> list[str]:
         elif ov["rows"]:
             out.append(f"{s}: {ov['rows']} rows also in train (leakage; e.g. {', '.join(ov['examples'][:3])})")
     if report.get("validation_is_test"):
-        out.append("validation and test are the same file: the per-epoch eval loss and the final score "
-                   "come from the same examples (fine for a comparison of ranks, not for choosing epochs)")
+        out.append(
+            "validation and test are the same file: the per-epoch eval loss and the final score "
+            "come from the same examples (fine for a comparison of ranks, not for choosing epochs)"
+        )
     return out
 
 

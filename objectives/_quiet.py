@@ -18,8 +18,11 @@ EXPECTED_WARNINGS = (
     # Optuna marks the heartbeat machinery and metric names "experimental"; this tool
     # relies on them deliberately and pins their behaviour in tests/test_internals.py.
     # Any other experimental feature still warns.
-    (r".*\b(RetryHeartbeatStaleTrialCallback|fail_stale_trials|set_metric_names|retried_trial_number|retry_history) "
-     r"is experimental", r""),  # any caller: the names are specific enough
+    (
+        r".*\b(RetryHeartbeatStaleTrialCallback|fail_stale_trials|set_metric_names|retried_trial_number|retry_history) "
+        r"is experimental",
+        r"",
+    ),  # any caller: the names are specific enough
     # Optuna: heartbeat + ask/tell is how trials run here (see search/_trial.py).
     (r"Heartbeat of storage is supposed to be used with Study\.optimize", r"optuna\."),
     # GridSampler warns that a grid point is chosen by us rather than by itself.

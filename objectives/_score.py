@@ -17,6 +17,7 @@ one forward pass scores them all without copying the cache.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from optuna_search.objectives._data import Example
 from optuna_search.objectives._generate import by_length, inference, left_padded
@@ -32,7 +33,9 @@ def candidate_ids(encoder: PromptEncoder, chosen: dict[str, str], field_name: st
     i = fields.index(field_name)
     lines = answer_text({**chosen, field_name: label}, fields[: i + 1])
     last = i == len(fields) - 1
-    ids = encoder.tokenizer(encoder.answer_prefix + lines + ("" if last else "\n"), add_special_tokens=False)["input_ids"]
+    ids = encoder.tokenizer(encoder.answer_prefix + lines + ("" if last else "\n"), add_special_tokens=False)[
+        "input_ids"
+    ]
     return ids + (encoder.end_ids if last else [])
 
 
@@ -41,7 +44,8 @@ class _Candidates:
     labels, so each distinct answer prefix is tokenized once (and nothing outlives the run)."""
 
     def __init__(self, encoder: PromptEncoder) -> None:
-        self.encoder, self.memo = encoder, {}
+        self.encoder = encoder
+        self.memo: dict[tuple[Any, ...], list[int]] = {}
 
     def __call__(self, chosen: dict[str, str], field_name: str, label: str) -> list[int]:
         fields = self.encoder.fields
@@ -68,7 +72,9 @@ def _forward_kwargs(model) -> tuple[str, dict[str, int]]:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
-    return ("cache" if "cache" in params else "past_key_values"), ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
+    return ("cache" if "cache" in params else "past_key_values"), (
+        {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    )
 
 
 def _cache_of(out):
@@ -76,7 +82,9 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
-def score_labels(model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int) -> list[Prediction]:
+def score_labels(
+    model, tokenizer, encoder: PromptEncoder, examples: list[Example], batch_size: int
+) -> list[Prediction]:
     prompts = [encoder.encode_prompt(e)[0] for e in examples]
     results: dict[int, tuple[dict[str, str], dict[str, dict[str, float]]]] = {}
     candidates, forward = _Candidates(encoder), _forward_kwargs(model)
@@ -94,8 +102,15 @@ def score_labels(model, tokenizer, encoder: PromptEncoder, examples: list[Exampl
 class _Batch:
     """One batch of prompts, scored field by field on a shared key/value cache."""
 
-    def __init__(self, model, encoder: PromptEncoder, prompts: list[list[int]], pad: int, candidates: _Candidates,
-                 forward: tuple[str, dict[str, int]]) -> None:
+    def __init__(
+        self,
+        model,
+        encoder: PromptEncoder,
+        prompts: list[list[int]],
+        pad: int,
+        candidates: _Candidates,
+        forward: tuple[str, dict[str, int]],
+    ) -> None:
         import torch
 
         self.model, self.encoder, self.pad, self.candidates = model, encoder, pad, candidates
@@ -103,8 +118,13 @@ class _Batch:
         ids, mask = left_padded(prompts, pad)
         self.prompt_len = mask.sum(-1).tolist()
         self.cache_arg, self.last_only = forward
-        out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device), use_cache=True, **self.last_only)
+        out = model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.device),
+            use_cache=True,
+            **self.last_only,
+        )
         self.cache = _cache_of(out)
         self.mask = mask.to(self.device)
         self.last_logits = out.logits[:, -1, :].float()
@@ -121,7 +141,7 @@ class _Batch:
             cands = [[self.candidates(chosen[b], f, lab) for lab in labels] for b in range(self.rows)]
             prefixes = [c[0][: _common_prefix(c)] for c in cands]
             self._advance(prefixes)
-            logp = self._candidate_logprobs([[c[len(p):] for c in cs] for cs, p in zip(cands, prefixes)])
+            logp = self._candidate_logprobs([[c[len(p) :] for c in cs] for cs, p in zip(cands, prefixes)])
             for b in range(self.rows):
                 top = max(logp[b])
                 norm = [math.exp(v - top) for v in logp[b]]
@@ -150,13 +170,19 @@ class _Batch:
         pos = torch.zeros((self.rows, width), dtype=torch.long)
         for b, feed in enumerate(feeds):
             if feed:
-                ids[b, width - len(feed):] = torch.tensor(feed, dtype=torch.long)
-                new_mask[b, width - len(feed):] = 1
-                pos[b, width - len(feed):] = torch.arange(len(feed)) + self.prompt_len[b] + keeps[b]
+                ids[b, width - len(feed) :] = torch.tensor(feed, dtype=torch.long)
+                new_mask[b, width - len(feed) :] = 1
+                pos[b, width - len(feed) :] = torch.arange(len(feed)) + self.prompt_len[b] + keeps[b]
         first_col = self.mask.shape[1]
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=self.mask, position_ids=pos.to(self.device),
-                         use_cache=True, **self.last_only, **{self.cache_arg: self.cache})
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=self.mask,
+            position_ids=pos.to(self.device),
+            use_cache=True,
+            **self.last_only,
+            **{self.cache_arg: self.cache},
+        )
         self.cache = _cache_of(out)
         for b, feed in enumerate(feeds):
             self.consumed[b] = prefixes[b]
@@ -191,9 +217,9 @@ class _Batch:
             col, start = 0, self.prompt_len[b] + len(self.consumed[b])
             for j, c in row:
                 n = len(c) - 1
-                ids[b, col:col + n], target[b, col:col + n] = torch.tensor(c[:-1]), torch.tensor(c[1:])
-                pos[b, col:col + n] = torch.arange(n) + start
-                owner[b, col:col + n] = j
+                ids[b, col : col + n], target[b, col : col + n] = torch.tensor(c[:-1]), torch.tensor(c[1:])
+                pos[b, col : col + n] = torch.arange(n) + start
+                owner[b, col : col + n] = j
                 col += n
         past = self.mask.shape[1]
         # Query q of row b sees the row's cached columns, and the new columns of its own
@@ -201,18 +227,27 @@ class _Batch:
         own = (owner.unsqueeze(2) == owner.unsqueeze(1)) & (owner.unsqueeze(2) >= 0)
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         new = (own & causal) | torch.eye(width, dtype=torch.bool)
-        cached = (self.mask.bool().cpu().unsqueeze(1) & (owner >= 0).unsqueeze(2))
+        cached = self.mask.bool().cpu().unsqueeze(1) & (owner >= 0).unsqueeze(2)
         allowed = torch.cat([cached, new], dim=2).unsqueeze(1).to(self.device)
-        out = self.model(input_ids=ids.to(self.device), attention_mask=_additive(allowed, self.model),
-                         position_ids=pos.to(self.device), use_cache=True, **{self.cache_arg: self.cache})
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=_additive(allowed, self.model),
+            position_ids=pos.to(self.device),
+            use_cache=True,
+            **{self.cache_arg: self.cache},
+        )
         self.cache = _cache_of(out)
         # The candidates' columns stay in the cache, masked out for every later call.
-        self.mask = torch.cat([self.mask, torch.zeros((self.rows, width), dtype=self.mask.dtype, device=self.device)], dim=1)
+        self.mask = torch.cat(
+            [self.mask, torch.zeros((self.rows, width), dtype=self.mask.dtype, device=self.device)], dim=1
+        )
         assert self.mask.shape[1] == past + width
         logp = torch.log_softmax(out.logits.float(), dim=-1).gather(2, target.to(self.device).unsqueeze(-1)).squeeze(-1)
         per_candidate = torch.zeros((self.rows, k), dtype=logp.dtype, device=logp.device)
         valid = owner.to(self.device) >= 0
-        per_candidate.scatter_add_(1, owner.clamp(min=0).to(self.device), torch.where(valid, logp, torch.zeros_like(logp)))
+        per_candidate.scatter_add_(
+            1, owner.clamp(min=0).to(self.device), torch.where(valid, logp, torch.zeros_like(logp))
+        )
         return per_candidate.view(-1)
 
 
@@ -223,4 +258,6 @@ def _additive(allowed, model):
 
     if getattr(model.config, "_attn_implementation", "sdpa") == "sdpa":
         return allowed
-    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
+    )

@@ -9,8 +9,9 @@ binomial test on the examples where exactly one of them is right.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 INVALID = "<invalid>"
 # Significance level of every test this tool reports.
@@ -81,7 +82,9 @@ def field_metrics(gold: list[str], predicted: list[str | None], labels: list[str
         "macro_f1": float(f1_score(gold, pred, labels=list(labels), average="macro", zero_division=0)),
         # Balanced accuracy: the mean recall over the labels that occur in ``gold``
         # (scikit-learn's definition; a model that answers one label scores 1/labels).
-        "balanced_accuracy": float(recall_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0)),
+        "balanced_accuracy": float(
+            recall_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0)
+        ),
         "confusion": {"labels": cols, "matrix": cm[: len(labels)].tolist()},
     }
 
@@ -111,15 +114,21 @@ def reliability_bins(gold: list[str], probs: list[dict[str, float]], bins: int =
         lo, hi = b / bins, (b + 1) / bins
         members = [(lab == g, conf) for (lab, conf), g in zip(tops, gold) if lo < conf <= hi or (b == 0 and conf == 0)]
         if members:
-            out.append({
-                "low": lo, "high": hi, "count": len(members),
-                "confidence": sum(c for _, c in members) / len(members),
-                "accuracy": sum(ok for ok, _ in members) / len(members),
-            })
+            out.append(
+                {
+                    "low": lo,
+                    "high": hi,
+                    "count": len(members),
+                    "confidence": sum(c for _, c in members) / len(members),
+                    "accuracy": sum(ok for ok, _ in members) / len(members),
+                }
+            )
     return out
 
 
 def expected_calibration_error(gold: list[str], probs: list[dict[str, float]], bins: int = ECE_BINS) -> float:
     """sum over bins of (bin size / n) * |accuracy - mean confidence| of the top label."""
     n = len(gold)
-    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(gold, probs, bins)))
+    return float(
+        sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(gold, probs, bins))
+    )

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from optuna_search.core._text import format_seconds
+from optuna_search.core import format_seconds
 from optuna_search.objectives._metrics import Evaluation
 from optuna_search.objectives._protocol import ValidationPoint
 
@@ -62,7 +63,8 @@ def validation_curve(log_history: list[dict[str, Any]], max_steps: int) -> list[
         if ACCURACY_KEY in r:
             step = int(r.get("validation_step", r.get("step", 0)))
             points[int(r["validation_point"])] = ValidationPoint(
-                int(r["validation_point"]), step, step / max(max_steps, 1), float(r[ACCURACY_KEY]), r.get(LOGPROB_KEY))
+                int(r["validation_point"]), step, step / max(max_steps, 1), float(r[ACCURACY_KEY]), r.get(LOGPROB_KEY)
+            )
     return [points[k] for k in sorted(points)]
 
 
@@ -70,7 +72,9 @@ def validation_steps(max_steps: int, epochs: int, per_epoch: int, fractions: tup
     """Optimizer steps after which validation runs: ``per_epoch`` evenly spaced points
     per epoch (the last at the epoch's end), and the given fractions of training."""
     steps_per_epoch = max_steps / epochs
-    steps = {max(1, round(steps_per_epoch * (e + k / per_epoch))) for e in range(epochs) for k in range(1, per_epoch + 1)}
+    steps = {
+        max(1, round(steps_per_epoch * (e + k / per_epoch))) for e in range(epochs) for k in range(1, per_epoch + 1)
+    }
     return sorted(steps | {stop_step(max_steps, f) for f in fractions})
 
 
@@ -111,8 +115,14 @@ class ValidationRun:
             return None
         evaluation = self.validate(model)
         self.last, self.last_step = evaluation, step
-        vp = ValidationPoint(self.point_of(step), step, step / max(self.max_steps, 1), evaluation.scores.overall,
-                             evaluation.scores.label_logprob, evaluation)
+        vp = ValidationPoint(
+            self.point_of(step),
+            step,
+            step / max(self.max_steps, 1),
+            evaluation.scores.overall,
+            evaluation.scores.label_logprob,
+            evaluation,
+        )
         stop = bool(self.on_validation(vp))
         if stop:
             self.pruned_at = vp.point
@@ -127,8 +137,17 @@ def log_entry(vp: ValidationPoint) -> dict[str, float]:
     return out
 
 
-def build_training_args(output_dir: str, params: "TrialParams", train_cfg: Any, *, cuda: bool, dtype: Any,
-                        distributed: bool, run_name: str | None = None, eval_batch_size: int = 8):
+def build_training_args(
+    output_dir: str,
+    params: TrialParams,
+    train_cfg: Any,
+    *,
+    cuda: bool,
+    dtype: Any,
+    distributed: bool,
+    run_name: str | None = None,
+    eval_batch_size: int = 8,
+):
     import torch
     from transformers import TrainingArguments
 
@@ -179,7 +198,9 @@ class Progress:
         self.last = 0.0
         self.step_seconds = 0.0
 
-    def step(self, global_step: int, max_steps: int, epoch: float, epochs: float, loss: float | None, stop_at: int) -> None:
+    def step(
+        self, global_step: int, max_steps: int, epoch: float, epochs: float, loss: float | None, stop_at: int
+    ) -> None:
         if self.first_step is None:
             self.first_step = global_step - 1
         now = time.monotonic()
@@ -189,10 +210,12 @@ class Progress:
             return
         self.last = now
         eta = (stop_at - global_step) * self.step_seconds
-        self.emit(f"epoch {epoch:.2f}/{epochs:g} step {global_step}/{max_steps}"
-                  + (f" loss {loss:.4f}" if loss is not None else "")
-                  + (f" (pausing at step {stop_at})" if stop_at < max_steps else "")
-                  + f" ETA {format_seconds(eta)}")
+        self.emit(
+            f"epoch {epoch:.2f}/{epochs:g} step {global_step}/{max_steps}"
+            + (f" loss {loss:.4f}" if loss is not None else "")
+            + (f" (pausing at step {stop_at})" if stop_at < max_steps else "")
+            + f" ETA {format_seconds(eta)}"
+        )
 
 
 class Collator:

@@ -9,7 +9,8 @@ import functools
 import math
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,12 +44,12 @@ class StudyTrainer(Trainer):
         """A checkpoint's adapter, saved without peft's hub lookup: for a hub id it asks
         the hub about the base model's vocabulary at every save ("auto" embedding
         layers), and the embeddings are never trained here."""
-        save = self.model.save_pretrained
-        self.model.save_pretrained = functools.partial(save, save_embedding_layers=False)
+        model: Any = self.model  # a peft model (Trainer types it as any module)
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
         try:
             super()._save(output_dir, state_dict)
         finally:
-            del self.model.save_pretrained
+            del model.save_pretrained
 
     def _evaluate_and_measure(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         with oom_phase("evaluate"):
@@ -56,8 +57,9 @@ class StudyTrainer(Trainer):
         step = self.state.global_step
         if step not in self.validation.steps:
             return metrics
-        measured = self.validation.measure(self.model, step)
-        self.model.train()
+        model: Any = self.model
+        measured = self.validation.measure(model, step)
+        model.train()
         if measured is not None:
             vp, stop = measured
             self.log(log_entry(vp))
@@ -71,8 +73,15 @@ class StudyCallback(TrainerCallback):
     where the request pauses (a rung), before the session's deadline, when the process
     is asked to stop, or when the loss is no longer a number."""
 
-    def __init__(self, validation: ValidationRun, validations_per_epoch: int, progress: Callable[[str], None],
-                 deadline: float | None, stop_requested: Callable[[], bool], progress_interval: float) -> None:
+    def __init__(
+        self,
+        validation: ValidationRun,
+        validations_per_epoch: int,
+        progress: Callable[[str], None],
+        deadline: float | None,
+        stop_requested: Callable[[], bool],
+        progress_interval: float,
+    ) -> None:
         self.validation = validation
         self.per_epoch = validations_per_epoch
         self.emit = progress
@@ -103,15 +112,19 @@ class StudyCallback(TrainerCallback):
             self.paused = True
             control.should_save = True
             control.should_training_stop = True
-            self.emit(f"reached step {step}/{state.max_steps} ({100 * step / state.max_steps:.0f}% of training): "
-                      "checkpointing and pausing")
+            self.emit(
+                f"reached step {step}/{state.max_steps} ({100 * step / state.max_steps:.0f}% of training): "
+                "checkpointing and pausing"
+            )
             return
         loss = next((r["loss"] for r in reversed(state.log_history) if "loss" in r), None)
         self.progress.step(step, state.max_steps, state.epoch or 0.0, args.num_train_epochs, loss, v.stop_at)
         running = step < state.max_steps
         # Stop while there is still time for a few more steps' worth of work (the
         # checkpoint write): the next session resumes from exactly this step.
-        late = self.deadline is not None and time.monotonic() + max(5.0, 3 * self.progress.step_seconds) >= self.deadline
+        late = (
+            self.deadline is not None and time.monotonic() + max(5.0, 3 * self.progress.step_seconds) >= self.deadline
+        )
         asked, late = agree(running and self.stop_requested(), running and late)
         if asked:
             # SIGTERM: Trainer writes the checkpoint right after this step, then stops.
@@ -145,8 +158,12 @@ def agree(*flags: bool) -> tuple[bool, ...]:
 
 
 def _rng_state() -> tuple[Any, ...]:
-    return (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    return (
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
 
 
 def _set_rng_state(state: tuple[Any, ...]) -> None:

@@ -25,7 +25,9 @@ def artifact_store(base: str | Path, *, create: bool = True):
     return FileSystemArtifactStore(str(path))
 
 
-def upload_records(store: Any, study_or_trial: "optuna.Study | optuna.Trial", name: str, records: list[dict[str, Any]]) -> str:
+def upload_records(
+    store: Any, study_or_trial: optuna.Study | optuna.Trial, name: str, records: list[dict[str, Any]]
+) -> str:
     """Write ``records`` as a JSON-lines artifact on a trial or study; returns its id."""
     from optuna.artifacts import upload_artifact
 
@@ -34,8 +36,9 @@ def upload_records(store: Any, study_or_trial: "optuna.Study | optuna.Trial", na
         with open(path, "w", encoding="utf-8") as fh:
             for r in records:
                 fh.write(json.dumps(r) + "\n")
-        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study_or_trial,
-                               mimetype="application/jsonl")
+        return upload_artifact(
+            artifact_store=store, file_path=str(path), study_or_trial=study_or_trial, mimetype="application/jsonl"
+        )
 
 
 def read_records(store, artifact_id: str | None) -> list[dict[str, Any]] | None:
@@ -46,5 +49,5 @@ def read_records(store, artifact_id: str | None) -> list[dict[str, Any]] | None:
     try:
         with store.open_reader(artifact_id) as fh:
             return [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line.strip()]
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import UserError
-from optuna_search.core._files import file_sha256
+from optuna_search.core import UserError, file_sha256, writable
 from optuna_search.storage._checkpoints import study_checkpoints
 from optuna_search.storage._storages import check_storage_url, list_study_names, open_storage, read_only_uri, redact_url
 
@@ -80,12 +79,15 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
         raise UserError(f"no study database at '{db}' to export; run the study first or pass --storage")
     names = list_study_names(open_storage(loc.storage_url, mode="read"))
     if loc.study_name not in names:
-        raise UserError(f"no study {loc.study_name!r} in '{db}'; studies there: {', '.join(names) or 'none'} (pass --study-name)")
+        raise UserError(
+            f"no study {loc.study_name!r} in '{db}'; studies there: {', '.join(names) or 'none'} (pass --study-name)"
+        )
     if out.exists() and not out.is_dir():
         raise UserError(f"--output '{out}' is a file; a bundle is a directory: give a new directory path")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"bundle directory '{out}' exists and is not empty; choose a new --output")
-    out.mkdir(parents=True, exist_ok=True)
+    with writable(out):
+        out.mkdir(parents=True, exist_ok=True)
     src = sqlite3.connect(read_only_uri(db), uri=True)
     dst = sqlite3.connect(str(out / "study.db"))
     try:
@@ -100,7 +102,7 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
         shutil.copytree(ckpt, out / "checkpoints" / loc.study_name)
     if Path(loc.artifacts_dir).exists():
         shutil.copytree(loc.artifacts_dir, out / "artifacts")
-    files = {
+    files: dict[str, dict[str, Any]] = {
         str(p.relative_to(out)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
         for p in sorted(out.rglob("*"))
         if p.is_file() and p.name != MANIFEST
@@ -111,7 +113,7 @@ def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
         "optuna_version": optuna.__version__,
         "schema_revision": _schema_revision(out / "study.db"),
         "files": files,
-        "total_bytes": sum(f["bytes"] for f in files.values()),
+        "total_bytes": sum(int(f["bytes"]) for f in files.values()),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -121,14 +123,18 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """The manifest, checked for shape: a hand-edited one is refused with what is wrong."""
     mf = root / MANIFEST
     if not mf.exists():
-        raise UserError(f"'{root}' is not a study bundle (no {MANIFEST}); pass a directory written by `optuna-search export`")
+        raise UserError(
+            f"'{root}' is not a study bundle (no {MANIFEST}); pass a directory written by `optuna-search export`"
+        )
     try:
         manifest = json.loads(mf.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"bundle manifest '{mf}' is not valid JSON ({e}); export the bundle again") from None
     problems = []
     if not isinstance(manifest, dict):
-        raise UserError(f"bundle manifest '{mf}' must be a JSON object, got {type(manifest).__name__}; export the bundle again")
+        raise UserError(
+            f"bundle manifest '{mf}' must be a JSON object, got {type(manifest).__name__}; export the bundle again"
+        )
     if manifest.get("format") != BUNDLE_FORMAT:
         problems.append(f"format is {manifest.get('format')!r}; this version reads format {BUNDLE_FORMAT}")
     if not isinstance(manifest.get("study_name"), str) or not manifest.get("study_name"):
@@ -138,12 +144,16 @@ def read_manifest(root: Path) -> dict[str, Any]:
         problems.append("files must be an object listing at least study.db")
     else:
         for rel, meta in files.items():
-            if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and isinstance(meta.get("bytes"), int)):
-                problems.append(f"files[{rel!r}] must be {{\"sha256\": str, \"bytes\": int}}")
+            if not (
+                isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and isinstance(meta.get("bytes"), int)
+            ):
+                problems.append(f'files[{rel!r}] must be {{"sha256": str, "bytes": int}}')
             elif Path(rel).is_absolute() or ".." in Path(rel).parts:
                 problems.append(f"files[{rel!r}] points outside the bundle")
     if problems:
-        raise UserError(f"bundle manifest '{mf}' is not one `optuna-search export` writes; export the bundle again:", problems)
+        raise UserError(
+            f"bundle manifest '{mf}' is not one `optuna-search export` writes; export the bundle again:", problems
+        )
     return manifest
 
 
@@ -160,18 +170,24 @@ def verify_bundle(bundle: str | Path) -> dict[str, Any]:
             bad.append(f"{rel}: missing")
         elif p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
             bad.append(f"{rel}: checksum mismatch")
-    extra = [str(p.relative_to(root)) for p in sorted(root.rglob("*"))
-             if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in files]
+    extra = [
+        str(p.relative_to(root))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in files
+    ]
     bad += [f"{rel}: not listed in the manifest (nothing is imported unchecked)" for rel in extra]
     if not bad:
         names = _study_names(root / "study.db")
         if manifest["study_name"] not in names:
-            raise UserError(f"bundle '{root}': its manifest names study {manifest['study_name']!r} but its database holds "
-                            f"{', '.join(map(repr, names)) or 'no study'}: the manifest was edited; re-export the bundle "
-                            "from the session that wrote it")
+            raise UserError(
+                f"bundle '{root}': its manifest names study {manifest['study_name']!r} but its database holds "
+                f"{', '.join(map(repr, names)) or 'no study'}: the manifest was edited; re-export the bundle "
+                "from the session that wrote it"
+            )
     if bad:
         raise UserError(
-            f"bundle '{root}' is damaged ({len(bad)} problems in {len(files)} listed files); re-export it from the session that wrote it:",
+            f"bundle '{root}' is damaged ({len(bad)} problems in {len(files)} listed files); re-export it from "
+            "the session that wrote it:",
             bad[:10] + ([f"... and {len(bad) - 10} more"] if len(bad) > 10 else []),
         )
     return manifest

@@ -16,8 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core._files import file_sha256
-from optuna_search.core._params import point_dirname
+from optuna_search.core import file_sha256, point_dirname
 
 RUN_SETTINGS = "run_settings.json"
 FINAL_ADAPTER = "final-adapter"
@@ -46,7 +45,7 @@ def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
         step = p.name.removeprefix("checkpoint-")
         if p.is_dir() and step.isdigit():
             found.append((int(step), p))
-    broken = []
+    broken: list[Path] = []
     for _, p in sorted(found, reverse=True):
         if (p / COMPLETE_MARKER).is_file():
             return p, broken
@@ -115,7 +114,9 @@ def restart_with_settings(folder: Path, batch_size: int, gradient_accumulation: 
     kept = {k: v for k, v in read_run_settings(folder).items() if k == "eval_batch_size"}
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_SETTINGS).write_text(json.dumps({**kept, "batch_size": batch_size, "gradient_accumulation": gradient_accumulation}))
+    (folder / RUN_SETTINGS).write_text(
+        json.dumps({**kept, "batch_size": batch_size, "gradient_accumulation": gradient_accumulation})
+    )
 
 
 def update_run_settings(folder: Path, **settings: int) -> None:

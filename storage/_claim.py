@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _key(study_name: str) -> int:
@@ -51,10 +52,10 @@ class ClaimLock:
         self._name = study_name
         self._engine = engine
         self._dialect = engine.dialect.name
-        self._conn = None
+        self._conn: Any = None
         self._file: contextlib.AbstractContextManager | None = None
 
-    def __enter__(self) -> "ClaimLock":
+    def __enter__(self) -> ClaimLock:
         if self._dialect == "sqlite":
             self._file = file_lock(lock_path(self._engine.url.database))
             self._file.__enter__()

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from optuna_search.core._record import PAUSED_ATTR
+from optuna_search.core import PAUSED_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -31,7 +32,7 @@ FIXED_PARAMS = "fixed_params"
 PAUSED = PAUSED_ATTR
 
 
-def storage_of(study: "optuna.Study") -> Any:
+def storage_of(study: optuna.Study) -> Any:
     """The storage a study reads and writes through (possibly a caching wrapper)."""
     return study._storage
 
@@ -46,21 +47,21 @@ def engine_of(study_or_storage: Any) -> Any:
     return rdb_backend(storage).engine
 
 
-def study_id(study: "optuna.Study") -> int:
+def study_id(study: optuna.Study) -> int:
     return study._study_id
 
 
-def trial_id(trial: "Trial | FrozenTrial") -> int:
+def trial_id(trial: Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
-def stored_trial(study: "optuna.Study", trial: "Trial | FrozenTrial") -> "FrozenTrial":
+def stored_trial(study: optuna.Study, trial: Trial | FrozenTrial) -> FrozenTrial:
     """The trial as stored now: a live ``optuna.Trial`` caches its user attrs from when it
     was asked, so attrs written since (through the storage) are missing from it."""
     return study._storage.get_trial(trial._trial_id)
 
 
-def live_trial(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial":
+def live_trial(study: optuna.Study, frozen: FrozenTrial) -> Trial:
     """A live ``optuna.Trial`` on a RUNNING trial that this process did not ask for (a
     configuration successive halving resumes): report() and should_prune() work on it."""
     from optuna.trial import Trial
@@ -68,7 +69,7 @@ def live_trial(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial":
     return Trial(study, frozen._trial_id)
 
 
-def claim_waiting(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial | None":
+def claim_waiting(study: optuna.Study, frozen: FrozenTrial) -> Trial | None:
     """Start one particular WAITING trial (a retry of a killed one) as ``study.ask()``
     starts the oldest: RUNNING, with its params. None when another process took it."""
     from optuna.exceptions import UpdateFinishedTrialError
@@ -82,12 +83,12 @@ def claim_waiting(study: "optuna.Study", frozen: "FrozenTrial") -> "Trial | None
     return live_trial(study, frozen)
 
 
-def heartbeat_enabled(study: "optuna.Study") -> bool:
+def heartbeat_enabled(study: optuna.Study) -> bool:
     return getattr(rdb_backend(study._storage), "heartbeat_interval", None) is not None
 
 
 @contextlib.contextmanager
-def heartbeat(study: "optuna.Study", trial: "Trial | FrozenTrial") -> Iterator[None]:
+def heartbeat(study: optuna.Study, trial: Trial | FrozenTrial) -> Iterator[None]:
     """Record the trial's heartbeat while the block runs, as ``Study.optimize`` does."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
@@ -95,17 +96,17 @@ def heartbeat(study: "optuna.Study", trial: "Trial | FrozenTrial") -> Iterator[N
         yield
 
 
-def set_trial_user_attr(study: "optuna.Study", trial: "Trial | FrozenTrial", key: str, value: Any) -> None:
+def set_trial_user_attr(study: optuna.Study, trial: Trial | FrozenTrial, key: str, value: Any) -> None:
     """Set a user attr on any trial of the study, finished ones included (used by
     ``storage._records`` only)."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
 
 
-def set_trial_system_attr(study: "optuna.Study", trial: "Trial | FrozenTrial", key: str, value: Any) -> None:
+def set_trial_system_attr(study: optuna.Study, trial: Trial | FrozenTrial, key: str, value: Any) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
-def fail_trial(study: "optuna.Study", trial: "Trial | FrozenTrial") -> bool:
+def fail_trial(study: optuna.Study, trial: Trial | FrozenTrial) -> bool:
     """Mark a RUNNING trial FAIL; False when another process finished it first."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
@@ -116,12 +117,12 @@ def fail_trial(study: "optuna.Study", trial: "Trial | FrozenTrial") -> bool:
         return False
 
 
-def paused_at(trial: "FrozenTrial") -> int | None:
+def paused_at(trial: FrozenTrial) -> int | None:
     """The rung a paused trial waits at (successive halving), else None."""
     return trial.system_attrs.get(PAUSED)
 
 
-def pause(study: "optuna.Study", trial: "Trial | FrozenTrial", rung: int) -> None:
+def pause(study: optuna.Study, trial: Trial | FrozenTrial, rung: int) -> None:
     """Leave a RUNNING trial waiting at a rung: marked paused, and its heartbeat row
     removed, so Optuna's stale-trial check (which fails RUNNING trials whose heartbeat
     is old) does not count a pause as a death."""
@@ -133,11 +134,13 @@ def pause(study: "optuna.Study", trial: "Trial | FrozenTrial", rung: int) -> Non
             conn.execute(text("DELETE FROM trial_heartbeats WHERE trial_id = :t"), {"t": trial._trial_id})
 
 
-def unpause(study: "optuna.Study", trial: "Trial | FrozenTrial") -> None:
+def unpause(study: optuna.Study, trial: Trial | FrozenTrial) -> None:
     set_trial_system_attr(study, trial, PAUSED, None)
 
 
-def running_trials_without_heartbeat(study: "optuna.Study", trials: list["FrozenTrial"], older_than_s: float) -> list["FrozenTrial"]:
+def running_trials_without_heartbeat(
+    study: optuna.Study, trials: list[FrozenTrial], older_than_s: float
+) -> list[FrozenTrial]:
     """RUNNING trials with no heartbeat record, started more than ``older_than_s`` ago,
     paused ones excepted.
 
@@ -163,8 +166,10 @@ def running_trials_without_heartbeat(study: "optuna.Study", trials: list["Frozen
         }
     now = dt.datetime.now()
     return [
-        t for t in running
-        if t._trial_id not in beating and t.datetime_start is not None
+        t
+        for t in running
+        if t._trial_id not in beating
+        and t.datetime_start is not None
         and (now - t.datetime_start).total_seconds() > older_than_s
     ]
 

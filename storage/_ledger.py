@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import StudyMeta, TrialRecord
 from optuna_search.storage._internals import (
@@ -72,7 +73,7 @@ Listener = Callable[[Commit], None]
 class Ledger:
     """The study's trials as a ledger of lifecycle operations (see the module docstring)."""
 
-    def __init__(self, study: "optuna.Study", fields: list[str] | None = None, *, artifacts: Any = None) -> None:
+    def __init__(self, study: optuna.Study, fields: list[str] | None = None, *, artifacts: Any = None) -> None:
         self.study = study
         self.fields = list(fields or [])
         """The label fields (to read trial records back)."""
@@ -83,14 +84,15 @@ class Ledger:
     def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)
 
-    def _commit(self, kind: str, trial: "Trial | FrozenTrial | None" = None, *, finished: bool = False) -> None:
-        event = Commit(kind, None if trial is None else trial.number, dict(trial.params) if trial is not None else {},
-                       finished)
+    def _commit(self, kind: str, trial: Trial | FrozenTrial | None = None, *, finished: bool = False) -> None:
+        event = Commit(
+            kind, None if trial is None else trial.number, dict(trial.params) if trial is not None else {}, finished
+        )
         for listener in self.listeners:
             listener(event)
 
     # -- a trial starts --------------------------------------------------------------
-    def new(self, distributions: dict[str, Any], params: dict[str, Any] | None = None, sampler: Any = None) -> "Trial":
+    def new(self, distributions: dict[str, Any], params: dict[str, Any] | None = None, sampler: Any = None) -> Trial:
         """A new RUNNING trial: at ``params`` (a grid's point through its sampler, or a
         fixed point), else where the study's sampler proposes."""
         if params is not None and sampler is not None and hasattr(sampler, "ask_point"):
@@ -102,7 +104,7 @@ class Ledger:
         self._commit("new", trial)
         return trial
 
-    def claim_waiting(self, frozen: "FrozenTrial") -> "Trial | None":
+    def claim_waiting(self, frozen: FrozenTrial) -> Trial | None:
         """A WAITING retry of a killed trial, now RUNNING here (None: another process
         claimed it first); what the killed attempt recorded about its ending is cleared."""
         trial = claim_waiting(self.study, frozen)
@@ -111,7 +113,7 @@ class Ledger:
             self._commit("claim", trial)
         return trial
 
-    def resume_paused(self, frozen: "FrozenTrial") -> "Trial":
+    def resume_paused(self, frozen: FrozenTrial) -> Trial:
         """A configuration paused at a rung, promoted (or interrupted there): RUNNING again."""
         unpause(self.study, frozen)
         trial = live_trial(self.study, frozen)
@@ -119,28 +121,35 @@ class Ledger:
         self._commit("resume", trial)
         return trial
 
-    def start(self, trial: "Trial", record: TrialRecord) -> None:
+    def start(self, trial: Trial, record: TrialRecord) -> None:
         """The starting record: point, attempts, worker, host, what it is evaluated on."""
         self._write(trial, record)
 
     @contextlib.contextmanager
-    def heartbeat(self, trial: "Trial") -> Iterator[None]:
+    def heartbeat(self, trial: Trial) -> Iterator[None]:
         """The trial's heartbeat while it trains: a dead process's trial goes stale."""
         with heartbeat(self.study, trial):
             yield
 
     # -- while it trains ---------------------------------------------------------------
-    def report(self, trial: "Trial", step: int, value: float) -> None:
+    def report(self, trial: Trial, step: int, value: float) -> None:
         """A validation point's value (an intermediate value), once per step."""
         if step not in stored_trial(self.study, trial).intermediate_values:
             trial.report(value, step=step)
 
-    def should_prune(self, trial: "Trial") -> bool:
+    def should_prune(self, trial: Trial) -> bool:
         return bool(trial.should_prune())
 
     # -- how it ended --------------------------------------------------------------------
-    def complete(self, trial: "Trial", record: TrialRecord, values: list[float], *,
-                 predictions: dict[str, list[dict[str, Any]]] | None = None, note: Callable[[TrialRecord], str] | None = None) -> None:
+    def complete(
+        self,
+        trial: Trial,
+        record: TrialRecord,
+        values: list[float],
+        *,
+        predictions: dict[str, list[dict[str, Any]]] | None = None,
+        note: Callable[[TrialRecord], str] | None = None,
+    ) -> None:
         """Finished: its predictions stored as artifacts, its record and note written, then
         Optuna told its values (the last step: a kill before it leaves a resumable trial)."""
         record = record.replace(**self._store_predictions(trial, predictions or {}))
@@ -152,21 +161,21 @@ class Ledger:
         self.study.tell(trial, values if len(values) > 1 else values[0])
         self._commit("complete", trial, finished=True)
 
-    def prune(self, trial: "Trial", record: TrialRecord) -> None:
+    def prune(self, trial: Trial, record: TrialRecord) -> None:
         from optuna.trial import TrialState
 
         self._write(trial, record)
         self.study.tell(trial, state=TrialState.PRUNED)
         self._commit("prune", trial, finished=True)
 
-    def pause(self, trial: "Trial", record: TrialRecord, rung: int) -> None:
+    def pause(self, trial: Trial, record: TrialRecord, rung: int) -> None:
         """Stopped at a rung's checkpoint (successive halving), or interrupted between
         rungs: the same trial waits, RUNNING without a heartbeat, and resumes later."""
         self._write(trial, record)
         pause(self.study, trial, rung)
         self._commit("pause", trial)
 
-    def fail(self, trial: "Trial", record: TrialRecord) -> None:
+    def fail(self, trial: Trial, record: TrialRecord) -> None:
         """An error of this configuration (its message in ``record.error``): it waits for
         ``run --retry-failed``."""
         from optuna.trial import TrialState
@@ -175,7 +184,7 @@ class Ledger:
         self.study.tell(trial, state=TrialState.FAIL)
         self._commit("fail", trial, finished=True)
 
-    def interrupt(self, trial: "Trial", record: TrialRecord) -> None:
+    def interrupt(self, trial: Trial, record: TrialRecord) -> None:
         """Stopped by something that is not its fault (Ctrl-C, SIGTERM, the time budget,
         bad input, a full disk): FAIL without an error, resumed from its checkpoint next time."""
         from optuna.trial import TrialState
@@ -184,7 +193,7 @@ class Ledger:
         self.study.tell(trial, state=TrialState.FAIL)
         self._commit("interrupt", trial)
 
-    def prune_paused(self, frozen: "FrozenTrial") -> None:
+    def prune_paused(self, frozen: FrozenTrial) -> None:
         """A paused configuration that a rung did not promote."""
         from optuna.trial import TrialState
 
@@ -218,7 +227,7 @@ class Ledger:
             self._commit("reconcile")
         return max(gone, failed)
 
-    def copy_in(self, trials: list["FrozenTrial"], source: str, skipped: list[str]) -> None:
+    def copy_in(self, trials: list[FrozenTrial], source: str, skipped: list[str]) -> None:
         """Finished trials of another study, added as they are (a warm start)."""
         self.study.add_trials(trials)
         self.write_meta(StudyMeta(warm_start={"study": source, "trials": len(trials), "skipped": skipped}))
@@ -231,21 +240,21 @@ class Ledger:
     def write_meta(self, meta: StudyMeta) -> None:
         write_meta(self.study, meta)
 
-    def record_of(self, trial: "Trial | FrozenTrial") -> TrialRecord:
+    def record_of(self, trial: Trial | FrozenTrial) -> TrialRecord:
         """The trial's record as stored now (a live trial's own copy lags behind)."""
         return TrialRecord.from_trial(stored_trial(self.study, trial), self.fields)
 
-    def _write(self, trial: "Trial | FrozenTrial", record: TrialRecord) -> None:
+    def _write(self, trial: Trial | FrozenTrial, record: TrialRecord) -> None:
         for key, value in record.to_user_attrs().items():
             set_trial_user_attr(self.study, trial, key, value)
 
-    def _clear(self, trial: "Trial", keys: tuple[str, ...]) -> None:
+    def _clear(self, trial: Trial, keys: tuple[str, ...]) -> None:
         ua = stored_trial(self.study, trial).user_attrs
         for key in keys:
             if ua.get(key) is not None:
                 set_trial_user_attr(self.study, trial, key, None)
 
-    def _store_predictions(self, trial: "Trial", predictions: dict[str, list[dict[str, Any]]]) -> dict[str, str | None]:
+    def _store_predictions(self, trial: Trial, predictions: dict[str, list[dict[str, Any]]]) -> dict[str, str | None]:
         """Upload each split's predictions as a JSON-lines artifact of the trial."""
         ids: dict[str, str | None] = {}
         if self.artifacts is None:
@@ -256,7 +265,13 @@ class Ledger:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / f"{name}-trial{trial.number}.jsonl"
                 path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-                ids[name] = upload_artifact(artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial,
-                                            mimetype="application/jsonl")
-        return {"predictions_artifact_id": ids.get("predictions"),
-                "validation_predictions_artifact_id": ids.get("validation-predictions")}
+                ids[name] = upload_artifact(
+                    artifact_store=self.artifacts,
+                    file_path=str(path),
+                    study_or_trial=trial,
+                    mimetype="application/jsonl",
+                )
+        return {
+            "predictions_artifact_id": ids.get("predictions"),
+            "validation_predictions_artifact_id": ids.get("validation-predictions"),
+        }

@@ -12,11 +12,11 @@ if TYPE_CHECKING:
     import optuna
 
 
-def write_meta(study: "optuna.Study", meta: StudyMeta) -> None:
+def write_meta(study: optuna.Study, meta: StudyMeta) -> None:
     """Write the fields of a (partial) study record as the study's user attrs."""
     for key, value in meta.to_user_attrs().items():
         study.set_user_attr(key, value)
 
 
-def read_meta(study: "optuna.Study") -> StudyMeta:
+def read_meta(study: optuna.Study) -> StudyMeta:
     return StudyMeta.from_user_attrs(study.user_attrs)

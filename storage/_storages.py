@@ -22,11 +22,11 @@ import sqlite3
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from optuna_search.core import Config, UserError
-from optuna_search.core._schema import StorageSection, StudySection
+from optuna_search.core import Config, StorageSection, StudySection, UserError
 from optuna_search.storage._claim import file_lock, lock_path
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
@@ -45,7 +45,7 @@ def redact_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparseable URL: hide everything after '//'
+    except Exception:
         head, sep, _ = url.partition("//")
         return head + sep + "***" if sep else url
 
@@ -74,7 +74,7 @@ def redact_text(text: str, url: str) -> str:
         from sqlalchemy.engine import make_url
 
         pw = make_url(url).password
-    except Exception:  # noqa: BLE001
+    except Exception:
         pw = None
     return text.replace(pw, "***") if pw else text
 
@@ -93,7 +93,9 @@ def check_storage_url(url: str, *, must_exist: bool = False, writable: bool = Tr
         raise UserError(f"storage URL '{shown}' is not a database URL; {_FIX}") from None
     except ValueError:  # sqlalchemy converts the port to int while parsing
         port = url.split("@")[-1].split("/")[0].rsplit(":", 1)[-1]
-        raise UserError(f"storage URL '{shown}': port {port!r} is not a number; e.g. postgresql://user@host:5432/db") from None
+        raise UserError(
+            f"storage URL '{shown}': port {port!r} is not a number; e.g. postgresql://user@host:5432/db"
+        ) from None
     dialect = parsed.get_backend_name()
     if dialect not in SUPPORTED_DIALECTS:
         raise UserError(f"storage URL '{shown}' uses '{dialect}', which is not supported; {_FIX}")
@@ -116,10 +118,14 @@ def _check_sqlite_url(parsed: Any, shown: str, *, must_exist: bool, writable: bo
         )
     db = parsed.database
     if not db or db == ":memory:":
-        raise UserError(f"storage URL '{shown}' is an in-memory database; a study there is lost when the process ends. {_FIX}")
+        raise UserError(
+            f"storage URL '{shown}' is an in-memory database; a study there is lost when the process ends. {_FIX}"
+        )
     path = Path(db)
     if path.is_dir():
-        raise UserError(f"storage '{shown}': '{path}' is a directory; give a database file inside it, e.g. sqlite:///{path}/study.db")
+        raise UserError(
+            f"storage '{shown}': '{path}' is a directory; give a database file inside it, e.g. sqlite:///{path}/study.db"
+        )
     if must_exist and not path.exists():
         raise UserError(f"storage '{shown}': database file '{path}' does not exist; check --storage")
     parent = path.parent if str(path.parent) else Path(".")
@@ -172,7 +178,9 @@ def damaged_database_message(shown: str, path: Path | str, detail: str) -> str:
     )
 
 
-def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | None = None, grace_period: int | None = None):
+def open_storage(
+    url: str, *, mode: str = "create", heartbeat_interval: int | None = None, grace_period: int | None = None
+):
     """An ``optuna.storages.RDBStorage`` for ``url`` opened for ``mode`` (see the module
     docstring); heartbeat on when an interval is given."""
     if mode not in MODES:
@@ -194,8 +202,11 @@ def open_storage(url: str, *, mode: str = "create", heartbeat_interval: int | No
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         # A killed trial is queued again (WAITING, same params): the retry resumes it.
-        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+        kwargs.update(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+        )
     with _schema_lock(parsed if sqlite and mode == "create" else None):
         storage = _create_rdb_storage(full, url, kwargs)
     if sqlite and mode != "read":
@@ -282,7 +293,7 @@ def _create_rdb_storage(full: str, url: str, kwargs: dict[str, Any]):
                     f"upgrade; back it up, then run: optuna storage upgrade --storage '{redact_url(url)}'"
                 ) from None
             raise
-        except Exception as e:  # noqa: BLE001 - connection errors of any driver
+        except Exception as e:
             raise UserError(_open_error(e, url)) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -299,15 +310,19 @@ def _check_server_database(full: str, url: str, mode: str) -> None:
     try:
         with engine.connect() as conn:
             tables = set(sqlalchemy.inspect(conn).get_table_names())
-    except Exception as e:  # noqa: BLE001 - any driver's connection error
+    except Exception as e:
         raise UserError(_open_error(e, url)) from None
     finally:
         engine.dispose()
     if tables and not tables & OPTUNA_TABLES:
-        raise UserError(f"storage '{shown}' is a database of another application (tables: {', '.join(sorted(tables)[:8])}); "
-                        "give Optuna a database of its own, e.g. `createdb optuna` and postgresql://user@host/optuna")
+        raise UserError(
+            f"storage '{shown}' is a database of another application (tables: {', '.join(sorted(tables)[:8])}); "
+            "give Optuna a database of its own, e.g. `createdb optuna` and postgresql://user@host/optuna"
+        )
     if mode != "create" and not tables & OPTUNA_TABLES:
-        raise UserError(f"storage '{shown}' holds no Optuna study (an empty database); run a study there first or check --storage")
+        raise UserError(
+            f"storage '{shown}' holds no Optuna study (an empty database); run a study there first or check --storage"
+        )
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -323,8 +338,8 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
-def _open_error(e: Exception, url: str) -> str:
-    e = _root_cause(e)
+def _open_error(error: Exception, url: str) -> str:
+    e = _root_cause(error)
     msg = redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, url)
     if "malformed" in msg or "not a database" in msg:
         return damaged_database_message(redact_url(url), url, msg)
@@ -345,3 +360,26 @@ def list_study_names(storage) -> list[str]:
     import optuna
 
     return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def study_home(url: str) -> Path | None:
+    """The folder of a SQLite study's database: where the study ran (its relative paths,
+    checkpoints and artifacts, are relative to it). None for a server database."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return Path(str(parsed.database).removeprefix("file:").split("?")[0]).expanduser().resolve().parent
+
+
+def located(path: str | Path, home: Path | None) -> Path:
+    """A stored relative path: as it is when it exists from here, else relative to the
+    study's home (a reading command run from another folder), else as it is."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or home is None or not (home / p).exists():
+        return p
+    return home / p

@@ -232,3 +232,17 @@ def test_an_old_kaggle_study_resumes_with_the_new_preset():
     assert adjusted.train.optim == "adamw_torch" and diff_semantic(stored, adjusted.to_dict()) == []
     mine, _ = adopt_legacy_defaults(stored, preset, explicit={"train.optim"})
     assert diff_semantic(stored, mine.to_dict()) == ["train.optim: study has 'adamw_torch', config has 'paged_adamw_8bit'"]
+
+
+def test_the_type_checkers_view_of_trial_params_is_the_table():
+    """core/_params.py spells TrialParams' fields out for mypy; they must be the table's."""
+    import ast
+    import dataclasses
+
+    from conftest import REPO
+    from optuna_search.core import HYPERPARAMETERS, TrialParams
+
+    tree = ast.parse((REPO / "core" / "_params.py").read_text())
+    stub = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TrialParams")
+    declared = [n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)]
+    assert declared == [h.name for h in HYPERPARAMETERS] == [f.name for f in dataclasses.fields(TrialParams)]

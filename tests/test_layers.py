@@ -154,3 +154,21 @@ def test_optuna_private_api_stays_in_internals():
     pattern = re.compile(r"\b(study|trial|storage|sampler|frozen|t)\._(storage|study_id|trial_id|backend|param_names|all_grids|search_space|contains)\b")
     found = [f"{folder}/{p.name}" for folder, p in _sources() if p.name != "_internals.py" and pattern.search(p.read_text())]
     assert not found, found
+
+
+PRIVATE_EXCEPTIONS = {"optuna_search.objectives._trainer"}
+"""Reached into from another package: objectives' Trainer subclasses import transformers at
+the top, so they are imported inside the one function that trains (never through
+objectives/__init__, which ``--help`` imports)."""
+
+
+def test_packages_use_each_others_public_names_only():
+    """A package imports what another exposes in its __init__, not its private modules."""
+    wrong = []
+    for folder, path in _sources():
+        for node, name in _imports(path):
+            parts = name.split(".")
+            if (len(parts) >= 3 and parts[0] == "optuna_search" and parts[1] in FOLDERS and parts[1] != folder
+                    and parts[2].startswith("_") and name not in PRIVATE_EXCEPTIONS):
+                wrong.append(f"{folder}/{path.relative_to(REPO / folder)}:{node.lineno} imports {name}")
+    assert not wrong, "\n".join(wrong)

@@ -171,3 +171,90 @@ def test_merge_writes_a_plain_model_that_answers_like_the_adapter(scored_study, 
     assert merged.dtype == torch.float16 and not hasattr(merged, "peft_config")
     tok = AutoTokenizer.from_pretrained(str(model_dir / "merged"))
     assert tok.chat_template  # the prompt's template travels with it
+
+
+def test_a_resumed_output_must_come_from_the_same_model(scored_study, tmp_path):
+    """Seen: `predict --output p.jsonl` with the best trial, then the same output with
+    another --trial: 'wrote 0 predictions', exit 0, and the provenance renamed to the
+    other trial while every row came from the first."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(line + "\n" for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:3]))
+    out = tmp_path / "p.jsonl"
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{scored_study / 'optuna-search-demo.db'}")
+    best, other = study.best_trial.number, next(t.number for t in study.trials if t.number != study.best_trial.number)
+    first = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(best), cwd=scored_study)
+    assert first.returncode == 0, first.stderr[-2000:]
+    sidecar = (tmp_path / "p.jsonl.provenance.json").read_text()
+    again = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(other), cwd=scored_study)
+    assert again.returncode == 2 and "holds predictions of another model" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "p.jsonl.provenance.json").read_text() == sidecar  # never rewritten
+    same = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(best), cwd=scored_study)
+    assert same.returncode == 0 and "(3 already there from an earlier run)" in same.stdout
+
+
+def test_no_usable_row_is_an_error_that_names_the_column(scored_study, tmp_path):
+    """Seen: a CSV with `text` instead of `input`: 'skipped 2 bad rows', exit 0, an empty
+    output; an empty input also exited 0."""
+    csv_in = tmp_path / "in.csv"
+    csv_in.write_text("id,text\na,The game crashes\nb,Audio stutters\n")
+    proc = run_main("predict", "--preset", "demo", "-i", str(csv_in), "-o", str(tmp_path / "p.jsonl"), cwd=scored_study)
+    assert proc.returncode == 2 and "no row has text in column 'input'" in proc.stderr and "data.input_column" in proc.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    proc = run_main("predict", "--preset", "demo", "-i", str(empty), "-o", str(tmp_path / "q.jsonl"), cwd=scored_study)
+    assert proc.returncode == 2 and "has no rows" in proc.stderr
+
+
+def test_invalid_utf8_is_a_bad_row_and_csv_keeps_the_other_columns(scored_study, tmp_path):
+    rows = [json.loads(line) for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:2]]
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(json.dumps(rows[0]).encode() + b"\n" + b'{"id": "x", "input": "caf\xe9"}\n' + json.dumps(rows[1]).encode() + b"\n")
+    out = tmp_path / "p.csv"
+    proc = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), cwd=scored_study)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{inp}:2: not UTF-8 text (byte" in proc.stderr and "skipped 1 bad rows" in proc.stdout
+    import csv
+
+    with open(out, newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [r["id"] for r in got] == [rows[0]["id"], rows[1]["id"]]
+    assert got[0]["output"] == rows[0]["output"] and set(FIELDS) <= set(got[0])  # passed through, as in JSONL
+
+
+def test_a_read_only_output_folder_is_one_line(scored_study, tmp_path, monkeypatch):
+    """Seen: OSError [Errno 30] tracebacks (exit 1) from predict and export-model."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    def read_only(path, mode="r", *a, **kw):
+        if str(path).startswith(str(tmp_path / "ro")) and any(c in mode for c in "wax"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, mode, *a, **kw)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(builtins, "open", read_only)
+    proc = run_main("predict", "--preset", "demo", "-i", str(ensure_demo_data() / "test.jsonl"), "-o",
+                    str(tmp_path / "ro" / "p.jsonl"), cwd=scored_study)
+    assert proc.returncode == 2 and "Read-only file system" in proc.stderr and "Traceback" not in proc.stderr
+    real_mkdir = type(tmp_path).mkdir
+    monkeypatch.setattr(type(tmp_path), "mkdir", lambda self, *a, **kw: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system", str(self))) if str(self).startswith(str(tmp_path / "ro")) else real_mkdir(self, *a, **kw))
+    proc = run_main("export-model", "--preset", "demo", "-o", str(tmp_path / "ro" / "m"), cwd=scored_study)
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_answers_outside_the_label_set_are_null_with_the_raw_answer(scored_study, monkeypatch):
+    """Seen: a generated severity word under component written as the component label."""
+    from optuna_search.objectives import Prediction
+    from optuna_search.search.use import _predict
+
+    predictor = _predict.Predictor.from_study(f"sqlite:///{scored_study / 'optuna-search-demo.db'}")
+    fake = Prediction("1", {}, {"severity": "high", "component": "medium", "reproducibility": None}, "raw")
+    monkeypatch.setattr(_predict, "evaluate_examples", lambda *a, **kw: [fake])
+    (p,) = predictor.predict("Title: The game crashes")
+    assert p.labels == {"severity": "high", "component": None, "reproducibility": None}
+    assert p.invalid == {"component": "medium", "reproducibility": None} and p.to_record()["invalid"] == p.invalid
+    with pytest.raises(Exception, match="is not a row"):
+        predictor.predict([None])

@@ -23,18 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
-from optuna_search.dashboards._report import Report, collect_report, write_report
-from optuna_search.objectives._memory import prefer_expandable_segments
-from optuna_search.objectives._quiet import quiet_libraries
+from optuna_search.dashboards import Report, collect_report, write_report
+from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front._config import load_config
-from optuna_search.search.use._export_model import export_model as _export_model
-from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.use._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
 from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.loop._open import open_for_reading
 from optuna_search.search.loop._run import Summary, print_summary
 from optuna_search.search.loop._status import status as _status
-from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._records import read_meta
+from optuna_search.search.use._export_model import export_model as _export_model
+from optuna_search.search.use._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
+from optuna_search.storage import artifact_store, read_meta
 
 if TYPE_CHECKING:
     import optuna
@@ -58,9 +56,16 @@ class StudyResult:
         return print_summary(Summary(self.summary, self.exit_code, self.problems))
 
 
-def run(config: "Config | RunRequest", *, retry_failed: bool = False, time_budget: float | None = None,
-        workers: int | None = 1, oversubscribe: bool = False, progress_interval: float = 10.0,
-        resume_from: str | None = None) -> StudyResult:
+def run(
+    config: Config | RunRequest,
+    *,
+    retry_failed: bool = False,
+    time_budget: float | None = None,
+    workers: int | None = 1,
+    oversubscribe: bool = False,
+    progress_interval: float = 10.0,
+    resume_from: str | None = None,
+) -> StudyResult:
     """Create or resume the study ``config`` names and run what it lacks, as
     ``optuna-search run`` (the same front door): ``time_budget`` in seconds, ``workers``
     parallel processes (None: one per visible GPU). ``config`` may be a :class:`RunRequest`
@@ -68,9 +73,20 @@ def run(config: "Config | RunRequest", *, retry_failed: bool = False, time_budge
     set are then known, exactly as the command line knows them)."""
     quiet_libraries()
     prefer_expandable_segments(os.environ)  # takes effect if CUDA has not started yet in this process
-    request = config if isinstance(config, RunRequest) else RunRequest(
-        config, None, retry_failed=retry_failed, time_budget_s=time_budget, workers=workers, oversubscribe=oversubscribe,
-        progress_interval=progress_interval, resume_from=resume_from)
+    request = (
+        config
+        if isinstance(config, RunRequest)
+        else RunRequest(
+            config,
+            None,
+            retry_failed=retry_failed,
+            time_budget_s=time_budget,
+            workers=workers,
+            oversubscribe=oversubscribe,
+            progress_interval=progress_interval,
+            resume_from=resume_from,
+        )
+    )
     result = execute(request)
     assert result.outcome is not None and result.summary is not None
     s = result.summary
@@ -81,7 +97,7 @@ def run(config: "Config | RunRequest", *, retry_failed: bool = False, time_budge
 class StudyHandle:
     """A study opened for reading: its config, typed trial records, best, baselines."""
 
-    def __init__(self, study: "optuna.Study", config: Config) -> None:
+    def __init__(self, study: optuna.Study, config: Config) -> None:
         self.study = study
         self.config = config
 
@@ -101,8 +117,12 @@ class StudyHandle:
         (see ``pareto_front``)."""
         if len(self.config.study.objectives) > 1:
             return None
-        return best_record(self.records, self.config.study.objectives[0], self.config.eval.objective_split,
-                           list(self.config.data.fields))
+        return best_record(
+            self.records,
+            self.config.study.objectives[0],
+            self.config.eval.objective_split,
+            list(self.config.data.fields),
+        )
 
     @property
     def pareto_front(self) -> list[TrialRecord]:
@@ -128,8 +148,9 @@ class StudyHandle:
         return Predictor(spec_from_study(self.study, self.config, trial=trial, ensemble=ensemble))
 
 
-def open_study(storage: str, name: str | None = None, *, artifacts: str | None = None,
-               checkpoints: str | None = None) -> StudyHandle:
+def open_study(
+    storage: str, name: str | None = None, *, artifacts: str | None = None, checkpoints: str | None = None
+) -> StudyHandle:
     """A study from where it lives (the storage URL; the name when it holds several)."""
     location = {"storage.url": storage}
     for key, value in (("study.name", name), ("storage.artifacts", artifacts), ("train.output_dir", checkpoints)):
@@ -139,12 +160,26 @@ def open_study(storage: str, name: str | None = None, *, artifacts: str | None =
     return StudyHandle(opened.study, opened.config)
 
 
-def export_model(storage: str, output: str | Path, *, trial: str | int = "best", name: str | None = None,
-                 merge: bool = False) -> str:
+def export_model(
+    storage: str, output: str | Path, *, trial: str | int = "best", name: str | None = None, merge: bool = False
+) -> str:
     """Write the trial's standalone model folder (as ``optuna-search export-model``)."""
     location = {"storage.url": storage, **({"study.name": name} if name else {})}
     return _export_model(location, str(trial), str(output), merge=merge)
 
 
-__all__ = ["Config", "ModelSpec", "Prediction", "Predictor", "RunRequest", "StudyHandle", "StudyResult", "TrialRecord", "UserError",
-           "export_model", "load_config", "open_study", "run"]
+__all__ = [
+    "Config",
+    "ModelSpec",
+    "Prediction",
+    "Predictor",
+    "RunRequest",
+    "StudyHandle",
+    "StudyResult",
+    "TrialRecord",
+    "UserError",
+    "export_model",
+    "load_config",
+    "open_study",
+    "run",
+]

@@ -14,19 +14,23 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Sequence
+from typing import Any
 
-from optuna_search.core import Config, UserError
-from optuna_search.core._files import disk_full
-from optuna_search.core._toml import to_toml
-from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
-from optuna_search.dashboards._report import collect_report, render_markdown, write_report
-from optuna_search.objectives._memory import prefer_expandable_segments
-from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.search.use._bundles import export_study_bundle
+from optuna_search.core import Config, UserError, disk_full, to_toml
+from optuna_search.dashboards import (
+    check_host,
+    check_port,
+    collect_report,
+    render_markdown,
+    serve_dashboard,
+    write_report,
+)
+from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front._config import config_layers, explicit_location, load_config
-from optuna_search.search.use._ensembles import run_ensemble
+from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.front._validate import validate
 from optuna_search.search.loop._exit import (
     EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
@@ -34,17 +38,16 @@ from optuna_search.search.loop._exit import (
     EXIT_TERMINATED,
     EXIT_USAGE,
 )
-from optuna_search.search.use._export_model import export_model
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.use._predict import BAD_ROW_POLICIES, predict_file
-from optuna_search.search.front._request import RunRequest, execute
 from optuna_search.search.loop._run import print_summary
+from optuna_search.search.loop._runner import DiskFull
 from optuna_search.search.loop._signals import Terminated, handle_sigterm
 from optuna_search.search.loop._status import status
-from optuna_search.search.loop._runner import DiskFull
-from optuna_search.search.front._validate import validate
-from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._storages import close_storages, redacted_config
+from optuna_search.search.use._bundles import export_study_bundle
+from optuna_search.search.use._ensembles import run_ensemble
+from optuna_search.search.use._export_model import export_model
+from optuna_search.search.use._predict import BAD_ROW_POLICIES, predict_file
+from optuna_search.storage import artifact_store, close_storages, redacted_config
 
 log = logging.getLogger("optuna_search")
 
@@ -57,104 +60,184 @@ def _version() -> str:
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> None:
-    title = ("where the study lives (its own stored config says the rest)" if reading
-             else "configuration (precedence: flags > --set > --config > --preset > defaults)")
+    title = (
+        "where the study lives (its own stored config says the rest)"
+        if reading
+        else "configuration (precedence: flags > --set > --config > --preset > defaults)"
+    )
     g = p.add_argument_group(title)
-    g.add_argument("--preset", help="start from a shipped preset (see show-config --help): kaggle-t4, kaggle-t4-search, "
-                   "cpu-real, demo, demo-search")
+    g.add_argument(
+        "--preset",
+        help="start from a shipped preset (see show-config --help): kaggle-t4, kaggle-t4-search, "
+        "cpu-real, demo, demo-search",
+    )
     g.add_argument("--config", metavar="FILE", help="TOML config file ('-': standard input)")
-    g.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[], dest="sets",
-                   help="override one key, e.g. --set train.epochs=1 --set 'study.grid={lora_r=[8]}' (repeatable)")
+    g.add_argument(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="sets",
+        help="override one key, e.g. --set train.epochs=1 --set 'study.grid={lora_r=[8]}' (repeatable)",
+    )
     g.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna-search.db)")
     g.add_argument("--study-name", help="study name (default from the config; a storage with one study needs none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="optuna-search", description=(
-        "Resumable Optuna studies (grid, TPE, GP, NSGA-II, brute force; pruning; successive halving over checkpoints; "
-        "Pareto fronts) for LoRA/QLoRA fine-tuning of causal LMs, and the measured model they choose."))
+    parser = argparse.ArgumentParser(
+        prog="optuna-search",
+        description=(
+            "Resumable Optuna studies (grid, TPE, GP, NSGA-II, brute force; pruning; successive halving over "
+            "checkpoints; "
+            "Pareto fronts) for LoRA/QLoRA fine-tuning of causal LMs, and the measured model they choose."
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     noise = parser.add_mutually_exclusive_group()
     noise.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors on stderr")
     noise.add_argument("--verbose", "-v", action="store_true", help="debug lines too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run(sub)
+    _add_reading(sub)
+    _add_using(sub)
+    p = sub.add_parser("show-config", help="print the resolved configuration as TOML")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_show_config)
+    p = sub.add_parser(
+        "validate", help="check data, labels, prompts and model before spending GPU time; print the baselines"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+    return parser
 
+
+def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run what the study lacks: every grid point, or n_trials sampled trials")
     _add_config_args(p)
-    p.add_argument("--retry-failed", action="store_true", help="also re-run points whose last trial failed with an error")
-    p.add_argument("--n-trials", type=int, metavar="N", help="finished trials that end a sampler study (extends a finished search)")
-    p.add_argument("--time-budget", metavar="DURATION", type=parse_duration,
-                   help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before it ends (exit 3)")
-    p.add_argument("--workers", type=int, metavar="N", help="parallel worker processes on this study, each pinned to its own GPU "
-                   "(default: one per visible GPU, 1 on CPU; capped at the GPUs, or the CPU cores without a GPU)")
+    p.add_argument(
+        "--retry-failed", action="store_true", help="also re-run points whose last trial failed with an error"
+    )
+    p.add_argument(
+        "--n-trials", type=int, metavar="N", help="finished trials that end a sampler study (extends a finished search)"
+    )
+    p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        type=parse_duration,
+        help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before "
+        "it ends (exit 3)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="parallel worker processes on this study, each pinned to its own GPU "
+        "(default: one per visible GPU, 1 on CPU; capped at the GPUs, or the CPU cores without a GPU)",
+    )
     p.add_argument("--oversubscribe", action="store_true", help="allow --workers above the machine's GPUs/cores")
     p.add_argument("--worker", type=int, metavar="N", help=argparse.SUPPRESS)
-    p.add_argument("--resume-from", metavar="BUNDLE",
-                   help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working directory, then run")
-    p.add_argument("--warm-start-from", metavar="URL[#STUDY]",
-                   help="a new study starts with the finished trials of an earlier one (same data and evaluation subsets)")
-    p.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
-                   help="seconds between progress lines while training (default 10; 0: every step)")
+    p.add_argument(
+        "--resume-from",
+        metavar="BUNDLE",
+        help="import a study bundle written by `export` (e.g. a read-only Kaggle input) into the working "
+        "directory, then run",
+    )
+    p.add_argument(
+        "--warm-start-from",
+        metavar="URL[#STUDY]",
+        help="a new study starts with the finished trials of an earlier one (same data and evaluation subsets)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between progress lines while training (default 10; 0: every step)",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="per point: state, attempts, value, resumed step, rung; n of N trials, best, hours so far and ETA")
+
+def _add_reading(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="per point: state, attempts, value, resumed step, rung; n of N trials, best, hours so far and ETA",
+    )
     _add_config_args(p, reading=True)
     p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("report", help="Markdown + HTML report: tables, baselines, significance, importances, recommendation")
+    p = sub.add_parser(
+        "report", help="Markdown + HTML report: tables, baselines, significance, importances, recommendation"
+    )
     _add_config_args(p, reading=True)
-    p.add_argument("--output", "-o", default="optuna-search-report", metavar="DIR",
-                   help="directory for report.md and report.html (default: optuna-search-report)")
+    p.add_argument(
+        "--output",
+        "-o",
+        default="optuna-search-report",
+        metavar="DIR",
+        help="directory for report.md and report.html (default: optuna-search-report)",
+    )
     p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("ensemble", help="soft/hard voting over trials from their stored predictions (no model, no GPU); "
-                       "stored on the study")
-    _add_config_args(p, reading=True)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trials", metavar="N,N,...", help="trial numbers, e.g. 0,1,2")
-    which.add_argument("--top", type=int, metavar="K", help="the K best trials by the study's objective (on its split; validation when stored)")
-    which.add_argument("--all", action="store_true", help="every COMPLETE trial")
-    p.set_defaults(func=cmd_ensemble)
-
-    p = sub.add_parser("predict", help="label new reports with the study's best trial (or a trial, the ensemble, an exported model)")
-    _add_config_args(p, reading=True)
-    p.add_argument("--input", "-i", required=True, metavar="FILE", help="JSONL or CSV with the study's text column")
-    p.add_argument("--output", "-o", required=True, metavar="FILE", help="JSONL (CSV when it ends in .csv); rerun to resume")
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--trial", default="best", metavar="best|N", help="the study's chosen trial (default) or trial N")
-    model.add_argument("--ensemble", action="store_true", help="the ensemble stored by `ensemble` (soft voting, one base model)")
-    model.add_argument("--model", metavar="DIR", help="a folder written by export-model (no study needed)")
-    p.add_argument("--on-bad-row", choices=BAD_ROW_POLICIES, default="skip",
-                   help="a row without text: skip it (reported with its line) or fail (default skip)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="rows per batch (default: the study's eval.batch_size)")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("export-model", help="a standalone folder with the trial's adapter, tokenizer, label sets and model card")
-    _add_config_args(p, reading=True)
-    p.add_argument("--trial", default="best", metavar="best|N", help="the study's chosen trial (default) or trial N")
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create (e.g. /kaggle/working/model)")
-    p.add_argument("--merge", action="store_true", help="also write the adapter merged into the base model (fp16/bf16)")
-    p.set_defaults(func=cmd_export_model)
-
     p = sub.add_parser("dashboard", help="open the study in optuna-dashboard (127.0.0.1 unless --host)")
     _add_config_args(p, reading=True)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.set_defaults(func=cmd_dashboard)
-
     p = sub.add_parser("export", help="write a study bundle (database, checkpoints, artifacts, checksum manifest)")
     _add_config_args(p, reading=True)
-    p.add_argument("--output", "-o", required=True, metavar="DIR", help="bundle directory to create (e.g. /kaggle/working/bundle)")
+    p.add_argument(
+        "--output", "-o", required=True, metavar="DIR", help="bundle directory to create (e.g. /kaggle/working/bundle)"
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("show-config", help="print the resolved configuration as TOML")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_show_config)
 
-    p = sub.add_parser("validate", help="check data, labels, prompts and model before spending GPU time; print the baselines")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_validate)
-    return parser
+def _add_using(sub: Any) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="soft/hard voting over trials from their stored predictions (no model, no GPU); stored on the study",
+    )
+    _add_config_args(p, reading=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trials", metavar="N,N,...", help="trial numbers, e.g. 0,1,2")
+    which.add_argument(
+        "--top",
+        type=int,
+        metavar="K",
+        help="the K best trials by the study's objective (on its split; validation when stored)",
+    )
+    which.add_argument("--all", action="store_true", help="every COMPLETE trial")
+    p.set_defaults(func=cmd_ensemble)
+    p = sub.add_parser(
+        "predict", help="label new reports with the study's best trial (or a trial, the ensemble, an exported model)"
+    )
+    _add_config_args(p, reading=True)
+    p.add_argument("--input", "-i", required=True, metavar="FILE", help="JSONL or CSV with the study's text column")
+    p.add_argument(
+        "--output", "-o", required=True, metavar="FILE", help="JSONL (CSV when it ends in .csv); rerun to resume"
+    )
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--trial", default="best", metavar="best|N", help="the study's best trial (default) or trial N")
+    model.add_argument(
+        "--ensemble", action="store_true", help="the ensemble stored by `ensemble` (soft voting, one base model)"
+    )
+    model.add_argument("--model", metavar="DIR", help="a folder written by export-model (no study needed)")
+    p.add_argument(
+        "--on-bad-row",
+        choices=BAD_ROW_POLICIES,
+        default="skip",
+        help="a row without text: skip it (reported with its line) or fail (default skip)",
+    )
+    p.add_argument("--batch-size", type=int, metavar="N", help="rows per batch (default: the trial's evaluation batch)")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser(
+        "export-model", help="a standalone folder with the trial's adapter, tokenizer, label sets and model card"
+    )
+    _add_config_args(p, reading=True)
+    p.add_argument("--trial", default="best", metavar="best|N", help="the study's best trial (default) or trial N")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create (e.g. /kaggle/working/model)")
+    p.add_argument(
+        "--merge", action="store_true", help="also write the adapter merged into the dequantised base model (16-bit)"
+    )
+    p.set_defaults(func=cmd_export_model)
 
 
 def parse_duration(text: str) -> float:
@@ -171,8 +254,11 @@ def parse_duration(text: str) -> float:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
-    for flag, section, key in (("storage", "storage", "url"), ("study_name", "study", "name"),
-                               ("warm_start_from", "study", "warm_start")):
+    for flag, section, key in (
+        ("storage", "storage", "url"),
+        ("study_name", "study", "name"),
+        ("warm_start_from", "study", "warm_start"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             if not value.strip():
@@ -205,9 +291,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest.from_layers(
-        args.preset, args.config, args.sets, _flag_overrides(args), retry_failed=args.retry_failed,
-        time_budget_s=args.time_budget, workers=args.workers, oversubscribe=args.oversubscribe,
-        progress_interval=args.progress_interval, resume_from=args.resume_from, worker=args.worker)
+        args.preset,
+        args.config,
+        args.sets,
+        _flag_overrides(args),
+        retry_failed=args.retry_failed,
+        time_budget_s=args.time_budget,
+        workers=args.workers,
+        oversubscribe=args.oversubscribe,
+        progress_interval=args.progress_interval,
+        resume_from=args.resume_from,
+        worker=args.worker,
+    )
     result = execute(request)
     if result.summary is None:
         return result.exit_code
@@ -250,9 +345,16 @@ def _parse_trials(text: str) -> list[int]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    summary = predict_file(args.input, args.output, location=None if args.model else resolve_location(args),
-                           trial=args.trial, ensemble=args.ensemble, model_dir=args.model, on_bad_row=args.on_bad_row,
-                           batch_size=args.batch_size)
+    summary = predict_file(
+        args.input,
+        args.output,
+        location=None if args.model else resolve_location(args),
+        trial=args.trial,
+        ensemble=args.ensemble,
+        model_dir=args.model,
+        on_bad_row=args.on_bad_row,
+        batch_size=args.batch_size,
+    )
     print(summary)
     return EXIT_OK
 
@@ -272,17 +374,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_study_bundle(resolve_location(args), args.output)
-    print(f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
-          f"next session: optuna-search run --resume-from {args.output} (same config)")
+    print(
+        f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
+        f"next session: optuna-search run --resume-from {args.output} (same config)"
+    )
     return EXIT_OK
 
 
 def _damaged_database(e: BaseException) -> str | None:
     text = str(e)
     if "database disk image is malformed" in text or "file is not a database" in text:
-        return ("the study database is damaged (database disk image is malformed); restore the study.db of the last "
-                "bundle (`optuna-search run --resume-from BUNDLE` in a new directory), or salvage it with "
-                "`sqlite3 study.db .recover | sqlite3 recovered.db` and point --storage at recovered.db")
+        return (
+            "the study database is damaged (database disk image is malformed); restore the study.db of the last "
+            "bundle (`optuna-search run --resume-from BUNDLE` in a new directory), or salvage it with "
+            "`sqlite3 study.db .recover | sqlite3 recovered.db` and point --storage at recovered.db"
+        )
     return None
 
 
@@ -345,13 +451,19 @@ def _run_command(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DISK_FULL
     except KeyboardInterrupt as e:
-        print("interrupted: completed trials are saved and the interrupted one resumes from its last checkpoint; "
-              "run the same command again", file=sys.stderr)
+        print(
+            "interrupted: completed trials are saved and the interrupted one resumes from its last checkpoint; "
+            "run the same command again",
+            file=sys.stderr,
+        )
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
-    except Exception as e:  # noqa: BLE001 - a damaged database is bad input, a full disk has its code; the rest is a bug to show
+    except Exception as e:
         if disk_full(e):
-            print("error: no space left on device while writing the study database; free some space and run the same "
-                  "command (completed trials are saved, the interrupted one resumes)", file=sys.stderr)
+            print(
+                "error: no space left on device while writing the study database; free some space and run the same "
+                "command (completed trials are saved, the interrupted one resumes)",
+                file=sys.stderr,
+            )
             return EXIT_DISK_FULL
         message = _damaged_database(e)
         if message is None:

@@ -7,17 +7,13 @@ The dataclasses and their validation live in ``optuna_search.core``.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config, UserError, build_config
-from optuna_search.core._identity import LOCATION_KEYS
-from optuna_search.core._schema import SECTIONS, suggest
-from optuna_search.core._toml import TOMLDecodeError, loads
+from optuna_search.core import LOCATION_KEYS, Config, TOMLDecodeError, UserError, build_config, loads, suggest
 
 
 def list_presets() -> list[str]:
@@ -92,8 +88,12 @@ class Layers:
     """What the user set: the config file, --set and flags (not the preset, not the defaults)."""
 
 
-def config_layers(preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
-                  overrides: dict[str, dict[str, Any]] | None = None) -> Layers:
+def config_layers(
+    preset: str | None = None,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Layers:
     layers: list[dict[str, Any]] = []
     if preset:
         layers.append(read_preset(preset))
@@ -112,8 +112,12 @@ def explicit_of(layers: Layers) -> set[str]:
     return {f"{section}.{key}" for section, values in layers.user.items() if isinstance(values, dict) for key in values}
 
 
-def load_config(preset: str | None = None, config_file: str | None = None, sets: list[str] | str | None = None,
-                overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+def load_config(
+    preset: str | None = None,
+    config_file: str | None = None,
+    sets: list[str] | str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
     """A validated config from a preset, a TOML file, ``section.key=value`` strings (a list,
     or one string) and raw overrides, in that order of precedence (the last wins), as the
     command line builds it; every problem raised at once as a :class:`UserError`."""

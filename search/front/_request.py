@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from optuna_search.core import Config, UserError, build_config
-from optuna_search.search.use._bundles import import_study_bundle
 from optuna_search.search.front._config import config_layers, explicit_of
 from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_OK
 from optuna_search.search.loop._open import as_resumed
@@ -23,6 +22,7 @@ from optuna_search.search.loop._preflight import preflight
 from optuna_search.search.loop._run import Summary, run_study, run_with_workers, summarize
 from optuna_search.search.loop._scheduler import RunOutcome
 from optuna_search.search.loop._workers import WorkerOptions, choose_workers
+from optuna_search.search.use._bundles import import_study_bundle
 
 log = logging.getLogger("optuna_search")
 
@@ -48,8 +48,14 @@ class RunRequest:
     """Set in one of `run --workers N`'s processes: its number."""
 
     @classmethod
-    def from_layers(cls, preset: str | None = None, config_file: str | None = None, sets: list[str] | None = None,
-                    overrides: dict[str, dict[str, Any]] | None = None, **options: Any) -> "RunRequest":
+    def from_layers(
+        cls,
+        preset: str | None = None,
+        config_file: str | None = None,
+        sets: list[str] | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> RunRequest:
         """The request from a preset, a TOML file ('-': standard input, read once), --set
         strings and flags, in that order of precedence."""
         layers = config_layers(preset, config_file, sets, overrides)
@@ -79,8 +85,15 @@ def execute(request: RunRequest) -> RunResult:
         # One of `run --workers N`'s processes: run until nothing is left for us (under
         # successive halving, until the last rung: the next rung's work follows the
         # others'); the parent prints the summary.
-        outcome = run_study(config, pf, retry_failed=request.retry_failed, deadline=deadline, worker=str(request.worker),
-                            wait_for_others=config.halving, progress_interval=request.progress_interval)
+        outcome = run_study(
+            config,
+            pf,
+            retry_failed=request.retry_failed,
+            deadline=deadline,
+            worker=str(request.worker),
+            wait_for_others=config.halving,
+            progress_interval=request.progress_interval,
+        )
         return RunResult(outcome, None, EXIT_BUDGET if outcome.budget_reached else EXIT_OK)
     n = choose_workers(request.workers, config.train.gpus_per_trial, oversubscribe=request.oversubscribe)
     if n > 1:
@@ -90,7 +103,12 @@ def execute(request: RunRequest) -> RunResult:
             raise UserError("a worker refused the config (its message is above)")
         outcome = many
     else:
-        outcome = run_study(config, pf, retry_failed=request.retry_failed, deadline=deadline,
-                            progress_interval=request.progress_interval)
+        outcome = run_study(
+            config,
+            pf,
+            retry_failed=request.retry_failed,
+            deadline=deadline,
+            progress_interval=request.progress_interval,
+        )
     summary = summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached)
     return RunResult(outcome, summary, summary.exit_code)

@@ -20,7 +20,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from optuna_search.search.loop._schedule import Action, Done, New, Promote, PruneRest, StudyState, Status, Train, Wait
+from optuna_search.search.loop._schedule import Action, Done, New, Promote, PruneRest, Status, StudyState, Train, Wait
 
 log = logging.getLogger("optuna_search")
 
@@ -48,8 +48,15 @@ def survivors(n: int, eta: int) -> int:
     return max(1, math.ceil(n / eta))
 
 
-def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_configs: int, n_rungs: int, eta: int,
-                retry_failed: bool = False) -> Action:
+def next_action(
+    configs: list[Config],
+    promoted: dict[int, list[str]],
+    *,
+    n_configs: int,
+    n_rungs: int,
+    eta: int,
+    retry_failed: bool = False,
+) -> Action:
     """What to do next. ``promoted[r]``: the keys decided to go on from rung r."""
     population = sorted(configs, key=lambda c: c.order)[:n_configs]
     for r in range(n_rungs):
@@ -65,8 +72,9 @@ def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_conf
         if r == n_rungs - 1:
             return Done()
         if r not in promoted:
-            reached = sorted((c for c in population if c.reached >= r),
-                             key=lambda c: (-c.metrics.get(r, -math.inf), c.order))
+            reached = sorted(
+                (c for c in population if c.reached >= r), key=lambda c: (-c.metrics.get(r, -math.inf), c.order)
+            )
             return Promote(r, tuple(c.key for c in reached[: survivors(len(population), eta)]))
         left = tuple(c.key for c in population if c.key not in promoted[r] and c.state == "paused")
         if left:
@@ -79,7 +87,9 @@ def next_action(configs: list[Config], promoted: dict[int, list[str]], *, n_conf
 def tied_at_the_cut(configs: list[Config], rung: int, keep: int) -> list[str]:
     """The configurations whose metric at ``rung`` equals the last promoted one's while
     some of them were left out: a promotion that a tie decided (by order)."""
-    reached = sorted((c for c in configs if c.reached >= rung), key=lambda c: (-c.metrics.get(rung, -math.inf), c.order))
+    reached = sorted(
+        (c for c in configs if c.reached >= rung), key=lambda c: (-c.metrics.get(rung, -math.inf), c.order)
+    )
     if len(reached) <= keep or keep == 0:
         return []
     cut = reached[keep - 1].metrics.get(rung)
@@ -97,13 +107,26 @@ class SuccessiveHalving:
         out = []
         for i, p in enumerate(state.points):
             reached = self.n_rungs - 1 if p.status == Status.COMPLETE else p.rung(self.fields)
-            out.append(Config(p.key, p.status.value, reached, rung_metrics(p.records(self.fields)),
-                              i if state.grid else (p.order if p.trials else 10**9 + i)))
+            out.append(
+                Config(
+                    p.key,
+                    p.status.value,
+                    reached,
+                    rung_metrics(p.records(self.fields)),
+                    i if state.grid else (p.order if p.trials else 10**9 + i),
+                )
+            )
         return out
 
     def next(self, state: StudyState, retry_failed: bool) -> Action:
-        return next_action(self.configs(state), state.halving_promoted, n_configs=state.n_target, n_rungs=self.n_rungs,
-                           eta=self.eta, retry_failed=retry_failed)
+        return next_action(
+            self.configs(state),
+            state.halving_promoted,
+            n_configs=state.n_target,
+            n_rungs=self.n_rungs,
+            eta=self.eta,
+            retry_failed=retry_failed,
+        )
 
 
 def rung_metrics(records) -> dict[int, float]:

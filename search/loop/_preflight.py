@@ -11,14 +11,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from optuna_search.core import Config, UserError
-from optuna_search.core._params import to_optuna_value
-from optuna_search.objectives._baselines import compute_baselines
-from optuna_search.objectives._data import StudyData, prepare_study_data
-from optuna_search.objectives._model import check_lora_targets, check_model_available
-from optuna_search.objectives._quality import check_quality
+from optuna_search.core import Config, UserError, to_optuna_value
+from optuna_search.objectives import (
+    StudyData,
+    check_lora_targets,
+    check_model_available,
+    check_quality,
+    compute_baselines,
+    prepare_study_data,
+)
 from optuna_search.search.loop._space import space_size
-from optuna_search.storage._storages import check_storage_url
+from optuna_search.storage import check_storage_url
 
 log = logging.getLogger("optuna_search")
 LARGE_GRID = 1000
@@ -47,8 +50,13 @@ def preflight(config: Config, *, model: bool = True, here: bool = True) -> Prefl
     except UserError as e:
         if here:
             raise
-        log.warning("%s", str(e).replace("this machine cannot run the config as it is:", "on this machine the config could not run:"))
-    data = prepare_study_data(config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length)
+        log.warning(
+            "%s",
+            str(e).replace("this machine cannot run the config as it is:", "on this machine the config could not run:"),
+        )
+    data = prepare_study_data(
+        config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
+    )
     for note in data.notes:
         log.warning("%s", note)
     check_space(config)
@@ -58,10 +66,17 @@ def preflight(config: Config, *, model: bool = True, here: bool = True) -> Prefl
         check_lora_targets(source, config.model, [config.trial_params(p) for p in _sample_points(config)])
     fields = data.dataset.fields
     train = data.dataset.train.examples
-    baselines = compute_baselines(train, {"test": data.test_examples, "validation": data.validation_examples}, fields,
-                                  data.dataset.vocab)
-    return Preflight(config, data, baselines["test"]["metrics"], baselines["test"]["predictions"],
-                     baselines["validation"]["metrics"], check_quality(data.dataset))
+    baselines = compute_baselines(
+        train, {"test": data.test_examples, "validation": data.validation_examples}, fields, data.dataset.vocab
+    )
+    return Preflight(
+        config,
+        data,
+        baselines["test"]["metrics"],
+        baselines["test"]["predictions"],
+        baselines["validation"]["metrics"],
+        check_quality(data.dataset),
+    )
 
 
 def check_environment(config: Config) -> None:
@@ -70,8 +85,10 @@ def check_environment(config: Config) -> None:
     problems = []
     for t in config.train.report_to:
         if importlib.util.find_spec(TRACKER_PACKAGES[t]) is None:
-            problems.append(f"train.report_to names {t!r}, but the package {TRACKER_PACKAGES[t]!r} is not installed; "
-                            f"`pip install {TRACKER_PACKAGES[t]}` or remove it from train.report_to")
+            problems.append(
+                f"train.report_to names {t!r}, but the package {TRACKER_PACKAGES[t]!r} is not installed; "
+                f"`pip install {TRACKER_PACKAGES[t]}` or remove it from train.report_to"
+            )
     if problems:
         raise UserError("this machine cannot run the config as it is:", problems)
 
@@ -79,11 +96,19 @@ def check_environment(config: Config) -> None:
 def check_space(config: Config) -> None:
     size = space_size(config)
     if config.is_grid and size is not None and size > LARGE_GRID:
-        log.warning("the grid has %d points: a long study (its estimated duration follows the first trial; "
-                    "`status` shows the ETA); a sampler (study.sampler = \"tpe\") explores such spaces in far fewer trials", size)
+        log.warning(
+            "the grid has %d points: a long study (its estimated duration follows the first trial; "
+            '`status` shows the ETA); a sampler (study.sampler = "tpe") explores such spaces in far fewer trials',
+            size,
+        )
     if not config.is_grid and size is not None and config.study.n_trials > size:
-        log.warning("study.n_trials = %d but the search space has only %d points: the study ends when every point has "
-                    "a finished trial (%d trials)", config.study.n_trials, size, size)
+        log.warning(
+            "study.n_trials = %d but the search space has only %d points: the study ends when every point has "
+            "a finished trial (%d trials)",
+            config.study.n_trials,
+            size,
+            size,
+        )
 
 
 def check_validation_points(config: Config, n_train: int) -> None:
@@ -93,9 +118,11 @@ def check_validation_points(config: Config, n_train: int) -> None:
     accumulation = max([config.train.gradient_accumulation] + _values(config, "gradient_accumulation"))
     steps = math.ceil(n_train / (batch * accumulation))
     if config.train.validations_per_epoch > steps:
-        raise UserError(f"train.validations_per_epoch = {config.train.validations_per_epoch} but an epoch has only "
-                        f"{steps} optimizer steps ({n_train} training examples, batch {batch} x accumulation "
-                        f"{accumulation}); use at most {steps}")
+        raise UserError(
+            f"train.validations_per_epoch = {config.train.validations_per_epoch} but an epoch has only "
+            f"{steps} optimizer steps ({n_train} training examples, batch {batch} x accumulation "
+            f"{accumulation}); use at most {steps}"
+        )
 
 
 def _values(config: Config, key: str) -> list[Any]:

@@ -14,31 +14,27 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, TrialRecord
-from optuna_search.core._text import format_seconds
-from optuna_search.dashboards._notes import study_note
-from optuna_search.dashboards._summary import (
+from optuna_search.core import Config, TrialRecord, format_seconds
+from optuna_search.dashboards import (
     SummaryPoint,
     SummaryRow,
     best_row,
     pareto_rows,
     progress_line,
     render_summary,
+    study_note,
     summary_rows,
 )
 from optuna_search.objectives import make_objective
 from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
 from optuna_search.search.loop._open import create_or_resume, stored_config_of
 from optuna_search.search.loop._preflight import LARGE_GRID, Preflight
+from optuna_search.search.loop._runner import TrialRunner
 from optuna_search.search.loop._schedule import Status, StudyState
 from optuna_search.search.loop._scheduler import RunOutcome, Scheduler, study_state
-from optuna_search.search.loop._runner import TrialRunner
 from optuna_search.search.loop._warm import warm_start, warm_start_source
 from optuna_search.search.loop._workers import WorkerOptions, run_workers
-from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._ledger import Ledger
-from optuna_search.storage._records import read_meta
-from optuna_search.storage._storages import study_flags
+from optuna_search.storage import Ledger, artifact_store, read_meta, study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -46,48 +42,85 @@ if TYPE_CHECKING:
 log = logging.getLogger("optuna_search")
 
 
-def run_study(config: Config, pf: Preflight, *, retry_failed: bool = False, deadline: float | None = None, worker: str = "0",
-              wait_for_others: bool = True, progress_interval: float = 10.0) -> RunOutcome:
+def run_study(
+    config: Config,
+    pf: Preflight,
+    *,
+    retry_failed: bool = False,
+    deadline: float | None = None,
+    worker: str = "0",
+    wait_for_others: bool = True,
+    progress_interval: float = 10.0,
+) -> RunOutcome:
     """What one process does (the single process, or each of `--workers`) with a config
     that preflight accepted: create or resume the study (a new one warm-started if asked),
     then run what it lacks, resuming interrupted trials from their checkpoints. With a
     ``deadline`` (``time.monotonic()``), start no trial that the estimate from earlier
     trials says cannot finish, and stop a running one at a checkpoint in time."""
     d = pf.data
-    log.info("data ok: %d train / %d validation / %d test examples; evaluation subsets: %d test, %d validation examples (seed %d%s)",
-             len(d.dataset.train.examples), len(d.dataset.validation.examples), len(d.dataset.test.examples),
-             len(d.test_subset), len(d.validation_subset), config.eval.seed, ", stratified" if config.eval.stratify else "")
+    log.info(
+        "data ok: %d train / %d validation / %d test examples; evaluation subsets: %d test, %d validation "
+        "examples (seed %d%s)",
+        len(d.dataset.train.examples),
+        len(d.dataset.validation.examples),
+        len(d.dataset.test.examples),
+        len(d.test_subset),
+        len(d.validation_subset),
+        config.eval.seed,
+        ", stratified" if config.eval.stratify else "",
+    )
     source = warm_start_source(config, pf) if config.study.warm_start and stored_config_of(config) is None else None
     study, created = create_or_resume(config, pf)
     ledger = Ledger(study, list(config.data.fields), artifacts=artifact_store(config.storage.artifacts))
     if created and source is not None:
         warm_start(ledger, config, source)
-    runner = TrialRunner(config, pf.data, make_objective(config), read_meta(study), deadline=deadline, worker=worker,
-                         progress_interval=progress_interval)
+    runner = TrialRunner(
+        config,
+        pf.data,
+        make_objective(config),
+        read_meta(study),
+        deadline=deadline,
+        worker=worker,
+        progress_interval=progress_interval,
+    )
     # The scheduler reconciles first: trials whose process died are failed (and, by the
     # storage's retry callback, re-queued WAITING) before it decides what is left to do,
     # so the retry of an interrupted trial is the first thing a new session does.
-    return Scheduler(study, config, runner, ledger).run(retry_failed=retry_failed, deadline=deadline,
-                                                        wait_for_others=wait_for_others,
-                                                        after_trial=lambda st, state: _after_trial(st, config, state))
+    return Scheduler(study, config, runner, ledger).run(
+        retry_failed=retry_failed,
+        deadline=deadline,
+        wait_for_others=wait_for_others,
+        after_trial=lambda st, state: _after_trial(st, config, state),
+    )
 
 
-def _after_trial(study: "optuna.Study", config: Config, state: StudyState) -> None:
+def _after_trial(study: optuna.Study, config: Config, state: StudyState) -> None:
     write_study_note(study, config, state)
     seconds = state.trial_seconds()
     if config.is_grid and state.n_target > LARGE_GRID and seconds is not None and state.finished == 1:
-        log.warning("the grid has %d points; at %s per trial it takes about %s (a sampler, study.sampler = \"tpe\", "
-                    "explores such spaces in far fewer trials)", state.n_target, format_seconds(seconds),
-                    format_seconds(seconds * (state.n_target - state.finished)))
+        log.warning(
+            'the grid has %d points; at %s per trial it takes about %s (a sampler, study.sampler = "tpe", '
+            "explores such spaces in far fewer trials)",
+            state.n_target,
+            format_seconds(seconds),
+            format_seconds(seconds * (state.n_target - state.finished)),
+        )
 
 
 def summary_points(state: StudyState, fields: list[str]) -> list[SummaryPoint]:
-    return [SummaryPoint(p.label, p.status.value, [TrialRecord.from_trial(t, fields) for t in p.trials]) for p in state.points]
+    return [
+        SummaryPoint(p.label, p.status.value, [TrialRecord.from_trial(t, fields) for t in p.trials])
+        for p in state.points
+    ]
 
 
 def rows_of(state: StudyState, config: Config) -> list[SummaryRow]:
-    return summary_rows(summary_points(state, list(config.data.fields)), list(config.data.fields), config.eval.objective_split,
-                        config.study.objectives[0])
+    return summary_rows(
+        summary_points(state, list(config.data.fields)),
+        list(config.data.fields),
+        config.eval.objective_split,
+        config.study.objectives[0],
+    )
 
 
 def run_with_workers(config: Config, pf: Preflight, workers: int, options: WorkerOptions) -> RunOutcome | None:
@@ -99,18 +132,31 @@ def run_with_workers(config: Config, pf: Preflight, workers: int, options: Worke
     codes = run_workers(config, workers, options)
     if EXIT_USAGE in codes:
         return None
-    return RunOutcome(study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=EXIT_BUDGET in codes)
+    return RunOutcome(
+        study, study_state(study, config), ran=sum(c == 0 for c in codes), budget_reached=EXIT_BUDGET in codes
+    )
 
 
-def write_study_note(study: "optuna.Study", config: Config, state: StudyState) -> None:
+def write_study_note(study: optuna.Study, config: Config, state: StudyState) -> None:
     """The study's note in optuna-dashboard: the summary table with the baselines."""
     import optuna_dashboard
 
     rows = rows_of(state, config)
     meta = read_meta(study)
     headline = [_progress(config, state)] + verdict(rows, config, study)[:2]
-    optuna_dashboard.save_note(study, study_note(config, rows, meta.baselines, len(meta.eval_subset or []), state.n_target,
-                                                 meta.ensembles, headline, meta.validation_baselines))
+    optuna_dashboard.save_note(
+        study,
+        study_note(
+            config,
+            rows,
+            meta.baselines,
+            len(meta.eval_subset or []),
+            state.n_target,
+            meta.ensembles,
+            headline,
+            meta.validation_baselines,
+        ),
+    )
 
 
 @dataclass
@@ -120,7 +166,7 @@ class Summary:
     problems: list[str]
 
 
-def summarize(study: "optuna.Study", config: Config, state: StudyState, *, ran: int, budget_reached: bool) -> Summary:
+def summarize(study: optuna.Study, config: Config, state: StudyState, *, ran: int, budget_reached: bool) -> Summary:
     fields = list(config.data.fields)
     rows = rows_of(state, config)
     meta = read_meta(study)
@@ -129,14 +175,23 @@ def summarize(study: "optuna.Study", config: Config, state: StudyState, *, ran: 
     elif config.is_grid:
         nothing = " (nothing to run: every grid point already has a finished trial)"
     elif state.n_target < config.study.n_trials:
-        nothing = f" (nothing to run: every point of the search space has a finished trial; n_trials = {config.study.n_trials} was clipped to its {state.n_target} points)"
+        nothing = (
+            " (nothing to run: every point of the search space has a finished trial; "
+            f"n_trials = {config.study.n_trials} was clipped to its {state.n_target} points)"
+        )
     else:
         nothing = f" (nothing to run: {state.n_target} trials already finished; --n-trials extends the search)"
     lines = [_progress(config, state) + nothing]
-    lines.append(render_summary(rows, fields, meta.baselines, grid=config.is_grid, validation_baselines=meta.validation_baselines))
+    lines.append(
+        render_summary(
+            rows, fields, meta.baselines, grid=config.is_grid, validation_baselines=meta.validation_baselines
+        )
+    )
     lines += verdict(rows, config, study)
     if config.model.name_or_path == "builtin:tiny-mistral":
-        lines.append("note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality")
+        lines.append(
+            "note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality"
+        )
     return Summary("\n".join(lines), *_exit_code(state, budget_reached))
 
 
@@ -144,7 +199,7 @@ def _progress(config: Config, state: StudyState) -> str:
     return progress_line(config.study.name, state.finished, state.n_target, config.is_grid, state.pruned)
 
 
-def verdict(rows: list[SummaryRow], config: Config, study: "optuna.Study") -> list[str]:
+def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list[str]:
     """The best (or the Pareto front), against the baselines, and what it answers."""
     meta = read_meta(study)
     baselines = meta.baselines or {}
@@ -152,33 +207,51 @@ def verdict(rows: list[SummaryRow], config: Config, study: "optuna.Study") -> li
         front = pareto_rows(rows, {t.number for t in study.best_trials})
         if not front:
             return []
-        return [f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
-                f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}"]
+        return [
+            f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
+            f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}",
+        ]
     best = best_row(rows, config.study.objectives[0], config.eval.objective_split, list(config.data.fields))
     if best is None or best.overall is None:
         return []
     flags = study_flags(config)  # the commands below must find this study (the demo's is not the default)
     on = config.eval.objective_split
     objective = config.study.objectives[0]
-    chosen = (f" (chosen on {on}: {objective} {_value(objective, best.value)})"
-              if on == "validation" or objective != "overall_accuracy" else "")
+    chosen = (
+        f" (chosen on {on}: {objective} {_value(objective, best.value)})"
+        if on == "validation" or objective != "overall_accuracy"
+        else ""
+    )
     out = [f"best: {best.point} (trial {best.trial}), overall accuracy {100 * best.overall:.1f}% on test" + chosen]
     if "majority" in baselines:
         maj = baselines["majority"]["overall"]
-        out.append(f"best {'beats' if best.overall > maj else 'does NOT beat'} the majority-class baseline ({100 * maj:.1f}% overall)")
+        out.append(
+            f"best {'beats' if best.overall > maj else 'does NOT beat'} the majority-class baseline "
+            f"({100 * maj:.1f}% overall)"
+        )
     if "tfidf_logreg" in baselines:
         tfidf = baselines["tfidf_logreg"]["overall"]
         # A point or two on 100 examples is noise: said as a gap, judged in the report (McNemar).
-        out.append(f"best vs the TF-IDF + logistic regression baseline ({100 * tfidf:.1f}% overall): "
-                   f"{100 * (best.overall - tfidf):+.1f} points")
+        out.append(
+            f"best vs the TF-IDF + logistic regression baseline ({100 * tfidf:.1f}% overall): "
+            f"{100 * (best.overall - tfidf):+.1f} points"
+        )
     majority_labels = next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {})
     for f, label in best.single_label.items():
-        line = f"warning: {f}: every answer is {label!r}" + (", the majority label" if majority_labels.get(f) == label else "")
-        out.append(line + f" (its {f} accuracy is that label's share" + (
-            f"; mean macro-F1 {best.macro_f1:.3f})" if best.macro_f1 is not None else ")"))
+        line = f"warning: {f}: every answer is {label!r}" + (
+            ", the majority label" if majority_labels.get(f) == label else ""
+        )
+        out.append(
+            line
+            + f" (its {f} accuracy is that label's share"
+            + (f"; mean macro-F1 {best.macro_f1:.3f})" if best.macro_f1 is not None else ")")
+        )
     if best.adapter_dir:
-        out.append(f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model{flags} --trial {best.trial} "
-                   "--output DIR")
+        out.append(
+            f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model{flags} --trial "
+            f"{best.trial} "
+            "--output DIR"
+        )
     out.append(f"significance tests and the recommendation: optuna-search report{flags}")
     return out
 
@@ -193,8 +266,10 @@ def _exit_code(state: StudyState, budget_reached: bool) -> tuple[int, list[str]]
     missing = [p for p in state.points if not p.status.finished]
     short = state.attempted < state.n_target
     if budget_reached and (missing or short):
-        return EXIT_BUDGET, [f"time budget reached with {state.n_target - state.finished} left; run the same command "
-                             "in a new session to resume (export the study first if this machine goes away)"]
+        return EXIT_BUDGET, [
+            f"time budget reached with {state.n_target - state.finished} left; run the same command "
+            "in a new session to resume (export the study first if this machine goes away)"
+        ]
     problems = []
     for p in missing:
         last = TrialRecord.from_trial(p.last, []) if p.last is not None else None

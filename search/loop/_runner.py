@@ -17,14 +17,21 @@ import json
 import logging
 import socket
 import time
-from pathlib import Path
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config, StudyMeta, TrialParams, TrialRecord, UserError
-from optuna_search.core._files import disk_full
-from optuna_search.core._params import point_key, short_point_key
-from optuna_search.core._text import pct
+from optuna_search.core import (
+    Config,
+    StudyMeta,
+    TrialParams,
+    TrialRecord,
+    UserError,
+    disk_full,
+    pct,
+    point_key,
+    short_point_key,
+)
 from optuna_search.objectives import (
     BudgetExhausted,
     Objective,
@@ -36,12 +43,12 @@ from optuna_search.objectives import (
     TrialResult,
     ValidationPoint,
     release_memory,
+    resolve_eval_subset,
+    stop_step,
 )
-from optuna_search.objectives._data import resolve_eval_subset
-from optuna_search.objectives._train import stop_step
 from optuna_search.search.loop._scheduler import Job, Outcome, TrialOutcome
 from optuna_search.search.loop._signals import Terminated, disarm, stop_requested
-from optuna_search.storage._checkpoints import (
+from optuna_search.storage import (
     adapter_digest,
     point_checkpoints,
     read_run_settings,
@@ -61,8 +68,17 @@ def ids_digest(subset: list[dict[str, str]]) -> str:
 
 
 class TrialRunner:
-    def __init__(self, config: Config, data: StudyData, objective: Objective, meta: StudyMeta, *,
-                 deadline: float | None = None, worker: str = "0", progress_interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        data: StudyData,
+        objective: Objective,
+        meta: StudyMeta,
+        *,
+        deadline: float | None = None,
+        worker: str = "0",
+        progress_interval: float = 10.0,
+    ) -> None:
         self.config, self.data, self.objective, self.meta = config, data, objective, meta
         self.deadline, self.worker, self.progress_interval = deadline, worker, progress_interval
         self.multi_objective = len(config.study.objectives) > 1
@@ -78,17 +94,26 @@ class TrialRunner:
         """The trial's starting record: its point, effective params, attempt, where it runs."""
         params = self._params(self._point(job), self._folder(job))
         return TrialRecord(
-            point=point_key(self._point(job)), lora_alpha=params.lora_alpha, effective_params=params.to_dict(),
+            point=point_key(self._point(job)),
+            lora_alpha=params.lora_alpha,
+            effective_params=params.to_dict(),
             eval_ids_sha256=ids_digest(self.meta.eval_subset or []),
-            validation_ids_sha256=ids_digest(self.meta.validation_subset or []), attempts=job.attempts,
-            worker=self.worker, host=socket.gethostname(), eval_method=self.config.eval.method, resumed_at=time.time(),
+            validation_ids_sha256=ids_digest(self.meta.validation_subset or []),
+            attempts=job.attempts,
+            worker=self.worker,
+            host=socket.gethostname(),
+            eval_method=self.config.eval.method,
+            resumed_at=time.time(),
         )
 
     def run(self, job: Job) -> TrialOutcome:
         point, folder = self._point(job), self._folder(job)
         until = 1.0 if job.rung is None else self.rungs[job.rung]
         tag = f"[trial {job.position[0]}/{job.position[1]} {short_point_key(point)}]" + (
-            f" (to rung {job.rung + 1}/{len(self.rungs)}, {100 * until:.0f}% of training)" if job.rung is not None else "")
+            f" (to rung {job.rung + 1}/{len(self.rungs)}, {100 * until:.0f}% of training)"
+            if job.rung is not None
+            else ""
+        )
         request = self._request(self._params(point, folder), folder, until, job.number, point)
         log.info("%s starting (attempt %d)", tag, job.attempts)
         t0 = time.monotonic()
@@ -103,23 +128,41 @@ class TrialRunner:
         except Stopped:
             # SIGTERM: checkpointed at the last step; resumable from there.
             disarm()
-            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted="SIGTERM", oom_retries=oom_retries or None),
-                                stop=Terminated())
+            return TrialOutcome(
+                Outcome.INTERRUPTED,
+                TrialRecord(interrupted="SIGTERM", oom_retries=oom_retries or None),
+                stop=Terminated(),
+            )
         except BudgetExhausted as e:
-            return TrialOutcome(Outcome.BUDGET, TrialRecord(stopped_by_time_budget=str(e), oom_retries=oom_retries or None))
+            return TrialOutcome(
+                Outcome.BUDGET, TrialRecord(stopped_by_time_budget=str(e), oom_retries=oom_retries or None)
+            )
         except (KeyboardInterrupt, UserError) as e:
             # Ctrl-C, SIGTERM or bad input: not the trial's fault, and it resumes from its
             # last checkpoint next time; marked at once, so the next run need not wait for
             # its heartbeat to go stale.
             disarm()
-            why = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C" if isinstance(e, KeyboardInterrupt) else "bad input"
-            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted=why, oom_retries=oom_retries or None), stop=e)
-        except Exception as e:  # noqa: BLE001 - any training failure is recorded, then the next point runs
+            why = (
+                "SIGTERM"
+                if isinstance(e, Terminated)
+                else "Ctrl-C"
+                if isinstance(e, KeyboardInterrupt)
+                else "bad input"
+            )
+            return TrialOutcome(
+                Outcome.INTERRUPTED, TrialRecord(interrupted=why, oom_retries=oom_retries or None), stop=e
+            )
+        except Exception as e:
             if disk_full(e, request.checkpoint_dir):
                 where = getattr(e, "filename", None) or request.checkpoint_dir
-                return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted=f"no space left on device at {where}"),
-                                    stop=DiskFull(f"no space left on device at {where}; free some space (old checkpoints, "
-                                                  "caches) and run the same command: the trial resumes from its last checkpoint"))
+                return TrialOutcome(
+                    Outcome.INTERRUPTED,
+                    TrialRecord(interrupted=f"no space left on device at {where}"),
+                    stop=DiskFull(
+                        f"no space left on device at {where}; free some space (old checkpoints, "
+                        "caches) and run the same command: the trial resumes from its last checkpoint"
+                    ),
+                )
             return self._failed(tag, e, oom_retries)
         outcome = self._outcome(job, tag, request, result)
         if oom_retries:
@@ -136,21 +179,29 @@ class TrialRunner:
         # Belt and braces: the examples evaluated are exactly the study's stored subsets.
         ds = self.data.dataset
         return TrialRequest(
-            params=params, data=ds,
+            params=params,
+            data=ds,
             test_examples=resolve_eval_subset(ds.test, self.meta.eval_subset or []),
             validation_examples=resolve_eval_subset(ds.validation, self.meta.validation_subset or []),
-            checkpoint_dir=folder, deadline=self.deadline, train_until=until, validate_at=tuple(self.rungs),
+            checkpoint_dir=folder,
+            deadline=self.deadline,
+            train_until=until,
+            validate_at=tuple(self.rungs),
             run_name=f"{self.config.study.name}/trial-{number}/{short_point_key(point)}",
             eval_batch_size=read_run_settings(folder).get("eval_batch_size", self.config.eval.batch_size),
         )
 
-    def _train(self, job: Job, request: TrialRequest, tag: str,
-               oom_retries: list[dict[str, Any]]) -> tuple[TrialResult, TrialRequest]:
+    def _train(
+        self, job: Job, request: TrialRequest, tag: str, oom_retries: list[dict[str, Any]]
+    ) -> tuple[TrialResult, TrialRequest]:
         """Run the objective; when the accelerator runs out of memory, free what the
         attempt left and try again with what that phase needs (``_smaller``)."""
-        hooks = TrialHooks(on_validation=lambda vp: self._on_validation(job, vp),
-                           progress=lambda msg: log.info("%s %s", tag, msg), stop_requested=stop_requested,
-                           progress_interval=self.progress_interval)
+        hooks = TrialHooks(
+            on_validation=lambda vp: self._on_validation(job, vp),
+            progress=lambda msg: log.info("%s %s", tag, msg),
+            stop_requested=stop_requested,
+            progress_interval=self.progress_interval,
+        )
         while True:
             failure: tuple[str, str] | None = None
             try:
@@ -158,36 +209,53 @@ class TrialRunner:
             except OutOfMemory as e:
                 failure = (e.phase, str(e))
             release_memory()  # the attempt's model is garbage now: collect it before the next loads
-            oom_retries.append({"phase": failure[0], "batch_size": request.params.batch_size,
-                                "eval_batch_size": request.eval_batch_size, "error": failure[1][:300]})
+            oom_retries.append(
+                {
+                    "phase": failure[0],
+                    "batch_size": request.params.batch_size,
+                    "eval_batch_size": request.eval_batch_size,
+                    "error": failure[1][:300],
+                }
+            )
             request = self._smaller(request, *failure, oom_retries, tag)
 
-    def _smaller(self, request: TrialRequest, phase: str, message: str, retries: list[dict[str, Any]],
-                 tag: str) -> TrialRequest:
+    def _smaller(
+        self, request: TrialRequest, phase: str, message: str, retries: list[dict[str, Any]], tag: str
+    ) -> TrialRequest:
         """The request to retry after running out of memory in ``phase``: the model load
         once more (the memory is free now); an evaluation with half the evaluation batch,
         the training kept (its checkpoints stay); training from the start with half the
         per-device batch and twice the accumulation (same effective batch)."""
         if phase == "load":
             if sum(r["phase"] == "load" for r in retries) > 1:
-                raise RuntimeError(f"out of memory while loading the base model, twice, with nothing else loaded: the "
-                                   f"model does not fit this device ({message})")
+                raise RuntimeError(
+                    f"out of memory while loading the base model, twice, with nothing else loaded: the "
+                    f"model does not fit this device ({message})"
+                )
             log.warning("%s out of memory while loading the base model; memory released, loading once more", tag)
             return request
         if phase == "evaluate":
             n = request.eval_batch_size or self.config.eval.batch_size
             if n == 1:
                 raise RuntimeError(f"out of memory while evaluating, even at evaluation batch 1: {message}")
-            log.warning("%s out of memory while evaluating; retrying with evaluation batch %d (training resumes from "
-                        "its checkpoint)", tag, n // 2)
+            log.warning(
+                "%s out of memory while evaluating; retrying with evaluation batch %d (training resumes from "
+                "its checkpoint)",
+                tag,
+                n // 2,
+            )
             update_run_settings(request.checkpoint_dir, eval_batch_size=n // 2)
             return dataclasses.replace(request, eval_batch_size=n // 2)
         p = request.params
         if p.batch_size == 1:
             raise RuntimeError(f"out of memory even at per-device batch 1: {message}")
         smaller = p.with_batch(p.batch_size // 2, p.gradient_accumulation * 2)
-        log.warning("%s out of memory; retrying with per-device batch %d x accumulation %d",
-                    tag, smaller.batch_size, smaller.gradient_accumulation)
+        log.warning(
+            "%s out of memory; retrying with per-device batch %d x accumulation %d",
+            tag,
+            smaller.batch_size,
+            smaller.gradient_accumulation,
+        )
         # Checkpoints of the larger batch would replay a different data order.
         restart_with_settings(request.checkpoint_dir, smaller.batch_size, smaller.gradient_accumulation)
         return dataclasses.replace(request, params=smaller)
@@ -221,53 +289,92 @@ class TrialRunner:
                 if value is not None:
                     job.reporter.report(vp.point, value)
         if res.paused_at_step is not None:
-            log.info("%s paused at step %d/%d, %s %s", tag, res.optimizer_steps, res.max_steps, self.config.study.prune_on,
-                     _fmt(self._signal(res.validation_curve[-1])) if res.validation_curve else "-")
+            log.info(
+                "%s paused at step %d/%d, %s %s",
+                tag,
+                res.optimizer_steps,
+                res.max_steps,
+                self.config.study.prune_on,
+                _fmt(self._signal(res.validation_curve[-1])) if res.validation_curve else "-",
+            )
             return TrialOutcome(Outcome.PAUSED, record)
         if res.pruned_at is not None:
-            log.info("%s pruned at validation point %d (validation accuracy %s)", tag, res.pruned_at,
-                     pct(res.validation_curve[-1].accuracy) if res.validation_curve else "-")
+            log.info(
+                "%s pruned at validation point %d (validation accuracy %s)",
+                tag,
+                res.pruned_at,
+                pct(res.validation_curve[-1].accuracy) if res.validation_curve else "-",
+            )
             return TrialOutcome(Outcome.PRUNED, record)
-        values = [record.objective_value(name, self.config.eval.objective_split) for name in self.config.study.objectives]
+        values = [
+            record.objective_value(name, self.config.eval.objective_split) for name in self.config.study.objectives
+        ]
         t = res.test.scores if res.test else None
-        log.info("%s done: test overall %s (%s), %d parse failures, %.1f min", tag, pct(t.overall if t else None),
-                 ", ".join(f"{f} {pct(a)}" for f, a in (t.accuracy.items() if t else [])), t.parse_failures if t else 0,
-                 (record.minutes or 0))
-        predictions = {name: [p.to_record() for p in e.predictions]
-                       for name, e in (("predictions", res.test), ("validation-predictions", res.validation)) if e is not None}
+        log.info(
+            "%s done: test overall %s (%s), %d parse failures, %.1f min",
+            tag,
+            pct(t.overall if t else None),
+            ", ".join(f"{f} {pct(a)}" for f, a in (t.accuracy.items() if t else [])),
+            t.parse_failures if t else 0,
+            (record.minutes or 0),
+        )
+        predictions = {
+            name: [p.to_record() for p in e.predictions]
+            for name, e in (("predictions", res.test), ("validation-predictions", res.validation))
+            if e is not None
+        }
         return TrialOutcome(Outcome.COMPLETE, record, values=values, predictions=predictions)  # type: ignore[arg-type]
 
     def _result_record(self, request: TrialRequest, res: TrialResult, rung: int | None) -> TrialRecord:
         p = request.params
         gpus = self.config.train.gpus_per_trial
         test_seconds = res.test.seconds if res.test else None
-        rung_values = None
+        rung_values: dict[str, float] | None = None
         if self.rungs:
             at = {vp.step: self._signal(vp) for vp in res.validation_curve}
-            rung_values = {str(r): at[stop_step(res.max_steps, f)] for r, f in enumerate(self.rungs)
-                           if at.get(stop_step(res.max_steps, f)) is not None}
+            rung_values = {
+                str(r): value
+                for r, f in enumerate(self.rungs)
+                if (value := at.get(stop_step(res.max_steps, f))) is not None
+            }
         reached = max((int(r) for r in rung_values), default=None) if rung_values else None
         if not res.trainable_params:  # a result read back from a checkpoint: only its curve and steps
-            return TrialRecord(validation_curve=[vp.to_record() for vp in res.validation_curve], rung=reached,
-                               rung_values=rung_values, optimizer_steps=res.optimizer_steps, max_steps=res.max_steps,
-                               validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve])
+            return TrialRecord(
+                validation_curve=[vp.to_record() for vp in res.validation_curve],
+                rung=reached,
+                rung_values=rung_values,
+                optimizer_steps=res.optimizer_steps,
+                max_steps=res.max_steps,
+                validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve],
+            )
         return TrialRecord(
             test=res.test.scores if res.test else None,
             validation=res.validation.scores if res.validation else None,
             trainable_params=res.trainable_params,
-            train_loss_per_epoch=res.train_loss_per_epoch, eval_loss_per_epoch=res.eval_loss_per_epoch,
+            train_loss_per_epoch=res.train_loss_per_epoch,
+            eval_loss_per_epoch=res.eval_loss_per_epoch,
             validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve],
-            validation_curve=[vp.to_record() for vp in res.validation_curve], rung=reached, rung_values=rung_values,
+            validation_curve=[vp.to_record() for vp in res.validation_curve],
+            rung=reached,
+            rung_values=rung_values,
             train_seconds=round(res.train_seconds, 2),
             eval_seconds=round(test_seconds, 2) if test_seconds is not None else None,
-            eval_examples_per_second=round(res.test.scores.n / max(test_seconds, 1e-9), 3) if res.test else None,
-            peak_memory_mb=round(res.peak_memory_mb, 1), peak_memory_kind=res.peak_memory_kind,
-            resumed_from_step=res.resumed_from_step, optimizer_steps=res.optimizer_steps, max_steps=res.max_steps,
-            compute_dtype=res.compute_dtype, environment={**res.environment, "optuna": version("optuna")},
-            batch_size=p.batch_size, gradient_accumulation=p.gradient_accumulation // gpus if gpus > 1 else p.gradient_accumulation,
-            gpus_per_trial=gpus, pruned_at_step=res.pruned_at,
-            adapter_dir=res.adapter_dir, adapter_sha256=adapter_digest(Path(res.adapter_dir)) if res.adapter_dir else None,
-            tracking=_tracking(self.config, request) or None, eval_batch_size=res.eval_batch_size,
+            eval_examples_per_second=round(res.test.scores.n / max(res.test.seconds, 1e-9), 3) if res.test else None,
+            peak_memory_mb=round(res.peak_memory_mb, 1),
+            peak_memory_kind=res.peak_memory_kind,
+            resumed_from_step=res.resumed_from_step,
+            optimizer_steps=res.optimizer_steps,
+            max_steps=res.max_steps,
+            compute_dtype=res.compute_dtype,
+            environment={**res.environment, "optuna": version("optuna")},
+            batch_size=p.batch_size,
+            gradient_accumulation=p.gradient_accumulation // gpus if gpus > 1 else p.gradient_accumulation,
+            gpus_per_trial=gpus,
+            pruned_at_step=res.pruned_at,
+            adapter_dir=str(Path(res.adapter_dir).resolve()) if res.adapter_dir else None,
+            adapter_sha256=adapter_digest(Path(res.adapter_dir)) if res.adapter_dir else None,
+            tracking=_tracking(self.config, request) or None,
+            eval_batch_size=res.eval_batch_size,
         )
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -29,14 +30,8 @@ from optuna.samplers import BaseSampler, BruteForceSampler, GridSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_search.core._params import point_key
-from optuna_search.storage._internals import (
-    GRID_ID,
-    GRID_SEARCH_SPACE,
-    grid_points,
-    grid_search_space,
-    set_trial_system_attr,
-)
+from optuna_search.core import point_key
+from optuna_search.storage import GRID_ID, GRID_SEARCH_SPACE, grid_points, grid_search_space, set_trial_system_attr
 
 log = logging.getLogger("optuna_search")
 REASKS = 3
@@ -93,8 +88,13 @@ class GridPointSampler(GridSampler):
 class NoRepeatSampler(BaseSampler):
     """Proposes only points that have no trial yet (see the module docstring)."""
 
-    def __init__(self, make_inner: Callable[[int], BaseSampler], space: dict[str, BaseDistribution], seed: int,
-                 points: list[dict[str, Any]] | None) -> None:
+    def __init__(
+        self,
+        make_inner: Callable[[int], BaseSampler],
+        space: dict[str, BaseDistribution],
+        seed: int,
+        points: list[dict[str, Any]] | None,
+    ) -> None:
         self._make_inner = make_inner
         self._space = space
         self._seed = seed
@@ -110,12 +110,17 @@ class NoRepeatSampler(BaseSampler):
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)
 
-    def sample_relative(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
         if not search_space:
             return {}
         inner = self.inner(trial.number)
-        taken = {point_key({k: t.params[k] for k in search_space}) for t in study.get_trials(deepcopy=False)
-                 if t.number != trial.number and set(t.params) >= set(search_space)}
+        taken = {
+            point_key({k: t.params[k] for k in search_space})
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and set(t.params) >= set(search_space)
+        }
         for _ in range(REASKS):
             proposal = self._propose(inner, study, trial)
             if point_key(proposal) not in taken:
@@ -125,8 +130,11 @@ class NoRepeatSampler(BaseSampler):
             # Every point has a trial: the scheduler only asks when one is left, so this
             # is a race with another process; the duplicate is harmless (it resumes).
             return proposal
-        log.info("the %s sampler kept proposing points that already have a trial; trial %d takes an unseen point at random",
-                 type(inner).__name__.removesuffix("Sampler"), trial.number)
+        log.info(
+            "the %s sampler kept proposing points that already have a trial; trial %d takes an unseen point at random",
+            type(inner).__name__.removesuffix("Sampler"),
+            trial.number,
+        )
         return unseen
 
     def _propose(self, inner: BaseSampler, study: Study, trial: FrozenTrial) -> dict[str, Any]:
@@ -148,7 +156,9 @@ class NoRepeatSampler(BaseSampler):
                 return point
         return None
 
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution) -> Any:
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
         return self.inner(trial.number).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:

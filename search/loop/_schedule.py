@@ -18,14 +18,21 @@ heartbeat, or a WAITING retry); a point whose last trial failed with an error wa
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from optuna_search.core import Config, StudyMeta, TrialRecord
-from optuna_search.core._params import point_key, short_point_key, to_optuna_value
-from optuna_search.core._text import format_seconds
+from optuna_search.core import (
+    Config,
+    StudyMeta,
+    TrialRecord,
+    format_seconds,
+    point_key,
+    short_point_key,
+    to_optuna_value,
+)
 from optuna_search.search.loop._space import n_target
-from optuna_search.storage._internals import paused_at
+from optuna_search.storage import paused_at
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -51,7 +58,7 @@ class Point:
 
     params: dict[str, Any]
     status: Status
-    trials: tuple["FrozenTrial", ...] = ()
+    trials: tuple[FrozenTrial, ...] = ()
 
     @property
     def key(self) -> str:
@@ -62,15 +69,15 @@ class Point:
         return short_point_key(self.params)
 
     @property
-    def complete(self) -> list["FrozenTrial"]:
+    def complete(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state.name == "COMPLETE"]
 
     @property
-    def last(self) -> "FrozenTrial | None":
+    def last(self) -> FrozenTrial | None:
         return self.trials[-1] if self.trials else None
 
     @property
-    def paused_trial(self) -> "FrozenTrial | None":
+    def paused_trial(self) -> FrozenTrial | None:
         return next((t for t in reversed(self.trials) if t.state.name == "RUNNING" and paused_at(t) is not None), None)
 
     @property
@@ -119,12 +126,16 @@ class StudyState:
 
     def trial_seconds(self) -> float | None:
         """Mean wall time of the COMPLETE trials so far (None before the first)."""
-        spans = [(t.datetime_complete - t.datetime_start).total_seconds()
-                 for p in self.points for t in p.complete if t.datetime_start and t.datetime_complete]
+        spans = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for p in self.points
+            for t in p.complete
+            if t.datetime_start and t.datetime_complete
+        ]
         return sum(spans) / len(spans) if spans else None
 
 
-def point_status(trials: list["FrozenTrial"]) -> Status:
+def point_status(trials: list[FrozenTrial]) -> Status:
     states = {t.state.name for t in trials}
     for state, status in (("COMPLETE", Status.COMPLETE), ("PRUNED", Status.PRUNED)):
         if state in states:
@@ -142,7 +153,7 @@ def point_status(trials: list["FrozenTrial"]) -> Status:
     return Status.PENDING
 
 
-def trial_params(trial: "FrozenTrial", sampler: Any = None) -> dict[str, Any]:
+def trial_params(trial: FrozenTrial, sampler: Any = None) -> dict[str, Any]:
     params = dict(trial.params or trial.system_attrs.get("fixed_params") or {})
     if not params and sampler is not None:
         # Created for a grid point by a process that died before its params were set.
@@ -150,7 +161,9 @@ def trial_params(trial: "FrozenTrial", sampler: Any = None) -> dict[str, Any]:
     return params
 
 
-def read_state(config: Config, trials: list["FrozenTrial"], sampler: Any = None, meta: StudyMeta | None = None) -> StudyState:
+def read_state(
+    config: Config, trials: list[FrozenTrial], sampler: Any = None, meta: StudyMeta | None = None
+) -> StudyState:
     """The study's points and their status, from its trials (``sampler``: the grid's)."""
     grid = config.is_grid
     keys = config.searched_keys()
@@ -255,8 +268,14 @@ class TrialSchedule:
         return Wait(tuple(p.key for p in running)) if running else Done()
 
 
-def decide(schedule: Schedule, state: StudyState, *, retry_failed: bool, seconds_left: float | None = None,
-           checkpointed: Callable[[Point], bool] = lambda p: False) -> Action:
+def decide(
+    schedule: Schedule,
+    state: StudyState,
+    *,
+    retry_failed: bool,
+    seconds_left: float | None = None,
+    checkpointed: Callable[[Point], bool] = lambda p: False,
+) -> Action:
     """The schedule's next action, unless the session's time budget says to stop first:
     a trial that the estimate from earlier trials says cannot finish is not started (a
     point with a checkpoint can always make progress: it stops at a checkpoint in time)."""
@@ -267,6 +286,7 @@ def decide(schedule: Schedule, state: StudyState, *, retry_failed: bool, seconds
     point = state.by_key().get(todo.key) if isinstance(todo, Train) else None
     resumable = point is not None and (checkpointed(point) or point.status == Status.PAUSED)
     if seconds_left <= 0 or (estimate is not None and estimate > seconds_left and not resumable):
-        return BudgetStop(f"{format_seconds(seconds_left)} left, a trial takes about {format_seconds(estimate)}: "
-                          "not starting another")
+        return BudgetStop(
+            f"{format_seconds(seconds_left)} left, a trial takes about {format_seconds(estimate)}: not starting another"
+        )
     return todo

@@ -21,11 +21,12 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from optuna_search.core import Config, TrialRecord
-from optuna_search.dashboards._notes import trial_note
+from optuna_search.dashboards import trial_note
 from optuna_search.search.loop._halving import SuccessiveHalving, tied_at_the_cut
 from optuna_search.search.loop._schedule import (
     Action,
@@ -46,17 +47,17 @@ from optuna_search.search.loop._schedule import (
 )
 from optuna_search.search.loop._signals import raise_if_stop_requested
 from optuna_search.search.loop._space import distributions, make_sampler
-from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._checkpoints import (
+from optuna_search.storage import (
+    ClaimLock,
+    Ledger,
+    artifact_store,
+    engine_of,
     has_checkpoint,
     point_checkpoints,
+    read_meta,
     release,
     remove_intermediate_checkpoints,
 )
-from optuna_search.storage._claim import ClaimLock
-from optuna_search.storage._internals import engine_of
-from optuna_search.storage._ledger import Ledger
-from optuna_search.storage._records import read_meta
 
 if TYPE_CHECKING:
     import optuna
@@ -120,7 +121,7 @@ class Runner(Protocol):
 
 
 class _LedgerReporter:
-    def __init__(self, ledger: Ledger, trial: "optuna.Trial") -> None:
+    def __init__(self, ledger: Ledger, trial: optuna.Trial) -> None:
         self.ledger, self.trial = ledger, trial
 
     def report(self, step: int, value: float) -> None:
@@ -132,7 +133,7 @@ class _LedgerReporter:
 
 @dataclass
 class RunOutcome:
-    study: "optuna.Study"
+    study: optuna.Study
     state: StudyState
     ran: int
     budget_reached: bool = False
@@ -144,10 +145,13 @@ def schedule_of(config: Config) -> Schedule:
     return TrialSchedule()
 
 
-def study_state(study: "optuna.Study", config: Config) -> StudyState:
+def study_state(study: optuna.Study, config: Config) -> StudyState:
     """Where a study stands: its points, their status, its target, its promotions."""
-    sampler = study.sampler if config.is_grid and hasattr(study.sampler, "point_of") else (
-        make_sampler(config) if config.is_grid else None)
+    sampler = (
+        study.sampler
+        if config.is_grid and hasattr(study.sampler, "point_of")
+        else (make_sampler(config) if config.is_grid else None)
+    )
     return read_state(config, study.get_trials(deepcopy=False), sampler, read_meta(study))
 
 
@@ -155,7 +159,7 @@ class Scheduler:
     """Runs a study's remaining work through ``runner``; every change of a trial's state
     goes through ``ledger``."""
 
-    def __init__(self, study: "optuna.Study", config: Config, runner: Runner, ledger: Ledger | None = None) -> None:
+    def __init__(self, study: optuna.Study, config: Config, runner: Runner, ledger: Ledger | None = None) -> None:
         self.study, self.config, self.runner = study, config, runner
         self.fields = list(config.data.fields)
         self.ledger = ledger or Ledger(study, self.fields, artifacts=artifact_store(config.storage.artifacts))
@@ -168,8 +172,14 @@ class Scheduler:
     def state(self) -> StudyState:
         return read_state(self.config, self.study.get_trials(deepcopy=False), self.sampler, read_meta(self.study))
 
-    def run(self, *, retry_failed: bool = False, deadline: float | None = None, wait_for_others: bool = True,
-            after_trial: Callable[[Any, StudyState], None] | None = None) -> RunOutcome:
+    def run(
+        self,
+        *,
+        retry_failed: bool = False,
+        deadline: float | None = None,
+        wait_for_others: bool = True,
+        after_trial: Callable[[Any, StudyState], None] | None = None,
+    ) -> RunOutcome:
         ran, budget_stopped = 0, False
         lock = ClaimLock(engine_of(self.study), self.study.study_name)
         while True:
@@ -177,8 +187,17 @@ class Scheduler:
             with lock:
                 state = self._reconciled_state()
                 left = None if deadline is None else deadline - time.monotonic()
-                action = BudgetStop("the running trial stopped at a checkpoint") if budget_stopped else decide(
-                    self.schedule, state, retry_failed=retry_failed, seconds_left=left, checkpointed=self._checkpointed)
+                action = (
+                    BudgetStop("the running trial stopped at a checkpoint")
+                    if budget_stopped
+                    else decide(
+                        self.schedule,
+                        state,
+                        retry_failed=retry_failed,
+                        seconds_left=left,
+                        checkpointed=self._checkpointed,
+                    )
+                )
                 if isinstance(action, (Promote, PruneRest)):
                     self._settle_rung(action, state)
                     continue
@@ -201,9 +220,15 @@ class Scheduler:
             if after_trial is not None:
                 after_trial(self.study, self.state())
 
-    def _run(self, trial: "optuna.Trial", state: StudyState, attempts: int, rung: int | None) -> TrialOutcome:
-        job = Job(dict(trial.params), trial.number, self._position(state, trial), attempts, rung,
-                  _LedgerReporter(self.ledger, trial))
+    def _run(self, trial: optuna.Trial, state: StudyState, attempts: int, rung: int | None) -> TrialOutcome:
+        job = Job(
+            dict(trial.params),
+            trial.number,
+            self._position(state, trial),
+            attempts,
+            rung,
+            _LedgerReporter(self.ledger, trial),
+        )
         describe = getattr(self.runner, "describe", None)
         before = self.ledger.record_of(trial)  # a resumed (paused) trial's earlier segments
         self.ledger.start(trial, describe(job) if describe else TrialRecord(attempts=attempts))
@@ -213,7 +238,7 @@ class Scheduler:
         self._finish(trial, outcome, rung)
         return outcome
 
-    def _position(self, state: StudyState, trial: "optuna.Trial") -> tuple[int, int]:
+    def _position(self, state: StudyState, trial: optuna.Trial) -> tuple[int, int]:
         if not self.rungs:
             return state.finished + 1, state.n_target
         # Successive halving: the configuration's place among all of them.
@@ -222,23 +247,28 @@ class Scheduler:
         return (order[key] + 1 if key in order else len(state.points) + 1), state.n_target
 
     # -- how it ended: one ledger call ---------------------------------------------------------
-    def _finish(self, trial: "optuna.Trial", outcome: TrialOutcome, rung: int | None) -> None:
+    def _finish(self, trial: optuna.Trial, outcome: TrialOutcome, rung: int | None) -> None:
         """Record the outcome (and pause or tell Optuna); raise what stops the run."""
         try:
             self._record(trial, outcome)
-        except Exception:  # noqa: BLE001 - the database itself may be what failed (a full disk)
+        except Exception:
             if outcome.stop is None:
                 raise
             log.debug("could not record trial %d", trial.number)
         if outcome.stop is not None:
             raise outcome.stop
 
-    def _record(self, trial: "optuna.Trial", outcome: TrialOutcome) -> None:
+    def _record(self, trial: optuna.Trial, outcome: TrialOutcome) -> None:
         kind, record = outcome.kind, outcome.record
         if kind == Outcome.COMPLETE:
             split = self.config.eval.objective_split
-            self.ledger.complete(trial, record, outcome.values or [], predictions=outcome.predictions,
-                                 note=lambda full: trial_note(full, self.config, self.fields, split))
+            self.ledger.complete(
+                trial,
+                record,
+                outcome.values or [],
+                predictions=outcome.predictions,
+                note=lambda full: trial_note(full, self.config, self.fields, split),
+            )
         elif kind == Outcome.PRUNED:
             self.ledger.prune(trial, record)
         elif kind == Outcome.PAUSED or (self.rungs and kind in (Outcome.BUDGET, Outcome.INTERRUPTED)):
@@ -255,22 +285,32 @@ class Scheduler:
         names = {p.key: p.label for p in state.points}
         if isinstance(action, Promote):
             self.ledger.promote(action.rung, list(action.keys))
-            log.info("rung %d (%.0f%% of training) decided: %s go on", action.rung + 1, 100 * self.rungs[action.rung],
-                     ", ".join(names[k] for k in action.keys))
+            log.info(
+                "rung %d (%.0f%% of training) decided: %s go on",
+                action.rung + 1,
+                100 * self.rungs[action.rung],
+                ", ".join(names[k] for k in action.keys),
+            )
             assert isinstance(self.schedule, SuccessiveHalving)
             tied = tied_at_the_cut(self.schedule.configs(state), action.rung, len(action.keys))
             if tied:
-                log.warning("rung %d: %s tie at the cut (same %s); the promotion went by order, not by merit",
-                            action.rung + 1, ", ".join(names[k] for k in tied), self.config.study.prune_on)
+                log.warning(
+                    "rung %d: %s tie at the cut (same %s); the promotion went by order, not by merit",
+                    action.rung + 1,
+                    ", ".join(names[k] for k in tied),
+                    self.config.study.prune_on,
+                )
             return
         by_key = state.by_key()
         for p in (by_key[k] for k in action.keys):
             if p.paused_trial is not None:
                 self.ledger.prune_paused(p.paused_trial)
-                log.info("%s pruned at rung %d (not among the best 1/%d)", p.label, action.rung + 1, self.config.study.eta)
+                log.info(
+                    "%s pruned at rung %d (not among the best 1/%d)", p.label, action.rung + 1, self.config.study.eta
+                )
 
     # -- starting a trial -------------------------------------------------------------------
-    def _start(self, action: Train | New, state: StudyState) -> tuple["optuna.Trial", int] | None:
+    def _start(self, action: Train | New, state: StudyState) -> tuple[optuna.Trial, int] | None:
         """The trial for ``action``, created (or claimed, or resumed) through the ledger
         under the claim lock, so every other worker sees it RUNNING at once; and its
         attempt number (None: another process claimed the retry first)."""
@@ -315,8 +355,11 @@ class Scheduler:
         """Other processes hold the remaining points: wait until they finish, or until
         their heartbeat goes stale and the point comes back to us. True when there is news."""
         names = {p.key: p.label for p in state.points}
-        log.info("waiting for %s, RUNNING in another process (a dead one is detected after %ds)",
-                 ", ".join(names.get(k, k) for k in keys), self.config.storage.grace_period)
+        log.info(
+            "waiting for %s, RUNNING in another process (a dead one is detected after %ds)",
+            ", ".join(names.get(k, k) for k in keys),
+            self.config.storage.grace_period,
+        )
         running = tuple(p.key for p in state.of(Status.RUNNING))
         while True:
             time.sleep(min(5, self.config.storage.heartbeat_interval))
@@ -339,5 +382,15 @@ def rung_fraction(rungs: list[float], rung: int | None) -> float:
     return 1.0 if rung is None else rungs[rung]
 
 
-__all__ = ["Action", "Job", "Outcome", "Reporter", "RunOutcome", "Runner", "Scheduler", "TrialOutcome", "schedule_of",
-           "study_state"]
+__all__ = [
+    "Action",
+    "Job",
+    "Outcome",
+    "Reporter",
+    "RunOutcome",
+    "Runner",
+    "Scheduler",
+    "TrialOutcome",
+    "schedule_of",
+    "study_state",
+]

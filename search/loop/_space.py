@@ -15,8 +15,7 @@ import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config
-from optuna_search.core._params import BY_NAME, to_optuna_value
+from optuna_search.core import BY_NAME, Config, to_optuna_value
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +29,7 @@ def grid_space(config: Config) -> dict[str, list[Any]]:
     return {k: [to_optuna_value(k, v) for v in vals] for k, vals in config.study.grid.items()}
 
 
-def distributions(config: Config) -> dict[str, "optuna.distributions.BaseDistribution"]:
+def distributions(config: Config) -> dict[str, optuna.distributions.BaseDistribution]:
     """One Optuna distribution per searched hyperparameter."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -41,9 +40,13 @@ def distributions(config: Config) -> dict[str, "optuna.distributions.BaseDistrib
         if isinstance(spec, list):
             out[key] = CategoricalDistribution([to_optuna_value(key, v) for v in spec])
         elif BY_NAME[key].type is int:
-            out[key] = IntDistribution(int(spec["low"]), int(spec["high"]), log=spec.get("log", False), step=int(spec.get("step") or 1))
+            out[key] = IntDistribution(
+                int(spec["low"]), int(spec["high"]), log=spec.get("log", False), step=int(spec.get("step") or 1)
+            )
         else:
-            out[key] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=spec.get("log", False), step=spec.get("step"))
+            out[key] = FloatDistribution(
+                float(spec["low"]), float(spec["high"]), log=spec.get("log", False), step=spec.get("step")
+            )
     return out
 
 
@@ -59,7 +62,7 @@ def _choices(spec: Any, key: str) -> list[Any] | None:
         return list(range(int(spec["low"]), int(spec["high"]) + 1, step))
     if step is None:
         return None
-    n = int(math.floor((spec["high"] - spec["low"]) / step + 1e-9)) + 1
+    n = math.floor((spec["high"] - spec["low"]) / step + 1e-9) + 1
     return [round(spec["low"] + i * step, 12) for i in range(n)]
 
 
@@ -97,7 +100,7 @@ def n_target(config: Config) -> int:
     return config.study.n_trials if size is None else min(config.study.n_trials, size)
 
 
-def make_sampler(config: Config) -> "optuna.samplers.BaseSampler":
+def make_sampler(config: Config) -> optuna.samplers.BaseSampler:
     from optuna_search.search.loop._samplers import GridPointSampler, NoRepeatSampler, QuietBruteForceSampler
 
     s = config.study
@@ -105,16 +108,20 @@ def make_sampler(config: Config) -> "optuna.samplers.BaseSampler":
         return GridPointSampler(grid_space(config), seed=s.seed)
     if s.sampler == "brute_force":
         return QuietBruteForceSampler(seed=s.seed)
-    return NoRepeatSampler(lambda seed: _inner_sampler(config, seed), distributions(config), s.seed, enumerate_space(config))
+    return NoRepeatSampler(
+        lambda seed: _inner_sampler(config, seed), distributions(config), s.seed, enumerate_space(config)
+    )
 
 
-def _inner_sampler(config: Config, seed: int) -> "optuna.samplers.BaseSampler":
+def _inner_sampler(config: Config, seed: int) -> optuna.samplers.BaseSampler:
     import optuna
 
     s = config.study
     if s.sampler == "tpe":
         # constant_liar only changes anything while other workers' trials are RUNNING.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=s.startup_trials)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, constant_liar=True, n_startup_trials=s.startup_trials
+        )
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "gp":
@@ -132,17 +139,22 @@ def max_validation_points(config: Config) -> int:
     return epochs * config.train.validations_per_epoch + (len(config.study.rungs) if config.halving else 0)
 
 
-def make_pruner(config: Config) -> "optuna.pruners.BasePruner":
+def make_pruner(config: Config) -> optuna.pruners.BasePruner:
     import optuna
 
     s = config.study
     if s.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_steps
+        )
     if s.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.pruner_min_resource, reduction_factor=s.pruner_reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=s.pruner_min_resource, reduction_factor=s.pruner_reduction_factor
+        )
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(
-            min_resource=s.pruner_min_resource, max_resource=max(s.pruner_min_resource, max_validation_points(config)),
+            min_resource=s.pruner_min_resource,
+            max_resource=max(s.pruner_min_resource, max_validation_points(config)),
             reduction_factor=s.pruner_reduction_factor,
         )
     return optuna.pruners.NopPruner()

@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from optuna_search.core import Config
-from optuna_search.dashboards._summary import StatusInput, render_status, status_report
+from optuna_search.dashboards import StatusInput, render_status, status_report
 from optuna_search.search.loop._exit import EXIT_INCOMPLETE, EXIT_OK
 from optuna_search.search.loop._run import summary_points
 from optuna_search.search.loop._schedule import Status
 from optuna_search.search.loop._scheduler import study_state
-from optuna_search.storage._checkpoints import checkpoint_step, last_complete_checkpoint, point_checkpoints
-from optuna_search.storage._storages import study_flags
+from optuna_search.storage import checkpoint_step, last_complete_checkpoint, point_checkpoints, study_flags
 
 if TYPE_CHECKING:
     import optuna
 
 
-def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
+def status(study: optuna.Study, config: Config) -> tuple[str, int]:
     """The status table, and the exit code: 0 complete, 1 not (yet) complete."""
     state = study_state(study, config)
     front = None
@@ -26,15 +25,32 @@ def status(study: "optuna.Study", config: Config) -> tuple[str, int]:
         front = [p.label for p in state.points if any(t.number in best for t in p.complete)]
     fields = list(config.data.fields)
     checkpoints = {p.key: _checkpoint_step(config, p.params) for p in state.points if not p.status.finished}
-    report = status_report(summary_points(state, fields), StatusInput(
-        state.n_target, config.is_grid, config.eval.objective_split, config.study.objectives[0], fields, front,
-        list(config.study.rungs) if config.halving else None, state.finished, state.pruned, checkpoints))
+    report = status_report(
+        summary_points(state, fields),
+        StatusInput(
+            state.n_target,
+            config.is_grid,
+            config.eval.objective_split,
+            config.study.objectives[0],
+            fields,
+            front,
+            list(config.study.rungs) if config.halving else None,
+            state.finished,
+            state.pruned,
+            checkpoints,
+        ),
+    )
     text = render_status(report, config.study.name, study_flags(config))
     failed = state.of(Status.FAILED)
     if failed:
-        text += "\nfailed: " + ", ".join(p.label for p in failed) + (
-            " (re-run them with the `optuna-search run` command that ran the study, its --preset/--config/--set, "
-            "plus --retry-failed)")
+        text += (
+            "\nfailed: "
+            + ", ".join(p.label for p in failed)
+            + (
+                " (re-run them with the `optuna-search run` command that ran the study, its --preset/--config/--set, "
+                "plus --retry-failed)"
+            )
+        )
     return text, EXIT_OK if state.done else EXIT_INCOMPLETE
 
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, StudyMeta, TrialRecord, UserError
-from optuna_search.core._params import point_key
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, point_key
 from optuna_search.search.loop._open import load_named_study
 from optuna_search.search.loop._preflight import Preflight
 from optuna_search.search.loop._space import distributions
-from optuna_search.storage._internals import distribution_contains
-from optuna_search.storage._ledger import Ledger
-from optuna_search.storage._records import read_meta
+from optuna_search.storage import Ledger, distribution_contains, read_meta
 
 if TYPE_CHECKING:
     import optuna
@@ -32,13 +29,17 @@ log = logging.getLogger("optuna_search")
 SAME = ("model", "data.fields", "eval.method", "eval.objective_split")
 
 
-def open_source(source: str) -> "optuna.Study":
+def open_source(source: str) -> optuna.Study:
     url, _, name = source.partition("#")
-    return load_named_study(url, name or None, what="warm start: ",
-                            how="name it after '#', e.g. --warm-start-from 'sqlite:///grid.db#mistral7b-bugs-qlora'")
+    return load_named_study(
+        url,
+        name or None,
+        what="warm start: ",
+        how="name it after '#', e.g. --warm-start-from 'sqlite:///grid.db#mistral7b-bugs-qlora'",
+    )
 
 
-def check_compatible(source: "optuna.Study", config: Config, pf: Preflight) -> StudyMeta:
+def check_compatible(source: optuna.Study, config: Config, pf: Preflight) -> StudyMeta:
     """The earlier study must have scored the same examples of the same data with the same
     model; returns its meta."""
     meta = read_meta(source)
@@ -47,7 +48,9 @@ def check_compatible(source: "optuna.Study", config: Config, pf: Preflight) -> S
         raise UserError(f"{where}: it was not created by optuna-search (no stored config)")
     problems = []
     if meta.eval_subset != pf.data.test_subset:
-        problems.append("its test examples differ from this study's (other ids, content, eval.num_samples or eval.seed)")
+        problems.append(
+            "its test examples differ from this study's (other ids, content, eval.num_samples or eval.seed)"
+        )
     if meta.validation_subset != pf.data.validation_subset:
         problems.append("its validation examples differ from this study's")
     for split, digest in (meta.data_digest or {}).items():
@@ -66,14 +69,14 @@ def check_compatible(source: "optuna.Study", config: Config, pf: Preflight) -> S
     return meta
 
 
-def warm_start_source(config: Config, pf: Preflight) -> "optuna.Study":
+def warm_start_source(config: Config, pf: Preflight) -> optuna.Study:
     """The earlier study a new study starts from, checked (before the new one exists)."""
     source = open_source(config.study.warm_start)
     check_compatible(source, config, pf)
     return source
 
 
-def warm_start(ledger: Ledger, config: Config, source: "optuna.Study") -> int:
+def warm_start(ledger: Ledger, config: Config, source: optuna.Study) -> int:
     """Copy the earlier study's COMPLETE trials into the ledger's study; returns how many."""
     from optuna.trial import TrialState, create_trial
 
@@ -90,28 +93,48 @@ def warm_start(ledger: Ledger, config: Config, source: "optuna.Study") -> int:
         if point is None:
             skipped.append(f"trial {t.number} ({record.label}): {why}")
             continue
-        values = [record.objective_value(o, config.eval.objective_split) for o in config.study.objectives]
-        if any(v is None for v in values) or point_key(point) in taken:
-            skipped.append(f"trial {t.number} ({record.label}): " + ("a repeat" if point_key(point) in taken else "no score for this study's objectives"))
+        scored = [record.objective_value(o, config.eval.objective_split) for o in config.study.objectives]
+        values = [v for v in scored if v is not None]
+        if len(values) < len(scored) or point_key(point) in taken:
+            skipped.append(
+                f"trial {t.number} ({record.label}): "
+                + ("a repeat" if point_key(point) in taken else "no score for this study's objectives")
+            )
             continue
         taken.add(point_key(point))
-        copied.append(create_trial(
-            state=TrialState.COMPLETE, values=values, params=point, distributions={k: dists[k] for k in point},
-            user_attrs={**t.user_attrs, **record.replace(warm_start_from=f"{source.study_name}#{t.number}").to_user_attrs()},
-            intermediate_values=dict(t.intermediate_values) if len(values) == 1 else None,
-        ))
+        copied.append(
+            create_trial(
+                state=TrialState.COMPLETE,
+                values=values,
+                params=point,
+                distributions={k: dists[k] for k in point},
+                user_attrs={
+                    **t.user_attrs,
+                    **record.replace(warm_start_from=f"{source.study_name}#{t.number}").to_user_attrs(),
+                },
+                intermediate_values=dict(t.intermediate_values) if len(values) == 1 else None,
+            )
+        )
     ledger.copy_in(copied, source.study_name, skipped)
     if copied:
-        log.info("warm start: %d finished trials of study %r copied%s", len(copied), source.study_name,
-                 ("; left out: " + "; ".join(skipped)) if skipped else "")
+        log.info(
+            "warm start: %d finished trials of study %r copied%s",
+            len(copied),
+            source.study_name,
+            ("; left out: " + "; ".join(skipped)) if skipped else "",
+        )
     else:
-        log.warning("warm start: no trial of study %r fits this study, nothing was copied%s", source.study_name,
-                    (" (" + "; ".join(skipped) + ")") if skipped else " (it has no finished trial)")
+        log.warning(
+            "warm start: no trial of study %r fits this study, nothing was copied%s",
+            source.study_name,
+            (" (" + "; ".join(skipped) + ")") if skipped else " (it has no finished trial)",
+        )
     return len(copied)
 
 
-def _point_in(record: TrialRecord, params: dict[str, Any], keys: list[str], dists: dict[str, Any],
-              config: Config) -> tuple[dict[str, Any] | None, str]:
+def _point_in(
+    record: TrialRecord, params: dict[str, Any], keys: list[str], dists: dict[str, Any], config: Config
+) -> tuple[dict[str, Any] | None, str]:
     """The trial as a point of this study's space, or why it is not one."""
     effective = record.effective_params or {}
     point = {}
@@ -125,12 +148,19 @@ def _point_in(record: TrialRecord, params: dict[str, Any], keys: list[str], dist
             return None, f"{k} = {value!r} is outside this study's space"
         point[k] = value
     mine = config.trial_params(point).to_dict()
-    differs = [k for k, v in mine.items() if k in effective and k not in ("batch_size", "gradient_accumulation")
-               and _norm(effective[k]) != _norm(v)]
+    differs = [
+        k
+        for k, v in mine.items()
+        if k in effective and k not in ("batch_size", "gradient_accumulation") and _norm(effective[k]) != _norm(v)
+    ]
     if differs:
         return None, "its " + ", ".join(f"{k} = {effective[k]!r} (here {mine[k]!r})" for k in differs)
     return point, ""
 
 
 def _norm(v: Any) -> Any:
-    return [str(x) for x in v] if isinstance(v, (list, tuple)) else (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+    return (
+        [str(x) for x in v]
+        if isinstance(v, (list, tuple))
+        else (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+    )

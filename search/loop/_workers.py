@@ -24,8 +24,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from optuna_search.core import Config, UserError
-from optuna_search.core._toml import to_toml
+from optuna_search.core import Config, UserError, to_toml
 from optuna_search.search.loop._signals import Terminated, handle_sigterm
 
 log = logging.getLogger("optuna_search")
@@ -41,7 +40,7 @@ def visible_gpus() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no torch / no driver: CPU
+    except Exception:
         return []
 
 
@@ -59,8 +58,12 @@ def choose_workers(requested: int | None, gpus_per_trial: int, *, oversubscribe:
         return max(1, cap) if gpus else 1
     if requested > cap and not oversubscribe:
         what = f"{len(gpus)} GPU(s) / {gpus_per_trial} per trial" if gpus else f"{cap} CPU cores and no GPU"
-        log.warning("--workers %d capped at %d (this machine has %s); pass --oversubscribe to start more anyway",
-                    requested, cap, what)
+        log.warning(
+            "--workers %d capped at %d (this machine has %s); pass --oversubscribe to start more anyway",
+            requested,
+            cap,
+            what,
+        )
         return cap
     return requested
 
@@ -70,7 +73,7 @@ def worker_env(index: int, gpus: list[str], gpus_per_worker: int = 1) -> dict[st
     env = dict(os.environ)
     if gpus:
         start = (index * gpus_per_worker) % len(gpus)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start: start + gpus_per_worker])
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[start : start + gpus_per_worker])
     return env
 
 
@@ -107,8 +110,15 @@ def run_workers(config: Config, n: int, options: WorkerOptions) -> list[int]:
         # CPU-only workers share the cores instead of each grabbing all of them.
         env.setdefault("OMP_NUM_THREADS", str(cpu_share))
         envs.append(env)
-        proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *options.args(i)], env=env,
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "optuna_search.search.front._cli", *options.args(i)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         proc.stdin.write(config_toml)  # type: ignore[union-attr]
         proc.stdin.close()  # type: ignore[union-attr]
         procs.append(proc)

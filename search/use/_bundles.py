@@ -6,7 +6,7 @@ from typing import Any
 
 from optuna_search.core import Config
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.storage._bundle import StudyLocation, export_bundle, import_bundle
+from optuna_search.storage import StudyLocation, export_bundle, import_bundle
 
 
 def location_of(config: Config) -> StudyLocation:

@@ -23,11 +23,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, TrialRecord, UserError
-from optuna_search.core._files import file_sha256
-from optuna_search.core._text import markdown_table, num, pct
-from optuna_search.dashboards._report import compare_with_baselines
-from optuna_search.objectives._model import (
+from optuna_search.core import Config, TrialRecord, UserError, file_sha256, markdown_table, num, pct, writable
+from optuna_search.dashboards import compare_with_baselines
+from optuna_search.objectives import (
     BUILTIN_TINY,
     base_licence,
     count_parameters,
@@ -38,11 +36,10 @@ from optuna_search.objectives._model import (
     resolve_model_source,
 )
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.use._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
 from optuna_search.search.loop._run import rows_of, verdict
 from optuna_search.search.loop._scheduler import study_state
-from optuna_search.storage._artifacts import artifact_store
-from optuna_search.storage._records import read_meta
+from optuna_search.search.use._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
+from optuna_search.storage import artifact_store, read_meta
 
 if TYPE_CHECKING:
     import optuna
@@ -60,9 +57,36 @@ def export_model(location: dict[str, str], trial: str, output: str, *, merge: bo
     study, config = opened.study, opened.config
     record = chosen_trial(study, config, trial)
     spec = spec_from_study(study, config, trial=record.number or 0, checkpoints_dir=location.get("train.output_dir"))
-    member = spec.members[0]
     source = resolve_model_source(config.model.name_or_path, config.model.gguf_file, config.model.revision)
     base_sha = _base_digest(config, source)
+    with writable(out):
+        merged = _write_export(out, study, config, record, spec, source, base_sha, merge)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return (
+        f"exported trial {record.number} ({record.label}) to {out} ({size / 2**20:.1f} MiB"
+        + (
+            f"; merged model {merged[0] / 2**20:.0f} MiB in {out / 'merged'}, peak process memory {merged[1]:.0f} MiB"
+            if merged
+            else ""
+        )
+        + "); use it with: "
+        f"optuna-search predict --model {out} --input reports.jsonl --output predictions.jsonl"
+    )
+
+
+def _write_export(
+    out: Path,
+    study: optuna.Study,
+    config: Config,
+    record: TrialRecord,
+    spec: ModelSpec,
+    source: str,
+    base_sha: str | None,
+    merge: bool,
+) -> tuple[int, float] | None:
+    """The export's files (adapter, tokenizer, spec, model card, merged model): all of them,
+    or none (a failure removes the folder)."""
+    member = spec.members[0]
     out.mkdir(parents=True, exist_ok=True)
     try:
         for f in Path(member.adapter).iterdir():  # adapter + the tokenizer saved beside it when the trial finished
@@ -70,19 +94,15 @@ def export_model(location: dict[str, str], trial: str, output: str, *, merge: bo
                 shutil.copy2(f, out / f.name)
         if not (out / "tokenizer_config.json").exists():
             _save_tokenizer(source, config, out)
-        exported = dataclasses.replace(spec, members=[dataclasses.replace(member, adapter=".")], tokenizer_dir=".",
-                                       base_sha256=base_sha)
+        exported = dataclasses.replace(
+            spec, members=[dataclasses.replace(member, adapter=".")], tokenizer_dir=".", base_sha256=base_sha
+        )
         (out / SPEC_FILE).write_text(json.dumps(exported.to_json(), indent=1))
         (out / "README.md").write_text(model_card(study, config, record, exported, source, out))
-        merged = _merge(source, config, record, out) if merge else None
+        return _merge(source, config, record, out) if merge else None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # never leave half an export behind
         raise
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return (f"exported trial {record.number} ({record.label}) to {out} ({size / 2**20:.1f} MiB"
-            + (f"; merged model {merged[0] / 2**20:.0f} MiB in {out / 'merged'}, peak process memory {merged[1]:.0f} MiB"
-               if merged else "") + "); use it with: "
-            f"optuna-search predict --model {out} --input reports.jsonl --output predictions.jsonl")
 
 
 def _save_tokenizer(source: str, config: Config, out: Path) -> None:
@@ -125,12 +145,20 @@ def _check_merge_room(source: str, config: Config, out: Path, dtype) -> int:
     size = count_parameters(source, config.model) * dtype.itemsize
     free = sh.disk_usage(out.parent).free
     if size > free:
-        raise UserError(f"--merge writes about {size / 2**30:.1f} GiB into {out / 'merged'}, but only {free / 2**30:.1f} GiB "
-                        "are free there; export without --merge (the adapter alone, a few MiB, loads onto the base with "
-                        "peft), or give --output on a larger disk")
+        raise UserError(
+            f"--merge writes about {size / 2**30:.1f} GiB into {out / 'merged'}, but only {free / 2**30:.1f} GiB "
+            "are free there; export without --merge (the adapter alone, a few MiB, loads onto the base with "
+            "peft), or give --output on a larger disk"
+        )
     level = logging.WARNING if size >= MERGE_WARN_BYTES else logging.INFO
-    log.log(level, "--merge: writing about %.1f GiB (%s) into %s; %.1f GiB free there", size / 2**30,
-            str(dtype).replace("torch.", ""), out / "merged", free / 2**30)
+    log.log(
+        level,
+        "--merge: writing about %.1f GiB (%s) into %s; %.1f GiB free there",
+        size / 2**30,
+        str(dtype).replace("torch.", ""),
+        out / "merged",
+        free / 2**30,
+    )
     return size
 
 
@@ -151,54 +179,129 @@ def _merge(source: str, config: Config, record: TrialRecord, out: Path) -> tuple
     return sum(f.stat().st_size for f in (out / "merged").rglob("*") if f.is_file()), peak
 
 
-def model_card(study: "optuna.Study", config: Config, r: TrialRecord, spec: ModelSpec, source: str, out: Path) -> str:
+def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelSpec, source: str, out: Path) -> str:
     fields = list(config.data.fields)
     meta = read_meta(study)
-    lines = [f"# {study.study_name}: trial {r.number} ({r.label})", "",
-             f"A LoRA adapter for `{config.model.name_or_path}`, chosen by the optuna-search study `{study.study_name}` "
-             f"on its **{config.eval.objective_split}** split and measured on {len(meta.eval_subset or [])} fixed test "
-             f"examples ({'label scoring' if config.eval.method == 'score' else 'greedy decoding'}).", ""]
+    lines = [
+        f"# {study.study_name}: trial {r.number} ({r.label})",
+        "",
+        f"A LoRA adapter for `{config.model.name_or_path}`, chosen by the optuna-search study `{study.study_name}` "
+        f"on its **{config.eval.objective_split}** split and measured on {len(meta.eval_subset or [])} fixed test "
+        f"examples ({'label scoring' if config.eval.method == 'score' else 'greedy decoding'}).",
+        "",
+    ]
     if config.model.name_or_path == BUILTIN_TINY:
         lines += ["> DEMO model: a tiny model on synthetic data. It shows the machinery, not model quality.", ""]
-    lines += ["## Hyperparameters", "", markdown_table(["setting", "value"], [[k, v] for k, v in (r.effective_params or {}).items()]), ""]
+    lines += [
+        "## Hyperparameters",
+        "",
+        markdown_table(["setting", "value"], [[k, v] for k, v in (r.effective_params or {}).items()]),
+        "",
+    ]
     if r.test is not None:
         rows = []
         for f in fields:
-            ci = r.test.ci95.get(f) or [None, None]
-            rows.append([f, pct(r.test.accuracy[f]), f"{pct(ci[0])} - {pct(ci[1])}", num(r.test.macro_f1.get(f), ".3f"),
-                         pct(r.accuracy(f, "validation"))])
-        rows.append(["overall", pct(r.overall), "", num(r.test.mean_macro_f1, ".3f"), pct(r.split_overall("validation"))])
-        lines += ["## Measured", "", markdown_table(["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "validation accuracy"], rows), ""]
+            ci: list[float | None] = list(r.test.ci95.get(f) or [])
+            ci += [None] * (2 - len(ci))
+            rows.append(
+                [
+                    f,
+                    pct(r.test.accuracy[f]),
+                    f"{pct(ci[0])} - {pct(ci[1])}",
+                    num(r.test.macro_f1.get(f), ".3f"),
+                    pct(r.accuracy(f, "validation")),
+                ]
+            )
+        rows.append(
+            ["overall", pct(r.overall), "", num(r.test.mean_macro_f1, ".3f"), pct(r.split_overall("validation"))]
+        )
+        lines += [
+            "## Measured",
+            "",
+            markdown_table(["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "validation accuracy"], rows),
+            "",
+        ]
         for f, label in r.test.single_label().items():
             lines += [f"**Warning: on {f} it answers `{label}` for every test example.**", ""]
         if r.test.calibration:
-            lines += ["Calibration (test): " + "; ".join(f"{f} log-loss {c['log_loss']:.3f}, Brier {c['brier']:.3f}, ECE {c['ece']:.3f}"
-                                                         for f, c in r.test.calibration.items()), ""]
+            lines += [
+                "Calibration (test): "
+                + "; ".join(
+                    f"{f} log-loss {c['log_loss']:.3f}, Brier {c['brier']:.3f}, ECE {c['ece']:.3f}"
+                    for f, c in r.test.calibration.items()
+                ),
+                "",
+            ]
     comparisons = compare_with_baselines(study, config, artifact_store(config.storage.artifacts, create=False), r)
     if comparisons:
-        body = [[name, pct((meta.baselines or {}).get(name, {}).get("overall")), f"{c.tests['overall'].only_a} vs {c.tests['overall'].only_b}",
-                 f"{c.tests['overall'].p:.3g}"] for name, c in comparisons.items()]
-        lines += ["## Against the baselines (same test examples)", "",
-                  markdown_table(["baseline", "overall", "examples only this model / only the baseline gets all fields right",
-                                  "McNemar p"], body), ""]
+        body = [
+            [
+                name,
+                pct((meta.baselines or {}).get(name, {}).get("overall")),
+                f"{c.tests['overall'].only_a} vs {c.tests['overall'].only_b}",
+                f"{c.tests['overall'].p:.3g}",
+            ]
+            for name, c in comparisons.items()
+        ]
+        lines += [
+            "## Against the baselines (same test examples)",
+            "",
+            markdown_table(
+                [
+                    "baseline",
+                    "overall",
+                    "examples only this model / only the baseline gets all fields right",
+                    "McNemar p",
+                ],
+                body,
+            ),
+            "",
+        ]
     state = study_state(study, config)
     table = rows_of(state, config)
-    lines += ["## The study", "", "\n".join(verdict(table, config, study)), "",
-              markdown_table(["configuration", "overall (test)", "validation", "status"],
-                             [[x.point, pct(x.overall), pct(x.validation), x.status] for x in table]), ""]
-    lines += ["## Provenance", "",
-              f"- base model: `{config.model.name_or_path}`" + (f" (revision `{config.model.revision}`)" if config.model.revision else "")
-              + (f", SHA-256 `{spec.base_sha256}`" if spec.base_sha256 else ""),
-              f"- base model licence: {base_licence(config.model.name_or_path, source)}",
-              f"- adapter SHA-256: `{spec.members[0].sha256}`",
-              f"- test subset SHA-256: `{r.eval_ids_sha256}`; validation subset: `{r.validation_ids_sha256}`",
-              f"- data files SHA-256: {json.dumps(meta.data_digest) if meta.data_digest else 'not recorded (study created by an earlier version)'}",
-              f"- prompt: {config.model.chat_template} chat template, max length {config.model.max_length} tokens (the report is "
-              "truncated, never the answer); label sets: " + "; ".join(f"{f}: {', '.join(spec.labels[f])}" for f in fields), ""]
-    lines += ["## Use", "", "```bash", f"optuna-search predict --model {out} --input reports.jsonl --output predictions.jsonl", "```", "",
-              "```python", "from optuna_search import Predictor", f"predictor = Predictor.from_dir({str(out)!r})",
-              "print(predictor.predict([{\"input\": \"Title: crash on load ...\"}]))", "```", "",
-              f"Or with peft alone (base reachable): `AutoPeftModelForCausalLM.from_pretrained({str(out)!r})`; the prompt must "
-              "then be built as optuna-search builds it (the tokenizer's chat template, the instruction, the report).", ""]
+    lines += [
+        "## The study",
+        "",
+        "\n".join(verdict(table, config, study)),
+        "",
+        markdown_table(
+            ["configuration", "overall (test)", "validation", "status"],
+            [[x.point, pct(x.overall), pct(x.validation), x.status] for x in table],
+        ),
+        "",
+    ]
+    lines += [
+        "## Provenance",
+        "",
+        f"- base model: `{config.model.name_or_path}`"
+        + (f" (revision `{config.model.revision}`)" if config.model.revision else "")
+        + (f", SHA-256 `{spec.base_sha256}`" if spec.base_sha256 else ""),
+        f"- base model licence: {base_licence(config.model.name_or_path, source)}",
+        f"- adapter SHA-256: `{spec.members[0].sha256}`",
+        f"- test subset SHA-256: `{r.eval_ids_sha256}`; validation subset: `{r.validation_ids_sha256}`",
+        "- data files SHA-256: "
+        f"{json.dumps(meta.data_digest) if meta.data_digest else 'not recorded (study created by an earlier version)'}",
+        f"- prompt: {config.model.chat_template} chat template, max length {config.model.max_length} tokens "
+        "(the report is "
+        "truncated, never the answer); label sets: " + "; ".join(f"{f}: {', '.join(spec.labels[f])}" for f in fields),
+        "",
+    ]
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        f"optuna-search predict --model {out} --input reports.jsonl --output predictions.jsonl",
+        "```",
+        "",
+        "```python",
+        "from optuna_search import Predictor",
+        f"predictor = Predictor.from_dir({str(out)!r})",
+        'print(predictor.predict([{"input": "Title: crash on load ..."}]))',
+        "```",
+        "",
+        f"Or with peft alone (base reachable): `AutoPeftModelForCausalLM.from_pretrained({str(out)!r})`; the "
+        "prompt must "
+        "then be built as optuna-search builds it (the tokenizer's chat template, the instruction, the report).",
+        "",
+    ]
     return "\n".join(lines)
-

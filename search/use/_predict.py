@@ -20,19 +20,23 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, TrialRecord, UserError, best_record
-from optuna_search.core._text import format_seconds
-from optuna_search.objectives._data import CHARS_PER_TOKEN_BOUND, Example
-from optuna_search.objectives._evaluate import evaluate_examples
-from optuna_search.objectives._model import load_adapters, load_tokenizer, resolve_model_source
-from optuna_search.objectives._prompt import PromptEncoder
+from optuna_search.core import Config, TrialRecord, UserError, best_record, format_seconds, writable
+from optuna_search.objectives import (
+    CHARS_PER_TOKEN_BOUND,
+    Example,
+    PromptEncoder,
+    evaluate_examples,
+    load_adapters,
+    load_tokenizer,
+    resolve_model_source,
+)
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.storage._checkpoints import FINAL_ADAPTER, adapter_digest, point_checkpoints
-from optuna_search.storage._records import read_meta
+from optuna_search.storage import FINAL_ADAPTER, adapter_digest, located, point_checkpoints, read_meta, study_home
 
 if TYPE_CHECKING:
     import optuna
@@ -81,7 +85,7 @@ class ModelSpec:
         return {"format": SPEC_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ModelSpec":
+    def from_json(cls, d: dict[str, Any]) -> ModelSpec:
         d = {k: v for k, v in d.items() if k != "format"}
         d["members"] = [Member(**m) for m in d["members"]]
         return cls(**d)
@@ -91,19 +95,30 @@ class ModelSpec:
 class RowPrediction:
     id: str
     labels: dict[str, str | None]
+    """Per field, a label of the field's label set, or None: the model's answer for that
+    field was no label of its set (or there was no answer; see ``invalid``)."""
     probs: dict[str, dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """The input row's other columns, passed through."""
+    invalid: dict[str, str | None] = field(default_factory=dict)
+    """Fields whose generated answer was not one of the field's labels: the raw answer
+    (None: the field's line was missing). Label scoring never has any."""
 
     def to_record(self) -> dict[str, Any]:
-        out = {"id": self.id, **{k: v for k, v in self.extra.items() if k not in ("id", "labels", "probs")}, "labels": self.labels}
+        out = {
+            "id": self.id,
+            **{k: v for k, v in self.extra.items() if k not in ("id", "labels", "probs", "invalid")},
+            "labels": self.labels,
+        }
         if self.probs is not None:
             out["probs"] = self.probs
+        if self.invalid:
+            out["invalid"] = self.invalid
         return out
 
 
 # -- where a model comes from ---------------------------------------------------------------
-def chosen_trial(study: "optuna.Study", config: Config, which: str | int) -> TrialRecord:
+def chosen_trial(study: optuna.Study, config: Config, which: str | int) -> TrialRecord:
     """``best`` (the study's best trial, ``core.best_record``) or a trial number; only a
     COMPLETE trial with a trained adapter predicts."""
     fields = list(config.data.fields)
@@ -111,9 +126,15 @@ def chosen_trial(study: "optuna.Study", config: Config, which: str | int) -> Tri
     if str(which) == "best":
         if len(config.study.objectives) > 1:
             front = ", ".join(str(t.number) for t in study.best_trials)
-            raise UserError(f"--trial best is ambiguous on a multi-objective study; pass one trial of the Pareto front: {front}")
-        best = best_record([TrialRecord.from_trial(t, fields) for t in trials.values()], config.study.objectives[0],
-                           config.eval.objective_split, fields)
+            raise UserError(
+                f"--trial best is ambiguous on a multi-objective study; pass one trial of the Pareto front: {front}"
+            )
+        best = best_record(
+            [TrialRecord.from_trial(t, fields) for t in trials.values()],
+            config.study.objectives[0],
+            config.eval.objective_split,
+            fields,
+        )
         if best is None:
             raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet; run it first")
         number = best.number
@@ -122,12 +143,14 @@ def chosen_trial(study: "optuna.Study", config: Config, which: str | int) -> Tri
             number = int(which)
         except ValueError:
             raise UserError(f"--trial {which!r} must be 'best' or a trial number") from None
-    t = trials.get(number)
+    t = trials.get(number) if number is not None else None
     if t is None:
         raise UserError(f"study {study.study_name!r} has no trial {number}; trials: 0-{max(trials, default=-1)}")
     if t.state.name != "COMPLETE":
-        raise UserError(f"trial {number} is {t.state.name}, not COMPLETE: it has no evaluated model; pick a COMPLETE trial "
-                        "(optuna-search status lists them)")
+        raise UserError(
+            f"trial {number} is {t.state.name}, not COMPLETE: it has no evaluated model; pick a COMPLETE trial "
+            "(optuna-search status lists them)"
+        )
     record = TrialRecord.from_trial(t, fields)
     if record.duplicate_of is not None:
         return chosen_trial(study, config, record.duplicate_of)
@@ -142,34 +165,47 @@ def _adapter_dir(config: Config, record: TrialRecord, location_dir: str | None) 
     if location_dir:
         candidates.append(point_checkpoints(location_dir, config.study.name, point) / FINAL_ADAPTER)
     if record.adapter_dir:
-        candidates.append(Path(record.adapter_dir))
+        candidates.append(located(record.adapter_dir, study_home(config.storage.url)))
     candidates.append(point_checkpoints(config.train.output_dir, config.study.name, point) / FINAL_ADAPTER)
     candidates = list(dict.fromkeys(candidates))
     for c in candidates:
         if (c / "adapter_config.json").is_file():
             return str(c)
-    raise UserError(f"the adapter of trial {record.number} is not at {', '.join(str(c) for c in candidates)}; pass "
-                    "--set train.output_dir=DIR where the study's checkpoints are (or export-model it where it ran)")
+    raise UserError(
+        f"the adapter of trial {record.number} is not at {', '.join(str(c) for c in candidates)}; pass the "
+        "folder of the study's checkpoints (--set train.output_dir=DIR; in Python, checkpoints_dir=DIR), or "
+        "export-model it where it ran"
+    )
 
 
-def study_labels(study: "optuna.Study", config: Config, record: TrialRecord) -> dict[str, list[str]]:
+def study_labels(study: optuna.Study, config: Config, record: TrialRecord) -> dict[str, list[str]]:
     """The label sets a study scored, in order: stored on the study (since this
     version), else read off the trial's confusion matrices."""
     meta = read_meta(study)
     if meta.labels:
         return meta.labels
     if record.test is not None and all(f in record.test.confusion for f in config.data.fields):
-        return {f: [lab for lab in record.test.confusion[f]["labels"] if lab != "<invalid>"] for f in config.data.fields}
+        return {
+            f: [lab for lab in record.test.confusion[f]["labels"] if lab != "<invalid>"] for f in config.data.fields
+        }
     raise UserError(f"study {study.study_name!r} stores no label sets; it cannot predict")
 
 
-def spec_from_study(study: "optuna.Study", config: Config, *, trial: str | int = "best", ensemble: bool = False,
-                    checkpoints_dir: str | None = None) -> ModelSpec:
+def spec_from_study(
+    study: optuna.Study,
+    config: Config,
+    *,
+    trial: str | int = "best",
+    ensemble: bool = False,
+    checkpoints_dir: str | None = None,
+) -> ModelSpec:
     if ensemble:
         stored = [e for e in read_meta(study).ensembles or [] if e["method"] == "soft"]
         if not stored:
-            raise UserError(f"study {study.study_name!r} has no stored soft-voting ensemble; create one with "
-                            "`optuna-search ensemble --top K` (members evaluated by label scoring)")
+            raise UserError(
+                f"study {study.study_name!r} has no stored soft-voting ensemble; create one with "
+                "`optuna-search ensemble --top K` (members evaluated by label scoring)"
+            )
         records = [chosen_trial(study, config, n) for n in stored[-1]["trials"]]
     else:
         records = [chosen_trial(study, config, trial)]
@@ -178,21 +214,35 @@ def spec_from_study(study: "optuna.Study", config: Config, *, trial: str | int =
         adapter = _adapter_dir(config, r, checkpoints_dir)
         digest = adapter_digest(Path(adapter))
         if r.adapter_sha256 and digest != r.adapter_sha256:
-            raise UserError(f"the adapter at '{adapter}' is not the one trial {r.number} trained (SHA-256 differs); "
-                            "restore the study's checkpoints")
+            raise UserError(
+                f"the adapter at '{adapter}' is not the one trial {r.number} trained (SHA-256 differs); "
+                "restore the study's checkpoints"
+            )
         members.append(Member(f"trial-{r.number}", r.number or 0, adapter, dict(r.params), digest))
     meta = read_meta(study)
     # As the trial evaluated: its compute dtype (the "auto" of the machine it trained on)
     # and evaluation batch.
     base = {**dataclasses.asdict(config.model), "compute_dtype": records[0].compute_dtype or config.model.compute_dtype}
     return ModelSpec(
-        fields=list(config.data.fields), labels=study_labels(study, config, records[0]),
-        default_instruction=config.data.default_instruction, instruction_column=config.data.instruction_column,
-        input_column=config.data.input_column, chat_template=config.model.chat_template, max_length=config.model.max_length,
-        method=config.eval.method, batch_size=records[0].eval_batch_size or config.eval.batch_size, base=base, members=members,
-        provenance={"study": study.study_name, "trials": [r.number for r in records], "params": [dict(r.params) for r in records],
-                    "voting": "soft" if ensemble else None, "eval_subset_sha256": records[0].eval_ids_sha256,
-                    "data_sha256": meta.data_digest},
+        fields=list(config.data.fields),
+        labels=study_labels(study, config, records[0]),
+        default_instruction=config.data.default_instruction,
+        instruction_column=config.data.instruction_column,
+        input_column=config.data.input_column,
+        chat_template=config.model.chat_template,
+        max_length=config.model.max_length,
+        method=config.eval.method,
+        batch_size=records[0].eval_batch_size or config.eval.batch_size,
+        base=base,
+        members=members,
+        provenance={
+            "study": study.study_name,
+            "trials": [r.number for r in records],
+            "params": [dict(r.params) for r in records],
+            "voting": "soft" if ensemble else None,
+            "eval_subset_sha256": records[0].eval_ids_sha256,
+            "data_sha256": meta.data_digest,
+        },
     )
 
 
@@ -200,8 +250,10 @@ def spec_from_dir(path: str | Path) -> ModelSpec:
     root = Path(path)
     f = root / SPEC_FILE
     if not f.is_file():
-        raise UserError(f"'{root}' is not a model exported by optuna-search (no {SPEC_FILE}); pass a folder written by "
-                        "`optuna-search export-model`")
+        raise UserError(
+            f"'{root}' is not a model exported by optuna-search (no {SPEC_FILE}); pass a folder written by "
+            "`optuna-search export-model`"
+        )
     try:
         d = json.loads(f.read_text())
         if d.get("format") != SPEC_FORMAT:
@@ -230,19 +282,35 @@ class Predictor:
         try:
             self.model, self.dtype = load_adapters(source, model_cfg, {m.name: m.adapter for m in spec.members})
         except OSError as e:
-            raise UserError(f"cannot load the base model {model_cfg.name_or_path!r} ({str(e).splitlines()[0]}); check "
-                            "that it is reachable (a local folder, or the hub with a login for gated models)") from None
+            raise UserError(
+                f"cannot load the base model {model_cfg.name_or_path!r} ({str(e).splitlines()[0]}); check "
+                "that it is reachable (a local folder, or the hub with a login for gated models)"
+            ) from None
 
     @classmethod
-    def from_study(cls, storage: str, study_name: str | None = None, *, trial: str | int = "best", ensemble: bool = False,
-                   checkpoints_dir: str | None = None) -> "Predictor":
-        location = {"storage.url": storage, **({"study.name": study_name} if study_name else {}),
-                    **({"train.output_dir": checkpoints_dir} if checkpoints_dir else {})}
+    def from_study(
+        cls,
+        storage: str,
+        study_name: str | None = None,
+        *,
+        trial: str | int = "best",
+        ensemble: bool = False,
+        checkpoints_dir: str | None = None,
+    ) -> Predictor:
+        location = {
+            "storage.url": storage,
+            **({"study.name": study_name} if study_name else {}),
+            **({"train.output_dir": checkpoints_dir} if checkpoints_dir else {}),
+        }
         opened = open_for_reading(location)
-        return cls(spec_from_study(opened.study, opened.config, trial=trial, ensemble=ensemble, checkpoints_dir=checkpoints_dir))
+        return cls(
+            spec_from_study(
+                opened.study, opened.config, trial=trial, ensemble=ensemble, checkpoints_dir=checkpoints_dir
+            )
+        )
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> "Predictor":
+    def from_dir(cls, path: str | Path) -> Predictor:
         return cls(spec_from_dir(path))
 
     def examples(self, rows: Iterable[dict[str, Any] | str], start: int = 1) -> list[Example]:
@@ -250,42 +318,73 @@ class Predictor:
         else its number)."""
         s = self.spec
         out = []
-        for i, row in enumerate(rows, start=start):
-            row = {s.input_column: row} if isinstance(row, str) else row
+        for i, given in enumerate(rows, start=start):
+            row = {s.input_column: given} if isinstance(given, str) else given
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"row {i}: {type(row).__name__} is not a row; give a dict with the text in "
+                    f"{s.input_column!r}, or the text itself"
+                )
             text = row.get(s.input_column)
             if not isinstance(text, str) or not text.strip():
                 raise UserError(f"row {i}: no text in column {s.input_column!r}")
             instruction = row.get(s.instruction_column)
             instruction = instruction if isinstance(instruction, str) and instruction.strip() else s.default_instruction
             ex_id = str(row["id"]) if row.get("id") not in (None, "") else str(i)
-            out.append(Example(ex_id, instruction, text[: s.max_length * CHARS_PER_TOKEN_BOUND], {f: "" for f in s.fields}, i))
+            out.append(
+                Example(
+                    ex_id, instruction, text[: s.max_length * CHARS_PER_TOKEN_BOUND], dict.fromkeys(s.fields, ""), i
+                )
+            )
         return out
 
-    def predict(self, rows: Iterable[dict[str, Any] | str]) -> list[RowPrediction]:
+    def predict(self, rows: Iterable[dict[str, Any] | str] | str | dict[str, Any]) -> list[RowPrediction]:
         """Labels (and, with label scoring, each label's probability) for each row: a
-        dict with the study's text column (other columns are passed through) or the text."""
-        rows = list(rows)
+        dict with the study's text column (other columns are passed through) or the text;
+        one row (a string or a dict) gives a list of one."""
+        rows = [rows] if isinstance(rows, (str, dict)) else list(rows)
         examples = self.examples(rows)
         extras = [r if isinstance(r, dict) else {} for r in rows]
-        return self._predict(examples, [{k: v for k, v in e.items() if k not in (self.spec.input_column,
-                                                                                    self.spec.instruction_column)} for e in extras])
+        return self._predict(
+            examples,
+            [
+                {k: v for k, v in e.items() if k not in (self.spec.input_column, self.spec.instruction_column)}
+                for e in extras
+            ],
+        )
 
     def _predict(self, examples: list[Example], extras: list[dict[str, Any]]) -> list[RowPrediction]:
         s = self.spec
         per_member = []
         for m in s.members:
             self.model.set_adapter(m.name)
-            per_member.append(evaluate_examples(self.model, self.tokenizer, self.encoder, examples, method=s.method,
-                                                batch_size=s.batch_size, dtype=self.dtype))
+            per_member.append(
+                evaluate_examples(
+                    self.model,
+                    self.tokenizer,
+                    self.encoder,
+                    examples,
+                    method=s.method,
+                    batch_size=s.batch_size,
+                    dtype=self.dtype,
+                )
+            )
         out = []
         for i, e in enumerate(examples):
             preds = [pm[i] for pm in per_member]
             if len(preds) == 1:
                 labels, probs = dict(preds[0].predicted), preds[0].probs
             else:  # soft voting: the mean of the members' label probabilities
-                probs = {f: {lab: sum(p.probs[f][lab] for p in preds) / len(preds) for lab in s.labels[f]} for f in s.fields}  # type: ignore[index]
+                probs = {
+                    f: {lab: sum((p.probs or {})[f][lab] for p in preds) / len(preds) for lab in s.labels[f]}
+                    for f in s.fields
+                }
                 labels = {f: max(probs[f].items(), key=lambda kv: kv[1])[0] for f in s.fields}
-            out.append(RowPrediction(e.id, labels, probs, extras[i]))
+            # An answer that is no label of its field is not a label (generation can write
+            # a severity word under component): null, with the raw answer beside it.
+            invalid = {f: v for f, v in labels.items() if v not in s.labels[f]}
+            labels = {f: (None if f in invalid else v) for f, v in labels.items()}
+            out.append(RowPrediction(e.id, labels, probs, extras[i], invalid))
         return out
 
 
@@ -310,75 +409,189 @@ def _with_template(model_cfg: _ModelSection, spec: ModelSpec) -> _ModelSection:
 
 
 # -- files ------------------------------------------------------------------------------------
-def predict_file(input_path: str, output_path: str, *, location: dict[str, str] | None, trial: str = "best",
-                 ensemble: bool = False, model_dir: str | None = None, on_bad_row: str = "skip",
-                 batch_size: int | None = None) -> str:
+@dataclass
+class _Tally:
+    written: int = 0
+    skipped: int = 0
+    invalid: int = 0
+    bad: list[str] = field(default_factory=list)
+    usable: int = 0
+
+
+def predict_file(
+    input_path: str,
+    output_path: str,
+    *,
+    location: dict[str, str] | None,
+    trial: str = "best",
+    ensemble: bool = False,
+    model_dir: str | None = None,
+    on_bad_row: str = "skip",
+    batch_size: int | None = None,
+) -> str:
     """Predict every row of ``input_path`` into ``output_path`` (see the module docstring)."""
     inp, out = Path(input_path), Path(output_path)
     _check_paths(inp, out)
+    spec = _spec(location, trial, ensemble, model_dir, batch_size)
+    csv_out = out.suffix.lower() == ".csv"
+    done = _written_ids(out, csv_out)
+    sidecar = out.with_name(out.name + ".provenance.json")
+    provenance = {
+        "model": spec.provenance,
+        "members": [dataclasses.asdict(m) for m in spec.members],
+        "base": spec.base,
+        "method": spec.method,
+        "max_length": spec.max_length,
+        "labels": spec.labels,
+    }
+    _check_same_model(out, sidecar, provenance, resumed=bool(done))
+    predictor = Predictor(spec)
+    with writable(sidecar):
+        sidecar.write_text(json.dumps(provenance, indent=1))
+    tally = _Tally()
+    with writable(out), open(out, "a", encoding="utf-8", newline="") as fh:
+        _predict_rows(predictor, RowReader(inp, spec.input_column), fh, done, csv_out, on_bad_row, tally, inp)
+    for b in tally.bad[:10]:
+        log.warning("skipped %s", b)
+    if tally.usable == 0:
+        raise UserError(_no_usable_rows(inp, spec, tally))
+    return (
+        f"wrote {tally.written} predictions to {out}"
+        + (f" ({tally.skipped} already there from an earlier run)" if tally.skipped else "")
+        + (
+            f"; {tally.invalid} answers were no label of their field (written as null, the answer under 'invalid')"
+            if tally.invalid
+            else ""
+        )
+        + (f"; skipped {len(tally.bad)} bad rows (first: {tally.bad[0]})" if tally.bad else "")
+        + f"; provenance: {sidecar}"
+    )
+
+
+def _spec(
+    location: dict[str, str] | None, trial: str, ensemble: bool, model_dir: str | None, batch_size: int | None
+) -> ModelSpec:
     if model_dir:
         spec = spec_from_dir(model_dir)
     else:
         opened = open_for_reading(location or {})
-        spec = spec_from_study(opened.study, opened.config, trial=trial, ensemble=ensemble,
-                               checkpoints_dir=(location or {}).get("train.output_dir"))
+        spec = spec_from_study(
+            opened.study,
+            opened.config,
+            trial=trial,
+            ensemble=ensemble,
+            checkpoints_dir=(location or {}).get("train.output_dir"),
+        )
     if batch_size is not None:
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size} must be a positive integer")
         spec = dataclasses.replace(spec, batch_size=batch_size)
-    csv_out = out.suffix.lower() == ".csv"
-    done = _written_ids(out, csv_out)
-    predictor = Predictor(spec)
-    sidecar = out.with_name(out.name + ".provenance.json")
-    sidecar.write_text(json.dumps({"model": spec.provenance, "members": [dataclasses.asdict(m) for m in spec.members],
-                                   "base": spec.base, "method": spec.method, "max_length": spec.max_length,
-                                   "labels": spec.labels}, indent=1))
-    reader = RowReader(inp, spec.input_column)
-    bad: list[str] = []
-    written = skipped = 0
+    return spec
+
+
+SAME_MODEL = ("model", "members", "base", "method", "max_length", "labels")
+"""What a resumed output must share with the run that started it."""
+
+
+def _check_same_model(out: Path, sidecar: Path, provenance: dict[str, Any], *, resumed: bool) -> None:
+    """An output that already holds predictions is resumed only by the same model (trial(s),
+    adapter digests, base, method, label sets); its provenance is never rewritten."""
+    if not resumed:
+        return
+    try:
+        earlier = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        raise UserError(
+            f"--output '{out}' holds predictions without their provenance ({sidecar.name} is missing or "
+            "damaged): where they came from is unknown; choose a new --output"
+        ) from None
+    differs = [
+        k for k in SAME_MODEL if json.dumps(earlier.get(k), sort_keys=True) != json.dumps(provenance[k], sort_keys=True)
+    ]
+    if differs:
+        was, now = earlier.get("model", {}).get("trials"), provenance["model"].get("trials")
+        raise UserError(
+            f"--output '{out}' holds predictions of another model (trials {was}, this run: {now}; differs in "
+            f"{', '.join(differs)}); resume it with the same --trial/--model, or choose a new --output"
+        )
+
+
+def _predict_rows(
+    predictor: Predictor,
+    reader: RowReader,
+    fh: Any,
+    done: set[str],
+    csv_out: bool,
+    on_bad_row: str,
+    tally: _Tally,
+    inp: Path,
+) -> None:
+    spec = predictor.spec
+    writer = _CsvWriter(fh, spec, new=not done, header=_csv_header(fh.name) if done else None) if csv_out else None
     t0 = last = time.monotonic()
-    with open(out, "a", encoding="utf-8", newline="") as fh:
-        writer = _CsvWriter(fh, spec, new=not done) if csv_out else None
-        for chunk in reader.chunks(spec.batch_size * CHUNK_BATCHES):
-            rows, examples, extras = [], [], []
-            for line, row, problem in chunk:
-                if problem is None:
-                    try:
-                        (ex,) = predictor.examples([row], start=line)
-                    except UserError as e:
-                        problem = str(e).replace(f"row {line}", f"{inp}:{line}")
-                if problem is not None:
-                    if on_bad_row == "fail":
-                        raise UserError(f"{problem}; fix the row, or pass --on-bad-row skip")
-                    bad.append(problem)
-                    continue
-                if ex.id in done:
-                    skipped += 1
-                    continue
-                rows.append(row)
-                examples.append(ex)
-                extras.append({k: v for k, v in row.items() if k not in (spec.input_column, spec.instruction_column)})
-            if examples:
-                for p in predictor._predict(examples, extras):
-                    if writer is not None:
-                        writer.write(p)
-                    else:
-                        fh.write(json.dumps(p.to_record(), ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                written += len(examples)
-            now = time.monotonic()
-            if now - last >= 5 or reader.done:
-                last = now
-                rate = written / max(now - t0, 1e-9)
-                frac = reader.fraction
-                eta = (now - t0) * (1 - frac) / frac if frac > 0 else float("nan")
-                log.info("predict: %d rows written (%.1f rows/s), %.0f%% of the input, ETA %s", written, rate, 100 * frac,
-                         format_seconds(eta))
-    for b in bad[:10]:
-        log.warning("skipped %s", b)
-    return (f"wrote {written} predictions to {out}" + (f" ({skipped} already there from an earlier run)" if skipped else "")
-            + (f"; skipped {len(bad)} bad rows (first: {bad[0]})" if bad else "") + f"; provenance: {sidecar}")
+    for chunk in reader.chunks(spec.batch_size * CHUNK_BATCHES):
+        examples, extras = [], []
+        for line, row, read_problem in chunk:
+            ex, problem = _example(predictor, line, row, read_problem, inp)
+            if problem is not None:
+                if on_bad_row == "fail":
+                    raise UserError(f"{problem}; fix the row, or pass --on-bad-row skip")
+                tally.bad.append(problem)
+                continue
+            tally.usable += 1
+            if ex.id in done:
+                tally.skipped += 1
+                continue
+            examples.append(ex)
+            extras.append({k: v for k, v in row.items() if k not in (spec.input_column, spec.instruction_column)})
+        if examples:
+            for p in predictor._predict(examples, extras):
+                tally.invalid += len(p.invalid)
+                writer.write(p) if writer is not None else fh.write(
+                    json.dumps(p.to_record(), ensure_ascii=False) + "\n"
+                )
+            fh.flush()
+            os.fsync(fh.fileno())
+            tally.written += len(examples)
+        now = time.monotonic()
+        if now - last >= 5 or reader.done:
+            last = now
+            frac = reader.fraction
+            eta = (now - t0) * (1 - frac) / frac if frac > 0 else float("nan")
+            log.info(
+                "predict: %d rows written (%.1f rows/s), %.0f%% of the input, ETA %s",
+                tally.written,
+                tally.written / max(now - t0, 1e-9),
+                100 * frac,
+                format_seconds(eta),
+            )
+
+
+def _csv_header(path: str) -> list[str] | None:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh), None)
+
+
+def _example(
+    predictor: Predictor, line: int, row: dict[str, Any], problem: str | None, inp: Path
+) -> tuple[Any, str | None]:
+    if problem is not None:
+        return None, problem
+    try:
+        (ex,) = predictor.examples([row], start=line)
+    except UserError as e:
+        return None, str(e).replace(f"row {line}", f"{inp}:{line}")
+    return ex, None
+
+
+def _no_usable_rows(inp: Path, spec: ModelSpec, tally: _Tally) -> str:
+    if not tally.bad:
+        return f"--input '{inp}' has no rows; give a JSONL or CSV file with the text in column {spec.input_column!r}"
+    return (
+        f"--input '{inp}': no row has text in column {spec.input_column!r} ({len(tally.bad)} bad rows, first: "
+        f"{tally.bad[0]}); the study reads the text from {spec.input_column!r} (data.input_column): rename the "
+        "column, or give a file written for this study"
+    )
 
 
 def _check_paths(inp: Path, out: Path) -> None:
@@ -410,20 +623,43 @@ def _written_ids(out: Path, csv_out: bool) -> set[str]:
         try:
             ids.add(str(json.loads(line)["id"]))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f"--output '{out}' line {n} is not a prediction of this tool; choose a new output file") from None
+            raise UserError(
+                f"--output '{out}' line {n} is not a prediction of this tool; choose a new output file"
+            ) from None
     return ids
 
 
 class _CsvWriter:
-    def __init__(self, fh: Any, spec: ModelSpec, new: bool) -> None:
-        self.columns = ["id"] + spec.fields + [f"{f}_probability" for f in spec.fields if spec.method == "score"]
-        self.writer = csv.writer(fh)
-        if new:
-            self.writer.writerow(self.columns)
+    """CSV predictions: id, the input's other columns (passed through, as in JSONL), a
+    column per field, each chosen label's probability (label scoring), and ``invalid``
+    (the answers that were no label, as JSON). The header is the first row's (or, resuming,
+    the file's own)."""
+
+    def __init__(self, fh: Any, spec: ModelSpec, new: bool, header: list[str] | None = None) -> None:
+        self.spec, self.writer, self.new = spec, csv.writer(fh), new
+        self.columns = header
 
     def write(self, p: RowPrediction) -> None:
-        probs = [(p.probs or {}).get(f, {}).get(p.labels[f] or "", "") for f in p.labels] if len(self.columns) > 1 + len(p.labels) else []
-        self.writer.writerow([p.id] + [p.labels[f] or "" for f in p.labels] + probs)
+        s = self.spec
+        if self.columns is None:
+            passed = [k for k in p.extra if k not in ("id", "invalid", *s.fields) and not k.endswith("_probability")]
+            self.columns = [
+                "id",
+                *passed,
+                *s.fields,
+                *[f"{f}_probability" for f in s.fields if s.method == "score"],
+                "invalid",
+            ]
+            if self.new:
+                self.writer.writerow(self.columns)
+        cells = {
+            "id": p.id,
+            **dict(p.extra.items()),
+            **{f: p.labels[f] or "" for f in s.fields},
+            **{f"{f}_probability": (p.probs or {}).get(f, {}).get(p.labels[f] or "", "") for f in s.fields},
+            "invalid": json.dumps(p.invalid) if p.invalid else "",
+        }
+        self.writer.writerow(["" if cells.get(c) is None else cells.get(c, "") for c in self.columns])
 
 
 class RowReader:
@@ -451,7 +687,12 @@ class RowReader:
     def _jsonl(self, raw: Any) -> Iterator[tuple[int, dict[str, Any], str | None]]:
         for n, line in enumerate(raw, start=1):
             self.position += len(line)
-            text = line.decode("utf-8-sig" if n == 1 else "utf-8", errors="replace").strip()
+            try:
+                text = line.decode("utf-8-sig" if n == 1 else "utf-8").strip()
+            except UnicodeDecodeError as e:
+                # As training data with such a byte is refused: a report is not guessed at.
+                yield n, {}, f"{self.path}:{n}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8"
+                continue
             if not text:
                 continue
             try:
@@ -468,10 +709,15 @@ class RowReader:
         stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.DictReader(stream)
         start = 2
-        for row in reader:
-            self.position = raw.tell()
-            yield start, dict(row), None
-            start = reader.line_num + 1
+        try:
+            for row in reader:
+                self.position = raw.tell()
+                yield start, dict(row), None
+                start = reader.line_num + 1
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"--input '{self.path}' is not UTF-8 text (byte {e.start}, near line {start}); re-save it as UTF-8"
+            ) from None
 
     def chunks(self, n: int) -> Iterator[list[tuple[int, dict[str, Any], str | None]]]:
         chunk: list[tuple[int, dict[str, Any], str | None]] = []

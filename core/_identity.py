@@ -24,6 +24,8 @@ NON_SEMANTIC_KEYS = {
     "storage.artifacts",
     "storage.heartbeat_interval",
     "storage.grace_period",
+    "storage.remote",
+    "storage.remote_timeout",
     "train.output_dir",
     "train.checkpoint_steps",
     "train.gradient_checkpointing",
@@ -32,7 +34,7 @@ NON_SEMANTIC_KEYS = {
 }
 # Where each study lives, as opposed to what it means: what reading commands (status,
 # report, dashboard, export) take from the command line; the rest comes from the study.
-LOCATION_KEYS = ("storage.url", "storage.artifacts", "study.name", "train.output_dir")
+LOCATION_KEYS = ("storage.url", "storage.artifacts", "study.name", "train.output_dir", "storage.remote")
 # Keys added after the first version, with what a study created without them did. A
 # stored config that lacks one is read with this value (not the new default), so an old
 # study keeps its behaviour: e.g. its evaluation subsets were not stratified.

@@ -178,15 +178,26 @@ class StorageSection:
     heartbeat_interval: int = 60
     """Seconds between trial heartbeats; a RUNNING trial without one is stale."""
     grace_period: int = 180
-    """Seconds without heartbeat after which a RUNNING trial is considered dead."""
+    """Seconds without heartbeat after which a RUNNING trial is considered dead (and a
+    remote's lease is taken over)."""
+    remote: str = ""
+    """The study's remote copy (any fsspec URL: a folder, s3://bucket/prefix, gs://...,
+    hf://datasets/USER/REPO): pushed as the study runs, pulled by a session that lacks it.
+    Empty: none."""
+    remote_timeout: int = 900
+    """Seconds `run` waits at its end for the last uploads (and keeps free of training
+    under --time-budget) before it exits 5, naming what the remote lacks."""
 
     def check(self, c: Config) -> list[str]:
+        p = []
         if not 1 <= self.heartbeat_interval < self.grace_period <= 86_400:
-            return [
+            p.append(
                 f"storage.heartbeat_interval = {self.heartbeat_interval} and grace_period = {self.grace_period}: "
                 "need 1 <= interval < grace_period <= 86400 seconds"
-            ]
-        return []
+            )
+        if not 10 <= self.remote_timeout <= 86_400:
+            p.append(f"storage.remote_timeout = {self.remote_timeout} must be 10..86400 seconds")
+        return p
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Submodules import torch/transformers lazily; importing this package stays light.
 
 from optuna_search.core import Config
 from optuna_search.objectives._baselines import compute_baselines
+from optuna_search.objectives._cache import cache_root
 from optuna_search.objectives._data import (
     CHARS_PER_TOKEN_BOUND,
     Dataset,
@@ -86,6 +87,7 @@ __all__ = [
     "TrialResult",
     "ValidationPoint",
     "base_licence",
+    "cache_root",
     "check_lora_targets",
     "check_members",
     "check_model_available",

@@ -95,6 +95,10 @@ def _ignore(message: str) -> None:
     return None
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class TrialHooks:
     on_validation: Callable[[ValidationPoint], bool] = _never_stop
@@ -106,6 +110,9 @@ class TrialHooks:
     of the current optimizer step and the objective raises :class:`Stopped`."""
     progress_interval: float = 10.0
     """Seconds between progress lines during training (0: every step)."""
+    on_checkpoint: Callable[[], None] = _nothing
+    """Called after each checkpoint is written whole (the remote uploads it in the
+    background; this only marks it)."""
 
 
 @dataclass

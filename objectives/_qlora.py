@@ -266,6 +266,7 @@ class QLoRAObjective:
             request.deadline,
             hooks.stop_requested,
             hooks.progress_interval,
+            hooks.on_checkpoint,
         )
         callbacks = [callback]
         if "tensorboard" in cfg.train.report_to and rt.is_main:

@@ -81,8 +81,10 @@ class StudyCallback(TrainerCallback):
         deadline: float | None,
         stop_requested: Callable[[], bool],
         progress_interval: float,
+        on_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.validation = validation
+        self.on_checkpoint = on_checkpoint
         self.per_epoch = validations_per_epoch
         self.emit = progress
         self.deadline = deadline
@@ -95,6 +97,11 @@ class StudyCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.validation.plan(state.max_steps, int(args.num_train_epochs), self.per_epoch)
+
+    def on_save(self, args, state, control, **kw):
+        # The checkpoint is whole (trainer_state.json written last): the remote may take it.
+        if self.on_checkpoint is not None and state.is_world_process_zero:
+            self.on_checkpoint()
 
     def on_log(self, args, state, control, logs=None, **kw):
         loss = (logs or {}).get("loss")

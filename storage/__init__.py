@@ -2,7 +2,7 @@
 artifacts and study bundles. Imports nothing from search/ or objectives/."""
 
 from optuna_search.storage._artifacts import artifact_store, read_records, upload_records
-from optuna_search.storage._bundle import StudyLocation, export_bundle, import_bundle
+from optuna_search.storage._bundle import StudyLocation, import_bundle
 from optuna_search.storage._checkpoints import (
     COMPLETE_MARKER,
     FINAL_ADAPTER,
@@ -17,6 +17,7 @@ from optuna_search.storage._checkpoints import (
     remove_intermediate_checkpoints,
     restart_with_settings,
     resume_point,
+    study_checkpoints,
     update_run_settings,
 )
 from optuna_search.storage._claim import ClaimLock
@@ -31,8 +32,9 @@ from optuna_search.storage._internals import (
     set_trial_system_attr,
     storage_of,
 )
-from optuna_search.storage._ledger import Ledger
+from optuna_search.storage._ledger import Commit, Ledger
 from optuna_search.storage._records import read_meta, write_meta
+from optuna_search.storage._remote import META, STUDY_UNIT, Manifest, Remote, point_unit, redact_remote
 from optuna_search.storage._storages import (
     check_storage_url,
     close_storages,
@@ -44,15 +46,27 @@ from optuna_search.storage._storages import (
     study_flags,
     study_home,
 )
+from optuna_search.storage._sync import STATUS, LeaseKeeper, LocalStudy, StudySync, SyncStatus, Uploader
 
 __all__ = [
     "COMPLETE_MARKER",
     "FINAL_ADAPTER",
     "GRID_ID",
     "GRID_SEARCH_SPACE",
+    "META",
+    "STATUS",
+    "STUDY_UNIT",
     "ClaimLock",
+    "Commit",
+    "LeaseKeeper",
     "Ledger",
+    "LocalStudy",
+    "Manifest",
+    "Remote",
     "StudyLocation",
+    "StudySync",
+    "SyncStatus",
+    "Uploader",
     "adapter_digest",
     "artifact_store",
     "check_storage_url",
@@ -61,7 +75,6 @@ __all__ = [
     "close_storages",
     "distribution_contains",
     "engine_of",
-    "export_bundle",
     "grid_points",
     "grid_search_space",
     "has_checkpoint",
@@ -72,9 +85,11 @@ __all__ = [
     "open_storage",
     "paused_at",
     "point_checkpoints",
+    "point_unit",
     "read_meta",
     "read_records",
     "read_run_settings",
+    "redact_remote",
     "redact_url",
     "redacted_config",
     "release",
@@ -83,6 +98,7 @@ __all__ = [
     "resume_point",
     "set_trial_system_attr",
     "storage_of",
+    "study_checkpoints",
     "study_flags",
     "study_home",
     "update_run_settings",

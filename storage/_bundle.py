@@ -1,6 +1,6 @@
-"""Study bundles: move a study between sessions (e.g. Kaggle output -> next input).
-
-A bundle is a directory:
+"""Study bundles of earlier versions (format 1), still read by `run --resume-from`
+(``export`` now writes a remote in a folder, ``storage._remote``). Such a bundle is a
+directory:
 
     manifest.json        format, study name, optuna version, schema revision, sha256 per file
     study.db             a consistent SQLite copy (sqlite3 backup API, safe while in use)
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import UserError, file_sha256, writable
+from optuna_search.core import UserError, file_sha256
 from optuna_search.storage._checkpoints import study_checkpoints
-from optuna_search.storage._storages import check_storage_url, list_study_names, open_storage, read_only_uri, redact_url
+from optuna_search.storage._storages import check_storage_url, open_storage, read_only_uri, redact_url
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -68,55 +68,6 @@ def _study_names(db: Path) -> list[str]:
         return []
     finally:
         con.close()
-
-
-def export_bundle(loc: StudyLocation, output: str | Path) -> dict[str, Any]:
-    import optuna
-
-    out = Path(output)
-    db = _sqlite_path(loc.storage_url, what="export")
-    if not db.exists():
-        raise UserError(f"no study database at '{db}' to export; run the study first or pass --storage")
-    names = list_study_names(open_storage(loc.storage_url, mode="read"))
-    if loc.study_name not in names:
-        raise UserError(
-            f"no study {loc.study_name!r} in '{db}'; studies there: {', '.join(names) or 'none'} (pass --study-name)"
-        )
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output '{out}' is a file; a bundle is a directory: give a new directory path")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"bundle directory '{out}' exists and is not empty; choose a new --output")
-    with writable(out):
-        out.mkdir(parents=True, exist_ok=True)
-    src = sqlite3.connect(read_only_uri(db), uri=True)
-    dst = sqlite3.connect(str(out / "study.db"))
-    try:
-        src.backup(dst)  # consistent snapshot, even while a trial writes
-        # One self-contained file: no -wal/-shm beside it, in the bundle or once imported.
-        dst.execute("PRAGMA journal_mode=DELETE")
-    finally:
-        dst.close()
-        src.close()
-    ckpt = study_checkpoints(loc.checkpoints_dir, loc.study_name)
-    if ckpt.exists():
-        shutil.copytree(ckpt, out / "checkpoints" / loc.study_name)
-    if Path(loc.artifacts_dir).exists():
-        shutil.copytree(loc.artifacts_dir, out / "artifacts")
-    files: dict[str, dict[str, Any]] = {
-        str(p.relative_to(out)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "study_name": loc.study_name,
-        "optuna_version": optuna.__version__,
-        "schema_revision": _schema_revision(out / "study.db"),
-        "files": files,
-        "total_bytes": sum(int(f["bytes"]) for f in files.values()),
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return manifest
 
 
 def read_manifest(root: Path) -> dict[str, Any]:

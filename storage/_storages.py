@@ -28,6 +28,7 @@ from typing import Any
 
 from optuna_search.core import Config, StorageSection, StudySection, UserError
 from optuna_search.storage._claim import file_lock, lock_path
+from optuna_search.storage._remote import redact_remote
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
 MODES = ("create", "write", "read")
@@ -53,7 +54,10 @@ def redact_url(url: str) -> str:
 def redacted_config(config: Config) -> Config:
     """The config with its storage password masked: what is stored on a study, shown by
     show-config, and handed to processes that never open the storage."""
-    return dataclasses.replace(config, storage=dataclasses.replace(config.storage, url=redact_url(config.storage.url)))
+    storage = dataclasses.replace(
+        config.storage, url=redact_url(config.storage.url), remote=redact_remote(config.storage.remote)
+    )
+    return dataclasses.replace(config, storage=storage)
 
 
 def study_flags(config: Config) -> str:

@@ -1,4 +1,5 @@
-"""Study bundles: a hand-edited or padded bundle is refused before anything is copied."""
+"""Bundles of earlier versions (format 1) still import; a hand-edited or padded one is
+refused before anything is copied."""
 
 import json
 
@@ -6,7 +7,8 @@ import optuna
 import pytest
 
 from optuna_search.core import UserError
-from optuna_search.storage._bundle import StudyLocation, export_bundle, import_bundle
+from legacy_bundle import write_legacy_bundle
+from optuna_search.storage._bundle import StudyLocation, import_bundle
 from optuna_search.storage._storages import open_storage
 
 
@@ -19,9 +21,8 @@ def bundle(tmp_path):
     study.add_trial(optuna.trial.create_trial(value=1.0, params={"x": 1}, distributions={"x": optuna.distributions.IntDistribution(0, 2)}))
     (work / "ckpt" / "s" / "lora_r-4").mkdir(parents=True)
     (work / "ckpt" / "s" / "lora_r-4" / "state.json").write_text("{}")
-    loc = StudyLocation(url, "s", str(work / "ckpt"), str(work / "artifacts"))
     out = tmp_path / "bundle"
-    export_bundle(loc, out)
+    write_legacy_bundle(work / "study.db", "s", work / "ckpt", work / "artifacts", out)
     return out, tmp_path
 
 

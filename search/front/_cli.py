@@ -39,6 +39,7 @@ from optuna_search.search.loop._exit import (
     EXIT_USAGE,
 )
 from optuna_search.search.loop._open import open_for_reading
+from optuna_search.search.loop._remote import reading_location
 from optuna_search.search.loop._run import print_summary
 from optuna_search.search.loop._runner import DiskFull
 from optuna_search.search.loop._signals import Terminated, handle_sigterm
@@ -82,6 +83,16 @@ def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> No
     )
     g.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna-search.db)")
     g.add_argument("--study-name", help="study name (default from the config; a storage with one study needs none)")
+    g.add_argument(
+        "--remote",
+        metavar="URL",
+        help="the study's remote copy (a folder, s3://, gs://, hf://datasets/...): "
+        + (
+            "read from it, nothing copied by hand"
+            if reading
+            else "pulled when this machine lacks it, pushed as it runs"
+        ),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,6 +266,7 @@ def parse_duration(text: str) -> float:
 def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     for flag, section, key in (
+        ("remote", "storage", "remote"),
         ("storage", "storage", "url"),
         ("study_name", "study", "name"),
         ("warm_start_from", "study", "warm_start"),
@@ -274,8 +286,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def resolve_location(args: argparse.Namespace) -> dict[str, str]:
-    """For reading commands: where the study lives, from flags, --set, --config, --preset."""
-    return explicit_location(config_layers(args.preset, args.config, args.sets, _flag_overrides(args)).merged)
+    """For reading commands: where the study lives, from flags, --set, --config, --preset
+    (a study in a remote is pulled into this machine's cache, read-only)."""
+    location = explicit_location(config_layers(args.preset, args.config, args.sets, _flag_overrides(args)).merged)
+    return reading_location(location) if getattr(args, "remote", None) else location
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -375,8 +389,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     manifest = export_study_bundle(resolve_location(args), args.output)
     print(
-        f"wrote bundle {args.output}: {len(manifest['files'])} files, {manifest['total_bytes'] / 2**20:.1f} MiB; "
-        f"next session: optuna-search run --resume-from {args.output} (same config)"
+        f"wrote bundle {args.output}: {manifest['files']} files in {len(manifest['units'])} units, "
+        f"{manifest['total_bytes'] / 2**20:.1f} MiB; next session: optuna-search run --resume-from {args.output} "
+        "(same config)"
     )
     return EXIT_OK
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from optuna_search.core import Config, UserError, build_config
 from optuna_search.search.front._config import config_layers, explicit_of
-from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_OK
+from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_OK, EXIT_REMOTE
 from optuna_search.search.loop._open import as_resumed
 from optuna_search.search.loop._preflight import preflight
+from optuna_search.search.loop._remote import RemoteSession, start_remote
 from optuna_search.search.loop._run import Summary, run_study, run_with_workers, summarize
 from optuna_search.search.loop._scheduler import RunOutcome
 from optuna_search.search.loop._workers import WorkerOptions, choose_workers
@@ -43,7 +44,8 @@ class RunRequest:
     oversubscribe: bool = False
     progress_interval: float = 10.0
     resume_from: str | None = None
-    """A bundle written by `export` to import first."""
+    """A bundle written by `export` (a remote in a folder; or a bundle of an earlier
+    version) to import first."""
     worker: int | None = None
     """Set in one of `run --workers N`'s processes: its number."""
 
@@ -73,10 +75,31 @@ class RunResult:
 def execute(request: RunRequest) -> RunResult:
     if request.progress_interval < 0:
         raise UserError(f"--progress-interval {request.progress_interval} must be >= 0 seconds")
-    deadline = time.monotonic() + request.time_budget_s if request.time_budget_s else None
+    started = time.monotonic()
     config = request.config
     if request.resume_from:
         import_study_bundle(request.resume_from, config)
+    remote = start_remote(config, worker=request.worker is not None)
+    try:
+        return _run(request, config, remote, started)
+    except BaseException:
+        if remote is not None:
+            missing = remote.finish(min(30.0, config.storage.remote_timeout))  # what a stop leaves: pushed
+            if missing:
+                log.warning("remote %s lacks %s; the next run pushes it", remote.sync.remote.shown, ", ".join(missing))
+        raise
+
+
+def _deadline(request: RunRequest, config: Config, started: float, remote: RemoteSession | None) -> float | None:
+    """When training must stop: the budget's end, less the time kept for the last uploads."""
+    if not request.time_budget_s:
+        return None
+    keep = min(float(config.storage.remote_timeout), request.time_budget_s / 4) if remote is not None else 0.0
+    return started + request.time_budget_s - keep
+
+
+def _run(request: RunRequest, config: Config, remote: RemoteSession | None, started: float) -> RunResult:
+    deadline = _deadline(request, config, started, remote)
     config = as_resumed(config, set(request.explicit) if request.explicit is not None else None)
     pf = preflight(config)
     if config.model.name_or_path == "builtin:tiny-mistral":
@@ -93,8 +116,10 @@ def execute(request: RunRequest) -> RunResult:
             worker=str(request.worker),
             wait_for_others=config.halving,
             progress_interval=request.progress_interval,
+            remote=remote,
         )
-        return RunResult(outcome, None, EXIT_BUDGET if outcome.budget_reached else EXIT_OK)
+        code = EXIT_BUDGET if outcome.budget_reached else EXIT_OK
+        return RunResult(outcome, None, _finish_remote(remote, request, started, code))
     n = choose_workers(request.workers, config.train.gpus_per_trial, oversubscribe=request.oversubscribe)
     if n > 1:
         options = WorkerOptions(request.retry_failed, request.time_budget_s, request.progress_interval)
@@ -109,6 +134,32 @@ def execute(request: RunRequest) -> RunResult:
             retry_failed=request.retry_failed,
             deadline=deadline,
             progress_interval=request.progress_interval,
+            remote=remote,
         )
     summary = summarize(outcome.study, config, outcome.state, ran=outcome.ran, budget_reached=outcome.budget_reached)
-    return RunResult(outcome, summary, summary.exit_code)
+    return RunResult(outcome, summary, _finish_remote(remote, request, started, summary.exit_code, summary))
+
+
+def _finish_remote(
+    remote: RemoteSession | None, request: RunRequest, started: float, code: int, summary: Summary | None = None
+) -> int:
+    """The last uploads, waited for (until the budget's end, else storage.remote_timeout);
+    exit 5 naming what the remote still lacks."""
+    if remote is None:
+        return code
+    timeout = float(request.config.storage.remote_timeout)
+    if request.time_budget_s:
+        timeout = max(10.0, started + request.time_budget_s - time.monotonic())
+    missing = remote.finish(timeout)
+    if not missing:
+        log.info("remote %s holds the whole study", remote.sync.remote.shown)
+        return code
+    line = (
+        f"the remote {remote.sync.remote.shown} lacks {', '.join(missing)} (the upload did not finish in "
+        f"{timeout:.0f} s); run the same command again to finish it (nothing is trained twice)"
+    )
+    if summary is not None:
+        summary.problems.append(line)
+    else:
+        log.error("%s", line)
+    return EXIT_REMOTE

@@ -12,5 +12,7 @@ EXIT_BUDGET = 3
 """The time budget was reached; the same command in a new session resumes."""
 EXIT_DISK_FULL = 4
 """No space left on the device; free some and run the same command (the trial resumes)."""
+EXIT_REMOTE = 5
+"""The run ended but its remote lacks part of the study (named); the same command finishes the upload."""
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, TrialRecord, format_seconds
 from optuna_search.dashboards import (
@@ -34,7 +34,7 @@ from optuna_search.search.loop._schedule import Status, StudyState
 from optuna_search.search.loop._scheduler import RunOutcome, Scheduler, study_state
 from optuna_search.search.loop._warm import warm_start, warm_start_source
 from optuna_search.search.loop._workers import WorkerOptions, run_workers
-from optuna_search.storage import Ledger, artifact_store, read_meta, study_flags
+from optuna_search.storage import Commit, Ledger, artifact_store, read_meta, study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -51,6 +51,7 @@ def run_study(
     worker: str = "0",
     wait_for_others: bool = True,
     progress_interval: float = 10.0,
+    remote: Any = None,
 ) -> RunOutcome:
     """What one process does (the single process, or each of `--workers`) with a config
     that preflight accepted: create or resume the study (a new one warm-started if asked),
@@ -72,6 +73,8 @@ def run_study(
     source = warm_start_source(config, pf) if config.study.warm_start and stored_config_of(config) is None else None
     study, created = create_or_resume(config, pf)
     ledger = Ledger(study, list(config.data.fields), artifacts=artifact_store(config.storage.artifacts))
+    if remote is not None:
+        remote.on_commit(Commit("create" if created else "open"))  # the study itself, in the remote from the start
     if created and source is not None:
         warm_start(ledger, config, source)
     runner = TrialRunner(
@@ -86,7 +89,7 @@ def run_study(
     # The scheduler reconciles first: trials whose process died are failed (and, by the
     # storage's retry callback, re-queued WAITING) before it decides what is left to do,
     # so the retry of an interrupted trial is the first thing a new session does.
-    return Scheduler(study, config, runner, ledger).run(
+    return Scheduler(study, config, runner, ledger, remote).run(
         retry_failed=retry_failed,
         deadline=deadline,
         wait_for_others=wait_for_others,

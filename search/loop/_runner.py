@@ -197,6 +197,7 @@ class TrialRunner:
         """Run the objective; when the accelerator runs out of memory, free what the
         attempt left and try again with what that phase needs (``_smaller``)."""
         hooks = TrialHooks(
+            on_checkpoint=job.on_checkpoint,
             on_validation=lambda vp: self._on_validation(job, vp),
             progress=lambda msg: log.info("%s %s", tag, msg),
             stop_requested=stop_requested,

@@ -111,6 +111,8 @@ class Job:
     attempts: int
     rung: int | None
     reporter: Reporter
+    on_checkpoint: Callable[[], None] = lambda: None
+    """Called after each checkpoint is written (the remote uploads it in the background)."""
 
 
 class Runner(Protocol):
@@ -159,10 +161,16 @@ class Scheduler:
     """Runs a study's remaining work through ``runner``; every change of a trial's state
     goes through ``ledger``."""
 
-    def __init__(self, study: optuna.Study, config: Config, runner: Runner, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self, study: optuna.Study, config: Config, runner: Runner, ledger: Ledger | None = None, remote: Any = None
+    ) -> None:
         self.study, self.config, self.runner = study, config, runner
         self.fields = list(config.data.fields)
         self.ledger = ledger or Ledger(study, self.fields, artifacts=artifact_store(config.storage.artifacts))
+        self.remote = remote
+        """The run's RemoteSession (``_remote``): told of every commit and checkpoint; None without one."""
+        if remote is not None:
+            self.ledger.subscribe(remote.on_commit)
         self.dists = distributions(config)
         self.sampler = study.sampler if config.is_grid else None
         self.schedule = schedule_of(config)
@@ -228,7 +236,10 @@ class Scheduler:
             attempts,
             rung,
             _LedgerReporter(self.ledger, trial),
+            (lambda: self.remote.on_checkpoint(trial.params)) if self.remote is not None else (lambda: None),
         )
+        if self.remote is not None:
+            self.remote.before_point(dict(trial.params))
         describe = getattr(self.runner, "describe", None)
         before = self.ledger.record_of(trial)  # a resumed (paused) trial's earlier segments
         self.ledger.start(trial, describe(job) if describe else TrialRecord(attempts=attempts))

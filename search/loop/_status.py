@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import TYPE_CHECKING
 
 from optuna_search.core import Config
 from optuna_search.dashboards import StatusInput, render_status, status_report
 from optuna_search.search.loop._exit import EXIT_INCOMPLETE, EXIT_OK
+from optuna_search.search.loop._remote import local_study
 from optuna_search.search.loop._run import summary_points
 from optuna_search.search.loop._schedule import Status
 from optuna_search.search.loop._scheduler import study_state
-from optuna_search.storage import checkpoint_step, last_complete_checkpoint, point_checkpoints, study_flags
+from optuna_search.storage import (
+    STATUS,
+    SyncStatus,
+    checkpoint_step,
+    last_complete_checkpoint,
+    point_checkpoints,
+    redact_remote,
+    study_flags,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -51,7 +62,34 @@ def status(study: optuna.Study, config: Config) -> tuple[str, int]:
                 "plus --retry-failed)"
             )
         )
+    remote = remote_line(config)
+    if remote:
+        text += "\n" + remote
     return text, EXIT_OK if state.done else EXIT_INCOMPLETE
+
+
+def remote_line(config: Config, now: float | None = None) -> str | None:
+    """The remote's last complete upload and what it does not hold yet, as the last run
+    on this machine left it (None: the study has no remote, or never pushed from here)."""
+    if not config.storage.remote:
+        return None
+    local = local_study(config)
+    tag = hashlib.sha256(redact_remote(config.storage.remote).encode()).hexdigest()[:8]
+    st = SyncStatus.load(local.state_file(f"{tag}.{STATUS}"))
+    if st is None:
+        return f"remote: {redact_remote(config.storage.remote)} (nothing pushed from this machine yet)"
+    now = time.time() if now is None else now
+    when = (
+        "never complete"
+        if st.last_sync is None
+        else (
+            f"last complete upload {time.strftime('%H:%M:%S', time.localtime(st.last_sync))} "
+            f"({(now - st.last_sync) / 60:.0f} min ago)"
+        )
+    )
+    missing = f"; not yet there: {', '.join(st.pending)}" if st.pending else "; nothing left to upload"
+    error = f"; last error: {st.last_error}" if st.last_error else ""
+    return f"remote: {st.remote}: {when}{missing}{error}"
 
 
 def _checkpoint_step(config: Config, params: dict) -> int | None:

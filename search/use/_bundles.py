@@ -1,12 +1,17 @@
-"""Study bundles from the command line: `export` and `run --resume-from`."""
+"""Study bundles from the command line: `export` writes the study to a new remote in a
+folder (``loop._remote``: the same format and checks as every remote), `run --resume-from`
+pulls it back. A bundle of an earlier version (its ``manifest.json`` beside ``study.db``)
+is still read."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config
+from optuna_search.core import Config, writable
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.storage import StudyLocation, export_bundle, import_bundle
+from optuna_search.search.loop._remote import export_to, import_remote
+from optuna_search.storage import META, StudyLocation, import_bundle
 
 
 def location_of(config: Config) -> StudyLocation:
@@ -17,8 +22,12 @@ def export_study_bundle(location: dict[str, str], output: str) -> dict[str, Any]
     """Export the study at ``location`` (its own config says where its checkpoints and
     artifacts are, unless the command line says otherwise)."""
     opened = open_for_reading(location)
-    return export_bundle(location_of(opened.config), output)
+    with writable(output):
+        return export_to(opened.config, output)
 
 
 def import_study_bundle(bundle: str, config: Config) -> None:
-    import_bundle(bundle, location_of(config))
+    if (Path(bundle) / META).is_file():
+        import_remote(bundle, config)
+    else:
+        import_bundle(bundle, location_of(config))  # an earlier version's bundle

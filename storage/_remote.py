@@ -113,6 +113,13 @@ def _filesystem(url: str) -> tuple[Any, str]:
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
         options["use_listings_cache"] = False
+        # An endpoint that does not answer costs seconds, not minutes: the uploader retries
+        # on its own schedule, and a run's end waits a bounded time.
+        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}
+    if scheme not in ("", "file"):
+        # A fresh client per remote: fsspec's cached one keeps the connections of an
+        # endpoint that went away, and its listings.
+        options["skip_instance_cache"] = True
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except ImportError as e:

@@ -299,6 +299,7 @@ class Uploader:
         self._idle = threading.Event()
         self._idle.set()
         self._stop = False
+        self._stopping = threading.Event()
         self._failures = 0
         self._thread = threading.Thread(target=self._loop, name="optuna-search-remote", daemon=True)
         self._thread.start()
@@ -366,7 +367,7 @@ class Uploader:
             self.sync.status.last_error = f"{type(e).__name__}: {str(e)[:200]}"
             self._save_status()
             self._wake.clear()
-            time.sleep(delay)
+            self._stopping.wait(delay)  # a backoff that the run's end cuts short
             self._wake.set()
             return
         if self._failures:
@@ -406,6 +407,7 @@ class Uploader:
                 )
         missing = self.pending
         self._stop = True
+        self._stopping.set()
         self._wake.set()
         self._thread.join(timeout=5)
         if not missing:
@@ -464,11 +466,11 @@ class LeaseKeeper:
             except Exception as e:
                 log.debug("lease heartbeat failed: %s", e)
 
-    def release(self) -> None:
+    def release(self, *, reach_remote: bool = True) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.mine is not None:
+        if self.mine is not None and reach_remote:
             try:
                 self.remote.release(self.mine.holder)
             except Exception as e:

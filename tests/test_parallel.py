@@ -71,49 +71,6 @@ def test_four_workers_twenty_times_on_sqlite(tmp_path):
     _stress(f"sqlite:///{tmp_path / 'stress.db'}", tmp_path)
 
 
-def _pg_bin() -> Path | None:
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / "initdb").exists():
-            return root
-    return None
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's postgresql package)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries not installed (.ci/run installs Debian's postgresql)")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed (pip install -e '.[test]')")
-    # Not under pytest's tmp dir: that is private to root, and the server runs as postgres.
-    data = Path(tempfile.mkdtemp(prefix="optuna-search-pg-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
-    run(str(bin_dir / "initdb"), "-D", str(data / "db"), "--auth=trust", "-U", "postgres")
-    # One role with a password (to see a wrong one refused); everyone else is trusted.
-    hba = data / "db" / "pg_hba.conf"
-    hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-w", "-l", str(data / "log"),
-        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=100", "start")
-    for db in ("optuna_test", "empty_db", "crm"):
-        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
-    psql = [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-q"]
-    run(*psql, "crm", "-c", "CREATE TABLE customers (id int)")
-    run(*psql, "postgres", "-c", "CREATE ROLE pwuser LOGIN PASSWORD 'right-pw'")
-    yield f"postgresql://postgres@127.0.0.1:{port}/optuna_test", port
-    run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop")
-    shutil.rmtree(data, ignore_errors=True)
-
-
 def test_four_workers_twenty_times_on_postgresql(postgres, tmp_path):
     url, _ = postgres
     _stress(url, tmp_path)

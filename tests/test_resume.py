@@ -204,46 +204,85 @@ def test_last_complete_checkpoint_skips_unfinished_and_foreign_folders(tmp_path)
     assert broken == [tmp_path / "checkpoint-100", tmp_path / "checkpoint-30"]  # numeric order, newest first
 
 
-def test_export_and_resume_from_a_read_only_bundle(demo_study, tmp_path):
+def _manifest(remote, unit):
+    return json.loads((remote / "manifests" / f"{unit}.json").read_text())
+
+
+def test_export_and_resume_from_a_read_only_bundle_twice(demo_study, tmp_path):
+    """`export` writes the study to a remote in a folder; the next session (a read-only
+    Kaggle input) pulls it; the same cell run again in the same folder recognises the
+    study as the bundle's (seen: 'already exists and differs from the bundle's')."""
     work, proc = demo_study
     assert proc.returncode == 0
     bundle = tmp_path / "bundle"
     out = run_main("export", "--preset", "demo", "--output", str(bundle), cwd=work)
     assert out.returncode == 0, out.stderr
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert "study.db" in manifest["files"] and any(f.startswith("artifacts/") for f in manifest["files"])
+    study = _manifest(bundle, "study")
+    assert "study.db" in study["files"] and any(f.startswith("artifacts/") for f in study["files"])
+    assert sum(f.startswith("final-adapter/") for f in _manifest(bundle, "points/demo/lora_r-4")["files"]) >= 2
     for p in bundle.rglob("*"):  # like a Kaggle input dataset
         os.chmod(p, 0o555 if p.is_dir() else 0o444)
-    new = tmp_path / "next-session"; new.mkdir()
-    proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "nothing to run" in proc.stdout
-    assert len(_study(new).get_trials()) == 3
+    new = tmp_path / "next-session"
+    new.mkdir()
+    for _ in range(2):
+        proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "nothing to run" in proc.stdout
+        assert len(_study(new).get_trials()) == 3
+    # A config mistake first, then the corrected command: the bundle is no wall.
+    other = tmp_path / "third"
+    other.mkdir()
+    bad = run_main("run", "--preset", "demo", "--resume-from", str(bundle), "--set", "data.test='missing.jsonl'", cwd=other)
+    assert bad.returncode == 2 and "missing.jsonl" in bad.stderr
+    assert run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=other).returncode == 0
 
 
 def test_damaged_or_outdated_bundle_is_refused(demo_study, tmp_path):
+    import hashlib
+
     work, _ = demo_study
     bundle = tmp_path / "bundle"
     assert run_main("export", "--preset", "demo", "--output", str(bundle), cwd=work).returncode == 0
-    art = next(p for p in (bundle / "artifacts").rglob("*") if p.is_file())
+    art = bundle / "objects" / next(iter(_manifest(bundle, "study")["files"].values()))["sha256"]
     art.write_bytes(art.read_bytes() + b"x")
-    new = tmp_path / "s1"; new.mkdir()
+    new = tmp_path / "s1"
+    new.mkdir()
     proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
-    assert proc.returncode == 2 and "checksum mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "does not verify" in proc.stderr and "Traceback" not in proc.stderr
     assert not (new / "optuna-search-demo.db").exists()
 
     old = tmp_path / "old"
     assert run_main("export", "--preset", "demo", "--output", str(old), cwd=work).returncode == 0
-    db = sqlite3.connect(old / "study.db")
-    db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.a'"); db.commit(); db.close()
-    from optuna_search.core._files import file_sha256 as _sha256
-    m = json.loads((old / "manifest.json").read_text())
-    m["files"]["study.db"] = {"sha256": _sha256(old / "study.db"), "bytes": (old / "study.db").stat().st_size}
-    (old / "manifest.json").write_text(json.dumps(m))
-    new = tmp_path / "s2"; new.mkdir()
+    m = _manifest(old, "study")
+    db_path = tmp_path / "study.db"
+    db_path.write_bytes((old / "objects" / m["files"]["study.db"]["sha256"]).read_bytes())
+    db = sqlite3.connect(db_path)
+    db.execute("UPDATE alembic_version SET version_num = 'v3.0.0.a'")
+    db.commit()
+    db.close()
+    data = db_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    (old / "objects" / digest).write_bytes(data)
+    m["files"]["study.db"] = {"sha256": digest, "bytes": len(data)}
+    (old / "manifests" / "study.json").write_text(json.dumps(m))
+    new = tmp_path / "s2"
+    new.mkdir()
     proc = run_main("run", "--preset", "demo", "--resume-from", str(old), cwd=new)
     assert proc.returncode == 2 and "optuna storage upgrade" in proc.stderr
     assert not (new / "optuna-search-demo.db").exists()
+
+
+def test_a_bundle_of_an_earlier_version_still_resumes(demo_study, tmp_path):
+    from legacy_bundle import write_legacy_bundle
+
+    work, _ = demo_study
+    bundle = tmp_path / "v03-bundle"
+    write_legacy_bundle(work / "optuna-search-demo.db", "demo", work / "optuna-search-demo-checkpoints",
+                        work / "optuna-search-demo-artifacts", bundle)
+    new = tmp_path / "next"
+    new.mkdir()
+    proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
+    assert proc.returncode == 0 and "nothing to run" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_trial_killed_before_its_first_heartbeat_is_reclaimed(tmp_path):

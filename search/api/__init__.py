@@ -91,7 +91,7 @@ def run(
     assert result.outcome is not None and result.summary is not None
     s = result.summary
     handle = StudyHandle(result.outcome.study, request.config)
-    return StudyResult(request.config.study.name, s.text, s.exit_code, s.problems, handle.records, handle.best)
+    return StudyResult(request.config.study.name, s.text, result.exit_code, s.problems, handle.records, handle.best)
 
 
 class StudyHandle:

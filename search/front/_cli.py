@@ -318,9 +318,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         worker=args.worker,
     )
     result = execute(request)
-    if result.summary is None:
-        return result.exit_code
-    return print_summary(result.summary)
+    if result.summary is not None:
+        print_summary(result.summary)
+    return result.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:

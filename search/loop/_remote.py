@@ -89,11 +89,12 @@ class RemoteSession:
                 )
 
     def finish(self, timeout_s: float) -> list[str]:
-        try:
-            return self.uploader.finish(timeout_s, lambda line: log.info("%s", line))
-        finally:
-            if self.lease is not None:
-                self.lease.release()
+        missing = self.uploader.finish(timeout_s, lambda line: log.info("%s", line))
+        if self.lease is not None:
+            # Unreachable, the lease is left to expire (after storage.grace_period) rather
+            # than waited for once more.
+            self.lease.release(reach_remote=not missing)
+        return missing
 
 
 def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | None:

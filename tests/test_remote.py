@@ -1,0 +1,266 @@
+"""A study that lives in a remote: a folder, and a real S3 server (moto's, on 127.0.0.1,
+through s3fs). Machine A is killed in the middle of a point and its folder deleted;
+machine B (another folder, another output_dir, nothing local) finishes with the same
+command: every point COMPLETE once, the killed point resumed from A's checkpoint with the
+numbers of an uninterrupted run, no finished point trained again. A kill between an
+upload's files and its manifest, an endpoint that goes away mid-run, wrong credentials, a
+manifest edited by hand, two runs on one SQLite remote; and two machines on one
+PostgreSQL study and one S3 remote."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import FAST, hold_env, run_main, wait_for_holds
+
+pytestmark = pytest.mark.slow
+# Two points of 20 optimizer steps, a checkpoint every 5; a dead run noticed in 3 s.
+SMALL = [*FAST, "--set", "study.grid={lora_r=[4, 8]}", "--set", "train.epochs=1", "--set", "data.train_samples=160",
+         "--set", "train.checkpoint_steps=5", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
+         "--set", "storage.remote_timeout=30"]
+CLI = [sys.executable, "-m", "optuna_search.search"]
+
+
+def _study(work, name="demo", url=None):
+    return optuna.load_study(study_name=name, storage=url or f"sqlite:///{work / 'optuna-search-demo.db'}")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 endpoint (moto's server) on 127.0.0.1, and the environment that reaches it."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="studies")
+    holder = {"server": server}
+    yield holder, env, (host, port)
+    holder["server"].stop()
+    for k, v in old.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(params=["folder", "s3"])
+def remote(request, tmp_path):
+    if request.param == "folder":
+        return str(tmp_path / "remote"), {}
+    _, env, _ = request.getfixturevalue("s3")
+    return f"s3://studies/{tmp_path.name}", env
+
+
+def _manifest(url, unit):
+    from optuna_search.storage import Remote
+
+    return Remote(url).manifest(unit)
+
+
+def _wait_for(predicate, what, timeout=120):
+    t0 = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, demo_cache):
+    """The same two points trained without interruption (no remote): what B must reproduce."""
+    work = tmp_path_factory.mktemp("reference")
+    proc = run_main("run", *SMALL, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {t.params["lora_r"]: t.user_attrs["train_loss_per_epoch"] for t in _study(work).get_trials()}
+
+
+def test_a_killed_machine_is_finished_by_another_from_the_remote(remote, tmp_path, demo_cache, reference):
+    url, env = remote
+    a, b = tmp_path / "machine-a", tmp_path / "machine-b"
+    a.mkdir(), b.mkdir()
+    # A: the first point completes, the second is killed at step 12 once its step-10
+    # checkpoint is in the remote.
+    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a,
+                            env=hold_env(r"lora_r=8\] .*step 1[2-4]/", {**os.environ, **env}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_holds(proc)
+    _wait_for(lambda: (m := _manifest(url, "points/demo/lora_r-8")) is not None
+              and "checkpoint-10/trainer_state.json" in m.files, "the step-10 checkpoint in the remote")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(a)  # the machine is gone, and its disk with it
+    time.sleep(3.5)  # its lease and its trial's heartbeat go stale (storage.grace_period = 3 s)
+    done = run_main("run", *SMALL, "--remote", url, "--set", "train.output_dir='elsewhere'", cwd=b, env_extra=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "took over the lease" in done.stderr and "pulled the study" in done.stderr
+    trials = _study(b).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora_r"] for t in complete) == [4, 8]  # each point once
+    assert [t.params["lora_r"] for t in trials].count(4) == 1  # the finished point was not trained again
+    resumed = next(t for t in complete if t.params["lora_r"] == 8)
+    assert resumed.user_attrs["resumed_from_step"] == 10 and "elsewhere" in resumed.user_attrs["adapter_dir"]
+    assert resumed.user_attrs["train_loss_per_epoch"] == pytest.approx(reference[8], rel=1e-6)
+    # The remote holds the whole study: a third machine reads it without a copy step.
+    c = tmp_path / "machine-c"
+    c.mkdir()
+    status = run_main("status", "--remote", url, cwd=c, env_extra=env)
+    assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr
+
+
+def test_a_kill_between_an_uploads_files_and_its_manifest_leaves_the_remote_valid(tmp_path, monkeypatch):
+    from optuna_search.core import UserError
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+    from optuna_search.storage import _remote as remote_module
+
+    point = tmp_path / "ckpt" / "s" / "lora_r-4"
+    (point / "checkpoint-5").mkdir(parents=True)
+    (point / "checkpoint-5" / "adapter.bin").write_bytes(b"five")
+    (point / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    url = str(tmp_path / "remote")
+    sync = StudySync(Remote(url), LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "art", None))
+    sync.push("points/s/lora_r-4")
+    (point / "checkpoint-10").mkdir()
+    (point / "checkpoint-10" / "adapter.bin").write_bytes(b"ten")
+    (point / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    real_put = Remote._put
+
+    def killed_before_the_manifest(self, path, data):
+        if "/manifests/" in path:
+            raise SystemExit("killed")  # the process dies after the files, before the manifest
+        return real_put(self, path, data)
+
+    monkeypatch.setattr(remote_module.Remote, "_put", killed_before_the_manifest)
+    with pytest.raises(SystemExit):
+        sync.push("points/s/lora_r-4")
+    monkeypatch.setattr(remote_module.Remote, "_put", real_put)
+    remote = Remote(url)
+    assert remote.verify() == []
+    m = remote.manifest("points/s/lora_r-4")
+    assert m.generation == 1 and set(m.files) == {"checkpoint-5/adapter.bin", "checkpoint-5/trainer_state.json"}
+    pulled = tmp_path / "pulled"
+    remote.pull(m, pulled)
+    assert (pulled / "checkpoint-5" / "adapter.bin").read_bytes() == b"five"
+    # The next push replaces it; the contents no manifest names are collected.
+    sync.push_all(["points/s/lora_r-4"])
+    assert set(remote.manifest("points/s/lora_r-4").files) == {"checkpoint-10/adapter.bin", "checkpoint-10/trainer_state.json"}
+    assert len(list((tmp_path / "remote" / "objects").iterdir())) == 2  # "ten" and "{}": old checkpoint pruned
+    # A manifest edited by hand is refused with the reason, before anything is pulled.
+    path = tmp_path / "remote" / "manifests" / "points" / "s" / "lora_r-4.json"
+    edited = json.loads(path.read_text())
+    edited["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
+    path.write_text(json.dumps(edited))
+    with pytest.raises(UserError, match="manifest of points/s/lora_r-4 is not one this tool writes"):
+        Remote(url).manifests()
+
+
+def test_an_edited_remote_is_refused_before_anything_is_trained(tmp_path, demo_cache):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    url = str(tmp_path / "remote")
+    one = [*SMALL, "--set", "study.grid={lora_r=[4]}"]
+    assert run_main("run", *one, "--remote", url, cwd=a).returncode == 0
+    m = json.loads((tmp_path / "remote" / "manifests" / "study.json").read_text())
+    m["files"]["study.db"]["sha256"] = "f" * 64  # points at contents that are not there
+    (tmp_path / "remote" / "manifests" / "study.json").write_text(json.dumps(m))
+    proc = run_main("run", *one, "--remote", url, cwd=b)
+    assert proc.returncode == 2 and "does not verify" in proc.stderr and "study/study.db: missing" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (b / "optuna-search-demo.db").exists()
+
+
+def test_two_runs_on_one_sqlite_remote(tmp_path, demo_cache):
+    url = str(tmp_path / "remote")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a,
+                            env=hold_env(r"step 3/"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_holds(proc)
+    second = run_main("run", *SMALL, "--remote", url, cwd=b)
+    assert second.returncode == 2 and "is in use by" in second.stderr and "last heartbeat" in second.stderr
+    assert not (b / "optuna-search-demo.db").exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_an_endpoint_that_goes_away_mid_run_and_the_next_run_that_finishes_the_upload(s3, tmp_path, demo_cache):
+    """Training goes on while uploads fail (retried, said once); at the end the run waits
+    storage.remote_timeout, names what the remote lacks and exits 5; the same command with
+    the endpoint back uploads it without training anything again."""
+    holder, env, (host, port) = s3
+    url = f"s3://studies/{tmp_path.name}"
+    work = tmp_path / "w"
+    work.mkdir()
+    one = [*SMALL, "--set", "study.grid={lora_r=[4]}", "--set", "storage.remote_timeout=10"]
+    proc = subprocess.Popen([*CLI, "run", *one, "--remote", url, "--progress-interval", "0"], cwd=work,
+                            env={**hold_env(r"step 3/", {**os.environ, **env}), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "5"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = wait_for_holds(proc)
+    holder["server"].stop()  # during the 5 s hold: every upload after it fails
+    out, err = proc.communicate(timeout=300)
+    err = "".join(lines) + err
+    assert proc.returncode == 5, err[-3000:]
+    assert "upload of" in err and "failed" in err and "1/1 grid points complete" in out
+    assert "lacks" in err and "run the same command again" in err
+    from moto.server import ThreadedMotoServer
+
+    holder["server"] = ThreadedMotoServer(ip_address=host, port=port, verbose=False)  # the same endpoint, back
+    holder["server"].start()
+    again = run_main("run", *one, "--remote", url, cwd=work, env_extra=env)
+    assert again.returncode == 0 and "nothing to run" in again.stdout, again.stderr[-3000:]
+    assert "holds the whole study" in again.stderr
+    from optuna_search.storage import Remote
+
+    assert Remote(url).verify() == [] and Remote(url).manifest("points/demo/lora_r-4") is not None
+
+
+def test_wrong_credentials_are_one_line_before_any_model(s3, tmp_path, monkeypatch):
+    import moto.settings
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # from now on, keys are checked
+    _, env, _ = s3
+    proc = run_main("run", *SMALL, "--remote", "s3://studies/x", cwd=tmp_path,
+                    env_extra={**env, "AWS_ACCESS_KEY_ID": "AKIAWRONG", "AWS_SECRET_ACCESS_KEY": "wrong"})
+    assert proc.returncode == 2 and "cannot be written" in proc.stderr and "AWS_ACCESS_KEY_ID" in proc.stderr
+    assert "Traceback" not in proc.stderr and "loaded base model" not in proc.stderr and "wrong" not in proc.stderr
+    assert not (tmp_path / "optuna-search-demo.db").exists()
+
+
+def test_two_machines_on_one_postgresql_study_and_one_s3_remote(postgres, s3, tmp_path, demo_cache):
+    """Successive halving over two configurations, rungs 1/2 and 1: machine A pauses both at
+    the first rung and is killed as the second pauses, before the rung is decided; B
+    (nothing local) records that pause from A's checkpoint, decides the rung, and trains
+    the promoted configuration on from A's checkpoint to the end."""
+    url, _ = postgres
+    _, env, _ = s3
+    remote = f"s3://studies/{tmp_path.name}"
+    halving = [*SMALL, "--storage", url, "--study-name", f"pg-{tmp_path.name}"[:60], "--set", "study.schedule='successive_halving'",
+               "--set", "study.rungs=[0.5, 1.0]", "--set", "study.eta=2", "--set", "study.prune_on='accuracy'"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    proc = subprocess.Popen([*CLI, "run", *halving, "--remote", remote, "--progress-interval", "0"], cwd=a,
+                            env=hold_env(r"lora_r=8\].* paused at step 10/20", {**os.environ, **env}),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_holds(proc)
+    _wait_for(lambda: (m := _manifest(remote, "points/pg-" + tmp_path.name[:57] + "/lora_r-8")) is not None
+              and "checkpoint-10/trainer_state.json" in m.files, "A's rung checkpoint in the remote")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(a)
+    done = run_main("run", *halving, "--remote", remote, "--set", "train.output_dir='b-ckpt'", cwd=b, env_extra=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = _study(b, f"pg-{tmp_path.name}"[:60], url.replace("postgresql://", "postgresql+psycopg://"))
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states.count("COMPLETE") == 1 and states.count("PRUNED") == 1
+    assert "pulled" in done.stderr and "rung 1 (50% of training) decided" in done.stderr
+    winner = next(t for t in study.get_trials() if t.state == TrialState.COMPLETE)
+    assert winner.user_attrs["resumed_from_step"] == 10  # from A's checkpoint, through the remote

@@ -151,6 +151,11 @@ class StudySection:
                 f"study.rungs = {r!r} must be increasing fractions of training in (0, 1] ending at 1.0, "
                 "e.g. [0.111, 0.333, 1.0]"
             )
+        if len(r) == 1 and r[-1] == 1.0:
+            p.append(
+                "study.rungs = [1.0] gives successive halving one rung: every configuration trains to its end and "
+                'nothing is halved; give two or more rungs (e.g. [0.25, 1.0]), or use schedule = "trials"'
+            )
         if not 2 <= self.eta <= 100:
             p.append(f"study.eta = {self.eta} must be from 2 to 100 (1/eta of the configurations go on at each rung)")
         if len(self.objectives) > 1:

@@ -69,3 +69,26 @@ def test_the_cli_and_the_api_are_one_front_door_stdin_included(tmp_path, demo_ca
               for d in (cli, api)]
     assert stored[0]["config"] == stored[1]["config"] and stored[0]["config_toml"] == stored[1]["config_toml"]
     assert stored[0]["config"]["study"]["grid"] == {"lora_r": [4, 8]} and stored[0]["config"]["train"]["epochs"] == 1
+
+
+def test_the_api_does_what_the_cli_does(scored_study, tmp_path, monkeypatch):
+    """Seen missing: export/import of studies, ensemble, validate; a one-string `sets`."""
+    import shutil
+
+    import optuna_search
+
+    work = tmp_path / "s"
+    shutil.copytree(scored_study, work)
+    monkeypatch.chdir(work)
+    url = f"sqlite:///{work / 'optuna-search-demo.db'}"
+    config = optuna_search.load_config(preset="demo", sets="eval.num_samples=50")
+    assert config.eval.num_samples == 50
+    assert "baselines on the test subset" in optuna_search.validate(config)
+    assert "soft" in optuna_search.ensemble(url)
+    exported = optuna_search.export_study(url, tmp_path / "bundle")
+    assert "study" in exported["units"] and exported["files"] > 3
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    handle = optuna_search.open_study(remote=str(tmp_path / "bundle"))  # read from the folder, no copy step
+    assert handle.best is not None and handle.best.number == optuna_search.open_study(url).best.number

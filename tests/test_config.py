@@ -246,3 +246,23 @@ def test_the_type_checkers_view_of_trial_params_is_the_table():
     stub = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TrialParams")
     declared = [n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)]
     assert declared == [h.name for h in HYPERPARAMETERS] == [f.name for f in dataclasses.fields(TrialParams)]
+
+
+def test_successive_halving_with_one_rung_is_refused():
+    from optuna_search.core import UserError
+    from optuna_search.search.front._config import load_config
+
+    with pytest.raises(UserError, match=r"study.rungs = \[1.0\] gives successive halving one rung"):
+        load_config(preset="demo-search", sets="study.rungs=[1.0]")
+
+
+def test_a_config_files_relative_data_paths_are_relative_to_it(tmp_path):
+    """Seen: resolved against the current folder, and the message did not say which path."""
+    from optuna_search.search.front._config import load_config
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "study.toml").write_text('[data]\ntrain = "data/train.jsonl"\nvalidation = "builtin:demo-bugs/val.jsonl"\n')
+    config = load_config(preset="demo", config_file=str(folder / "study.toml"), sets=["data.test='rel/test.jsonl'"])
+    assert config.data.train == str(folder / "data" / "train.jsonl")  # the file's folder
+    assert config.data.validation == "builtin:demo-bugs/val.jsonl" and config.data.test == "rel/test.jsonl"  # --set: as given

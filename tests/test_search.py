@@ -210,7 +210,18 @@ def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp
     assert copied.user_attrs["warm_start_from"] == "demo#0" and copied.value == copied.user_attrs["overall_accuracy"]
     other = run_main(*search, "--study-name", "other", "--set", "eval.num_samples=40", cwd=tmp_path)
     assert other.returncode == 2 and "warm start from study 'demo' refused: its test examples differ" in other.stderr
+    # Trained on another subset of the same file (seen: "2 finished trials copied").
+    for change, needle in (("data.train_samples=300", "its data.train_samples is 600, this study's 300"),
+                           ("train.seed=7", "its train.seed is 42, this study's 7")):
+        refused = run_main(*search, "--study-name", "other", "--set", change, cwd=tmp_path)
+        assert refused.returncode == 2 and needle in refused.stderr, refused.stderr[-1000:]
     assert "other" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
+    missing = run_main(*search, "--study-name", "x", "--warm-start-from", f"sqlite:///{tmp_path / 'no.db'}#demo", cwd=tmp_path)
+    assert missing.returncode == 2 and "the earlier study's database" in missing.stderr and "--warm-start-from" in missing.stderr
+    # A warm start whose trials all fall outside the new space copies nothing, and says so.
+    empty = run_main(*search, "--study-name", "empty", "--set", "study.search_space={lora_r=[8, 16]}",
+                     "--set", "study.n_trials=1", cwd=tmp_path)
+    assert empty.returncode == 0 and "warm start: no trial of study 'demo' fits this study" in empty.stderr
 
 
 def test_a_macro_f1_study_tracked_in_tensorboard(tmp_path, demo_cache):

@@ -71,3 +71,23 @@ def test_a_majority_label_model_is_flagged():
     test = SplitScores({f: 0.6 for f in FIELDS}, 8, confusion={"component": confusion}, macro_f1={f: 0.3 for f in FIELDS})
     (row,) = summary_rows([SummaryPoint("r", "complete", [TrialRecord(number=0, state="COMPLETE", test=test)])], FIELDS)
     assert row.single_label == {"component": "a"} and row.macro_f1 == pytest.approx(0.3)
+
+
+def test_status_counts_the_trials_segments_not_their_pauses():
+    """Seen: a paused successive-halving configuration counted from its start until now
+    (0.45 h, then 0.49 h a minute later, for a minute of training)."""
+    import datetime as dt
+
+    from optuna_search.dashboards import StatusInput, status_report
+
+    now = 2_000_000_000.0
+    hour_ago = dt.datetime.fromtimestamp(now - 3600)
+    paused = TrialRecord(number=0, state="PAUSED", seconds_spent=60.0, datetime_start=hour_ago)
+    running = TrialRecord(number=1, state="RUNNING", seconds_spent=30.0, resumed_at=now - 10, datetime_start=hour_ago)
+    done = TrialRecord(number=2, state="COMPLETE", seconds_spent=120.0, datetime_start=hour_ago,
+                       datetime_complete=dt.datetime.fromtimestamp(now))
+    points = [SummaryPoint("a", "paused", [paused]), SummaryPoint("b", "running", [running]),
+              SummaryPoint("c", "complete", [done])]
+    report = status_report(points, StatusInput(3, True, fields=FIELDS, finished=1), now=now)
+    assert report.hours_spent * 3600 == pytest.approx(60 + 30 + 10 + 120)
+    assert report.eta_hours * 3600 == pytest.approx(2 * 120)  # two left, at the completed trial's time

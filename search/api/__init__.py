@@ -27,9 +27,13 @@ from optuna_search.dashboards import Report, collect_report, write_report
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front._config import load_config
 from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.front._validate import validate as _validate
 from optuna_search.search.loop._open import open_for_reading
+from optuna_search.search.loop._remote import reading_location
 from optuna_search.search.loop._run import Summary, print_summary
 from optuna_search.search.loop._status import status as _status
+from optuna_search.search.use._bundles import export_study_bundle
+from optuna_search.search.use._ensembles import run_ensemble
 from optuna_search.search.use._export_model import export_model as _export_model
 from optuna_search.search.use._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
 from optuna_search.storage import artifact_store, read_meta
@@ -148,24 +152,61 @@ class StudyHandle:
         return Predictor(spec_from_study(self.study, self.config, trial=trial, ensemble=ensemble))
 
 
+def _location(storage: str | None, name: str | None, remote: str | None, **more: str | None) -> dict[str, str]:
+    location = {k: v for k, v in (("storage.url", storage), ("study.name", name), ("storage.remote", remote)) if v}
+    location.update({k: v for k, v in more.items() if v})
+    if not storage and not remote:
+        raise UserError("give where the study lives: its storage URL, or remote=URL")
+    return reading_location(location) if remote else location
+
+
 def open_study(
-    storage: str, name: str | None = None, *, artifacts: str | None = None, checkpoints: str | None = None
+    storage: str | None = None,
+    name: str | None = None,
+    *,
+    artifacts: str | None = None,
+    checkpoints: str | None = None,
+    remote: str | None = None,
 ) -> StudyHandle:
-    """A study from where it lives (the storage URL; the name when it holds several)."""
-    location = {"storage.url": storage}
-    for key, value in (("study.name", name), ("storage.artifacts", artifacts), ("train.output_dir", checkpoints)):
-        if value is not None:
-            location[key] = value
-    opened = open_for_reading(location)
+    """A study from where it lives: its storage URL (the name when it holds several), or
+    ``remote=URL`` (a study in a remote, read into this machine's cache: nothing to copy).
+    ``checkpoints``: the folder of its checkpoints when it moved (``train.output_dir``)."""
+    opened = open_for_reading(
+        _location(storage, name, remote, **{"storage.artifacts": artifacts, "train.output_dir": checkpoints})
+    )
     return StudyHandle(opened.study, opened.config)
 
 
 def export_model(
-    storage: str, output: str | Path, *, trial: str | int = "best", name: str | None = None, merge: bool = False
+    storage: str | None,
+    output: str | Path,
+    *,
+    trial: str | int = "best",
+    name: str | None = None,
+    merge: bool = False,
+    remote: str | None = None,
 ) -> str:
     """Write the trial's standalone model folder (as ``optuna-search export-model``)."""
-    location = {"storage.url": storage, **({"study.name": name} if name else {})}
-    return _export_model(location, str(trial), str(output), merge=merge)
+    return _export_model(_location(storage, name, remote), str(trial), str(output), merge=merge)
+
+
+def export_study(storage: str, output: str | Path, *, name: str | None = None) -> dict[str, object]:
+    """Write the study to a new folder that a later session resumes from (as
+    ``optuna-search export``; ``run(..., resume_from=output)`` takes it back)."""
+    return export_study_bundle(_location(storage, name, None), str(output))
+
+
+def ensemble(storage: str, *, trials: list[int] | None = None, top: int | None = None, name: str | None = None) -> str:
+    """Soft and hard voting over trials from their stored predictions, stored on the study
+    (as ``optuna-search ensemble``): ``trials`` by number, the ``top`` K, or every COMPLETE
+    trial when neither is given."""
+    opened = open_for_reading(_location(storage, name, None), mode="write")
+    return run_ensemble(opened.study, opened.config, trials=trials, top=top)
+
+
+def validate(config: Config) -> str:
+    """What `optuna-search validate` prints: data, labels, prompts, memory, baselines."""
+    return _validate(config)
 
 
 __all__ = [
@@ -178,8 +219,11 @@ __all__ = [
     "StudyResult",
     "TrialRecord",
     "UserError",
+    "ensemble",
     "export_model",
+    "export_study",
     "load_config",
     "open_study",
     "run",
+    "validate",
 ]

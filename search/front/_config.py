@@ -48,9 +48,29 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise UserError(f"cannot read config file {str(p)!r}: {e.strerror}; check its permissions") from None
     try:
-        return loads(text)
+        return relative_to_file(loads(text), p)
     except TOMLDecodeError as e:
         raise UserError(f"config file {str(p)!r} is not valid TOML: {e}; fix the syntax there") from None
+
+
+FILE_KEYS = (("data", "train"), ("data", "validation"), ("data", "test"))
+"""Paths a config file names: relative ones are relative to the file's folder."""
+
+
+def relative_to_file(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file's relative data paths made relative to its folder (a config next to its
+    data works from any folder; an error then names the path it tried)."""
+    base = path.resolve().parent
+    for section, key in FILE_KEYS:
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if (
+            isinstance(value, str)
+            and value
+            and not value.startswith("builtin:")
+            and not Path(value).expanduser().is_absolute()
+        ):
+            raw[section][key] = str(base / value)
+    return raw
 
 
 def parse_set_option(item: str) -> tuple[str, str, Any]:

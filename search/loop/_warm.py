@@ -13,24 +13,46 @@ from the new config's, or that lies outside the new space, is left out and named
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, point_key
 from optuna_search.search.loop._open import load_named_study
 from optuna_search.search.loop._preflight import Preflight
 from optuna_search.search.loop._space import distributions
-from optuna_search.storage import Ledger, distribution_contains, read_meta
+from optuna_search.storage import Ledger, distribution_contains, read_meta, study_home
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger("optuna_search")
 # What must be the same for an earlier trial to mean the same thing here.
-SAME = ("model", "data.fields", "eval.method", "eval.objective_split")
+SAME = (
+    "model",
+    "data.fields",
+    "eval.method",
+    "eval.objective_split",
+    "data.train_samples",
+    "train.seed",
+    "data.label_map",
+    "data.labels",
+)
+"""Beyond the data files' digests: the training subset actually used (``train_samples``
+examples picked by ``train.seed``, which also initialises the adapters) and the labels."""
 
 
 def open_source(source: str) -> optuna.Study:
     url, _, name = source.partition("#")
+    home = study_home(url)
+    if home is not None:
+        from sqlalchemy.engine import make_url
+
+        db = home / Path(str(make_url(url).database)).name
+        if not db.exists():
+            raise UserError(
+                f"warm start: the earlier study's database '{db}' does not exist; check --warm-start-from "
+                "(e.g. 'sqlite:///grid.db#mistral7b-bugs-qlora')"
+            )
     return load_named_study(
         url,
         name or None,

@@ -1,0 +1,142 @@
+"""What a remote costs a study, measured on the demo (tiny model, CPU):
+
+1. sync overhead: the wall time of one demo point with `--remote` (a folder, and a real
+   S3 server: moto's, on 127.0.0.1) over the same point without, interleaved repeats,
+   best against best (the uploads run in a background thread);
+2. bytes per checkpoint: what a checkpoint of a point puts in the remote (adapter,
+   optimizer, scheduler, RNG and trainer state: never the base model), file by file;
+3. time from a fresh machine to the first resumed step: machine A is killed in the middle
+   of a point, and machine B (an empty folder) runs the same command: the seconds from
+   B's start to its first training step after the resume, and what it pulled.
+
+    python benchmarks/remote_sync.py [--repeats 3]
+
+Last line: the overhead ratio (target <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "optuna_search.search"]
+POINT = ["--preset", "demo", "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1", "--set", "data.train_samples=600",
+         "--set", "eval.num_samples=50", "--set", "eval.validation_samples=50", "--set", "train.checkpoint_steps=10",
+         "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3"]
+
+
+def _run(work: Path, *extra: str, env: dict | None = None) -> float:
+    work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([*CLI, "run", *POINT, *extra], cwd=work, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def overhead(tmp: Path, repeats: int, s3: tuple[str, dict] | None) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for i in range(repeats):
+        variants = [("none", ()), ("folder", ("--remote", str(tmp / f"remote-{i}")))]
+        if s3 is not None:
+            variants.append(("s3", ("--remote", f"{s3[0]}/overhead-{i}")))
+        for name, extra in variants:
+            seconds = _run(tmp / f"{name}-{i}", *extra, env=s3[1] if s3 and name == "s3" else None)
+            best[name] = min(best.get(name, float("inf")), seconds)
+            print(f"  repeat {i + 1}: {name:6s} {seconds:6.1f} s", flush=True)
+    return best
+
+
+def checkpoint_bytes(remote: str) -> None:
+    from optuna_search.storage import Remote
+
+    m = Remote(remote).manifest("points/demo/lora_r-8")
+    if m is None:
+        return
+    groups: dict[str, dict[str, int]] = {}
+    for rel, meta in m.files.items():
+        groups.setdefault(rel.split("/")[0], {})[rel.split("/", 1)[-1]] = meta["bytes"]
+    for folder, files in sorted(groups.items()):
+        total = sum(files.values())
+        print(f"  {folder}: {total / 1024:.1f} KiB = " + ", ".join(f"{n} {b / 1024:.1f}" for n, b in sorted(files.items())))
+
+
+def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
+    """(seconds to the first resumed step, seconds to the end, the step it resumed from)."""
+    a, b = tmp / "machine-a", tmp / "machine-b"
+    a.mkdir()
+    b.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "hooks"), os.environ.get("PYTHONPATH", "")]),
+           "OPTUNA_SEARCH_TEST_HOLD": r"step 4[1-9]/"}
+    proc = subprocess.Popen([*CLI, "run", *POINT, "--remote", remote, "--progress-interval", "0"], cwd=a, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # type: ignore[union-attr]
+        if "TEST-HOLD" in line:
+            break
+    time.sleep(3)  # the step-40 checkpoint's upload (a background thread) lands
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3.5)  # the lease goes stale (storage.grace_period = 3 s)
+    t0 = time.perf_counter()
+    b_proc = subprocess.Popen([*CLI, "run", *POINT, "--remote", remote, "--progress-interval", "0"], cwd=b,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first, resumed = None, 0
+    for line in b_proc.stderr:  # type: ignore[union-attr]
+        m = re.search(r"resuming from checkpoint .*\(step (\d+)\)", line)
+        if m:
+            resumed = int(m.group(1))
+        if first is None and re.search(r" step \d+/", line):
+            first = time.perf_counter() - t0
+    b_proc.wait()
+    return first or float("nan"), time.perf_counter() - t0, resumed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-s3", action="store_true", help="skip the S3 server (moto) variant")
+    args = ap.parse_args()
+    s3 = None
+    server = None
+    if not args.no_s3:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+        os.environ.update(env)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench")
+        s3 = ("s3://bench", env)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        print(f"1. one demo point (75 optimizer steps, a checkpoint every 10), best of {args.repeats}:")
+        best = overhead(tmp, args.repeats, s3)
+        print("2. what one checkpoint of the point puts in the remote:")
+        checkpoint_bytes(str(tmp / "remote-0"))
+        print("3. a fresh machine resumes a point killed at step 41 (remote: a folder):")
+        first, total, step = fresh_machine(tmp, str(tmp / "fresh-remote"))
+        print(f"  resumed from step {step}; first training step {first:.1f} s after the start, the point done {total:.1f} s after")
+    if server is not None:
+        server.stop()
+    for name in ("folder", "s3"):
+        if name in best:
+            print(f"sync overhead ({name}): {best[name]:.1f} s / {best['none']:.1f} s = {best[name] / best['none']:.3f}")
+    worst = max(best[n] for n in best if n != "none")
+    print(f"sync overhead ratio = {worst / best['none']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

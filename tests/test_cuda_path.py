@@ -13,6 +13,7 @@ training batches; no hub lookup when a checkpoint is saved."""
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import weakref
@@ -32,7 +33,9 @@ def _study(work, name="demo"):
 
 
 def _one_point(*extra):
-    return ["run", *FAST, "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=1", *extra]
+    """One demo point of 20 optimizer steps (160 examples), a checkpoint every 10."""
+    return ["run", *FAST, "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=1", "--set", "data.train_samples=160",
+            *extra]
 
 
 class _Models:
@@ -89,7 +92,7 @@ def test_out_of_memory_in_each_phase_frees_the_model_and_retries_what_that_phase
         real_step = Trainer.training_step
 
         def step(self, *a, **kw):
-            if self.args.per_device_train_batch_size > 4 and self.state.global_step >= 20:
+            if self.args.per_device_train_batch_size > 4 and self.state.global_step >= 12:
                 raised.append(phase)
                 raise _oom()
             return real_step(self, *a, **kw)
@@ -187,7 +190,14 @@ def test_auto_compute_dtype_follows_the_gpus_generation(monkeypatch, capability,
     assert pick_compute_dtype("float32") == torch.float32
 
 
-def test_merge_dequantises_the_nf4_base_in_16_bits_and_says_its_size_first(tmp_path, demo_cache):
+def _trained(scored_study, tmp_path):
+    """A copy of the tests' trained study (the merge needs a trained adapter, not a new one)."""
+    work = tmp_path / "study"
+    shutil.copytree(scored_study, work)
+    return work
+
+
+def test_merge_dequantises_the_nf4_base_in_16_bits_and_says_its_size_first(scored_study, tmp_path):
     """The adapter is merged into the NF4 weights it was trained against (dequantised),
     not the original ones; the merged model is 16-bit; its size is said before writing,
     the process's peak memory after."""
@@ -196,9 +206,9 @@ def test_merge_dequantises_the_nf4_base_in_16_bits_and_says_its_size_first(tmp_p
 
     from optuna_search.objectives._demo import ensure_demo_model
 
-    assert run_main(*_one_point(), cwd=tmp_path).returncode == 0
+    work = _trained(scored_study, tmp_path)
     out = tmp_path / "model"
-    proc = run_main("export-model", "--preset", "demo", "--merge", "--output", str(out), cwd=tmp_path)
+    proc = run_main("export-model", "--preset", "demo", "--merge", "--output", str(out), cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.index("--merge: writing about") < len(proc.stderr) and "peak process memory" in proc.stdout
     merged = load_file(str(next((out / "merged").glob("*.safetensors"))))
@@ -217,16 +227,14 @@ def test_merge_dequantises_the_nf4_base_in_16_bits_and_says_its_size_first(tmp_p
     assert (got - (nf4 + delta)).abs().max() < 1e-3 < (got - (w + delta)).abs().max()  # 16-bit rounding, vs NF4's error
 
 
-def test_merge_without_room_is_refused_before_writing(tmp_path, demo_cache, monkeypatch):
-    import shutil
-
+def test_merge_without_room_is_refused_before_writing(scored_study, tmp_path, monkeypatch):
     from optuna_search.search.use import _export_model
 
-    assert run_main(*_one_point(), cwd=tmp_path).returncode == 0
+    work = _trained(scored_study, tmp_path)
     usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(p)._replace(free=1000))
     out = tmp_path / "model"
-    proc = run_main("export-model", "--preset", "demo", "--merge", "--output", str(out), cwd=tmp_path)
+    proc = run_main("export-model", "--preset", "demo", "--merge", "--output", str(out), cwd=work)
     assert proc.returncode == 2 and "only 0.0 GiB are free there" in proc.stderr and "without --merge" in proc.stderr
     assert not out.exists() and _export_model.MERGE_WARN_BYTES > 0
 
@@ -320,5 +328,5 @@ def test_a_checkpoint_of_a_hub_model_asks_the_hub_nothing(tmp_path, demo_cache, 
     from optuna_search.objectives import _qlora
 
     monkeypatch.setattr(_qlora, "load_lora_model", as_if_from_the_hub)
-    proc = run_main(*_one_point("--set", "train.checkpoint_steps=20"), cwd=tmp_path)
+    proc = run_main(*_one_point("--set", "train.checkpoint_steps=5"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

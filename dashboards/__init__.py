@@ -2,7 +2,7 @@
 launch. Reads studies and trial records; never trains."""
 
 from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
-from optuna_search.dashboards._notes import study_note, trial_note
+from optuna_search.dashboards._notes import field_rows, study_note, trial_note
 from optuna_search.dashboards._report import (
     Report,
     collect_report,
@@ -34,6 +34,7 @@ __all__ = [
     "check_port",
     "collect_report",
     "compare_with_baselines",
+    "field_rows",
     "load_predictions",
     "pareto_rows",
     "progress_line",

@@ -8,36 +8,39 @@ from __future__ import annotations
 from typing import Any
 
 from optuna_search.core import Config, TrialRecord, markdown_table, num, pct
-from optuna_search.dashboards._summary import SummaryRow
+from optuna_search.dashboards._summary import SummaryRow, score_cells
+
+
+def field_rows(
+    r: TrialRecord, fields: list[str], *, balanced: bool = True, overall: str = "overall"
+) -> list[list[str]]:
+    """A trial's scores per field (test accuracy, its Wilson interval, macro-F1, balanced
+    accuracy, validation accuracy) and their overall row: the trial's note and the model
+    card's table."""
+    assert r.test is not None
+    t = r.test
+    rows = []
+    for f in fields:
+        ci: list[float | None] = list(t.ci95.get(f) or [])
+        ci += [None] * (2 - len(ci))
+        rows.append(
+            [f, pct(t.accuracy[f]), f"{pct(ci[0])} - {pct(ci[1])}", num(t.macro_f1.get(f), ".3f")]
+            + ([pct(t.balanced_accuracy.get(f))] if balanced else [])
+            + [pct(r.accuracy(f, "validation"))]
+        )
+    rows.append(
+        [overall, pct(r.overall), "", num(t.mean_macro_f1, ".3f")]
+        + ([pct(t.mean_balanced_accuracy)] if balanced else [])
+        + [pct(r.split_overall("validation"))]
+    )
+    return rows
 
 
 def trial_note(r: TrialRecord, config: Config, fields: list[str], split: str = "test") -> str:
     lines = [f"## Trial {r.number}: {r.label}", ""]
     if r.test is not None:
-        rows = []
-        for f in fields:
-            ci: list[float | None] = list(r.test.ci95.get(f) or [])
-            ci += [None] * (2 - len(ci))
-            rows.append(
-                [
-                    f,
-                    pct(r.test.accuracy[f]),
-                    f"{pct(ci[0])} - {pct(ci[1])}",
-                    num(r.test.macro_f1.get(f), ".3f"),
-                    pct(r.test.balanced_accuracy.get(f)),
-                    pct(r.accuracy(f, "validation")),
-                ]
-            )
-        rows.append(
-            [
-                "**overall** (mean of fields)",
-                f"**{pct(r.overall)}**",
-                "",
-                num(r.test.mean_macro_f1, ".3f"),
-                pct(r.test.mean_balanced_accuracy),
-                pct(r.split_overall("validation")),
-            ]
-        )
+        rows = field_rows(r, fields)
+        rows[-1][0], rows[-1][1] = "**overall** (mean of fields)", f"**{rows[-1][1]}**"
         lines += [
             markdown_table(
                 ["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "balanced accuracy", "validation accuracy"],
@@ -146,19 +149,7 @@ def study_note(
         "",
     ]
     head = ["configuration"] + fields + ["overall", "macro-F1", "validation", "train loss", "eval loss", "status"]
-    table = [
-        [r.point]
-        + [pct(r.accuracy.get(f)) for f in fields]
-        + [
-            pct(r.overall),
-            num(r.macro_f1, ".3f"),
-            pct(r.validation),
-            num(r.train_loss, ".4f"),
-            num(r.eval_loss, ".4f"),
-            r.status,
-        ]
-        for r in rows
-    ]
+    table = [[r.point, *score_cells(r, fields), r.status] for r in rows]
     val = validation_baselines or {}
     table += [
         [f"baseline: {name}"]

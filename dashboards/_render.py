@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from optuna_search.core import markdown_table, num, pct
+from optuna_search.dashboards._summary import state_note
 
 if TYPE_CHECKING:
     from optuna_search.dashboards._report_model import Report
@@ -86,15 +87,11 @@ def _performance(rep: Report) -> list[str]:
         else:
             rec = r.record
             note = (
-                r.state.lower()
-                + (f" at validation point {rec.pruned_at_step}" if rec.pruned_at_step else "")
-                + (
-                    f" at rung {rec.rung + 1}"
-                    if r.state in ("PRUNED", "PAUSED") and rec.rung is not None and not rec.pruned_at_step
-                    else ""
-                )
-                + (f": {rec.error[:80]}" if rec.error else "")
+                state_note(r.state.lower(), rec.pruned_at_step, rec.rung).replace(" at ", " at validation point ", 1)
+                if rec.pruned_at_step
+                else state_note(r.state.lower(), None, rec.rung)
             )
+            note += f": {rec.error[:80]}" if rec.error else ""
             rows.append([r.config] + ["-"] * len(fields) + ["-", pct(r.validation), "-", "-", note])
     for name, b in rep.baselines.items():
         vb = rep.validation_baselines.get(name, {})

@@ -112,29 +112,11 @@ def render_summary(
     )
     table = [heads]
     for r in rows:
-        status = (
-            r.status
-            + (f" at {r.pruned_at}" if r.pruned_at else "")
-            + (
-                f" at rung {r.rung + 1}"
-                if r.status in ("pruned", "paused") and r.rung is not None and not r.pruned_at
-                else ""
-            )
-            + (f" (proposed again {r.repeats}x)" if r.repeats else "")
-        )
+        status = state_note(r.status, r.pruned_at, r.rung) + (f" (proposed again {r.repeats}x)" if r.repeats else "")
         table.append(
             [r.point, num(r.lora_alpha, "g")]
-            + [pct(r.accuracy.get(f)) for f in fields]
-            + [
-                pct(r.overall),
-                num(r.macro_f1, ".3f"),
-                pct(r.validation),
-                num(r.train_loss, ".4f"),
-                num(r.eval_loss, ".4f"),
-                num(r.trainable_params, ","),
-                num(r.minutes, ".1f"),
-                status,
-            ]
+            + score_cells(r, fields)
+            + [num(r.trainable_params, ","), num(r.minutes, ".1f"), status]
         )
     for name, b in (baselines or {}).items():
         val = (validation_baselines or {}).get(name, {}).get("overall")
@@ -145,6 +127,24 @@ def render_summary(
             + ["-"] * 5
         )
     return render_table(table)
+
+
+def score_cells(r: SummaryRow, fields: list[str]) -> list[str]:
+    """A row's scores as the tables show them: test accuracy per field, overall,
+    macro-F1, validation, the last epoch's training and validation loss."""
+    return [pct(r.accuracy.get(f)) for f in fields] + [
+        pct(r.overall),
+        num(r.macro_f1, ".3f"),
+        pct(r.validation),
+        num(r.train_loss, ".4f"),
+        num(r.eval_loss, ".4f"),
+    ]
+
+
+def state_note(state: str, pruned_at: int | None, rung: int | None) -> str:
+    """A state with where it stopped: 'pruned at 2' (a validation point), 'paused at rung 1'."""
+    at_rung = rung is not None and state.lower() in ("pruned", "paused") and not pruned_at
+    return state + (f" at {pruned_at}" if pruned_at else "") + (f" at rung {(rung or 0) + 1}" if at_rung else "")
 
 
 def best_row(rows: list[SummaryRow], objective: str, split: str, fields: list[str]) -> SummaryRow | None:

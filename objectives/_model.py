@@ -257,17 +257,13 @@ def load_tokenizer(source: str, model_cfg: Any):
     return tok
 
 
-def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool = False):
-    """The frozen base as a trial trains and evaluates it: quantized per the config
-    (bitsandbytes NF4 / FP4, double quantization), prepared for k-bit training (norms and
-    embeddings in fp32), on this process's GPU or the CPU. Prediction loads it the same
-    way, so its scores are the evaluation's. Returns (model, compute dtype)."""
+def load_kwargs(model_cfg: Any, dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s arguments for the base as trials load it: quantized per the
+    config (bitsandbytes NF4 / FP4, double quantization, the compute dtype), one whole copy
+    on this process's GPU (the usual QLoRA placement) or on the CPU."""
     import torch
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    no_loading_bars()
-    dtype = pick_compute_dtype(model_cfg.compute_dtype)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision or None,
         "trust_remote_code": model_cfg.trust_remote_code,
@@ -281,9 +277,21 @@ def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool
             bnb_4bit_compute_dtype=dtype,
         )
     if torch.cuda.is_available():
-        # One whole model copy per process/GPU (the usual QLoRA placement).
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return kwargs
+
+
+def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool = False):
+    """The frozen base as a trial trains and evaluates it: quantized per the config
+    (bitsandbytes NF4 / FP4, double quantization), prepared for k-bit training (norms and
+    embeddings in fp32), on this process's GPU or the CPU. Prediction loads it the same
+    way, so its scores are the evaluation's. Returns (model, compute dtype)."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    no_loading_bars()
+    dtype = pick_compute_dtype(model_cfg.compute_dtype)
+    model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs(model_cfg, dtype))
     if model_cfg.quantization != "none":
         keep_4bit_layers_trainable_on_cpu(model)
         model = prepare_model_for_kbit_training(
@@ -438,25 +446,11 @@ def merged_model(source: str, model_cfg: Any, adapter_dir: str, trained_dtype: A
     4-bit model plus one copy in the compute dtype (about 18 GB for a 7B model trained in
     fp16, within a Kaggle session's 30 GB; an fp32 load of the original weights needed
     29 GB, and merged into weights the adapter never saw)."""
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     no_loading_bars()
-    kwargs: dict[str, Any] = {
-        "revision": model_cfg.revision or None,
-        "trust_remote_code": model_cfg.trust_remote_code,
-        "dtype": trained_dtype,
-    }
-    if model_cfg.quantization != "none":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=model_cfg.quantization,
-            bnb_4bit_use_double_quant=model_cfg.double_quant,
-            bnb_4bit_compute_dtype=trained_dtype,
-        )
-    if torch.cuda.is_available():
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    kwargs = load_kwargs(model_cfg, trained_dtype)
     base = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if model_cfg.quantization != "none":
         base = base.dequantize(dtype=trained_dtype)

@@ -23,8 +23,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, TrialRecord, UserError, file_sha256, markdown_table, num, pct, writable
-from optuna_search.dashboards import compare_with_baselines
+from optuna_search.core import Config, TrialRecord, UserError, file_sha256, markdown_table, pct, writable
+from optuna_search.dashboards import compare_with_baselines, field_rows
 from optuna_search.objectives import (
     BUILTIN_TINY,
     base_licence,
@@ -199,22 +199,7 @@ def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelS
         "",
     ]
     if r.test is not None:
-        rows = []
-        for f in fields:
-            ci: list[float | None] = list(r.test.ci95.get(f) or [])
-            ci += [None] * (2 - len(ci))
-            rows.append(
-                [
-                    f,
-                    pct(r.test.accuracy[f]),
-                    f"{pct(ci[0])} - {pct(ci[1])}",
-                    num(r.test.macro_f1.get(f), ".3f"),
-                    pct(r.accuracy(f, "validation")),
-                ]
-            )
-        rows.append(
-            ["overall", pct(r.overall), "", num(r.test.mean_macro_f1, ".3f"), pct(r.split_overall("validation"))]
-        )
+        rows = field_rows(r, fields, balanced=False)
         lines += [
             "## Measured",
             "",

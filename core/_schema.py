@@ -291,7 +291,7 @@ class TrainSection:
     """Gradient clipping (transformers' default 1.0; the QLoRA paper used 0.3; 0 = none)."""
     optim: str = "adamw_torch"
     """Optimizer (transformers' names): adamw_torch, adamw_torch_fused, adafactor, sgd,
-    and bitsandbytes' adamw_8bit, paged_adamw_8bit (the QLoRA paper's; CUDA only),
+    and bitsandbytes' adamw_8bit, paged_adamw_8bit (the QLoRA paper's; unpaged on a CPU),
     paged_adamw_32bit."""
     seed: int = 42
     """Seed for initialisation and data order."""

@@ -172,3 +172,10 @@ def test_packages_use_each_others_public_names_only():
                     and parts[2].startswith("_") and name not in PRIVATE_EXCEPTIONS):
                 wrong.append(f"{folder}/{path.relative_to(REPO / folder)}:{node.lineno} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = [f"{folder}/{path.relative_to(REPO / folder)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for folder, path in _sources() for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert not long, long

@@ -23,7 +23,16 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, TrialRecord, UserError, file_sha256, markdown_table, pct, writable
+from optuna_search.core import (
+    Config,
+    StudyMeta,
+    TrialRecord,
+    UserError,
+    file_sha256,
+    markdown_table,
+    pct,
+    writable,
+)
 from optuna_search.dashboards import compare_with_baselines, field_rows
 from optuna_search.objectives import (
     BUILTIN_TINY,
@@ -180,7 +189,7 @@ def _merge(source: str, config: Config, record: TrialRecord, out: Path) -> tuple
 
 
 def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelSpec, source: str, out: Path) -> str:
-    fields = list(config.data.fields)
+    """The exported model's README: what it is, how it measured, against what, where it came from, how to use it."""
     meta = read_meta(study)
     lines = [
         f"# {study.study_name}: trial {r.number} ({r.label})",
@@ -198,53 +207,57 @@ def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelS
         markdown_table(["setting", "value"], [[k, v] for k, v in (r.effective_params or {}).items()]),
         "",
     ]
-    if r.test is not None:
-        rows = field_rows(r, fields, balanced=False)
-        lines += [
-            "## Measured",
-            "",
-            markdown_table(["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "validation accuracy"], rows),
-            "",
-        ]
-        for f, label in r.test.single_label().items():
-            lines += [f"**Warning: on {f} it answers `{label}` for every test example.**", ""]
-        if r.test.calibration:
-            lines += [
-                "Calibration (test): "
-                + "; ".join(
-                    f"{f} log-loss {c['log_loss']:.3f}, Brier {c['brier']:.3f}, ECE {c['ece']:.3f}"
-                    for f, c in r.test.calibration.items()
-                ),
-                "",
-            ]
+    lines += _card_measured(r, list(config.data.fields))
+    lines += _card_baselines(study, config, r, meta)
+    lines += _card_study(study, config)
+    lines += _card_provenance(config, r, spec, source, meta)
+    lines += _card_use(out)
+    return "\n".join(lines)
+
+
+def _card_measured(r: TrialRecord, fields: list[str]) -> list[str]:
+    if r.test is None:
+        return []
+    lines = [
+        "## Measured",
+        "",
+        markdown_table(
+            ["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "validation accuracy"],
+            field_rows(r, fields, balanced=False),
+        ),
+        "",
+    ]
+    for f, label in r.test.single_label().items():
+        lines += [f"**Warning: on {f} it answers `{label}` for every test example.**", ""]
+    if r.test.calibration:
+        calibration = "; ".join(
+            f"{f} log-loss {c['log_loss']:.3f}, Brier {c['brier']:.3f}, ECE {c['ece']:.3f}"
+            for f, c in r.test.calibration.items()
+        )
+        lines += [f"Calibration (test): {calibration}", ""]
+    return lines
+
+
+def _card_baselines(study: optuna.Study, config: Config, r: TrialRecord, meta: StudyMeta) -> list[str]:
     comparisons = compare_with_baselines(study, config, artifact_store(config.storage.artifacts, create=False), r)
-    if comparisons:
-        body = [
-            [
-                name,
-                pct((meta.baselines or {}).get(name, {}).get("overall")),
-                f"{c.tests['overall'].only_a} vs {c.tests['overall'].only_b}",
-                f"{c.tests['overall'].p:.3g}",
-            ]
-            for name, c in comparisons.items()
+    if not comparisons:
+        return []
+    body = [
+        [
+            name,
+            pct((meta.baselines or {}).get(name, {}).get("overall")),
+            f"{c.tests['overall'].only_a} vs {c.tests['overall'].only_b}",
+            f"{c.tests['overall'].p:.3g}",
         ]
-        lines += [
-            "## Against the baselines (same test examples)",
-            "",
-            markdown_table(
-                [
-                    "baseline",
-                    "overall",
-                    "examples only this model / only the baseline gets all fields right",
-                    "McNemar p",
-                ],
-                body,
-            ),
-            "",
-        ]
-    state = study_state(study, config)
-    table = rows_of(state, config)
-    lines += [
+        for name, c in comparisons.items()
+    ]
+    header = ["baseline", "overall", "examples only this model / only the baseline gets all fields right", "McNemar p"]
+    return ["## Against the baselines (same test examples)", "", markdown_table(header, body), ""]
+
+
+def _card_study(study: optuna.Study, config: Config) -> list[str]:
+    table = rows_of(study_state(study, config), config)
+    return [
         "## The study",
         "",
         "\n".join(verdict(table, config, study)),
@@ -255,23 +268,32 @@ def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelS
         ),
         "",
     ]
-    lines += [
+
+
+def _card_provenance(config: Config, r: TrialRecord, spec: ModelSpec, source: str, meta: StudyMeta) -> list[str]:
+    base = f"- base model: `{config.model.name_or_path}`"
+    if config.model.revision:
+        base += f" (revision `{config.model.revision}`)"
+    if spec.base_sha256:
+        base += f", SHA-256 `{spec.base_sha256}`"
+    digest = json.dumps(meta.data_digest) if meta.data_digest else "not recorded (study created by an earlier version)"
+    labels = "; ".join(f"{f}: {', '.join(spec.labels[f])}" for f in config.data.fields)
+    return [
         "## Provenance",
         "",
-        f"- base model: `{config.model.name_or_path}`"
-        + (f" (revision `{config.model.revision}`)" if config.model.revision else "")
-        + (f", SHA-256 `{spec.base_sha256}`" if spec.base_sha256 else ""),
+        base,
         f"- base model licence: {base_licence(config.model.name_or_path, source)}",
         f"- adapter SHA-256: `{spec.members[0].sha256}`",
         f"- test subset SHA-256: `{r.eval_ids_sha256}`; validation subset: `{r.validation_ids_sha256}`",
-        "- data files SHA-256: "
-        f"{json.dumps(meta.data_digest) if meta.data_digest else 'not recorded (study created by an earlier version)'}",
+        f"- data files SHA-256: {digest}",
         f"- prompt: {config.model.chat_template} chat template, max length {config.model.max_length} tokens "
-        "(the report is "
-        "truncated, never the answer); label sets: " + "; ".join(f"{f}: {', '.join(spec.labels[f])}" for f in fields),
+        f"(the report is truncated, never the answer); label sets: {labels}",
         "",
     ]
-    lines += [
+
+
+def _card_use(out: Path) -> list[str]:
+    return [
         "## Use",
         "",
         "```bash",
@@ -285,8 +307,7 @@ def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelS
         "```",
         "",
         f"Or with peft alone (base reachable): `AutoPeftModelForCausalLM.from_pretrained({str(out)!r})`; the "
-        "prompt must "
-        "then be built as optuna-search builds it (the tokenizer's chat template, the instruction, the report).",
+        "prompt must then be built as optuna-search builds it (the tokenizer's chat template, the instruction, "
+        "the report).",
         "",
     ]
-    return "\n".join(lines)

@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    # Under pytest-xdist the workers share the cores: torch's intra-op threads (and those of
+    # the CLI processes a test starts, which inherit this) split them instead of each
+    # worker oversubscribing every core.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GAME_BUGS = SHARED / "data" / "game-bugs"

@@ -236,8 +236,11 @@ class Remote:
     # -- push and pull -----------------------------------------------------------------------
     def push(self, unit: str, files: dict[str, Path], writer: str) -> PushResult:
         """Upload what the remote lacks of ``files`` (relative path -> local file), then
-        replace the unit's manifest."""
+        replace the unit's manifest (left as it is when nothing changed). The contents the
+        current manifest names are there (a manifest is written after its contents, and
+        garbage collection keeps what a manifest names): no request asks for them again."""
         previous = self.manifest(unit)
+        present = {f["sha256"] for f in previous.files.values()} if previous else set()
         result = PushResult(unit, (previous.generation if previous else 0) + 1)
         entries: dict[str, dict[str, Any]] = {}
         for rel, path in sorted(files.items()):
@@ -248,10 +251,14 @@ class Remote:
                 continue
             entries[rel] = {"sha256": digest, "bytes": size}
             result.total_bytes += size
-            if not self.fs.exists(self._path(OBJECTS, digest)):
+            if digest not in present and not self.fs.exists(self._path(OBJECTS, digest)):
                 self._put_file(self._path(OBJECTS, digest), path)
                 result.uploaded_bytes += size
                 result.uploaded_files += 1
+            present.add(digest)
+        if previous is not None and previous.files == entries:
+            result.generation = previous.generation
+            return result
         manifest = Manifest(unit, result.generation, entries, writer, dt.datetime.now(dt.timezone.utc).isoformat())
         self._put(self._path(MANIFESTS, unit + ".json"), json.dumps(manifest.to_json(), indent=1).encode())
         return result
@@ -280,42 +287,48 @@ class Remote:
 
     def verify(self, manifests: dict[str, Manifest] | None = None) -> list[str]:
         """What is wrong with the remote (nothing: []): every manifest's files there, at
-        their size."""
+        their size (one listing of the objects, not a request per file)."""
+        sizes = {path.rsplit("/", 1)[-1]: info.get("size") for path, info in self._objects().items()}
         problems = []
         for unit, m in (manifests if manifests is not None else self.manifests()).items():
             for rel, meta in m.files.items():
-                try:
-                    size = self.fs.info(self._path(OBJECTS, meta["sha256"])).get("size")
-                except FileNotFoundError:
+                if meta["sha256"] not in sizes:
                     problems.append(f"{unit}/{rel}: missing")
                     continue
+                size = sizes[meta["sha256"]]
                 if size is not None and int(size) != int(meta["bytes"]):
                     problems.append(f"{unit}/{rel}: {size} bytes, its manifest says {meta['bytes']}")
         return problems
 
+    def _objects(self) -> dict[str, dict[str, Any]]:
+        try:
+            return dict(self.fs.find(self._path(OBJECTS), detail=True))
+        except FileNotFoundError:
+            return {}
+
     def collect_garbage(self, older_than_s: float) -> int:
         """Remove contents no manifest names (older checkpoints, interrupted uploads),
         leaving those younger than ``older_than_s`` (another machine's upload in flight
-        whose manifest is not written yet). Returns how many files went."""
+        whose manifest is not written yet), in one request where the store takes a list
+        (S3's batch delete, one Hub commit). Returns how many files went."""
         referenced = {f["sha256"] for m in self.manifests().values() for f in m.files.values()}
-        removed = 0
         now = time.time()
-        try:
-            found = self.fs.find(self._path(OBJECTS), detail=True)
-        except FileNotFoundError:
+        garbage = [
+            path
+            for path, info in self._objects().items()
+            if path.rsplit("/", 1)[-1] not in referenced
+            and not (older_than_s > 0 and now - _mtime(info, now) < older_than_s)
+        ]
+        if not garbage:
             return 0
-        for path, info in found.items():
-            name = path.rsplit("/", 1)[-1]
-            if name in referenced:
-                continue
-            if older_than_s > 0 and now - _mtime(info, now) < older_than_s:
-                continue
-            try:
-                self.fs.rm_file(path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        if self.local:
+            for path in garbage:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+        else:
+            self.fs.rm(garbage)
+        self._invalidate()
+        return len(garbage)
 
     # -- the lease: one writer per SQLite remote ------------------------------------------------
     def lease(self) -> Lease | None:

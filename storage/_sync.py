@@ -6,9 +6,9 @@ how a fresh machine takes it back.
   thread uploads them (a training step never waits for the network: it only marks), a
   point's files before the database that refers to them. Each file is frozen for its
   upload (hard links into a staging folder, so Trainer may rotate a checkpoint away
-  meanwhile), the SQLite database through SQLite's backup API (a consistent snapshot
-  while trials write). Uploads that fail are retried with backoff, said once per streak;
-  training goes on.
+  meanwhile), the SQLite database through SQLite's backup API under the claim lock (a
+  consistent snapshot while trials write, never a trial half created). Uploads that fail
+  are retried with backoff, said once per streak; training goes on.
 - Pull: a study that is not here (a new session, another machine) or older here than
   the remote comes back from the remote's verified units: the database, every point's
   checkpoint and final adapter, the artifacts; then `run` continues where it was.
@@ -36,6 +36,7 @@ from typing import Any
 
 from optuna_search.core import UserError
 from optuna_search.storage._checkpoints import FINAL_ADAPTER, RUN_SETTINGS, last_complete_checkpoint
+from optuna_search.storage._claim import file_lock, lock_path
 from optuna_search.storage._ledger import Commit
 from optuna_search.storage._remote import STUDY_UNIT, Lease, Manifest, Remote, new_holder, point_unit
 from optuna_search.storage._storages import open_storage, read_only_uri
@@ -128,7 +129,10 @@ class StudySync:
         if self.local.db is not None and self.local.db.exists():
             snapshot = staging / "study.db"
             snapshot.parent.mkdir(parents=True, exist_ok=True)
-            backup_sqlite(self.local.db, snapshot)
+            # Under the claim lock: never a trial caught between its creation and its
+            # params (a fresh machine would find a trial without a point).
+            with file_lock(lock_path(self.local.db)):
+                backup_sqlite(self.local.db, snapshot)
             files["study.db"] = snapshot
         if self.local.artifacts.is_dir():
             for f in self.local.artifacts.rglob("*"):

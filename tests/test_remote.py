@@ -164,6 +164,29 @@ def test_a_kill_between_an_uploads_files_and_its_manifest_leaves_the_remote_vali
         Remote(url).manifests()
 
 
+def test_the_database_snapshot_never_holds_a_trial_without_its_point(tmp_path):
+    """The uploader snapshots the database while the study loop creates trials: a trial
+    caught between its creation and its params would reach a fresh machine without a point."""
+    import threading
+
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+    from optuna_search.storage._claim import file_lock, lock_path
+
+    db = tmp_path / "study.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    sync = StudySync(Remote(str(tmp_path / "remote")), LocalStudy("s", tmp_path / "ckpt", tmp_path / "art", db))
+    snapshot: dict = {}
+    with file_lock(lock_path(db)):  # the study loop, creating a trial
+        trial = study.ask()  # the trial exists, its point not yet
+        uploader = threading.Thread(target=lambda: snapshot.update(sync.study_files(tmp_path / "staging")))
+        uploader.start()
+        uploader.join(timeout=1.0)
+        trial.suggest_categorical("lora_r", [4, 8])
+    uploader.join()
+    copy = optuna.load_study(study_name="s", storage=f"sqlite:///{snapshot['study.db']}")
+    assert [t.params for t in copy.get_trials()] == [trial.params]
+
+
 def test_an_edited_remote_is_refused_before_anything_is_trained(tmp_path, demo_cache):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

@@ -3,8 +3,10 @@
 1. sync overhead: the wall time of one demo point with `--remote` (a folder, and a real
    S3 server: moto's, on 127.0.0.1) over the same point without, interleaved repeats,
    best against best (the uploads run in a background thread);
+   and the HTTP requests each S3 run made;
 2. bytes per checkpoint: what a checkpoint of a point puts in the remote (adapter,
-   optimizer, scheduler, RNG and trainer state: never the base model), file by file;
+   optimizer, scheduler, RNG and trainer state: never the base model), file by file,
+   read from the remote of a machine killed mid-point;
 3. time from a fresh machine to the first resumed step: machine A is killed in the middle
    of a point, and machine B (an empty folder) runs the same command: the seconds from
    B's start to its first training step after the resume, and what it pulled.
@@ -17,6 +19,7 @@ Last line: the overhead ratio (target <= 1.05).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
@@ -43,6 +46,20 @@ def _run(work: Path, *extra: str, env: dict | None = None) -> float:
     return time.perf_counter() - t0
 
 
+class _Requests(logging.Handler):
+    """Counts the requests moto's server (werkzeug) logs, and keeps them off the screen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+REQUESTS = _Requests()
+
+
 def overhead(tmp: Path, repeats: int, s3: tuple[str, dict] | None) -> dict[str, float]:
     best: dict[str, float] = {}
     for i in range(repeats):
@@ -50,9 +67,11 @@ def overhead(tmp: Path, repeats: int, s3: tuple[str, dict] | None) -> dict[str, 
         if s3 is not None:
             variants.append(("s3", ("--remote", f"{s3[0]}/overhead-{i}")))
         for name, extra in variants:
+            before = REQUESTS.count
             seconds = _run(tmp / f"{name}-{i}", *extra, env=s3[1] if s3 and name == "s3" else None)
             best[name] = min(best.get(name, float("inf")), seconds)
-            print(f"  repeat {i + 1}: {name:6s} {seconds:6.1f} s", flush=True)
+            requests = f" ({REQUESTS.count - before} HTTP requests)" if name == "s3" else ""
+            print(f"  repeat {i + 1}: {name:6s} {seconds:6.1f} s{requests}", flush=True)
     return best
 
 
@@ -61,6 +80,7 @@ def checkpoint_bytes(remote: str) -> None:
 
     m = Remote(remote).manifest("points/demo/lora_r-8")
     if m is None:
+        print("  (no manifest of the point in the remote)")
         return
     groups: dict[str, dict[str, int]] = {}
     for rel, meta in m.files.items():
@@ -82,9 +102,18 @@ def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
     for line in proc.stderr:  # type: ignore[union-attr]
         if "TEST-HOLD" in line:
             break
-    time.sleep(3)  # the step-40 checkpoint's upload (a background thread) lands
+    from optuna_search.storage import Remote
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the step-40 checkpoint's upload (a background thread) lands
+        m = Remote(remote).manifest("points/demo/lora_r-8")
+        if m is not None and "checkpoint-40/trainer_state.json" in m.files:
+            break
+        time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    print("2. machine A killed at step 41, its step-40 checkpoint in the remote (a folder); one checkpoint there:")
+    checkpoint_bytes(remote)
     time.sleep(3.5)  # the lease goes stale (storage.grace_period = 3 s)
     t0 = time.perf_counter()
     b_proc = subprocess.Popen([*CLI, "run", *POINT, "--remote", remote, "--progress-interval", "0"], cwd=b,
@@ -110,6 +139,10 @@ def main() -> None:
     if not args.no_s3:
         from moto.server import ThreadedMotoServer
 
+        werkzeug = logging.getLogger("werkzeug")
+        werkzeug.addHandler(REQUESTS)
+        werkzeug.setLevel(logging.INFO)
+        werkzeug.propagate = False
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
@@ -124,16 +157,16 @@ def main() -> None:
         tmp = Path(d)
         print(f"1. one demo point (75 optimizer steps, a checkpoint every 10), best of {args.repeats}:")
         best = overhead(tmp, args.repeats, s3)
-        print("2. what one checkpoint of the point puts in the remote:")
-        checkpoint_bytes(str(tmp / "remote-0"))
-        print("3. a fresh machine resumes a point killed at step 41 (remote: a folder):")
         first, total, step = fresh_machine(tmp, str(tmp / "fresh-remote"))
+        print("3. machine B (an empty folder) runs the same command:")
         print(f"  resumed from step {step}; first training step {first:.1f} s after the start, the point done {total:.1f} s after")
     if server is not None:
         server.stop()
     for name in ("folder", "s3"):
         if name in best:
-            print(f"sync overhead ({name}): {best[name]:.1f} s / {best['none']:.1f} s = {best[name] / best['none']:.3f}")
+            extra = best[name] - best["none"]
+            print(f"sync overhead ({name}): {best[name]:.1f} s / {best['none']:.1f} s = "
+                  f"{best[name] / best['none']:.3f} ({extra:+.1f} s per run)")
     worst = max(best[n] for n in best if n != "none")
     print(f"sync overhead ratio = {worst / best['none']:.2f}")
 

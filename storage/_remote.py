@@ -238,11 +238,13 @@ class Remote:
         """Upload what the remote lacks of ``files`` (relative path -> local file), then
         replace the unit's manifest (left as it is when nothing changed). The contents the
         current manifest names are there (a manifest is written after its contents, and
-        garbage collection keeps what a manifest names): no request asks for them again."""
+        garbage collection keeps what a manifest names); for the others, one listing of
+        the remote's contents, not a request per file."""
         previous = self.manifest(unit)
         present = {f["sha256"] for f in previous.files.values()} if previous else set()
         result = PushResult(unit, (previous.generation if previous else 0) + 1)
         entries: dict[str, dict[str, Any]] = {}
+        digests: dict[str, tuple[str, Path]] = {}
         for rel, path in sorted(files.items()):
             try:
                 digest, size = file_sha256(path), path.stat().st_size
@@ -251,11 +253,15 @@ class Remote:
                 continue
             entries[rel] = {"sha256": digest, "bytes": size}
             result.total_bytes += size
-            if digest not in present and not self.fs.exists(self._path(OBJECTS, digest)):
+            digests.setdefault(digest, (rel, path))
+        if set(digests) - present:
+            self._invalidate()  # a listing cached before a collection would name what is gone
+            present |= {path.rsplit("/", 1)[-1] for path in self._objects()}
+        for digest, (rel, path) in digests.items():
+            if digest not in present:
                 self._put_file(self._path(OBJECTS, digest), path)
-                result.uploaded_bytes += size
+                result.uploaded_bytes += entries[rel]["bytes"]
                 result.uploaded_files += 1
-            present.add(digest)
         if previous is not None and previous.files == entries:
             result.generation = previous.generation
             return result

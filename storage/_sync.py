@@ -294,9 +294,8 @@ def _install_study(staging: Path, local: LocalStudy, *, with_db: bool) -> int:
 class Uploader:
     """The background thread that pushes what changed (see the module docstring)."""
 
-    def __init__(self, sync: StudySync, *, min_interval_s: float = 0.0) -> None:
+    def __init__(self, sync: StudySync) -> None:
         self.sync = sync
-        self.min_interval_s = min_interval_s
         self._dirty: dict[str, None] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()

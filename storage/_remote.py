@@ -144,6 +144,9 @@ class Remote:
         self.shown = redact_remote(url)
         self.fs, self.root = _filesystem(url)
         self.local = type(self.fs).__name__ == "LocalFileSystem"
+        self._read_options: dict[str, Any] = {"max_concurrency": 1} if urlsplit(url).scheme == "s3" else {}
+        """s3fs asks for an object's size (a request) before reading it when it may read in
+        parallel; manifests and the lease are small, read in one request."""
 
     # -- paths and bytes --------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -171,7 +174,7 @@ class Remote:
 
     def _read(self, path: str) -> bytes | None:
         try:
-            return bytes(self.fs.cat_file(path))
+            return bytes(self.fs.cat_file(path, **self._read_options))
         except FileNotFoundError:
             return None
 
@@ -238,8 +241,10 @@ class Remote:
         """Upload what the remote lacks of ``files`` (relative path -> local file), then
         replace the unit's manifest (left as it is when nothing changed). The contents the
         current manifest names are there (a manifest is written after its contents, and
-        garbage collection keeps what a manifest names); for the others, one listing of
-        the remote's contents, not a request per file."""
+        garbage collection keeps what a manifest names); the others are uploaded (the same
+        bytes under the same name, should they be there), except on the unit's first push,
+        where one listing finds what other units share with it (a tokenizer, the run's
+        arguments)."""
         previous = self.manifest(unit)
         present = {f["sha256"] for f in previous.files.values()} if previous else set()
         result = PushResult(unit, (previous.generation if previous else 0) + 1)
@@ -254,7 +259,7 @@ class Remote:
             entries[rel] = {"sha256": digest, "bytes": size}
             result.total_bytes += size
             digests.setdefault(digest, (rel, path))
-        if set(digests) - present:
+        if previous is None and digests:
             self._invalidate()  # a listing cached before a collection would name what is gone
             present |= {path.rsplit("/", 1)[-1] for path in self._objects()}
         for digest, (rel, path) in digests.items():

@@ -33,6 +33,7 @@ from optuna_search.storage._internals import (
     storage_of,
 )
 from optuna_search.storage._ledger import Commit, Ledger
+from optuna_search.storage._pusher import PushProcess
 from optuna_search.storage._records import read_meta, write_meta
 from optuna_search.storage._remote import META, STUDY_UNIT, Manifest, Remote, point_unit, redact_remote
 from optuna_search.storage._storages import (
@@ -62,6 +63,7 @@ __all__ = [
     "Ledger",
     "LocalStudy",
     "Manifest",
+    "PushProcess",
     "Remote",
     "StudyLocation",
     "StudySync",

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from optuna_search.core import UserError
 from optuna_search.storage._checkpoints import FINAL_ADAPTER, RUN_SETTINGS, last_complete_checkpoint
@@ -291,11 +291,21 @@ def _install_study(staging: Path, local: LocalStudy, *, with_db: bool) -> int:
     return size
 
 
+class Pusher(Protocol):
+    """Where a unit's push runs: ``StudySync.push`` in a process of its own
+    (``_pusher.PushProcess``)."""
+
+    def push(self, unit: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class Uploader:
     """The background thread that pushes what changed (see the module docstring)."""
 
-    def __init__(self, sync: StudySync) -> None:
+    def __init__(self, sync: StudySync, pusher: Pusher) -> None:
         self.sync = sync
+        self._pusher = pusher
         self._dirty: dict[str, None] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -351,8 +361,9 @@ class Uploader:
         with self._lock:
             self._dirty.pop(unit, None)
         try:
-            self.sync.status.uploaded_bytes += self.sync.push(unit)
+            self.sync.status.uploaded_bytes += self._pusher.push(unit)
         except Exception as e:
+            kind = getattr(e, "kind", type(e).__name__)
             with self._lock:
                 self._dirty.setdefault(unit, None)
             delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
@@ -361,13 +372,13 @@ class Uploader:
                     "remote %s: upload of %s failed (%s: %s); retrying every %.0f-%.0f s, training goes on",
                     self.sync.remote.shown,
                     unit,
-                    type(e).__name__,
+                    kind,
                     str(e).splitlines()[0][:200] if str(e) else "",
                     BACKOFF_S[0],
                     BACKOFF_S[-1],
                 )
             self._failures += 1
-            self.sync.status.last_error = f"{type(e).__name__}: {str(e)[:200]}"
+            self.sync.status.last_error = f"{kind}: {str(e)[:200]}"
             self._save_status()
             self._wake.clear()
             self._stopping.wait(delay)  # a backoff that the run's end cuts short
@@ -412,6 +423,7 @@ class Uploader:
         self._stop = True
         self._stopping.set()
         self._wake.set()
+        self._pusher.close()  # a push still in flight is given up (its unit's manifest stays valid)
         self._thread.join(timeout=5)
         if not missing:
             try:

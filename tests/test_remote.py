@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -185,6 +186,59 @@ def test_the_database_snapshot_never_holds_a_trial_without_its_point(tmp_path):
     uploader.join()
     copy = optuna.load_study(study_name="s", storage=f"sqlite:///{snapshot['study.db']}")
     assert [t.params for t in copy.get_trials()] == [trial.params]
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended; only its exit code waits for a reaper
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pushes_run_in_a_child_that_outlives_ctrl_c_and_dies_with_its_run(tmp_path):
+    """The uploads' process: a Ctrl-C (the whole terminal's process group) leaves it
+    pushing for the run's final upload; a killed run takes it along (no orphan writing
+    into a remote that another machine has taken over); its errors come back named."""
+    point = tmp_path / "ckpt" / "lora_r-4" / "checkpoint-5"
+    point.mkdir(parents=True)
+    (point / "trainer_state.json").write_text("{}")
+    script = f"""
+import os, signal, sys, time
+from pathlib import Path
+from optuna_search.storage import LocalStudy, Remote, StudySync
+from optuna_search.storage._pusher import PushProcess
+sync = StudySync(Remote({str(tmp_path / "remote")!r}), LocalStudy("s", Path({str(tmp_path / "ckpt")!r}), Path("art"), None))
+pusher = PushProcess(sync)
+print(pusher.push("points/s/lora_r-4"), pusher._proc.pid, flush=True)
+os.kill(pusher._proc.pid, signal.SIGINT)
+os.kill(pusher._proc.pid, signal.SIGTERM)
+print(pusher.push("points/s/lora_r-4"), pusher._proc.pid, flush=True)
+pusher._proc.kill(); pusher._proc.wait()
+print(pusher.push("points/s/lora_r-4"), pusher._proc.pid, flush=True)  # a new child
+sync.remote.fs.rm(sync.remote.root, recursive=True)
+os.chmod({str(tmp_path)!r}, 0o500)
+try:
+    print("pushed", pusher.push("points/s/lora_r-4"), flush=True)
+except Exception as e:
+    print("failed", e.kind, flush=True)
+finally:
+    os.chmod({str(tmp_path)!r}, 0o700)
+time.sleep(600)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    first, second, third = (proc.stdout.readline().split() for _ in range(3))
+    assert first[0] == "2" and second[0] == "0" and second[1] == first[1]  # pushed; then nothing new; the same child
+    assert third[1] != first[1] and third[0] == "0"  # a killed child is replaced (and finds the unit pushed)
+    failed = proc.stdout.readline().split()
+    if os.geteuid() != 0:  # root writes anywhere
+        assert failed[:2] == ["failed", "PermissionError"]
+    child = int(third[1])
+    assert _alive(child)
+    proc.kill()
+    proc.wait()
+    _wait_for(lambda: not _alive(child), "the upload process to end with its run", timeout=30)
 
 
 def test_an_edited_remote_is_refused_before_anything_is_trained(tmp_path, demo_cache):

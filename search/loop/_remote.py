@@ -26,6 +26,7 @@ from optuna_search.storage import (
     Commit,
     LeaseKeeper,
     LocalStudy,
+    PushProcess,
     Remote,
     StudySync,
     Uploader,
@@ -123,7 +124,7 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
         remote.shown,
         ", the database" if local.db is not None else "",
     )
-    return RemoteSession(sync, Uploader(sync), lease)
+    return RemoteSession(sync, Uploader(sync, PushProcess(sync)), lease)
 
 
 def pull_study(sync: StudySync, study: str, *, writing: bool) -> bool:

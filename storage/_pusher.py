@@ -8,7 +8,8 @@ would otherwise take the lock from the training loop between its kernels:
 ``benchmarks/remote_sync.py`` measured +0.36 s on a 2.3 s demo trial with the S3 client
 in the training process.
 
-The child ignores SIGINT and SIGTERM (the run decides when uploads stop, and finishes
+The child runs at a lower CPU priority (nice 10: a free core uploads, a busy one
+trains), ignores SIGINT and SIGTERM (the run decides when uploads stop, and finishes
 them), dies with its parent (``PR_SET_PDEATHSIG`` on Linux; elsewhere it stops at the
 end of its pipe), and logs nothing: it answers each push with its bytes or its error.
 
@@ -41,8 +42,9 @@ class PushFailed(Exception):
 
 
 class PushProcess:
-    """The parent's side: ``push(unit)`` as ``StudySync.push`` does it, in the child.
-    A child that ended (killed, crashed) is started again on the next push."""
+    """The parent's side: ``push(unit)`` as ``StudySync.push`` does it, in the child
+    (started at once). A child that ended (killed, crashed) is started again on the next
+    push."""
 
     def __init__(self, sync: StudySync) -> None:
         local = sync.local
@@ -58,6 +60,7 @@ class PushProcess:
         }
         self._proc: subprocess.Popen[str] | None = None
         self._closed = False
+        self._child()  # started now: its imports and client overlap the run's start, not its training
 
     def _child(self) -> subprocess.Popen[str]:
         if self._closed:
@@ -113,7 +116,11 @@ class PushProcess:
             proc.wait()
 
 
-def _die_with_parent(parent: int) -> None:
+def _in_the_background(parent: int) -> None:
+    """Below the training in the CPU's queue (uploads wait for a free core, the training
+    does not wait for them), deaf to Ctrl-C and SIGTERM, and dead with its parent."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
@@ -130,7 +137,7 @@ def _serve(stdin: IO[str], stdout: IO[str]) -> None:
     if not first:
         return
     s = json.loads(first)
-    _die_with_parent(s["parent"])
+    _in_the_background(s["parent"])
     db = None if s["db"] is None else Path(s["db"])
     local = LocalStudy(s["name"], Path(s["checkpoints"]), Path(s["artifacts"]), db)
     sync = StudySync(Remote(s["url"]), local, writer=s["writer"], gc_grace_s=s["gc_grace_s"])

@@ -5,7 +5,7 @@ plain-text formatting. Imports nothing heavy and nothing from the other folders.
 from optuna_search.core._best import best_record
 from optuna_search.core._build import build_config
 from optuna_search.core._errors import UserError
-from optuna_search.core._files import disk_full, file_sha256, writable
+from optuna_search.core._files import disk_full, file_sha256, replaced_atomically, writable
 from optuna_search.core._identity import (
     LOCATION_KEYS,
     adopt_legacy_defaults,
@@ -57,6 +57,7 @@ __all__ = [
     "point_dirname",
     "point_key",
     "render_table",
+    "replaced_atomically",
     "short_point_key",
     "suggest",
     "to_optuna_value",

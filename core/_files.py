@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +29,6 @@ def disk_full(e: BaseException, folder: Path | None = None) -> bool:
     """No space left: an OSError saying so, a database that says its disk is full, or
     torch's checkpoint writer failing (its "[enforce fail at inline_container.cc]"
     RuntimeError) on a disk that is indeed nearly full."""
-    import errno
-    import shutil
-
     text = str(e).lower()
     if (
         (isinstance(e, OSError) and e.errno == errno.ENOSPC)
@@ -41,6 +41,20 @@ def disk_full(e: BaseException, folder: Path | None = None) -> bool:
         probe = next((p for p in (here, *here.parents) if p.exists()), Path("."))
         return shutil.disk_usage(probe).free < LOW_DISK_BYTES
     return False
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (unique: processes may write the same file) for
+    the block to write; renamed over ``path`` when the block ends without an error, removed
+    when it does not. A reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.part-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

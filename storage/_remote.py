@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from optuna_search.core import UserError, file_sha256
+from optuna_search.core import UserError, file_sha256, replaced_atomically
 
 REMOTE_FORMAT = 2
 META = "remote.json"
@@ -156,19 +157,15 @@ class Remote:
         """One whole file or none: a local file is renamed into place; an object store
         replaces an object in one request."""
         if self.local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
-            Path(tmp).write_bytes(data)
-            os.replace(tmp, path)
+            with replaced_atomically(Path(path)) as tmp:
+                tmp.write_bytes(data)
         else:
             self.fs.pipe_file(path, data)
 
     def _put_file(self, path: str, source: Path) -> None:
         if self.local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
-            self.fs.put_file(str(source), tmp)
-            os.replace(tmp, path)
+            with replaced_atomically(Path(path)) as tmp:
+                shutil.copyfile(source, tmp)
         else:
             self.fs.put_file(str(source), path)
 
@@ -190,11 +187,12 @@ class Remote:
         try:
             self._invalidate()
             if self.local:
-                Path(self.root).mkdir(parents=True, exist_ok=True) if write else None
+                if write:
+                    Path(self.root).mkdir(parents=True, exist_ok=True)
                 if not Path(self.root).is_dir():
                     raise FileNotFoundError(self.root)
-            else:
-                self.fs.ls(self.root) if self.fs.exists(self.root) else None
+            elif self.fs.exists(self.root):
+                self.fs.ls(self.root)  # a bucket that exists but refuses listing says so here
             if write:
                 probe = self._path(f".probe-{uuid.uuid4().hex[:8]}")
                 self._put(probe, b"probe")
@@ -289,10 +287,8 @@ class Remote:
                     f"{'missing' if data is None else 'not what its manifest says'} (SHA-256); push the study "
                     "again from where it ran, or use another remote"
                 )
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with replaced_atomically(target) as tmp:
+                tmp.write_bytes(data)
             total += len(data)
         return total
 

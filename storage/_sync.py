@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from optuna_search.core import UserError
+from optuna_search.core import UserError, replaced_atomically
 from optuna_search.storage._checkpoints import FINAL_ADAPTER, RUN_SETTINGS, last_complete_checkpoint
 from optuna_search.storage._claim import file_lock, lock_path
 from optuna_search.storage._ledger import Commit
@@ -80,9 +80,8 @@ class SyncStatus:
     uploaded_bytes: int = 0
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.__dict__))
-        os.replace(tmp, path)
+        with replaced_atomically(path) as tmp:
+            tmp.write_text(json.dumps(self.__dict__))
 
     @classmethod
     def load(cls, path: Path) -> SyncStatus | None:
@@ -222,11 +221,8 @@ class StudySync:
     def _remember(self, unit: str, generation: int) -> None:
         state = self.state() or {"remote": self.remote.shown, "units": {}}
         state["units"][unit] = generation
-        path = self.state_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        with replaced_atomically(self.state_path) as tmp:  # the upload process writes it too
+            tmp.write_text(json.dumps(state))
 
 
 def backup_sqlite(db: Path, out: Path) -> None:
@@ -476,6 +472,7 @@ class LeaseKeeper:
                         self.remote.shown,
                         current.host,
                     )
+                    return  # the lease is theirs now: taking it back would make two writers for good
                 self.mine.heartbeat = time.time()
                 self.remote.write_lease(self.mine)
             except Exception as e:

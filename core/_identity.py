@@ -26,6 +26,7 @@ NON_SEMANTIC_KEYS = {
     "storage.grace_period",
     "storage.remote",
     "storage.remote_timeout",
+    "storage.remote_commits_per_hour",
     "train.output_dir",
     "train.checkpoint_steps",
     "train.gradient_checkpointing",

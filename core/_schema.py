@@ -186,9 +186,14 @@ class StorageSection:
     """Seconds without heartbeat after which a RUNNING trial is considered dead (and a
     remote's lease is taken over)."""
     remote: str = ""
-    """The study's remote copy (any fsspec URL: a folder, s3://bucket/prefix, gs://...,
-    hf://datasets/USER/REPO): pushed as the study runs, pulled by a session that lacks it.
-    Empty: none."""
+    """The study's remote copy: a folder, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+    hf://buckets/USER/NAME (a Hugging Face Storage Bucket: made for checkpoints) or
+    hf://datasets/USER/REPO (every write a git commit): pushed as the study runs, pulled by
+    a session that lacks it. Empty: none."""
+    remote_commits_per_hour: int = 40
+    """On a dataset repo (hf://datasets/...), the most commits the study makes in an hour,
+    all its workers together (the Hub refuses a repo's commits past 128 an hour): what waits
+    is coalesced into the next commit, and the lease is renewed every 3600/this seconds."""
     remote_timeout: int = 900
     """Seconds `run` waits at its end for the last uploads (and keeps free of training
     under --time-budget) before it exits 5, naming what the remote lacks."""
@@ -202,6 +207,18 @@ class StorageSection:
             )
         if not 10 <= self.remote_timeout <= 86_400:
             p.append(f"storage.remote_timeout = {self.remote_timeout} must be 10..86400 seconds")
+        if not 1 <= self.remote_commits_per_hour <= 120:
+            p.append(
+                f"storage.remote_commits_per_hour = {self.remote_commits_per_hour} must be 1..120 (the Hub refuses a "
+                "repo's commits past 128 an hour)"
+            )
+        elif self.remote.startswith("hf://datasets/") and self.grace_period < 2 * 3600 / self.remote_commits_per_hour:
+            p.append(
+                f"storage.grace_period = {self.grace_period} is shorter than two lease renewals on a dataset repo "
+                f"(every {3600 / self.remote_commits_per_hour:.0f} s at remote_commits_per_hour = "
+                f"{self.remote_commits_per_hour}): raise grace_period to at least "
+                f"{2 * 3600 / self.remote_commits_per_hour:.0f} or the commit budget"
+            )
         return p
 
 

@@ -21,6 +21,7 @@ from optuna_search.storage._checkpoints import (
     update_run_settings,
 )
 from optuna_search.storage._claim import ClaimLock
+from optuna_search.storage._hub_sim import SimulatedHub
 from optuna_search.storage._internals import (
     GRID_ID,
     GRID_SEARCH_SPACE,
@@ -32,10 +33,20 @@ from optuna_search.storage._internals import (
     set_trial_system_attr,
     storage_of,
 )
-from optuna_search.storage._ledger import Commit, Ledger
+from optuna_search.storage._ledger import Commit, CommitKind, Ledger
 from optuna_search.storage._pusher import PushProcess
 from optuna_search.storage._records import read_meta, write_meta
-from optuna_search.storage._remote import META, STUDY_UNIT, Manifest, Remote, point_unit, redact_remote
+from optuna_search.storage._remote import (
+    META,
+    STUDY_UNIT,
+    Entry,
+    Lease,
+    LeaseLost,
+    Manifest,
+    Remote,
+    point_unit,
+    redact_remote,
+)
 from optuna_search.storage._storages import (
     check_storage_url,
     close_storages,
@@ -47,7 +58,17 @@ from optuna_search.storage._storages import (
     study_flags,
     study_home,
 )
-from optuna_search.storage._sync import STATUS, LeaseKeeper, LocalStudy, StudySync, SyncStatus, Uploader
+from optuna_search.storage._stores import Conflict, Throttled, open_store
+from optuna_search.storage._sync import (
+    STATUS,
+    Cadence,
+    LeaseKeeper,
+    LocalStudy,
+    StudySync,
+    SyncStatus,
+    Uploader,
+    cadence_for,
+)
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -57,20 +78,29 @@ __all__ = [
     "META",
     "STATUS",
     "STUDY_UNIT",
+    "Cadence",
     "ClaimLock",
     "Commit",
+    "CommitKind",
+    "Conflict",
+    "Entry",
+    "Lease",
     "LeaseKeeper",
+    "LeaseLost",
     "Ledger",
     "LocalStudy",
     "Manifest",
     "PushProcess",
     "Remote",
+    "SimulatedHub",
     "StudyLocation",
     "StudySync",
     "SyncStatus",
+    "Throttled",
     "Uploader",
     "adapter_digest",
     "artifact_store",
+    "cadence_for",
     "check_storage_url",
     "checkpoint_state",
     "checkpoint_step",
@@ -85,6 +115,7 @@ __all__ = [
     "list_study_names",
     "located",
     "open_storage",
+    "open_store",
     "paused_at",
     "point_checkpoints",
     "point_unit",

@@ -33,6 +33,15 @@ def point_checkpoints(output_dir: str | Path, study_name: str, point: dict[str, 
 # Trainer writes a checkpoint's files in this order: adapter, optimizer, scheduler, RNG
 # state, and trainer_state.json last; a folder without it was cut short by a kill.
 COMPLETE_MARKER = "trainer_state.json"
+RESUME_FILES = ("optimizer.pt", "scheduler.pt", COMPLETE_MARKER)
+"""What a resume needs besides the adapter: without the optimizer's state a resumed point
+would go on with a fresh optimizer and diverge from an uninterrupted run."""
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Written to the end, with every file a resume needs (one edited out of a remote is
+    not a checkpoint)."""
+    return all((checkpoint / name).is_file() for name in RESUME_FILES)
 
 
 def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
@@ -47,7 +56,7 @@ def last_complete_checkpoint(folder: Path) -> tuple[Path | None, list[Path]]:
             found.append((int(step), p))
     broken: list[Path] = []
     for _, p in sorted(found, reverse=True):
-        if (p / COMPLETE_MARKER).is_file():
+        if is_complete(p):
             return p, broken
         broken.append(p)
     return None, broken

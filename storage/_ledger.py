@@ -27,6 +27,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,12 +56,32 @@ COPIED = ENDING + ("seconds_spent", "train_seconds", "eval_seconds", "oom_retrie
 the stale trial's user attrs; that attempt's time is counted on its own trial)."""
 
 
+class CommitKind(str, Enum):
+    """The ledger's operations, as its listeners (the remote sync) see them."""
+
+    NEW = "new"
+    CLAIM = "claim"
+    RESUME = "resume"
+    COMPLETE = "complete"
+    PRUNE = "prune"
+    PAUSE = "pause"
+    FAIL = "fail"
+    INTERRUPT = "interrupt"
+    PROMOTE = "promote"
+    RECONCILE = "reconcile"
+    COPY_IN = "copy_in"
+    CREATE = "create"
+    """The study was created (the remote holds it from the start)."""
+    OPEN = "open"
+    """An existing study was opened by a run."""
+
+
 @dataclass(frozen=True)
 class Commit:
     """What one ledger operation changed: ``kind`` is the operation's name, ``number``
     the trial's (None for a study-wide change), ``params`` its point."""
 
-    kind: str
+    kind: CommitKind
     number: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
@@ -84,7 +105,7 @@ class Ledger:
     def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)
 
-    def _commit(self, kind: str, trial: Trial | FrozenTrial | None = None, *, finished: bool = False) -> None:
+    def _commit(self, kind: CommitKind, trial: Trial | FrozenTrial | None = None, *, finished: bool = False) -> None:
         event = Commit(
             kind, None if trial is None else trial.number, dict(trial.params) if trial is not None else {}, finished
         )
@@ -101,7 +122,7 @@ class Ledger:
             if params is not None:
                 self.study.enqueue_trial(params, skip_if_exists=False)
             trial = self.study.ask(distributions)
-        self._commit("new", trial)
+        self._commit(CommitKind.NEW, trial)
         return trial
 
     def claim_waiting(self, frozen: FrozenTrial) -> Trial | None:
@@ -110,7 +131,7 @@ class Ledger:
         trial = claim_waiting(self.study, frozen)
         if trial is not None:
             self._clear(trial, COPIED)
-            self._commit("claim", trial)
+            self._commit(CommitKind.CLAIM, trial)
         return trial
 
     def resume_paused(self, frozen: FrozenTrial) -> Trial:
@@ -118,7 +139,7 @@ class Ledger:
         unpause(self.study, frozen)
         trial = live_trial(self.study, frozen)
         self._clear(trial, ENDING)
-        self._commit("resume", trial)
+        self._commit(CommitKind.RESUME, trial)
         return trial
 
     def start(self, trial: Trial, record: TrialRecord) -> None:
@@ -159,21 +180,21 @@ class Ledger:
 
             optuna_dashboard.save_note(trial, note(self.record_of(trial)))
         self.study.tell(trial, values if len(values) > 1 else values[0])
-        self._commit("complete", trial, finished=True)
+        self._commit(CommitKind.COMPLETE, trial, finished=True)
 
     def prune(self, trial: Trial, record: TrialRecord) -> None:
         from optuna.trial import TrialState
 
         self._write(trial, record)
         self.study.tell(trial, state=TrialState.PRUNED)
-        self._commit("prune", trial, finished=True)
+        self._commit(CommitKind.PRUNE, trial, finished=True)
 
     def pause(self, trial: Trial, record: TrialRecord, rung: int) -> None:
         """Stopped at a rung's checkpoint (successive halving), or interrupted between
         rungs: the same trial waits, RUNNING without a heartbeat, and resumes later."""
         self._write(trial, record)
         pause(self.study, trial, rung)
-        self._commit("pause", trial)
+        self._commit(CommitKind.PAUSE, trial)
 
     def fail(self, trial: Trial, record: TrialRecord) -> None:
         """An error of this configuration (its message in ``record.error``): it waits for
@@ -182,7 +203,7 @@ class Ledger:
 
         self._write(trial, record)
         self.study.tell(trial, state=TrialState.FAIL)
-        self._commit("fail", trial, finished=True)
+        self._commit(CommitKind.FAIL, trial, finished=True)
 
     def interrupt(self, trial: Trial, record: TrialRecord) -> None:
         """Stopped by something that is not its fault (Ctrl-C, SIGTERM, the time budget,
@@ -191,21 +212,21 @@ class Ledger:
 
         self._write(trial, record)
         self.study.tell(trial, state=TrialState.FAIL)
-        self._commit("interrupt", trial)
+        self._commit(CommitKind.INTERRUPT, trial)
 
     def prune_paused(self, frozen: FrozenTrial) -> None:
         """A paused configuration that a rung did not promote."""
         from optuna.trial import TrialState
 
         self.study.tell(live_trial(self.study, frozen), state=TrialState.PRUNED)
-        self._commit("prune", frozen, finished=True)
+        self._commit(CommitKind.PRUNE, frozen, finished=True)
 
     def promote(self, rung: int, keys: list[str]) -> None:
         """A rung's promotions, decided once and stored on the study."""
         halving = dict(self.meta().halving or {})
         halving["promoted"] = {**halving.get("promoted", {}), str(rung): list(keys)}
         self.write_meta(StudyMeta(halving=halving))
-        self._commit("promote")
+        self._commit(CommitKind.PROMOTE)
 
     # -- housekeeping ----------------------------------------------------------------------
     def reconcile(self, grace_period: float) -> int:
@@ -224,14 +245,14 @@ class Ledger:
         after = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
         gone = len(before - after)
         if gone:
-            self._commit("reconcile")
+            self._commit(CommitKind.RECONCILE)
         return max(gone, failed)
 
     def copy_in(self, trials: list[FrozenTrial], source: str, skipped: list[str]) -> None:
         """Finished trials of another study, added as they are (a warm start)."""
         self.study.add_trials(trials)
         self.write_meta(StudyMeta(warm_start={"study": source, "trials": len(trials), "skipped": skipped}))
-        self._commit("copy_in")
+        self._commit(CommitKind.COPY_IN)
 
     # -- records -------------------------------------------------------------------------
     def meta(self) -> StudyMeta:

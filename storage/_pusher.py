@@ -5,17 +5,17 @@ The uploader thread (``_sync.Uploader``) decides what to push and when; the push
 process, and the thread waits for its answer on a pipe, without the interpreter lock. In
 the training process the client's Python work (botocore signs and parses every request)
 would otherwise take the lock from the training loop between its kernels
-(``benchmarks/remote_sync.py``, a demo trial with a checkpoint every 0.3 s on S3: 1.16 x
-its time without a remote with the client in the training process, 1.06 x with this).
+(``benchmarks/remote_sync.py``).
 
 The child runs at a lower CPU priority (nice 10: a free core uploads, a busy one
 trains), ignores SIGINT and SIGTERM (the run decides when uploads stop, and finishes
 them), dies with its parent (``PR_SET_PDEATHSIG`` on Linux; elsewhere it stops at the
-end of its pipe), and logs nothing: it answers each push with its bytes or its error.
+end of its pipe), and logs nothing: it answers each request with its figures or its error.
 
-Protocol, one JSON object a line. Parent to child: the sync's settings, then
-``{"unit": ...}`` per push. Child to parent: ``{"bytes": n}`` or ``{"error": type,
-"message": text}``.
+The channel is two pipes of its own, not the child's stdin/stdout: a library that prints
+cannot desynchronise it. Each message is a frame: 4 bytes of length (big-endian), then
+that many bytes of JSON (``Request`` and ``Answer``). Every read of an answer has a
+timeout: a child that hangs is killed and started again.
 """
 
 from __future__ import annotations
@@ -23,81 +23,199 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
+import struct
 import subprocess
 import sys
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from optuna_search.storage._remote import Remote
-from optuna_search.storage._sync import LocalStudy, StudySync
+from optuna_search.storage._remote import Lease, LeaseLost, Remote
+from optuna_search.storage._stores import Throttled
+from optuna_search.storage._sync import LocalStudy, Pushed, StudySync
+
+PUSH_TIMEOUT_S = 3600.0
+"""The longest a push may take before its child is taken for hung (a merged 7B export is
+~14 GB: about an hour at 30 MB/s)."""
 
 
 class PushFailed(Exception):
     """A push that failed in the child, named as the child's exception was."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
 
 
+@dataclass(frozen=True)
+class Settings:
+    url: str
+    name: str
+    checkpoints: str
+    artifacts: str
+    db: str | None
+    writer: str
+    gc_grace_s: float
+    parent: int
+    lease: dict[str, Any] | None
+    lease_version: str | None
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    """"push" (``units``) or "renew" (the lease alone)."""
+    units: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Answer:
+    uploaded_bytes: int = 0
+    commits: int = 0
+    requests: int = 0
+    lease_version: str | None = None
+    error: str | None = None
+    message: str = ""
+    retry_after: float | None = None
+    holder: dict[str, Any] | None = None
+    """With error "LeaseLost": who holds the lease now."""
+
+
+# -- frames -------------------------------------------------------------------------------------
+def write_frame(fd: int, message: dict[str, Any]) -> None:
+    data = json.dumps(message).encode()
+    view = memoryview(struct.pack(">I", len(data)) + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def read_frame(fd: int, timeout_s: float | None) -> dict[str, Any] | None:
+    """One frame (None at the end of the pipe); ``TimeoutError`` past ``timeout_s``."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    header = _read_exactly(fd, 4, deadline)
+    if header is None:
+        return None
+    (size,) = struct.unpack(">I", header)
+    body = _read_exactly(fd, size, deadline)
+    if body is None:
+        return None
+    out = json.loads(body)
+    if not isinstance(out, dict):
+        raise ValueError("a frame that is not a JSON object")
+    return out
+
+
+def _read_exactly(fd: int, n: int, deadline: float | None) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError("no answer from the upload process")
+        chunk = os.read(fd, n - len(chunks))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
+
+
+# -- the parent's side ----------------------------------------------------------------------------
 class PushProcess:
-    """The parent's side: ``push(unit)`` as ``StudySync.push`` does it, in the child
-    (started at once). A child that ended (killed, crashed) is started again on the next
-    push."""
+    """``push(units)`` as ``StudySync.push_many`` does it, in the child (started at once).
+    A child that ended (killed, crashed, hung) is started again on the next request."""
 
-    def __init__(self, sync: StudySync) -> None:
+    def __init__(self, sync: StudySync, timeout_s: float = PUSH_TIMEOUT_S) -> None:
         local = sync.local
-        self._settings = {
-            "url": sync.remote.url,
-            "name": local.name,
-            "checkpoints": str(local.checkpoints),
-            "artifacts": str(local.artifacts),
-            "db": None if local.db is None else str(local.db),
-            "writer": sync.writer,
-            "gc_grace_s": sync.gc_grace_s,
-            "parent": os.getpid(),
-        }
-        self._proc: subprocess.Popen[str] | None = None
+        lease = sync.lease
+        self._settings = Settings(
+            url=sync.remote.url,
+            name=local.name,
+            checkpoints=str(local.checkpoints),
+            artifacts=str(local.artifacts),
+            db=None if local.db is None else str(local.db),
+            writer=sync.writer,
+            gc_grace_s=sync.gc_grace_s,
+            parent=os.getpid(),
+            lease=None if lease is None else dict(lease[0].__dict__),
+            lease_version=None if lease is None else lease[1],
+        )
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._to: int | None = None
+        self._from: int | None = None
         self._closed = False
         self._child()  # started now: its imports and client overlap the run's start, not its training
 
-    def _child(self) -> subprocess.Popen[str]:
+    def _child(self) -> subprocess.Popen[bytes]:
         if self._closed:
             raise PushFailed("PushProcessClosed", "the run has stopped uploading")
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
+        self._close_fds()
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from optuna_search.storage._pusher import main; main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
+            [
+                sys.executable,
+                "-c",
+                f"from optuna_search.storage._pusher import main; main({to_child_r}, {from_child_w})",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # a library that prints goes nowhere, and never into the channel
+            pass_fds=(to_child_r, from_child_w),
         )
-        self._send(self._proc, self._settings)  # on stdin, never on the command line (a URL may hold a key)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._to, self._from = to_child_w, from_child_r
+        # On the channel, never on the command line (a URL may hold a key).
+        write_frame(self._to, asdict(self._settings))
         return self._proc
 
-    @staticmethod
-    def _send(proc: subprocess.Popen[str], message: dict[str, Any]) -> None:
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(message) + "\n")
-        proc.stdin.flush()
+    def _close_fds(self) -> None:
+        for fd in (self._to, self._from):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._to = self._from = None
 
-    def push(self, unit: str) -> int:
+    def _ask(self, request: Request) -> Pushed:
         proc = self._child()
+        assert self._to is not None and self._from is not None
         try:
-            self._send(proc, {"unit": unit})
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
+            write_frame(self._to, asdict(request))
+            frame = read_frame(self._from, self.timeout_s)
+        except TimeoutError:
+            proc.kill()
+            proc.wait()
+            raise PushFailed("PushTimeout", f"the upload process gave no answer in {self.timeout_s:.0f} s") from None
         except (OSError, ValueError) as e:  # a pipe that broke, or was closed by close()
             raise PushFailed("PushProcessEnded", f"the upload process ended ({e})") from None
-        if not line:
+        if frame is None:
             code = proc.wait()
             raise PushFailed("PushProcessEnded", f"the upload process ended (exit code {code})")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise PushFailed(answer["error"], answer["message"])
-        return int(answer["bytes"])
+        answer = Answer(**frame)
+        if answer.error == "LeaseLost":
+            holder = Lease(**answer.holder) if answer.holder else None
+            raise LeaseLost(self._shown(), holder)
+        if answer.error is not None:
+            raise PushFailed(answer.error, answer.message, answer.retry_after)
+        return Pushed(answer.uploaded_bytes, answer.commits, answer.requests, answer.lease_version)
+
+    def _shown(self) -> str:
+        from optuna_search.storage._stores import redact_remote
+
+        return redact_remote(self._settings.url)
+
+    def push(self, units: list[str]) -> Pushed:
+        return self._ask(Request("push", tuple(units)))
+
+    def renew(self) -> Pushed:
+        return self._ask(Request("renew"))
 
     def close(self, timeout_s: float = 2.0) -> None:
         """The child stops at the end of its pipe; killed if it does not within
@@ -105,17 +223,20 @@ class PushProcess:
         previous manifest stays valid). No push starts a child after this."""
         self._closed = True
         proc = self._proc
-        if proc is None:
-            return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.wait(timeout=timeout_s)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+        if self._to is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._to)
+            self._to = None
+        if proc is not None:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._close_fds()
 
 
+# -- the child's side -------------------------------------------------------------------------------
 def _in_the_background(parent: int) -> None:
     """Below the training in the CPU's queue (uploads wait for a free core, the training
     does not wait for them), deaf to Ctrl-C and SIGTERM, and dead with its parent."""
@@ -132,26 +253,43 @@ def _in_the_background(parent: int) -> None:
         sys.exit(0)
 
 
-def _serve(stdin: IO[str], stdout: IO[str]) -> None:
-    first = stdin.readline()
-    if not first:
-        return
-    s = json.loads(first)
-    _in_the_background(s["parent"])
-    db = None if s["db"] is None else Path(s["db"])
-    local = LocalStudy(s["name"], Path(s["checkpoints"]), Path(s["artifacts"]), db)
-    sync = StudySync(Remote(s["url"]), local, writer=s["writer"], gc_grace_s=s["gc_grace_s"])
-    for line in stdin:
-        unit = json.loads(line)["unit"]
-        try:
-            answer: dict[str, Any] = {"bytes": sync.push(unit)}
-        except Exception as e:
-            answer = {"error": type(e).__name__, "message": str(e)}
-        stdout.write(json.dumps(answer) + "\n")
-        stdout.flush()
+def _sync_of(s: Settings) -> StudySync:
+    db = None if s.db is None else Path(s.db)
+    local = LocalStudy(s.name, Path(s.checkpoints), Path(s.artifacts), db)
+    lease = None if s.lease is None or s.lease_version is None else (Lease(**s.lease), s.lease_version)
+    return StudySync(Remote(s.url), local, writer=s.writer, gc_grace_s=s.gc_grace_s, lease=lease)
 
 
-def main() -> None:
+def _answer(sync: StudySync, request: Request) -> Answer:
+    before = sync.remote.store.costs.requests
+    try:
+        if request.op == "renew":
+            sync.renew()
+            result = None
+        else:
+            result = sync.push_many(list(request.units))
+    except LeaseLost as e:
+        return Answer(error="LeaseLost", message=str(e), holder=None if e.other is None else dict(e.other.__dict__))
+    except Throttled as e:
+        return Answer(error="Throttled", message=str(e), retry_after=e.retry_after)
+    except Exception as e:
+        return Answer(error=type(e).__name__, message=str(e))
+    used = sync.remote.store.costs.requests - before
+    version = None if sync.lease is None else sync.lease[1]
+    if result is None:
+        return Answer(commits=1 if sync.remote.store.commits_are_scarce else 0, requests=used, lease_version=version)
+    return Answer(result.uploaded_bytes, result.commits, used, version)
+
+
+def main(inbox: int, outbox: int) -> None:
     """The child's entry point (its parent starts it; not a command of its own)."""
+    first = read_frame(inbox, None)
+    if first is None:
+        return
+    s = Settings(**first)
+    _in_the_background(s.parent)
+    sync = _sync_of(s)
     with contextlib.suppress(BrokenPipeError):
-        _serve(sys.stdin, sys.stdout)
+        while (frame := read_frame(inbox, None)) is not None:
+            request = Request(frame["op"], tuple(frame.get("units", ())))
+            write_frame(outbox, asdict(_answer(sync, request)))

@@ -1,6 +1,5 @@
-"""A study's remote copy at any fsspec URL: a local or mounted folder, ``s3://`` (s3fs;
-S3-compatible services through ``AWS_ENDPOINT_URL`` and the usual credential variables),
-``gs://`` (gcsfs) or ``hf://`` (a Hugging Face dataset repo; the token from ``HF_TOKEN``).
+"""A study's remote copy, on any store of ``_stores`` (a folder, S3, GCS, a Hugging Face
+Storage Bucket or dataset repo):
 
     <remote>/remote.json                  format, study name, storage kind
     <remote>/objects/<sha256>             file contents, content-addressed, never changed
@@ -11,11 +10,16 @@ A unit is what one writer replaces at once: ``study`` (the SQLite database, a co
 snapshot, and the prediction artifacts), ``points/<study>/<point>`` (a point's newest
 complete checkpoint: adapter, optimizer, scheduler, RNG and trainer state, never the base
 model; its final adapter; its run settings), ``artifacts/<writer>`` (a machine's
-artifacts on a PostgreSQL study, where several machines write). A push uploads the files
-the remote lacks, then replaces the unit's manifest: readers never see half a unit, and
-a kill during an upload leaves the previous manifest valid (its files are still there:
-only files no manifest names are removed). A pull verifies every file's SHA-256 before
-anything lands in its place.
+artifacts on a PostgreSQL study, where several machines write). A push uploads the
+contents the remote lacks, then the manifests that name them (on a dataset repo: all in
+one commit): readers never see half a unit, and a kill during an upload leaves the
+previous manifest valid (its contents are still there: only contents no manifest names
+are removed). A pull streams each file to disk and checks its SHA-256 before anything
+lands in its place.
+
+The lease is taken and renewed by a conditional write (``Store.swap``): of two machines
+that take over the same stale lease at the same instant, exactly one wins; a holder
+whose renewal finds another version has lost the lease and stops writing.
 """
 
 from __future__ import annotations
@@ -25,16 +29,24 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from optuna_search.core import UserError, file_sha256, replaced_atomically
+from optuna_search.core import UserError, file_sha256
+from optuna_search.storage._stores import (
+    Batch,
+    Conflict,
+    FolderStore,
+    FsspecStore,
+    Store,
+    Versioned,
+    open_store,
+    redact_remote,
+)
 
 REMOTE_FORMAT = 2
 META = "remote.json"
@@ -43,27 +55,27 @@ OBJECTS = "objects"
 MANIFESTS = "manifests"
 STUDY_UNIT = "study"
 
-
-def redact_remote(url: str) -> str:
-    """The URL without credentials (user:password@, a token in the query)."""
-    parts = urlsplit(url)
-    if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive)
-        return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+__all__ = ["LEASE", "META", "STUDY_UNIT", "Entry", "Lease", "LeaseLost", "Manifest", "Remote", "redact_remote"]
 
 
 def point_unit(study: str, point_dir: str) -> str:
     return f"points/{study}/{point_dir}"
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One file of a unit: its contents' SHA-256 (the object's name) and size."""
+
+    sha256: str
+    bytes: int
+
+
 @dataclass
 class Manifest:
     unit: str
     generation: int
-    files: dict[str, dict[str, Any]]
-    """Relative path -> {"sha256", "bytes"}."""
+    files: dict[str, Entry]
+    """Relative path -> its entry."""
     writer: str = ""
     written: str = ""
 
@@ -74,12 +86,12 @@ class Manifest:
             "generation": self.generation,
             "writer": self.writer,
             "written": self.written,
-            "files": self.files,
+            "files": {rel: {"sha256": e.sha256, "bytes": e.bytes} for rel, e in self.files.items()},
         }
 
     @property
     def bytes(self) -> int:
-        return sum(int(f["bytes"]) for f in self.files.values())
+        return sum(e.bytes for e in self.files.values())
 
 
 @dataclass
@@ -92,49 +104,33 @@ class Lease:
     def age(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.heartbeat
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+
+class LeaseLost(Exception):
+    """This run's lease was taken over by another run: it must stop writing the remote."""
+
+    def __init__(self, shown: str, other: Lease | None) -> None:
+        who = f"{other.host} (pid {other.pid})" if other is not None else "another run (the lease is gone)"
+        super().__init__(
+            f"remote '{shown}': {who} took the lease over while this run was silent; this run stopped writing "
+            "the remote (what it trained since is kept here, not there)"
+        )
+        self.other = other
+
 
 @dataclass
 class PushResult:
-    unit: str
-    generation: int
+    units: dict[str, int] = field(default_factory=dict)
+    """Unit -> its generation after the push."""
     uploaded_bytes: int = 0
     uploaded_files: int = 0
     total_bytes: int = 0
     skipped: list[str] = field(default_factory=list)
     """Files that vanished while being pushed (a checkpoint rotated away)."""
-
-
-def _filesystem(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    options: dict[str, Any] = {}
-    scheme = urlsplit(url).scheme
-    if scheme == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["client_kwargs"] = {"endpoint_url": endpoint}
-        options["use_listings_cache"] = False
-        # An endpoint that does not answer costs seconds, not minutes: the uploader retries
-        # on its own schedule, and a run's end waits a bounded time.
-        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}
-    if scheme not in ("", "file"):
-        # A fresh client per remote: fsspec's cached one keeps the connections of an
-        # endpoint that went away, and its listings.
-        options["skip_instance_cache"] = True
-    try:
-        fs, root = fsspec.core.url_to_fs(url, **options)
-    except ImportError as e:
-        extra = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(scheme, scheme)
-        raise UserError(
-            f"remote '{redact_remote(url)}' needs a file system package that is not installed ({e}); "
-            f"`pip install 'optuna-search[{extra}]'`"
-        ) from None
-    except (ValueError, TypeError) as e:
-        raise UserError(
-            f"remote '{redact_remote(url)}' is not a URL this tool can write to ({e}); give a folder, "
-            "s3://bucket/prefix, gs://bucket/prefix or hf://datasets/USER/REPO"
-        ) from None
-    return fs, root.rstrip("/")
+    lease_version: str | None = None
+    commits: int = 0
 
 
 class Remote:
@@ -142,225 +138,303 @@ class Remote:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.shown = redact_remote(url)
-        self.fs, self.root = _filesystem(url)
-        self.local = type(self.fs).__name__ == "LocalFileSystem"
-        self._read_options: dict[str, Any] = {"max_concurrency": 1} if urlsplit(url).scheme == "s3" else {}
-        """s3fs asks for an object's size (a request) before reading it when it may read in
-        parallel; manifests and the lease are small, read in one request."""
+        self.store: Store = open_store(url)
+        self.shown = self.store.shown
+        self.local = isinstance(self.store, FolderStore)
+        self._present: set[str] | None = None
+        """The objects this process knows the remote has (listed once, then kept up)."""
+        self._manifests: dict[str, Manifest] | None = None
+        self._added_since_squash = 0
+        self.taken_over: Lease | None = None
+        """The lease this run took over (None: there was none)."""
 
-    # -- paths and bytes --------------------------------------------------------------------
-    def _path(self, *parts: str) -> str:
-        return "/".join([self.root, *parts])
-
-    def _put(self, path: str, data: bytes) -> None:
-        """One whole file or none: a local file is renamed into place; an object store
-        replaces an object in one request."""
-        if self.local:
-            with replaced_atomically(Path(path)) as tmp:
-                tmp.write_bytes(data)
-        else:
-            self.fs.pipe_file(path, data)
-
-    def _put_file(self, path: str, source: Path) -> None:
-        if self.local:
-            with replaced_atomically(Path(path)) as tmp:
-                shutil.copyfile(source, tmp)
-        else:
-            self.fs.put_file(str(source), path)
+    @property
+    def root(self) -> str:
+        return str(self.store.root) if isinstance(self.store, (FolderStore, FsspecStore)) else self.shown
 
     def _read(self, path: str) -> bytes | None:
-        try:
-            return bytes(self.fs.cat_file(path, **self._read_options))
-        except FileNotFoundError:
-            return None
-
-    def _invalidate(self) -> None:
-        invalidate = getattr(self.fs, "invalidate_cache", None)
-        if invalidate is not None:
-            invalidate()
+        got = self.store.read(path)
+        return None if got is None else got.data
 
     # -- reachable, writable ----------------------------------------------------------------
     def check(self, *, write: bool) -> None:
         """One line, before any model is loaded, when the remote cannot be reached or
         written (no network, no bucket, wrong or missing credentials)."""
-        try:
-            self._invalidate()
-            if self.local:
-                if write:
-                    Path(self.root).mkdir(parents=True, exist_ok=True)
-                if not Path(self.root).is_dir():
-                    raise FileNotFoundError(self.root)
-            elif self.fs.exists(self.root):
-                self.fs.ls(self.root)  # a bucket that exists but refuses listing says so here
-            if write:
-                probe = self._path(f".probe-{uuid.uuid4().hex[:8]}")
-                self._put(probe, b"probe")
-                self.fs.rm_file(probe)
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(
-                f"remote '{self.shown}' cannot be {'written' if write else 'read'} ({_reason(e)}); "
-                + _fix_for(self.url)
-            ) from None
+        self.store.check(write=write)
 
     # -- manifests ---------------------------------------------------------------------------
     def meta(self) -> dict[str, Any] | None:
-        data = self._read(self._path(META))
-        return None if data is None else json.loads(data)
+        data = self._read(META)
+        if data is None:
+            return None
+        try:
+            meta = json.loads(data)
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            raise UserError(f"remote '{self.shown}': {META} is damaged ({e}); use another remote") from None
+        return meta
 
     def write_meta(self, study: str, storage_kind: str) -> None:
-        self._put(
-            self._path(META), json.dumps({"format": REMOTE_FORMAT, "study": study, "storage": storage_kind}).encode()
-        )
+        data = json.dumps({"format": REMOTE_FORMAT, "study": study, "storage": storage_kind}).encode()
+        self.store.commit(Batch(files={META: data}, message="optuna-search: the study's remote"))
 
     def manifest(self, unit: str) -> Manifest | None:
-        data = self._read(self._path(MANIFESTS, unit + ".json"))
+        data = self._read(f"{MANIFESTS}/{unit}.json")
         return None if data is None else _parse_manifest(unit, data, self.shown)
 
     def manifests(self) -> dict[str, Manifest]:
-        self._invalidate()
-        base = self._path(MANIFESTS)
-        try:
-            paths = [p for p in self.fs.find(base) if p.endswith(".json")]
-        except FileNotFoundError:
-            return {}
         out = {}
-        for p in paths:
-            unit = p[len(base.rstrip("/")) + 1 : -len(".json")]
-            data = self._read(p)
+        for path in sorted(self.store.listing(MANIFESTS)):
+            if not path.endswith(".json"):
+                continue
+            unit = path[len(MANIFESTS) + 1 : -len(".json")]
+            data = self._read(path)
             if data is not None:
                 out[unit] = _parse_manifest(unit, data, self.shown)
+        self._manifests = dict(out)
         return out
 
     # -- push and pull -----------------------------------------------------------------------
     def push(self, unit: str, files: dict[str, Path], writer: str) -> PushResult:
-        """Upload what the remote lacks of ``files`` (relative path -> local file), then
-        replace the unit's manifest (left as it is when nothing changed). The contents the
-        current manifest names are there (a manifest is written after its contents, and
-        garbage collection keeps what a manifest names); the others are uploaded (the same
-        bytes under the same name, should they be there), except on the unit's first push,
-        where one listing finds what other units share with it (a tokenizer, the run's
-        arguments)."""
-        previous = self.manifest(unit)
-        present = {f["sha256"] for f in previous.files.values()} if previous else set()
-        result = PushResult(unit, (previous.generation if previous else 0) + 1)
-        entries: dict[str, dict[str, Any]] = {}
-        digests: dict[str, tuple[str, Path]] = {}
-        for rel, path in sorted(files.items()):
-            try:
-                digest, size = file_sha256(path), path.stat().st_size
-            except FileNotFoundError:
-                result.skipped.append(rel)
+        return self.push_units({unit: files}, writer)
+
+    def push_units(
+        self,
+        units: dict[str, dict[str, Path]],
+        writer: str,
+        *,
+        lease: tuple[Lease, str] | None = None,
+        collect: bool = False,
+    ) -> PushResult:
+        """Upload what the remote lacks of each unit's files (relative path -> local
+        file), then the manifests that changed, as one commit (``Batch``); the lease
+        (``(mine, version)``) renewed in it, conditionally: ``LeaseLost`` when another
+        run holds it. ``collect``: contents no manifest names any more go in the same
+        commit (a dataset repo's history then holds them only until the next squash)."""
+        result = PushResult()
+        if self._manifests is None:
+            self.manifests()
+        if self._present is None:
+            self._present = {p.rsplit("/", 1)[-1] for p in self.store.listing(OBJECTS)}
+        known = self._manifests if self._manifests is not None else {}
+        assert self._present is not None
+        updated: dict[str, Manifest] = {}
+        batch = Batch(message=f"optuna-search: {', '.join(sorted(units))[:200]}")
+        for unit, files in sorted(units.items()):
+            previous = known.get(unit)
+            entries: dict[str, Entry] = {}
+            for rel, path in sorted(files.items()):
+                try:
+                    digest, size = file_sha256(path), path.stat().st_size
+                except FileNotFoundError:
+                    result.skipped.append(rel)
+                    continue
+                entries[rel] = Entry(digest, size)
+                result.total_bytes += size
+                name = f"{OBJECTS}/{digest}"
+                if digest not in self._present and name not in batch.objects:
+                    batch.objects[name] = path
+                    result.uploaded_bytes += size
+                    result.uploaded_files += 1
+            if previous is not None and previous.files == entries:
+                result.units[unit] = previous.generation
                 continue
-            entries[rel] = {"sha256": digest, "bytes": size}
-            result.total_bytes += size
-            digests.setdefault(digest, (rel, path))
-        if previous is None and digests:
-            self._invalidate()  # a listing cached before a collection would name what is gone
-            present |= {path.rsplit("/", 1)[-1] for path in self._objects()}
-        for digest, (rel, path) in digests.items():
-            if digest not in present:
-                self._put_file(self._path(OBJECTS, digest), path)
-                result.uploaded_bytes += entries[rel]["bytes"]
-                result.uploaded_files += 1
-        if previous is not None and previous.files == entries:
-            result.generation = previous.generation
+            generation = (previous.generation if previous else 0) + 1
+            m = Manifest(unit, generation, entries, writer, dt.datetime.now(dt.timezone.utc).isoformat())
+            batch.files[f"{MANIFESTS}/{unit}.json"] = json.dumps(m.to_json(), indent=1).encode()
+            updated[unit] = m
+            result.units[unit] = generation
+        if collect:
+            named = {e.sha256 for m in {**known, **updated}.values() for e in m.files.values()}
+            batch.deletes = sorted(f"{OBJECTS}/{d}" for d in self._present - named)
+        if lease is not None:
+            mine, version = lease
+            mine.heartbeat = time.time()
+            batch.lease = (LEASE, mine.to_bytes(), version)
+        if not batch:
             return result
-        manifest = Manifest(unit, result.generation, entries, writer, dt.datetime.now(dt.timezone.utc).isoformat())
-        self._put(self._path(MANIFESTS, unit + ".json"), json.dumps(manifest.to_json(), indent=1).encode())
+        try:
+            result.lease_version = self.store.commit(batch)
+        except Conflict:
+            raise LeaseLost(self.shown, self.lease()) from None
+        # Only what the store took is remembered (a commit that failed changes nothing here).
+        result.commits = 1
+        known.update(updated)
+        self._manifests = known
+        self._present |= {name.rsplit("/", 1)[-1] for name in batch.objects}
+        self._present -= {name.rsplit("/", 1)[-1] for name in batch.deletes}
+        self._added_since_squash += result.uploaded_bytes + sum(len(d) for d in batch.files.values())
         return result
 
+    def forget(self, digests: set[str]) -> set[str]:
+        """Contents found damaged: the next push uploads them again. Returns those of
+        them the remote holds (with wrong bytes: to delete before)."""
+        there = digests & (self._present or set())
+        if self._present is not None:
+            self._present -= digests
+        return there
+
     def pull(self, manifest: Manifest, dest: Path) -> int:
-        """The unit's files into ``dest`` (each verified against its SHA-256, then renamed
-        into place). Returns the bytes written."""
+        """The unit's files into ``dest``, each streamed to disk and checked against its
+        SHA-256 before it is renamed into place. Returns the bytes written."""
         total = 0
-        for rel, meta in manifest.files.items():
+        for rel, e in manifest.files.items():
             target = dest / rel
-            if target.is_file() and target.stat().st_size == meta["bytes"] and file_sha256(target) == meta["sha256"]:
+            if target.is_file() and target.stat().st_size == e.bytes and file_sha256(target) == e.sha256:
                 continue
-            data = self._read(self._path(OBJECTS, meta["sha256"]))
-            if data is None or hashlib.sha256(data).hexdigest() != meta["sha256"]:
-                raise UserError(
-                    f"remote '{self.shown}' is damaged: {manifest.unit}/{rel} is "
-                    f"{'missing' if data is None else 'not what its manifest says'} (SHA-256); push the study "
-                    "again from where it ran, or use another remote"
-                )
-            with replaced_atomically(target) as tmp:
-                tmp.write_bytes(data)
-            total += len(data)
+            part = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                found = self.store.download(f"{OBJECTS}/{e.sha256}", part)
+                if not found or file_sha256(part) != e.sha256:
+                    raise UserError(
+                        f"remote '{self.shown}' is damaged: {manifest.unit}/{rel} is "
+                        f"{'missing' if not found else 'not what its manifest says'} (SHA-256); run again on the "
+                        "machine that has the study (it repairs the remote), or use another remote"
+                    )
+                os.replace(part, target)
+            finally:
+                part.unlink(missing_ok=True)
+            total += e.bytes
         return total
 
     def verify(self, manifests: dict[str, Manifest] | None = None) -> list[str]:
         """What is wrong with the remote (nothing: []): every manifest's files there, at
         their size (one listing of the objects, not a request per file)."""
-        sizes = {path.rsplit("/", 1)[-1]: info.get("size") for path, info in self._objects().items()}
-        problems = []
-        for unit, m in (manifests if manifests is not None else self.manifests()).items():
-            for rel, meta in m.files.items():
-                if meta["sha256"] not in sizes:
-                    problems.append(f"{unit}/{rel}: missing")
-                    continue
-                size = sizes[meta["sha256"]]
-                if size is not None and int(size) != int(meta["bytes"]):
-                    problems.append(f"{unit}/{rel}: {size} bytes, its manifest says {meta['bytes']}")
-        return problems
+        return [p for p, _ in self.problems(manifests)]
 
-    def _objects(self) -> dict[str, dict[str, Any]]:
-        try:
-            return dict(self.fs.find(self._path(OBJECTS), detail=True))
-        except FileNotFoundError:
-            return {}
+    def problems(self, manifests: dict[str, Manifest] | None = None) -> list[tuple[str, str]]:
+        """(what, object digest) for each file a manifest names that the remote lacks
+        or holds at another size; on a folder, also at the same size with other bytes."""
+        listed = {p.rsplit("/", 1)[-1]: info for p, info in self.store.listing(OBJECTS).items()}
+        self._present = set(listed)
+        out = []
+        for unit, m in (manifests if manifests is not None else self.manifests()).items():
+            for rel, e in m.files.items():
+                info = listed.get(e.sha256)
+                if info is None:
+                    out.append((f"{unit}/{rel}: missing", e.sha256))
+                elif info.size is not None and int(info.size) != e.bytes:
+                    out.append((f"{unit}/{rel}: {info.size} bytes, its manifest says {e.bytes}", e.sha256))
+        return out
+
+    def damaged_objects(self, local: dict[str, Path]) -> set[str]:
+        """Of the objects whose bytes this machine has (digest -> local file), those the
+        remote holds with other bytes: read back and hashed on a folder, compared by the
+        store's own checksum where it lists one (S3's ETag is the MD5 of a single-part
+        upload). Where neither is possible, none is named."""
+        if isinstance(self.store, FolderStore):
+            bad = set()
+            for digest in local:
+                path = self.store.root / OBJECTS / digest
+                if path.is_file() and file_sha256(path) != digest:
+                    bad.add(digest)
+            return bad
+        if isinstance(self.store, FsspecStore) and self.store.scheme == "s3":
+            found = self.store.fs.find(f"{self.store.root}/{OBJECTS}", detail=True)
+            etags = {p.rsplit("/", 1)[-1]: str(i.get("ETag", "")).strip('"') for p, i in found.items()}
+            bad = set()
+            for digest, path in local.items():
+                tag = etags.get(digest, "")
+                if tag and "-" not in tag and path.is_file() and _md5(path) != tag:
+                    bad.add(digest)
+            return bad
+        return set()
 
     def collect_garbage(self, older_than_s: float) -> int:
         """Remove contents no manifest names (older checkpoints, interrupted uploads),
         leaving those younger than ``older_than_s`` (another machine's upload in flight
-        whose manifest is not written yet), in one request where the store takes a list
-        (S3's batch delete, one Hub commit). Returns how many files went."""
-        referenced = {f["sha256"] for m in self.manifests().values() for f in m.files.values()}
+        whose manifest is not written yet), in one request where the store takes a list.
+        Returns how many files went."""
+        referenced = {e.sha256 for m in self.manifests().values() for e in m.files.values()}
         now = time.time()
         garbage = [
             path
-            for path, info in self._objects().items()
+            for path, info in self.store.listing(OBJECTS).items()
             if path.rsplit("/", 1)[-1] not in referenced
-            and not (older_than_s > 0 and now - _mtime(info, now) < older_than_s)
+            and not (older_than_s > 0 and now - (info.mtime if info.mtime is not None else now) < older_than_s)
         ]
-        if not garbage:
-            return 0
-        if self.local:
-            for path in garbage:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-        else:
-            self.fs.rm(garbage)
-        self._invalidate()
+        if garbage:
+            self.store.delete(garbage)
+            if self._present is not None:
+                self._present -= {p.rsplit("/", 1)[-1] for p in garbage}
         return len(garbage)
+
+    def squash_if_due(self) -> bool:
+        """A dataset repo's history squashed once what was added since the last squash
+        exceeds the live bytes (history stays under about twice the live size)."""
+        squash = getattr(self.store, "squash", None)
+        if squash is None or self._manifests is None:
+            return False
+        live = sum(m.bytes for m in self._manifests.values())
+        if self._added_since_squash <= max(live, 1 << 20):
+            return False
+        squash()
+        self._added_since_squash = 0
+        return True
 
     # -- the lease: one writer per SQLite remote ------------------------------------------------
     def lease(self) -> Lease | None:
-        data = self._read(self._path(LEASE))
-        if data is None:
+        got = self.read_lease()
+        return None if got is None else got[0]
+
+    def read_lease(self) -> tuple[Lease, str] | None:
+        got: Versioned | None = self.store.read(LEASE)
+        if got is None:
             return None
         try:
-            d = json.loads(data)
-            return Lease(d["holder"], d["host"], int(d["pid"]), float(d["heartbeat"]))
+            d = json.loads(got.data)
+            return Lease(d["holder"], d["host"], int(d["pid"]), float(d["heartbeat"])), got.version
         except (ValueError, KeyError, TypeError):
-            return None
+            return Lease("", "unknown", 0, 0.0), got.version  # unreadable: as stale as can be
 
-    def write_lease(self, lease: Lease) -> None:
-        self._put(self._path(LEASE), json.dumps(lease.__dict__).encode())
+    def take_lease(self, mine: Lease, grace_s: float) -> str:
+        """The lease, by a conditional write: taken when there is none or its holder has
+        been silent for ``grace_s``; refused in one line naming the holder otherwise, or
+        when another run took it at the same instant. Returns the lease's version."""
+        current = self.read_lease()
+        if current is not None and current[0].age(mine.heartbeat) < grace_s:
+            raise self._in_use(current[0], grace_s)
+        try:
+            version = self.store.swap(LEASE, mine.to_bytes(), current[1] if current else None)
+        except Conflict:
+            winner = self.lease()
+            raise UserError(
+                f"remote '{self.shown}' was taken at the same instant by "
+                f"{winner.host + ' (pid ' + str(winner.pid) + ')' if winner else 'another run'}: one run writes a "
+                "SQLite study's remote at a time; this one wrote nothing"
+            ) from None
+        self.taken_over = current[0] if current is not None else None
+        return version
 
-    def release(self, holder: str) -> None:
-        current = self.lease()
-        if current is not None and current.holder == holder:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm_file(self._path(LEASE))
+    def _in_use(self, current: Lease, grace_s: float) -> UserError:
+        return UserError(
+            f"remote '{self.shown}' is in use by {current.host} (pid {current.pid}, last heartbeat "
+            f"{current.age():.0f} s ago): one run writes a SQLite study's remote at a time; wait for it, or "
+            f"if it died, run again after {grace_s:.0f} s without a heartbeat (it is then taken over)"
+        )
+
+    def release(self, holder: str, version: str | None = None) -> None:
+        current = self.read_lease()
+        if current is None or current[0].holder != holder:
+            return
+        with contextlib.suppress(FileNotFoundError, Conflict):
+            # Released by marking it stale (a conditional write): deleting would race a takeover.
+            gone = Lease(holder, current[0].host, current[0].pid, 0.0)
+            self.store.swap(LEASE, gone.to_bytes(), current[1])
 
 
 def new_holder() -> Lease:
     host = socket.gethostname()
     return Lease(f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}", host, os.getpid(), time.time())
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _parse_manifest(unit: str, data: bytes, shown: str) -> Manifest:
@@ -369,6 +443,7 @@ def _parse_manifest(unit: str, data: bytes, shown: str) -> Manifest:
         files = d["files"]
         if d.get("format") != REMOTE_FORMAT or not isinstance(files, dict):
             raise ValueError(f"format {d.get('format')!r}")
+        entries = {}
         for rel, meta in files.items():
             if (
                 Path(rel).is_absolute()
@@ -377,43 +452,10 @@ def _parse_manifest(unit: str, data: bytes, shown: str) -> Manifest:
                 or not isinstance(meta.get("bytes"), int)
             ):
                 raise ValueError(f"entry {rel!r}")
-        return Manifest(unit, int(d["generation"]), files, str(d.get("writer", "")), str(d.get("written", "")))
+            entries[rel] = Entry(meta["sha256"], meta["bytes"])
+        return Manifest(unit, int(d["generation"]), entries, str(d.get("writer", "")), str(d.get("written", "")))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(
             f"remote '{shown}': the manifest of {unit} is not one this tool writes ({e}); it was edited or "
-            "damaged: push the study again from where it ran, or use another remote"
+            "damaged: run again on the machine that has the study (it repairs the remote), or use another remote"
         ) from None
-
-
-def _mtime(info: dict[str, Any], default: float) -> float:
-    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
-        value = info.get(key)
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, dt.datetime):
-            return value.timestamp()
-        if isinstance(value, str):
-            try:
-                return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return default
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"{type(e).__name__}: {text}"[:300]
-
-
-def _fix_for(url: str) -> str:
-    scheme = urlsplit(url).scheme
-    if scheme == "s3":
-        return (
-            "check the bucket, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile) and, for an S3-compatible "
-            "service, AWS_ENDPOINT_URL"
-        )
-    if scheme in ("gs", "gcs"):
-        return "check the bucket and GOOGLE_APPLICATION_CREDENTIALS"
-    if scheme == "hf":
-        return "check the repo id and HF_TOKEN (a token with write access; on Kaggle, from its secrets)"
-    return "check the folder and its permissions"

@@ -3,19 +3,24 @@ how a fresh machine takes it back.
 
 - Push: the ledger's commits (a trial paused, finished, failed, interrupted; a rung
   decided) and every checkpoint Trainer writes mark the units that changed; a background
-  thread uploads them (a training step never waits for the network: it only marks), a
-  point's files before the database that refers to them. Each file is frozen for its
-  upload (hard links into a staging folder, so Trainer may rotate a checkpoint away
-  meanwhile), the SQLite database through SQLite's backup API under the claim lock (a
-  consistent snapshot while trials write, never a trial half created). Uploads that fail
-  are retried with backoff, said once per streak; training goes on.
+  thread uploads them (a training step never waits for the network: it only marks), all
+  the units waiting at that moment in one commit, a point's contents before the manifests
+  that name them. Each file is frozen for its upload (hard links into a staging folder,
+  so Trainer may rotate a checkpoint away meanwhile), the SQLite database through
+  SQLite's backup API under the claim lock (a consistent snapshot while trials write,
+  never a trial half created). A point without a complete checkpoint is not a unit.
+- Budget: no request per training step; on a dataset repo (every write a git commit)
+  at most ``storage.remote_commits_per_hour`` commits, what waits coalesced (the newest
+  checkpoint of a point replaces an older one still waiting), the history squashed when
+  it passes the live size; a 429 or 5xx is waited out by its ``Retry-After`` while the
+  training goes on.
+- One writer per SQLite remote: a lease taken by a conditional write and renewed inside
+  the pushes (alone when nothing was pushed for a heartbeat interval); a renewal that
+  finds another run's lease means this run lost it: it stops writing the remote at once
+  and asks the training to stop at its next step (``on_lost``).
 - Pull: a study that is not here (a new session, another machine) or older here than
   the remote comes back from the remote's verified units: the database, every point's
   checkpoint and final adapter, the artifacts; then `run` continues where it was.
-- One writer per SQLite remote: a lease with a heartbeat; a second `run` is refused while
-  the holder's heartbeat is fresh, and takes over (saying so) once it is older than the
-  grace period. A PostgreSQL study's database is shared: the remote holds the points and
-  the artifacts, each point written by the machine that trains it.
 """
 
 from __future__ import annotations
@@ -34,12 +39,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from optuna_search.core import UserError, replaced_atomically
+from optuna_search.core import replaced_atomically
 from optuna_search.storage._checkpoints import FINAL_ADAPTER, RUN_SETTINGS, last_complete_checkpoint
 from optuna_search.storage._claim import file_lock, lock_path
-from optuna_search.storage._ledger import Commit
-from optuna_search.storage._remote import STUDY_UNIT, Lease, Manifest, Remote, new_holder, point_unit
+from optuna_search.storage._ledger import Commit, CommitKind
+from optuna_search.storage._remote import (
+    STUDY_UNIT,
+    Lease,
+    LeaseLost,
+    Manifest,
+    PushResult,
+    Remote,
+    new_holder,
+    point_unit,
+)
 from optuna_search.storage._storages import open_storage, read_only_uri
+from optuna_search.storage._stores import Throttled
 
 log = logging.getLogger("optuna_search")
 STAGING = ".optuna-search-staging"
@@ -71,13 +86,17 @@ class LocalStudy:
 
 @dataclass
 class SyncStatus:
-    """What `status` shows of the remote: the last time everything was there, what is not yet."""
+    """What `status` shows of the remote: the last time everything was there, what is not
+    yet, the commits of the last hour (a dataset repo's budget), a lost lease."""
 
     remote: str
     last_sync: float | None = None
     pending: list[str] = field(default_factory=list)
     last_error: str | None = None
     uploaded_bytes: int = 0
+    commits: list[float] = field(default_factory=list)
+    requests: int = 0
+    lease_lost: str | None = None
 
     def save(self, path: Path) -> None:
         with replaced_atomically(path) as tmp:
@@ -86,34 +105,53 @@ class SyncStatus:
     @classmethod
     def load(cls, path: Path) -> SyncStatus | None:
         try:
-            return cls(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+            return cls(**known)
         except (OSError, ValueError, TypeError):
             return None
+
+    def commits_last_hour(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(1 for t in self.commits if t > now - 3600)
 
 
 class StudySync:
     """One local study and its remote (see the module docstring)."""
 
     def __init__(
-        self, remote: Remote, local: LocalStudy, *, writer: str | None = None, gc_grace_s: float = 0.0
+        self,
+        remote: Remote,
+        local: LocalStudy,
+        *,
+        writer: str | None = None,
+        gc_grace_s: float = 0.0,
+        lease: tuple[Lease, str] | None = None,
     ) -> None:
         self.remote, self.local = remote, local
         self.writer = writer or new_holder().holder
         self.gc_grace_s = gc_grace_s
-        tag = hashlib.sha256(remote.shown.encode()).hexdigest()[:8]
-        self.state_path = local.state_file(f"{tag}.{STATE}")
-        self.status_path = local.state_file(f"{tag}.{STATUS}")
-        """What this machine last saw of this remote (a study may have a remote and bundles)."""
         """Contents younger than this are not collected: 0 for a single writer (SQLite),
         an hour where several machines write (their uploads may not have a manifest yet)."""
+        self.lease = lease
+        """(this run's lease, its version): renewed in every push; None without one."""
+        tag = hashlib.sha256(remote.shown.encode()).hexdigest()[:8]
+        self.state_path = local.state_file(f"{tag}.{STATE}")
+        """What this machine last saw of this remote (a study may have a remote and bundles)."""
+        self.status_path = local.state_file(f"{tag}.{STATUS}")
         self.status = SyncStatus(remote.shown)
 
     # -- what a unit holds ----------------------------------------------------------------
     def point_files(self, point: Path, staging: Path) -> dict[str, Path]:
-        """A point's newest complete checkpoint, final adapter and run settings, frozen."""
+        """A point's newest complete checkpoint, final adapter and run settings, frozen;
+        nothing when it has neither a complete checkpoint nor a final adapter (a point
+        stopped before its first checkpoint is not a unit: its settings alone would be
+        an empty point in the remote)."""
         files: dict[str, Path] = {}
         last, _ = last_complete_checkpoint(point)
         parts = [p for p in (last, point / FINAL_ADAPTER) if p is not None and p.is_dir()]
+        if not parts:
+            return {}
         for folder in parts:
             for f in folder.rglob("*"):
                 if f.is_file():
@@ -156,22 +194,57 @@ class StudySync:
     # -- push -------------------------------------------------------------------------------
     def push(self, unit: str) -> int:
         """Upload one unit (raises what the network raised). Returns the bytes uploaded."""
-        staging = self.local.home / STAGING / f"{os.getpid()}-{unit.replace('/', '_')}"
+        return self.push_many([unit]).uploaded_bytes
+
+    def push_many(self, units: list[str]) -> PushResult:
+        """Upload these units in one commit, the lease renewed in it (raises what the
+        network raised; ``LeaseLost`` when another run holds the lease)."""
+        staging = self.local.home / STAGING / f"{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            if unit.startswith("points/"):
-                files = self.point_files(self.local.checkpoints / unit.rsplit("/", 1)[-1], staging)
-            else:
-                files = self.study_files(staging)
-            result = self.remote.push(unit, files, self.writer)
+            contents: dict[str, dict[str, Path]] = {}
+            for unit in units:
+                where = staging / unit.replace("/", "_")
+                if unit.startswith("points/"):
+                    files = self.point_files(self.local.checkpoints / unit.rsplit("/", 1)[-1], where)
+                    if files:
+                        contents[unit] = files
+                else:
+                    contents[unit] = self.study_files(where)
+            result = self.remote.push_units(
+                contents, self.writer, lease=self.lease, collect=self.remote.store.commits_are_scarce
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._remember(unit, result.generation)
-        return result.uploaded_bytes
+        self._renewed(result.lease_version)
+        if self.remote.squash_if_due() and self.lease is not None:
+            self._refresh_lease()
+        for unit, generation in result.units.items():
+            self._remember(unit, generation)
+        return result
+
+    def renew(self) -> None:
+        """The lease renewed alone (nothing to push for a heartbeat interval)."""
+        if self.lease is not None:
+            self._renewed(self.remote.push_units({}, self.writer, lease=self.lease).lease_version)
+
+    def _renewed(self, version: str | None) -> None:
+        if self.lease is not None and version is not None:
+            self.lease = (self.lease[0], version)
+
+    def _refresh_lease(self) -> None:
+        """After a squash the repo's head moved: the lease's version is read again (and
+        must still be ours)."""
+        assert self.lease is not None
+        current = self.remote.read_lease()
+        if current is None or current[0].holder != self.lease[0].holder:
+            raise LeaseLost(self.remote.shown, current[0] if current else None)
+        self.lease = (self.lease[0], current[1])
 
     def push_all(self, units: list[str] | None = None) -> int:
-        total = sum(self.push(u) for u in (units or self.units()))
-        self.remote.collect_garbage(self.gc_grace_s)
+        total = self.push_many(units or self.units()).uploaded_bytes
+        if not self.remote.store.commits_are_scarce:
+            self.remote.collect_garbage(self.gc_grace_s)
         return total
 
     # -- pull -------------------------------------------------------------------------------
@@ -185,6 +258,7 @@ class StudySync:
             elif unit.startswith("artifacts/") or unit == STUDY_UNIT:
                 staging = self.local.home / STAGING / f"pull-{os.getpid()}"
                 shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True, exist_ok=True)
                 total += self.remote.pull(m, staging)
                 total += _install_study(staging, self.local, with_db=unit == STUDY_UNIT)
                 shutil.rmtree(staging, ignore_errors=True)
@@ -193,13 +267,16 @@ class StudySync:
 
     def pull_point(self, m: Manifest) -> int:
         """A point's files as the remote has them; the local folder replaced whole when the
-        remote's is newer (another machine trained it further), kept when it is the same."""
+        remote's is newer (another machine trained it further), kept when it is the same.
+        A manifest with no files (an older version's, of a point stopped before its first
+        checkpoint) brings nothing."""
         name = m.unit.rsplit("/", 1)[-1]
         target = self.local.checkpoints / name
-        if self.state().get("units", {}).get(m.unit) == m.generation and target.is_dir():
+        if not m.files or (self.state().get("units", {}).get(m.unit) == m.generation and target.is_dir()):
             return 0
         fresh = self.local.checkpoints / f".{name}.pulling"
         shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir(parents=True)
         size = self.remote.pull(m, fresh)
         old = self.local.checkpoints / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -219,10 +296,14 @@ class StudySync:
         return state if state.get("remote") == self.remote.shown else {}
 
     def _remember(self, unit: str, generation: int) -> None:
-        state = self.state() or {"remote": self.remote.shown, "units": {}}
-        state["units"][unit] = generation
-        with replaced_atomically(self.state_path) as tmp:  # the upload process writes it too
-            tmp.write_text(json.dumps(state))
+        # The run and its upload process both write this file: read, change and replace it
+        # under one lock, never from two processes at once.
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.state_path.with_name(self.state_path.name + ".lock")):
+            state = self.state() or {"remote": self.remote.shown, "units": {}}
+            state["units"][unit] = generation
+            with replaced_atomically(self.state_path) as tmp:
+                tmp.write_text(json.dumps(state))
 
 
 def backup_sqlite(db: Path, out: Path) -> None:
@@ -287,21 +368,60 @@ def _install_study(staging: Path, local: LocalStudy, *, with_db: bool) -> int:
     return size
 
 
-class Pusher(Protocol):
-    """Where a unit's push runs: ``StudySync.push`` in a process of its own
-    (``_pusher.PushProcess``)."""
+@dataclass(frozen=True)
+class Pushed:
+    """A push's answer from wherever it ran."""
 
-    def push(self, unit: str) -> int: ...
+    uploaded_bytes: int
+    commits: int
+    requests: int
+    lease_version: str | None = None
+
+
+class Pusher(Protocol):
+    """Where a push runs: ``StudySync.push_many`` in a process of its own
+    (``_pusher.PushProcess``). Raises ``LeaseLost`` and ``Throttled`` as the sync does."""
+
+    def push(self, units: list[str]) -> Pushed: ...
+
+    def renew(self) -> Pushed: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """When the uploader may commit and must renew the lease."""
+
+    commits_per_hour: int | None
+    """A dataset repo's budget (None: the store has no commit limit)."""
+    heartbeat_s: float
+    """The lease is renewed at least this often (inside a push when there is one)."""
+
+    @property
+    def min_gap_s(self) -> float:
+        return 0.0 if self.commits_per_hour is None else 3600.0 / self.commits_per_hour
+
+    @property
+    def renew_every_s(self) -> float:
+        return max(self.heartbeat_s, self.min_gap_s)
 
 
 class Uploader:
     """The background thread that pushes what changed (see the module docstring)."""
 
-    def __init__(self, sync: StudySync, pusher: Pusher) -> None:
+    def __init__(
+        self,
+        sync: StudySync,
+        pusher: Pusher,
+        cadence: Cadence | None = None,
+        on_lost: Callable[[LeaseLost], None] | None = None,
+    ) -> None:
         self.sync = sync
         self._pusher = pusher
+        self.cadence = cadence or Cadence(None, 60.0)
+        self._on_lost = on_lost
+        self.lost: LeaseLost | None = None
         self._dirty: dict[str, None] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -310,12 +430,17 @@ class Uploader:
         self._stop = False
         self._stopping = threading.Event()
         self._failures = 0
+        self._last_commit = 0.0
+        self._last_renewal = time.monotonic()
+        self._not_before = 0.0
         self._thread = threading.Thread(target=self._loop, name="optuna-search-remote", daemon=True)
         self._thread.start()
 
     # -- what the study says changed ----------------------------------------------------------------
     def mark(self, *units: str) -> None:
         """Queue ``units`` for upload; returns at once (a training step never waits)."""
+        if self.lost is not None:
+            return
         with self._lock:
             for unit in units:
                 self._dirty[unit] = None
@@ -326,7 +451,7 @@ class Uploader:
         """A ledger commit: the trial's point (its checkpoints and adapter) and the study
         that records it; a trial that merely started changes nothing the remote needs
         (a fresh machine fails it as stale and resumes its point)."""
-        if commit.kind in ("new", "claim", "resume"):
+        if commit.kind in (CommitKind.NEW, CommitKind.CLAIM, CommitKind.RESUME):
             return
         name = point_dir(commit.params) if commit.params else None
         self.mark(*([point_unit(self.sync.local.name, name)] if name else []), self.sync.study_unit)
@@ -338,57 +463,91 @@ class Uploader:
 
     # -- the thread ---------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop:
+        while not self._stop and self.lost is None:
             self._wake.wait(timeout=1.0)
             self._wake.clear()
+            now = time.monotonic()
+            if now < self._not_before:
+                continue  # throttled, or a backoff: the marks wait, coalesced
             with self._lock:
                 todo = list(self._dirty)
-            # Points first: the database refers to their checkpoints and adapters.
-            todo.sort(key=lambda u: u == self.sync.study_unit)
-            for unit in todo:
-                if self._stop:
-                    return
-                self._push(unit)
+            if todo and now - self._last_commit >= self.cadence.min_gap_s:
+                self._push(todo)
+            elif self.sync.lease is not None and now - self._last_renewal >= self.cadence.renew_every_s:
+                self._call(self._pusher.renew, [])
             with self._lock:
                 if not self._dirty:
                     self._idle.set()
 
-    def _push(self, unit: str) -> None:
+    def _push(self, units: list[str]) -> None:
         with self._lock:
-            self._dirty.pop(unit, None)
+            for unit in units:
+                self._dirty.pop(unit, None)
+        # Points first: the database refers to their checkpoints and adapters (one commit
+        # on a repo; in this order elsewhere).
+        units.sort(key=lambda u: u == self.sync.study_unit)
+        self._call(lambda: self._pusher.push(units), units)
+
+    def _call(self, fn: Callable[[], Pushed], units: list[str]) -> None:
         try:
-            self.sync.status.uploaded_bytes += self._pusher.push(unit)
-        except Exception as e:
-            kind = getattr(e, "kind", type(e).__name__)
-            with self._lock:
-                self._dirty.setdefault(unit, None)
-            delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
-            if self._failures == 0:
-                log.warning(
-                    "remote %s: upload of %s failed (%s: %s); retrying every %.0f-%.0f s, training goes on",
-                    self.sync.remote.shown,
-                    unit,
-                    kind,
-                    str(e).splitlines()[0][:200] if str(e) else "",
-                    BACKOFF_S[0],
-                    BACKOFF_S[-1],
-                )
-            self._failures += 1
-            self.sync.status.last_error = f"{kind}: {str(e)[:200]}"
-            self._save_status()
-            self._wake.clear()
-            self._stopping.wait(delay)  # a backoff that the run's end cuts short
-            self._wake.set()
+            answer = fn()
+        except LeaseLost as e:
+            self._lose(e)
             return
+        except Exception as e:
+            self._failed(e, units)
+            return
+        now = time.monotonic()
+        self._last_renewal = now
+        if answer.commits:
+            self._last_commit = now
+            self.sync.status.commits = [t for t in self.sync.status.commits if t > time.time() - 3600]
+            self.sync.status.commits += [time.time()] * answer.commits
+        self.sync.status.requests += answer.requests
         if self._failures:
             log.info("remote %s: uploads go through again", self.sync.remote.shown)
         self._failures = 0
+        self.sync.status.uploaded_bytes += answer.uploaded_bytes
         self.sync.status.last_error = None
         with self._lock:
             done = not self._dirty
         if done:
             self.sync.status.last_sync = time.time()
         self._save_status()
+
+    def _failed(self, e: Exception, units: list[str]) -> None:
+        kind = getattr(e, "kind", type(e).__name__)
+        with self._lock:
+            for unit in units:
+                self._dirty.setdefault(unit, None)
+        retry_after = getattr(e, "retry_after", None)
+        if isinstance(e, Throttled) or retry_after is not None:
+            delay = float(retry_after or BACKOFF_S[-1])
+        else:
+            delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
+        if self._failures == 0:
+            log.warning(
+                "remote %s: upload of %s failed (%s: %s); retrying in %.0f s, training goes on",
+                self.sync.remote.shown,
+                ", ".join(units) or "the lease",
+                kind,
+                str(e).splitlines()[0][:200] if str(e) else "",
+                delay,
+            )
+        self._failures += 1
+        self.sync.status.last_error = f"{kind}: {str(e)[:200]}"
+        self._save_status()
+        self._not_before = time.monotonic() + delay
+        self._stopping.wait(min(delay, 1.0))
+
+    def _lose(self, e: LeaseLost) -> None:
+        self.lost = e
+        log.error("%s", e)
+        self.sync.status.lease_lost = str(e)
+        self._save_status()
+        if self._on_lost is not None:
+            self._on_lost(e)
+        self._idle.set()
 
     def _save_status(self) -> None:
         self.sync.status.pending = self.pending
@@ -397,14 +556,16 @@ class Uploader:
 
     # -- the end of a run ---------------------------------------------------------------------------------
     def finish(self, timeout_s: float, progress: Callable[[str], None]) -> list[str]:
-        """Everything pushed (every unit marked once more), waited for at most
-        ``timeout_s`` with a progress line every few seconds; returns what is still not
-        there (empty: the remote holds the whole study)."""
-        for unit in self.sync.units():
-            self.mark(unit)
+        """Everything pushed (every unit marked once more, in one commit), waited for at
+        most ``timeout_s`` with a progress line every few seconds; returns what is still
+        not there (empty: the remote holds the whole study). A run that lost its lease
+        pushes nothing and returns every unit."""
+        if self.lost is None:
+            self.mark(*self.sync.units())
+            self._last_commit = 0.0  # the last push does not wait for the budget's gap
         deadline = time.monotonic() + timeout_s
         last = 0.0
-        while not self._idle.wait(timeout=1.0):
+        while self.lost is None and not self._idle.wait(timeout=1.0):
             now = time.monotonic()
             if now >= deadline:
                 break
@@ -415,13 +576,13 @@ class Uploader:
                     f"({self.sync.status.uploaded_bytes / 2**20:.1f} MiB uploaded so far; at most "
                     f"{deadline - now:.0f} s more)"
                 )
-        missing = self.pending
+        missing = self.pending if self.lost is None else self.sync.units()
         self._stop = True
         self._stopping.set()
         self._wake.set()
         self._pusher.close()  # a push still in flight is given up (its unit's manifest stays valid)
         self._thread.join(timeout=5)
-        if not missing:
+        if not missing and not self.sync.remote.store.commits_are_scarce:
             try:
                 self.sync.remote.collect_garbage(self.sync.gc_grace_s)
             except Exception as e:
@@ -431,59 +592,36 @@ class Uploader:
 
 
 class LeaseKeeper:
-    """The single-writer lease of a SQLite remote, its heartbeat in a thread."""
+    """The single-writer lease of a SQLite remote: taken at the start by a conditional
+    write (``Remote.take_lease``), renewed inside the uploads, released at the end."""
 
-    def __init__(self, remote: Remote, grace_s: float, interval_s: float) -> None:
-        self.remote, self.grace_s, self.interval_s = remote, grace_s, interval_s
+    def __init__(self, remote: Remote, grace_s: float) -> None:
+        self.remote, self.grace_s = remote, grace_s
         self.mine: Lease | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.version: str | None = None
 
-    def acquire(self) -> None:
-        current = self.remote.lease()
+    def acquire(self) -> tuple[Lease, str]:
         mine = new_holder()
-        if current is not None and current.age(mine.heartbeat) < self.grace_s:
-            raise UserError(
-                f"remote '{self.remote.shown}' is in use by {current.host} (pid {current.pid}, last heartbeat "
-                f"{current.age():.0f} s ago): one run writes a SQLite study's remote at a time; wait for it, or "
-                f"if it died, run again after {self.grace_s:.0f} s without a heartbeat (it is then taken over)"
-            )
-        if current is not None:
+        version = self.remote.take_lease(mine, self.grace_s)
+        previous = getattr(self.remote, "taken_over", None)
+        if previous is not None and previous.heartbeat > 0:
             log.warning(
                 "remote %s: took over the lease of %s (pid %d), silent for %.0f s (a killed session)",
                 self.remote.shown,
-                current.host,
-                current.pid,
-                current.age(mine.heartbeat),
+                previous.host,
+                previous.pid,
+                previous.age(mine.heartbeat),
             )
-        self.remote.write_lease(mine)
-        self.mine = mine
-        self._thread = threading.Thread(target=self._beat, name="optuna-search-lease", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            assert self.mine is not None
-            try:
-                current = self.remote.lease()
-                if current is not None and current.holder != self.mine.holder:
-                    log.error(
-                        "remote %s: another run (%s) took the lease over; this run's uploads may be overwritten",
-                        self.remote.shown,
-                        current.host,
-                    )
-                    return  # the lease is theirs now: taking it back would make two writers for good
-                self.mine.heartbeat = time.time()
-                self.remote.write_lease(self.mine)
-            except Exception as e:
-                log.debug("lease heartbeat failed: %s", e)
+        self.mine, self.version = mine, version
+        return mine, version
 
     def release(self, *, reach_remote: bool = True) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
         if self.mine is not None and reach_remote:
             try:
                 self.remote.release(self.mine.holder)
             except Exception as e:
                 log.debug("lease release failed: %s", e)
+
+
+def cadence_for(remote: Remote, heartbeat_s: float, commits_per_hour: int) -> Cadence:
+    return Cadence(commits_per_hour if remote.store.commits_are_scarce else None, heartbeat_s)

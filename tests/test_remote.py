@@ -119,43 +119,51 @@ def test_a_killed_machine_is_finished_by_another_from_the_remote(remote, tmp_pat
     assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr
 
 
+def fake_checkpoint(folder, adapter=b"adapter", step_state="{}"):
+    """The files a resume needs, as Trainer writes them (small stand-ins)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter.bin").write_bytes(adapter)
+    (folder / "optimizer.pt").write_bytes(b"optimizer " + adapter)
+    (folder / "scheduler.pt").write_bytes(b"scheduler")
+    (folder / "trainer_state.json").write_text(step_state)
+
+
+CKPT = ("adapter.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+
+
 def test_a_kill_between_an_uploads_files_and_its_manifest_leaves_the_remote_valid(tmp_path, monkeypatch):
     from optuna_search.core import UserError
     from optuna_search.storage import LocalStudy, Remote, StudySync
-    from optuna_search.storage import _remote as remote_module
+    from optuna_search.storage._stores import FolderStore
 
     point = tmp_path / "ckpt" / "s" / "lora_r-4"
-    (point / "checkpoint-5").mkdir(parents=True)
-    (point / "checkpoint-5" / "adapter.bin").write_bytes(b"five")
-    (point / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    fake_checkpoint(point / "checkpoint-5", b"five")
     url = str(tmp_path / "remote")
     sync = StudySync(Remote(url), LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "art", None))
     sync.push("points/s/lora_r-4")
-    (point / "checkpoint-10").mkdir()
-    (point / "checkpoint-10" / "adapter.bin").write_bytes(b"ten")
-    (point / "checkpoint-10" / "trainer_state.json").write_text("{}")
-    real_put = Remote._put
+    fake_checkpoint(point / "checkpoint-10", b"ten")
+    real_write = FolderStore.write
 
     def killed_before_the_manifest(self, path, data):
-        if "/manifests/" in path:
+        if path.startswith("manifests/"):
             raise SystemExit("killed")  # the process dies after the files, before the manifest
-        return real_put(self, path, data)
+        return real_write(self, path, data)
 
-    monkeypatch.setattr(remote_module.Remote, "_put", killed_before_the_manifest)
+    monkeypatch.setattr(FolderStore, "write", killed_before_the_manifest)
     with pytest.raises(SystemExit):
         sync.push("points/s/lora_r-4")
-    monkeypatch.setattr(remote_module.Remote, "_put", real_put)
+    monkeypatch.setattr(FolderStore, "write", real_write)
     remote = Remote(url)
     assert remote.verify() == []
     m = remote.manifest("points/s/lora_r-4")
-    assert m.generation == 1 and set(m.files) == {"checkpoint-5/adapter.bin", "checkpoint-5/trainer_state.json"}
+    assert m.generation == 1 and set(m.files) == {f"checkpoint-5/{f}" for f in CKPT}
     pulled = tmp_path / "pulled"
     remote.pull(m, pulled)
     assert (pulled / "checkpoint-5" / "adapter.bin").read_bytes() == b"five"
     # The next push replaces it; the contents no manifest names are collected.
     sync.push_all(["points/s/lora_r-4"])
-    assert set(remote.manifest("points/s/lora_r-4").files) == {"checkpoint-10/adapter.bin", "checkpoint-10/trainer_state.json"}
-    assert len(list((tmp_path / "remote" / "objects").iterdir())) == 2  # "ten" and "{}": old checkpoint pruned
+    assert set(remote.manifest("points/s/lora_r-4").files) == {f"checkpoint-10/{f}" for f in CKPT}
+    assert len(list((tmp_path / "remote" / "objects").iterdir())) == 4  # checkpoint-10's: the old one pruned
     # A manifest edited by hand is refused with the reason, before anything is pulled.
     path = tmp_path / "remote" / "manifests" / "points" / "s" / "lora_r-4.json"
     edited = json.loads(path.read_text())
@@ -201,9 +209,7 @@ def test_pushes_run_in_a_child_that_outlives_ctrl_c_and_dies_with_its_run(tmp_pa
     """The uploads' process: a Ctrl-C (the whole terminal's process group) leaves it
     pushing for the run's final upload; a killed run takes it along (no orphan writing
     into a remote that another machine has taken over); its errors come back named."""
-    point = tmp_path / "ckpt" / "lora_r-4" / "checkpoint-5"
-    point.mkdir(parents=True)
-    (point / "trainer_state.json").write_text("{}")
+    fake_checkpoint(tmp_path / "ckpt" / "lora_r-4" / "checkpoint-5", b"x")
     script = f"""
 import os, signal, sys, time
 from pathlib import Path
@@ -211,16 +217,18 @@ from optuna_search.storage import LocalStudy, Remote, StudySync
 from optuna_search.storage._pusher import PushProcess
 sync = StudySync(Remote({str(tmp_path / "remote")!r}), LocalStudy("s", Path({str(tmp_path / "ckpt")!r}), Path("art"), None))
 pusher = PushProcess(sync)
-print(pusher.push("points/s/lora_r-4"), pusher._proc.pid, flush=True)
+import shutil
+unit = ["points/s/lora_r-4"]
+print(pusher.push(unit).uploaded_bytes, pusher._proc.pid, flush=True)
 os.kill(pusher._proc.pid, signal.SIGINT)
 os.kill(pusher._proc.pid, signal.SIGTERM)
-print(pusher.push("points/s/lora_r-4"), pusher._proc.pid, flush=True)
+print(pusher.push(unit).uploaded_bytes, pusher._proc.pid, flush=True)
 pusher._proc.kill(); pusher._proc.wait()
-print(pusher.push("points/s/lora_r-4"), pusher._proc.pid, flush=True)  # a new child
-sync.remote.fs.rm(sync.remote.root, recursive=True)
+print(pusher.push(unit).uploaded_bytes, pusher._proc.pid, flush=True)  # a new child
+shutil.rmtree(sync.remote.root)
 os.chmod({str(tmp_path)!r}, 0o500)
 try:
-    print("pushed", pusher.push("points/s/lora_r-4"), flush=True)
+    print("pushed", pusher.push(unit).uploaded_bytes, flush=True)
 except Exception as e:
     print("failed", e.kind, flush=True)
 finally:
@@ -229,7 +237,7 @@ time.sleep(600)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     first, second, third = (proc.stdout.readline().split() for _ in range(3))
-    assert first[0] == "2" and second[0] == "0" and second[1] == first[1]  # pushed; then nothing new; the same child
+    assert int(first[0]) > 0 and second[0] == "0" and second[1] == first[1]  # pushed; then nothing new; the same child
     assert third[1] != first[1] and third[0] == "0"  # a killed child is replaced (and finds the unit pushed)
     failed = proc.stdout.readline().split()
     if os.geteuid() != 0:  # root writes anywhere

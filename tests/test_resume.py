@@ -197,7 +197,8 @@ def test_last_complete_checkpoint_skips_unfinished_and_foreign_folders(tmp_path)
     for step, complete in ((10, True), (20, True), (30, False)):
         (tmp_path / f"checkpoint-{step}").mkdir()
         if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+            for name in ("optimizer.pt", "scheduler.pt", "trainer_state.json"):
+                (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
     (tmp_path / "checkpoint-final").mkdir()  # not a step: ignored
     last, broken = last_complete_checkpoint(tmp_path)
     assert last == tmp_path / "checkpoint-20" and has_checkpoint(tmp_path)

@@ -15,27 +15,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from optuna_search.core import Config, UserError, point_dirname
 from optuna_search.objectives import cache_root
+from optuna_search.search.loop._signals import request_stop
 from optuna_search.storage import (
     STUDY_UNIT,
     Commit,
     LeaseKeeper,
+    LeaseLost,
     LocalStudy,
     PushProcess,
     Remote,
     StudySync,
     Uploader,
+    cadence_for,
     point_unit,
     study_checkpoints,
     study_home,
 )
+from optuna_search.storage._checkpoints import RESUME_FILES
 
 log = logging.getLogger("optuna_search")
+T = TypeVar("T")
 SHARED_GC_GRACE_S = 3600.0
 """Where several machines write one remote (a PostgreSQL study), contents are collected
 only an hour after they lost their last manifest: another machine's upload in flight has
@@ -89,8 +95,15 @@ class RemoteSession:
                     m.writer.split(":")[0] or "another machine",
                 )
 
+    @property
+    def lost(self) -> LeaseLost | None:
+        """Set once another run took this run's lease over (it then wrote nothing more)."""
+        return self.uploader.lost
+
     def finish(self, timeout_s: float) -> list[str]:
         missing = self.uploader.finish(timeout_s, lambda line: log.info("%s", line))
+        if self.lost is not None:
+            return missing  # the lease is theirs: nothing to release
         if self.lease is not None:
             # Unreachable, the lease is left to expire (after storage.grace_period) rather
             # than waited for once more.
@@ -103,16 +116,18 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
     if not config.storage.remote:
         return None
     remote = Remote(config.storage.remote)
-    remote.check(write=True)
     local = local_study(config)
-    sync = StudySync(remote, local, gc_grace_s=0.0 if local.db is not None else SHARED_GC_GRACE_S)
+    _refuse_overlap(remote, local)
+    remote.check(write=True)
     lease = None
+    held = None
     if local.db is not None and not worker:
-        lease = LeaseKeeper(remote, config.storage.grace_period, config.storage.heartbeat_interval)
-        lease.acquire()
+        lease = LeaseKeeper(remote, config.storage.grace_period)
+        held = lease.acquire()
+    sync = StudySync(remote, local, gc_grace_s=0.0 if local.db is not None else SHARED_GC_GRACE_S, lease=held)
     try:
         if not worker:
-            pull_study(sync, config.study.name, writing=True)
+            _local_errors(lambda: pull_study(sync, config.study.name, writing=True, repair=True), local)
             if remote.meta() is None:
                 remote.write_meta(config.study.name, "sqlite" if local.db is not None else "server")
     except BaseException:
@@ -124,12 +139,51 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
         remote.shown,
         ", the database" if local.db is not None else "",
     )
-    return RemoteSession(sync, Uploader(sync, PushProcess(sync)), lease)
+    cadence = cadence_for(remote, config.storage.heartbeat_interval, config.storage.remote_commits_per_hour)
+    if cadence.commits_per_hour is not None:
+        log.info(
+            "remote %s is a dataset repo: at most %d commits an hour (one every %.0f s), uploads coalesced",
+            remote.shown,
+            cadence.commits_per_hour,
+            cadence.min_gap_s,
+        )
+    uploader = Uploader(sync, PushProcess(sync), cadence, on_lost=lambda e: request_stop())
+    return RemoteSession(sync, uploader, lease)
 
 
-def pull_study(sync: StudySync, study: str, *, writing: bool) -> bool:
+def _refuse_overlap(remote: Remote, local: LocalStudy) -> None:
+    """A folder remote that is (or holds, or lies inside) this study's own files would
+    push its own folders as points."""
+    if not remote.local:
+        return
+    root = Path(remote.root).resolve()
+    mine = [p.resolve() for p in (local.checkpoints.parent, local.artifacts, local.home)]
+    for p in mine:
+        if root == p or root in p.parents or p in root.parents:
+            raise UserError(
+                f"remote '{remote.shown}' overlaps this study's own files ('{p}'); give a folder apart from the "
+                "working folder, train.output_dir and storage.artifacts (e.g. on another disk or a mount)"
+            )
+
+
+def _local_errors(fn: Callable[[], T], local: LocalStudy) -> T:
+    """A local folder this run cannot write (read-only working folder or cache): one line."""
+    try:
+        return fn()
+    except PermissionError as e:
+        raise UserError(
+            f"cannot write '{e.filename or local.home}' here ({e.strerror}); run from a writable folder "
+            "(or set train.output_dir / storage.url / storage.artifacts to one)"
+        ) from None
+
+
+def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = False) -> bool:
     """The remote's study into the local places when this machine has none or an older
-    copy (checkpoints pulled per point when they differ). Returns whether anything came."""
+    copy (checkpoints pulled per point when they differ). Returns whether anything came.
+
+    A remote that does not verify is refused in one line, except on the machine whose
+    study it is (it has the remote's newest database here): that machine repairs it,
+    pushing again every unit with damaged or missing contents."""
     remote, local = sync.remote, sync.local
     meta = remote.meta()
     if meta is not None and meta.get("study") not in (None, study):
@@ -138,19 +192,35 @@ def pull_study(sync: StudySync, study: str, *, writing: bool) -> bool:
             f"pass --study-name {meta.get('study')} (or use another remote)"
         )
     manifests = remote.manifests()
-    problems = remote.verify(manifests)
+    study_m = manifests.get(STUDY_UNIT)
+    owner = repair and _has_the_study(sync, study_m)
+    problems = remote.problems(manifests)
+    if owner:
+        problems += _damaged_here(sync, manifests)
+    if problems and owner:
+        _repair(sync, manifests, problems)
+        return False
     if problems:
         raise UserError(
             f"remote '{remote.shown}' does not verify ({len(problems)} problems); nothing was trained or "
-            "changed here: push the study again from where it ran, or use another remote:",
-            problems[:10],
+            "changed here: run again on the machine that has the study (it repairs the remote), or use another "
+            "remote:",
+            [p for p, _ in problems[:10]],
+        )
+    points = [u for u in manifests if u.startswith("points/") and manifests[u].files]
+    if meta is not None and meta.get("storage") == "sqlite" and study_m is None and points and local.db is not None:
+        raise UserError(
+            f"remote '{remote.shown}' holds {len(points)} points but no study database (manifests/study.json is "
+            "missing): it was damaged; nothing was trained or changed here. Run again on the machine that has the "
+            "study (it pushes its database), or use another remote"
         )
     wanted = {u: m for u, m in manifests.items() if u != STUDY_UNIT}
-    study_m = manifests.get(STUDY_UNIT)
     if study_m is not None and local.db is not None and _needs_study(sync, study_m.generation, writing):
         wanted[STUDY_UNIT] = study_m
     if not wanted:
         return False
+    for m in wanted.values():
+        _warn_incomplete(m)
     size = sync.pull(wanted)
     if STUDY_UNIT in wanted or size:
         log.info(
@@ -160,6 +230,64 @@ def pull_study(sync: StudySync, study: str, *, writing: bool) -> bool:
             f", database generation {study_m.generation}" if STUDY_UNIT in wanted and study_m else "",
         )
     return True
+
+
+def _has_the_study(sync: StudySync, study_m: Any) -> bool:
+    """This machine holds the study the remote is a copy of: its database, at the
+    generation the remote has (or newer: pushed from here)."""
+    db = sync.local.db
+    seen = sync.state().get("units", {}).get(STUDY_UNIT)
+    if db is None or not db.exists() or seen is None:
+        return False
+    return study_m is None or seen >= study_m.generation
+
+
+def _damaged_here(sync: StudySync, manifests: dict[str, Any]) -> list[tuple[str, str]]:
+    """Objects the remote holds with other bytes than this machine's copies of them."""
+    local: dict[str, Path] = {}
+    where: dict[str, str] = {}
+    for unit, m in manifests.items():
+        if not unit.startswith(f"points/{sync.local.name}/"):
+            continue
+        folder = sync.local.checkpoints / unit.rsplit("/", 1)[-1]
+        for rel, e in m.files.items():
+            if (folder / rel).is_file():
+                local[e.sha256] = folder / rel
+                where[e.sha256] = f"{unit}/{rel}"
+    bad = sync.remote.damaged_objects(local)
+    return [(f"{where[d]}: other bytes than this machine's copy", d) for d in sorted(bad)]
+
+
+def _repair(sync: StudySync, manifests: dict[str, Any], problems: list[tuple[str, str]]) -> None:
+    damaged = {digest for _, digest in problems}
+    units = sorted(u for u, m in manifests.items() if any(e.sha256 in damaged for e in m.files.values()))
+    log.warning(
+        "remote %s: %d damaged or missing files (%s); this machine has the study and pushes %s again",
+        sync.remote.shown,
+        len(problems),
+        "; ".join(p for p, _ in problems[:3]),
+        ", ".join(units),
+    )
+    there = sync.remote.forget(damaged)
+    sync.remote.store.delete([f"objects/{d}" for d in sorted(there)])
+    sync.push_many([u for u in units if u == STUDY_UNIT or u.startswith(f"points/{sync.local.name}/")] or sync.units())
+
+
+def _warn_incomplete(m: Any) -> None:
+    """A point whose newest checkpoint lacks a file a resume needs (an edited remote)
+    starts that checkpoint over: said, not silently resumed with a fresh optimizer."""
+    if not m.unit.startswith("points/"):
+        return
+    folders = {rel.split("/", 1)[0] for rel in m.files if rel.startswith("checkpoint-")}
+    for folder in sorted(folders):
+        lacking = [f for f in RESUME_FILES if f"{folder}/{f}" not in m.files]
+        if lacking:
+            log.warning(
+                "remote's %s/%s lacks %s: not a checkpoint a resume can use; that point starts over",
+                m.unit.rsplit("/", 1)[-1],
+                folder,
+                ", ".join(lacking),
+            )
 
 
 def _needs_study(sync: StudySync, generation: int, writing: bool) -> bool:
@@ -211,7 +339,7 @@ def reading_location(location: dict[str, str]) -> dict[str, str]:
     sync = StudySync(remote, local)
     if sqlite and local.db is not None and local.db.exists() and not sync.state():
         local.db.unlink()  # a cache of another remote's: never read as this one's
-    pull_study(sync, study, writing=True)
+    _local_errors(lambda: pull_study(sync, study, writing=True), local)
     out = {
         **location,
         "study.name": study,

@@ -34,7 +34,7 @@ from optuna_search.search.loop._schedule import Status, StudyState
 from optuna_search.search.loop._scheduler import RunOutcome, Scheduler, study_state
 from optuna_search.search.loop._warm import warm_start, warm_start_source
 from optuna_search.search.loop._workers import WorkerOptions, run_workers
-from optuna_search.storage import Commit, Ledger, artifact_store, read_meta, study_flags
+from optuna_search.storage import Commit, CommitKind, Ledger, artifact_store, read_meta, study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -74,7 +74,7 @@ def run_study(
     study, created = create_or_resume(config, pf)
     ledger = Ledger(study, list(config.data.fields), artifacts=artifact_store(config.storage.artifacts))
     if remote is not None:
-        remote.on_commit(Commit("create" if created else "open"))  # the study itself, in the remote from the start
+        remote.on_commit(Commit(CommitKind.CREATE if created else CommitKind.OPEN))  # the study itself, in the remote from the start
     if created and source is not None:
         warm_start(ledger, config, source)
     runner = TrialRunner(

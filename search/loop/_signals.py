@@ -38,6 +38,13 @@ def stop_requested() -> bool:
     return _requested
 
 
+def request_stop() -> None:
+    """Ask the running trial to checkpoint at its next step and stop, as SIGTERM does but
+    without its timer (the remote's lease was lost: training on would write nowhere)."""
+    global _requested
+    _requested = True
+
+
 def disarm() -> None:
     """Cancel the grace timer: the stop is being handled (the trial is being marked)."""
     if hasattr(signal, "setitimer"):

@@ -193,7 +193,8 @@ class StorageSection:
     remote_commits_per_hour: int = 40
     """On a dataset repo (hf://datasets/...), the most commits the study makes in an hour,
     all its workers together (the Hub refuses a repo's commits past 128 an hour): what waits
-    is coalesced into the next commit, and the lease is renewed every 3600/this seconds."""
+    is coalesced into the next commit, and the lease is renewed every 3600/this seconds.
+    Keep it under 128 on huggingface.co (a self-hosted Hub may allow more)."""
     remote_timeout: int = 900
     """Seconds `run` waits at its end for the last uploads (and keeps free of training
     under --time-budget) before it exits 5, naming what the remote lacks."""
@@ -207,10 +208,10 @@ class StorageSection:
             )
         if not 10 <= self.remote_timeout <= 86_400:
             p.append(f"storage.remote_timeout = {self.remote_timeout} must be 10..86400 seconds")
-        if not 1 <= self.remote_commits_per_hour <= 120:
+        if not 1 <= self.remote_commits_per_hour <= 3600:
             p.append(
-                f"storage.remote_commits_per_hour = {self.remote_commits_per_hour} must be 1..120 (the Hub refuses a "
-                "repo's commits past 128 an hour)"
+                f"storage.remote_commits_per_hour = {self.remote_commits_per_hour} must be 1..3600 (and under 128 on "
+                "huggingface.co, which refuses a repo's commits past 128 an hour)"
             )
         elif self.remote.startswith("hf://datasets/") and self.grace_period < 2 * 3600 / self.remote_commits_per_hour:
             p.append(

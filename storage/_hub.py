@@ -308,6 +308,14 @@ class RepoStore(_HubStore):
         return True
 
     def listing(self, prefix: str) -> dict[str, Listed]:
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return self._list(prefix)
+        except EntryNotFoundError:
+            return {}  # a folder nothing was written to yet
+
+    def _list(self, prefix: str) -> dict[str, Listed]:
         items = self._call(
             "list the repo",
             lambda: list(

@@ -393,7 +393,7 @@ class Remote:
         been silent for ``grace_s``; refused in one line naming the holder otherwise, or
         when another run took it at the same instant. Returns the lease's version."""
         current = self.read_lease()
-        if current is not None and current[0].age(mine.heartbeat) < grace_s:
+        if current is not None and current[0].age() < grace_s:
             raise self._in_use(current[0], grace_s)
         try:
             version = self.store.swap(LEASE, mine.to_bytes(), current[1] if current else None)

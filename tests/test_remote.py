@@ -34,28 +34,6 @@ def _study(work, name="demo", url=None):
     return optuna.load_study(study_name=name, storage=url or f"sqlite:///{work / 'optuna-search-demo.db'}")
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """A real S3 endpoint (moto's server) on 127.0.0.1, and the environment that reaches it."""
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="studies")
-    holder = {"server": server}
-    yield holder, env, (host, port)
-    holder["server"].stop()
-    for k, v in old.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 @pytest.fixture(params=["folder", "s3"])
 def remote(request, tmp_path):
     if request.param == "folder":

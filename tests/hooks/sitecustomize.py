@@ -38,3 +38,17 @@ if _PATTERN:
             return True
 
     logging.getLogger("optuna_search").addFilter(_Hold())
+
+# With OPTUNA_SEARCH_TEST_HUB=<folder>, the Hugging Face Hub is the simulated one whose
+# state lives in that folder (storage/_hub_sim.py): every process of a test (machine A,
+# machine B, their upload processes) meets the same Hub, with its limits.
+_HUB = os.environ.get("OPTUNA_SEARCH_TEST_HUB")
+if _HUB:
+    import huggingface_hub
+
+    def _simulated(*args, **kwargs):
+        from optuna_search.storage._hub_sim import SimulatedHub
+
+        return SimulatedHub(_HUB)
+
+    huggingface_hub.HfApi = _simulated

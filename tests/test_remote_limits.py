@@ -1,0 +1,358 @@
+"""The remote within the real services' limits: a simulated Hugging Face Hub that enforces
+the Hub's documented limits (128 commits per rolling hour per repo, 1,000 requests per 5
+minutes, ``parent_commit``), Storage Buckets and dataset repos as remotes through it, a
+commit budget that coalesces uploads, one writer by compare-and-swap on every store (two
+processes released at the same instant on a stale lease: exactly one wins, every time),
+a lease holder that lost the lease writing nothing more, and the upload process's
+channel that a printing library cannot desynchronise."""
+
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import FAST, HOOKS, hold_env, run_main, wait_for_holds
+
+SMALL = [*FAST, "--set", "study.grid={lora_r=[4, 8]}", "--set", "train.epochs=1", "--set", "data.train_samples=160",
+         "--set", "train.checkpoint_steps=5", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
+         "--set", "storage.remote_timeout=30", "--set", "storage.remote_commits_per_hour=3600"]
+CLI = [sys.executable, "-m", "optuna_search.search"]
+
+
+class Clock:
+    def __init__(self, t=1_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def _http_status(e):
+    return e.response.status_code
+
+
+def test_the_simulated_hub_refuses_commits_past_128_an_hour_with_retry_after(tmp_path):
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from optuna_search.storage import SimulatedHub
+
+    clock = Clock()
+    hub = SimulatedHub(tmp_path / "hub", clock=clock)
+    for i in range(128):
+        hub.create_commit("u/r", [CommitOperationAdd(f"f{i}", b"x")], commit_message="c")
+        clock.t += 10
+    with pytest.raises(HfHubHTTPError) as refused:
+        hub.create_commit("u/r", [CommitOperationAdd("late", b"x")], commit_message="c")
+    assert _http_status(refused.value) == 429 and "128 per hour" in str(refused.value)
+    assert int(refused.value.response.headers["Retry-After"]) == 3600 - 1280  # the oldest leaves the window then
+    clock.t += 3600 - 1280
+    hub.create_commit("u/r", [CommitOperationAdd("late", b"x")], commit_message="c")
+    # A commit on a head that moved is refused (412), as the Hub does with parent_commit.
+    head = hub.repo_info("u/other").sha
+    hub.create_commit("u/other", [CommitOperationAdd("a", b"1")], commit_message="c", parent_commit=head)
+    with pytest.raises(HfHubHTTPError) as moved:
+        hub.create_commit("u/other", [CommitOperationAdd("b", b"2")], commit_message="c", parent_commit=head)
+    assert _http_status(moved.value) == 412
+
+
+def test_the_simulated_hub_refuses_requests_past_1000_in_5_minutes(tmp_path):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from optuna_search.storage import SimulatedHub
+
+    clock = Clock()
+    hub = SimulatedHub(tmp_path / "hub", clock=clock, requests_per_5min=20)
+    for _ in range(20):
+        hub.list_bucket_tree("u/b")
+        clock.t += 1
+    with pytest.raises(HfHubHTTPError) as refused:
+        hub.list_bucket_tree("u/b")
+    assert _http_status(refused.value) == 429 and int(refused.value.response.headers["Retry-After"]) == 280
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The simulated Hub for this process and every process it starts."""
+    import huggingface_hub
+
+    from optuna_search.storage import SimulatedHub
+
+    root = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: SimulatedHub(root))
+    monkeypatch.setenv("OPTUNA_SEARCH_TEST_HUB", str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return root
+
+
+def _checkpoint(folder, tag):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        (folder / name).write_bytes(f"{name} {tag}".encode())
+
+
+def test_a_push_to_a_dataset_repo_is_one_commit_with_the_contents_and_manifests(hub, tmp_path):
+    from optuna_search.storage import LocalStudy, Remote, SimulatedHub, StudySync
+
+    point = tmp_path / "ckpt" / "s"
+    _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
+    _checkpoint(point / "lora_r-8" / "checkpoint-5", "b")
+    sync = StudySync(Remote("hf://datasets/me/study"), LocalStudy("s", point, tmp_path / "art", None))
+    sync.push_many(["points/s/lora_r-4", "points/s/lora_r-8"])
+    figures = SimulatedHub(hub).figures("me/study")
+    assert len(figures["commit_times"]) == 1  # two units, eight contents, two manifests: one commit
+    _checkpoint(point / "lora_r-4" / "checkpoint-10", "c")
+    sync.push_many(["points/s/lora_r-4", "points/s/lora_r-8"])  # r=8 unchanged: in no commit
+    assert len(SimulatedHub(hub).figures("me/study")["commit_times"]) == 2
+    # The old checkpoint's contents left the repo in the commit that replaced its manifest.
+    reader = Remote("hf://datasets/me/study")
+    assert reader.verify() == []
+    names = {e.sha256 for m in reader.manifests().values() for e in m.files.values()}
+    assert {p.rsplit("/", 1)[-1] for p in reader.store.listing("objects")} == names
+    m = reader.manifest("points/s/lora_r-4")
+    assert {rel.split("/")[0] for rel in m.files} == {"checkpoint-10"}
+    reader.pull(m, tmp_path / "pulled")
+    assert (tmp_path / "pulled" / "checkpoint-10" / "optimizer.pt").read_bytes() == b"optimizer.pt c"
+
+
+def test_a_bucket_remote_pushes_and_pulls_through_batch_calls(hub, tmp_path):
+    from optuna_search.storage import LocalStudy, Remote, SimulatedHub, StudySync
+
+    point = tmp_path / "ckpt" / "s"
+    _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
+    sync = StudySync(Remote("hf://buckets/me/ckpts/study-1"), LocalStudy("s", point, tmp_path / "art", None))
+    before = sync.remote.store.costs.requests
+    sync.push_many(["points/s/lora_r-4"])
+    assert sync.remote.store.costs.requests - before <= 4  # list objects, list manifests, contents, manifests
+    reader = Remote("hf://buckets/me/ckpts/study-1")
+    m = reader.manifest("points/s/lora_r-4")
+    reader.pull(m, tmp_path / "pulled")
+    assert (tmp_path / "pulled" / "checkpoint-5" / "scheduler.pt").read_bytes() == b"scheduler.pt a"
+    assert SimulatedHub(hub).bucket_info("me/ckpts")["total_files"] == 5  # 4 contents + 1 manifest
+
+
+def test_a_throttled_hub_is_waited_out_by_its_retry_after_while_marks_coalesce(hub, tmp_path):
+    """A 429 becomes Throttled with the server's Retry-After; the uploader keeps the
+    units and pushes them once, together, when the wait is over."""
+    from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Throttled, Uploader
+    from optuna_search.storage._sync import Pushed
+
+    calls = []
+    gate = threading.Event()
+
+    class Flaky:
+        def push(self, units):
+            calls.append((time.monotonic(), list(units)))
+            if len(calls) == 1:
+                gate.set()
+                raise Throttled("429: commits", retry_after=1.0)
+            return Pushed(10, 1, 1)
+
+        def renew(self):
+            return Pushed(0, 0, 0)
+
+        def close(self):
+            pass
+
+    sync = StudySync(Remote(str(tmp_path / "r")), LocalStudy("s", tmp_path / "c", tmp_path / "a", None))
+    up = Uploader(sync, Flaky(), Cadence(None, 60))
+    up.mark("points/s/a")
+    assert gate.wait(10)
+    up.mark("points/s/b")
+    up.mark("points/s/a")
+    assert up._idle.wait(20)
+    assert len(calls) == 2 and sorted(calls[1][1]) == ["points/s/a", "points/s/b"]
+    assert calls[1][0] - calls[0][0] >= 1.0  # not before the server's Retry-After
+    up.finish(5, lambda _: None)
+
+
+def test_a_commit_budget_coalesces_what_waits(tmp_path):
+    """At most one commit per 3600/budget seconds: marks that come faster are gathered
+    into the next commit (the newest files of each unit), never lost."""
+    from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Uploader
+    from optuna_search.storage._sync import Pushed
+
+    calls = []
+
+    class Recorder:
+        def push(self, units):
+            calls.append((time.monotonic(), sorted(units)))
+            return Pushed(1, 1, 1)
+
+        def renew(self):
+            return Pushed(0, 0, 0)
+
+        def close(self):
+            pass
+
+    sync = StudySync(Remote(str(tmp_path / "r")), LocalStudy("s", tmp_path / "c", tmp_path / "a", None))
+    up = Uploader(sync, Recorder(), Cadence(1800, 600))  # one commit per 2 s
+    for i in range(10):
+        up.mark(f"points/s/p{i % 3}")
+        time.sleep(0.1)
+    assert up._idle.wait(20)
+    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:])]
+    assert all(g >= 2.0 - 0.05 for g in gaps), gaps
+    assert set().union(*(set(u) for _, u in calls)) == {"points/s/p0", "points/s/p1", "points/s/p2"}
+    assert len(calls) <= 2
+    up.finish(5, lambda _: None)
+
+
+def _race(url, env, barrier, results, grace):
+    os.environ.update(env)
+    from optuna_search.core import UserError
+    from optuna_search.storage import Remote
+    from optuna_search.storage._remote import new_holder
+
+    remote = Remote(url)
+    barrier.wait()
+    try:
+        remote.take_lease(new_holder(), grace)
+        results.put("won")
+    except UserError as e:
+        results.put("refused: " + str(e))
+
+
+def _stale_lease(url):
+    from optuna_search.storage import Remote
+    from optuna_search.storage._remote import Lease
+
+    remote = Remote(url)
+    remote.take_lease(Lease("dead:1:x", "dead-host", 1, time.time() - 3600), 0)
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3", "repo"])
+def test_two_machines_taking_over_a_stale_lease_at_the_same_instant_one_wins(kind, tmp_path, request):
+    env: dict = {}
+    if kind == "folder":
+        url = str(tmp_path / "remote")
+    elif kind == "s3":
+        _, env, _ = request.getfixturevalue("s3")
+        url = f"s3://studies/race-{tmp_path.name}"
+    else:
+        request.getfixturevalue("hub")
+        url = "hf://datasets/me/race"
+        env = {"OPTUNA_SEARCH_TEST_HUB": os.environ["OPTUNA_SEARCH_TEST_HUB"]}
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(6):  # every time, not once
+        _stale_lease(url)
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_race, args=(url, env, barrier, results, 60)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        outcomes = sorted(results.get(timeout=60) for _ in procs)
+        for p in procs:
+            p.join(30)
+        assert outcomes[1] == "won" and outcomes[0].startswith("refused: "), outcomes
+        assert "in use by" in outcomes[0] or "taken at the same instant" in outcomes[0]
+
+
+@pytest.mark.parametrize("kind", ["folder", "s3", "repo"])
+def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(kind, tmp_path, request):
+    from optuna_search.storage import LeaseLost, LocalStudy, Remote, StudySync
+    from optuna_search.storage._remote import new_holder
+
+    if kind == "folder":
+        url = str(tmp_path / "remote")
+    elif kind == "s3":
+        request.getfixturevalue("s3")
+        url = f"s3://studies/lost-{tmp_path.name}"
+    else:
+        request.getfixturevalue("hub")
+        url = "hf://datasets/me/lost"
+    point = tmp_path / "ckpt" / "s"
+    _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
+    a_remote = Remote(url)
+    a_lease = new_holder()
+    a = StudySync(a_remote, LocalStudy("s", point, tmp_path / "art", None), lease=(a_lease, a_remote.take_lease(a_lease, 60)))
+    a.push_many(["points/s/lora_r-4"])
+    # A is frozen past the grace period; B takes the lease over.
+    b_remote = Remote(url)
+    b_lease = new_holder()
+    b_remote.take_lease(b_lease, 0)
+    _checkpoint(point / "lora_r-4" / "checkpoint-10", "b")
+    with pytest.raises(LeaseLost, match="took the lease over"):
+        a.push_many(["points/s/lora_r-4"])
+    m = Remote(url).manifest("points/s/lora_r-4")
+    assert {rel.split("/")[0] for rel in m.files} == {"checkpoint-5"}  # A's newer checkpoint never landed
+    assert Remote(url).lease().holder == b_lease.holder
+
+
+def test_the_upload_channel_survives_a_library_that_prints_and_a_child_that_hangs(tmp_path):
+    """The child's stdout is not the channel: a library printing on import or during a
+    push changes nothing. A child that stops answering is taken for hung after the timeout."""
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+    from optuna_search.storage._pusher import PushFailed, PushProcess, read_frame
+
+    noisy = tmp_path / "noisy"
+    noisy.mkdir()
+    (noisy / "sitecustomize.py").write_text('print("{\\"uploaded_bytes\\": 999}\\n" * 50, flush=True)\n')
+    _checkpoint(tmp_path / "ckpt" / "s" / "lora_r-4" / "checkpoint-5", "a")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(noisy)
+    try:
+        sync = StudySync(Remote(str(tmp_path / "remote")), LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "a", None))
+        pusher = PushProcess(sync, timeout_s=30)
+        first = pusher.push(["points/s/lora_r-4"])
+        checkpoint = tmp_path / "ckpt" / "s" / "lora_r-4" / "checkpoint-5"
+        assert first.uploaded_bytes == sum(f.stat().st_size for f in checkpoint.iterdir())
+        assert pusher.push(["points/s/lora_r-4"]).uploaded_bytes == 0
+        pusher._proc.send_signal(signal.SIGSTOP)  # hung: never answers
+        pusher.timeout_s = 1.0
+        with pytest.raises(PushFailed, match="no answer") as hung:
+            pusher.push(["points/s/lora_r-4"])
+        assert hung.value.kind == "PushTimeout"
+        pusher.timeout_s = 30
+        assert pusher.push(["points/s/lora_r-4"]).uploaded_bytes == 0  # a new child answers
+        pusher.close()
+    finally:
+        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+    r, w = os.pipe()
+    with pytest.raises(TimeoutError):
+        read_frame(r, 0.2)
+    os.close(r), os.close(w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("url", ["hf://buckets/me/ckpts/demo", "hf://datasets/me/demo-study"])
+def test_a_killed_machine_is_finished_by_another_from_a_hub_remote(url, hub, tmp_path, demo_cache):
+    """The kill-on-A, finish-on-B of test_remote.py on the simulated Hub: a Storage Bucket
+    and a dataset repo (every push one commit, within the Hub's limits)."""
+    from optuna_search.storage import Remote, SimulatedHub
+
+    a, b = tmp_path / "machine-a", tmp_path / "machine-b"
+    a.mkdir(), b.mkdir()
+    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a,
+                            env=hold_env(r"lora_r=8\] .*step 1[2-4]/"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_holds(proc)
+    t0 = time.monotonic()
+    while not ((m := Remote(url).manifest("points/demo/lora_r-8")) and "checkpoint-10/trainer_state.json" in m.files):
+        assert time.monotonic() - t0 < 120, "the step-10 checkpoint never reached the remote"
+        time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(a)
+    time.sleep(3.5)  # its lease goes stale (storage.grace_period = 3 s)
+    done = run_main("run", *SMALL, "--remote", url, "--set", "train.output_dir='elsewhere'", cwd=b)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "took over the lease" in done.stderr and "pulled the study" in done.stderr
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{b / 'optuna-search-demo.db'}")
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["lora_r"] for t in complete) == [4, 8]
+    assert next(t for t in complete if t.params["lora_r"] == 8).user_attrs["resumed_from_step"] == 10
+    figures = SimulatedHub(hub).figures("me/demo-study")
+    assert figures["throttled"] == 0
+    if "datasets" in url:
+        assert len(figures["commit_times"]) < 128
+    status = run_main("status", "--remote", url, cwd=tmp_path)
+    assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr

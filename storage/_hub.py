@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import UserError, replaced_atomically
+from optuna_search.core import UserError
 from optuna_search.storage._stores import (
     SUPPORTED,
     Batch,
@@ -176,16 +176,20 @@ class BucketStore(_HubStore):
 
     def download(self, path: str, dest: Path) -> bool:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with replaced_atomically(dest) as tmp:
+        part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        try:
             self._call(
                 "download from the bucket",
                 self.api.download_bucket_files,
                 self.repo_id,
-                files=[(self._p(path), str(tmp))],
+                files=[(self._p(path), str(part))],
                 raise_on_missing_files=False,
             )
-            if not tmp.exists():
+            if not part.exists():
                 return False
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
         return True
 
     def listing(self, prefix: str) -> dict[str, Listed]:

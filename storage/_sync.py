@@ -218,7 +218,7 @@ class StudySync:
             shutil.rmtree(staging, ignore_errors=True)
         self._renewed(result.lease_version)
         if self.remote.squash_if_due() and self.lease is not None:
-            self._refresh_lease()
+            self.refresh_lease()
         for unit, generation in result.units.items():
             self._remember(unit, generation)
         return result
@@ -232,9 +232,9 @@ class StudySync:
         if self.lease is not None and version is not None:
             self.lease = (self.lease[0], version)
 
-    def _refresh_lease(self) -> None:
-        """After a squash the repo's head moved: the lease's version is read again (and
-        must still be ours)."""
+    def refresh_lease(self) -> None:
+        """After a write without the lease (a squash, remote.json) a repo's head moved: the
+        lease's version is read again (and must still be ours)."""
         assert self.lease is not None
         current = self.remote.read_lease()
         if current is None or current[0].holder != self.lease[0].holder:

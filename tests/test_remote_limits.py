@@ -83,12 +83,10 @@ def test_the_simulated_hub_refuses_requests_past_1000_in_5_minutes(tmp_path):
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
     """The simulated Hub for this process and every process it starts."""
-    import huggingface_hub
-
-    from optuna_search.storage import SimulatedHub
+    from optuna_search.storage import SimulatedHub, _hub
 
     root = tmp_path / "hub"
-    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: SimulatedHub(root))
+    monkeypatch.setattr(_hub, "hub_api", lambda: SimulatedHub(root))
     monkeypatch.setenv("OPTUNA_SEARCH_TEST_HUB", str(root))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]))
     return root
@@ -356,3 +354,33 @@ def test_a_killed_machine_is_finished_by_another_from_a_hub_remote(url, hub, tmp
         assert len(figures["commit_times"]) < 128
     status = run_main("status", "--remote", url, cwd=tmp_path)
     assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr
+
+
+@pytest.mark.slow
+def test_a_run_frozen_past_the_grace_period_stops_writing_once_taken_over(tmp_path, demo_cache):
+    """A is frozen (SIGSTOP: a laptop lid, a frozen VM) past the grace period; B takes the
+    lease over and finishes the study; A wakes: it writes nothing more to the remote,
+    stops training at its next step and exits 5 saying why. The remote holds B's study."""
+    from optuna_search.storage import Remote
+
+    url = str(tmp_path / "remote")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    env = {**hold_env(r"lora_r=4\] .*step 7/"), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "2"}
+    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_holds(proc)
+    os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(3.5)  # past storage.grace_period = 3 s
+    done = run_main("run", *SMALL, "--remote", url, cwd=b)
+    assert done.returncode == 0 and "took over the lease" in done.stderr, done.stderr[-3000:]
+    written = {u: (m.generation, m.writer) for u, m in Remote(url).manifests().items()}
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 5, err[-3000:]
+    assert "took the lease over" in err and "stopped writing the remote" in err and "Traceback" not in err
+    assert "lora_r=8" not in err  # it started no further point
+    after = {u: (m.generation, m.writer) for u, m in Remote(url).manifests().items()}
+    assert after == written  # not one manifest of A's after the takeover
+    status = run_main("status", "--remote", url, cwd=tmp_path)
+    assert "2/2 grid points complete" in status.stdout, status.stderr

@@ -92,7 +92,8 @@ def run(
         )
     )
     result = execute(request)
-    assert result.outcome is not None and result.summary is not None
+    if result.outcome is None or result.summary is None:
+        raise UserError(f"the run stopped with exit code {result.exit_code} before its summary (its log says why)")
     s = result.summary
     handle = StudyHandle(result.outcome.study, request.config)
     return StudyResult(request.config.study.name, s.text, result.exit_code, s.problems, handle.records, handle.best)

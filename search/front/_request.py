@@ -85,6 +85,10 @@ def execute(request: RunRequest) -> RunResult:
     except BaseException:
         if remote is not None:
             missing = remote.finish(min(30.0, config.storage.remote_timeout))  # what a stop leaves: pushed
+            if remote.lost is not None:
+                # The stop was ours: another run holds the remote now (said by the uploader).
+                log.error("stopped: %s", remote.lost)
+                return RunResult(None, None, EXIT_REMOTE)
             if missing:
                 log.warning("remote %s lacks %s; the next run pushes it", remote.sync.remote.shown, ", ".join(missing))
         raise
@@ -151,6 +155,13 @@ def _finish_remote(
     if request.time_budget_s:
         timeout = max(10.0, started + request.time_budget_s - time.monotonic())
     missing = remote.finish(timeout)
+    if remote.lost is not None:
+        line = f"{remote.lost}; nothing this run did since is in the remote"
+        if summary is not None:
+            summary.problems.append(line)
+        else:
+            log.error("%s", line)
+        return EXIT_REMOTE
     if not missing:
         log.info("remote %s holds the whole study", remote.sync.remote.shown)
         return code

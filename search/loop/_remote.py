@@ -130,6 +130,8 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
             _local_errors(lambda: pull_study(sync, config.study.name, writing=True, repair=True), local)
             if remote.meta() is None:
                 remote.write_meta(config.study.name, "sqlite" if local.db is not None else "server")
+                if sync.lease is not None:
+                    sync.refresh_lease()  # on a dataset repo that commit moved the head the lease is tied to
     except BaseException:
         if lease is not None:
             lease.release()

@@ -44,11 +44,7 @@ if _PATTERN:
 # machine B, their upload processes) meets the same Hub, with its limits.
 _HUB = os.environ.get("OPTUNA_SEARCH_TEST_HUB")
 if _HUB:
-    import huggingface_hub
+    from optuna_search.storage import _hub
+    from optuna_search.storage._hub_sim import SimulatedHub
 
-    def _simulated(*args, **kwargs):
-        from optuna_search.storage._hub_sim import SimulatedHub
-
-        return SimulatedHub(_HUB)
-
-    huggingface_hub.HfApi = _simulated
+    _hub.hub_api = lambda: SimulatedHub(_HUB)

@@ -62,6 +62,7 @@ from optuna_search.storage._stores import Conflict, Throttled, open_store
 from optuna_search.storage._sync import (
     STATUS,
     Cadence,
+    CommitBudget,
     LeaseKeeper,
     LocalStudy,
     StudySync,
@@ -81,6 +82,7 @@ __all__ = [
     "Cadence",
     "ClaimLock",
     "Commit",
+    "CommitBudget",
     "CommitKind",
     "Conflict",
     "Entry",

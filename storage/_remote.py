@@ -254,10 +254,7 @@ class Remote:
             batch.lease = (LEASE, mine.to_bytes(), version)
         if not batch:
             return result
-        try:
-            result.lease_version = self.store.commit(batch)
-        except Conflict:
-            raise LeaseLost(self.shown, self.lease()) from None
+        result.lease_version = self._commit(batch)
         # Only what the store took is remembered (a commit that failed changes nothing here).
         result.commits = 1
         known.update(updated)
@@ -266,6 +263,26 @@ class Remote:
         self._present -= {name.rsplit("/", 1)[-1] for name in batch.deletes}
         self._added_since_squash += result.uploaded_bytes + sum(len(d) for d in batch.files.values())
         return result
+
+    def _commit(self, batch: Batch) -> str | None:
+        """The batch, its lease renewal conditional. A refusal is not yet a lost lease:
+        the lease may still be this run's with another version (another process of the
+        same run renewed it, or, on a dataset repo, committed and moved the head the
+        lease is tied to); then once more with that version. Another holder: ``LeaseLost``."""
+        try:
+            return self.store.commit(batch)
+        except Conflict:
+            if batch.lease is None:
+                raise
+        current = self.read_lease()
+        mine = json.loads(batch.lease[1])["holder"]
+        if current is None or current[0].holder != mine:
+            raise LeaseLost(self.shown, current[0] if current else None)
+        batch.lease = (batch.lease[0], batch.lease[1], current[1])
+        try:
+            return self.store.commit(batch)
+        except Conflict:
+            raise LeaseLost(self.shown, self.lease()) from None
 
     def forget(self, digests: set[str]) -> set[str]:
         """Contents found damaged: the next push uploads them again. Returns those of

@@ -97,6 +97,13 @@ class SyncStatus:
     commits: list[float] = field(default_factory=list)
     requests: int = 0
     lease_lost: str | None = None
+    commit_budget: int | None = None
+    """A dataset repo's commits per hour (None: the store has no commit limit)."""
+    remote_written: str | None = None
+    """When any machine last wrote the remote (its newest manifest), as last seen here."""
+    remote_writer: str | None = None
+    remote_bytes: int | None = None
+    """What the remote's manifests name (its live size)."""
 
     def save(self, path: Path) -> None:
         with replaced_atomically(path) as tmp:
@@ -110,6 +117,14 @@ class SyncStatus:
             return cls(**known)
         except (OSError, ValueError, TypeError):
             return None
+
+    def seen(self, manifests: dict[str, Manifest]) -> None:
+        """What the remote holds, from its manifests: when and by whom it was last written."""
+        if not manifests:
+            return
+        newest = max(manifests.values(), key=lambda m: m.written)
+        self.remote_written, self.remote_writer = newest.written, newest.writer.split(":")[0]
+        self.remote_bytes = sum(m.bytes for m in manifests.values())
 
     def commits_last_hour(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -389,6 +404,41 @@ class Pusher(Protocol):
     def close(self) -> None: ...
 
 
+class CommitBudget:
+    """A dataset repo's commits, shared by every process of the study on this machine
+    (the run and its workers): at most ``per_hour`` in any hour, one every ``gap_s``. A
+    file of commit times under a lock."""
+
+    def __init__(self, path: Path, per_hour: int) -> None:
+        self.path, self.per_hour = path, per_hour
+        self.gap_s = 3600.0 / per_hour
+
+    def wait_s(self, now: float | None = None) -> float:
+        """Seconds until a commit may be made (0: now)."""
+        now = time.time() if now is None else now
+        times = self._times(now)
+        if not times:
+            return 0.0
+        wait = max(0.0, times[-1] + self.gap_s - now)
+        if len(times) >= self.per_hour:
+            wait = max(wait, times[-self.per_hour] + 3600.0 - now)
+        return wait
+
+    def record(self, n: int = 1, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            times = self._times(now) + [now] * n
+            with replaced_atomically(self.path) as tmp:
+                tmp.write_text(json.dumps(times))
+
+    def _times(self, now: float) -> list[float]:
+        try:
+            times = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return sorted(t for t in times if isinstance(t, (int, float)) and t > now - 3600.0)
+
+
 @dataclass(frozen=True)
 class Cadence:
     """When the uploader may commit and must renew the lease."""
@@ -397,6 +447,8 @@ class Cadence:
     """A dataset repo's budget (None: the store has no commit limit)."""
     heartbeat_s: float
     """The lease is renewed at least this often (inside a push when there is one)."""
+    renews: bool = True
+    """False in a worker of `run --workers`: the run's own process renews the lease."""
 
     @property
     def min_gap_s(self) -> float:
@@ -416,10 +468,13 @@ class Uploader:
         pusher: Pusher,
         cadence: Cadence | None = None,
         on_lost: Callable[[LeaseLost], None] | None = None,
+        budget: CommitBudget | None = None,
     ) -> None:
         self.sync = sync
         self._pusher = pusher
         self.cadence = cadence or Cadence(None, 60.0)
+        self.budget = budget
+        """Shared with the study's other processes on this machine (a dataset repo)."""
         self._on_lost = on_lost
         self.lost: LeaseLost | None = None
         self._dirty: dict[str, None] = {}
@@ -433,6 +488,7 @@ class Uploader:
         self._last_commit = 0.0
         self._last_renewal = time.monotonic()
         self._not_before = 0.0
+        self._final = False
         self._thread = threading.Thread(target=self._loop, name="optuna-search-remote", daemon=True)
         self._thread.start()
 
@@ -471,9 +527,15 @@ class Uploader:
                 continue  # throttled, or a backoff: the marks wait, coalesced
             with self._lock:
                 todo = list(self._dirty)
-            if todo and now - self._last_commit >= self.cadence.min_gap_s:
+            due = self.sync.lease is not None and self.cadence.renews
+            due = due and now - self._last_renewal >= self.cadence.renew_every_s
+            if not todo and not due:
+                pass
+            elif self.budget is not None and (wait := self.budget.wait_s()) > 0 and not self._final:
+                self._not_before = now + min(wait, 5.0)  # the study's shared budget: the marks wait, coalesced
+            elif todo and now - self._last_commit >= self.cadence.min_gap_s:
                 self._push(todo)
-            elif self.sync.lease is not None and now - self._last_renewal >= self.cadence.renew_every_s:
+            elif due:
                 self._call(self._pusher.renew, [])
             with self._lock:
                 if not self._dirty:
@@ -501,6 +563,8 @@ class Uploader:
         self._last_renewal = now
         if answer.commits:
             self._last_commit = now
+            if self.budget is not None:
+                self.budget.record(answer.commits)
             self.sync.status.commits = [t for t in self.sync.status.commits if t > time.time() - 3600]
             self.sync.status.commits += [time.time()] * answer.commits
         self.sync.status.requests += answer.requests
@@ -561,8 +625,10 @@ class Uploader:
         not there (empty: the remote holds the whole study). A run that lost its lease
         pushes nothing and returns every unit."""
         if self.lost is None:
+            self._final = True  # the last push does not wait for the budget's gap
+            self._last_commit = 0.0
+            self._not_before = 0.0
             self.mark(*self.sync.units())
-            self._last_commit = 0.0  # the last push does not wait for the budget's gap
         deadline = time.monotonic() + timeout_s
         last = 0.0
         while self.lost is None and not self._idle.wait(timeout=1.0):

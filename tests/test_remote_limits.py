@@ -384,3 +384,65 @@ def test_a_run_frozen_past_the_grace_period_stops_writing_once_taken_over(tmp_pa
     assert after == written  # not one manifest of A's after the takeover
     status = run_main("status", "--remote", url, cwd=tmp_path)
     assert "2/2 grid points complete" in status.stdout, status.stderr
+
+
+def test_status_says_when_any_machine_last_wrote_the_remote_and_the_commits_of_the_hour(tmp_path, monkeypatch):
+    """A machine that only reads a remote says when (and by whom) it was last written,
+    not "nothing pushed"; a dataset repo's commits in the last hour against its budget."""
+    import optuna_search
+    from optuna_search.search.loop._remote import local_study
+    from optuna_search.search.loop._status import remote_line
+    from optuna_search.storage import SyncStatus
+    from optuna_search.storage._remote import Manifest
+
+    monkeypatch.chdir(tmp_path)
+    config = optuna_search.load_config(preset="demo", sets="storage.remote='hf://datasets/me/study'")
+    st = SyncStatus("hf://datasets/me/study", commit_budget=40)
+    now = time.time()
+    st.commits = [now - 4000, now - 600, now - 300, now - 10]
+    written = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(now - 120))
+    st.seen({"study": Manifest("study", 3, {}, "kaggle-a:12:ab", written)})
+    import hashlib
+
+    tag = hashlib.sha256(b"hf://datasets/me/study").hexdigest()[:8]
+    st.save(local_study(config).state_file(f"{tag}.remote-status.json"))
+    line = remote_line(config, now)
+    assert "last written" in line and "(2 min ago) by kaggle-a" in line
+    assert "3 commits in the last hour (budget 40)" in line
+    assert "nothing pushed" not in line
+
+
+def test_the_commit_budget_is_shared_by_the_studys_processes(tmp_path):
+    from optuna_search.storage import CommitBudget
+
+    path = tmp_path / ".study.commits.json"
+    run, worker = CommitBudget(path, 4), CommitBudget(path, 4)  # two processes, one file
+    t = 1_000_000.0
+    assert run.wait_s(t) == 0
+    run.record(now=t)
+    assert worker.wait_s(t + 100) == pytest.approx(800)  # one commit every 900 s, whoever made the last
+    for k in (1, 2, 3):
+        worker.record(now=t + 900 * k)
+    assert run.wait_s(t + 2800) == pytest.approx(800)  # four in the hour: the oldest must leave it first
+    assert run.wait_s(t + 3600) == 0
+
+
+def test_a_sibling_process_that_moved_the_repos_head_is_not_a_lost_lease(hub, tmp_path):
+    """`run --workers 2` on a dataset repo: a worker's commit moves the head the run's lease
+    version is tied to; the other's next push finds its own lease and goes on."""
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+    from optuna_search.storage._remote import new_holder
+
+    url = "hf://datasets/me/workers"
+    point = tmp_path / "ckpt" / "s"
+    _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
+    _checkpoint(point / "lora_r-8" / "checkpoint-5", "b")
+    first = Remote(url)
+    mine = new_holder()
+    version = first.take_lease(mine, 60)
+    local = LocalStudy("s", point, tmp_path / "art", None)
+    w1 = StudySync(Remote(url), local, lease=(mine, version))
+    w2 = StudySync(Remote(url), local, lease=(mine, version))
+    w1.push_many(["points/s/lora_r-4"])
+    w2.push_many(["points/s/lora_r-8"])  # the head moved under it: same holder, pushed anyway
+    assert set(Remote(url).manifests()) == {"points/s/lora_r-4", "points/s/lora_r-8"}

@@ -13,8 +13,12 @@ in a folder, e.g. a read-only Kaggle input) and gives the reading commands (`sta
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +30,15 @@ from optuna_search.search.loop._signals import request_stop
 from optuna_search.storage import (
     STUDY_UNIT,
     Commit,
+    CommitBudget,
+    Lease,
     LeaseKeeper,
     LeaseLost,
     LocalStudy,
     PushProcess,
     Remote,
     StudySync,
+    SyncStatus,
     Uploader,
     cadence_for,
     point_unit,
@@ -42,6 +49,8 @@ from optuna_search.storage._checkpoints import RESUME_FILES
 
 log = logging.getLogger("optuna_search")
 T = TypeVar("T")
+LEASE_ENV = "OPTUNA_SEARCH_REMOTE_LEASE"
+"""The run's lease, handed to its workers (their pushes renew it in their commits)."""
 SHARED_GC_GRACE_S = 3600.0
 """Where several machines write one remote (a PostgreSQL study), contents are collected
 only an hour after they lost their last manifest: another machine's upload in flight has
@@ -124,6 +133,10 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
     if local.db is not None and not worker:
         lease = LeaseKeeper(remote, config.storage.grace_period)
         held = lease.acquire()
+        # The run's workers (`run --workers N`, started after this) write under this lease.
+        os.environ[LEASE_ENV] = json.dumps(held[0].__dict__)
+    elif local.db is not None:
+        held = _workers_lease(remote)
     sync = StudySync(remote, local, gc_grace_s=0.0 if local.db is not None else SHARED_GC_GRACE_S, lease=held)
     try:
         if not worker:
@@ -142,6 +155,11 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
         ", the database" if local.db is not None else "",
     )
     cadence = cadence_for(remote, config.storage.heartbeat_interval, config.storage.remote_commits_per_hour)
+    cadence = dataclasses.replace(cadence, renews=not worker)
+    budget = None
+    if cadence.commits_per_hour is not None:
+        tag = hashlib.sha256(remote.shown.encode()).hexdigest()[:8]
+        budget = CommitBudget(local.state_file(f"{tag}.commits.json"), cadence.commits_per_hour)
     if cadence.commits_per_hour is not None:
         log.info(
             "remote %s is a dataset repo: at most %d commits an hour (one every %.0f s), uploads coalesced",
@@ -149,8 +167,21 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
             cadence.commits_per_hour,
             cadence.min_gap_s,
         )
-    uploader = Uploader(sync, PushProcess(sync), cadence, on_lost=lambda e: request_stop())
+    sync.status.commit_budget = cadence.commits_per_hour
+    uploader = Uploader(sync, PushProcess(sync), cadence, on_lost=lambda e: request_stop(), budget=budget)
     return RemoteSession(sync, uploader, lease)
+
+
+def _workers_lease(remote: Remote) -> tuple[Lease, str] | None:
+    """A worker's share of its run's lease (None: a worker started on its own)."""
+    given = os.environ.get(LEASE_ENV)
+    if not given:
+        return None
+    mine = Lease(**json.loads(given))
+    current = remote.read_lease()
+    if current is None or current[0].holder != mine.holder:
+        raise UserError(f"remote '{remote.shown}': this worker's run no longer holds the remote's lease; it stops")
+    return mine, current[1]
 
 
 def _refuse_overlap(remote: Remote, local: LocalStudy) -> None:
@@ -194,6 +225,7 @@ def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = Fal
             f"pass --study-name {meta.get('study')} (or use another remote)"
         )
     manifests = remote.manifests()
+    _note(sync, manifests)
     study_m = manifests.get(STUDY_UNIT)
     owner = repair and _has_the_study(sync, study_m)
     problems = remote.problems(manifests)
@@ -232,6 +264,15 @@ def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = Fal
             f", database generation {study_m.generation}" if STUDY_UNIT in wanted and study_m else "",
         )
     return True
+
+
+def _note(sync: StudySync, manifests: dict[str, Any]) -> None:
+    """What `status` says of the remote on this machine: when and by whom it was last written."""
+    saved = SyncStatus.load(sync.status_path) or SyncStatus(sync.remote.shown)
+    saved.seen(manifests)
+    sync.status.seen(manifests)
+    with contextlib.suppress(OSError):
+        saved.save(sync.status_path)
 
 
 def _has_the_study(sync: StudySync, study_m: Any) -> bool:

@@ -74,7 +74,9 @@ def run_study(
     study, created = create_or_resume(config, pf)
     ledger = Ledger(study, list(config.data.fields), artifacts=artifact_store(config.storage.artifacts))
     if remote is not None:
-        remote.on_commit(Commit(CommitKind.CREATE if created else CommitKind.OPEN))  # the study itself, in the remote from the start
+        remote.on_commit(
+            Commit(CommitKind.CREATE if created else CommitKind.OPEN)
+        )  # the study itself, in the remote from the start
     if created and source is not None:
         warm_start(ledger, config, source)
     runner = TrialRunner(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from typing import TYPE_CHECKING
@@ -69,27 +70,40 @@ def status(study: optuna.Study, config: Config) -> tuple[str, int]:
 
 
 def remote_line(config: Config, now: float | None = None) -> str | None:
-    """The remote's last complete upload and what it does not hold yet, as the last run
-    on this machine left it (None: the study has no remote, or never pushed from here)."""
+    """The remote as this machine last saw it: its last complete upload from here and
+    what is not there yet, when any machine last wrote it and its live size, a dataset
+    repo's commits in the last hour against its budget, a lost lease (None: no remote)."""
     if not config.storage.remote:
         return None
     local = local_study(config)
     tag = hashlib.sha256(redact_remote(config.storage.remote).encode()).hexdigest()[:8]
     st = SyncStatus.load(local.state_file(f"{tag}.{STATUS}"))
     if st is None:
-        return f"remote: {redact_remote(config.storage.remote)} (nothing pushed from this machine yet)"
+        return f"remote: {redact_remote(config.storage.remote)} (not reached from this machine yet)"
     now = time.time() if now is None else now
-    when = (
-        "never complete"
-        if st.last_sync is None
-        else (
-            f"last complete upload {time.strftime('%H:%M:%S', time.localtime(st.last_sync))} "
-            f"({(now - st.last_sync) / 60:.0f} min ago)"
-        )
-    )
-    missing = f"; not yet there: {', '.join(st.pending)}" if st.pending else "; nothing left to upload"
-    error = f"; last error: {st.last_error}" if st.last_error else ""
-    return f"remote: {st.remote}: {when}{missing}{error}"
+    parts = []
+    if st.last_sync is not None:
+        parts.append(f"last complete upload from here {_at(st.last_sync, now)}")
+    if st.remote_written:
+        written = dt.datetime.fromisoformat(st.remote_written).timestamp()
+        parts.append(f"last written {_at(written, now)} by {st.remote_writer or 'another machine'}")
+    if st.remote_bytes is not None:
+        parts.append(f"{st.remote_bytes / 2**20:.1f} MiB live")
+    if st.pending:
+        parts.append(f"not yet there: {', '.join(st.pending)}")
+    elif st.last_sync is not None:
+        parts.append("nothing left to upload")
+    if st.commit_budget:
+        parts.append(f"{st.commits_last_hour(now)} commits in the last hour (budget {st.commit_budget})")
+    if st.last_error:
+        parts.append(f"last error: {st.last_error}")
+    if st.lease_lost:
+        parts.append(f"LEASE LOST: {st.lease_lost}")
+    return f"remote: {st.remote}: " + "; ".join(parts or ["nothing pushed yet"])
+
+
+def _at(t: float, now: float) -> str:
+    return f"{time.strftime('%H:%M:%S', time.localtime(t))} ({max(0.0, now - t) / 60:.0f} min ago)"
 
 
 def _checkpoint_step(config: Config, params: dict) -> int | None:

@@ -52,7 +52,7 @@ def hub_api() -> Any:
     return huggingface_hub.HfApi()
 
 
-def hub_store(url: str, shown: str) -> BucketStore | RepoStore:
+def hub_store(url: str, shown: str, api: Any = None) -> BucketStore | RepoStore:
     rest = url[len("hf://") :].strip("/")
     kind, _, tail = rest.partition("/")
     parts = [p for p in tail.split("/") if p]
@@ -63,8 +63,8 @@ def hub_store(url: str, shown: str) -> BucketStore | RepoStore:
         )
     repo_id, prefix = "/".join(parts[:2]), "/".join(parts[2:])
     if kind == "buckets":
-        return BucketStore(repo_id, prefix, shown)
-    return RepoStore(repo_id, prefix, shown)
+        return BucketStore(repo_id, prefix, shown, api)
+    return RepoStore(repo_id, prefix, shown, api)
 
 
 def _status(e: BaseException) -> int | None:
@@ -98,9 +98,9 @@ class _HubStore:
     commit: Callable[[Batch], str | None]
     listing: Callable[[str], dict[str, Listed]]
 
-    def __init__(self, repo_id: str, prefix: str, shown: str) -> None:
+    def __init__(self, repo_id: str, prefix: str, shown: str, api: Any = None) -> None:
         self.repo_id, self.prefix, self.shown = repo_id, prefix, shown
-        self.api = hub_api()
+        self.api = api if api is not None else hub_api()
         self.costs = Costs()
 
     def _p(self, path: str) -> str:
@@ -251,7 +251,7 @@ class RepoStore(_HubStore):
         ops: list[Any] = [self._add(n, str(p)) for n, p in batch.objects.items()]
         ops += [self._add(n, d) for n, d in batch.files.items()]
         ops += [CommitOperationDelete(path_in_repo=self._p(p)) for p in batch.deletes]
-        parent = None
+        parent = batch.parent
         if batch.lease is not None:
             path, data, parent = batch.lease
             ops.append(self._add(path, data))
@@ -274,14 +274,14 @@ class RepoStore(_HubStore):
             repo_type=REPO_TYPE,
             parent_commit=parent,
         )
-        self.costs.commits.append(time.time())
+        self.costs.commits.append(_now(self.api))
         return str(info.oid)
 
     def squash(self) -> str:
         """The repo's history squashed into one commit (its size back near its live
         files). Returns the new head."""
         self._call("squash the repo's history", self.api.super_squash_history, self.repo_id, repo_type=REPO_TYPE)
-        self.costs.commits.append(time.time())
+        self.costs.commits.append(_now(self.api))
         return self.head()
 
     def download(self, path: str, dest: Path) -> bool:
@@ -340,3 +340,8 @@ def _seconds(value: Any) -> float | None:
         return float(value)
     ts = getattr(value, "timestamp", None)
     return float(ts()) if callable(ts) else None
+
+
+def _now(api: Any) -> float:
+    clock = getattr(api, "clock", None)
+    return float(clock()) if callable(clock) else time.time()

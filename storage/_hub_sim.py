@@ -110,6 +110,8 @@ class SimulatedHub:
             )
         recent.append(now)
         state["requests"] = recent
+        state["max_5min"] = max(state.get("max_5min", 0), len(recent))
+        state["total_requests"] = state.get("total_requests", 0) + 1
 
     def _refuse(self, status: int, retry_after: float, message: str) -> None:
         import httpx2
@@ -303,7 +305,11 @@ class SimulatedHub:
     # -- what a benchmark reads -------------------------------------------------------------------------
     def figures(self, repo_id: str | None = None) -> dict[str, Any]:
         with self._state() as s:
-            out: dict[str, Any] = {"throttled": s["throttled"]}
+            out: dict[str, Any] = {
+                "throttled": s["throttled"],
+                "max_requests_5min": s.get("max_5min", 0),
+                "requests": s.get("total_requests", 0),
+            }
             if repo_id is not None and repo_id in s["repos"]:
                 repo = s["repos"][repo_id]
                 out["history_bytes"] = sum(repo["history"].values())

@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from optuna_search.core import UserError, file_sha256
 from optuna_search.storage._stores import (
@@ -136,15 +136,17 @@ class PushResult:
 class Remote:
     """One remote's files (see the module docstring)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, hub: Any = None) -> None:
         self.url = url
-        self.store: Store = open_store(url)
+        self.store: Store = open_store(url, hub)
         self.shown = self.store.shown
         self.local = isinstance(self.store, FolderStore)
         self._present: set[str] | None = None
         """The objects this process knows the remote has (listed once, then kept up)."""
         self._manifests: dict[str, Manifest] | None = None
         self._added_since_squash = 0
+        self.squash_floor_bytes = 1 << 20
+        """A repo's history is not squashed for less than this (each squash is a request)."""
         self.taken_over: Lease | None = None
         """The lease this run took over (None: there was none)."""
 
@@ -205,13 +207,14 @@ class Remote:
         writer: str,
         *,
         lease: tuple[Lease, str] | None = None,
-        collect: bool = False,
+        retried: bool = False,
     ) -> PushResult:
         """Upload what the remote lacks of each unit's files (relative path -> local
         file), then the manifests that changed, as one commit (``Batch``); the lease
         (``(mine, version)``) renewed in it, conditionally: ``LeaseLost`` when another
-        run holds it. ``collect``: contents no manifest names any more go in the same
-        commit (a dataset repo's history then holds them only until the next squash)."""
+        run holds it. A refusal while the lease is still this run's (another of its
+        processes wrote: on a dataset repo any commit moves the head) is pushed again
+        from a fresh view of the remote, once."""
         result = PushResult()
         if self._manifests is None:
             self.manifests()
@@ -245,16 +248,22 @@ class Remote:
             batch.files[f"{MANIFESTS}/{unit}.json"] = json.dumps(m.to_json(), indent=1).encode()
             updated[unit] = m
             result.units[unit] = generation
-        if collect:
-            named = {e.sha256 for m in {**known, **updated}.values() for e in m.files.values()}
-            batch.deletes = sorted(f"{OBJECTS}/{d}" for d in self._present - named)
         if lease is not None:
             mine, version = lease
             mine.heartbeat = time.time()
             batch.lease = (LEASE, mine.to_bytes(), version)
         if not batch:
             return result
-        result.lease_version = self._commit(batch)
+        try:
+            result.lease_version = self._commit(batch)
+        except _Stale:
+            if retried:
+                raise LeaseLost(self.shown, self.lease()) from None
+            # Another process of this run wrote since this one last looked: look again
+            # (its contents and manifests), then push once more.
+            self._present = self._manifests = None
+            assert lease is not None
+            return self.push_units(units, writer, lease=(lease[0], self.read_lease_version(lease[0])), retried=True)
         # Only what the store took is remembered (a commit that failed changes nothing here).
         result.commits = 1
         known.update(updated)
@@ -265,10 +274,8 @@ class Remote:
         return result
 
     def _commit(self, batch: Batch) -> str | None:
-        """The batch, its lease renewal conditional. A refusal is not yet a lost lease:
-        the lease may still be this run's with another version (another process of the
-        same run renewed it, or, on a dataset repo, committed and moved the head the
-        lease is tied to); then once more with that version. Another holder: ``LeaseLost``."""
+        """The batch, its lease renewal conditional: ``LeaseLost`` when another run holds
+        the lease, ``_Stale`` when it is still this run's at another version."""
         try:
             return self.store.commit(batch)
         except Conflict:
@@ -278,11 +285,13 @@ class Remote:
         mine = json.loads(batch.lease[1])["holder"]
         if current is None or current[0].holder != mine:
             raise LeaseLost(self.shown, current[0] if current else None)
-        batch.lease = (batch.lease[0], batch.lease[1], current[1])
-        try:
-            return self.store.commit(batch)
-        except Conflict:
-            raise LeaseLost(self.shown, self.lease()) from None
+        raise _Stale()
+
+    def read_lease_version(self, mine: Lease) -> str:
+        current = self.read_lease()
+        if current is None or current[0].holder != mine.holder:
+            raise LeaseLost(self.shown, current[0] if current else None)
+        return current[1]
 
     def forget(self, digests: set[str]) -> set[str]:
         """Contents found damaged: the next push uploads them again. Returns those of
@@ -362,19 +371,30 @@ class Remote:
         """Remove contents no manifest names (older checkpoints, interrupted uploads),
         leaving those younger than ``older_than_s`` (another machine's upload in flight
         whose manifest is not written yet), in one request where the store takes a list.
-        Returns how many files went."""
+        On a dataset repo a unit's contents and manifest arrive in one commit, so nothing
+        is in flight; the deletion is conditional on the head the manifests were read at
+        (a commit in between: nothing is deleted this time). Returns how many files went."""
+        head = self.store.head() if isinstance(self.store, _RepoLike) else None
         referenced = {e.sha256 for m in self.manifests().values() for e in m.files.values()}
         now = time.time()
+        listed = self.store.listing(OBJECTS)
+        self._present = {p.rsplit("/", 1)[-1] for p in listed}
         garbage = [
             path
-            for path, info in self.store.listing(OBJECTS).items()
+            for path, info in listed.items()
             if path.rsplit("/", 1)[-1] not in referenced
             and not (older_than_s > 0 and now - (info.mtime if info.mtime is not None else now) < older_than_s)
         ]
-        if garbage:
+        if not garbage:
+            return 0
+        if head is not None:
+            try:
+                self.store.commit(Batch(deletes=garbage, parent=head, message="optuna-search: unused contents"))
+            except Conflict:
+                return 0
+        else:
             self.store.delete(garbage)
-            if self._present is not None:
-                self._present -= {p.rsplit("/", 1)[-1] for p in garbage}
+        self._present -= {p.rsplit("/", 1)[-1] for p in garbage}
         return len(garbage)
 
     def squash_if_due(self) -> bool:
@@ -384,8 +404,9 @@ class Remote:
         if squash is None or self._manifests is None:
             return False
         live = sum(m.bytes for m in self._manifests.values())
-        if self._added_since_squash <= max(live, 1 << 20):
+        if self._added_since_squash <= max(live, self.squash_floor_bytes):
             return False
+        self.collect_garbage(0)  # what no manifest names leaves the live files first
         squash()
         self._added_since_squash = 0
         return True
@@ -476,3 +497,17 @@ def _parse_manifest(unit: str, data: bytes, shown: str) -> Manifest:
             f"remote '{shown}': the manifest of {unit} is not one this tool writes ({e}); it was edited or "
             "damaged: run again on the machine that has the study (it repairs the remote), or use another remote"
         ) from None
+
+
+class _Stale(Exception):
+    """A conditional write refused while the lease is still this run's (another of its
+    processes wrote since): look at the remote again and push once more."""
+
+
+@runtime_checkable
+class _RepoLike(Protocol):
+    """A store whose writes are commits on a head (a dataset repo)."""
+
+    def head(self) -> str: ...
+
+    def squash(self) -> str: ...

@@ -76,6 +76,8 @@ class Batch:
     deletes: list[str] = field(default_factory=list)
     lease: tuple[str, bytes, str | None] | None = None
     """(path, data, expected version): the lease renewed in the same commit, conditionally."""
+    parent: str | None = None
+    """On a dataset repo without a lease in the batch: commit only on this head."""
     message: str = "optuna-search"
 
     def __bool__(self) -> bool:
@@ -126,8 +128,10 @@ def redact_remote(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def open_store(url: str) -> Store:
-    """The store behind a remote URL, or one line naming what is wrong with it."""
+def open_store(url: str, hub: Any = None) -> Store:
+    """The store behind a remote URL, or one line naming what is wrong with it. ``hub``:
+    the Hugging Face client for hf:// URLs (default ``huggingface_hub.HfApi()``; the
+    benchmarks pass a ``SimulatedHub`` on a simulated clock)."""
     shown = redact_remote(url)
     if not url.strip():
         raise UserError(f"remote '' is empty; give {SUPPORTED}")
@@ -147,7 +151,7 @@ def open_store(url: str) -> Store:
     if scheme == "hf":
         from optuna_search.storage._hub import hub_store
 
-        return hub_store(url, shown)
+        return hub_store(url, shown, hub)
     if scheme in ("s3", "gs", "gcs"):
         if not parts.netloc:
             raise UserError(f"remote '{shown}' names no bucket; give {scheme}://BUCKET/PREFIX")

@@ -34,7 +34,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -226,9 +226,7 @@ class StudySync:
                         contents[unit] = files
                 else:
                     contents[unit] = self.study_files(where)
-            result = self.remote.push_units(
-                contents, self.writer, lease=self.lease, collect=self.remote.store.commits_are_scarce
-            )
+            result = self.remote.push_units(contents, self.writer, lease=self.lease)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._renewed(result.lease_version)
@@ -258,8 +256,7 @@ class StudySync:
 
     def push_all(self, units: list[str] | None = None) -> int:
         total = self.push_many(units or self.units()).uploaded_bytes
-        if not self.remote.store.commits_are_scarce:
-            self.remote.collect_garbage(self.gc_grace_s)
+        self.remote.collect_garbage(self.gc_grace_s)
         return total
 
     # -- pull -------------------------------------------------------------------------------
@@ -406,8 +403,9 @@ class Pusher(Protocol):
 
 class CommitBudget:
     """A dataset repo's commits, shared by every process of the study on this machine
-    (the run and its workers): at most ``per_hour`` in any hour, one every ``gap_s``. A
-    file of commit times under a lock."""
+    (the run and its workers): at most ``per_hour`` in any hour, one every ``gap_s``; and
+    what each of them waits to push, so that whichever gets the next commit pushes it all
+    (every point is on this machine's disk). A JSON file under a lock."""
 
     def __init__(self, path: Path, per_hour: int) -> None:
         self.path, self.per_hour = path, per_hour
@@ -416,7 +414,7 @@ class CommitBudget:
     def wait_s(self, now: float | None = None) -> float:
         """Seconds until a commit may be made (0: now)."""
         now = time.time() if now is None else now
-        times = self._times(now)
+        times = self._load(now)["times"]
         if not times:
             return 0.0
         wait = max(0.0, times[-1] + self.gap_s - now)
@@ -424,19 +422,63 @@ class CommitBudget:
             wait = max(wait, times[-self.per_hour] + 3600.0 - now)
         return wait
 
+    def since_last_s(self, now: float | None = None) -> float:
+        """Seconds since the study's last commit on this machine, by any of its processes
+        (every one of them renews the lease in its commits)."""
+        now = time.time() if now is None else now
+        times = self._load(now)["times"]
+        return now - times[-1] if times else float("inf")
+
     def record(self, n: int = 1, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
-            times = self._times(now) + [now] * n
-            with replaced_atomically(self.path) as tmp:
-                tmp.write_text(json.dumps(times))
+        with self._changing(now) as state:
+            state["times"] += [now] * n
 
-    def _times(self, now: float) -> list[float]:
+    def want(self, units: dict[str, float], now: float | None = None) -> None:
+        """These units wait for a commit (unit -> when it was last marked)."""
+        with self._changing(now) as state:
+            for unit, marked in units.items():
+                state["wanted"][unit] = max(marked, state["wanted"].get(unit, 0.0))
+
+    def claim(self, now: float | None = None) -> list[str]:
+        """Every unit the study's processes wait to push, taken by the caller (who pushes
+        them with its own, their files as they are now)."""
+        now = time.time() if now is None else now
+        with self._changing(now) as state:
+            units = sorted(state["wanted"])
+            state["wanted"] = {}
+            for unit in units:
+                state["taken"][unit] = now
+        return units
+
+    def pushed_by_others(self, units: dict[str, float], now: float | None = None) -> set[str]:
+        """Of the caller's waiting units, those another process took after their last
+        mark: already pushed with files at least as new."""
+        taken = self._load(time.time() if now is None else now)["taken"]
+        return {u for u, marked in units.items() if taken.get(u, -1.0) >= marked}
+
+    @contextlib.contextmanager
+    def _changing(self, now: float | None) -> Iterator[dict[str, Any]]:
+        now = time.time() if now is None else now
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            state = self._load(now)
+            yield state
+            with replaced_atomically(self.path) as tmp:
+                tmp.write_text(json.dumps(state))
+
+    def _load(self, now: float) -> dict[str, Any]:
         try:
-            times = json.loads(self.path.read_text())
+            state = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return []
-        return sorted(t for t in times if isinstance(t, (int, float)) and t > now - 3600.0)
+            state = {}
+        if not isinstance(state, dict):
+            state = {}
+        times = state.get("times", [])
+        return {
+            "times": sorted(t for t in times if isinstance(t, (int, float)) and t > now - 3600.0),
+            "wanted": dict(state.get("wanted", {})),
+            "taken": {u: t for u, t in dict(state.get("taken", {})).items() if t > now - 86_400},
+        }
 
 
 @dataclass(frozen=True)
@@ -456,7 +498,24 @@ class Cadence:
 
     @property
     def renew_every_s(self) -> float:
-        return max(self.heartbeat_s, self.min_gap_s)
+        """On a dataset repo a renewal alone waits half a commit gap longer than a push
+        may: a push (which renews too) always gets the slot first, and the renewal still
+        comes well inside the grace period (at least two gaps, by the config's check)."""
+        return max(self.heartbeat_s, 1.5 * self.min_gap_s)
+
+    def decide(
+        self, *, dirty: bool, holds_lease: bool, since_commit: float, since_renewal: float, budget_wait: float
+    ) -> str | None:
+        """What an uploader does now: "push" what waits, "renew" the lease alone, "wait"
+        (the study's shared budget says not yet), or None (nothing to do)."""
+        due = holds_lease and self.renews and since_renewal >= self.renew_every_s
+        if not dirty and not due:
+            return None
+        if budget_wait > 0:
+            return "wait"
+        if dirty and since_commit >= self.min_gap_s:
+            return "push"
+        return "renew" if due else None
 
 
 class Uploader:
@@ -477,7 +536,8 @@ class Uploader:
         """Shared with the study's other processes on this machine (a dataset repo)."""
         self._on_lost = on_lost
         self.lost: LeaseLost | None = None
-        self._dirty: dict[str, None] = {}
+        self._dirty: dict[str, float] = {}
+        """Unit -> when it was last marked (wall clock: compared across processes)."""
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -499,7 +559,7 @@ class Uploader:
             return
         with self._lock:
             for unit in units:
-                self._dirty[unit] = None
+                self._dirty[unit] = time.time()
             self._idle.clear()
         self._wake.set()
 
@@ -525,23 +585,49 @@ class Uploader:
             now = time.monotonic()
             if now < self._not_before:
                 continue  # throttled, or a backoff: the marks wait, coalesced
+            if self.budget is not None:
+                self._drop_pushed_by_others()
             with self._lock:
                 todo = list(self._dirty)
-            due = self.sync.lease is not None and self.cadence.renews
-            due = due and now - self._last_renewal >= self.cadence.renew_every_s
-            if not todo and not due:
-                pass
-            elif self.budget is not None and (wait := self.budget.wait_s()) > 0 and not self._final:
-                self._not_before = now + min(wait, 5.0)  # the study's shared budget: the marks wait, coalesced
-            elif todo and now - self._last_commit >= self.cadence.min_gap_s:
+            wait = self.budget.wait_s() if self.budget is not None and not self._final else 0.0
+            since_renewal = now - self._last_renewal
+            if self.budget is not None:
+                since_renewal = min(since_renewal, self.budget.since_last_s())
+            action = self.cadence.decide(
+                dirty=bool(todo),
+                holds_lease=self.sync.lease is not None,
+                since_commit=now - self._last_commit,
+                since_renewal=since_renewal,
+                budget_wait=wait,
+            )
+            if action == "wait":
+                # The study's shared budget: the marks wait, coalesced; whichever of the
+                # study's processes commits next pushes them too.
+                assert self.budget is not None
+                with self._lock:
+                    self.budget.want(dict(self._dirty))
+                self._not_before = now + min(wait, 5.0)
+            elif action == "push":
                 self._push(todo)
-            elif due:
+            elif action == "renew":
                 self._call(self._pusher.renew, [])
             with self._lock:
                 if not self._dirty:
                     self._idle.set()
 
+    def _drop_pushed_by_others(self) -> None:
+        assert self.budget is not None
+        with self._lock:
+            waiting = dict(self._dirty)
+        done = self.budget.pushed_by_others(waiting)
+        with self._lock:
+            for unit in done:
+                if self._dirty.get(unit) == waiting[unit]:
+                    del self._dirty[unit]
+
     def _push(self, units: list[str]) -> None:
+        if self.budget is not None:
+            units = sorted(set(units) | set(self.budget.claim()))
         with self._lock:
             for unit in units:
                 self._dirty.pop(unit, None)
@@ -583,7 +669,7 @@ class Uploader:
         kind = getattr(e, "kind", type(e).__name__)
         with self._lock:
             for unit in units:
-                self._dirty.setdefault(unit, None)
+                self._dirty.setdefault(unit, time.time())
         retry_after = getattr(e, "retry_after", None)
         if isinstance(e, Throttled) or retry_after is not None:
             delay = float(retry_after or BACKOFF_S[-1])
@@ -648,7 +734,7 @@ class Uploader:
         self._wake.set()
         self._pusher.close()  # a push still in flight is given up (its unit's manifest stays valid)
         self._thread.join(timeout=5)
-        if not missing and not self.sync.remote.store.commits_are_scarce:
+        if not missing:
             try:
                 self.sync.remote.collect_garbage(self.sync.gc_grace_s)
             except Exception as e:

@@ -111,7 +111,10 @@ def test_a_push_to_a_dataset_repo_is_one_commit_with_the_contents_and_manifests(
     _checkpoint(point / "lora_r-4" / "checkpoint-10", "c")
     sync.push_many(["points/s/lora_r-4", "points/s/lora_r-8"])  # r=8 unchanged: in no commit
     assert len(SimulatedHub(hub).figures("me/study")["commit_times"]) == 2
-    # The old checkpoint's contents left the repo in the commit that replaced its manifest.
+    # The old checkpoint's contents leave in one commit conditional on the head their
+    # manifests were read at (at a squash, and at the run's end).
+    assert sync.remote.collect_garbage(0) == 4
+    assert len(SimulatedHub(hub).figures("me/study")["commit_times"]) == 3
     reader = Remote("hf://datasets/me/study")
     assert reader.verify() == []
     names = {e.sha256 for m in reader.manifests().values() for e in m.files.values()}
@@ -446,3 +449,17 @@ def test_a_sibling_process_that_moved_the_repos_head_is_not_a_lost_lease(hub, tm
     w1.push_many(["points/s/lora_r-4"])
     w2.push_many(["points/s/lora_r-8"])  # the head moved under it: same holder, pushed anyway
     assert set(Remote(url).manifests()) == {"points/s/lora_r-4", "points/s/lora_r-8"}
+
+
+def test_whichever_process_commits_next_pushes_what_its_siblings_wait_for(tmp_path):
+    """Two workers' checkpoints in the same minute on a dataset repo: one commit carries
+    both; the sibling drops what was pushed after its mark, keeps what was marked later."""
+    from optuna_search.storage import CommitBudget
+
+    path = tmp_path / ".study.commits.json"
+    w1, w2 = CommitBudget(path, 40), CommitBudget(path, 40)
+    w2.want({"points/s/lora_r-8": 100.0, "study": 100.0}, now=100.0)
+    assert w1.claim(now=110.0) == ["points/s/lora_r-8", "study"]
+    assert w1.claim(now=111.0) == []  # taken once
+    mine = {"points/s/lora_r-8": 100.0, "study": 120.0}  # the study was marked again after the take
+    assert w2.pushed_by_others(mine, now=130.0) == {"points/s/lora_r-8"}

@@ -184,6 +184,7 @@ def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pr
 def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, eta: int = 3) -> Run:
     """This project's successive halving over checkpoints (``search._halving``)."""
     from optuna_search.search.loop import _halving as h
+    from optuna_search.search.loop import _schedule as actions
 
     run = Run(curves)
     state = {k: {"state": "pending", "reached": -1, "metrics": {}} for k in curves.keys}
@@ -191,14 +192,14 @@ def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, et
     while True:
         configs = [h.Config(k, v["state"], v["reached"], v["metrics"], i) for i, (k, v) in enumerate(state.items())]
         a = h.next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(rungs), eta=eta)
-        if isinstance(a, h.TrainTo):
+        if isinstance(a, actions.Train):
             s = state[a.key]
             run.train(a.key, rungs[a.rung], rungs[s["reached"]] if s["reached"] >= 0 else 0.0)
             s["reached"], s["metrics"][a.rung] = a.rung, curves.at(metric, a.key, rungs[a.rung])
             s["state"] = "complete" if a.rung == len(rungs) - 1 else "paused"
-        elif isinstance(a, h.Promote):
+        elif isinstance(a, actions.Promote):
             promoted[a.rung] = list(a.keys)
-        elif isinstance(a, h.PruneRest):
+        elif isinstance(a, actions.PruneRest):
             for k in a.keys:
                 state[k]["state"] = "pruned"
         else:

@@ -204,18 +204,13 @@ class FolderStore:
         with replaced_atomically(self._p(path)) as tmp:
             tmp.write_bytes(data)
 
+    def put_object(self, name: str, source: Path) -> None:
+        if not self._p(name).exists():
+            with replaced_atomically(self._p(name)) as tmp:
+                shutil.copyfile(source, tmp)
+
     def commit(self, batch: Batch) -> str | None:
-        for name, source in batch.objects.items():
-            if not self._p(name).exists():
-                with replaced_atomically(self._p(name)) as tmp:
-                    shutil.copyfile(source, tmp)
-        version = None
-        if batch.lease is not None:
-            version = self.swap(*batch.lease)
-        for name, data in batch.files.items():
-            self.write(name, data)
-        self.delete(batch.deletes)
-        return version
+        return _commit_in_order(self, batch)
 
     def download(self, path: str, dest: Path) -> bool:
         try:
@@ -324,17 +319,12 @@ class FsspecStore:
         self._count()
         self.fs.pipe_file(self._p(path), data)
 
+    def put_object(self, name: str, source: Path) -> None:
+        self._count()
+        self.fs.put_file(str(source), self._p(name))
+
     def commit(self, batch: Batch) -> str | None:
-        for name, source in batch.objects.items():
-            self._count()
-            self.fs.put_file(str(source), self._p(name))
-        version = None
-        if batch.lease is not None:
-            version = self.swap(*batch.lease)
-        for name, data in batch.files.items():
-            self.write(name, data)
-        self.delete(batch.deletes)
-        return version
+        return _commit_in_order(self, batch)
 
     def download(self, path: str, dest: Path) -> bool:
         self._count()
@@ -387,6 +377,19 @@ class FsspecStore:
 
     def live_bytes(self) -> int | None:
         return sum(x.size or 0 for x in self.listing("").values())
+
+
+def _commit_in_order(store: FolderStore | FsspecStore, batch: Batch) -> str | None:
+    """A commit where a store has no commits: the contents, then the lease's conditional
+    renewal (a run that lost it stops here, before any manifest), then the manifests,
+    then the deletions. A kill between two steps leaves the previous manifests valid."""
+    for name, source in batch.objects.items():
+        store.put_object(name, source)
+    version = store.swap(*batch.lease) if batch.lease is not None else None
+    for name, data in batch.files.items():
+        store.write(name, data)
+    store.delete(batch.deletes)
+    return version
 
 
 def _sync_read(fs: Any, body: Any) -> bytes:

@@ -6,6 +6,7 @@ from optuna_search.storage._bundle import StudyLocation, import_bundle
 from optuna_search.storage._checkpoints import (
     COMPLETE_MARKER,
     FINAL_ADAPTER,
+    RESUME_FILES,
     adapter_digest,
     checkpoint_state,
     checkpoint_step,
@@ -58,7 +59,7 @@ from optuna_search.storage._storages import (
     study_flags,
     study_home,
 )
-from optuna_search.storage._stores import Conflict, Throttled, open_store
+from optuna_search.storage._stores import Conflict, Throttled
 from optuna_search.storage._sync import (
     STATUS,
     Cadence,
@@ -77,6 +78,7 @@ __all__ = [
     "GRID_ID",
     "GRID_SEARCH_SPACE",
     "META",
+    "RESUME_FILES",
     "STATUS",
     "STUDY_UNIT",
     "Cadence",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.storage._remote import Lease, LeaseLost, Remote
-from optuna_search.storage._stores import Throttled
+from optuna_search.storage._stores import Throttled, redact_remote
 from optuna_search.storage._sync import LocalStudy, Pushed, StudySync
 
 PUSH_TIMEOUT_S = 3600.0
@@ -207,8 +207,6 @@ class PushProcess:
         return Pushed(answer.uploaded_bytes, answer.commits, answer.requests, answer.lease_version)
 
     def _shown(self) -> str:
-        from optuna_search.storage._stores import redact_remote
-
         return redact_remote(self._settings.url)
 
     def push(self, units: list[str]) -> Pushed:

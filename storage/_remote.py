@@ -35,16 +35,18 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from optuna_search.core import UserError, file_sha256
+from optuna_search.storage._hub import hub_store
 from optuna_search.storage._stores import (
+    SUPPORTED,
     Batch,
     Conflict,
     FolderStore,
     FsspecStore,
     Store,
     Versioned,
-    open_store,
     redact_remote,
 )
 
@@ -221,33 +223,12 @@ class Remote:
         if self._present is None:
             self._present = {p.rsplit("/", 1)[-1] for p in self.store.listing(OBJECTS)}
         known = self._manifests if self._manifests is not None else {}
-        assert self._present is not None
         updated: dict[str, Manifest] = {}
         batch = Batch(message=f"optuna-search: {', '.join(sorted(units))[:200]}")
         for unit, files in sorted(units.items()):
-            previous = known.get(unit)
-            entries: dict[str, Entry] = {}
-            for rel, path in sorted(files.items()):
-                try:
-                    digest, size = file_sha256(path), path.stat().st_size
-                except FileNotFoundError:
-                    result.skipped.append(rel)
-                    continue
-                entries[rel] = Entry(digest, size)
-                result.total_bytes += size
-                name = f"{OBJECTS}/{digest}"
-                if digest not in self._present and name not in batch.objects:
-                    batch.objects[name] = path
-                    result.uploaded_bytes += size
-                    result.uploaded_files += 1
-            if previous is not None and previous.files == entries:
-                result.units[unit] = previous.generation
-                continue
-            generation = (previous.generation if previous else 0) + 1
-            m = Manifest(unit, generation, entries, writer, dt.datetime.now(dt.timezone.utc).isoformat())
-            batch.files[f"{MANIFESTS}/{unit}.json"] = json.dumps(m.to_json(), indent=1).encode()
-            updated[unit] = m
-            result.units[unit] = generation
+            m = self._stage(unit, files, known.get(unit), writer, batch, result)
+            if m is not None:
+                updated[unit] = m
         if lease is not None:
             mine, version = lease
             mine.heartbeat = time.time()
@@ -272,6 +253,41 @@ class Remote:
         self._present -= {name.rsplit("/", 1)[-1] for name in batch.deletes}
         self._added_since_squash += result.uploaded_bytes + sum(len(d) for d in batch.files.values())
         return result
+
+    def _stage(
+        self,
+        unit: str,
+        files: dict[str, Path],
+        previous: Manifest | None,
+        writer: str,
+        batch: Batch,
+        result: PushResult,
+    ) -> Manifest | None:
+        """One unit into ``batch``: the contents the remote lacks, and its new manifest
+        (None when its files are the previous manifest's)."""
+        assert self._present is not None
+        entries: dict[str, Entry] = {}
+        for rel, path in sorted(files.items()):
+            try:
+                digest, size = file_sha256(path), path.stat().st_size
+            except FileNotFoundError:
+                result.skipped.append(rel)
+                continue
+            entries[rel] = Entry(digest, size)
+            result.total_bytes += size
+            name = f"{OBJECTS}/{digest}"
+            if digest not in self._present and name not in batch.objects:
+                batch.objects[name] = path
+                result.uploaded_bytes += size
+                result.uploaded_files += 1
+        if previous is not None and previous.files == entries:
+            result.units[unit] = previous.generation
+            return None
+        generation = (previous.generation if previous else 0) + 1
+        m = Manifest(unit, generation, entries, writer, dt.datetime.now(dt.timezone.utc).isoformat())
+        batch.files[f"{MANIFESTS}/{unit}.json"] = json.dumps(m.to_json(), indent=1).encode()
+        result.units[unit] = generation
+        return m
 
     def _commit(self, batch: Batch) -> str | None:
         """The batch, its lease renewal conditional: ``LeaseLost`` when another run holds
@@ -460,6 +476,35 @@ class Remote:
             # Released by marking it stale (a conditional write): deleting would race a takeover.
             gone = Lease(holder, current[0].host, current[0].pid, 0.0)
             self.store.swap(LEASE, gone.to_bytes(), current[1])
+
+
+def open_store(url: str, hub: Any = None) -> Store:
+    """The store behind a remote URL, or one line naming what is wrong with it. ``hub``:
+    the Hugging Face client for hf:// URLs (default ``huggingface_hub.HfApi()``; the
+    benchmarks pass a ``SimulatedHub`` on a simulated clock)."""
+    shown = redact_remote(url)
+    if not url.strip():
+        raise UserError(f"remote '' is empty; give {SUPPORTED}")
+    parts = urlsplit(url)
+    scheme = parts.scheme if len(parts.scheme) > 1 else ""
+    if not scheme:
+        if ":/" in url or url.startswith(("s3:", "gs:", "hf:")):
+            raise UserError(f"remote '{shown}' looks like a URL with a mistyped scheme; give {SUPPORTED}")
+        return FolderStore(Path(url).expanduser(), shown)
+    if scheme == "file":
+        return FolderStore(Path(parts.path), shown)
+    if parts.username or parts.password:
+        raise UserError(
+            f"remote '{shown}' holds credentials in the URL; put them in the environment instead "
+            "(HF_TOKEN, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
+        )
+    if scheme == "hf":
+        return hub_store(url, shown, hub)
+    if scheme in ("s3", "gs", "gcs"):
+        if not parts.netloc:
+            raise UserError(f"remote '{shown}' names no bucket; give {scheme}://BUCKET/PREFIX")
+        return FsspecStore(url, shown, scheme)
+    raise UserError(f"remote '{shown}': the scheme '{scheme}://' is not one this tool writes to; give {SUPPORTED}")
 
 
 def new_holder() -> Lease:

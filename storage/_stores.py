@@ -128,37 +128,6 @@ def redact_remote(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def open_store(url: str, hub: Any = None) -> Store:
-    """The store behind a remote URL, or one line naming what is wrong with it. ``hub``:
-    the Hugging Face client for hf:// URLs (default ``huggingface_hub.HfApi()``; the
-    benchmarks pass a ``SimulatedHub`` on a simulated clock)."""
-    shown = redact_remote(url)
-    if not url.strip():
-        raise UserError(f"remote '' is empty; give {SUPPORTED}")
-    parts = urlsplit(url)
-    scheme = parts.scheme if len(parts.scheme) > 1 else ""
-    if not scheme:
-        if ":/" in url or url.startswith(("s3:", "gs:", "hf:")):
-            raise UserError(f"remote '{shown}' looks like a URL with a mistyped scheme; give {SUPPORTED}")
-        return FolderStore(Path(url).expanduser(), shown)
-    if scheme == "file":
-        return FolderStore(Path(parts.path), shown)
-    if parts.username or parts.password:
-        raise UserError(
-            f"remote '{shown}' holds credentials in the URL; put them in the environment instead "
-            "(HF_TOKEN, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
-        )
-    if scheme == "hf":
-        from optuna_search.storage._hub import hub_store
-
-        return hub_store(url, shown, hub)
-    if scheme in ("s3", "gs", "gcs"):
-        if not parts.netloc:
-            raise UserError(f"remote '{shown}' names no bucket; give {scheme}://BUCKET/PREFIX")
-        return FsspecStore(url, shown, scheme)
-    raise UserError(f"remote '{shown}': the scheme '{scheme}://' is not one this tool writes to; give {SUPPORTED}")
-
-
 # -- a folder ---------------------------------------------------------------------------------
 class FolderStore:
     """A local or mounted folder. A file is written whole or not at all (a rename); the

@@ -28,6 +28,7 @@ from optuna_search.core import Config, UserError, point_dirname
 from optuna_search.objectives import cache_root
 from optuna_search.search.loop._signals import request_stop
 from optuna_search.storage import (
+    RESUME_FILES,
     STUDY_UNIT,
     Commit,
     CommitBudget,
@@ -45,7 +46,6 @@ from optuna_search.storage import (
     study_checkpoints,
     study_home,
 )
-from optuna_search.storage._checkpoints import RESUME_FILES
 
 log = logging.getLogger("optuna_search")
 T = TypeVar("T")

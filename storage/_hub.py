@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -40,6 +41,7 @@ from optuna_search.storage._stores import (
     Throttled,
     Versioned,
     _reason,
+    swap_unguarded,
 )
 
 REPO_TYPE = "dataset"
@@ -122,12 +124,7 @@ class _HubStore:
             if not self.download(path, target):
                 return None
             data = target.read_bytes()
-        return Versioned(data, self._version_of(data))
-
-    def _version_of(self, data: bytes) -> str:
-        import hashlib
-
-        return hashlib.sha256(data).hexdigest()
+        return Versioned(data, hashlib.sha256(data).hexdigest())
 
     def write(self, path: str, data: bytes) -> None:
         self.commit(Batch(files={path: data}))
@@ -150,11 +147,7 @@ class BucketStore(_HubStore):
     """A Hugging Face Storage Bucket (see the module docstring)."""
 
     def swap(self, path: str, data: bytes, expected: str | None) -> str:
-        current = self.read(path)
-        if (current.version if current else None) != expected:
-            raise Conflict(path)
-        self.write(path, data)
-        return self._version_of(data)
+        return swap_unguarded(self, path, data, expected)
 
     def commit(self, batch: Batch) -> str | None:
         if batch.objects:
@@ -308,7 +301,7 @@ class RepoStore(_HubStore):
                 if _status(e) == 404:
                     return False
                 raise
-            os.replace(got, dest) if Path(got).stat().st_dev == dest.parent.stat().st_dev else shutil.move(got, dest)
+            shutil.move(got, dest)  # a rename (the temporary folder is beside dest)
         return True
 
     def listing(self, prefix: str) -> dict[str, Listed]:

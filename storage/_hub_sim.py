@@ -169,12 +169,8 @@ class SimulatedHub:
     ) -> str:
         with self._state() as s:
             self._request(s)
-            repo = self._repo(s, repo_id)
-            if revision is not None and revision != repo["head"]:
-                # Only the head is kept: a read at an older revision sees what was there then
-                # only if nothing changed since, which is all the remote asks of it.
-                pass
-            entry = repo["files"].get(filename)
+            # Only the head is kept: a read at an older revision sees the head's files.
+            entry = self._repo(s, repo_id)["files"].get(filename)
             if entry is None:
                 self._missing(filename)
         target = Path(local_dir or self.root / "downloads") / filename

@@ -372,16 +372,8 @@ class Remote:
                 if path.is_file() and file_sha256(path) != digest:
                     bad.add(digest)
             return bad
-        if isinstance(self.store, FsspecStore) and self.store.scheme == "s3":
-            found = self.store.fs.find(f"{self.store.root}/{OBJECTS}", detail=True)
-            etags = {p.rsplit("/", 1)[-1]: str(i.get("ETag", "")).strip('"') for p, i in found.items()}
-            bad = set()
-            for digest, path in local.items():
-                tag = etags.get(digest, "")
-                if tag and "-" not in tag and path.is_file() and _md5(path) != tag:
-                    bad.add(digest)
-            return bad
-        return set()
+        md5 = {p.rsplit("/", 1)[-1]: x.md5 for p, x in self.store.listing(OBJECTS).items() if x.md5}
+        return {d for d, path in local.items() if d in md5 and path.is_file() and _md5(path) != md5[d]}
 
     def collect_garbage(self, older_than_s: float) -> int:
         """Remove contents no manifest names (older checkpoints, interrupted uploads),

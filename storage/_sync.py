@@ -755,7 +755,7 @@ class LeaseKeeper:
     def acquire(self) -> tuple[Lease, str]:
         mine = new_holder()
         version = self.remote.take_lease(mine, self.grace_s)
-        previous = getattr(self.remote, "taken_over", None)
+        previous = self.remote.taken_over
         if previous is not None and previous.heartbeat > 0:
             log.warning(
                 "remote %s: took over the lease of %s (pid %d), silent for %.0f s (a killed session)",
@@ -775,5 +775,5 @@ class LeaseKeeper:
                 log.debug("lease release failed: %s", e)
 
 
-def cadence_for(remote: Remote, heartbeat_s: float, commits_per_hour: int) -> Cadence:
-    return Cadence(commits_per_hour if remote.store.commits_are_scarce else None, heartbeat_s)
+def cadence_for(remote: Remote, heartbeat_s: float, commits_per_hour: int, *, renews: bool = True) -> Cadence:
+    return Cadence(commits_per_hour if remote.store.commits_are_scarce else None, heartbeat_s, renews)

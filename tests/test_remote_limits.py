@@ -141,31 +141,43 @@ def test_a_bucket_remote_pushes_and_pulls_through_batch_calls(hub, tmp_path):
     assert SimulatedHub(hub).bucket_info("me/ckpts")["total_files"] == 5  # 4 contents + 1 manifest
 
 
+class FakePusher:
+    """An upload process stand-in: records (when, units) of each push, answers with ``answer(calls)``."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    def push(self, units):
+        self.calls.append((time.monotonic(), sorted(units)))
+        return self.answer(self.calls)
+
+    def renew(self):
+        from optuna_search.storage._sync import Pushed
+
+        return Pushed(0, 0, 0)
+
+    def close(self):
+        pass
+
+
 def test_a_throttled_hub_is_waited_out_by_its_retry_after_while_marks_coalesce(hub, tmp_path):
     """A 429 becomes Throttled with the server's Retry-After; the uploader keeps the
     units and pushes them once, together, when the wait is over."""
     from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Throttled, Uploader
     from optuna_search.storage._sync import Pushed
 
-    calls = []
     gate = threading.Event()
 
-    class Flaky:
-        def push(self, units):
-            calls.append((time.monotonic(), list(units)))
-            if len(calls) == 1:
-                gate.set()
-                raise Throttled("429: commits", retry_after=1.0)
-            return Pushed(10, 1, 1)
+    def throttled_once(calls):
+        if len(calls) == 1:
+            gate.set()
+            raise Throttled("429: commits", retry_after=1.0)
+        return Pushed(10, 1, 1)
 
-        def renew(self):
-            return Pushed(0, 0, 0)
-
-        def close(self):
-            pass
-
+    pusher = FakePusher(throttled_once)
+    calls = pusher.calls
     sync = StudySync(Remote(str(tmp_path / "r")), LocalStudy("s", tmp_path / "c", tmp_path / "a", None))
-    up = Uploader(sync, Flaky(), Cadence(None, 60))
+    up = Uploader(sync, pusher, Cadence(None, 60))
     up.mark("points/s/a")
     assert gate.wait(10)
     up.mark("points/s/b")
@@ -182,21 +194,10 @@ def test_a_commit_budget_coalesces_what_waits(tmp_path):
     from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Uploader
     from optuna_search.storage._sync import Pushed
 
-    calls = []
-
-    class Recorder:
-        def push(self, units):
-            calls.append((time.monotonic(), sorted(units)))
-            return Pushed(1, 1, 1)
-
-        def renew(self):
-            return Pushed(0, 0, 0)
-
-        def close(self):
-            pass
-
+    pusher = FakePusher(lambda calls: Pushed(1, 1, 1))
+    calls = pusher.calls
     sync = StudySync(Remote(str(tmp_path / "r")), LocalStudy("s", tmp_path / "c", tmp_path / "a", None))
-    up = Uploader(sync, Recorder(), Cadence(1800, 600))  # one commit per 2 s
+    up = Uploader(sync, pusher, Cadence(1800, 600))  # one commit per 2 s
     for i in range(10):
         up.mark(f"points/s/p{i % 3}")
         time.sleep(0.1)

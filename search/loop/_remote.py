@@ -14,7 +14,6 @@ in a folder, e.g. a read-only Kaggle input) and gives the reading commands (`sta
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -154,8 +153,9 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
         remote.shown,
         ", the database" if local.db is not None else "",
     )
-    cadence = cadence_for(remote, config.storage.heartbeat_interval, config.storage.remote_commits_per_hour)
-    cadence = dataclasses.replace(cadence, renews=not worker)
+    cadence = cadence_for(
+        remote, config.storage.heartbeat_interval, config.storage.remote_commits_per_hour, renews=not worker
+    )
     budget = None
     if cadence.commits_per_hour is not None:
         tag = hashlib.sha256(remote.shown.encode()).hexdigest()[:8]

@@ -32,6 +32,7 @@ from optuna_search.storage._internals import (
     grid_search_space,
     paused_at,
     set_trial_system_attr,
+    set_trial_system_attrs,
     storage_of,
 )
 from optuna_search.storage._ledger import Commit, CommitKind, Ledger
@@ -134,6 +135,7 @@ __all__ = [
     "restart_with_settings",
     "resume_point",
     "set_trial_system_attr",
+    "set_trial_system_attrs",
     "storage_of",
     "study_checkpoints",
     "study_flags",

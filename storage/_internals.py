@@ -61,7 +61,7 @@ def stored_trial(study: optuna.Study, trial: Trial | FrozenTrial) -> FrozenTrial
     return study._storage.get_trial(trial._trial_id)
 
 
-def live_trial(study: optuna.Study, frozen: FrozenTrial) -> Trial:
+def live_trial(study: optuna.Study, frozen: Trial | FrozenTrial) -> Trial:
     """A live ``optuna.Trial`` on a RUNNING trial that this process did not ask for (a
     configuration successive halving resumes): report() and should_prune() work on it."""
     from optuna.trial import Trial
@@ -102,8 +102,77 @@ def set_trial_user_attr(study: optuna.Study, trial: Trial | FrozenTrial, key: st
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
 
 
+def set_trial_user_attrs(
+    study: optuna.Study, trial: Trial | FrozenTrial, attrs: dict[str, Any], *, note: str | None = None
+) -> None:
+    """Set several user attrs of a trial, and (``note``) its optuna-dashboard note, in one
+    transaction on a relational storage (one round trip per key otherwise).
+
+    Optuna's storage API writes one attr per transaction, and optuna-dashboard's
+    ``save_note`` reads every system attr of the study twice (all notes of all trials):
+    a trial's record is ~20 attrs, so per trial that was the study machinery's main cost
+    (``benchmarks/study_overhead.py``). The rows written are the ones those APIs write.
+    """
+    _set_trial_attrs(study, trial, attrs, system=False, note=note)
+
+
+def _set_trial_attrs(
+    study: optuna.Study, trial: Trial | FrozenTrial, attrs: dict[str, Any], *, system: bool, note: str | None = None
+) -> None:
+    from optuna.storages import RDBStorage
+
+    backend = rdb_backend(study._storage)
+    if not isinstance(backend, RDBStorage):
+        setter = backend.set_trial_system_attr if system else backend.set_trial_user_attr
+        for key, value in attrs.items():
+            setter(trial._trial_id, key, value)
+        if note is not None:
+            import optuna_dashboard
+
+            optuna_dashboard.save_note(live_trial(study, trial), note)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    model = models.TrialSystemAttributeModel if system else models.TrialUserAttributeModel
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        for key, value in attrs.items():
+            backend._set_trial_attr_without_commit(session, model, trial._trial_id, key, value)
+        if note is not None:
+            _write_note(session, models, study._study_id, trial._trial_id, note)
+
+
+def _write_note(session: Any, models: Any, study_id: int, trial_id: int, body: str) -> None:
+    """optuna-dashboard's ``save_note`` for one trial, reading only that trial's note rows."""
+    import json
+
+    from optuna_dashboard._note import note_str_key_prefix, note_ver_key, split_body
+
+    prefix, ver_key = note_str_key_prefix(trial_id), note_ver_key(trial_id)
+    rows = {
+        row.key: row
+        for row in session.query(models.StudySystemAttributeModel).filter(
+            models.StudySystemAttributeModel.study_id == study_id,
+            models.StudySystemAttributeModel.key.like(f"dashboard:{trial_id}:%"),
+        )
+    }
+    version = json.loads(rows[ver_key].value_json) + 1 if ver_key in rows else 1
+    chunks = split_body(body, trial_id)
+    stale = [k for k in rows if k.startswith(prefix) and k not in chunks]
+    for key, value in {ver_key: version, **chunks, **dict.fromkeys(stale, "")}.items():
+        if key in rows:
+            rows[key].value_json = json.dumps(value)
+        else:
+            session.add(models.StudySystemAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value)))
+
+
 def set_trial_system_attr(study: optuna.Study, trial: Trial | FrozenTrial, key: str, value: Any) -> None:
     study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+def set_trial_system_attrs(study: optuna.Study, trial: Trial | FrozenTrial, attrs: dict[str, Any]) -> None:
+    """Several system attrs of a trial in one transaction on a relational storage."""
+    _set_trial_attrs(study, trial, attrs, system=True)
 
 
 def fail_trial(study: optuna.Study, trial: Trial | FrozenTrial) -> bool:

@@ -39,7 +39,7 @@ from optuna_search.storage._internals import (
     live_trial,
     pause,
     running_trials_without_heartbeat,
-    set_trial_user_attr,
+    set_trial_user_attrs,
     stored_trial,
     unpause,
 )
@@ -101,6 +101,9 @@ class Ledger:
         self.artifacts = artifacts
         """An Optuna artifact store for the trials' predictions (None: none stored)."""
         self.listeners: list[Listener] = []
+        self._own: dict[int, dict[str, Any]] = {}
+        """The user attrs written so far to the trials this process created (their only
+        writer while they run), so a trial's full record needs no read back."""
 
     def subscribe(self, listener: Listener) -> None:
         self.listeners.append(listener)
@@ -109,6 +112,8 @@ class Ledger:
         event = Commit(
             kind, None if trial is None else trial.number, dict(trial.params) if trial is not None else {}, finished
         )
+        if trial is not None and kind not in (CommitKind.NEW, CommitKind.CLAIM, CommitKind.RESUME):
+            self._own.pop(trial._trial_id, None)  # it ended or paused: no longer this process's alone
         for listener in self.listeners:
             listener(event)
 
@@ -122,6 +127,7 @@ class Ledger:
             if params is not None:
                 self.study.enqueue_trial(params, skip_if_exists=False)
             trial = self.study.ask(distributions)
+        self._own[trial._trial_id] = {}
         self._commit(CommitKind.NEW, trial)
         return trial
 
@@ -174,11 +180,11 @@ class Ledger:
         """Finished: its predictions stored as artifacts, its record and note written, then
         Optuna told its values (the last step: a kill before it leaves a resumable trial)."""
         record = record.replace(**self._store_predictions(trial, predictions or {}))
-        self._write(trial, record)
-        if note is not None:
-            import optuna_dashboard
-
-            optuna_dashboard.save_note(trial, note(self.record_of(trial)))
+        attrs = record.to_user_attrs()
+        if note is None:
+            set_trial_user_attrs(self.study, trial, attrs)
+        else:  # the note shows the whole record: what the trial's start wrote too
+            set_trial_user_attrs(self.study, trial, attrs, note=note(self._full_record(trial, attrs)))
         self.study.tell(trial, values if len(values) > 1 else values[0])
         self._commit(CommitKind.COMPLETE, trial, finished=True)
 
@@ -229,20 +235,26 @@ class Ledger:
         self._commit(CommitKind.PROMOTE)
 
     # -- housekeeping ----------------------------------------------------------------------
-    def reconcile(self, grace_period: float) -> int:
+    def reconcile(self, grace_period: float, trials: list[FrozenTrial] | None = None) -> int:
         """Fail the trials whose process died: a stale heartbeat (Optuna's check; its retry
         callback re-queues them WAITING), and RUNNING trials that never had a heartbeat,
         older than the grace period (a process killed between creating its trial and its
-        first heartbeat). Returns how many were failed."""
+        first heartbeat). ``trials``: the study's trials as just read, if the caller has
+        them. Returns how many were failed (0: the study is as it was read)."""
         from optuna.storages import fail_stale_trials
+        from optuna.trial import TrialState
 
-        before = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+        if trials is None:
+            trials = self.study.get_trials(deepcopy=False)
+        before = {t.number for t in trials if t.state == TrialState.RUNNING}
+        if not before:
+            return 0  # nothing RUNNING: nothing can be stale (the common case between trials)
         fail_stale_trials(self.study)
         failed = 0
         for t in running_trials_without_heartbeat(self.study, self.study.get_trials(deepcopy=False), grace_period):
             self._write(t, TrialRecord(orphaned="its process died before its heartbeat started"))
             failed += fail_trial(self.study, t)
-        after = {t.number for t in self.study.get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+        after = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         gone = len(before - after)
         if gone:
             self._commit(CommitKind.RECONCILE)
@@ -266,14 +278,31 @@ class Ledger:
         return TrialRecord.from_trial(stored_trial(self.study, trial), self.fields)
 
     def _write(self, trial: Trial | FrozenTrial, record: TrialRecord) -> None:
-        for key, value in record.to_user_attrs().items():
-            set_trial_user_attr(self.study, trial, key, value)
+        attrs = record.to_user_attrs()
+        set_trial_user_attrs(self.study, trial, attrs)
+        if trial._trial_id in self._own:
+            self._own[trial._trial_id].update(attrs)
+
+    def _full_record(self, trial: Trial, attrs: dict[str, Any]) -> TrialRecord:
+        """A RUNNING trial's record with ``attrs`` written: from what this process wrote
+        to a trial it created, else (a retry, a resumed configuration) as stored."""
+        own = self._own.pop(trial._trial_id, None)
+        if own is None:
+            stored = stored_trial(self.study, trial)
+            stored.user_attrs = {**stored.user_attrs, **attrs}
+            return TrialRecord.from_trial(stored, self.fields)
+        return TrialRecord.from_user_attrs(
+            {**own, **attrs},
+            self.fields,
+            number=trial.number,
+            state="RUNNING",
+            params=dict(trial.params),
+            datetime_start=trial.datetime_start,
+        )
 
     def _clear(self, trial: Trial, keys: tuple[str, ...]) -> None:
         ua = stored_trial(self.study, trial).user_attrs
-        for key in keys:
-            if ua.get(key) is not None:
-                set_trial_user_attr(self.study, trial, key, None)
+        set_trial_user_attrs(self.study, trial, {key: None for key in keys if ua.get(key) is not None})
 
     def _store_predictions(self, trial: Trial, predictions: dict[str, list[dict[str, Any]]]) -> dict[str, str | None]:
         """Upload each split's predictions as a JSON-lines artifact of the trial."""

@@ -20,7 +20,10 @@ def test_engine_ids_and_attrs(tmp_path):
     study = _study(tmp_path)
     trial = study.ask()
     with oi.engine_of(study).connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM trials WHERE study_id = :s"), {"s": oi.study_id(study)}).scalar() == 1
+        assert (
+            conn.execute(text("SELECT count(*) FROM trials WHERE study_id = :s"), {"s": oi.study_id(study)}).scalar()
+            == 1
+        )
     oi.set_trial_user_attr(study, trial, "k", 1)
     oi.set_trial_system_attr(study, trial, "g", 2)
     t = study.get_trials()[0]
@@ -44,13 +47,21 @@ def test_grid_sampler_enumeration(tmp_path):
     sampler = optuna.samplers.GridSampler({"lora_r": [4, 8, 16], "lr": [1.0, 2.0]}, seed=3)
     points = oi.grid_points(sampler)
     assert sorted(map(lambda p: tuple(sorted(p.items())), points)) == sorted(
-        (("lora_r", r), ("lr", lr)) for r in (4, 8, 16) for lr in (1.0, 2.0))
+        (("lora_r", r), ("lr", lr)) for r in (4, 8, 16) for lr in (1.0, 2.0)
+    )
     assert oi.grid_search_space(sampler) == {"lora_r": [4, 8, 16], "lr": [1.0, 2.0]}
     # grid_id i is the point GridSampler itself hands out for grid_id i.
     study = optuna.create_study(sampler=sampler)
     trial = study.ask()
-    gid = trial.system_attrs["grid_id"] if hasattr(trial, "system_attrs") else study.get_trials()[0].system_attrs["grid_id"]
-    assert {"lora_r": trial.suggest_categorical("lora_r", [4, 8, 16]), "lr": trial.suggest_categorical("lr", [1.0, 2.0])} == points[gid]
+    gid = (
+        trial.system_attrs["grid_id"]
+        if hasattr(trial, "system_attrs")
+        else study.get_trials()[0].system_attrs["grid_id"]
+    )
+    assert {
+        "lora_r": trial.suggest_categorical("lora_r", [4, 8, 16]),
+        "lr": trial.suggest_categorical("lr", [1.0, 2.0]),
+    } == points[gid]
 
 
 def test_pausing_claiming_and_live_trials(tmp_path):
@@ -80,3 +91,55 @@ def test_pausing_claiming_and_live_trials(tmp_path):
     assert claimed is not None and claimed.params == {"x": 1} and study.get_trials()[1].state == TrialState.RUNNING
     assert oi.claim_waiting(study, waiting) is None  # taken already
     assert oi.distribution_contains(IntDistribution(0, 2), 2) and not oi.distribution_contains(IntDistribution(0, 2), 3)
+
+
+def _commits(study):
+    from sqlalchemy import event
+
+    seen = []
+    event.listen(oi.engine_of(study), "commit", lambda conn: seen.append(1))
+    return seen
+
+
+def test_a_trials_record_and_note_are_written_in_one_transaction(tmp_path):
+    """The study machinery's cost per trial (benchmarks/study_overhead.py): a record of
+    many attrs, and the dashboard's note, cost one round trip, not one per key."""
+    import optuna_dashboard
+
+    study = _study(tmp_path)
+    trial = study.ask()
+    commits = _commits(study)
+    attrs = {f"field_{i}_accuracy": i / 10 for i in range(20)}
+    long_note = "x" * 5000  # three of the dashboard's 2,045-character chunks
+    oi.set_trial_user_attrs(study, trial, attrs, note=long_note)
+    assert len(commits) == 1
+    assert study.get_trials()[0].user_attrs == attrs
+    assert optuna_dashboard.get_note(trial) == long_note
+    commits.clear()
+    oi.set_trial_system_attrs(study, trial, {"a": 1, "b": [2]})
+    assert len(commits) == 1 and study.get_trials()[0].system_attrs["b"] == [2]
+
+
+def test_a_shorter_note_replaces_a_longer_one_as_the_dashboard_would(tmp_path):
+    import optuna_dashboard
+
+    study = _study(tmp_path)
+    trial, other = study.ask(), study.ask()
+    optuna_dashboard.save_note(other, "the other trial's note")
+    oi.set_trial_user_attrs(study, trial, {}, note="y" * 5000)
+    oi.set_trial_user_attrs(study, trial, {}, note="short")
+    assert optuna_dashboard.get_note(trial) == "short"
+    assert optuna_dashboard.get_note(other) == "the other trial's note"
+    ver = study._storage.get_study_system_attrs(study._study_id)[f"dashboard:{trial._trial_id}:note_ver"]
+    assert ver == 2  # the dashboard's editor compares versions before it saves
+
+
+def test_attrs_and_note_on_a_storage_without_sql():
+    import optuna_dashboard
+
+    study = optuna.create_study()  # in memory
+    trial = study.ask()
+    oi.set_trial_user_attrs(study, trial, {"a": 1}, note="n")
+    oi.set_trial_system_attrs(study, trial, {"b": 2})
+    t = study.get_trials()[0]
+    assert t.user_attrs == {"a": 1} and t.system_attrs["b"] == 2 and optuna_dashboard.get_note(trial) == "n"

@@ -365,7 +365,7 @@ def test_a_full_disk_while_writing_the_database_is_one_line(tmp_path, demo_cache
     def full(*a, **kw):
         raise sqlalchemy.exc.OperationalError("INSERT INTO trial_user_attributes", {}, Exception("database or disk is full"))
 
-    monkeypatch.setattr(_ledger, "set_trial_user_attr", full)
+    monkeypatch.setattr(_ledger, "set_trial_user_attrs", full)
     monkeypatch.chdir(tmp_path)
     assert main(_one_point()) == 4
     err = capsys.readouterr().err

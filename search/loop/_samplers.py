@@ -31,7 +31,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_search.core import point_key
-from optuna_search.storage import GRID_ID, GRID_SEARCH_SPACE, grid_points, grid_search_space, set_trial_system_attr
+from optuna_search.storage import GRID_ID, GRID_SEARCH_SPACE, grid_points, grid_search_space, set_trial_system_attrs
 
 log = logging.getLogger("optuna_search")
 REASKS = 3
@@ -76,8 +76,9 @@ class GridPointSampler(GridSampler):
             # A retry of a stale trial keeps its point (GridSampler returns at once).
             super().before_trial(study, trial)
             return
-        set_trial_system_attr(study, trial, GRID_SEARCH_SPACE, grid_search_space(self))
-        set_trial_system_attr(study, trial, GRID_ID, self.grid_id(self._claim))
+        set_trial_system_attrs(
+            study, trial, {GRID_SEARCH_SPACE: grid_search_space(self), GRID_ID: self.grid_id(self._claim)}
+        )
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         # GridSampler would call study.stop() after the last point, which only works

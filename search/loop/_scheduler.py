@@ -61,6 +61,7 @@ from optuna_search.storage import (
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
 
 log = logging.getLogger("optuna_search")
 
@@ -178,7 +179,11 @@ class Scheduler:
         self._released: set[str] = set()
 
     def state(self) -> StudyState:
-        return read_state(self.config, self.study.get_trials(deepcopy=False), self.sampler, read_meta(self.study))
+        return self._read_state(self.study.get_trials(deepcopy=False))
+
+    def _read_state(self, trials: list[FrozenTrial]) -> StudyState:
+        # The study's meta holds the rungs' promotions: successive halving's alone.
+        return read_state(self.config, trials, self.sampler, read_meta(self.study) if self.rungs else None)
 
     def run(
         self,
@@ -241,7 +246,8 @@ class Scheduler:
         if self.remote is not None:
             self.remote.before_point(dict(trial.params))
         describe = getattr(self.runner, "describe", None)
-        before = self.ledger.record_of(trial)  # a resumed (paused) trial's earlier segments
+        # A resumed (paused) trial's earlier segments; a new trial has no attrs to read.
+        before = self.ledger.record_of(trial) if trial.user_attrs else TrialRecord()
         self.ledger.start(trial, describe(job) if describe else TrialRecord(attempts=attempts))
         with self.ledger.heartbeat(trial):
             outcome = self.runner.run(job)
@@ -344,8 +350,10 @@ class Scheduler:
 
     # -- the study's housekeeping ---------------------------------------------------------------
     def _reconciled_state(self) -> StudyState:
-        self.ledger.reconcile(self.config.storage.grace_period)
-        state = self.state()
+        trials = self.study.get_trials(deepcopy=False)
+        if self.ledger.reconcile(self.config.storage.grace_period, trials):
+            trials = self.study.get_trials(deepcopy=False)
+        state = self._read_state(trials)
         for p in state.points:
             # Once a point is finished (in the database, not before) its intermediate
             # checkpoints are dead weight; its final adapter stays. A pruned point is

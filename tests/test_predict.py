@@ -199,10 +199,64 @@ def test_no_usable_row_is_an_error_that_names_the_column(scored_study, tmp_path)
     csv_in.write_text("id,text\na,The game crashes\nb,Audio stutters\n")
     proc = run_main("predict", "--preset", "demo", "-i", str(csv_in), "-o", str(tmp_path / "p.jsonl"), cwd=scored_study)
     assert proc.returncode == 2 and "no row has text in column 'input'" in proc.stderr and "data.input_column" in proc.stderr
+    # Refused: nothing written (seen: an empty output and a provenance file were left).
+    assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "p.jsonl.provenance.json").exists()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     proc = run_main("predict", "--preset", "demo", "-i", str(empty), "-o", str(tmp_path / "q.jsonl"), cwd=scored_study)
     assert proc.returncode == 2 and "has no rows" in proc.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["empty.jsonl", "in.csv"]
+
+
+def test_repeated_ids_resume_by_row_position(scored_study, tmp_path):
+    """Seen: 600 rows whose 40 ids repeat, killed after 128 lines, run again: 'wrote 0
+    predictions (600 already there)', exit 0, 472 rows missing."""
+    rows = [json.loads(line) for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:15]]
+    for i, r in enumerate(rows):
+        r["id"] = f"dup-{i % 4}"  # four ids, repeated
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    first = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=scored_study)
+    assert first.returncode == 0, first.stderr[-2000:]
+    complete = out.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in complete] == [r["id"] for r in rows]
+    out.write_text("\n".join(complete[:6]) + "\n" + complete[6][:15])  # killed: 6 whole lines
+    again = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=scored_study)
+    assert again.returncode == 0 and "wrote 9 predictions" in again.stdout and "(6 already there" in again.stdout
+    assert out.read_text().splitlines() == complete
+    # An output begun on another input is refused, not silently "resumed".
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**r, "id": f"x{i}"}) + "\n" for i, r in enumerate(rows)))
+    out.write_text("\n".join(complete[:6]) + "\n")
+    refused = run_main("predict", "--preset", "demo", "-i", str(other), "-o", str(out), cwd=scored_study)
+    assert refused.returncode == 2 and "does not continue this input" in refused.stderr
+    assert "'dup-0'" in refused.stderr and "'x0'" in refused.stderr and len(out.read_text().splitlines()) == 6
+
+
+def test_the_output_is_synced_after_every_batch(scored_study, tmp_path, monkeypatch):
+    """Seen: synced every 16 batches, so with --batch-size 50 a kill after 20 s kept 0 rows.
+    Here the third batch is interrupted: the first two are in the file."""
+    from optuna_search.search.use import _predict
+
+    rows = (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:12]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(line + "\n" for line in rows))
+    real, calls = _predict.Predictor._predict, []
+
+    def interrupted_at_the_third(self, examples, extras):
+        calls.append(len(examples))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, examples, extras)
+
+    monkeypatch.setattr(_predict.Predictor, "_predict", interrupted_at_the_third)
+    proc = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(tmp_path / "p.jsonl"), "--batch-size", "3",
+                    cwd=scored_study)
+    assert proc.returncode != 0 and calls == [3, 3, 3]
+    assert [json.loads(line)["id"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == [
+        json.loads(r)["id"] for r in rows[:6]
+    ]
 
 
 def test_invalid_utf8_is_a_bad_row_and_csv_keeps_the_other_columns(scored_study, tmp_path):

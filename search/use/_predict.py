@@ -7,8 +7,9 @@ with the trial's trained adapter on it (an ensemble: every member's adapter on o
 of the base, soft voting). Its source is a study (``from_study``: the chosen trial, a
 trial by number, or the stored ensemble) or a folder written by ``export-model``
 (``from_dir``: no study needed). ``predict_file`` streams a JSONL/CSV input in batches
-with progress on stderr, appends to its output after every batch (a rerun skips the ids
-already written, so a kill loses at most one batch), and reports bad rows by line.
+with progress on stderr, appends to its output after every batch (a rerun skips as many
+usable rows as the output holds, checking their ids, so a kill loses at most one batch;
+ids may repeat), and reports bad rows by line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, TrialRecord, UserError, best_record, format_seconds, writable
+from optuna_search.core import (
+    Config,
+    TrialRecord,
+    UserError,
+    best_record,
+    format_seconds,
+    replaced_atomically,
+    writable,
+)
 from optuna_search.objectives import (
     CHARS_PER_TOKEN_BOUND,
     Example,
@@ -45,8 +54,6 @@ log = logging.getLogger("optuna_search")
 SPEC_FILE = "optuna-search-model.json"
 SPEC_FORMAT = 1
 BAD_ROW_POLICIES = ("skip", "fail")
-CHUNK_BATCHES = 16
-"""Rows read per chunk, in batches: within a chunk rows are batched by length, as evaluation does."""
 
 
 @dataclass(frozen=True)
@@ -446,11 +453,12 @@ def predict_file(
     }
     _check_same_model(out, sidecar, provenance, resumed=bool(done))
     predictor = Predictor(spec)
-    with writable(sidecar):
-        sidecar.write_text(json.dumps(provenance, indent=1))
     tally = _Tally()
-    with writable(out), open(out, "a", encoding="utf-8", newline="") as fh:
-        _predict_rows(predictor, RowReader(inp, spec.input_column), fh, done, csv_out, on_bad_row, tally, inp)
+    sink = _Sink(out, sidecar, provenance, spec, csv_out, resumed=bool(done))
+    try:
+        _predict_rows(predictor, RowReader(inp, spec.input_column), sink, done, on_bad_row, tally, inp)
+    finally:
+        sink.close()
     for b in tally.bad[:10]:
         log.warning("skipped %s", b)
     if tally.usable == 0:
@@ -519,17 +527,17 @@ def _check_same_model(out: Path, sidecar: Path, provenance: dict[str, Any], *, r
 def _predict_rows(
     predictor: Predictor,
     reader: RowReader,
-    fh: Any,
-    done: set[str],
-    csv_out: bool,
+    sink: _Sink,
+    done: list[str],
     on_bad_row: str,
     tally: _Tally,
     inp: Path,
 ) -> None:
+    """Predict the usable rows batch by batch, in input order; a rerun skips the first
+    ``len(done)`` usable rows (by position: ids may repeat), checking their ids."""
     spec = predictor.spec
-    writer = _CsvWriter(fh, spec, new=not done, header=_csv_header(fh.name) if done else None) if csv_out else None
     t0 = last = time.monotonic()
-    for chunk in reader.chunks(spec.batch_size * CHUNK_BATCHES):
+    for chunk in reader.chunks(spec.batch_size):
         examples, extras = [], []
         for line, row, read_problem in chunk:
             ex, problem = _example(predictor, line, row, read_problem, inp)
@@ -539,32 +547,81 @@ def _predict_rows(
                 tally.bad.append(problem)
                 continue
             tally.usable += 1
-            if ex.id in done:
+            if tally.usable <= len(done):
+                _check_resumed_row(sink.out, done, tally.usable, ex.id, f"{inp}:{line}")
                 tally.skipped += 1
                 continue
             examples.append(ex)
             extras.append({k: v for k, v in row.items() if k not in (spec.input_column, spec.instruction_column)})
         if examples:
-            for p in predictor._predict(examples, extras):
-                tally.invalid += len(p.invalid)
-                writer.write(p) if writer is not None else fh.write(
-                    json.dumps(p.to_record(), ensure_ascii=False) + "\n"
-                )
-            fh.flush()
-            os.fsync(fh.fileno())
+            predictions = predictor._predict(examples, extras)
+            tally.invalid += sum(len(p.invalid) for p in predictions)
+            sink.write(predictions)
             tally.written += len(examples)
-        now = time.monotonic()
-        if now - last >= 5 or reader.done:
-            last = now
-            frac = reader.fraction
-            eta = (now - t0) * (1 - frac) / frac if frac > 0 else float("nan")
-            log.info(
-                "predict: %d rows written (%.1f rows/s), %.0f%% of the input, ETA %s",
-                tally.written,
-                tally.written / max(now - t0, 1e-9),
-                100 * frac,
-                format_seconds(eta),
-            )
+        if time.monotonic() - last >= 5:
+            last = _progress(tally, reader, t0)
+    _progress(tally, reader, t0)
+
+
+def _progress(tally: _Tally, reader: RowReader, t0: float) -> float:
+    now = time.monotonic()
+    frac = reader.fraction
+    eta = (now - t0) * (1 - frac) / frac if frac > 0 else float("nan")
+    log.info(
+        "predict: %d rows written (%.1f rows/s), %.0f%% of the input, ETA %s",
+        tally.written,
+        tally.written / max(now - t0, 1e-9),
+        100 * frac,
+        format_seconds(eta),
+    )
+    return now
+
+
+def _check_resumed_row(out: Path, done: list[str], n: int, row_id: str, where: str) -> None:
+    if done[n - 1] != row_id:
+        raise UserError(
+            f"--output '{out}' does not continue this input: its prediction {n} is for id {done[n - 1]!r}, "
+            f"the input's usable row {n} ({where}) has id {row_id!r}; give the input it was started with, "
+            "or choose a new --output"
+        )
+
+
+class _Sink:
+    """The output file and its provenance, created with the first predictions (a run that
+    predicts nothing leaves nothing), appended to and synced after every batch."""
+
+    def __init__(
+        self, out: Path, sidecar: Path, provenance: dict[str, Any], spec: ModelSpec, csv_out: bool, *, resumed: bool
+    ) -> None:
+        self.out, self.sidecar, self.provenance, self.spec = out, sidecar, provenance, spec
+        self.csv_out, self.resumed = csv_out, resumed
+        self.fh: Any = None
+        self.writer: _CsvWriter | None = None
+
+    def write(self, predictions: list[RowPrediction]) -> None:
+        with writable(self.out):
+            if self.fh is None:
+                self._open()
+            for p in predictions:
+                if self.writer is not None:
+                    self.writer.write(p)
+                else:
+                    self.fh.write(json.dumps(p.to_record(), ensure_ascii=False) + "\n")
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+
+    def _open(self) -> None:
+        if not self.resumed:  # a resumed output keeps its provenance as it was written
+            with replaced_atomically(self.sidecar) as tmp:
+                tmp.write_text(json.dumps(self.provenance, indent=1))
+        header = _csv_header(str(self.out)) if self.resumed and self.csv_out else None
+        self.fh = open(self.out, "a", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close())
+        if self.csv_out:
+            self.writer = _CsvWriter(self.fh, self.spec, new=not self.resumed, header=header)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
 
 
 def _csv_header(path: str) -> list[str] | None:
@@ -607,21 +664,22 @@ def _check_paths(inp: Path, out: Path) -> None:
         raise UserError("--output is the --input file; give another file")
 
 
-def _written_ids(out: Path, csv_out: bool) -> set[str]:
-    """Ids already in the output (a rerun resumes); a last line a kill cut short is dropped."""
+def _written_ids(out: Path, csv_out: bool) -> list[str]:
+    """The ids already in the output, in order (a rerun resumes after them); a last line a
+    kill cut short is dropped."""
     if not out.exists() or out.stat().st_size == 0:
-        return set()
+        return []
     data = out.read_bytes()
     if not data.endswith(b"\n"):
         data = data[: data.rfind(b"\n") + 1]
         out.write_bytes(data)
     text = data.decode("utf-8")
     if csv_out:
-        return {r["id"] for r in csv.DictReader(io.StringIO(text, newline=""))}
-    ids = set()
+        return [r["id"] for r in csv.DictReader(io.StringIO(text, newline=""))]
+    ids = []
     for n, line in enumerate(text.splitlines(), start=1):
         try:
-            ids.add(str(json.loads(line)["id"]))
+            ids.append(str(json.loads(line)["id"]))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(
                 f"--output '{out}' line {n} is not a prediction of this tool; choose a new output file"

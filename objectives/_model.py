@@ -294,16 +294,24 @@ def load_base_model(source: str, model_cfg: Any, *, gradient_checkpointing: bool
     model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs(model_cfg, dtype))
     if model_cfg.quantization != "none":
         keep_4bit_layers_trainable_on_cpu(model)
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            # Non-reentrant checkpointing is the variant that works under DDP too.
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        # Checkpointing is switched on below: peft would call transformers' deprecated name.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        checkpoint_activations(model)
     return model, dtype
+
+
+def checkpoint_activations(model: Any) -> None:
+    """Activation (gradient) checkpointing, non-reentrant: the variant that works under DDP
+    too and needs no input-gradient hook. Through transformers' current name
+    (``activation_checkpointing_enable``, which also makes the embeddings' output require
+    grad, as peft's k-bit preparation would) where it has it; the old name warns."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.enable_input_require_grads()
 
 
 def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_checkpointing: bool):

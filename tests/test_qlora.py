@@ -154,3 +154,22 @@ def test_targets_the_model_lacks_are_refused_before_anything_is_written(demo_mod
         check_lora_targets(str(demo_model_dir), cfg, [_params(8, ("q_proj", "attn.c_attn"))])
     assert "c_attn" in str(e.value) and "its linear layers: down_proj, gate_proj" in str(e.value)
     check_lora_targets(str(demo_model_dir), cfg, [_params(8, ("all-linear",))])
+
+
+def test_gradient_checkpointing_is_on_without_transformers_deprecation_warning(demo_model_dir):
+    """Seen: every kaggle-t4 trial printed transformers' FutureWarning that
+    `gradient_checkpointing_enable` will be removed (peft's k-bit preparation calls it)."""
+    import warnings
+
+    cfg = load_config(preset="demo").model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = load_lora_model(str(demo_model_dir), cfg, _params(8), gradient_checkpointing=True)
+    deprecated = [str(w.message) for w in caught if "gradient_checkpointing_enable" in str(w.message)]
+    assert deprecated == []
+    base = model.get_base_model()
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing
+    batch = torch.randint(0, base.config.vocab_size, (2, 12))
+    model.train()
+    model(input_ids=batch, labels=batch).loss.backward()  # gradients reach the adapters through checkpointing
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)

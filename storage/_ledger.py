@@ -140,6 +140,20 @@ class Ledger:
             self._commit(CommitKind.CLAIM, trial)
         return trial
 
+    def set_aside(self, frozen: FrozenTrial, reason: str) -> bool:
+        """A WAITING retry this study will not run (its point left the grid): failed as
+        interrupted, saying why, so that Optuna's ``ask`` (which takes up the oldest
+        WAITING trial) never runs it for another point. False: another process took it."""
+        from optuna.trial import TrialState
+
+        trial = claim_waiting(self.study, frozen)
+        if trial is None:
+            return False
+        self._write(trial, TrialRecord(interrupted=reason))
+        self.study.tell(trial, state=TrialState.FAIL)
+        self._commit(CommitKind.INTERRUPT, trial)
+        return True
+
     def resume_paused(self, frozen: FrozenTrial) -> Trial:
         """A configuration paused at a rung, promoted (or interrupted there): RUNNING again."""
         unpause(self.study, frozen)

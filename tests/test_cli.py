@@ -297,3 +297,17 @@ def test_reading_a_wal_database_leaves_no_files_behind(demo_study, tmp_path):
         assert run_cli(*cmd, "--storage", f"sqlite:///{tmp_path / 's.db'}", cwd=tmp_path).returncode == 0
     after = sorted(p.name for p in tmp_path.iterdir() if p.name != "rep")
     assert after == before, after
+
+
+def test_a_grid_with_new_values_for_a_study_is_one_line_and_writes_nothing(demo_study, tmp_path):
+    """Seen: changing a study's grid values ended in Optuna's `ValueError:
+    CategoricalDistribution does not support dynamic value space` traceback."""
+    import hashlib
+
+    work, _ = demo_study
+    shutil.copy(work / "optuna-search-demo.db", tmp_path / "optuna-search-demo.db")
+    before = hashlib.sha256((tmp_path / "optuna-search-demo.db").read_bytes()).hexdigest()
+    proc = run_main("run", "--preset", "demo", "--set", "study.grid={lora_r=[4, 8, 16, 32]}", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "lora_r adds [32] to the values [4, 8, 16]" in proc.stderr and "--warm-start-from" in proc.stderr
+    assert hashlib.sha256((tmp_path / "optuna-search-demo.db").read_bytes()).hexdigest() == before

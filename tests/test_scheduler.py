@@ -141,6 +141,39 @@ def test_the_loop_runs_each_grid_point_once_and_again_adds_nothing(tmp_path):
     assert again.ran == 0 and len(study.trials) == 3
 
 
+def test_a_shrunk_grid_runs_with_a_stale_retry_of_a_point_it_dropped(tmp_path):
+    """Seen: shrinking the grid while a killed trial waited for its retry ended in Optuna's
+    `ValueError: CategoricalDistribution does not support dynamic value space`."""
+    study = _real_study(tmp_path, GRID)
+    study.add_trial(_t(TrialState.COMPLETE, 4))
+    # A trial of r = 16 killed and re-queued WAITING by the stale-trial retry.
+    study.add_trial(create_trial(state=TrialState.WAITING, params={"lora_r": 16}, distributions=DIST))
+    small = load_config(preset="demo", sets=["study.grid={lora_r=[4, 8]}"])
+    runner = _Runner(lambda p: 0.2)
+    outcome = Scheduler(_reload(tmp_path, small), small, runner).run()
+    assert [r[0] for r in runner.ran] == [{"lora_r": 8}]  # not the WAITING 16 that ask() would take up
+    set_aside = [t for t in study.get_trials() if t.params == {"lora_r": 16} and t.state == TrialState.FAIL]
+    assert len(set_aside) == 1 and "no longer in the grid" in set_aside[0].user_attrs["interrupted"]
+    assert outcome.state.finished == 2 and not study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_a_grid_that_adds_values_to_a_study_is_refused_before_anything_is_written(tmp_path):
+    from optuna_search.core import UserError
+    from optuna_search.search.loop._space import fitted_distributions
+
+    study = _real_study(tmp_path, GRID)
+    Scheduler(study, GRID, _Runner(lambda p: 0.1)).run()
+    wider = load_config(preset="demo", sets=["study.grid={lora_r=[4, 8, 16, 32]}"])
+    with pytest.raises(UserError, match=r"lora_r adds \[32\] to the values \[4, 8, 16\].*--warm-start-from"):
+        fitted_distributions(wider, study.get_trials(), "study 'demo'", "sqlite:///s.db")
+    other_kind = load_config(preset="demo", sets=["study.grid={}", "study.sampler='tpe'", "study.n_trials=3",
+                                                  "study.search_space={lora_r={low=4, high=16}}"])
+    with pytest.raises(UserError, match="lora_r is int \\[4, 16\\] here, categorical"):
+        fitted_distributions(other_kind, study.get_trials(), "study 'demo'", "sqlite:///s.db")
+    assert fitted_distributions(load_config(preset="demo", sets=["study.grid={lora_r=[16, 4]}"]),
+                                study.get_trials())["lora_r"] == DIST["lora_r"]
+
+
 def _categorical(sampler, n, space="{lora_r=[4, 8, 12, 16]}"):
     return load_config(preset="demo-search", sets=[*TPE_SETS, f"study.sampler='{sampler}'", f"study.n_trials={n}", "study.pruner='none'",
                                                    f"study.search_space={space}"])

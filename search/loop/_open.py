@@ -25,7 +25,7 @@ from optuna_search.core import (
     with_legacy_values,
 )
 from optuna_search.search.loop._preflight import Preflight
-from optuna_search.search.loop._space import make_pruner, make_sampler
+from optuna_search.search.loop._space import fitted_distributions, make_pruner, make_sampler
 from optuna_search.storage import (
     ClaimLock,
     engine_of,
@@ -140,6 +140,7 @@ def _create(config: Config, pf: Preflight, storage: Any) -> optuna.Study:
 def check_resumable(study: optuna.Study, config: Config, pf: Preflight) -> None:
     meta = read_meta(study)
     where = f"study {config.study.name!r} in {redact_url(config.storage.url)}"
+    fitted_distributions(config, study.get_trials(deepcopy=False), where, redact_url(config.storage.url))
     if meta.config is not None:
         diffs = diff_semantic(meta.config, config.to_dict())
         if diffs:

@@ -46,7 +46,7 @@ from optuna_search.search.loop._schedule import (
     read_state,
 )
 from optuna_search.search.loop._signals import raise_if_stop_requested
-from optuna_search.search.loop._space import distributions, make_sampler
+from optuna_search.search.loop._space import fitted_distributions, make_sampler
 from optuna_search.storage import (
     ClaimLock,
     Ledger,
@@ -172,7 +172,7 @@ class Scheduler:
         """The run's RemoteSession (``_remote``): told of every commit and checkpoint; None without one."""
         if remote is not None:
             self.ledger.subscribe(remote.on_commit)
-        self.dists = distributions(config)
+        self.dists = fitted_distributions(config, study.get_trials(deepcopy=False))
         self.sampler = study.sampler if config.is_grid else None
         self.schedule = schedule_of(config)
         self.rungs = list(config.study.rungs) if config.halving else []
@@ -354,6 +354,8 @@ class Scheduler:
         if self.ledger.reconcile(self.config.storage.grace_period, trials):
             trials = self.study.get_trials(deepcopy=False)
         state = self._read_state(trials)
+        if self._set_aside_retries_outside_the_grid(trials, state):
+            state = self.state()
         for p in state.points:
             # Once a point is finished (in the database, not before) its intermediate
             # checkpoints are dead weight; its final adapter stays. A pruned point is
@@ -363,6 +365,22 @@ class Scheduler:
                 release(folder) if p.status == Status.PRUNED else remove_intermediate_checkpoints(folder)
                 self._released.add(p.key)
         return state
+
+    def _set_aside_retries_outside_the_grid(self, trials: list[FrozenTrial], state: StudyState) -> int:
+        """WAITING retries of points the grid no longer has (it shrank): set aside."""
+        if not self.config.is_grid:
+            return 0
+        in_grid = {t.number for p in state.points for t in p.trials}
+        outside = [t for t in trials if t.state.name == "WAITING" and t.number not in in_grid]
+        for t in outside:
+            if self.ledger.set_aside(t, "its point is no longer in the grid"):
+                log.warning(
+                    "trial %d (%s) waited for a retry, but its point is no longer in the grid: set aside as "
+                    "interrupted (a grid with that point again resumes it from its checkpoint)",
+                    t.number,
+                    ", ".join(f"{k}={v}" for k, v in t.params.items()) or "no params",
+                )
+        return len(outside)
 
     def _folder(self, p: Point):
         return point_checkpoints(self.config.train.output_dir, self.config.study.name, p.params)

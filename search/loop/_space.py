@@ -15,7 +15,7 @@ import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import BY_NAME, Config, to_optuna_value
+from optuna_search.core import BY_NAME, Config, UserError, to_optuna_value
 
 if TYPE_CHECKING:
     import optuna
@@ -48,6 +48,52 @@ def distributions(config: Config) -> dict[str, optuna.distributions.BaseDistribu
                 float(spec["low"]), float(spec["high"]), log=spec.get("log", False), step=spec.get("step")
             )
     return out
+
+
+def fitted_distributions(config: Config, trials: list[Any], where: str = "", shown_url: str = "") -> dict[str, Any]:
+    """The distributions new trials of an existing study are created with.
+
+    Optuna fixes a parameter's distribution with the study's first trial: a categorical
+    parameter's values cannot change (``CategoricalDistribution does not support dynamic
+    value space``). A grid or a space that keeps to the stored values (a shrunk grid) runs
+    with the stored distribution; one that adds values, or changes a parameter's kind, is
+    refused here, with the way to run it, before anything is written to the study."""
+    from optuna.distributions import CategoricalDistribution, check_distribution_compatibility
+
+    wanted = distributions(config)
+    stored: dict[str, Any] = {}
+    for t in trials:
+        for key, dist in t.distributions.items():
+            stored.setdefault(key, dist)
+    out, problems = dict(wanted), []
+    for key, dist in wanted.items():
+        old = stored.get(key)
+        if old is None:
+            continue
+        if isinstance(old, CategoricalDistribution) and isinstance(dist, CategoricalDistribution):
+            added = [v for v in dist.choices if v not in old.choices]
+            if not added:
+                out[key] = old  # a subset of the stored values: the stored distribution holds it
+                continue
+            problems.append(f"{key} adds {added} to the values {list(old.choices)} its trials were created with")
+            continue
+        try:
+            check_distribution_compatibility(old, dist)
+        except ValueError:
+            problems.append(f"{key} is {_kind(dist)} here, {_kind(old)} in its trials")
+    if problems:
+        raise UserError(
+            f"{where or 'the study'} cannot take this search space: Optuna fixes a parameter's values with the study's "
+            f"first trial ({'; '.join(problems)}). Run it as a new study that starts from this one's trials: "
+            f"--study-name NEW --warm-start-from '{shown_url}#{config.study.name}' (or keep the "
+            "original values; a grid may shrink)"
+        )
+    return out
+
+
+def _kind(dist: Any) -> str:
+    name = type(dist).__name__.replace("Distribution", "").lower()
+    return f"{name} {list(dist.choices)}" if hasattr(dist, "choices") else f"{name} [{dist.low}, {dist.high}]"
 
 
 def _choices(spec: Any, key: str) -> list[Any] | None:

@@ -132,3 +132,31 @@ def update_run_settings(folder: Path, **settings: int) -> None:
     """Change settings that leave the checkpoints valid (the evaluation batch): kept."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_SETTINGS).write_text(json.dumps({**read_run_settings(folder), **settings}))
+
+
+def adapter_candidates(
+    recorded: str | None,
+    output_dir: str | Path,
+    study_name: str,
+    point: dict[str, Any],
+    storage_url: str,
+    location_dir: str | None = None,
+) -> list[Path]:
+    """Where a trial's final adapter may be on this machine, in order: under the checkpoints
+    folder a command line names, where the trial recorded it (a relative path from the
+    study's home), and the point's folder under the study's own checkpoints folder (a
+    study pulled from a remote, or moved: the recorded path is the training machine's)."""
+    from optuna_search.storage._storages import located, study_home
+
+    out = []
+    if location_dir:
+        out.append(point_checkpoints(location_dir, study_name, point) / FINAL_ADAPTER)
+    if recorded:
+        out.append(located(recorded, study_home(storage_url)))
+    out.append(point_checkpoints(output_dir, study_name, point) / FINAL_ADAPTER)
+    return list(dict.fromkeys(out))
+
+
+def adapter_here(candidates: list[Path]) -> Path | None:
+    """The first candidate that holds an adapter (None: not on this machine)."""
+    return next((c for c in candidates if (c / "adapter_config.json").is_file()), None)

@@ -93,8 +93,13 @@ def test_a_killed_machine_is_finished_by_another_from_the_remote(remote, tmp_pat
     # The remote holds the whole study: a third machine reads it without a copy step.
     c = tmp_path / "machine-c"
     c.mkdir()
+    shutil.rmtree(b)  # B's session ended too
     status = run_main("status", "--remote", url, cwd=c, env_extra=env)
     assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr
+    # Its adapter is named where it is on this machine, never at machine B's path.
+    assert str(b) not in status.stdout
+    named = [line.split("its adapter: ")[1].split(";")[0] for line in status.stdout.splitlines() if "its adapter: " in line]
+    assert all(Path(n, "adapter_config.json").is_file() for n in named), status.stdout
 
 
 def fake_checkpoint(folder, adapter=b"adapter", step_state="{}"):

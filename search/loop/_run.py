@@ -34,7 +34,16 @@ from optuna_search.search.loop._schedule import Status, StudyState
 from optuna_search.search.loop._scheduler import RunOutcome, Scheduler, study_state
 from optuna_search.search.loop._warm import warm_start, warm_start_source
 from optuna_search.search.loop._workers import WorkerOptions, run_workers
-from optuna_search.storage import Commit, CommitKind, Ledger, artifact_store, read_meta, study_flags
+from optuna_search.storage import (
+    Commit,
+    CommitKind,
+    Ledger,
+    adapter_candidates,
+    adapter_here,
+    artifact_store,
+    read_meta,
+    study_flags,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -112,16 +121,29 @@ def _after_trial(study: optuna.Study, config: Config, state: StudyState) -> None
         )
 
 
-def summary_points(state: StudyState, fields: list[str]) -> list[SummaryPoint]:
+def summary_points(state: StudyState, config: Config) -> list[SummaryPoint]:
+    """The points' records, each adapter where it is on this machine (None: not here; a
+    study read from a remote records the training machine's paths)."""
+    fields = list(config.data.fields)
+
+    def here(r: TrialRecord, point: dict[str, Any]) -> TrialRecord:
+        if not r.adapter_dir:
+            return r
+        candidates = adapter_candidates(
+            r.adapter_dir, config.train.output_dir, config.study.name, point, config.storage.url
+        )
+        found = adapter_here(candidates)
+        return r.replace(adapter_dir=str(found) if found is not None else None)
+
     return [
-        SummaryPoint(p.label, p.status.value, [TrialRecord.from_trial(t, fields) for t in p.trials])
+        SummaryPoint(p.label, p.status.value, [here(TrialRecord.from_trial(t, fields), p.params) for t in p.trials])
         for p in state.points
     ]
 
 
 def rows_of(state: StudyState, config: Config) -> list[SummaryRow]:
     return summary_rows(
-        summary_points(state, list(config.data.fields)),
+        summary_points(state, config),
         list(config.data.fields),
         config.eval.objective_split,
         config.study.objectives[0],

@@ -38,7 +38,7 @@ def status(study: optuna.Study, config: Config) -> tuple[str, int]:
     fields = list(config.data.fields)
     checkpoints = {p.key: _checkpoint_step(config, p.params) for p in state.points if not p.status.finished}
     report = status_report(
-        summary_points(state, fields),
+        summary_points(state, config),
         StatusInput(
             state.n_target,
             config.is_grid,

@@ -45,7 +45,7 @@ from optuna_search.objectives import (
     resolve_model_source,
 )
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.storage import FINAL_ADAPTER, adapter_digest, located, point_checkpoints, read_meta, study_home
+from optuna_search.storage import adapter_candidates, adapter_digest, adapter_here, read_meta
 
 if TYPE_CHECKING:
     import optuna
@@ -165,19 +165,14 @@ def chosen_trial(study: optuna.Study, config: Config, which: str | int) -> Trial
 
 
 def _adapter_dir(config: Config, record: TrialRecord, location_dir: str | None) -> str:
-    """Where the trial's adapter is: under the checkpoints folder the command line names,
-    else where the trial recorded it, else the point's folder under the study's own."""
+    """Where the trial's adapter is on this machine (``adapter_candidates``)."""
     point = {k: record.params[k] for k in config.searched_keys() if k in record.params}
-    candidates = []
-    if location_dir:
-        candidates.append(point_checkpoints(location_dir, config.study.name, point) / FINAL_ADAPTER)
-    if record.adapter_dir:
-        candidates.append(located(record.adapter_dir, study_home(config.storage.url)))
-    candidates.append(point_checkpoints(config.train.output_dir, config.study.name, point) / FINAL_ADAPTER)
-    candidates = list(dict.fromkeys(candidates))
-    for c in candidates:
-        if (c / "adapter_config.json").is_file():
-            return str(c)
+    candidates = adapter_candidates(
+        record.adapter_dir, config.train.output_dir, config.study.name, point, config.storage.url, location_dir
+    )
+    found = adapter_here(candidates)
+    if found is not None:
+        return str(found)
     raise UserError(
         f"the adapter of trial {record.number} is not at {', '.join(str(c) for c in candidates)}; pass the "
         "folder of the study's checkpoints (--set train.output_dir=DIR; in Python, checkpoints_dir=DIR), or "

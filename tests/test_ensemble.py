@@ -122,3 +122,28 @@ def test_hard_vote_ties_go_to_the_best_member():
     assert hard_vote(members, ["x"], ["f"])[0].predicted["f"] == "b"
     members.append(Member("m4", 3, {"x": Prediction("x", gold, {"f": "a"}, "")}))
     assert hard_vote(members, ["x"], ["f"])[0].predicted["f"] == "a"
+
+
+def test_an_ensemble_of_a_remote_study_is_stored_in_the_remote(scored_study, tmp_path, monkeypatch):
+    """Seen: `ensemble --remote` stored the ensemble in this machine's cache only; the
+    remote, and every other machine, never got it."""
+    from conftest import run_main
+    from optuna_search.search.loop._remote import reading_location
+
+    remote = tmp_path / "remote"
+    assert run_main("export", "--preset", "demo", "--output", str(remote), cwd=scored_study).returncode == 0
+    here = tmp_path / "laptop"
+    here.mkdir()
+    proc = run_main("ensemble", "--remote", str(remote), "--all", cwd=here,
+                    env_extra={"OPTUNA_SEARCH_CACHE": str(tmp_path / "laptop-cache")})
+    assert proc.returncode == 0 and "soft voting" in proc.stdout, proc.stderr[-2000:]
+    # Another machine, with an empty cache, reads the ensemble from the remote.
+    monkeypatch.setenv("OPTUNA_SEARCH_CACHE", str(tmp_path / "other-cache"))
+    location = reading_location({"storage.remote": str(remote)})
+    study = optuna.load_study(study_name="demo", storage=location["storage.url"])
+    ensembles = study.user_attrs["ensembles"]
+    assert [e["method"] for e in ensembles] == ["soft", "hard"]
+    store = optuna.artifacts.FileSystemArtifactStore(location["storage.artifacts"])
+    with store.open_reader(ensembles[0]["artifact_id"]) as fh:
+        assert fh.read()  # its predictions came with it
+    assert json.loads((remote / "lease.json").read_text())["heartbeat"] == 0  # the lease released

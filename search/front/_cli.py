@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from optuna_search.core import Config, UserError, disk_full, to_toml
+from optuna_search.core import Config, StorageSection, UserError, disk_full, to_toml
 from optuna_search.dashboards import (
     check_host,
     check_port,
@@ -39,7 +39,7 @@ from optuna_search.search.loop._exit import (
     EXIT_USAGE,
 )
 from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.loop._remote import reading_location
+from optuna_search.search.loop._remote import reading_location, write_through
 from optuna_search.search.loop._run import print_summary
 from optuna_search.search.loop._runner import DiskFull
 from optuna_search.search.loop._signals import Terminated, handle_sigterm
@@ -340,9 +340,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    opened = open_for_reading(resolve_location(args), mode="write")  # the ensemble is stored on the study
     trials = _parse_trials(args.trials) if args.trials else None
-    print(run_ensemble(opened.study, opened.config, trials=trials, top=args.top))
+
+    def ensemble(location: dict[str, str]) -> str:
+        opened = open_for_reading(location, mode="write")  # the ensemble is stored on the study
+        return run_ensemble(opened.study, opened.config, trials=trials, top=args.top)
+
+    if getattr(args, "remote", None):  # stored on the remote's study, under its lease
+        merged = config_layers(args.preset, args.config, args.sets, _flag_overrides(args)).merged
+        grace = (merged.get("storage") or {}).get("grace_period") or StorageSection().grace_period
+        print(write_through(explicit_location(merged), float(grace), ensemble))
+    else:
+        print(ensemble(resolve_location(args)))
     return EXIT_OK
 
 

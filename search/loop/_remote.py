@@ -361,6 +361,26 @@ def import_remote(path: str, config: Config) -> None:
     pull_study(StudySync(remote, local_study(config)), config.study.name, writing=False)
 
 
+def write_through(location: dict[str, str], grace_s: float, write: Callable[[dict[str, str]], T]) -> T:
+    """A command that writes a study it reads from a remote (``ensemble --remote``): under
+    the remote's lease (refused while a run holds it), the study pulled into this machine's
+    cache, ``write(location)`` on it, the study pushed back (the database, or on a server
+    database this machine's artifacts), the lease released. The remote gets what the
+    command stored, not only this machine's cache."""
+    remote = Remote(location["storage.remote"])
+    remote.check(write=True)
+    keeper = LeaseKeeper(remote, grace_s)
+    held = keeper.acquire()
+    try:
+        here, sync = _pulled(location, remote, held)
+        result = write(here)
+        sync.push_many([sync.study_unit])
+    finally:
+        keeper.release()
+    log.info("remote %s: the study pushed with what this command stored", remote.shown)
+    return result
+
+
 def reading_location(location: dict[str, str]) -> dict[str, str]:
     """For the reading commands: a study that lives in a remote, pulled (read-only) into
     this machine's cache; the location then points there. A PostgreSQL study keeps its
@@ -370,6 +390,13 @@ def reading_location(location: dict[str, str]) -> dict[str, str]:
         return location
     remote = Remote(url)
     remote.check(write=False)
+    return _pulled(location, remote)[0]
+
+
+def _pulled(
+    location: dict[str, str], remote: Remote, lease: tuple[Lease, str] | None = None
+) -> tuple[dict[str, str], StudySync]:
+    """The remote's study in this machine's cache, and the location that points there."""
     meta = remote.meta()
     if meta is None:
         raise UserError(f"remote '{remote.shown}' holds no study (no remote.json); check the URL")
@@ -379,7 +406,7 @@ def reading_location(location: dict[str, str]) -> dict[str, str]:
     local = LocalStudy(
         study, cache / "checkpoints" / study, cache / "artifacts", cache / "study.db" if sqlite else None
     )
-    sync = StudySync(remote, local)
+    sync = StudySync(remote, local, lease=lease)
     if sqlite and local.db is not None and local.db.exists() and not sync.state():
         local.db.unlink()  # a cache of another remote's: never read as this one's
     _local_errors(lambda: pull_study(sync, study, writing=True), local)
@@ -391,7 +418,7 @@ def reading_location(location: dict[str, str]) -> dict[str, str]:
     }
     if sqlite:
         out["storage.url"] = f"sqlite:///{cache / 'study.db'}"
-    return out
+    return out, sync
 
 
 def export_to(location_config: Config, output: str) -> dict[str, Any]:

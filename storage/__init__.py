@@ -52,6 +52,7 @@ from optuna_search.storage._remote import (
     redact_remote,
 )
 from optuna_search.storage._storages import (
+    check_server_reachable,
     check_storage_url,
     close_storages,
     list_study_names,
@@ -110,6 +111,7 @@ __all__ = [
     "adapter_here",
     "artifact_store",
     "cadence_for",
+    "check_server_reachable",
     "check_storage_url",
     "checkpoint_state",
     "checkpoint_step",

@@ -302,6 +302,15 @@ def _create_rdb_storage(full: str, url: str, kwargs: dict[str, Any]):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def check_server_reachable(url: str) -> None:
+    """A PostgreSQL/MySQL study's server answers with these credentials (nothing is
+    written): checked before anything else is written for a run, its remote included.
+    A SQLite URL is checked when it is opened."""
+    parsed = check_storage_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        _check_server_database(parsed.render_as_string(hide_password=False), url, "create")
+
+
 def _check_server_database(full: str, url: str, mode: str) -> None:
     """A PostgreSQL/MySQL database is reachable and is Optuna's (or empty, for `run`):
     the server's own words when it is not (no listener, an unknown role or database, a

@@ -332,3 +332,15 @@ def test_two_machines_on_one_postgresql_study_and_one_s3_remote(postgres, s3, tm
     assert "pulled" in done.stderr and "rung 1 (50% of training) decided" in done.stderr
     winner = next(t for t in study.get_trials() if t.state == TrialState.COMPLETE)
     assert winner.user_attrs["resumed_from_step"] == 10  # from A's checkpoint, through the remote
+
+
+def test_a_wrong_postgresql_password_writes_nothing_to_the_remote(postgres, tmp_path, demo_cache):
+    """Seen: with a wrong PostgreSQL password, `run` wrote remote.json into the remote
+    before it refused."""
+    _, port = postgres
+    remote = tmp_path / "remote"
+    url = f"postgresql+psycopg://pwuser:wrong-pw@127.0.0.1:{port}/optuna_test"
+    proc = run_main("run", *SMALL, "--storage", url, "--remote", str(remote), cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot open storage" in proc.stderr and "Traceback" not in proc.stderr
+    assert "wrong-pw" not in proc.stderr  # the password is never shown
+    assert not remote.exists() or not any(remote.iterdir())

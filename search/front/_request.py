@@ -24,6 +24,7 @@ from optuna_search.search.loop._run import Summary, run_study, run_with_workers,
 from optuna_search.search.loop._scheduler import RunOutcome
 from optuna_search.search.loop._workers import WorkerOptions, choose_workers
 from optuna_search.search.use._bundles import import_study_bundle
+from optuna_search.storage import check_server_reachable
 
 log = logging.getLogger("optuna_search")
 
@@ -79,6 +80,8 @@ def execute(request: RunRequest) -> RunResult:
     config = request.config
     if request.resume_from:
         import_study_bundle(request.resume_from, config)
+    if config.storage.remote:
+        check_server_reachable(config.storage.url)  # a wrong password writes nothing to the remote
     remote = start_remote(config, worker=request.worker is not None)
     try:
         return _run(request, config, remote, started)

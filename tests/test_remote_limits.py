@@ -464,3 +464,24 @@ def test_whichever_process_commits_next_pushes_what_its_siblings_wait_for(tmp_pa
     assert w1.claim(now=111.0) == []  # taken once
     mine = {"points/s/lora_r-8": 100.0, "study": 120.0}  # the study was marked again after the take
     assert w2.pushed_by_others(mine, now=130.0) == {"points/s/lora_r-8"}
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("s3:/x", "names no bucket"),
+    ("s3://", "names no bucket"),
+    ("ftp://x/y", "the scheme 'ftp://' is not one this tool writes to"),
+    ("zip://x", "the scheme 'zip://' is not one"),
+    ("sftp://h/x", "the scheme 'sftp://' is not one"),
+    ("http://127.0.0.1:1/x", "the scheme 'http://' is not one"),
+    ("hf://models/u/r", "is not a Hub bucket or dataset repo"),
+    ("hf://user:hf_SECRETTOKEN@datasets/u/r", "holds credentials in the URL"),
+])
+def test_a_remote_url_nobody_meant_is_one_line_and_creates_nothing(tmp_path, url, needle):
+    """Seen: `--remote 's3:/x'` created a local folder `./s3:/x`; ftp:// and zip://
+    tracebacks; a token inside an hf:// URL printed back in the error."""
+    from conftest import run_main
+
+    proc = run_main("status", "--remote", url, cwd=tmp_path)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert "SECRETTOKEN" not in proc.stderr + proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -485,3 +485,45 @@ def test_a_remote_url_nobody_meant_is_one_line_and_creates_nothing(tmp_path, url
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert "SECRETTOKEN" not in proc.stderr + proc.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", [".", "optuna-search-demo-checkpoints/remote", "optuna-search-demo-artifacts"])
+def test_a_remote_inside_the_studys_own_folders_is_refused_before_anything_is_written(tmp_path, where):
+    """Seen: a remote inside the checkpoints folder pushed its own folders as points;
+    `--remote .` was accepted without a word."""
+    from conftest import FAST, run_main
+
+    proc = run_main("run", *FAST, "--remote", where, cwd=tmp_path)
+    assert proc.returncode == 2 and "overlaps this study's own files" in proc.stderr, proc.stderr[-1000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_cache_or_working_folder_under_a_remote_is_one_line(tmp_path, monkeypatch):
+    """Seen: a read-only cache with `status --remote` (and a read-only working folder with
+    `run --remote`) ended in tracebacks; without a remote the same was one line. Here the
+    pull of a point into a read-only file system (EROFS, which PermissionError misses)."""
+    import errno
+    from pathlib import Path
+
+    from optuna_search.core import UserError
+    from optuna_search.search.loop._remote import _local_errors, pull_study
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+
+    from test_remote import fake_checkpoint
+
+    fake_checkpoint(tmp_path / "ckpt" / "s" / "lora_r-4" / "checkpoint-5")
+    remote = Remote(str(tmp_path / "remote"))
+    StudySync(remote, LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "art", None)).push("points/s/lora_r-4")
+    cache = tmp_path / "ro-cache"
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *a, **kw):
+        if str(self).startswith(str(cache)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    reader = StudySync(remote, LocalStudy("s", cache / "s", cache / "art", None))
+    with pytest.raises(UserError, match="cannot write .*Read-only file system.*writable folder"):
+        _local_errors(lambda: pull_study(reader, "s", writing=True), reader.local)  # as reading_location does
+

@@ -14,6 +14,7 @@ in a folder, e.g. a read-only Kaggle input) and gives the reading commands (`sta
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -203,7 +204,9 @@ def _local_errors(fn: Callable[[], T], local: LocalStudy) -> T:
     """A local folder this run cannot write (read-only working folder or cache): one line."""
     try:
         return fn()
-    except PermissionError as e:
+    except OSError as e:  # no permission, or a read-only file system
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
         raise UserError(
             f"cannot write '{e.filename or local.home}' here ({e.strerror}); run from a writable folder "
             "(or set train.output_dir / storage.url / storage.artifacts to one)"

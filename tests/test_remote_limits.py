@@ -527,3 +527,31 @@ def test_a_read_only_cache_or_working_folder_under_a_remote_is_one_line(tmp_path
     with pytest.raises(UserError, match="cannot write .*Read-only file system.*writable folder"):
         _local_errors(lambda: pull_study(reader, "s", writing=True), reader.local)  # as reading_location does
 
+
+
+def test_a_point_without_a_complete_checkpoint_is_not_pushed_and_an_empty_manifest_is_survived(tmp_path):
+    """Seen: Ctrl-C at step 1 pushed a manifest with `"files": {}` for the point; `run` and
+    `status` on every other machine then ended in a FileNotFoundError traceback."""
+    import json
+
+    from optuna_search.search.loop._remote import pull_study
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+
+    from test_remote import fake_checkpoint
+
+    point = tmp_path / "ckpt" / "s" / "lora_r-4"
+    (point / "checkpoint-1").mkdir(parents=True)
+    (point / "checkpoint-1" / "adapter.bin").write_bytes(b"cut short")  # killed mid-save
+    remote = Remote(str(tmp_path / "remote"))
+    writer = StudySync(remote, LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "art", None))
+    writer.push("points/s/lora_r-4")
+    assert "points/s/lora_r-4" not in remote.manifests()
+    # An empty manifest, as an earlier version wrote it: readers go on without the point.
+    fake_checkpoint(tmp_path / "ckpt" / "s" / "lora_r-8" / "checkpoint-5")
+    writer.push("points/s/lora_r-8")
+    manifest = next((tmp_path / "remote" / "manifests").rglob("lora_r-8*"))
+    m = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**m, "files": {}}))
+    reader = StudySync(remote, LocalStudy("s", tmp_path / "b" / "s", tmp_path / "b" / "art", None))
+    pull_study(reader, "s", writing=True)
+    assert not (tmp_path / "b" / "s" / "lora_r-8").exists() or not any((tmp_path / "b" / "s" / "lora_r-8").iterdir())

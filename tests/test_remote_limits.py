@@ -555,3 +555,28 @@ def test_a_point_without_a_complete_checkpoint_is_not_pushed_and_an_empty_manife
     reader = StudySync(remote, LocalStudy("s", tmp_path / "b" / "s", tmp_path / "b" / "art", None))
     pull_study(reader, "s", writing=True)
     assert not (tmp_path / "b" / "s" / "lora_r-8").exists() or not any((tmp_path / "b" / "s" / "lora_r-8").iterdir())
+
+
+def test_a_remote_with_points_but_no_study_is_refused_not_overwritten(tmp_path):
+    """Seen: with `manifests/study.json` deleted, `run` from a fresh folder pulled nothing,
+    trained every point from step 0 and overwrote the remote, exit 0."""
+    from conftest import FAST, run_main
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+
+    from test_remote import fake_checkpoint
+
+    fake_checkpoint(tmp_path / "a" / "demo" / "lora_r-4" / "checkpoint-5")
+    remote = Remote(str(tmp_path / "remote"))
+    remote.write_meta("demo", "sqlite")
+    StudySync(remote, LocalStudy("demo", tmp_path / "a" / "demo", tmp_path / "a" / "art", None)).push(
+        "points/demo/lora_r-4"
+    )
+    files = lambda: sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "remote").rglob("*")  # noqa: E731
+                           if not p.name.startswith("lease.json"))  # the lease taken, then released
+    before = files()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    proc = run_main("run", *FAST, "--remote", str(tmp_path / "remote"), cwd=fresh)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert "holds 1 points but no study database" in proc.stderr and "nothing was trained" in proc.stderr
+    assert files() == before

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import file_sha256, point_dirname
+from optuna_search.storage._storages import located, study_home
 
 RUN_SETTINGS = "run_settings.json"
 FINAL_ADAPTER = "final-adapter"
@@ -146,8 +147,6 @@ def adapter_candidates(
     folder a command line names, where the trial recorded it (a relative path from the
     study's home), and the point's folder under the study's own checkpoints folder (a
     study pulled from a remote, or moved: the recorded path is the training machine's)."""
-    from optuna_search.storage._storages import located, study_home
-
     out = []
     if location_dir:
         out.append(point_checkpoints(location_dir, study_name, point) / FINAL_ADAPTER)

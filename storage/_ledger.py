@@ -113,7 +113,7 @@ class Ledger:
             kind, None if trial is None else trial.number, dict(trial.params) if trial is not None else {}, finished
         )
         if trial is not None and kind not in (CommitKind.NEW, CommitKind.CLAIM, CommitKind.RESUME):
-            self._own.pop(trial._trial_id, None)  # it ended or paused: no longer this process's alone
+            self._own.pop(trial.number, None)  # it ended or paused: no longer this process's alone
         for listener in self.listeners:
             listener(event)
 
@@ -127,7 +127,7 @@ class Ledger:
             if params is not None:
                 self.study.enqueue_trial(params, skip_if_exists=False)
             trial = self.study.ask(distributions)
-        self._own[trial._trial_id] = {}
+        self._own[trial.number] = {}
         self._commit(CommitKind.NEW, trial)
         return trial
 
@@ -294,13 +294,13 @@ class Ledger:
     def _write(self, trial: Trial | FrozenTrial, record: TrialRecord) -> None:
         attrs = record.to_user_attrs()
         set_trial_user_attrs(self.study, trial, attrs)
-        if trial._trial_id in self._own:
-            self._own[trial._trial_id].update(attrs)
+        if trial.number in self._own:
+            self._own[trial.number].update(attrs)
 
     def _full_record(self, trial: Trial, attrs: dict[str, Any]) -> TrialRecord:
         """A RUNNING trial's record with ``attrs`` written: from what this process wrote
         to a trial it created, else (a retry, a resumed configuration) as stored."""
-        own = self._own.pop(trial._trial_id, None)
+        own = self._own.pop(trial.number, None)
         if own is None:
             stored = stored_trial(self.study, trial)
             stored.user_attrs = {**stored.user_attrs, **attrs}

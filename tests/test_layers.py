@@ -143,7 +143,7 @@ def test_user_attrs_are_written_by_the_records_only():
     """A trial's record is written by the ledger, a study's by storage/_records.py (its
     StudyMeta); no other code sets a user attr (optuna-dashboard's notes are its own system
     attrs)."""
-    pattern = re.compile(r"set_user_attr\(|set_trial_user_attr\(")
+    pattern = re.compile(r"set_user_attr\(|set_trial_user_attrs?\(")
     found = [f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())]
     assert sorted(found) == ["storage/_internals.py", "storage/_ledger.py", "storage/_records.py"], found
 

@@ -7,7 +7,9 @@ fresh SQLite file:
   reconciliation, and the ``Scheduler`` (claim lock, per-point state, trial creation
   through ``GridPointSampler``, heartbeat) with a runner that only tells the value.
 
-    python benchmarks/study_overhead.py [--trials 60] [--repeats 7]
+    python benchmarks/study_overhead.py [--trials 60] [--repeats 7] [--smoke]
+
+``--smoke``: 6 trials, 1 repeat (seconds; the suite runs it to its last line).
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ from pathlib import Path
 import optuna
 
 from optuna_search.core import TrialRecord
-from optuna_search.search.front._config import load_config
-from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
-from optuna_search.search.loop._space import make_sampler
-from optuna_search.storage._storages import open_storage
+from optuna_search.search import load_config
+from optuna_search.search.loop import Outcome, Scheduler, TrialOutcome, make_sampler
+from optuna_search.storage import open_storage
 
 
 class NoopRunner:
@@ -49,11 +50,16 @@ def bare(n: int, tmp: Path) -> float:
 
 
 def project(n: int, tmp: Path) -> float:
-    config = load_config(preset="demo", sets=[f"study.grid={{lora_r={list(range(1, n + 1))}}}", f"storage.url=\"sqlite:///{tmp / 'project.db'}\""],
-                         )
+    config = load_config(
+        preset="demo",
+        sets=[f"study.grid={{lora_r={list(range(1, n + 1))}}}", f'storage.url="sqlite:///{tmp / "project.db"}"'],
+    )
     t0 = time.perf_counter()
-    storage = open_storage(config.storage.url, heartbeat_interval=config.storage.heartbeat_interval,
-                           grace_period=config.storage.grace_period)
+    storage = open_storage(
+        config.storage.url,
+        heartbeat_interval=config.storage.heartbeat_interval,
+        grace_period=config.storage.grace_period,
+    )
     study = optuna.create_study(storage=storage, sampler=make_sampler(config), direction="maximize")
     optuna.storages.fail_stale_trials(study)
     outcome = Scheduler(study, config, NoopRunner(study)).run()
@@ -65,7 +71,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--smoke", action="store_true", help="6 trials, 1 repeat: that it runs, not a figure")
     args = ap.parse_args()
+    if args.smoke:
+        args.trials, args.repeats = 6, 1
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.simplefilter("ignore")
     b, p = [], []

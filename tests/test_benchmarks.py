@@ -37,3 +37,10 @@ def test_search_efficiencys_halving_replay_uses_the_schedules_actions():
 
     run = se.halving_strategy(Curves(), "accuracy", rungs=[0.5, 1.0], eta=2)
     assert run.best == 0.7 and run.spent == 0.75  # four to 1/2, the best two to the end
+
+
+def test_study_overhead_runs_to_its_ratio_line():
+    proc = subprocess.run([sys.executable, str(BENCH / "study_overhead.py"), "--smoke"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.fullmatch(r"overhead ratio = \d+\.\d\d", proc.stdout.strip().splitlines()[-1]), proc.stdout

@@ -580,3 +580,70 @@ def test_a_remote_with_points_but_no_study_is_refused_not_overwritten(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     assert "holds 1 points but no study database" in proc.stderr and "nothing was trained" in proc.stderr
     assert files() == before
+
+
+def _owned_remote(tmp_path):
+    """A machine that ran study 's' (its SQLite database and one point's checkpoint) and
+    pushed both to a folder remote."""
+    from optuna_search.storage import STUDY_UNIT, LocalStudy, Remote, StudySync
+
+    from test_remote import fake_checkpoint
+
+    home = tmp_path / "a"
+    fake_checkpoint(home / "ckpt" / "lora_r-4" / "checkpoint-5", adapter=b"the trained adapter's bytes")
+    db = home / "s.db"
+    optuna.create_study(study_name="s", storage=f"sqlite:///{db}").enqueue_trial({"x": 1})
+    remote = Remote(str(tmp_path / "remote"))
+    remote.write_meta("s", "sqlite")
+    owner = StudySync(remote, LocalStudy("s", home / "ckpt", home / "art", db))
+    owner.push_many(["points/s/lora_r-4", STUDY_UNIT])
+    entry = remote.manifests()["points/s/lora_r-4"].files["checkpoint-5/adapter.bin"]
+    return owner, tmp_path / "remote" / "objects" / entry.sha256
+
+
+def _fresh_reader(tmp_path, name):
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+
+    home = tmp_path / name
+    home.mkdir()
+    return StudySync(Remote(str(tmp_path / "remote")), LocalStudy("s", home / "ckpt", home / "art", home / "s.db"))
+
+
+def test_same_size_damage_is_found_by_the_machine_with_the_study_and_repaired(tmp_path):
+    """Seen: 10 bytes overwritten in an object; the machine with the study compared sizes
+    only, said "holds the whole study" and never repaired it; a fresh machine then refused
+    the remote."""
+    from optuna_search.core import UserError
+    from optuna_search.search.loop._remote import pull_study
+
+    owner, obj = _owned_remote(tmp_path)
+    good = obj.read_bytes()
+    obj.write_bytes(b"X" * 10 + good[10:])  # same size, other bytes
+    with pytest.raises(UserError, match="does not verify|damaged"):
+        pull_study(_fresh_reader(tmp_path, "b"), "s", writing=True)
+    assert not (tmp_path / "b" / "ckpt" / "lora_r-4").exists()  # nothing half-pulled is taken for a checkpoint
+
+    pull_study(owner, "s", writing=True, repair=True)  # what `run` does on the machine with the study
+    assert obj.read_bytes() == good
+    reader = _fresh_reader(tmp_path, "c")
+    pull_study(reader, "s", writing=True)
+    assert (tmp_path / "c" / "ckpt" / "lora_r-4" / "checkpoint-5" / "adapter.bin").read_bytes() == good
+
+
+def test_the_remedy_the_damage_message_names_works_on_the_machine_with_the_study(tmp_path):
+    """Seen: "run again on the machine that has the study" refused that machine with the
+    same error. It now pushes again what is missing, and other machines read the remote."""
+    from optuna_search.core import UserError
+    from optuna_search.search.loop._remote import pull_study
+
+    owner, obj = _owned_remote(tmp_path)
+    good = obj.read_bytes()
+    obj.unlink()
+    with pytest.raises(UserError, match="run again on the machine that has the study") as refused:
+        pull_study(_fresh_reader(tmp_path, "b"), "s", writing=True)
+    assert "lora_r-4/checkpoint-5/adapter.bin: missing" in str(refused.value)
+
+    pull_study(owner, "s", writing=True, repair=True)
+    assert obj.read_bytes() == good
+    pull_study(_fresh_reader(tmp_path, "c"), "s", writing=True)
+    assert (tmp_path / "c" / "s.db").is_file()

@@ -10,6 +10,9 @@ Same tiny demo model (NF4 + LoRA r=8, fine-tuned for one epoch on the demo data)
   ``generate(do_sample=True, temperature=0.7, max_new_tokens=256)``.
 
     python benchmarks/eval_speed.py [--batch 50]
+    python benchmarks/eval_speed.py --smoke    # 8 examples, 4 training steps (seconds)
+
+Last line: the speedup of label scoring over the naive evaluation.
 """
 
 from __future__ import annotations
@@ -23,22 +26,30 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--smoke", action="store_true", help="8 examples, 32 training examples, 16 new tokens: seconds")
     args = ap.parse_args()
 
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
-    from optuna_search.objectives._data import prepare_study_data
-    from optuna_search.objectives._evaluate import evaluate
-    from optuna_search.objectives._metrics import parse_prediction, score_predictions
-    from optuna_search.objectives._model import load_lora_model, load_tokenizer, model_source
-    from optuna_search.objectives._prompt import PromptEncoder
-    from optuna_search.objectives._train import Collator
-    from optuna_search.search.front._config import load_config
+    from optuna_search.objectives import (
+        Collator,
+        PromptEncoder,
+        evaluate,
+        load_lora_model,
+        load_tokenizer,
+        model_source,
+        parse_prediction,
+        prepare_study_data,
+        score_predictions,
+    )
+    from optuna_search.search import load_config
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    cfg = load_config(preset="demo")
+    smoke = ["data.train_samples=32", "eval.num_samples=8", "eval.validation_samples=8"] if args.smoke else []
+    cfg = load_config(preset="demo", sets=smoke)
+    max_new_tokens = 16 if args.smoke else 256
     sd = prepare_study_data(cfg.data, cfg.eval, train_seed=cfg.train.seed, max_length=cfg.model.max_length)
     data, examples = sd.dataset, sd.test_examples
     source = model_source(cfg.model)
@@ -64,7 +75,7 @@ def main() -> None:
             for e in examples:
                 ids = torch.tensor([enc.encode_prompt(e)[0]])
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
-                                     max_new_tokens=256, pad_token_id=tok.pad_token_id)
+                                     max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
                 new_tokens += out.shape[1] - ids.shape[1]
                 preds.append(parse_prediction(e, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), data.fields))
         return time.perf_counter() - t0, preds, new_tokens
@@ -82,7 +93,7 @@ def main() -> None:
               f"{100 * first.scores.overall:.1f}% (again: {100 * again.scores.overall:.1f}%)  parse failures {first.scores.parse_failures}")
     agree = sum(a.predicted == b.predicted for a, b in zip(runs["generate"][0].predictions, runs["score"][0].predictions))
     print(f"score and generate choose the same labels on {agree}/{n} examples")
-    print(f"naive (sampled T=0.7, 1 at a time, 256 max new tokens; {new_tokens / n:.0f} new tokens/example): "
+    print(f"naive (sampled T=0.7, 1 at a time, {max_new_tokens} max new tokens; {new_tokens / n:.0f} new tokens/example): "
           f"{t_naive:6.2f}s  {n / t_naive:7.1f} ex/s  overall {100 * s_naive.overall:.1f}% "
           f"(another seed: {100 * s_naive2.overall:.1f}%)  parse failures {s_naive.parse_failures}")
     print(f"score vs generate: speedup = {best['generate'] / best['score']:.1f}")

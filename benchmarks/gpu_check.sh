@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
 python3 - <<'PY'
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
-for m in ("transformers", "peft", "accelerate", "bitsandbytes", "optuna", "datasets", "sqlalchemy", "optuna_search.search.front._cli"):
+for m in ("transformers", "peft", "accelerate", "bitsandbytes", "optuna", "datasets", "sqlalchemy", "optuna_search.search"):
     mod = importlib.import_module(m)
     print(m, getattr(mod, "__version__", "ok"), getattr(mod, "__file__", ""))
 PY

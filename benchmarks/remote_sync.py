@@ -14,6 +14,7 @@
    B's start to its first training step after the resume, and what it pulled.
 
     python benchmarks/remote_sync.py [--repeats 3]
+    python benchmarks/remote_sync.py --smoke --no-s3   # 20 steps, one repeat (seconds)
 
 Last line: the overhead ratio of the trial's time, the worst remote's (target <= 1.05).
 """
@@ -35,6 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "optuna_search.search"]
 POINT = ["--preset", "demo", "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1", "--set", "data.train_samples=600",
          "--set", "eval.num_samples=50", "--set", "eval.validation_samples=50", "--set", "train.checkpoint_steps=10"]
+SMOKE_POINT = [*POINT, "--set", "data.train_samples=160", "--set", "eval.num_samples=20", "--set", "eval.validation_samples=20",
+               "--set", "train.checkpoint_steps=5"]
+KILL = {"hold": r"step 4[1-9]/", "checkpoint": 40}
+"""Machine A is held (and killed) past this step, once this checkpoint is in the remote."""
+SMOKE_KILL = {"hold": r"step 1[1-9]/", "checkpoint": 10}
 QUICK_TAKEOVER = ["--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3"]
 """For the fresh machine only: a killed machine's lease goes stale in 3 s, not 180 (the
 overhead runs keep the defaults: a heartbeat a minute)."""
@@ -106,7 +112,7 @@ def checkpoint_bytes(remote: str) -> None:
         return
     groups: dict[str, dict[str, int]] = {}
     for rel, meta in m.files.items():
-        groups.setdefault(rel.split("/")[0], {})[rel.split("/", 1)[-1]] = meta["bytes"]
+        groups.setdefault(rel.split("/")[0], {})[rel.split("/", 1)[-1]] = meta.bytes
     for folder, files in sorted(groups.items()):
         total = sum(files.values())
         print(f"  {folder}: {total / 1024:.1f} KiB = " + ", ".join(f"{n} {b / 1024:.1f}" for n, b in sorted(files.items())))
@@ -118,7 +124,7 @@ def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
     a.mkdir()
     b.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "hooks"), os.environ.get("PYTHONPATH", "")]),
-           "OPTUNA_SEARCH_TEST_HOLD": r"step 4[1-9]/"}
+           "OPTUNA_SEARCH_TEST_HOLD": KILL["hold"]}
     proc = subprocess.Popen([*CLI, "run", *POINT, *QUICK_TAKEOVER, "--remote", remote, "--progress-interval", "0"], cwd=a, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # type: ignore[union-attr]
@@ -127,14 +133,15 @@ def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
     from optuna_search.storage import Remote
 
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the step-40 checkpoint's upload (a background thread) lands
+    while time.monotonic() < deadline:  # the checkpoint's upload (a background thread) lands
         m = Remote(remote).manifest("points/demo/lora_r-8")
-        if m is not None and "checkpoint-40/trainer_state.json" in m.files:
+        if m is not None and f"checkpoint-{KILL['checkpoint']}/trainer_state.json" in m.files:
             break
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    print("2. machine A killed at step 41, its step-40 checkpoint in the remote (a folder); one checkpoint there:")
+    step = KILL["checkpoint"]
+    print(f"2. machine A killed at step {step + 1}, its step-{step} checkpoint in the remote (a folder); one checkpoint there:")
     checkpoint_bytes(remote)
     time.sleep(3.5)  # the lease goes stale (storage.grace_period = 3 s)
     t0 = time.perf_counter()
@@ -155,7 +162,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 server (moto) variant")
+    ap.add_argument("--smoke", action="store_true", help="a point of 20 steps, one repeat: seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats = 1
+        POINT[:] = SMOKE_POINT
+        KILL.update(SMOKE_KILL)
     s3, server, log = None, None, None
     if not args.no_s3:
         log = Path(tempfile.mkdtemp(prefix="moto-")) / "requests.log"
@@ -169,7 +181,7 @@ def main() -> None:
         s3 = ("s3://bench", env)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        print(f"1. one demo point (75 optimizer steps, a checkpoint every 10), best of {args.repeats}:")
+        print(f"1. one demo point ({'20' if args.smoke else '75'} optimizer steps), best of {args.repeats}:")
         best = overhead(tmp, args.repeats, s3, log)
         first, total, step = fresh_machine(tmp, str(tmp / "fresh-remote"))
         print("3. machine B (an empty folder) runs the same command:")

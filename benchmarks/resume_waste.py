@@ -6,6 +6,7 @@ Redone steps = the last step the killed process reported - the step the retry re
 from. Goal: at most one checkpoint interval per kill.
 
     python benchmarks/resume_waste.py [--kills 3] [--checkpoint-steps 25]
+    python benchmarks/resume_waste.py --smoke  # one kill in a 160-report epoch (seconds)
 """
 
 from __future__ import annotations
@@ -29,13 +30,19 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=3)
     ap.add_argument("--checkpoint-steps", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="one kill, 160 training reports, one epoch: seconds")
     args = ap.parse_args()
+    smoke = []
+    if args.smoke:
+        args.kills, args.checkpoint_steps = 1, 5
+        smoke = ["--set", "data.train_samples=160", "--set", "train.epochs=1", "--set", "eval.num_samples=20",
+                 "--set", "eval.validation_samples=20"]
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="resume-waste-"))
     env = dict(os.environ)
-    cmd = [sys.executable, "-m", "optuna_search.search.front._cli", "run", "--preset", "demo", "--progress-interval", "0",
+    cmd = [sys.executable, "-m", "optuna_search.search", "run", "--preset", "demo", "--progress-interval", "0",
            "--set", "study.grid={lora_r=[8]}", "--set", f"train.checkpoint_steps={args.checkpoint_steps}",
-           "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=2"]
+           "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=2", *smoke]
     step_re = re.compile(r"step (\d+)/(\d+)")
     resume_re = re.compile(r"resuming from checkpoint .*\(step (\d+)\)")
     max_steps = None

@@ -26,6 +26,7 @@ then the best strategy run live once.
 
     python benchmarks/search_efficiency.py [--seeds 200] [--curves curves.json] [--no-live]
     python benchmarks/search_efficiency.py --real   # SmolLM2 on the real reports (about an hour)
+    python benchmarks/search_efficiency.py --smoke  # 2 points, 9 validation points, 5 seeds (seconds)
 """
 
 from __future__ import annotations
@@ -57,12 +58,9 @@ def grid_curves(space: dict[str, list], preset: str, sets: list[str], path: Path
     correctness (all fields, as 0/1 per field) and gold-label log-probability."""
     if path.exists():
         return json.loads(path.read_text())
-    from optuna_search.core._params import point_key
-    from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
-    from optuna_search.objectives._data import prepare_study_data
-    from optuna_search.objectives._quiet import quiet_libraries
-    from optuna_search.search.front._config import load_config
-    from optuna_search.core._schema import enumerate_grid
+    from optuna_search.core import enumerate_grid, point_key
+    from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest, prepare_study_data, quiet_libraries
+    from optuna_search.search import load_config
 
     quiet_libraries()
     config = load_config(preset=preset, sets=[*sets, "eval.method='score'"])
@@ -150,9 +148,10 @@ def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pr
     """An Optuna sampler and pruner over the curves: each trial reports the metric at the
     validation points ``rungs`` (fractions) and may be pruned there; a repeated point
     (allowed when ``no_repeats`` is False, as Optuna's samplers do) costs nothing."""
-    from optuna_search.core._params import point_key
-    from optuna_search.search.loop._samplers import NoRepeatSampler
     from optuna.distributions import CategoricalDistribution
+
+    from optuna_search.core import point_key
+    from optuna_search.search.loop import NoRepeatSampler
 
     run = Run(curves)
     space = {k: CategoricalDistribution(sorted({p[k] for p in curves.params.values()})) for k in next(iter(curves.params.values()))}
@@ -183,23 +182,22 @@ def optuna_strategy(curves: Curves, seed: int, sampler: Callable[[int], Any], pr
 
 def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, eta: int = 3) -> Run:
     """This project's successive halving over checkpoints (``search._halving``)."""
-    from optuna_search.search.loop import _halving as h
-    from optuna_search.search.loop import _schedule as actions
+    from optuna_search.search.loop import HalvingConfig, Promote, PruneRest, Train, next_action
 
     run = Run(curves)
     state = {k: {"state": "pending", "reached": -1, "metrics": {}} for k in curves.keys}
     promoted: dict[int, list[str]] = {}
     while True:
-        configs = [h.Config(k, v["state"], v["reached"], v["metrics"], i) for i, (k, v) in enumerate(state.items())]
-        a = h.next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(rungs), eta=eta)
-        if isinstance(a, actions.Train):
+        configs = [HalvingConfig(k, v["state"], v["reached"], v["metrics"], i) for i, (k, v) in enumerate(state.items())]
+        a = next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(rungs), eta=eta)
+        if isinstance(a, Train):
             s = state[a.key]
             run.train(a.key, rungs[a.rung], rungs[s["reached"]] if s["reached"] >= 0 else 0.0)
             s["reached"], s["metrics"][a.rung] = a.rung, curves.at(metric, a.key, rungs[a.rung])
             s["state"] = "complete" if a.rung == len(rungs) - 1 else "paused"
-        elif isinstance(a, actions.Promote):
+        elif isinstance(a, Promote):
             promoted[a.rung] = list(a.keys)
-        elif isinstance(a, actions.PruneRest):
+        elif isinstance(a, PruneRest):
             for k in a.keys:
                 state[k]["state"] = "pruned"
         else:
@@ -280,7 +278,7 @@ def live(data: dict[str, Any], preset: str, sets: list[str], rungs: list[float],
     space = data["space"]
     work = Path(tempfile.mkdtemp(prefix="search-efficiency-live-"))
     grid = "{" + ", ".join(f"{k}={v}" for k, v in space.items()) + "}"
-    cmd = [sys.executable, "-m", "optuna_search.search.front._cli", "-q", "run", "--preset", preset, "--study-name", "live",
+    cmd = [sys.executable, "-m", "optuna_search.search", "-q", "run", "--preset", preset, "--study-name", "live",
            "--storage", f"sqlite:///{work / 'live.db'}",
            *[a for s in [*sets, f"study.grid={grid}", "study.schedule='successive_halving'", f"study.rungs={rungs}",
                          f"study.eta={eta}", "eval.method='score'", f"study.prune_on='{metric}'", "study.pruner='none'",
@@ -303,6 +301,7 @@ def main() -> None:
     ap.add_argument("--curves", type=Path, help="cache of the grid's curves (JSON); trained when missing")
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M on the real reports (about an hour on 2 cores)")
     ap.add_argument("--no-live", action="store_true", help="skip the live run")
+    ap.add_argument("--smoke", action="store_true", help="2 points, 9 validation points, 5 seeds, no live run: seconds")
     ap.add_argument("--live-only", metavar="METRIC:RUNGS:ETA", help="only the live run of this successive halving, "
                     "e.g. accuracy:0.25,1.0:4 (the grid's curves from --curves)")
     args = ap.parse_args()
@@ -316,13 +315,17 @@ def main() -> None:
         bugs = Path(__file__).resolve().parents[2] / "shared" / "data" / "game-bugs"
         sets += [f'data.train="{bugs / "train.jsonl"}"', f'data.validation="{bugs / "val.jsonl"}"',
                  f'data.test="{bugs / "val.jsonl"}"']
+    elif args.smoke:
+        space, preset = {"lora_r": [4, 8]}, "demo-search"
+        sets = ["train.epochs=1", "data.train_samples=64", "eval.validation_samples=10", "train.checkpoint_steps=1000"]
+        args.seeds, args.no_live = 5, True
     else:
         space, preset = DEMO, "demo-search"
         sets = ["train.epochs=2", "data.train_samples=600", "eval.validation_samples=100", "train.checkpoint_steps=1000"]
     sets += ["train.gradient_checkpointing=false"]
     t0 = time.monotonic()
     data = grid_curves(space, preset, sets, args.curves or Path(tempfile.mkdtemp()) / "curves.json",
-                       REAL_POINTS if args.real else POINTS)
+                       REAL_POINTS if args.real or args.smoke else POINTS)
     if args.live_only:
         metric, rungs, eta = args.live_only.split(":")
         fraction, best, grid_best = live(data, preset, sets, [float(x) for x in rungs.split(",")], int(eta), metric)

@@ -13,6 +13,7 @@ estimate for the full model.
 
     python benchmarks/t4_memory.py                        # GPU if there is one, else CPU
     python benchmarks/t4_memory.py --layers 2 --hidden 1024 --intermediate 3584 --heads 8 --kv-heads 2
+    python benchmarks/t4_memory.py --smoke     # a one-layer model of width 64 (seconds)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from optuna_search.objectives._footprint import GiB, Setting, Shape, estimate, render
+from optuna_search.objectives import GiB, Setting, Shape, estimate, render_footprint
 
 
 def _model_dir(args, root: Path) -> Path:
@@ -48,7 +49,7 @@ def _measure(model_dir: str, phase: str, args) -> dict:
     import torch
 
     from optuna_search.core import build_config
-    from optuna_search.objectives._model import load_lora_model
+    from optuna_search.objectives import load_lora_model
 
     cuda = torch.cuda.is_available()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -95,7 +96,11 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--smoke", action="store_true", help="a one-layer model of width 64, 32 tokens: seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.__dict__.update(layers=1, hidden=64, intermediate=128, heads=4, kv_heads=2, vocab=512, full_layers=2,
+                             batch=2, length=32, eval_batch=2, r=4, smoke=False)
     if args.phase:  # a child: one measurement
         print(json.dumps(_measure(args.model_dir, args.phase, args)))
         return
@@ -108,13 +113,13 @@ def main() -> None:
     print(f"shape: {shape}\nsetting: {setting}\n\nestimate ({args.layers} layers):")
     est = estimate(shape, setting)
     est_nockpt = estimate(shape, Setting(**{**setting.__dict__, "gradient_checkpointing": False}))
-    print(render(est))
+    print(render_footprint(est))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = _model_dir(args, Path(tmp))
         measured = {}
         for phase in ("train", "train-nockpt", "eval"):
             cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", str(model_dir)] + [
-                a for k, v in vars(args).items() if k not in ("phase", "model_dir") for a in (f"--{k.replace('_', '-')}", str(v))]
+                a for k, v in vars(args).items() if k not in ("phase", "model_dir", "smoke") for a in (f"--{k.replace('_', '-')}", str(v))]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)

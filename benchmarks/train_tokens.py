@@ -7,6 +7,7 @@ PromptEncoder, and transformers' own LengthGroupedSampler exactly as Trainer bui
 per-device micro-batches then padded to their longest member (dynamic padding).
 
     python benchmarks/train_tokens.py [--batch 4] [--accum 4] [--max-length 512]
+    python benchmarks/train_tokens.py --smoke  # the first 200 reports, one epoch (seconds)
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from optuna_search.objectives._data import load_split
-from optuna_search.objectives._prompt import PromptEncoder
+from optuna_search.objectives import PromptEncoder, load_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIELDS = ["severity", "component", "reproducibility"]
@@ -32,14 +32,17 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--epochs", type=int, default=3, help="epochs (sampler seeds) to average over")
+    ap.add_argument("--smoke", action="store_true", help="the first 200 reports, one epoch: seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.epochs = 1
 
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(SHARED / "tokenizers" / "mistral-7b-instruct-v0.2"))
     train = load_split("train", str(SHARED / "data" / "game-bugs" / "train.jsonl"), fields=FIELDS)
     vocab = {f: sorted(train.label_counts(f)) for f in FIELDS}
     enc = PromptEncoder(tok, FIELDS, vocab, args.max_length)
-    encoded = [enc.encode(e) for e in train.examples]
+    encoded = [enc.encode(e) for e in train.examples[: 200 if args.smoke else None]]
     lengths = [len(e.input_ids) for e in encoded]
     floor = sum(lengths)
     pad_max = len(lengths) * args.max_length

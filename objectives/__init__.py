@@ -13,15 +13,18 @@ from optuna_search.objectives._data import (
     Example,
     StudyData,
     load_dataset_from_config,
+    load_split,
     prepare_study_data,
     resolve_eval_subset,
 )
 from optuna_search.objectives._ddp import DistributedObjective
+from optuna_search.objectives._demo_data import ensure_demo_data
 from optuna_search.objectives._ensemble import Member, check_members, correctness, hard_vote, soft_vote
-from optuna_search.objectives._evaluate import evaluate_examples
+from optuna_search.objectives._evaluate import evaluate, evaluate_examples
 from optuna_search.objectives._footprint import T4_USABLE_BYTES, GiB, Setting, Shape, estimate
+from optuna_search.objectives._footprint import render as render_footprint
 from optuna_search.objectives._memory import prefer_expandable_segments, release_memory
-from optuna_search.objectives._metrics import Prediction, score_predictions
+from optuna_search.objectives._metrics import Evaluation, Prediction, parse_prediction, score_predictions
 from optuna_search.objectives._model import (
     BUILTIN_TINY,
     base_licence,
@@ -29,6 +32,7 @@ from optuna_search.objectives._model import (
     check_model_available,
     count_parameters,
     load_adapters,
+    load_lora_model,
     load_tokenizer,
     merged_model,
     model_source,
@@ -52,7 +56,7 @@ from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.objectives._quality import check_quality, quality_warnings, render_distribution
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.objectives._stats import ALPHA, holm, mcnemar_exact, reliability_bins, wilson_interval
-from optuna_search.objectives._train import stop_step
+from optuna_search.objectives._train import Collator, stop_step
 
 
 def make_objective(config: Config) -> Objective:
@@ -67,9 +71,11 @@ __all__ = [
     "CHARS_PER_TOKEN_BOUND",
     "T4_USABLE_BYTES",
     "BudgetExhausted",
+    "Collator",
     "Dataset",
     "DistributedObjective",
     "DivergedTraining",
+    "Evaluation",
     "Example",
     "GiB",
     "Member",
@@ -95,18 +101,23 @@ __all__ = [
     "compute_baselines",
     "correctness",
     "count_parameters",
+    "ensure_demo_data",
     "estimate",
+    "evaluate",
     "evaluate_examples",
     "hard_vote",
     "holm",
     "load_adapters",
     "load_dataset_from_config",
+    "load_lora_model",
+    "load_split",
     "load_tokenizer",
     "make_objective",
     "mcnemar_exact",
     "merged_model",
     "model_source",
     "native_bf16",
+    "parse_prediction",
     "pick_compute_dtype",
     "prefer_expandable_segments",
     "prepare_study_data",
@@ -115,6 +126,7 @@ __all__ = [
     "release_memory",
     "reliability_bins",
     "render_distribution",
+    "render_footprint",
     "resolve_eval_subset",
     "resolve_model_source",
     "score_predictions",

@@ -17,12 +17,11 @@ import time
 
 import optuna
 
-from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.search.front._config import load_config
 from optuna_search.core import TrialRecord
-from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
-from optuna_search.search.loop._space import make_sampler
-from optuna_search.storage._storages import open_storage
+from optuna_search.objectives import quiet_libraries
+from optuna_search.search import load_config
+from optuna_search.search.loop import Outcome, Scheduler, TrialOutcome, make_sampler
+from optuna_search.storage import open_storage
 
 
 class SleepRunner:

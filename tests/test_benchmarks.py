@@ -1,12 +1,69 @@
-"""Benchmarks that cannot rot silently: the ones that run in seconds are run here to
-their last line, in their documented form (never asserting the figure's value)."""
+"""Benchmarks that cannot rot silently: every script in benchmarks/ runs here at its smoke
+size (``--smoke``) to its last line, which must print its figure in the documented form
+(never asserting the figure's value); gpu_check.sh's Python side is imported."""
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from conftest import GAME_BUGS, MISTRAL_TOKENIZER
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+NUM = r"\d+\.\d+"
+SMOKES = {
+    "eval_speed.py": ([], rf"score vs naive: speedup = {NUM}"),
+    "predict_speed.py": ([], rf"predict vs evaluation: rows/s ratio = {NUM}"),
+    "parallel_throughput.py": ([], rf"speedup at 2 workers = {NUM}"),
+    "remote_sync.py": (["--no-s3"], rf"sync overhead ratio \(trial time\) = {NUM}"),
+    "resume_waste.py": ([], rf"redone/total = {NUM}"),
+    "t4_memory.py": ([], rf"training peak measured/estimated = {NUM}"),
+    "search_efficiency.py": ([], rf"successive halving \(label_logprob\): P\(within 1 point at <= 1/3 grid compute\) = {NUM}"),
+}
+
+
+def _smoke(script: str, *extra: str, env: dict | None = None) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *extra], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_every_benchmark_has_a_smoke_test():
+    scripts = {p.name for p in BENCH.glob("*.py")}
+    tested = set(SMOKES) | {"hub_budget.py", "study_overhead.py", "train_tokens.py"}
+    assert scripts == tested, f"benchmarks without a smoke run here: {sorted(scripts - tested)}"
+
+
+@pytest.mark.parametrize("script", sorted(SMOKES))
+def test_a_benchmark_runs_to_its_last_line_at_smoke_size(script, demo_cache, tmp_path):
+    extra, last_line = SMOKES[script]
+    out = _smoke(script, *extra, env={"TMPDIR": str(tmp_path)})
+    assert re.fullmatch(last_line, out.strip().splitlines()[-1]), out[-1500:]
+
+
+def test_train_tokens_runs_to_its_last_line_on_the_real_reports():
+    assert GAME_BUGS.exists() and MISTRAL_TOKENIZER.exists()  # (skipped, with the reason, where ../shared is absent)
+    out = _smoke("train_tokens.py")
+    assert re.fullmatch(rf"padded/floor = {NUM}", out.strip().splitlines()[-1]), out
+
+
+def test_gpu_checks_python_side_imports_and_collects():
+    """gpu_check.sh runs on a GPU machine only; what it imports and the tests it runs are
+    checked here, so a rename breaks CI, not the one GPU session."""
+    import importlib
+
+    script = (BENCH / "gpu_check.sh").read_text()
+    modules = re.search(r'for m in \((.*?)\):', script).group(1)
+    for name in re.findall(r'"([\w.]+)"', modules):
+        importlib.import_module(name)
+    tests = re.search(r"pytest -m gpu .*?((?:tests/\S+ ?)+)", script).group(1).split()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *tests],
+                          capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    assert proc.returncode == 0 and re.search(r"\d+ tests? collected|\d+/\d+ tests collected", proc.stdout), proc.stdout[-2000:]
 
 
 def test_hub_budget_runs_to_its_verdict_line():

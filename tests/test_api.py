@@ -1,4 +1,4 @@
-"""The Python API as the README shows it: the README's example runs as written."""
+"""The Python API as the documentation shows it (docs/using-the-winner.md): its example runs as written."""
 
 import re
 
@@ -10,14 +10,14 @@ pytestmark = pytest.mark.slow
 
 
 def readme_example() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "using-the-winner.md").read_text()
     section = text.split("## Python API", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_the_readmes_example_runs(tmp_path, demo_cache, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_example(), "README.md (Python API)", "exec"), {})
+    exec(compile(readme_example(), "docs/using-the-winner.md (Python API)", "exec"), {})
     out = capsys.readouterr().out
     assert "1/1 grid points complete" in out
     assert re.search(r"lora_r=8 \d+\.\d+ \d+\.\d+", out)  # the best, its overall accuracy and the majority baseline's

@@ -1,0 +1,265 @@
+"""The documentation runs: the site builds with ``mkdocs build --strict`` (a broken link or
+anchor, an unknown generated table, an API name that no longer exists fail), and every
+command and code block in docs/ and the README is checked against the code:
+
+- every ``optuna-search`` command (in a ``bash`` block, or inline in the text) is parsed
+  by the CLI's own parser (a stale flag fails) and, when it takes a configuration, the
+  configuration is built from its preset, file and ``--set`` values (a renamed key or a
+  preset that is gone fails);
+- the commands that read or use a study (predict, export-model, ensemble, report,
+  status, export, show-config, validate) are *run*, page by page in order, on the
+  tests' demo study (tests/fast.toml), with the input files a page names provided;
+  training commands (`run`) and those that need a GPU machine, Kaggle's folders, a
+  server or a hub are parsed and built only (the demo's `run` is the suite's main job,
+  tests/test_study.py), and so is `dashboard` (it serves until stopped);
+- Python blocks run (the API example: tests/test_api.py, with its output checked);
+  a Kaggle cell (``!pip``, ``kaggle_secrets``) is compiled;
+- TOML blocks are read as configuration files and built.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, REPO, run_main
+
+DOCS = REPO / "docs"
+PAGES = sorted(DOCS.glob("*.md")) + [REPO / "README.md"]
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`(optuna-search [^`]+)`")
+PLACEHOLDER = re.compile(r"^(\.\.\.|…|[A-Z][A-Z_]*(\[.*\])?|section\.key=value|<.*>)$")
+READING = {"predict", "export-model", "ensemble", "report", "status", "export", "show-config", "validate"}
+INSTALL = ("pip ", "python3 -m venv", ".venv/bin/pip", "bash .ci/run", "!pip", "cd ")
+
+
+def blocks(page: Path) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in FENCE.finditer(page.read_text())]
+
+
+def commands(code: str) -> list[str]:
+    """The logical lines of a shell block: continuations joined, comments dropped."""
+    out = []
+    for line in code.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def argv_of(line: str) -> list[str] | None:
+    """The arguments of an `optuna-search` command line (None: not one)."""
+    words = shlex.split(line, comments=True)
+    for prefix in (["optuna-search"], [".venv/bin/optuna-search"], ["!optuna-search"]):
+        if words[: len(prefix)] == prefix:
+            return words[len(prefix):]
+    return None
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Full command lines from the pages' bash and Python blocks."""
+    found = []
+    for page in PAGES:
+        for lang, code in blocks(page):
+            if lang in ("bash", "python"):
+                for line in commands(code):
+                    for part in line.split("&&"):
+                        argv = argv_of(part.strip().lstrip("!"))
+                        if argv is not None:
+                            found.append((page.name, argv))
+    return found
+
+
+def mentioned_commands() -> list[tuple[str, list[str]]]:
+    """Commands named inline in the text (often with placeholders: ``--input FILE``)."""
+    found = []
+    for page in PAGES:
+        for m in INLINE.finditer(FENCE.sub("", page.read_text())):
+            argv = argv_of(m.group(1).replace("[", " ").replace("]", " ").replace("|", " "))
+            if argv:
+                found.append((page.name, argv))
+    return found
+
+
+def _flags_of(command: str) -> set[str]:
+    from optuna_search.search.front._cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    if command not in sub.choices:
+        return set()
+    return {o for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+def _check(argv: list[str]) -> None:
+    """Parse as the CLI does; build the configuration where the command takes one."""
+    from optuna_search.core import UserError
+    from optuna_search.search.front._cli import build_parser, resolve_config
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        raise AssertionError(f"`optuna-search {shlex.join(argv)}` does not parse (exit {e.code})") from None
+    if any(PLACEHOLDER.match(a) for a in argv) or not hasattr(args, "sets"):
+        return
+    try:
+        resolve_config(args)
+    except UserError as e:
+        if not re.search(r"data\.|file|not found|does not exist", str(e)):  # the data lives on the user's machine
+            raise AssertionError(f"`optuna-search {shlex.join(argv)}`: {e}") from None
+
+
+def test_every_command_named_in_the_text_exists_with_its_flags():
+    found = mentioned_commands()
+    assert len(found) > 30, found  # the pages' commands are found at all
+    problems = []
+    for page, argv in found:
+        if argv[0].startswith("-"):
+            continue  # `optuna-search --version`
+        flags = _flags_of(argv[0])
+        if not flags:
+            problems.append(f"{page}: `optuna-search {argv[0]}`: no such command")
+        bad = [a.split("=")[0] for a in argv[1:] if a.startswith("-") and a.split("=")[0] not in flags]
+        if bad:
+            problems.append(f"{page}: `optuna-search {shlex.join(argv)}`: {', '.join(bad)} not a flag of {argv[0]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_documented_command_parses_and_builds_its_configuration():
+    found = documented_commands()
+    assert len(found) > 15, found  # the pages' commands are found at all
+    problems = []
+    for page, argv in found:
+        try:
+            _check(argv)
+        except AssertionError as e:
+            problems.append(f"{page}: {e}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_site_builds_strict(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=_quiet_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    import optuna_search
+
+    missing = [n for n in optuna_search.__all__ if f'id="optuna_search.{n}"' not in api]
+    assert not missing, f"public names without a section in the API reference: {missing}"
+    reference = (tmp_path / "site" / "configuration" / "index.html").read_text()
+    from optuna_search.core import SECTIONS
+
+    import dataclasses
+
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    assert all(f"<code>{k}</code>" in reference for k in keys), "a configuration key is missing from the reference"
+
+
+def _quiet_env() -> dict:
+    import os
+
+    return {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+
+
+def test_the_readme_stays_an_overview_with_the_two_quickstart_commands():
+    text = (REPO / "README.md").read_text()
+    assert text.count("\n") <= 200
+    (quickstart,) = [code for lang, code in blocks(REPO / "README.md") if lang == "bash"]
+    assert commands(quickstart) == [
+        "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 -e . && .venv/bin/optuna-search run --preset demo",
+        "bash .ci/run",
+    ]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "-m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile" in ci
+    from optuna_search.search.front._cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert {f"`optuna-search {c}`" for c in sub.choices} <= set(re.findall(r"`optuna-search [\w-]+`", text))
+
+
+# -- running the pages' commands on the tests' study ---------------------------------------
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory, demo_cache):
+    """The tests' demo study (label scoring, so that soft voting has probabilities)."""
+    work = tmp_path_factory.mktemp("docs-study")
+    proc = run_main("run", *FAST, "--set", "eval.method='score'", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def _inputs(folder: Path) -> None:
+    """The files the pages' commands read: new reports, as JSONL and CSV."""
+    import csv
+
+    from optuna_search.objectives import ensure_demo_data
+
+    rows = [json.loads(line) for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:12]]
+    for name in ("new-reports.jsonl", "new.jsonl"):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with open(folder / "new.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _runnable(argv: list[str]) -> bool:
+    if not argv or argv[0] not in READING or any(PLACEHOLDER.match(a) for a in argv):
+        return False
+    if any(re.match(r"(sqlite:///)?/kaggle|postgresql:|s3:|gs:|hf:", a) for a in argv):
+        return False
+    preset = argv[argv.index("--preset") + 1] if "--preset" in argv else None
+    return preset in (None, "demo")
+
+
+@pytest.mark.parametrize("page", [p.name for p in PAGES if any(lang in ("bash", "python", "toml") for lang, _ in blocks(p))])
+def test_a_pages_blocks_run(page, study_folder, tmp_path, monkeypatch):
+    path = REPO / page if page == "README.md" else DOCS / page
+    work = tmp_path / "work"
+    shutil.copytree(study_folder, work)
+    _inputs(work)
+    ran = []
+    for lang, code in blocks(path):
+        if lang == "python":
+            if "kaggle_secrets" in code or "\n!" in f"\n{code}":
+                python = [line for line in code.replace("\\\n", " ").splitlines() if not line.startswith("!")]
+                compile("\n".join(python), page, "exec")
+            elif "optuna_search.run(" in code:  # the API example trains a point: tests/test_api.py runs it
+                assert page == "using-the-winner.md" and "### Python API" in path.read_text()
+            else:
+                monkeypatch.chdir(work)
+                exec(compile(code, page, "exec"), {})
+            continue
+        if lang == "toml":
+            from optuna_search.search import load_config
+
+            (work / "block.toml").write_text(code)
+            load_config(config_file=str(work / "block.toml"))
+            continue
+        if lang != "bash":
+            continue
+        for line in commands(code):
+            if line.startswith(INSTALL):
+                continue
+            argv = argv_of(line)
+            if argv is None:
+                proc = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
+                assert proc.returncode == 0, f"{page}: {line}: {proc.stderr}"
+                continue
+            if not _runnable(argv):
+                _check(argv)
+                continue
+            proc = run_main(*argv, cwd=work)
+            assert proc.returncode == 0, f"{page}: `optuna-search {shlex.join(argv)}` exit {proc.returncode}:\n{proc.stderr[-2000:]}"
+            ran.append(argv[0])
+    if page == "using-the-winner.md":
+        assert ran.count("predict") >= 3 and "export-model" in ran and "ensemble" in ran, ran
+        assert (work / "triage.jsonl").stat().st_size > 0 and (work / "triage.csv").stat().st_size > 0
+    if page == "inspecting.md":
+        assert "report" in ran, ran

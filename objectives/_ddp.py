@@ -197,7 +197,18 @@ def main(spec_path: str) -> int:
     out = _outcome(QLoRAObjective(config), request, hooks)
     out["rank"] = rank
     Path(spec["checkpoint_dir"], RESULT.format(rank=rank)).write_text(json.dumps(out))
+    leave_process_group()
     return 0 if out["status"] == "ok" else 1
+
+
+def leave_process_group() -> None:
+    """Leave the process group before the interpreter exits: a gloo thread still running
+    at exit aborts the rank ("terminate called without an active exception", exit -6),
+    and torchrun then reports a trial that finished as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _outcome(objective: QLoRAObjective, request: TrialRequest, hooks: TrialHooks) -> dict[str, Any]:

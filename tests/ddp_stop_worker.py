@@ -15,6 +15,7 @@ from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
 from optuna_search.objectives._train import ValidationRun
+from optuna_search.objectives._ddp import leave_process_group
 from optuna_search.objectives._trainer import StudyCallback, StudyTrainer
 
 
@@ -38,6 +39,7 @@ def main(out: Path) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps({"global_step": trainer.state.global_step,
                                                       "max_steps": trainer.state.max_steps,
                                                       "stopped_on_request": callback.stopped_on_request}))
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, REPO, run_main
+from conftest import REPO, run_main
 
 DOCS = REPO / "docs"
 PAGES = sorted(DOCS.glob("*.md")) + [REPO / "README.md"]
@@ -185,15 +185,6 @@ def test_the_readme_stays_an_overview_with_the_two_quickstart_commands():
 
 
 # -- running the pages' commands on the tests' study ---------------------------------------
-@pytest.fixture(scope="module")
-def study_folder(tmp_path_factory, demo_cache):
-    """The tests' demo study (label scoring, so that soft voting has probabilities)."""
-    work = tmp_path_factory.mktemp("docs-study")
-    proc = run_main("run", *FAST, "--set", "eval.method='score'", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
-
-
 def _inputs(folder: Path) -> None:
     """The files the pages' commands read: new reports, as JSONL and CSV."""
     import csv
@@ -219,10 +210,10 @@ def _runnable(argv: list[str]) -> bool:
 
 
 @pytest.mark.parametrize("page", [p.name for p in PAGES if any(lang in ("bash", "python", "toml") for lang, _ in blocks(p))])
-def test_a_pages_blocks_run(page, study_folder, tmp_path, monkeypatch):
+def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
     path = REPO / page if page == "README.md" else DOCS / page
     work = tmp_path / "work"
-    shutil.copytree(study_folder, work)
+    shutil.copytree(scored_study, work)  # the tests' demo study, label scoring (soft voting has probabilities)
     _inputs(work)
     ran = []
     for lang, code in blocks(path):

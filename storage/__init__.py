@@ -37,7 +37,7 @@ from optuna_search.storage._internals import (
     set_trial_system_attrs,
     storage_of,
 )
-from optuna_search.storage._ledger import Commit, CommitKind, Ledger
+from optuna_search.storage._ledger import Commit, CommitKind, Ledger, PointSampler, create_study
 from optuna_search.storage._pusher import PushProcess
 from optuna_search.storage._records import read_meta, write_meta
 from optuna_search.storage._remote import (
@@ -98,6 +98,7 @@ __all__ = [
     "Ledger",
     "LocalStudy",
     "Manifest",
+    "PointSampler",
     "PushProcess",
     "Remote",
     "SimulatedHub",
@@ -116,6 +117,7 @@ __all__ = [
     "checkpoint_state",
     "checkpoint_step",
     "close_storages",
+    "create_study",
     "distribution_contains",
     "engine_of",
     "grid_points",

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from optuna_search.core import StudyMeta, TrialRecord
 from optuna_search.storage._internals import (
@@ -91,6 +91,38 @@ class Commit:
 Listener = Callable[[Commit], None]
 
 
+def create_study(
+    name: str, storage: Any, sampler: Any, pruner: Any, directions: list[str], metric_names: list[str]
+) -> optuna.Study:
+    """A new study (Optuna's ``create_study``) with its objectives' names: studies are
+    created here, as trials are, and nowhere else."""
+    import optuna
+
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        directions=directions,  # type: ignore[arg-type]  # "minimize"/"maximize", checked in core
+    )
+    study.set_metric_names(metric_names)
+    return study
+
+
+@runtime_checkable
+class PointSampler(Protocol):
+    """A sampler whose next trial's point is chosen by the scheduler (the grid's
+    ``GridPointSampler``): the ledger creates that trial while the sampler claims it."""
+
+    def claiming(self, point: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+        """While open, the next trial the study asks for is created for ``point``."""
+        ...
+
+    def point_of(self, trial: FrozenTrial) -> dict[str, Any] | None:
+        """The point of a trial created for this sampler's grid whose params were never set."""
+        ...
+
+
 class Ledger:
     """The study's trials as a ledger of lifecycle operations (see the module docstring)."""
 
@@ -121,8 +153,9 @@ class Ledger:
     def new(self, distributions: dict[str, Any], params: dict[str, Any] | None = None, sampler: Any = None) -> Trial:
         """A new RUNNING trial: at ``params`` (a grid's point through its sampler, or a
         fixed point), else where the study's sampler proposes."""
-        if params is not None and sampler is not None and hasattr(sampler, "ask_point"):
-            trial = sampler.ask_point(self.study, params, distributions)
+        if params is not None and isinstance(sampler, PointSampler):
+            with sampler.claiming(params):
+                trial = self.study.ask(distributions)
         else:
             if params is not None:
                 self.study.enqueue_trial(params, skip_if_exists=False)

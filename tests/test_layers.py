@@ -123,20 +123,30 @@ def test_help_imports_no_heavy_module():
 
 
 LIFECYCLE = re.compile(r"\bstudy\.tell\(|\btrial\.report\(|\benqueue_trial\(|\badd_trials?\(|\bfail_stale_trials\(|"
+                       r"\.ask\(|\boptuna\.create_study\(|\bset_metric_names\(|\bset_trial_system_attr\(|"
                        r"\bset_trial_state_values\(|\bset_trial_user_attr\(|\bset_trial_intermediate_value\(|"
                        r"\bset_trial_param\(|(?<![\w.])(claim_waiting|fail_trial|pause|unpause)\(")
 """Optuna's calls that move a trial (and storage/_internals' wrappers of its private ones)."""
 
 
 def test_a_trials_state_moves_in_the_ledger_only():
-    """Creating, claiming, pausing, resuming, failing, completing and copying trials, and
-    writing their records: storage/_ledger.py (through Optuna's calls, and
+    """Creating studies and trials (``create_study``, ``ask``), claiming, pausing, resuming,
+    failing, completing and copying trials, and writing their records: storage/_ledger.py (through Optuna's calls, and
     storage/_internals.py for the private ones). No other module tells Optuna anything,
     enqueues, adds trials, reports intermediate values or calls a storage setter."""
     found = sorted({f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources()
                     for line in p.read_text().splitlines()
                     if LIFECYCLE.search(line) and not line.lstrip().startswith(("#", "def ", '"', "'"))})
     assert found == ["storage/_internals.py", "storage/_ledger.py"], found
+
+
+def test_system_attrs_are_written_by_storage_and_the_grid_samplers_hook_only():
+    """Optuna's system attrs are storage's (``storage/_internals.py``), except the grid's
+    point, which ``GridPointSampler.before_trial`` records as Optuna's own GridSampler does,
+    inside the ``ask`` the ledger makes."""
+    pattern = re.compile(r"\bset_trial_system_attrs?\(|\bset_system_attr\(")
+    found = sorted(f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text()))
+    assert found == ["search/loop/_samplers.py", "storage/_internals.py"], found
 
 
 def test_user_attrs_are_written_by_the_records_only():

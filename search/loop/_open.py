@@ -28,6 +28,7 @@ from optuna_search.search.loop._preflight import Preflight
 from optuna_search.search.loop._space import fitted_distributions, make_pruner, make_sampler
 from optuna_search.storage import (
     ClaimLock,
+    create_study,
     engine_of,
     list_study_names,
     located,
@@ -108,16 +109,14 @@ def _record_extension(study: optuna.Study, config: Config) -> None:
 
 
 def _create(config: Config, pf: Preflight, storage: Any) -> optuna.Study:
-    import optuna
-
-    study = optuna.create_study(
-        study_name=config.study.name,
-        storage=storage,
-        sampler=make_sampler(config),
-        pruner=make_pruner(config),
-        directions=config.directions(),  # type: ignore[arg-type]  # "minimize"/"maximize", checked in core
+    study = create_study(
+        config.study.name,
+        storage,
+        make_sampler(config),
+        make_pruner(config),
+        list(config.directions()),
+        list(config.study.objectives),
     )
-    study.set_metric_names(list(config.study.objectives))
     shown = redacted_config(config)
     write_meta(
         study,

@@ -18,13 +18,13 @@ that builds a sampler imports it inside the function, so ``--help`` stays light)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, BruteForceSampler, GridSampler
 from optuna.study import Study
@@ -40,8 +40,8 @@ model-based sampler that proposes a point again tends to propose it once more)."
 
 
 class GridPointSampler(GridSampler):
-    """A GridSampler that creates the trial for the point the scheduler chose:
-    ``sampler.ask_point(study, point, distributions)``."""
+    """A GridSampler whose trials are created for the point the scheduler chose: the
+    ledger asks while ``sampler.claiming(point)`` is open."""
 
     def __init__(self, search_space: dict[str, list[Any]], seed: int | None = None) -> None:
         super().__init__(search_space, seed=seed)
@@ -62,11 +62,13 @@ class GridPointSampler(GridSampler):
             return grid_points(self)[attrs[GRID_ID]]
         return None
 
-    def ask_point(self, study: Study, point: dict[str, Any], dists: dict[str, BaseDistribution]) -> optuna.Trial:
-        """Create the trial of ``point`` (its params set at once from ``dists``)."""
+    @contextlib.contextmanager
+    def claiming(self, point: dict[str, Any]) -> Iterator[None]:
+        """While open, the trial the study asks for is created for ``point`` (storage's
+        ``PointSampler``: the ledger asks)."""
         self._claim = point
         try:
-            return study.ask(dists)
+            yield
         finally:
             self._claim = None
 

@@ -50,6 +50,7 @@ from optuna_search.search.loop._space import fitted_distributions, make_sampler
 from optuna_search.storage import (
     ClaimLock,
     Ledger,
+    PointSampler,
     artifact_store,
     engine_of,
     has_checkpoint,
@@ -152,7 +153,7 @@ def study_state(study: optuna.Study, config: Config) -> StudyState:
     """Where a study stands: its points, their status, its target, its promotions."""
     sampler = (
         study.sampler
-        if config.is_grid and hasattr(study.sampler, "point_of")
+        if config.is_grid and isinstance(study.sampler, PointSampler)
         else (make_sampler(config) if config.is_grid else None)
     )
     return read_state(config, study.get_trials(deepcopy=False), sampler, read_meta(study))

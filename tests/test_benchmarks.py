@@ -67,12 +67,10 @@ def test_gpu_checks_python_side_imports_and_collects():
 
 
 def test_hub_budget_runs_to_its_verdict_line():
-    proc = subprocess.run([sys.executable, str(BENCH / "hub_budget.py"), "--smoke"], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    out = _smoke("hub_budget.py")
+    last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"hub_budget: (\w+ [\w/]+=[\d.]+\w* (PASS|FAIL)(; )?)+", last), last
-    assert "bucket" in proc.stdout and "repo" in proc.stdout
+    assert "bucket" in out and "repo" in out
 
 
 def test_search_efficiencys_halving_replay_uses_the_schedules_actions():
@@ -97,7 +95,5 @@ def test_search_efficiencys_halving_replay_uses_the_schedules_actions():
 
 
 def test_study_overhead_runs_to_its_ratio_line():
-    proc = subprocess.run([sys.executable, str(BENCH / "study_overhead.py"), "--smoke"], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.fullmatch(r"overhead ratio = \d+\.\d\d", proc.stdout.strip().splitlines()[-1]), proc.stdout
+    out = _smoke("study_overhead.py")
+    assert re.fullmatch(r"overhead ratio = \d+\.\d\d", out.strip().splitlines()[-1]), out

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import GAME_BUGS, MISTRAL_TOKENIZER
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"

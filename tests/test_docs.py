@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import REPO, run_main
 
 DOCS = REPO / "docs"

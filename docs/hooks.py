@@ -23,6 +23,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
+
 REPO = Path(__file__).resolve().parents[1]
 
 MARKER = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.MULTILINE)
@@ -148,7 +150,10 @@ def source_tree(root: Path) -> Path:
     return root
 
 
+@event_priority(100)
 def on_config(config: Any, **_: Any) -> Any:
+    # Before mkdocstrings' own on_config (priority 0), which drops search paths that do
+    # not exist yet: on a clean checkout the tree must be there when it looks.
     source_tree(REPO / "build" / "docs-src")
     return config
 

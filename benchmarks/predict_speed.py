@@ -46,8 +46,8 @@ def main() -> None:
     smoke = []
     if args.smoke:
         args.large = 200
-        smoke = ["--set", "data.train_samples=80", "--set", "train.epochs=1", "--set", "eval.num_samples=20",
-                 "--set", "eval.validation_samples=20"]
+        smoke = ["--set", "data.train_samples=32", "--set", "train.epochs=1", "--set", "eval.num_samples=8",
+                 "--set", "eval.validation_samples=8"]
     repeats = 1 if args.smoke else 3
 
     quiet_libraries()

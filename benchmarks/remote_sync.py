@@ -14,7 +14,7 @@
    B's start to its first training step after the resume, and what it pulled.
 
     python benchmarks/remote_sync.py [--repeats 3]
-    python benchmarks/remote_sync.py --smoke --no-s3   # 20 steps, one repeat (seconds)
+    python benchmarks/remote_sync.py --smoke --no-s3   # 12 steps, one repeat (seconds)
 
 Last line: the overhead ratio of the trial's time, the worst remote's (target <= 1.05).
 """
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "optuna_search.search"]
 POINT = ["--preset", "demo", "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1", "--set", "data.train_samples=600",
          "--set", "eval.num_samples=50", "--set", "eval.validation_samples=50", "--set", "train.checkpoint_steps=10"]
-SMOKE_POINT = [*POINT, "--set", "data.train_samples=160", "--set", "eval.num_samples=20", "--set", "eval.validation_samples=20",
+SMOKE_POINT = [*POINT, "--set", "data.train_samples=96", "--set", "eval.num_samples=8", "--set", "eval.validation_samples=8",
                "--set", "train.checkpoint_steps=5"]
 KILL = {"hold": r"step 4[1-9]/", "checkpoint": 40}
 """Machine A is held (and killed) past this step, once this checkpoint is in the remote."""
@@ -162,7 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 server (moto) variant")
-    ap.add_argument("--smoke", action="store_true", help="a point of 20 steps, one repeat: seconds")
+    ap.add_argument("--smoke", action="store_true", help="a point of 12 steps, one repeat: seconds")
     args = ap.parse_args()
     if args.smoke:
         args.repeats = 1

@@ -71,8 +71,13 @@ def _uses_shared(item) -> bool:
 
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
-    """One demo model/data cache for the whole session (built once, ~10 s)."""
-    path = Path(os.environ.get("OPTUNA_SEARCH_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+    """One demo model/data cache for the whole session, shared by the xdist workers (built
+    once, ~10 s; the cache publishes each build with a rename, so two builders never
+    clash). The shared studies below name their data by its path in this cache."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = Path(os.environ.get("OPTUNA_SEARCH_TEST_CACHE") or shared / "demo-cache")
+    path.mkdir(exist_ok=True)
     os.environ["OPTUNA_SEARCH_CACHE"] = str(path)
     return path
 
@@ -159,21 +164,52 @@ def start_cli_until(*args: str, pattern: str, cwd: Path, env: dict | None = None
     return proc
 
 
+def _built_once(tmp_path_factory, name: str, build) -> tuple[Path, dict]:
+    """A study folder built once for the whole test session, however many xdist workers
+    ask for it: the first builds it under a file lock in the workers' shared temporary
+    folder, and each worker gets its own copy (the study's paths are relative to its
+    folder). Returns the copy and what ``build`` returned (JSON)."""
+    import json
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    built = shared / f"built-{name}"
+    with FileLock(str(built) + ".lock"):
+        if not (built / ".built.json").exists():
+            shutil.rmtree(built, ignore_errors=True)
+            built.mkdir()
+            result = build(built)
+            (built / ".built.json").write_text(json.dumps(result))
+    work = tmp_path_factory.mktemp(name)
+    shutil.copytree(built, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built.json"))
+    return work, json.loads((built / ".built.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def demo_study(tmp_path_factory, demo_cache):
     """The demo study, run once through the real CLI (the README's main job)."""
-    work = tmp_path_factory.mktemp("demo-study")
-    proc = run_cli("run", "--preset", "demo", cwd=work)
-    return work, proc
+
+    def build(work: Path) -> dict:
+        proc = run_cli("run", "--preset", "demo", cwd=work)
+        return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+
+    work, r = _built_once(tmp_path_factory, "demo-study", build)
+    return work, subprocess.CompletedProcess(["optuna-search", "run", "--preset", "demo"], r["returncode"], r["stdout"],
+                                             r["stderr"])
 
 
 @pytest.fixture(scope="session")
 def scored_study(tmp_path_factory, demo_cache):
     """The tests' study evaluated by label scoring (probabilities: soft voting, predict)."""
-    work = tmp_path_factory.mktemp("scored")
-    proc = run_main("run", *FAST, "--set", "eval.method='score'", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
+
+    def build(work: Path) -> dict:
+        proc = run_main("run", *FAST, "--set", "eval.method='score'", cwd=work)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return {}
+
+    return _built_once(tmp_path_factory, "scored", build)[0]
 
 
 def _pg_bin() -> Path | None:

@@ -130,14 +130,16 @@ def test_another_applications_postgresql_database_is_refused(postgres, tmp_path)
 
 def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, demo_cache):
     """The demo on 2 CPU workers: each trains its own point at the same time (both are
-    held past their step-40 checkpoint, whatever the machine's load), Ctrl-C stops both,
+    held past their step-10 checkpoint, whatever the machine's load), Ctrl-C stops both,
     and the next run finishes both points from their checkpoints."""
     import signal
 
-    args = ["run", *FAST, "--workers", "2", "--progress-interval", "0"]
+    # One epoch of 20 steps per point: the kill and the resume need no more.
+    args = ["run", *FAST, "--set", "train.epochs=1", "--set", "data.train_samples=160", "--workers", "2",
+            "--progress-interval", "0"]
     # A process group of its own, as a terminal gives: Ctrl-C reaches parent and workers.
     proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *args], cwd=tmp_path,
-                            env=hold_env(r"step 4[1-9]/"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=hold_env(r"step 1[1-9]/"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     lines = wait_for_holds(proc, 2)
     assert {line.split("]")[0] for line in lines if "TEST-HOLD" in line} == {"[worker 0", "[worker 1"}

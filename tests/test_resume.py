@@ -70,26 +70,43 @@ def test_sigkill_at_any_moment_loses_nothing_and_resumes(tmp_path, demo_cache, s
     assert ref.user_attrs["train_loss_per_epoch"] == pytest.approx(resumed4.user_attrs["train_loss_per_epoch"], rel=0.05)
 
 
-def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache):
-    """A 45 s budget, and the first trial held 45 s at its second step (the test controls
-    when the deadline passes, whatever the machine's speed, as long as start-up and two
-    steps take less than the budget: a busy machine took over 20 s): it checkpoints there and stops
-    with exit code 3; the next run resumes it from that step."""
-    import subprocess
-    import sys
+def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache, monkeypatch):
+    """A one-hour budget, and the training's clock moved two hours on when the first trial
+    logs its second step (the test decides when the deadline passes, whatever the
+    machine's speed; nothing sleeps): it checkpoints there and stops with exit code 3; the
+    next run resumes it from that step."""
+    import logging
+    import re
+    import types
 
-    two = [*FAST]
-    env = {**hold_env(r"step 2/"), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "45"}
-    proc = subprocess.run([sys.executable, "-m", "optuna_search.search.front._cli", "run", *two, "--time-budget", "45s",
-                           "--progress-interval", "0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    from optuna_search.objectives import _trainer
+
+    skew = [0.0]
+    clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    clock.monotonic = lambda: time.monotonic() + skew[0]
+    monkeypatch.setattr(_trainer, "time", clock)
+
+    class _Jump(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if re.search(r" step 2/", record.getMessage()):
+                skew[0] = 7200.0
+            return True
+
+    jump = _Jump()
+    logging.getLogger("optuna_search").addFilter(jump)
+    try:
+        proc = run_main("run", *FAST, "--time-budget", "1h", "--progress-interval", "0", cwd=tmp_path)
+    finally:
+        logging.getLogger("optuna_search").removeFilter(jump)
+        skew[0] = 0.0
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "time budget reached at step 2/" in proc.stderr
     trials = _study(tmp_path).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     (stopped,) = [t for t in trials if "stopped_by_time_budget" in t.user_attrs]
-    status = run_main("status", *two, cwd=tmp_path)
+    status = run_main("status", *FAST, cwd=tmp_path)
     assert status.returncode == 1 and "0/2 grid points complete" in status.stdout
-    proc = run_main("run", *two, cwd=tmp_path)
+    proc = run_main("run", *FAST, cwd=tmp_path)
     assert proc.returncode == 0
     complete = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lora_r"] for t in complete) == [4, 8]

@@ -57,15 +57,29 @@ def main() -> None:
     enc = PromptEncoder(tok, data.fields, data.vocab, cfg.model.max_length)
     set_seed(0)
     model, _ = load_lora_model(source, cfg.model, cfg.trial_params({"lora_r": 8}), False)
-    targs = TrainingArguments(output_dir="/tmp/eval-speed", per_device_train_batch_size=8, num_train_epochs=1,
-                              learning_rate=cfg.train.learning_rate, save_strategy="no", report_to=[], use_cpu=True,
-                              disable_tqdm=True, remove_unused_columns=False, logging_strategy="no")
-    trainer = Trainer(model=model, args=targs, train_dataset=enc.to_hf_dataset(data.train.examples), data_collator=Collator(tok))
+    targs = TrainingArguments(
+        output_dir="/tmp/eval-speed",
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=cfg.train.learning_rate,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        logging_strategy="no",
+    )
+    trainer = Trainer(
+        model=model, args=targs, train_dataset=enc.to_hf_dataset(data.train.examples), data_collator=Collator(tok)
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     model.eval()
 
-    runs = {m: [evaluate(model, tok, enc, examples, method=m, batch_size=args.batch) for _ in range(2)] for m in ("generate", "score")}
+    runs = {
+        m: [evaluate(model, tok, enc, examples, method=m, batch_size=args.batch) for _ in range(2)]
+        for m in ("generate", "score")
+    }
 
     def naive_eval(seed: int):
         set_seed(seed)
@@ -74,10 +88,18 @@ def main() -> None:
         with torch.inference_mode():
             for e in examples:
                 ids = torch.tensor([enc.encode_prompt(e)[0]])
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.7,
-                                     max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=True,
+                    temperature=0.7,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                )
                 new_tokens += out.shape[1] - ids.shape[1]
-                preds.append(parse_prediction(e, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), data.fields))
+                preds.append(
+                    parse_prediction(e, tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True), data.fields)
+                )
         return time.perf_counter() - t0, preds, new_tokens
 
     t_naive, naive, new_tokens = naive_eval(0)
@@ -89,13 +111,19 @@ def main() -> None:
     best = {}
     for method, (first, again) in runs.items():
         best[method] = min(first.seconds, again.seconds)
-        print(f"{method} (batch {args.batch}): {best[method]:6.2f}s  {n / best[method]:7.1f} ex/s  overall "
-              f"{100 * first.scores.overall:.1f}% (again: {100 * again.scores.overall:.1f}%)  parse failures {first.scores.parse_failures}")
-    agree = sum(a.predicted == b.predicted for a, b in zip(runs["generate"][0].predictions, runs["score"][0].predictions))
+        print(
+            f"{method} (batch {args.batch}): {best[method]:6.2f}s  {n / best[method]:7.1f} ex/s  overall "
+            f"{100 * first.scores.overall:.1f}% (again: {100 * again.scores.overall:.1f}%)  parse failures {first.scores.parse_failures}"
+        )
+    agree = sum(
+        a.predicted == b.predicted for a, b in zip(runs["generate"][0].predictions, runs["score"][0].predictions)
+    )
     print(f"score and generate choose the same labels on {agree}/{n} examples")
-    print(f"naive (sampled T=0.7, 1 at a time, {max_new_tokens} max new tokens; {new_tokens / n:.0f} new tokens/example): "
-          f"{t_naive:6.2f}s  {n / t_naive:7.1f} ex/s  overall {100 * s_naive.overall:.1f}% "
-          f"(another seed: {100 * s_naive2.overall:.1f}%)  parse failures {s_naive.parse_failures}")
+    print(
+        f"naive (sampled T=0.7, 1 at a time, {max_new_tokens} max new tokens; {new_tokens / n:.0f} new tokens/example): "
+        f"{t_naive:6.2f}s  {n / t_naive:7.1f} ex/s  overall {100 * s_naive.overall:.1f}% "
+        f"(another seed: {100 * s_naive2.overall:.1f}%)  parse failures {s_naive.parse_failures}"
+    )
     print(f"score vs generate: speedup = {best['generate'] / best['score']:.1f}")
     print(f"generate vs naive: speedup = {t_naive / best['generate']:.1f}")
     print(f"score vs naive: speedup = {t_naive / best['score']:.1f}")

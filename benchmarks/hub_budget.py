@@ -87,7 +87,7 @@ def _write_checkpoint(folder: Path, r: int, k: int) -> None:
     (folder / "optimizer.pt").write_bytes(bytes([(k + 1) % 251]) * OPTIMIZER_MB[r] * MB)
     (folder / "scheduler.pt").write_bytes(b"s%d" % k)
     (folder / "rng_state.pth").write_bytes(b"r%d" % k * 7)
-    (folder / "trainer_state.json").write_text('{"global_step": %d}' % (20 * k))
+    (folder / "trainer_state.json").write_text(f'{{"global_step": {20 * k}}}')
 
 
 def _remote(url: str, hub: SimulatedHub) -> Remote:
@@ -118,8 +118,7 @@ def simulate(kind: str, work: Path, *, smoke: bool, per_hour: int) -> dict[str, 
     worker_cadence = Cadence(per_hour if scarce else None, 60.0, renews=False)
     run = Process(StudySync(_remote(url, hub), local, writer=mine.holder, lease=(mine, version)), [])
     workers = [
-        Process(StudySync(_remote(url, hub), local, writer=mine.holder, lease=(mine, version)), pts)
-        for pts in schedule
+        Process(StudySync(_remote(url, hub), local, writer=mine.holder, lease=(mine, version)), pts) for pts in schedule
     ]
     end = max(p.start_s + p.trial_s for pts in schedule for p in pts) + 60
     t0 = clock.t

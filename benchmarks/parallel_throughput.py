@@ -31,8 +31,12 @@ def wall(workers: int, grid: int, sleep: float) -> float:
         url = f"sqlite:///{Path(d) / 'p.db'}"
         grid_worker.create(url, grid, "throughput")
         t0 = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "grid_worker.py"), url, str(grid), f"fixed:{sleep}", "throughput"])
-                 for _ in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "grid_worker.py"), url, str(grid), f"fixed:{sleep}", "throughput"]
+            )
+            for _ in range(workers)
+        ]
         if any(p.wait() for p in procs):
             sys.exit("a worker failed")
         elapsed = time.perf_counter() - t0

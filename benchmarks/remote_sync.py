@@ -34,10 +34,33 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "optuna_search.search"]
-POINT = ["--preset", "demo", "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1", "--set", "data.train_samples=600",
-         "--set", "eval.num_samples=50", "--set", "eval.validation_samples=50", "--set", "train.checkpoint_steps=10"]
-SMOKE_POINT = [*POINT, "--set", "data.train_samples=96", "--set", "eval.num_samples=8", "--set", "eval.validation_samples=8",
-               "--set", "train.checkpoint_steps=5"]
+POINT = [
+    "--preset",
+    "demo",
+    "--set",
+    "study.grid={lora_r=[8]}",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.train_samples=600",
+    "--set",
+    "eval.num_samples=50",
+    "--set",
+    "eval.validation_samples=50",
+    "--set",
+    "train.checkpoint_steps=10",
+]
+SMOKE_POINT = [
+    *POINT,
+    "--set",
+    "data.train_samples=96",
+    "--set",
+    "eval.num_samples=8",
+    "--set",
+    "eval.validation_samples=8",
+    "--set",
+    "train.checkpoint_steps=5",
+]
 KILL = {"hold": r"step 4[1-9]/", "checkpoint": 40}
 """Machine A is held (and killed) past this step, once this checkpoint is in the remote."""
 SMOKE_KILL = {"hold": r"step 1[1-9]/", "checkpoint": 10}
@@ -52,8 +75,14 @@ def _run(work: Path, *extra: str, env: dict | None = None) -> tuple[float, float
 
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([*CLI, "run", *POINT, *extra], cwd=work, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [*CLI, "run", *POINT, *extra],
+        cwd=work,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     wall = time.perf_counter() - t0
@@ -64,7 +93,7 @@ def _run(work: Path, *extra: str, env: dict | None = None) -> tuple[float, float
 
 def _requests(log: Path | None) -> int:
     """The requests the S3 server has answered so far (one werkzeug log line each)."""
-    return 0 if log is None else log.read_text(errors="replace").count(" HTTP/1.1\"")
+    return 0 if log is None else log.read_text(errors="replace").count(' HTTP/1.1"')
 
 
 def _s3_server(log: Path) -> tuple[subprocess.Popen, str]:
@@ -73,8 +102,11 @@ def _s3_server(log: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(["nice", "-n", "19", str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    server = subprocess.Popen(
+        ["nice", "-n", "19", str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -115,7 +147,10 @@ def checkpoint_bytes(remote: str) -> None:
         groups.setdefault(rel.split("/")[0], {})[rel.split("/", 1)[-1]] = meta.bytes
     for folder, files in sorted(groups.items()):
         total = sum(files.values())
-        print(f"  {folder}: {total / 1024:.1f} KiB = " + ", ".join(f"{n} {b / 1024:.1f}" for n, b in sorted(files.items())))
+        print(
+            f"  {folder}: {total / 1024:.1f} KiB = "
+            + ", ".join(f"{n} {b / 1024:.1f}" for n, b in sorted(files.items()))
+        )
 
 
 def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
@@ -123,10 +158,19 @@ def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
     a, b = tmp / "machine-a", tmp / "machine-b"
     a.mkdir()
     b.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "hooks"), os.environ.get("PYTHONPATH", "")]),
-           "OPTUNA_SEARCH_TEST_HOLD": KILL["hold"]}
-    proc = subprocess.Popen([*CLI, "run", *POINT, *QUICK_TAKEOVER, "--remote", remote, "--progress-interval", "0"], cwd=a, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "hooks"), os.environ.get("PYTHONPATH", "")]),
+        "OPTUNA_SEARCH_TEST_HOLD": KILL["hold"],
+    }
+    proc = subprocess.Popen(
+        [*CLI, "run", *POINT, *QUICK_TAKEOVER, "--remote", remote, "--progress-interval", "0"],
+        cwd=a,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stderr:  # type: ignore[union-attr]
         if "TEST-HOLD" in line:
             break
@@ -141,12 +185,19 @@ def fresh_machine(tmp: Path, remote: str) -> tuple[float, float, int]:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     step = KILL["checkpoint"]
-    print(f"2. machine A killed at step {step + 1}, its step-{step} checkpoint in the remote (a folder); one checkpoint there:")
+    print(
+        f"2. machine A killed at step {step + 1}, its step-{step} checkpoint in the remote (a folder); one checkpoint there:"
+    )
     checkpoint_bytes(remote)
     time.sleep(3.5)  # the lease goes stale (storage.grace_period = 3 s)
     t0 = time.perf_counter()
-    b_proc = subprocess.Popen([*CLI, "run", *POINT, *QUICK_TAKEOVER, "--remote", remote, "--progress-interval", "0"], cwd=b,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    b_proc = subprocess.Popen(
+        [*CLI, "run", *POINT, *QUICK_TAKEOVER, "--remote", remote, "--progress-interval", "0"],
+        cwd=b,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first, resumed = None, 0
     for line in b_proc.stderr:  # type: ignore[union-attr]
         m = re.search(r"resuming from checkpoint .*\(step (\d+)\)", line)
@@ -172,8 +223,12 @@ def main() -> None:
     if not args.no_s3:
         log = Path(tempfile.mkdtemp(prefix="moto-")) / "requests.log"
         server, endpoint = _s3_server(log)
-        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         os.environ.update(env)
         import boto3
 
@@ -185,7 +240,9 @@ def main() -> None:
         best = overhead(tmp, args.repeats, s3, log)
         first, total, step = fresh_machine(tmp, str(tmp / "fresh-remote"))
         print("3. machine B (an empty folder) runs the same command:")
-        print(f"  resumed from step {step}; first training step {first:.1f} s after the start, the point done {total:.1f} s after")
+        print(
+            f"  resumed from step {step}; first training step {first:.1f} s after the start, the point done {total:.1f} s after"
+        )
     if server is not None:
         server.terminate()
         server.wait()

@@ -35,14 +35,38 @@ def main() -> None:
     smoke = []
     if args.smoke:
         args.kills, args.checkpoint_steps = 1, 5
-        smoke = ["--set", "data.train_samples=160", "--set", "train.epochs=1", "--set", "eval.num_samples=20",
-                 "--set", "eval.validation_samples=20"]
+        smoke = [
+            "--set",
+            "data.train_samples=160",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.num_samples=20",
+            "--set",
+            "eval.validation_samples=20",
+        ]
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="resume-waste-"))
     env = dict(os.environ)
-    cmd = [sys.executable, "-m", "optuna_search.search", "run", "--preset", "demo", "--progress-interval", "0",
-           "--set", "study.grid={lora_r=[8]}", "--set", f"train.checkpoint_steps={args.checkpoint_steps}",
-           "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=2", *smoke]
+    cmd = [
+        sys.executable,
+        "-m",
+        "optuna_search.search",
+        "run",
+        "--preset",
+        "demo",
+        "--progress-interval",
+        "0",
+        "--set",
+        "study.grid={lora_r=[8]}",
+        "--set",
+        f"train.checkpoint_steps={args.checkpoint_steps}",
+        "--set",
+        "storage.heartbeat_interval=1",
+        "--set",
+        "storage.grace_period=2",
+        *smoke,
+    ]
     step_re = re.compile(r"step (\d+)/(\d+)")
     resume_re = re.compile(r"resuming from checkpoint .*\(step (\d+)\)")
     max_steps = None
@@ -81,13 +105,19 @@ def main() -> None:
     redone = 0
     for k, last in enumerate(killed_at):
         redone += last - resumed_from[k]
-        print(f"attempt {k + 2} resumed from step {resumed_from[k]}: {last - resumed_from[k]} steps redone "
-              f"(checkpoint interval {args.checkpoint_steps})")
+        print(
+            f"attempt {k + 2} resumed from step {resumed_from[k]}: {last - resumed_from[k]} steps redone "
+            f"(checkpoint interval {args.checkpoint_steps})"
+        )
     total = max_steps
-    print(f"final trial: state {final.state.name}, resumed_from_step {final.user_attrs.get('resumed_from_step')}, "
-          f"{len(study.trials)} attempts, value {final.value:.3f}; wall {time.perf_counter() - t0:.0f}s")
-    print(f"redone steps: {redone} over {args.kills} kills ({redone / args.kills:.1f} per kill; "
-          f"goal <= {args.checkpoint_steps}); steps per trial {total}")
+    print(
+        f"final trial: state {final.state.name}, resumed_from_step {final.user_attrs.get('resumed_from_step')}, "
+        f"{len(study.trials)} attempts, value {final.value:.3f}; wall {time.perf_counter() - t0:.0f}s"
+    )
+    print(
+        f"redone steps: {redone} over {args.kills} kills ({redone / args.kills:.1f} per kill; "
+        f"goal <= {args.checkpoint_steps}); steps per trial {total}"
+    )
     print(f"redone/total = {redone / total:.2f}")
 
 

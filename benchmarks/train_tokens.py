@@ -64,13 +64,19 @@ def main() -> None:
         len(perm[i : i + args.batch]) * max(lengths[j] for j in perm[i : i + args.batch])
         for i in range(0, len(perm), args.batch)
     )
-    print(f"examples: {len(lengths)}, max_length {args.max_length}, micro-batch {args.batch} x accumulation {args.accum}")
-    print(f"true lengths: min {min(lengths)}, median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
-          f"{sum(e.truncated_tokens > 0 for e in encoded)} inputs truncated to fit")
+    print(
+        f"examples: {len(lengths)}, max_length {args.max_length}, micro-batch {args.batch} x accumulation {args.accum}"
+    )
+    print(
+        f"true lengths: min {min(lengths)}, median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
+        f"{sum(e.truncated_tokens > 0 for e in encoded)} inputs truncated to fit"
+    )
     print(f"floor (sum of true lengths):        {floor:>10,} tokens/epoch")
     print(f"length-grouped + dynamic padding:   {grouped:>10,.0f} tokens/epoch  ({grouped / floor:.3f} x floor)")
     print(f"random order + dynamic padding:     {random_dyn:>10,} tokens/epoch  ({random_dyn / floor:.3f} x floor)")
-    print(f"pad every example to {args.max_length}:        {pad_max:>10,} tokens/epoch  ({pad_max / floor:.3f} x floor)")
+    print(
+        f"pad every example to {args.max_length}:        {pad_max:>10,} tokens/epoch  ({pad_max / floor:.3f} x floor)"
+    )
     print(f"pad-to-max / grouped = {pad_max / grouped:.2f}  (measured in {time.perf_counter() - t0:.1f}s)")
     print(f"padded/floor = {grouped / floor:.2f}")
 

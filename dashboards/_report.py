@@ -33,7 +33,7 @@ from optuna_search.objectives import (
     reliability_bins,
     wilson_interval,
 )
-from optuna_search.storage import read_records, study_flags
+from optuna_search.storage import pareto_front, read_records, study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -187,7 +187,7 @@ def _holm_family(comparisons: list[Comparison], fields: list[str]) -> list[Compa
 
 
 def _front(study: optuna.Study, complete: list[ReportRow]) -> list[ReportRow]:
-    numbers = {t.number for t in study.best_trials}
+    numbers = pareto_front(study)
     return [r for r in complete if r.trial in numbers]
 
 

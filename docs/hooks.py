@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import re
 import shutil
 import typing
@@ -35,10 +36,11 @@ def _field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
+    for node, nxt in itertools.pairwise(body):
+        field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)
+        if field and doc:
+            docs[node.target.id] = " ".join(nxt.value.value.split())  # type: ignore[attr-defined]
     return docs
 
 
@@ -112,7 +114,7 @@ def presets() -> str:
 
 
 def commands() -> str:
-    from optuna_search.search.front._cli import build_parser
+    from optuna_search.search.front import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
@@ -122,8 +124,12 @@ def commands() -> str:
     return "\n".join(out) + "\n"
 
 
-TABLES = {"config-reference": config_reference, "hyperparameters": hyperparameters, "presets": presets,
-          "commands": commands}
+TABLES = {
+    "config-reference": config_reference,
+    "hyperparameters": hyperparameters,
+    "presets": presets,
+    "commands": commands,
+}
 
 
 def render(markdown: str) -> str:

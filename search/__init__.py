@@ -2,6 +2,6 @@
 orchestration: preflight, create/resume, the scheduler, the trial adapter, workers."""
 
 from optuna_search.core import Config, UserError
-from optuna_search.search.front._config import load_config
+from optuna_search.search.front import load_config
 
 __all__ = ["Config", "UserError", "load_config"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from optuna_search.search.front._cli import main
+from optuna_search.search.front import main
 
 sys.exit(main())

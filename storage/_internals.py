@@ -186,6 +186,12 @@ def fail_trial(study: optuna.Study, trial: Trial | FrozenTrial) -> bool:
         return False
 
 
+def pareto_front(study: optuna.Study) -> set[int]:
+    """The numbers of the trials on a multi-objective study's Pareto front (Optuna's
+    ``best_trials``: the one rule every command and the API use)."""
+    return {t.number for t in study.best_trials}
+
+
 def paused_at(trial: FrozenTrial) -> int | None:
     """The rung a paused trial waits at (successive halving), else None."""
     return trial.system_attrs.get(PAUSED)

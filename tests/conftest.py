@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,9 +26,16 @@ MISTRAL_TOKENIZER = SHARED / "tokenizers" / "mistral-7b-instruct-v0.2"
 FAST_CONFIG = REPO / "tests" / "fast.toml"
 FAST = ["--preset", "demo", "--config", str(FAST_CONFIG)]
 """The tests' study: the demo preset with fewer examples and steps (tests/fast.toml)."""
-TPE_SETS = ["study.sampler='tpe'", "study.grid={}", "study.schedule='trials'", "study.prune_on='accuracy'",
-            "study.search_space={lora_r=[2, 4, 8, 12, 16, 24, 32], learning_rate={low=1e-3, high=1e-2, log=true}}",
-            "study.n_trials=12", "study.pruner='hyperband'", "train.validations_per_epoch=2"]
+TPE_SETS = [
+    "study.sampler='tpe'",
+    "study.grid={}",
+    "study.schedule='trials'",
+    "study.prune_on='accuracy'",
+    "study.search_space={lora_r=[2, 4, 8, 12, 16, 24, 32], learning_rate={low=1e-3, high=1e-2, log=true}}",
+    "study.n_trials=12",
+    "study.pruner='hyperband'",
+    "train.validations_per_epoch=2",
+]
 """demo-search as a TPE search over a continuous space (its preset is a grid searched by
 successive halving)."""
 TPE = ["--preset", "demo-search", *[a for s in TPE_SETS for a in ("--set", s)]]
@@ -38,7 +45,9 @@ def pytest_collection_modifyitems(config, items):
     # Tests that read the real data or tokenizer in ../shared skip, with the reason, on a
     # checkout that has no ../shared beside it.
     if not (GAME_BUGS.exists() and MISTRAL_TOKENIZER.exists()):
-        skip_shared = pytest.mark.skip(reason=f"needs the real data and tokenizer in {SHARED} (not beside this checkout)")
+        skip_shared = pytest.mark.skip(
+            reason=f"needs the real data and tokenizer in {SHARED} (not beside this checkout)"
+        )
         for item in items:
             if _uses_shared(item):
                 item.add_marker(skip_shared)
@@ -46,7 +55,7 @@ def pytest_collection_modifyitems(config, items):
         import torch
 
         has_gpu = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001
+    except Exception:
         has_gpu = False
     if not has_gpu:
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -93,8 +102,12 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     """Run `optuna-search` as a user would: a fresh process, stdout/stderr captured."""
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "optuna_search.search.front._cli", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "optuna_search.search", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -158,8 +171,15 @@ def wait_for_holds(proc: subprocess.Popen, n: int = 1, lines: list | None = None
 def start_cli_until(*args: str, pattern: str, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
     """Start `optuna-search` and return once it holds at its first log line matching
     ``pattern`` (the rest of stderr is left to read)."""
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *args, "--progress-interval", "0"], cwd=cwd,
-                            env=hold_env(pattern, env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optuna_search.search", *args, "--progress-interval", "0"],
+        cwd=cwd,
+        env=hold_env(pattern, env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
     wait_for_holds(proc)
     return proc
 
@@ -196,8 +216,9 @@ def demo_study(tmp_path_factory, demo_cache):
         return {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
     work, r = _built_once(tmp_path_factory, "demo-study", build)
-    return work, subprocess.CompletedProcess(["optuna-search", "run", "--preset", "demo"], r["returncode"], r["stdout"],
-                                             r["stderr"])
+    return work, subprocess.CompletedProcess(
+        ["optuna-search", "run", "--preset", "demo"], r["returncode"], r["stdout"], r["stderr"]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -243,8 +264,17 @@ def postgres(tmp_path_factory):
     # One role with a password (to see a wrong one refused); everyone else is trusted.
     hba = data / "db" / "pg_hba.conf"
     hba.write_text("host all pwuser 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    run(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-w", "-l", str(data / "log"),
-        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=100", "start")
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data / "db"),
+        "-w",
+        "-l",
+        str(data / "log"),
+        "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c max_connections=100",
+        "start",
+    )
     for db in ("optuna_test", "empty_db", "crm"):
         run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
     psql = [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-q"]
@@ -263,8 +293,12 @@ def s3():
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     import boto3

@@ -35,6 +35,9 @@ class SleepRunner:
         value = float(rest.split(":")[0]) if rest else float(kind)
         self.sleep = (lambda: value) if kind == "fixed" else (lambda: random.uniform(0, value))
 
+    def describe(self, job):
+        return TrialRecord(attempts=job.attempts)
+
     def run(self, job) -> TrialOutcome:
         r, rung = job.params["lora_r"], job.rung
         time.sleep(self.sleep())
@@ -49,18 +52,29 @@ class SleepRunner:
 
 
 def grid_config(url: str, grid_size: int, study: str, halving: bool = False):
-    return load_config(preset="demo", sets=[
-        f"study.grid={{lora_r={list(range(1, grid_size + 1))}}}", f'storage.url="{url}"', f'study.name="{study}"',
-        "storage.heartbeat_interval=5", "storage.grace_period=30",
-        *(["study.schedule='successive_halving'", "study.rungs=[0.111, 0.333, 1.0]", "study.eta=3"] if halving else []),
-    ])
+    return load_config(
+        preset="demo",
+        sets=[
+            f"study.grid={{lora_r={list(range(1, grid_size + 1))}}}",
+            f'storage.url="{url}"',
+            f'study.name="{study}"',
+            "storage.heartbeat_interval=5",
+            "storage.grace_period=30",
+            *(
+                ["study.schedule='successive_halving'", "study.rungs=[0.111, 0.333, 1.0]", "study.eta=3"]
+                if halving
+                else []
+            ),
+        ],
+    )
 
 
 def create(url: str, grid_size: int, study: str, halving: bool = False):
     config = grid_config(url, grid_size, study, halving)
     storage = open_storage(url, heartbeat_interval=5, grace_period=30)
-    return optuna.create_study(study_name=study, storage=storage, direction="maximize", load_if_exists=True,
-                               sampler=make_sampler(config)), config
+    return optuna.create_study(
+        study_name=study, storage=storage, direction="maximize", load_if_exists=True, sampler=make_sampler(config)
+    ), config
 
 
 def main() -> None:

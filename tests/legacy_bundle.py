@@ -26,9 +26,18 @@ def write_legacy_bundle(db: Path, study_name: str, checkpoints: Path, artifacts:
         shutil.copytree(checkpoints / study_name, out / "checkpoints" / study_name)
     if artifacts.exists():
         shutil.copytree(artifacts, out / "artifacts")
-    files = {str(p.relative_to(out)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(out.rglob("*")) if p.is_file()}
-    manifest = {"format": 1, "study_name": study_name, "optuna_version": optuna.__version__, "schema_revision": revision,
-                "files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
+    files = {
+        str(p.relative_to(out)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
+    manifest = {
+        "format": 1,
+        "study_name": study_name,
+        "optuna_version": optuna.__version__,
+        "schema_revision": revision,
+        "files": files,
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

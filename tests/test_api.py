@@ -3,7 +3,6 @@
 import re
 
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -57,16 +56,35 @@ def test_the_cli_and_the_api_are_one_front_door_stdin_included(tmp_path, demo_ca
 
     cli, api = tmp_path / "cli", tmp_path / "api"
     cli.mkdir(), api.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "optuna_search.search.front._cli", "run", "--preset", "demo", "--config", "-",
-                           "--time-budget", "0.001s"], input=CONFIG, cwd=cli, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optuna_search.search",
+            "run",
+            "--preset",
+            "demo",
+            "--config",
+            "-",
+            "--time-budget",
+            "0.001s",
+        ],
+        input=CONFIG,
+        cwd=cli,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr[-2000:]
     monkeypatch.chdir(api)
     monkeypatch.setattr(sys, "stdin", io.StringIO(CONFIG))
     request = RunRequest.from_layers("demo", "-", time_budget_s=0.001)
     assert {"study.name", "study.grid", "train.epochs"} <= request.explicit
     assert optuna_search.run(request).exit_code == 3
-    stored = [optuna.load_study(study_name="same-door", storage=f"sqlite:///{d / 'optuna-search-demo.db'}").user_attrs
-              for d in (cli, api)]
+    stored = [
+        optuna.load_study(study_name="same-door", storage=f"sqlite:///{d / 'optuna-search-demo.db'}").user_attrs
+        for d in (cli, api)
+    ]
     assert stored[0]["config"] == stored[1]["config"] and stored[0]["config_toml"] == stored[1]["config_toml"]
     assert stored[0]["config"]["study"]["grid"] == {"lora_r": [4, 8]} and stored[0]["config"]["train"]["epochs"] == 1
 
@@ -92,3 +110,22 @@ def test_the_api_does_what_the_cli_does(scored_study, tmp_path, monkeypatch):
     monkeypatch.chdir(elsewhere)
     handle = optuna_search.open_study(remote=str(tmp_path / "bundle"))  # read from the folder, no copy step
     assert handle.best is not None and handle.best.number == optuna_search.open_study(url).best.number
+
+
+def test_run_options_have_one_name_from_the_command_line_and_the_api(tmp_path):
+    """`run`'s flags and the API's keywords are RunRequest's fields, by the same names and
+    defaults (seen: `time_budget` in the API, `time_budget_s` in the request, and workers
+    defaulting to 1 in one and to one per GPU in the other)."""
+    import optuna_search
+    from optuna_search.search.front import RunRequest, build_parser
+    from optuna_search.search.front._request import RUN_OPTIONS
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    run_args = sub.choices["run"].parse_args([])
+    for name in RUN_OPTIONS:
+        assert getattr(run_args, name) == RunRequest.__dataclass_fields__[name].default, name
+    config = optuna_search.load_config(preset="demo")
+    with pytest.raises(optuna_search.UserError, match="unknown run option.*time_budget.*known: .*time_budget_s"):
+        optuna_search.run(config, time_budget=60)
+    assert not list(tmp_path.iterdir())

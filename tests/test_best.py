@@ -16,9 +16,15 @@ FIELDS = ["severity", "component", "reproducibility"]
 
 def _record(number, severity, other, *, val=None, gap=0.1, speed=10.0):
     acc = {"severity": severity, "component": other, "reproducibility": other}
-    return TrialRecord(number=number, state="COMPLETE", test=SplitScores(acc, 100),
-                       validation=SplitScores(val or acc, 100), train_loss_per_epoch=[1.0],
-                       eval_loss_per_epoch=[1.0 + gap], eval_examples_per_second=speed)
+    return TrialRecord(
+        number=number,
+        state="COMPLETE",
+        test=SplitScores(acc, 100),
+        validation=SplitScores(val or acc, 100),
+        train_loss_per_epoch=[1.0],
+        eval_loss_per_epoch=[1.0 + gap],
+        eval_examples_per_second=speed,
+    )
 
 
 def test_the_rule_criterion_by_criterion():
@@ -32,8 +38,8 @@ def test_the_rule_criterion_by_criterion():
     assert best_record([e, f], "overall_accuracy", "test", FIELDS).number == 1
     assert best_record([_record(0, 0.7, 0.7), _record(1, 0.7, 0.7)], "overall_accuracy", "test", FIELDS).number == 0
     # On validation, test scores never break a tie.
-    g = _record(0, 0.9, 0.9, val={f: 0.7 for f in FIELDS})
-    h = _record(1, 0.5, 0.5, val={f: 0.7 for f in FIELDS})
+    g = _record(0, 0.9, 0.9, val=dict.fromkeys(FIELDS, 0.7))
+    h = _record(1, 0.5, 0.5, val=dict.fromkeys(FIELDS, 0.7))
     assert best_record([g, h], "overall_accuracy", "validation", FIELDS).number == 0
     # A cost objective is minimised.
     fast, slow = _record(0, 0.7, 0.7, speed=20), _record(1, 0.7, 0.7, speed=5)
@@ -50,12 +56,29 @@ def tied_study(tmp_path):
     from optuna_search.storage._storages import open_storage
 
     study = optuna.create_study(study_name="demo", storage=open_storage(url), direction="maximize")
-    write_meta(study, StudyMeta(config=config.to_dict(), eval_subset=[], validation_subset=[], labels={f: ["a"] for f in FIELDS},
-                                baselines={"majority": {**{f: 0.3 for f in FIELDS}, "overall": 0.3}}))
+    write_meta(
+        study,
+        StudyMeta(
+            config=config.to_dict(),
+            eval_subset=[],
+            validation_subset=[],
+            labels={f: ["a"] for f in FIELDS},
+            baselines={"majority": {**dict.fromkeys(FIELDS, 0.3), "overall": 0.3}},
+        ),
+    )
     dist = {"lora_r": CategoricalDistribution([4, 8, 16])}
-    for n, (r, rec) in enumerate([(4, _record(0, 0.60, 0.75)), (8, _record(1, 0.75, 0.675)), (16, _record(2, 0.6, 0.6))]):
-        study.add_trial(create_trial(state=TrialState.COMPLETE, value=rec.test.overall, params={"lora_r": r}, distributions=dist,
-                                     user_attrs={**rec.to_user_attrs(), "grid_point": f"lora_r={r}"}))
+    for _n, (r, rec) in enumerate(
+        [(4, _record(0, 0.60, 0.75)), (8, _record(1, 0.75, 0.675)), (16, _record(2, 0.6, 0.6))]
+    ):
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                value=rec.test.overall,
+                params={"lora_r": r},
+                distributions=dist,
+                user_attrs={**rec.to_user_attrs(), "grid_point": f"lora_r={r}"},
+            )
+        )
     assert study.best_trial.number == 0  # Optuna's rule: the earlier of the tied trials
     return study, config, tmp_path
 
@@ -63,12 +86,12 @@ def tied_study(tmp_path):
 def test_summary_status_report_predict_export_and_api_agree_on_a_tie(tied_study):
     import optuna_search
     from optuna_search.dashboards._report import collect_report
-    from optuna_search.search.use._predict import chosen_trial
     from optuna_search.search.loop._run import summarize
     from optuna_search.search.loop._scheduler import study_state
     from optuna_search.search.loop._status import status
+    from optuna_search.search.use._predict import chosen_trial
 
-    study, config, work = tied_study
+    study, config, _work = tied_study
     state = study_state(study, config)
     summary = summarize(study, config, state, ran=0, budget_reached=False).text
     assert "best: lora_r=8 (trial 1)" in summary

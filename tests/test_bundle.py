@@ -5,9 +5,9 @@ import json
 
 import optuna
 import pytest
+from legacy_bundle import write_legacy_bundle
 
 from optuna_search.core import UserError
-from legacy_bundle import write_legacy_bundle
 from optuna_search.storage._bundle import StudyLocation, import_bundle
 from optuna_search.storage._storages import open_storage
 
@@ -18,7 +18,11 @@ def bundle(tmp_path):
     work.mkdir()
     url = f"sqlite:///{work / 'study.db'}"
     study = optuna.create_study(storage=open_storage(url), study_name="s")
-    study.add_trial(optuna.trial.create_trial(value=1.0, params={"x": 1}, distributions={"x": optuna.distributions.IntDistribution(0, 2)}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            value=1.0, params={"x": 1}, distributions={"x": optuna.distributions.IntDistribution(0, 2)}
+        )
+    )
     (work / "ckpt" / "s" / "lora_r-4").mkdir(parents=True)
     (work / "ckpt" / "s" / "lora_r-4" / "state.json").write_text("{}")
     out = tmp_path / "bundle"
@@ -41,12 +45,15 @@ def test_a_clean_bundle_imports(bundle):
     assert not list(out.glob("study.db-*"))  # one self-contained database file
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda m: {**m, "files": {}}, "files must be an object listing at least study.db"),
-    (lambda m: {k: v for k, v in m.items() if k != "study_name"}, "study_name is missing"),
-    (lambda m: [m], "must be a JSON object"),
-    (lambda m: {**m, "files": {**m["files"], "../evil": {"sha256": "0", "bytes": 1}}}, "points outside the bundle"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda m: {**m, "files": {}}, "files must be an object listing at least study.db"),
+        (lambda m: {k: v for k, v in m.items() if k != "study_name"}, "study_name is missing"),
+        (lambda m: [m], "must be a JSON object"),
+        (lambda m: {**m, "files": {**m["files"], "../evil": {"sha256": "0", "bytes": 1}}}, "points outside the bundle"),
+    ],
+)
 def test_hand_edited_manifests_are_refused_with_what_is_wrong(bundle, edit, needle):
     out, tmp_path = bundle
     manifest = json.loads((out / "manifest.json").read_text())

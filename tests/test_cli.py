@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import GAME_BUGS, run_cli, run_main
 
 LABELS = "Severity: low\nComponent: ui\nReproducibility: rare"
@@ -24,9 +23,20 @@ def _write_data(d, train_rows=None):
 
 
 def _args(d, *extra):
-    return ["run", "--preset", "demo", "--set", f'data.train="{d / "train.jsonl"}"',
-            "--set", f'data.validation="{d / "val.jsonl"}"', "--set", f'data.test="{d / "test.jsonl"}"',
-            "--storage", "sqlite:///study.db", *extra]
+    return [
+        "run",
+        "--preset",
+        "demo",
+        "--set",
+        f'data.train="{d / "train.jsonl"}"',
+        "--set",
+        f'data.validation="{d / "val.jsonl"}"',
+        "--set",
+        f'data.test="{d / "test.jsonl"}"',
+        "--storage",
+        "sqlite:///study.db",
+        *extra,
+    ]
 
 
 def _assert_clean_refusal(proc, work, *needles):
@@ -56,23 +66,37 @@ def test_malformed_json_line(work):
 
 def test_row_without_parseable_label(work):
     _write_data(work / "d", [json.dumps({"input": "a", "output": "Severity: low"})])
-    _assert_clean_refusal(run_main(*_args(work / "d"), cwd=work), work, "train.jsonl:1: no parseable label for component, reproducibility")
+    _assert_clean_refusal(
+        run_main(*_args(work / "d"), cwd=work), work, "train.jsonl:1: no parseable label for component, reproducibility"
+    )
 
 
 def test_label_mismatch_between_train_and_test(work):
     _write_data(work / "d")
-    (work / "d" / "test.jsonl").write_text(json.dumps({"input": "r", "output": "Severity: minor\nComponent: ui\nReproducibility: rare"}) + "\n")
-    _assert_clean_refusal(run_main(*_args(work / "d"), cwd=work), work, "severity: test has labels never seen in train: 'minor'")
+    (work / "d" / "test.jsonl").write_text(
+        json.dumps({"input": "r", "output": "Severity: minor\nComponent: ui\nReproducibility: rare"}) + "\n"
+    )
+    _assert_clean_refusal(
+        run_main(*_args(work / "d"), cwd=work), work, "severity: test has labels never seen in train: 'minor'"
+    )
 
 
 def test_unknown_config_key(work):
-    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "lora.rank=8", "--storage", "sqlite:///study.db", cwd=work),
-                          work, "unknown key lora.rank")
+    _assert_clean_refusal(
+        run_main("run", "--preset", "demo", "--set", "lora.rank=8", "--storage", "sqlite:///study.db", cwd=work),
+        work,
+        "unknown key lora.rank",
+    )
 
 
 def test_rank_zero(work):
-    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "study.grid={lora_r=[0,4]}", "--storage", "sqlite:///study.db", cwd=work),
-                          work, "study.grid.lora_r value 0 must be an integer from 1 to 1,024")
+    _assert_clean_refusal(
+        run_main(
+            "run", "--preset", "demo", "--set", "study.grid={lora_r=[0,4]}", "--storage", "sqlite:///study.db", cwd=work
+        ),
+        work,
+        "study.grid.lora_r value 0 must be an integer from 1 to 1,024",
+    )
 
 
 def test_bad_config_file(work):
@@ -80,12 +104,15 @@ def test_bad_config_file(work):
     _assert_clean_refusal(run_main("run", "--config", str(work / "c.toml"), cwd=work), work, "is not valid TOML")
 
 
-@pytest.mark.parametrize("url,needle", [
-    ("sqlite3:///x.db", "is not supported"),
-    ("not a url", "is not a database URL"),
-    ("sqlite:///no/such/dir/study.db", "does not exist"),
-    ("sqlite://", "in-memory"),
-])
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("sqlite3:///x.db", "is not supported"),
+        ("not a url", "is not a database URL"),
+        ("sqlite:///no/such/dir/study.db", "does not exist"),
+        ("sqlite://", "in-memory"),
+    ],
+)
 def test_bad_storage_url(work, url, needle):
     proc = run_main("run", "--preset", "demo", "--storage", url, cwd=work)
     _assert_clean_refusal(proc, work, needle)
@@ -99,6 +126,7 @@ def test_password_never_printed(work):
 def test_read_only_database(work):
     db = work / "ro.db"
     import sqlite3
+
     sqlite3.connect(db).close()
     os.chmod(db, 0o444)
     if os.access(db, os.W_OK):
@@ -120,15 +148,26 @@ def test_read_only_database_check(tmp_path, monkeypatch):
 
 
 def test_missing_model_path(work):
-    proc = run_main("run", "--preset", "demo", "--set", f'model.name_or_path="{work / "nope"}"', "--storage", "sqlite:///study.db", cwd=work)
+    proc = run_main(
+        "run",
+        "--preset",
+        "demo",
+        "--set",
+        f'model.name_or_path="{work / "nope"}"',
+        "--storage",
+        "sqlite:///study.db",
+        cwd=work,
+    )
     _assert_clean_refusal(proc, work, "model.name_or_path", "does not exist")
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys\nfrom optuna_search.search.front._cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'optuna', 'datasets') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys\nfrom optuna_search.search.front._cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'optuna', 'datasets') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "HEAVY []" in out
 
@@ -137,20 +176,37 @@ def test_show_config_prints_resolved_toml(work):
     proc = run_main("show-config", "--preset", "kaggle-t4", "--set", "train.epochs=1", "--study-name", "x", cwd=work)
     assert proc.returncode == 0
     import tomllib
+
     cfg = tomllib.loads(proc.stdout)
     assert cfg["train"]["epochs"] == 1 and cfg["study"]["name"] == "x"
     assert cfg["model"]["name_or_path"] == "mistralai/Mistral-7B-Instruct-v0.2"
 
 
 def test_validate_on_the_real_game_bugs_data(work):
-    proc = run_main("validate", "--preset", "kaggle-t4", "--set", f'data.train="{GAME_BUGS / "train.jsonl"}"',
-                   "--set", f'data.validation="{GAME_BUGS / "val.jsonl"}"', "--set", f'data.test="{GAME_BUGS / "val.jsonl"}"',
-                   "--set", "eval.num_samples=0", "--set", f'model.name_or_path="{_tiny_model_dir()}"', cwd=work)
+    proc = run_main(
+        "validate",
+        "--preset",
+        "kaggle-t4",
+        "--set",
+        f'data.train="{GAME_BUGS / "train.jsonl"}"',
+        "--set",
+        f'data.validation="{GAME_BUGS / "val.jsonl"}"',
+        "--set",
+        f'data.test="{GAME_BUGS / "val.jsonl"}"',
+        "--set",
+        "eval.num_samples=0",
+        "--set",
+        f'model.name_or_path="{_tiny_model_dir()}"',
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr
     # The README of the data gives the majority baseline on val.jsonl: 50.5 / 73.2 / 80.3 / 68.0.
     assert "severity 50.5%, component 73.2%, reproducibility 80.3%, overall 68.0%" in proc.stdout
     # What the configured model's prompt does to the data.
-    assert re.search(r"reports truncated: train \d+/1399, validation \d+/299, test \d+/299; longest possible answer \d+ tokens", proc.stdout)
+    assert re.search(
+        r"reports truncated: train \d+/1399, validation \d+/299, test \d+/299; longest possible answer \d+ tokens",
+        proc.stdout,
+    )
 
 
 def test_a_grid_of_over_a_thousand_points_is_warned_about(work):
@@ -160,6 +216,7 @@ def test_a_grid_of_over_a_thousand_points_is_warned_about(work):
 
 def _tiny_model_dir():
     from optuna_search.objectives._demo import ensure_demo_model
+
     return ensure_demo_model()
 
 
@@ -189,9 +246,21 @@ def test_dashboard_from_the_storage_url_alone(demo_study, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", "dashboard", "--storage",
-                             f"sqlite:///{work / 'optuna-search-demo.db'}", "--port", str(port)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "optuna_search.search",
+            "dashboard",
+            "--storage",
+            f"sqlite:///{work / 'optuna-search-demo.db'}",
+            "--port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(100):
             try:
@@ -205,12 +274,15 @@ def test_dashboard_from_the_storage_url_alone(demo_study, tmp_path):
     assert not (tmp_path / "optuna-search-demo-artifacts").exists()
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["status", "--storage", ""], "--storage is empty"),
-    (["status", "--study-name", ""], "--study-name is empty"),
-    (["dashboard", "--port", "99999"], "is not a TCP port"),
-    (["dashboard", "--port", "-1"], "is not a TCP port"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["status", "--storage", ""], "--storage is empty"),
+        (["status", "--study-name", ""], "--study-name is empty"),
+        (["dashboard", "--port", "99999"], "is not a TCP port"),
+        (["dashboard", "--port", "-1"], "is not a TCP port"),
+    ],
+)
 def test_bad_flags_are_one_clear_line(tmp_path, args, needle):
     proc = run_main(*args, cwd=tmp_path)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -236,24 +308,55 @@ def test_workers_are_capped_at_what_the_machine_has(tmp_path, monkeypatch, caplo
 def test_a_target_module_the_model_lacks_is_refused_before_the_study_exists(work):
     """Seen: refused only after the study and a trial were written, and the corrected
     rerun was then refused as 'a different meaning'."""
-    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "lora.target_modules=q_proj,v_porj",
-                                  "--storage", "sqlite:///study.db", cwd=work), work, "the model has no module named 'v_porj'")
+    _assert_clean_refusal(
+        run_main(
+            "run",
+            "--preset",
+            "demo",
+            "--set",
+            "lora.target_modules=q_proj,v_porj",
+            "--storage",
+            "sqlite:///study.db",
+            cwd=work,
+        ),
+        work,
+        "the model has no module named 'v_porj'",
+    )
 
 
 def test_validation_points_beyond_the_steps_of_an_epoch_are_refused(work):
-    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "train.validations_per_epoch=500",
-                                  "--storage", "sqlite:///study.db", cwd=work), work,
-                          "train.validations_per_epoch = 500 but an epoch has only 150 optimizer steps")
+    _assert_clean_refusal(
+        run_main(
+            "run",
+            "--preset",
+            "demo",
+            "--set",
+            "train.validations_per_epoch=500",
+            "--storage",
+            "sqlite:///study.db",
+            cwd=work,
+        ),
+        work,
+        "train.validations_per_epoch = 500 but an epoch has only 150 optimizer steps",
+    )
 
 
 def test_a_tracker_that_is_not_installed_is_refused(work):
-    _assert_clean_refusal(run_main("run", "--preset", "demo", "--set", "train.report_to=['wandb']",
-                                  "--storage", "sqlite:///study.db", cwd=work), work, "the package 'wandb' is not installed")
+    _assert_clean_refusal(
+        run_main(
+            "run", "--preset", "demo", "--set", "train.report_to=['wandb']", "--storage", "sqlite:///study.db", cwd=work
+        ),
+        work,
+        "the package 'wandb' is not installed",
+    )
 
 
 def test_a_postgresql_url_with_a_port_that_is_not_a_number_is_one_line(work):
-    _assert_clean_refusal(run_main("run", "--preset", "demo", "--storage", "postgresql://u:pw@localhost:port/db", cwd=work),
-                          work, "port 'port' is not a number")
+    _assert_clean_refusal(
+        run_main("run", "--preset", "demo", "--storage", "postgresql://u:pw@localhost:port/db", cwd=work),
+        work,
+        "port 'port' is not a number",
+    )
 
 
 def test_export_into_an_existing_file_is_one_line(demo_study, tmp_path):
@@ -270,7 +373,9 @@ def test_version_levels_and_verbosity(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == f"optuna-search {version('optuna-search')}"
     warned = run_cli("validate", "--preset", "demo", "--set", "eval.num_samples=1000", cwd=tmp_path)
     assert warned.returncode == 0 and re.search(r"^\d\d:\d\d:\d\d WARNING eval.num_samples = 1000", warned.stderr, re.M)
-    assert re.search(r"^\d\d:\d\d:\d\d data ok|^\d\d:\d\d:\d\d [a-z]", warned.stderr, re.M) or "WARNING" in warned.stderr
+    assert (
+        re.search(r"^\d\d:\d\d:\d\d data ok|^\d\d:\d\d:\d\d [a-z]", warned.stderr, re.M) or "WARNING" in warned.stderr
+    )
     quiet = run_main("-q", "validate", "--preset", "demo", cwd=tmp_path)
     assert quiet.returncode == 0 and "INFO" not in quiet.stderr
 

@@ -1,9 +1,9 @@
 import pytest
+from conftest import TPE_SETS
 
 from optuna_search.core import Config, UserError
 from optuna_search.core._identity import adopt_legacy_defaults, diff_semantic
 from optuna_search.core._toml import loads, to_toml
-from conftest import TPE_SETS
 from optuna_search.search.front._config import list_presets, load_config, parse_set_option, read_preset
 
 
@@ -53,7 +53,10 @@ def test_unknown_key_is_rejected_with_a_suggestion():
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(UserError) as e:
-        load_config(preset="demo", sets=["lora.r=0", "train.learning_rate=-1", "model.quantization=int3", "study.grid={lora_r=[0, 8]}"])
+        load_config(
+            preset="demo",
+            sets=["lora.r=0", "train.learning_rate=-1", "model.quantization=int3", "study.grid={lora_r=[0, 8]}"],
+        )
     msg = str(e.value)
     for part in ("lora.r = 0", "train.learning_rate = -1", "model.quantization = 'int3'", "study.grid.lora_r value 0"):
         assert part in msg
@@ -67,7 +70,9 @@ def test_wrong_type_is_named():
 def test_precedence_flags_over_set_over_file_over_preset(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[train]\nepochs = 5\nseed = 7\n[storage]\nurl = "sqlite:///file.db"\n')
-    c = load_config(preset="demo", config_file=str(f), sets=["train.epochs=2"], overrides={"storage": {"url": "sqlite:///flag.db"}})
+    c = load_config(
+        preset="demo", config_file=str(f), sets=["train.epochs=2"], overrides={"storage": {"url": "sqlite:///flag.db"}}
+    )
     assert c.train.epochs == 2  # --set beats the file
     assert c.train.seed == 7  # the file beats the preset
     assert c.storage.url == "sqlite:///flag.db"  # explicit flags beat everything
@@ -93,17 +98,22 @@ def test_semantic_diff_ignores_storage_and_names_meaningful_changes():
 
 def test_toml_output_reads_back_whatever_characters_it_holds():
     # An emoji is outside the BMP: a hand-written TOML writer escaped it as two invalid surrogates.
-    c = load_config(preset="demo", sets=['data.default_instruction="Classify this \U0001F41B report: \"quoted\" \\ done"'])
-    assert "\U0001F41B" in c.data.default_instruction
+    c = load_config(
+        preset="demo", sets=['data.default_instruction="Classify this \U0001f41b report: "quoted" \\ done"']
+    )
+    assert "\U0001f41b" in c.data.default_instruction
     assert load_config(overrides=loads(to_toml(c))) == c
 
 
-@pytest.mark.parametrize("setting,needle", [
-    ("train.learning_rate=inf", "train.learning_rate = inf must be a finite number"),
-    ("train.learning_rate=nan", "train.learning_rate = nan must be a finite number"),
-    ("study.grid={learning_rate=[nan]}", "numbers must be finite"),
-    ("lora.dropout=-inf", "lora.dropout = -inf must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "setting,needle",
+    [
+        ("train.learning_rate=inf", "train.learning_rate = inf must be a finite number"),
+        ("train.learning_rate=nan", "train.learning_rate = nan must be a finite number"),
+        ("study.grid={learning_rate=[nan]}", "numbers must be finite"),
+        ("lora.dropout=-inf", "lora.dropout = -inf must be a finite number"),
+    ],
+)
 def test_non_finite_numbers_are_refused_everywhere(setting, needle):
     with pytest.raises(UserError, match="invalid configuration") as e:
         load_config(preset="demo", sets=[setting])
@@ -116,15 +126,18 @@ def test_a_nan_range_bound_is_refused():
     assert "numbers must be finite" in str(e.value)
 
 
-@pytest.mark.parametrize("space,needle", [
-    ("{lora_r={low=2, high=16, step=2.5}}", "step = 2.5 must be a positive integer"),
-    ("{lora_r={low=2, high=16, step=32}}", "is larger than the range"),
-    ("{learning_rate={low=1e-4, high=4e-4, step=2e-4}}", "does not divide"),
-    ("{lora_r=[4, 8, 4]}", "repeats a value"),
-    ("{lora_r={low=1, high=2000000000}}", "must be an integer from 1 to 1,024"),
-    ("{lora_dropout={low=0.0, high=0.2, log=true}}", "a log range"),
-    ("{target_modules={low=1, high=2}}", "must be a list of choices"),
-])
+@pytest.mark.parametrize(
+    "space,needle",
+    [
+        ("{lora_r={low=2, high=16, step=2.5}}", "step = 2.5 must be a positive integer"),
+        ("{lora_r={low=2, high=16, step=32}}", "is larger than the range"),
+        ("{learning_rate={low=1e-4, high=4e-4, step=2e-4}}", "does not divide"),
+        ("{lora_r=[4, 8, 4]}", "repeats a value"),
+        ("{lora_r={low=1, high=2000000000}}", "must be an integer from 1 to 1,024"),
+        ("{lora_dropout={low=0.0, high=0.2, log=true}}", "a log range"),
+        ("{target_modules={low=1, high=2}}", "must be a list of choices"),
+    ],
+)
 def test_search_spaces_optuna_would_silently_adjust_are_refused(space, needle):
     with pytest.raises(UserError) as e:
         load_config(preset="demo-search", sets=[*TPE_SETS, f"study.search_space={space}"])
@@ -156,14 +169,34 @@ def test_lora_alpha_is_a_hyperparameter_of_its_own():
 def test_hyperparameters_reach_peft_and_trainer_by_the_table():
     from optuna_search.core._params import HYPERPARAMETERS, to_optuna_value
 
-    c = load_config(preset="demo", sets=["lora.use_dora=true", "lora.use_rslora=true", 'lora.target_modules="all-linear"',
-                                         "train.max_grad_norm=0.3", "train.lr_scheduler='linear'", "train.optim='adafactor'",
-                                         "train.batch_size=2", "train.gradient_accumulation=8"])
+    c = load_config(
+        preset="demo",
+        sets=[
+            "lora.use_dora=true",
+            "lora.use_rslora=true",
+            'lora.target_modules="all-linear"',
+            "train.max_grad_norm=0.3",
+            "train.lr_scheduler='linear'",
+            "train.optim='adafactor'",
+            "train.batch_size=2",
+            "train.gradient_accumulation=8",
+        ],
+    )
     p = c.trial_params({"lora_r": 16, "learning_rate": 3e-4})
     lora, trainer = p.lora_kwargs(), p.trainer_kwargs()
-    assert lora == {"r": 16, "lora_alpha": 64.0, "lora_dropout": 0.05, "target_modules": "all-linear", "use_dora": True,
-                    "use_rslora": True}
-    assert trainer["learning_rate"] == 3e-4 and trainer["max_grad_norm"] == 0.3 and trainer["lr_scheduler_type"] == "linear"
+    assert lora == {
+        "r": 16,
+        "lora_alpha": 64.0,
+        "lora_dropout": 0.05,
+        "target_modules": "all-linear",
+        "use_dora": True,
+        "use_rslora": True,
+    }
+    assert (
+        trainer["learning_rate"] == 3e-4
+        and trainer["max_grad_norm"] == 0.3
+        and trainer["lr_scheduler_type"] == "linear"
+    )
     assert trainer["optim"] == "adafactor" and trainer["gradient_accumulation_steps"] == 8
     assert trainer["per_device_train_batch_size"] == trainer["per_device_eval_batch_size"] == 2
     # Every entry maps onto peft or Trainer, and every one may be searched.
@@ -185,17 +218,22 @@ def _toml(v):
     return repr(v)
 
 
-@pytest.mark.parametrize("sets,needle", [
-    (["study.schedule='successive_halving'", "study.rungs=[0.5, 0.3, 1.0]"], "must be increasing fractions"),
-    (["study.schedule='successive_halving'", "study.rungs=[0.3, 0.6]"], "ending at 1.0"),
-    (["study.schedule='successive_halving'", "study.eta=1"], "study.eta = 1 must be from 2 to 100"),
-    (["study.prune_on='label_logprob'"], "needs label probabilities"),
-    (["study.schedule='successive_halving'", "study.objectives=['overall_accuracy', 'trainable_params']"],
-     "compares configurations on one objective"),
-    (["study.objectives=['accuracy_macro']"], "is not one of"),
-    (["train.report_to=['neptune']"], "'neptune' is not one of tensorboard, mlflow, wandb"),
-    (["train.optim='lion'"], "must be one of adamw_torch"),
-])
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["study.schedule='successive_halving'", "study.rungs=[0.5, 0.3, 1.0]"], "must be increasing fractions"),
+        (["study.schedule='successive_halving'", "study.rungs=[0.3, 0.6]"], "ending at 1.0"),
+        (["study.schedule='successive_halving'", "study.eta=1"], "study.eta = 1 must be from 2 to 100"),
+        (["study.prune_on='label_logprob'"], "needs label probabilities"),
+        (
+            ["study.schedule='successive_halving'", "study.objectives=['overall_accuracy', 'trainable_params']"],
+            "compares configurations on one objective",
+        ),
+        (["study.objectives=['accuracy_macro']"], "is not one of"),
+        (["train.report_to=['neptune']"], "'neptune' is not one of tensorboard, mlflow, wandb"),
+        (["train.optim='lion'"], "must be one of adamw_torch"),
+    ],
+)
 def test_bad_search_and_schedule_settings_are_one_line_each(sets, needle):
     with pytest.raises(UserError) as e:
         load_config(preset="demo", sets=sets)
@@ -228,10 +266,12 @@ def test_an_old_kaggle_study_resumes_with_the_new_preset():
     del stored["train"]["optim"]
     preset = load_config(preset="kaggle-t4")
     assert preset.train.optim == "paged_adamw_8bit"
-    adjusted, adopted = adopt_legacy_defaults(stored, preset, explicit=set())
+    adjusted, _adopted = adopt_legacy_defaults(stored, preset, explicit=set())
     assert adjusted.train.optim == "adamw_torch" and diff_semantic(stored, adjusted.to_dict()) == []
     mine, _ = adopt_legacy_defaults(stored, preset, explicit={"train.optim"})
-    assert diff_semantic(stored, mine.to_dict()) == ["train.optim: study has 'adamw_torch', config has 'paged_adamw_8bit'"]
+    assert diff_semantic(stored, mine.to_dict()) == [
+        "train.optim: study has 'adamw_torch', config has 'paged_adamw_8bit'"
+    ]
 
 
 def test_the_type_checkers_view_of_trial_params_is_the_table():
@@ -240,6 +280,7 @@ def test_the_type_checkers_view_of_trial_params_is_the_table():
     import dataclasses
 
     from conftest import REPO
+
     from optuna_search.core import HYPERPARAMETERS, TrialParams
 
     tree = ast.parse((REPO / "core" / "_params.py").read_text())
@@ -262,7 +303,11 @@ def test_a_config_files_relative_data_paths_are_relative_to_it(tmp_path):
 
     folder = tmp_path / "project"
     folder.mkdir()
-    (folder / "study.toml").write_text('[data]\ntrain = "data/train.jsonl"\nvalidation = "builtin:demo-bugs/val.jsonl"\n')
+    (folder / "study.toml").write_text(
+        '[data]\ntrain = "data/train.jsonl"\nvalidation = "builtin:demo-bugs/val.jsonl"\n'
+    )
     config = load_config(preset="demo", config_file=str(folder / "study.toml"), sets=["data.test='rel/test.jsonl'"])
     assert config.data.train == str(folder / "data" / "train.jsonl")  # the file's folder
-    assert config.data.validation == "builtin:demo-bugs/val.jsonl" and config.data.test == "rel/test.jsonl"  # --set: as given
+    assert (
+        config.data.validation == "builtin:demo-bugs/val.jsonl" and config.data.test == "rel/test.jsonl"
+    )  # --set: as given

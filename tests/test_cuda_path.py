@@ -21,9 +21,8 @@ import weakref
 import optuna
 import pytest
 import torch
-from optuna.trial import TrialState
-
 from conftest import FAST, REPO, run_main
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +33,17 @@ def _study(work, name="demo"):
 
 def _one_point(*extra):
     """One demo point of 20 optimizer steps (160 examples), a checkpoint every 10."""
-    return ["run", *FAST, "--set", "study.grid={lora_r=[4]}", "--set", "train.epochs=1", "--set", "data.train_samples=160",
-            *extra]
+    return [
+        "run",
+        *FAST,
+        "--set",
+        "study.grid={lora_r=[4]}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.train_samples=160",
+        *extra,
+    ]
 
 
 class _Models:
@@ -62,7 +70,8 @@ def _oom():
 
 @pytest.mark.parametrize("phase", ["load", "train", "validation", "test"])
 def test_out_of_memory_in_each_phase_frees_the_model_and_retries_what_that_phase_needs(
-        tmp_path, demo_cache, monkeypatch, phase):
+    tmp_path, demo_cache, monkeypatch, phase
+):
     from transformers import Trainer
 
     from optuna_search.objectives import _evaluate, _qlora
@@ -119,7 +128,9 @@ def test_out_of_memory_in_each_phase_frees_the_model_and_retries_what_that_phase
         gc.enable()
     (t,) = _study(tmp_path).get_trials()
     assert t.state == TrialState.COMPLETE and raised
-    assert models.alive_at_load == [0] * len(models.alive_at_load) and len(models.alive_at_load) >= (1 if phase == "load" else 2)
+    assert models.alive_at_load == [0] * len(models.alive_at_load) and len(models.alive_at_load) >= (
+        1 if phase == "load" else 2
+    )
     (retry,) = t.user_attrs["oom_retries"]
     assert retry["phase"] == {"validation": "evaluate", "test": "evaluate"}.get(phase, phase)
     if phase == "train":
@@ -163,11 +174,19 @@ def test_evaluation_predict_and_export_agree_at_the_trials_precision(tmp_path, d
     subset = tmp_path / "subset.jsonl"
     subset.write_text("".join(json.dumps(rows[e["id"]]) + "\n" for e in study.user_attrs["eval_subset"]))
     out = tmp_path / "p.jsonl"
-    assert run_main("predict", "--preset", "demo", "--input", str(subset), "--output", str(out), cwd=tmp_path).returncode == 0
+    assert (
+        run_main("predict", "--preset", "demo", "--input", str(subset), "--output", str(out), cwd=tmp_path).returncode
+        == 0
+    )
     exported = tmp_path / "model"
     assert run_main("export-model", "--preset", "demo", "--output", str(exported), cwd=tmp_path).returncode == 0
     out2 = tmp_path / "p2.jsonl"
-    assert run_main("predict", "--model", str(exported), "--input", str(subset), "--output", str(out2), cwd=tmp_path).returncode == 0
+    assert (
+        run_main(
+            "predict", "--model", str(exported), "--input", str(subset), "--output", str(out2), cwd=tmp_path
+        ).returncode
+        == 0
+    )
     for path in (out, out2):
         predicted = {r["id"]: r for r in map(json.loads, path.read_text().splitlines())}
         assert set(predicted) == set(stored)
@@ -178,7 +197,9 @@ def test_evaluation_predict_and_export_agree_at_the_trials_precision(tmp_path, d
                     assert predicted[i]["probs"][f][label] == pytest.approx(p, abs=1e-5), (path.name, i, f, label)
 
 
-@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+@pytest.mark.parametrize(
+    "capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)]
+)
 def test_auto_compute_dtype_follows_the_gpus_generation(monkeypatch, capability, expected):
     """A T4 (7.5) emulates bf16 (``is_bf16_supported()`` says True there): fp16 for it."""
     from optuna_search.objectives._model import pick_compute_dtype
@@ -249,8 +270,15 @@ def test_the_kaggle_t4_training_settings_run_on_a_tiny_model(tmp_path, demo_cach
     sets = [f"train.{k}={json.dumps(v)}" for k, v in preset["train"].items() if k not in ("checkpoint_steps",)]
     sets += [f"lora.{k}={json.dumps(v)}" for k, v in preset["lora"].items()]
     sets += ["model.compute_dtype='float16'", "train.epochs=1", "train.checkpoint_steps=5", "train.learning_rate=5e-3"]
-    args = ["run", *FAST, "--set", "study.grid={lora_r=[4]}", "--set", "data.train_samples=192",
-            *[a for s in sets for a in ("--set", s)]]
+    args = [
+        "run",
+        *FAST,
+        "--set",
+        "study.grid={lora_r=[4]}",
+        "--set",
+        "data.train_samples=192",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     proc = run_main(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (t,) = _study(tmp_path).get_trials()
@@ -265,9 +293,21 @@ def test_ddp_ranks_stop_at_the_same_step_when_one_rank_is_asked(tmp_path, demo_c
     rank 0 checkpoints there: no rank waits in an all-reduce for a rank that left."""
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(REPO / "tests" / "ddp_stop_worker.py"), str(out)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "tests" / "ddp_stop_worker.py"),
+            str(out),
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["global_step"] for r in ranks] == [3, 3] and ranks[0]["max_steps"] > 3
@@ -282,8 +322,12 @@ def test_training_batches_are_padded_on_the_right(demo_model_dir):
 
     tok = AutoTokenizer.from_pretrained(str(demo_model_dir))
     tok.padding_side = "left"  # as Mistral's tokenizer comes
-    batch = Collator(tok)([{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "length": 3},
-                           {"input_ids": [5], "attention_mask": [1], "labels": [5], "length": 1}])
+    batch = Collator(tok)(
+        [
+            {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "length": 3},
+            {"input_ids": [5], "attention_mask": [1], "labels": [5], "length": 1},
+        ]
+    )
     assert batch["input_ids"][1].tolist() == [5, tok.pad_token_id, tok.pad_token_id]
     assert batch["attention_mask"][1].tolist() == [1, 0, 0] and batch["labels"][1].tolist() == [5, -100, -100]
     assert tok.padding_side == "left"  # generation keeps its side
@@ -298,10 +342,17 @@ def test_expandable_segments_are_set_before_cuda_starts_unless_the_user_chose(mo
     env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
     prefer_expandable_segments(env)
     assert env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128"
-    out = subprocess.run([sys.executable, "-c", "import os, sys\nfrom optuna_search.search.front._cli import main\n"
-                          "sys.argv = ['x']\nos.environ.pop('PYTORCH_CUDA_ALLOC_CONF', None)\ntry:\n  main(['--version'])\n"
-                          "except SystemExit:\n  pass\nprint(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\nfrom optuna_search.search.front._cli import main\n"
+            "sys.argv = ['x']\nos.environ.pop('PYTORCH_CUDA_ALLOC_CONF', None)\ntry:\n  main(['--version'])\n"
+            "except SystemExit:\n  pass\nprint(os.environ.get('PYTORCH_CUDA_ALLOC_CONF'))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.strip().endswith("expandable_segments:True"), out.stdout + out.stderr
 
 

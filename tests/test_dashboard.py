@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import FAST, run_cli
 
 pytestmark = pytest.mark.slow
@@ -27,8 +26,13 @@ def _free_port() -> int:
 
 
 def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", "dashboard", "--preset", "demo", "--port", str(port)],
-                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optuna_search.search", "dashboard", "--preset", "demo", "--port", str(port)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # Drain its output as it comes: an undrained pipe fills up and blocks the writer.
     proc.output = []
     threading.Thread(target=lambda: proc.output.extend(proc.stdout), daemon=True).start()
@@ -40,7 +44,7 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
         except OSError:
             if proc.poll() is not None:
                 time.sleep(0.5)
-                raise AssertionError("".join(proc.output))
+                raise AssertionError("".join(proc.output)) from None
             time.sleep(0.3)
     proc.kill()
     raise AssertionError("dashboard did not start")
@@ -49,8 +53,13 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
 def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
     """optuna-dashboard issue 545: a dashboard on a live SQLite study crashed it."""
     # Create the study first so the dashboard has something to read from the start.
-    run = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", "run", *FAST, "--set", "study.grid={lora_r=[4]}"],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "optuna_search.search", "run", *FAST, "--set", "study.grid={lora_r=[4]}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (tmp_path / "optuna-search-demo.db").exists() and run.poll() is None:
         time.sleep(0.2)
     time.sleep(2)
@@ -65,10 +74,10 @@ def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
                         assert r.status == 200
                         json.loads(r.read())
                         polls += 1
-                except Exception as e:  # noqa: BLE001 - collected and asserted below
+                except Exception as e:
                     errors.append(repr(e))
             time.sleep(0.2)
-        out, err = run.communicate()
+        _out, err = run.communicate()
     finally:
         dash.kill()
         dash.wait()
@@ -89,13 +98,19 @@ def test_optuna_cli_reads_the_study(demo_study):
     work, _ = demo_study
     optuna_cli = Path(sys.executable).parent / "optuna"
     storage = f"sqlite:///{work / 'optuna-search-demo.db'}"
-    trials = subprocess.run([str(optuna_cli), "trials", "--study-name", "demo", "--storage", storage, "-f", "json"],
-                            capture_output=True, text=True)
+    trials = subprocess.run(
+        [str(optuna_cli), "trials", "--study-name", "demo", "--storage", storage, "-f", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert trials.returncode == 0, trials.stderr
     rows = json.loads(trials.stdout)
     assert sorted(r["params"]["lora_r"] for r in rows) == [4, 8, 16]
-    best = subprocess.run([str(optuna_cli), "best-trial", "--study-name", "demo", "--storage", storage, "-f", "json"],
-                          capture_output=True, text=True)
+    best = subprocess.run(
+        [str(optuna_cli), "best-trial", "--study-name", "demo", "--storage", storage, "-f", "json"],
+        capture_output=True,
+        text=True,
+    )
     # The objective is named in the storage, so the CLI reports it by name.
     assert best.returncode == 0
     assert json.loads(best.stdout)["value"]["overall_accuracy"] == max(r["value"]["overall_accuracy"] for r in rows)
@@ -121,7 +136,7 @@ def test_trial_notes_hold_the_finished_trial(demo_study):
 def wait_text(page, text: str) -> None:
     try:
         page.wait_for_function("t => document.body.innerText.includes(t)", arg=text, timeout=30000)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise AssertionError(f"{text!r} not shown; the page says:\n{page.inner_text('body')[:2000]}") from e
 
 
@@ -139,10 +154,19 @@ def test_notes_in_a_real_browser(demo_study, tmp_path):
     try:
         with sync_playwright() as p:
             try:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--no-first-run", "--disable-quic"])
-            except Exception as e:  # noqa: BLE001
+                browser = p.chromium.launch(
+                    executable_path=CHROMIUM,
+                    args=[
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--disable-background-networking",
+                        "--disable-component-update",
+                        "--disable-sync",
+                        "--no-first-run",
+                        "--disable-quic",
+                    ],
+                )
+            except Exception as e:
                 pytest.skip(f"chromium cannot start here: {e}")
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/dashboard", wait_until="networkidle")
@@ -166,4 +190,6 @@ def test_notes_in_a_real_browser(demo_study, tmp_path):
 
 def test_a_host_that_is_not_an_address_is_named_as_such(tmp_path):
     proc = run_cli("dashboard", "--preset", "demo", "--host", "not a host!", cwd=tmp_path)
-    assert proc.returncode == 2 and "--host 'not a host!' is not an address" in proc.stderr and "port" not in proc.stderr
+    assert (
+        proc.returncode == 2 and "--host 'not a host!' is not an address" in proc.stderr and "port" not in proc.stderr
+    )

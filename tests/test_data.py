@@ -1,19 +1,19 @@
 import json
 
 import pytest
-
 from conftest import GAME_BUGS
+
+from optuna_search.core import UserError
 from optuna_search.objectives._data import (
+    load_dataset_from_config,
     load_split,
-    read_split,
     normalise_label,
     parse_label_lines,
+    read_split,
     resolve_eval_subset,
     select_eval_subset,
 )
 from optuna_search.search.front._config import load_config
-from optuna_search.core import UserError
-from optuna_search.objectives._data import load_dataset_from_config
 
 FIELDS = ["severity", "component", "reproducibility"]
 
@@ -67,17 +67,27 @@ def test_csv_with_label_columns(tmp_path):
 def test_label_map_is_applied_on_load(tmp_path):
     f = tmp_path / "t.jsonl"
     f.write_text(json.dumps({"input": "x", "output": "Severity: Minor\nComponent: ui\nReproducibility: often"}) + "\n")
-    split = load_split("train", str(f), fields=FIELDS, label_map={"severity": {"minor": "low"}, "reproducibility": {"Often": "sometimes"}})
+    split = load_split(
+        "train",
+        str(f),
+        fields=FIELDS,
+        label_map={"severity": {"minor": "low"}, "reproducibility": {"Often": "sometimes"}},
+    )
     assert split.examples[0].labels["severity"] == "low"
     assert split.examples[0].labels["reproducibility"] == "sometimes"
 
 
 def _game_bugs_config(train="train.jsonl", **sets):
     extra = [f"{k}={v}" for k, v in sets.items()]
-    return load_config(preset="kaggle-t4", sets=[
-        f'data.train="{GAME_BUGS / train}"', f'data.validation="{GAME_BUGS / "val.jsonl"}"',
-        f'data.test="{GAME_BUGS / "val.jsonl"}"', *extra,
-    ])
+    return load_config(
+        preset="kaggle-t4",
+        sets=[
+            f'data.train="{GAME_BUGS / train}"',
+            f'data.validation="{GAME_BUGS / "val.jsonl"}"',
+            f'data.test="{GAME_BUGS / "val.jsonl"}"',
+            *extra,
+        ],
+    )
 
 
 def test_matching_vocabularies_pass():
@@ -95,11 +105,18 @@ def test_relabelled_training_file_is_caught_before_training():
 
 
 def test_relabelled_vocabulary_lists_offending_labels(tmp_path):
-    rows = [json.loads(l) for l in (GAME_BUGS / "train_improved.jsonl").read_text().splitlines()]
+    rows = [json.loads(row) for row in (GAME_BUGS / "train_improved.jsonl").read_text().splitlines()]
     good = tmp_path / "improved_parseable.jsonl"
     kept = [r for r in rows if all(parse_label_lines(r["output"], FIELDS).values())]
     good.write_text("\n".join(json.dumps(r) for r in kept) + "\n")
-    cfg = load_config(preset="kaggle-t4", sets=[f'data.train="{good}"', f'data.validation="{GAME_BUGS / "val.jsonl"}"', f'data.test="{GAME_BUGS / "val.jsonl"}"'])
+    cfg = load_config(
+        preset="kaggle-t4",
+        sets=[
+            f'data.train="{good}"',
+            f'data.validation="{GAME_BUGS / "val.jsonl"}"',
+            f'data.test="{GAME_BUGS / "val.jsonl"}"',
+        ],
+    )
     with pytest.raises(UserError) as e:
         load_dataset_from_config(cfg.data)
     msg = str(e.value)
@@ -117,9 +134,11 @@ def test_eval_subset_is_fixed_by_seed_and_checked_by_hash(tmp_path):
     # An edited test example is refused: the study would no longer compare like with like.
     lines = (GAME_BUGS / "val.jsonl").read_text().splitlines()
     target = int(a[0]["id"].split(":")[1]) - 1
-    row = json.loads(lines[target]); row["output"] = row["output"].replace("Severity: ", "Severity: x")
+    row = json.loads(lines[target])
+    row["output"] = row["output"].replace("Severity: ", "Severity: x")
     lines[target] = json.dumps(row)
-    edited = tmp_path / "val.jsonl"; edited.write_text("\n".join(lines) + "\n")
+    edited = tmp_path / "val.jsonl"
+    edited.write_text("\n".join(lines) + "\n")
     split2 = load_split("test", str(edited), fields=FIELDS)
     with pytest.raises(UserError, match="no longer contains the study's evaluation subset"):
         resolve_eval_subset(split2, a)
@@ -138,7 +157,11 @@ def test_every_data_problem_is_reported_in_one_pass():
 
 def test_a_utf8_file_with_a_byte_order_mark_is_read(tmp_path):
     f = tmp_path / "bom.jsonl"
-    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"input": "x", "output": "Severity: low\nComponent: ui\nReproducibility: rare"}).encode() + b"\n")
+    f.write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps({"input": "x", "output": "Severity: low\nComponent: ui\nReproducibility: rare"}).encode()
+        + b"\n"
+    )
     assert load_split("train", str(f), fields=FIELDS).examples[0].labels["severity"] == "low"
 
 
@@ -147,7 +170,12 @@ def test_a_huge_report_is_cut_when_it_is_read(tmp_path):
 
     f = tmp_path / "big.jsonl"
     out = "Severity: low\nComponent: ui\nReproducibility: rare"
-    f.write_text(json.dumps({"input": "log line\n" * 2_000_000, "output": out}) + "\n" + json.dumps({"input": "short", "output": out}) + "\n")
+    f.write_text(
+        json.dumps({"input": "log line\n" * 2_000_000, "output": out})
+        + "\n"
+        + json.dumps({"input": "short", "output": out})
+        + "\n"
+    )
     split, problems = read_split("test", str(f), fields=FIELDS, max_input_chars=512 * CHARS_PER_TOKEN_BOUND)
     assert not problems and split.cut_inputs == 1
     assert len(split.examples[0].input) == 512 * CHARS_PER_TOKEN_BOUND and split.examples[1].input == "short"
@@ -185,7 +213,10 @@ def test_csv_cells_with_newlines_keep_them_and_errors_name_file_lines(tmp_path):
         w.writerow(["Title: slow", "low", "performance"])  # a missing cell, on file line 6
         w.writerow(["Title: fine\nstill fine", "low", "ui", "rare"])
     split, problems = read_split("train", str(path), fields=FIELDS)
-    assert [e.input for e in split.examples] == ["Title: crash\n\nDescription: line one\nline two", "Title: fine\nstill fine"]
+    assert [e.input for e in split.examples] == [
+        "Title: crash\n\nDescription: line one\nline two",
+        "Title: fine\nstill fine",
+    ]
     assert [e.line for e in split.examples] == [2, 7]
     assert problems == [f"{path}:6: fewer cells than the header has columns"]
 
@@ -193,11 +224,20 @@ def test_csv_cells_with_newlines_keep_them_and_errors_name_file_lines(tmp_path):
 def test_labels_outside_a_declared_set_are_named_as_such(tmp_path):
     rows = {"train": ["low", "high"], "val": ["low"], "test": ["medium"]}
     for name, labels in rows.items():
-        (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(
-            {"input": f"r{i}", "output": f"Severity: {lab}\nComponent: ui\nReproducibility: rare"}) for i, lab in enumerate(labels)) + "\n")
-    c = load_config(preset="demo", sets=[f'data.{k}="{tmp_path / v}.jsonl"' for k, v in
-                                         (("train", "train"), ("validation", "val"), ("test", "test"))]
-                    + ['data.labels={severity=["low", "high"]}'])
+        (tmp_path / f"{name}.jsonl").write_text(
+            "\n".join(
+                json.dumps({"input": f"r{i}", "output": f"Severity: {lab}\nComponent: ui\nReproducibility: rare"})
+                for i, lab in enumerate(labels)
+            )
+            + "\n"
+        )
+    c = load_config(
+        preset="demo",
+        sets=[
+            f'data.{k}="{tmp_path / v}.jsonl"' for k, v in (("train", "train"), ("validation", "val"), ("test", "test"))
+        ]
+        + ['data.labels={severity=["low", "high"]}'],
+    )
     with pytest.raises(UserError) as e:
         load_dataset_from_config(c.data)
     msg = str(e.value)

@@ -3,13 +3,26 @@ the ranks use the gloo backend; the CUDA variant runs where a GPU machine is len
 
 import optuna
 import pytest
+from conftest import FAST, run_cli
 from optuna.trial import TrialState
 
-from conftest import FAST, run_cli
-
 pytestmark = pytest.mark.slow
-ARGS = ["run", *FAST, "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1", "--progress-interval", "0",
-        "--set", "train.gpus_per_trial=2", "--set", "train.batch_size=4", "--set", "train.gradient_accumulation=2"]
+ARGS = [
+    "run",
+    *FAST,
+    "--set",
+    "study.grid={lora_r=[8]}",
+    "--set",
+    "train.epochs=1",
+    "--progress-interval",
+    "0",
+    "--set",
+    "train.gpus_per_trial=2",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.gradient_accumulation=2",
+]
 
 
 def _check(tmp_path, proc):
@@ -40,7 +53,16 @@ def test_one_trial_on_two_gpus(tmp_path, demo_cache):
 
 
 def test_accumulation_must_split_over_the_gpus(tmp_path):
-    proc = run_cli("show-config", "--preset", "demo", "--set", "train.gpus_per_trial=2", "--set", "train.gradient_accumulation=3", cwd=tmp_path)
+    proc = run_cli(
+        "show-config",
+        "--preset",
+        "demo",
+        "--set",
+        "train.gpus_per_trial=2",
+        "--set",
+        "train.gradient_accumulation=3",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "not divisible by train.gpus_per_trial" in proc.stderr
 
 
@@ -63,11 +85,21 @@ def test_a_rank_that_runs_out_of_memory_alone_is_heard():
     from optuna_search.objectives._protocol import OutOfMemory, Stopped
 
     with pytest.raises(OutOfMemory) as e:
-        _result_of([{"rank": 0, "status": "error", "message": "killed"},
-                    {"rank": 1, "status": "oom", "message": "CUDA out of memory", "phase": "evaluate"}], 1)
+        _result_of(
+            [
+                {"rank": 0, "status": "error", "message": "killed"},
+                {"rank": 1, "status": "oom", "message": "CUDA out of memory", "phase": "evaluate"},
+            ],
+            1,
+        )
     assert e.value.phase == "evaluate"
     with pytest.raises(Stopped):
-        _result_of([{"rank": 0, "status": "stopped", "message": "stopped at step 3/75"},
-                    {"rank": 1, "status": "stopped", "message": "stopped at step 3/75"}], 1)
+        _result_of(
+            [
+                {"rank": 0, "status": "stopped", "message": "stopped at step 3/75"},
+                {"rank": 1, "status": "stopped", "message": "stopped at step 3/75"},
+            ],
+            1,
+        )
     with pytest.raises(RuntimeError, match="no result"):
         _result_of([], -9)

@@ -3,24 +3,45 @@ release that introduced one of them fails here, and the installed versions have 
 
 import inspect
 import re
+
 import tomllib
-
-from packaging.version import Version
-
 from conftest import REPO
+from packaging.version import Version
 
 # API used -> (distribution, the first release that has it, how to check it is there).
 FLOORS = {
-    "TrainingArguments(train_sampling_strategy=...)": ("transformers", "5.2",
-        lambda: "train_sampling_strategy" in inspect.signature(__import__("transformers").TrainingArguments).parameters),
-    "TrainingArguments(warmup_steps=<ratio>)": ("transformers", "5.0",
-        lambda: __import__("transformers").TrainingArguments.__dataclass_fields__["warmup_steps"].type in (float, "float")),
-    "brier_score_loss(labels=..., scale_by_half=...)": ("scikit-learn", "1.7",
-        lambda: {"labels", "scale_by_half"} <= set(inspect.signature(__import__("sklearn.metrics", fromlist=["x"]).brier_score_loss).parameters)),
-    "RDBStorage(heartbeat_stale_trial_callback=...)": ("optuna", "4.9",
-        lambda: "heartbeat_stale_trial_callback" in inspect.signature(__import__("optuna").storages.RDBStorage).parameters),
-    "study.set_metric_names / optuna.artifacts": ("optuna", "4.4",
-        lambda: hasattr(__import__("optuna").Study, "set_metric_names") and hasattr(__import__("optuna"), "artifacts")),
+    "TrainingArguments(train_sampling_strategy=...)": (
+        "transformers",
+        "5.2",
+        lambda: "train_sampling_strategy" in inspect.signature(__import__("transformers").TrainingArguments).parameters,
+    ),
+    "TrainingArguments(warmup_steps=<ratio>)": (
+        "transformers",
+        "5.0",
+        lambda: (
+            __import__("transformers").TrainingArguments.__dataclass_fields__["warmup_steps"].type in (float, "float")
+        ),
+    ),
+    "brier_score_loss(labels=..., scale_by_half=...)": (
+        "scikit-learn",
+        "1.7",
+        lambda: (
+            {"labels", "scale_by_half"}
+            <= set(inspect.signature(__import__("sklearn.metrics", fromlist=["x"]).brier_score_loss).parameters)
+        ),
+    ),
+    "RDBStorage(heartbeat_stale_trial_callback=...)": (
+        "optuna",
+        "4.9",
+        lambda: (
+            "heartbeat_stale_trial_callback" in inspect.signature(__import__("optuna").storages.RDBStorage).parameters
+        ),
+    ),
+    "study.set_metric_names / optuna.artifacts": (
+        "optuna",
+        "4.4",
+        lambda: hasattr(__import__("optuna").Study, "set_metric_names") and hasattr(__import__("optuna"), "artifacts"),
+    ),
 }
 
 
@@ -36,8 +57,11 @@ def _floors() -> dict[str, Version]:
 
 def test_floors_are_at_least_the_releases_whose_apis_we_use():
     floors = _floors()
-    low = [f"{api}: needs {dist}>={first}, pyproject says >={floors.get(dist)}"
-           for api, (dist, first, _) in FLOORS.items() if floors.get(dist) is None or floors[dist] < Version(first)]
+    low = [
+        f"{api}: needs {dist}>={first}, pyproject says >={floors.get(dist)}"
+        for api, (dist, first, _) in FLOORS.items()
+        if floors.get(dist) is None or floors[dist] < Version(first)
+    ]
     assert not low, low
 
 
@@ -53,6 +77,10 @@ def test_python_3_10_is_supported_as_declared():
 
     text = (REPO / "pyproject.toml").read_text()
     assert 'requires-python = ">=3.10"' in text and "tomli>=1.1; python_version < '3.11'" in text
-    importers = [str(p.relative_to(REPO)) for folder in ("core", "storage", "objectives", "dashboards", "search")
-                 for p in (REPO / folder).rglob("*.py") if re.search(r"^\s*import tomllib|^from tomllib", p.read_text(), re.M)]
+    importers = [
+        str(p.relative_to(REPO))
+        for folder in ("core", "storage", "objectives", "dashboards", "search")
+        for p in (REPO / folder).rglob("*.py")
+        if re.search(r"^\s*import tomllib|^from tomllib", p.read_text(), re.M)
+    ]
     assert importers == ["core/_toml.py"], importers

@@ -52,8 +52,8 @@ def blocks(page: Path) -> list[tuple[str, str]]:
 def commands(code: str) -> list[str]:
     """The logical lines of a shell block: continuations joined, comments dropped."""
     out = []
-    for line in code.replace("\\\n", " ").splitlines():
-        line = line.strip()
+    for raw in code.replace("\\\n", " ").splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             out.append(line)
     return out
@@ -64,7 +64,7 @@ def argv_of(line: str) -> list[str] | None:
     words = shlex.split(line, comments=True)
     for prefix in (["optuna-search"], [".venv/bin/optuna-search"], ["!optuna-search"]):
         if words[: len(prefix)] == prefix:
-            return words[len(prefix):]
+            return words[len(prefix) :]
     return None
 
 
@@ -160,8 +160,14 @@ def test_the_site_builds_strict(tmp_path):
     # As on CI's clean checkout: the API reference's source tree does not exist yet (the
     # hook makes it; a tree left by an earlier build once hid that it came too late).
     shutil.rmtree(REPO / "build" / "docs-src", ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=_quiet_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_quiet_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     import optuna_search
@@ -217,7 +223,9 @@ def _runnable(argv: list[str]) -> bool:
     return preset in (None, "demo")
 
 
-@pytest.mark.parametrize("page", [p.name for p in PAGES if any(lang in ("bash", "python", "toml") for lang, _ in blocks(p))])
+@pytest.mark.parametrize(
+    "page", [p.name for p in PAGES if any(lang in ("bash", "python", "toml") for lang, _ in blocks(p))]
+)
 def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
     path = REPO / page if page == "README.md" else DOCS / page
     work = tmp_path / "work"
@@ -255,7 +263,9 @@ def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
                 _check(argv)
                 continue
             proc = run_main(*argv, cwd=work)
-            assert proc.returncode == 0, f"{page}: `optuna-search {shlex.join(argv)}` exit {proc.returncode}:\n{proc.stderr[-2000:]}"
+            assert proc.returncode == 0, (
+                f"{page}: `optuna-search {shlex.join(argv)}` exit {proc.returncode}:\n{proc.stderr[-2000:]}"
+            )
             ran.append(argv[0])
     if page == "using-the-winner.md":
         assert ran.count("predict") >= 3 and "export-model" in ran and "ensemble" in ran, ran

@@ -7,8 +7,8 @@ import shutil
 
 import optuna
 import pytest
-
 from conftest import run_main
+
 from optuna_search.objectives._ensemble import Member, hard_vote
 from optuna_search.objectives._metrics import Prediction
 
@@ -22,7 +22,7 @@ def _own_copy(work, tmp_path):
 
 def _exact_mcnemar(b: int, c: int) -> float:
     n = b + c
-    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n)
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n)
 
 
 def test_ensemble_from_artifacts_only(scored_study, tmp_path, monkeypatch, capsys):
@@ -74,19 +74,33 @@ def test_members_scored_on_other_examples_are_refused(scored_study, tmp_path):
     import sqlite3
 
     con = sqlite3.connect(tmp_path / "copy.db")  # a finished trial cannot be edited through Optuna
-    con.execute("UPDATE trial_user_attributes SET value_json = '\"another-set\"' WHERE key = 'eval_ids_sha256' "
-                "AND trial_id = (SELECT trial_id FROM trials WHERE number = 1)")
-    con.commit(); con.close()
-    proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--trials", "0,1",
-                   "--set", f'storage.artifacts="{scored_study / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
+    con.execute(
+        "UPDATE trial_user_attributes SET value_json = '\"another-set\"' WHERE key = 'eval_ids_sha256' "
+        "AND trial_id = (SELECT trial_id FROM trials WHERE number = 1)"
+    )
+    con.commit()
+    con.close()
+    proc = run_main(
+        "ensemble",
+        "--storage",
+        f"sqlite:///{tmp_path / 'copy.db'}",
+        "--trials",
+        "0,1",
+        "--set",
+        f'storage.artifacts="{scored_study / "optuna-search-demo-artifacts"}"',
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "evaluated on other examples" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--trials", "1,1"], "names a trial twice"),
-    (["--trials", "0,7"], "trial(s) 7 are not COMPLETE trials"),
-    (["--top", "5"], "give 2 to 2"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--trials", "1,1"], "names a trial twice"),
+        (["--trials", "0,7"], "trial(s) 7 are not COMPLETE trials"),
+        (["--top", "5"], "give 2 to 2"),
+    ],
+)
 def test_bad_member_choices_are_one_line(scored_study, tmp_path, args, needle):
     shutil.copy(scored_study / "optuna-search-demo.db", tmp_path / "copy.db")
     proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", *args, cwd=tmp_path)
@@ -109,8 +123,16 @@ def test_an_ensemble_of_a_study_without_complete_trials_says_so(tmp_path):
 def test_generated_members_vote_by_majority_only(demo_study, tmp_path):
     work, _ = demo_study
     shutil.copy(work / "optuna-search-demo.db", tmp_path / "copy.db")
-    proc = run_main("ensemble", "--storage", f"sqlite:///{tmp_path / 'copy.db'}", "--top", "3",
-                   "--set", f'storage.artifacts="{work / "optuna-search-demo-artifacts"}"', cwd=tmp_path)
+    proc = run_main(
+        "ensemble",
+        "--storage",
+        f"sqlite:///{tmp_path / 'copy.db'}",
+        "--top",
+        "3",
+        "--set",
+        f'storage.artifacts="{work / "optuna-search-demo-artifacts"}"',
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "only hard (majority) voting is shown" in proc.stdout and "soft voting:" not in proc.stdout
     assert "members chosen on: validation (top 3)" in proc.stdout
@@ -118,7 +140,10 @@ def test_generated_members_vote_by_majority_only(demo_study, tmp_path):
 
 def test_hard_vote_ties_go_to_the_best_member():
     gold = {"f": "a"}
-    members = [Member(n, i, {"x": Prediction("x", gold, {"f": lab}, "")}) for i, (n, lab) in enumerate([("best", "b"), ("m2", "c"), ("m3", "a")])]
+    members = [
+        Member(n, i, {"x": Prediction("x", gold, {"f": lab}, "")})
+        for i, (n, lab) in enumerate([("best", "b"), ("m2", "c"), ("m3", "a")])
+    ]
     assert hard_vote(members, ["x"], ["f"])[0].predicted["f"] == "b"
     members.append(Member("m4", 3, {"x": Prediction("x", gold, {"f": "a"}, "")}))
     assert hard_vote(members, ["x"], ["f"])[0].predicted["f"] == "a"
@@ -128,14 +153,21 @@ def test_an_ensemble_of_a_remote_study_is_stored_in_the_remote(scored_study, tmp
     """Seen: `ensemble --remote` stored the ensemble in this machine's cache only; the
     remote, and every other machine, never got it."""
     from conftest import run_main
+
     from optuna_search.search.loop._remote import reading_location
 
     remote = tmp_path / "remote"
     assert run_main("export", "--preset", "demo", "--output", str(remote), cwd=scored_study).returncode == 0
     here = tmp_path / "laptop"
     here.mkdir()
-    proc = run_main("ensemble", "--remote", str(remote), "--all", cwd=here,
-                    env_extra={"OPTUNA_SEARCH_CACHE": str(tmp_path / "laptop-cache")})
+    proc = run_main(
+        "ensemble",
+        "--remote",
+        str(remote),
+        "--all",
+        cwd=here,
+        env_extra={"OPTUNA_SEARCH_CACHE": str(tmp_path / "laptop-cache")},
+    )
     assert proc.returncode == 0 and "soft voting" in proc.stdout, proc.stderr[-2000:]
     # Another machine, with an empty cache, reads the ensemble from the remote.
     monkeypatch.setenv("OPTUNA_SEARCH_CACHE", str(tmp_path / "other-cache"))

@@ -18,9 +18,8 @@ import time
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import run_main
+from optuna.trial import TrialState
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 T4_BYTES = 15 * 2**30
@@ -44,8 +43,13 @@ def t4():
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, T4_BYTES / total))
     torch.backends.cuda.enable_flash_sdp(False)  # sm_75 has no flash attention
-    _report(device=torch.cuda.get_device_name(), total_gib=round(total / 2**30, 1), cap_gib=15,
-            torch=torch.__version__, alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
+    _report(
+        device=torch.cuda.get_device_name(),
+        total_gib=round(total / 2**30, 1),
+        cap_gib=15,
+        torch=torch.__version__,
+        alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+    )
     yield
     torch.cuda.set_per_process_memory_fraction(1.0)
 
@@ -56,10 +60,20 @@ def mistral_shaped(tmp_path_factory, demo_model_dir):
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(demo_model_dir))
-    cfg = MistralConfig(vocab_size=len(tok), hidden_size=4096, intermediate_size=14336, num_hidden_layers=LAYERS,
-                        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, sliding_window=None,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                        tie_word_embeddings=False)
+    cfg = MistralConfig(
+        vocab_size=len(tok),
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        sliding_window=None,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     path = tmp_path_factory.mktemp("mistral-shaped")
     t0 = time.monotonic()
     torch.manual_seed(0)
@@ -75,13 +89,44 @@ def mistral_shaped(tmp_path_factory, demo_model_dir):
 
 
 def _args(model_dir, *extra):
-    return ["run", "--preset", "kaggle-t4", "--set", f'model.name_or_path="{model_dir}"',
-            "--set", 'data.train="builtin:demo-bugs/train.jsonl"', "--set", 'data.validation="builtin:demo-bugs/val.jsonl"',
-            "--set", 'data.test="builtin:demo-bugs/test.jsonl"', "--set", "data.train_samples=64",
-            "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=2", "--set", "train.checkpoint_steps=2",
-            "--set", "eval.num_samples=16", "--set", "eval.validation_samples=16", "--set", "eval.method='score'",
-            "--set", "study.name='gpu'", "--storage", "sqlite:///gpu.db", "--set", "train.output_dir='ckpt'",
-            "--set", "storage.artifacts='art'", "--progress-interval", "0", *extra]
+    return [
+        "run",
+        "--preset",
+        "kaggle-t4",
+        "--set",
+        f'model.name_or_path="{model_dir}"',
+        "--set",
+        'data.train="builtin:demo-bugs/train.jsonl"',
+        "--set",
+        'data.validation="builtin:demo-bugs/val.jsonl"',
+        "--set",
+        'data.test="builtin:demo-bugs/test.jsonl"',
+        "--set",
+        "data.train_samples=64",
+        "--set",
+        "study.grid={lora_r=[8]}",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.checkpoint_steps=2",
+        "--set",
+        "eval.num_samples=16",
+        "--set",
+        "eval.validation_samples=16",
+        "--set",
+        "eval.method='score'",
+        "--set",
+        "study.name='gpu'",
+        "--storage",
+        "sqlite:///gpu.db",
+        "--set",
+        "train.output_dir='ckpt'",
+        "--set",
+        "storage.artifacts='art'",
+        "--progress-interval",
+        "0",
+        *extra,
+    ]
 
 
 def _study(work):
@@ -133,8 +178,13 @@ def test_the_kaggle_t4_path_on_one_gpu(t4, mistral_shaped, tmp_path, demo_cache,
     assert oom["phase"] == "train" and oom["batch_size"] == 4
     assert all(loss == loss and abs(loss) < 1e4 for loss in ua["train_loss_per_epoch"] + ua["eval_loss_per_epoch"])
     assert 0 < ua["peak_memory_mb"] * 2**20 < T4_BYTES and ua["peak_memory_kind"] == "cuda_max_allocated"
-    _report(study_s=round(seconds, 1), peak_memory_mib=ua["peak_memory_mb"], train_loss=ua["train_loss_per_epoch"],
-            loads_allocated_bytes=loads, estimate_gib=_estimate(mistral_shaped, ua))
+    _report(
+        study_s=round(seconds, 1),
+        peak_memory_mib=ua["peak_memory_mb"],
+        train_loss=ua["train_loss_per_epoch"],
+        loads_allocated_bytes=loads,
+        estimate_gib=_estimate(mistral_shaped, ua),
+    )
 
     # 2. predict on the evaluated examples, in their order: the trial's own predictions.
     from optuna_search.objectives._demo_data import ensure_demo_data
@@ -146,11 +196,17 @@ def test_the_kaggle_t4_path_on_one_gpu(t4, mistral_shaped, tmp_path, demo_cache,
     subset = tmp_path / "subset.jsonl"
     subset.write_text("".join(json.dumps(rows[e["id"]]) + "\n" for e in study.user_attrs["eval_subset"]))
     out = tmp_path / "p.jsonl"
-    proc = run_main("predict", "--storage", "sqlite:///gpu.db", "--input", str(subset), "--output", str(out), cwd=tmp_path)
+    proc = run_main(
+        "predict", "--storage", "sqlite:///gpu.db", "--input", str(subset), "--output", str(out), cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     predicted = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-    gap = max(abs(predicted[i]["probs"][f][lab] - p) for i, s in stored.items() for f, ps in s["probs"].items()
-              for lab, p in ps.items())
+    gap = max(
+        abs(predicted[i]["probs"][f][lab] - p)
+        for i, s in stored.items()
+        for f, ps in s["probs"].items()
+        for lab, p in ps.items()
+    )
     _report(predict_vs_evaluation_max_probability_gap=gap)
     assert all(predicted[i]["labels"] == s["predicted"] for i, s in stored.items()) and gap < 1e-3
 
@@ -174,7 +230,15 @@ def _estimate(model_dir, ua) -> dict:
     from optuna_search.objectives._footprint import GiB, Setting, Shape, estimate
 
     p = ua["effective_params"]
-    parts = estimate(Shape.of(AutoConfig.from_pretrained(str(model_dir))),
-                     Setting(batch_size=ua["batch_size"], max_length=512, lora_r=p["lora_r"], target_modules=tuple(p["target_modules"]),
-                             optim=p["optim"], eval_batch_size=16))
+    parts = estimate(
+        Shape.of(AutoConfig.from_pretrained(str(model_dir))),
+        Setting(
+            batch_size=ua["batch_size"],
+            max_length=512,
+            lora_r=p["lora_r"],
+            target_modules=tuple(p["target_modules"]),
+            optim=p["optim"],
+            eval_batch_size=16,
+        ),
+    )
     return {k: round(v / GiB, 2) for k, v in parts.items()}

@@ -46,7 +46,7 @@ def test_heartbeat_thread_and_orphan_query(tmp_path):
 def test_grid_sampler_enumeration(tmp_path):
     sampler = optuna.samplers.GridSampler({"lora_r": [4, 8, 16], "lr": [1.0, 2.0]}, seed=3)
     points = oi.grid_points(sampler)
-    assert sorted(map(lambda p: tuple(sorted(p.items())), points)) == sorted(
+    assert sorted(tuple(sorted(p.items())) for p in points) == sorted(
         (("lora_r", r), ("lr", lr)) for r in (4, 8, 16) for lr in (1.0, 2.0)
     )
     assert oi.grid_search_space(sampler) == {"lora_r": [4, 8, 16], "lr": [1.0, 2.0]}

@@ -29,8 +29,20 @@ ALLOWED = {
 }
 # dashboards/ may use objectives' maths (metrics, statistics, ensembles), never training.
 DASHBOARD_OBJECTIVES = {"_metrics", "_stats", "_ensemble", "_data"}
-HEAVY = ("torch", "transformers", "peft", "optuna", "optuna_dashboard", "plotly", "sklearn", "scipy", "datasets",
-         "bitsandbytes", "accelerate", "sqlalchemy")
+HEAVY = (
+    "torch",
+    "transformers",
+    "peft",
+    "optuna",
+    "optuna_dashboard",
+    "plotly",
+    "sklearn",
+    "scipy",
+    "datasets",
+    "bitsandbytes",
+    "accelerate",
+    "sqlalchemy",
+)
 HEAVY_MODULES = {"optuna_search.objectives._trainer", "optuna_search.search.loop._samplers"}
 
 
@@ -84,20 +96,33 @@ def test_imports_follow_the_layers():
                 continue  # the public API package itself is not imported by the layers
             if target != folder and target not in ALLOWED[folder]:
                 wrong.append(f"{folder}/{path.name}:{node.lineno} imports {name}")
-            if folder == "dashboards" and target == "objectives" and len(parts) > 2 and parts[2] not in DASHBOARD_OBJECTIVES:
+            if (
+                folder == "dashboards"
+                and target == "objectives"
+                and len(parts) > 2
+                and parts[2] not in DASHBOARD_OBJECTIVES
+            ):
                 wrong.append(f"{folder}/{path.name}:{node.lineno} imports {name} (training code)")
     assert not wrong, "imports against the layers' direction:\n" + "\n".join(wrong)
 
 
 def test_objectives_import_no_optuna():
-    found = [f"objectives/{p.name}:{n.lineno}" for p in (REPO / "objectives").glob("*.py")
-             for n, name in _imports(p) if name.split(".")[0] in ("optuna", "optuna_dashboard")]
+    found = [
+        f"objectives/{p.name}:{n.lineno}"
+        for p in (REPO / "objectives").glob("*.py")
+        for n, name in _imports(p)
+        if name.split(".")[0] in ("optuna", "optuna_dashboard")
+    ]
     assert not found, found
 
 
 def test_project_modules_are_imported_at_the_top_and_heavy_ones_inside_functions():
-    heavy_modules = {_module(p) for _, p in _sources() for n, name in _imports(p)
-                     if name.split(".")[0] in HEAVY and n.lineno in _top_level(p, type_only=False)}
+    heavy_modules = {
+        _module(p)
+        for _, p in _sources()
+        for n, name in _imports(p)
+        if name.split(".")[0] in HEAVY and n.lineno in _top_level(p, type_only=False)
+    }
     assert heavy_modules == HEAVY_MODULES, heavy_modules
     late, heavy_at_top = [], []
     for folder, path in _sources():
@@ -109,23 +134,31 @@ def test_project_modules_are_imported_at_the_top_and_heavy_ones_inside_functions
                     heavy_at_top.append(where + " (a module that imports heavy libraries)")
             elif name.split(".")[0] == "optuna_search" and node.lineno not in top:
                 late.append(where)
-            elif name.split(".")[0] in HEAVY and node.lineno in _top_level(path, type_only=False) and _module(path) not in HEAVY_MODULES:
+            elif (
+                name.split(".")[0] in HEAVY
+                and node.lineno in _top_level(path, type_only=False)
+                and _module(path) not in HEAVY_MODULES
+            ):
                 heavy_at_top.append(where)
     assert not late, "project modules imported inside functions:\n" + "\n".join(late)
     assert not heavy_at_top, "heavy imports at module level:\n" + "\n".join(heavy_at_top)
 
 
 def test_help_imports_no_heavy_module():
-    code = ("import sys\nfrom optuna_search.search.front._cli import build_parser\nbuild_parser()\n"
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {sorted(HEAVY_MODULES)!r}))")
+    code = (
+        "import sys\nfrom optuna_search.search.front._cli import build_parser\nbuild_parser()\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {sorted(HEAVY_MODULES)!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-LIFECYCLE = re.compile(r"\bstudy\.tell\(|\btrial\.report\(|\benqueue_trial\(|\badd_trials?\(|\bfail_stale_trials\(|"
-                       r"\.ask\(|\boptuna\.create_study\(|\bset_metric_names\(|\bset_trial_system_attr\(|"
-                       r"\bset_trial_state_values\(|\bset_trial_user_attr\(|\bset_trial_intermediate_value\(|"
-                       r"\bset_trial_param\(|(?<![\w.])(claim_waiting|fail_trial|pause|unpause)\(")
+LIFECYCLE = re.compile(
+    r"\bstudy\.tell\(|\btrial\.report\(|\benqueue_trial\(|\badd_trials?\(|\bfail_stale_trials\(|"
+    r"\.ask\(|\boptuna\.create_study\(|\bset_metric_names\(|\bset_trial_system_attr\(|"
+    r"\bset_trial_state_values\(|\bset_trial_user_attr\(|\bset_trial_intermediate_value\(|"
+    r"\bset_trial_param\(|(?<![\w.])(claim_waiting|fail_trial|pause|unpause)\("
+)
 """Optuna's calls that move a trial (and storage/_internals' wrappers of its private ones)."""
 
 
@@ -134,9 +167,14 @@ def test_a_trials_state_moves_in_the_ledger_only():
     failing, completing and copying trials, and writing their records: storage/_ledger.py (through Optuna's calls, and
     storage/_internals.py for the private ones). No other module tells Optuna anything,
     enqueues, adds trials, reports intermediate values or calls a storage setter."""
-    found = sorted({f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources()
-                    for line in p.read_text().splitlines()
-                    if LIFECYCLE.search(line) and not line.lstrip().startswith(("#", "def ", '"', "'"))})
+    found = sorted(
+        {
+            f"{folder}/{p.relative_to(REPO / folder)}"
+            for folder, p in _sources()
+            for line in p.read_text().splitlines()
+            if LIFECYCLE.search(line) and not line.lstrip().startswith(("#", "def ", '"', "'"))
+        }
+    )
     assert found == ["storage/_internals.py", "storage/_ledger.py"], found
 
 
@@ -145,7 +183,9 @@ def test_system_attrs_are_written_by_storage_and_the_grid_samplers_hook_only():
     point, which ``GridPointSampler.before_trial`` records as Optuna's own GridSampler does,
     inside the ``ask`` the ledger makes."""
     pattern = re.compile(r"\bset_trial_system_attrs?\(|\bset_system_attr\(")
-    found = sorted(f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text()))
+    found = sorted(
+        f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())
+    )
     assert found == ["search/loop/_samplers.py", "storage/_internals.py"], found
 
 
@@ -161,8 +201,12 @@ def test_user_attrs_are_written_by_the_records_only():
 def test_optuna_private_api_stays_in_internals():
     """Optuna's private attributes (``study._storage``, ``trial._trial_id``, ...) are used in
     storage/_internals.py only, where tests/test_internals.py pins them."""
-    pattern = re.compile(r"\b(study|trial|storage|sampler|frozen|t)\._(storage|study_id|trial_id|backend|param_names|all_grids|search_space|contains)\b")
-    found = [f"{folder}/{p.name}" for folder, p in _sources() if p.name != "_internals.py" and pattern.search(p.read_text())]
+    pattern = re.compile(
+        r"\b(study|trial|storage|sampler|frozen|t)\._(storage|study_id|trial_id|backend|param_names|all_grids|search_space|contains)\b"
+    )
+    found = [
+        f"{folder}/{p.name}" for folder, p in _sources() if p.name != "_internals.py" and pattern.search(p.read_text())
+    ]
     assert not found, found
 
 
@@ -178,14 +222,44 @@ def test_packages_use_each_others_public_names_only():
     for folder, path in _sources():
         for node, name in _imports(path):
             parts = name.split(".")
-            if (len(parts) >= 3 and parts[0] == "optuna_search" and parts[1] in FOLDERS and parts[1] != folder
-                    and parts[2].startswith("_") and name not in PRIVATE_EXCEPTIONS):
+            if (
+                len(parts) >= 3
+                and parts[0] == "optuna_search"
+                and parts[1] in FOLDERS
+                and parts[1] != folder
+                and parts[2].startswith("_")
+                and name not in PRIVATE_EXCEPTIONS
+            ):
                 wrong.append(f"{folder}/{path.relative_to(REPO / folder)}:{node.lineno} imports {name}")
     assert not wrong, "\n".join(wrong)
 
 
+def test_search_rooms_use_each_others_public_names_only():
+    """Inside search/, a room (api, front, loop, use) imports what another room exposes in
+    its __init__, never that room's private modules."""
+    rooms = {p.name for p in (REPO / "search").iterdir() if (p / "__init__.py").exists()}
+    wrong = []
+    for path in (REPO / "search").rglob("*.py"):
+        rel = path.relative_to(REPO / "search")
+        own = rel.parts[0] if len(rel.parts) > 1 else None
+        for node, name in _imports(path):
+            parts = name.split(".")
+            if (
+                len(parts) >= 4
+                and parts[:2] == ["optuna_search", "search"]
+                and parts[2] in rooms
+                and parts[2] != own
+                and parts[3].startswith("_")
+            ):
+                wrong.append(f"search/{rel}:{node.lineno} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_function_is_longer_than_sixty_lines():
-    long = [f"{folder}/{path.relative_to(REPO / folder)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
-            for folder, path in _sources() for n in ast.walk(ast.parse(path.read_text()))
-            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    long = [
+        f"{folder}/{path.relative_to(REPO / folder)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for folder, path in _sources()
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60
+    ]
     assert not long, long

@@ -1,21 +1,18 @@
 """Several workers on one study, on SQLite and on a real PostgreSQL server: no grid point
 is run twice, none is lost, no 'database is locked'."""
 
+import itertools
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
+import grid_worker
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import FAST, REPO, hold_env, run_cli, run_main, wait_for_holds
-import grid_worker
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 GRID = 12
@@ -32,8 +29,14 @@ def _stress(url: str, tmp_path: Path) -> None:
     names = [f"stress-{i}" for i in range(REPEATS)]
     for n in names:  # created up front, as `run --workers` does
         grid_worker.create(url, GRID, n)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "grid_worker.py"), url, str(GRID), "0.03", *names],
-                              stderr=subprocess.PIPE, text=True) for _ in range(WORKERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "grid_worker.py"), url, str(GRID), "0.03", *names],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(WORKERS)
+    ]
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errs)
     assert not any("database is locked" in e for e in errs)
@@ -45,7 +48,7 @@ def _stress(url: str, tmp_path: Path) -> None:
         assert len(trials) == GRID and all(t.state == TrialState.COMPLETE for t in trials)
         # The workers really did run side by side.
         spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
-        overlaps += sum(1 for a, b in zip(spans, spans[1:]) if b[0] < a[1])
+        overlaps += sum(1 for a, b in itertools.pairwise(spans) if b[0] < a[1])
     assert overlaps > REPEATS
 
 
@@ -55,8 +58,14 @@ def test_successive_halving_splits_each_rung_over_workers_and_decides_once(tmp_p
     url = f"sqlite:///{tmp_path / 'halving.db'}"
     log = tmp_path / "trained.log"
     grid_worker.create(url, 9, "halving", halving=True)
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "grid_worker.py"), url, "9", f"halving:0.05:{log}", "halving"],
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "grid_worker.py"), url, "9", f"halving:0.05:{log}", "halving"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errs)
     trained = Counter(tuple(map(int, line.split())) for line in log.read_text().splitlines())
@@ -80,17 +89,44 @@ def test_demo_on_postgresql_never_shows_the_password(postgres, tmp_path, demo_ca
     _, port = postgres
     secret = "s3cret-pw"
     url = f"postgresql://postgres:{secret}@127.0.0.1:{port}/optuna_test"  # trust auth ignores it
-    proc = run_main("run", *FAST, "--storage", url, "--study-name", "demo-pg", "--set", "study.grid={lora_r=[4]}",
-                   "--set", "train.epochs=1", cwd=tmp_path)
+    proc = run_main(
+        "run",
+        *FAST,
+        "--storage",
+        url,
+        "--study-name",
+        "demo-pg",
+        "--set",
+        "study.grid={lora_r=[4]}",
+        "--set",
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert secret not in proc.stdout + proc.stderr
     study = optuna.load_study(study_name="demo-pg", storage=_sa(url))
     import optuna_dashboard
-    everything = str(study.user_attrs) + str(study._storage.get_study_system_attrs(study._study_id)) + optuna_dashboard.get_note(study)
+
+    everything = (
+        str(study.user_attrs)
+        + str(study._storage.get_study_system_attrs(study._study_id))
+        + optuna_dashboard.get_note(study)
+    )
     for t in study.get_trials():
         everything += str(t.user_attrs) + str(t.system_attrs)
     assert secret not in everything and "***" in study.user_attrs["config"]["storage"]["url"]
-    rep = run_cli("report", "--storage", url, "--preset", "demo", "--study-name", "demo-pg", "-o", str(tmp_path / "r"), cwd=tmp_path)
+    rep = run_cli(
+        "report",
+        "--storage",
+        url,
+        "--preset",
+        "demo",
+        "--study-name",
+        "demo-pg",
+        "-o",
+        str(tmp_path / "r"),
+        cwd=tmp_path,
+    )
     assert rep.returncode == 0 and secret not in rep.stdout + rep.stderr
     assert secret not in (tmp_path / "r" / "report.html").read_text()
 
@@ -101,19 +137,26 @@ def test_unreachable_postgresql_is_a_clear_error_without_the_password(tmp_path):
     assert "hunter2" not in proc.stderr and "Traceback" not in proc.stderr and "exceeding max length" not in proc.stderr
 
 
-@pytest.mark.parametrize("who,db,needle", [
-    ("postgres", "empty_db", "holds no Optuna study (an empty database)"),
-    ("postgres", "no_such_db", 'database "no_such_db" does not exist'),
-    ("nobody", "optuna_test", 'role "nobody" does not exist'),
-    ("pwuser:wrong-pw", "optuna_test", 'password authentication failed for user "pwuser"'),
-])
+@pytest.mark.parametrize(
+    "who,db,needle",
+    [
+        ("postgres", "empty_db", "holds no Optuna study (an empty database)"),
+        ("postgres", "no_such_db", 'database "no_such_db" does not exist'),
+        ("nobody", "optuna_test", 'role "nobody" does not exist'),
+        ("pwuser:wrong-pw", "optuna_test", 'password authentication failed for user "pwuser"'),
+    ],
+)
 def test_postgresql_problems_are_named_by_their_real_cause(postgres, tmp_path, who, db, needle):
     """Seen: each of these said 'An exception is raised during the commit ... exceeding max length'."""
     _, port = postgres
     for cmd in (["status"], ["report", "-o", str(tmp_path / "r")]):
         proc = run_cli(*cmd, "--storage", f"postgresql://{who}@127.0.0.1:{port}/{db}", cwd=tmp_path)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
-        assert "exceeding max length" not in proc.stderr and "wrong-pw" not in proc.stderr and "Traceback" not in proc.stderr
+        assert (
+            "exceeding max length" not in proc.stderr
+            and "wrong-pw" not in proc.stderr
+            and "Traceback" not in proc.stderr
+        )
 
 
 def test_another_applications_postgresql_database_is_refused(postgres, tmp_path):
@@ -135,12 +178,28 @@ def test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably(tmp_path, de
     import signal
 
     # One epoch of 20 steps per point: the kill and the resume need no more.
-    args = ["run", *FAST, "--set", "train.epochs=1", "--set", "data.train_samples=160", "--workers", "2",
-            "--progress-interval", "0"]
+    args = [
+        "run",
+        *FAST,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.train_samples=160",
+        "--workers",
+        "2",
+        "--progress-interval",
+        "0",
+    ]
     # A process group of its own, as a terminal gives: Ctrl-C reaches parent and workers.
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_search.search.front._cli", *args], cwd=tmp_path,
-                            env=hold_env(r"step 1[1-9]/"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optuna_search.search", *args],
+        cwd=tmp_path,
+        env=hold_env(r"step 1[1-9]/"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     lines = wait_for_holds(proc, 2)
     assert {line.split("]")[0] for line in lines if "TEST-HOLD" in line} == {"[worker 0", "[worker 1"}
     os.killpg(proc.pid, signal.SIGINT)

@@ -9,8 +9,8 @@ import shutil
 
 import optuna
 import pytest
-
 from conftest import run_main
+
 from optuna_search.objectives._demo_data import ensure_demo_data
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,9 @@ def test_predict_gives_the_measured_models_answers_and_export_model_the_same_wit
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rows/s" in proc.stderr and "ETA" in proc.stderr and "Traceback" not in proc.stderr
     rows = _read(out)
-    assert len(rows) == 150 and rows[0]["id"] == "demo-test-0000" and "output" in rows[0]  # other columns passed through
+    assert (
+        len(rows) == 150 and rows[0]["id"] == "demo-test-0000" and "output" in rows[0]
+    )  # other columns passed through
     _assert_same({r["id"]: r for r in rows}, _stored(work, best))
     provenance = json.loads((tmp_path / "pred.jsonl.provenance.json").read_text())
     assert provenance["model"]["trials"] == [best] and provenance["members"][0]["sha256"]
@@ -57,14 +59,22 @@ def test_predict_gives_the_measured_models_answers_and_export_model_the_same_wit
     model_dir = tmp_path / "model"
     exported = run_main("export-model", "--preset", "demo", "--output", str(model_dir), cwd=work)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "optuna-search-model.json", "README.md"):
+    for f in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer_config.json",
+        "optuna-search-model.json",
+        "README.md",
+    ):
         assert (model_dir / f).is_file(), f
     card = (model_dir / "README.md").read_text()
     for needle in ("95% CI (Wilson)", "McNemar p", "baseline", "licence", "optuna-search predict --model", "SHA-256"):
         assert needle in card, needle
     fresh = tmp_path / "elsewhere"
     fresh.mkdir()
-    again = run_main("predict", "--model", str(model_dir), "--input", str(test_file), "--output", str(fresh / "p.csv"), cwd=fresh)
+    again = run_main(
+        "predict", "--model", str(model_dir), "--input", str(test_file), "--output", str(fresh / "p.csv"), cwd=fresh
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     import csv
 
@@ -75,14 +85,21 @@ def test_predict_gives_the_measured_models_answers_and_export_model_the_same_wit
 
     from peft import AutoPeftModelForCausalLM
 
-    assert AutoPeftModelForCausalLM.from_pretrained(str(model_dir)).peft_config["default"].r == study.best_trial.params["lora_r"]
+    assert (
+        AutoPeftModelForCausalLM.from_pretrained(str(model_dir)).peft_config["default"].r
+        == study.best_trial.params["lora_r"]
+    )
 
 
 def test_predict_resumes_after_a_kill_and_reports_bad_rows(scored_study, tmp_path):
     work = scored_study
     rows = [json.loads(line) for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:12]]
     inp = tmp_path / "in.jsonl"
-    lines = [json.dumps(r) for r in rows[:5]] + ["{not json", json.dumps({"id": "no-text"})] + [json.dumps(r) for r in rows[5:]]
+    lines = (
+        [json.dumps(r) for r in rows[:5]]
+        + ["{not json", json.dumps({"id": "no-text"})]
+        + [json.dumps(r) for r in rows[5:]]
+    )
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     strict = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--on-bad-row", "fail", cwd=work)
@@ -111,18 +128,31 @@ def test_ensemble_predictions_equal_the_stored_ensemble(scored_study, tmp_path):
     with store.open_reader(soft["artifact_id"]) as fh:
         stored = {r["id"]: r for r in map(json.loads, fh.read().decode().splitlines())}
     out = tmp_path / "e.jsonl"
-    proc = run_main("predict", "--preset", "demo", "--ensemble", "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(out), cwd=work)
+    proc = run_main(
+        "predict",
+        "--preset",
+        "demo",
+        "--ensemble",
+        "-i",
+        str(ensure_demo_data() / "test.jsonl"),
+        "-o",
+        str(out),
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_same({r["id"]: r for r in _read(out)}, stored)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--trial", "99"], "has no trial 99"),
-    (["--trial", "one"], "must be 'best' or a trial number"),
-    (["--ensemble"], "has no stored soft-voting ensemble"),
-    (["--model", "."], "is not a model exported by optuna-search"),
-    (["--output", "missing-folder/p.jsonl"], "does not exist; create it first"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--trial", "99"], "has no trial 99"),
+        (["--trial", "one"], "must be 'best' or a trial number"),
+        (["--ensemble"], "has no stored soft-voting ensemble"),
+        (["--model", "."], "is not a model exported by optuna-search"),
+        (["--output", "missing-folder/p.jsonl"], "does not exist; create it first"),
+    ],
+)
 def test_bad_predict_requests_are_one_line(scored_study, tmp_path, args, needle):
     shutil.copy(scored_study / "optuna-search-demo.db", tmp_path / "optuna-search-demo.db")
     base = ["predict", "--preset", "demo", "--input", str(ensure_demo_data() / "test.jsonl")]
@@ -140,10 +170,18 @@ def test_a_pruned_or_failed_trial_cannot_be_exported(scored_study, tmp_path):
 
     shutil.copy(scored_study / "optuna-search-demo.db", tmp_path / "optuna-search-demo.db")
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
-    study.add_trial(create_trial(state=TrialState.PRUNED, params={"lora_r": 8}, distributions={"lora_r": CategoricalDistribution([4, 8])}))
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED, params={"lora_r": 8}, distributions={"lora_r": CategoricalDistribution([4, 8])}
+        )
+    )
     n = len(study.trials) - 1
-    proc = run_main("export-model", "--preset", "demo", "--trial", str(n), "--output", str(tmp_path / "m"), cwd=tmp_path)
-    assert proc.returncode == 2 and f"trial {n} is PRUNED, not COMPLETE" in proc.stderr and not (tmp_path / "m").exists()
+    proc = run_main(
+        "export-model", "--preset", "demo", "--trial", str(n), "--output", str(tmp_path / "m"), cwd=tmp_path
+    )
+    assert (
+        proc.returncode == 2 and f"trial {n} is PRUNED, not COMPLETE" in proc.stderr and not (tmp_path / "m").exists()
+    )
 
 
 def test_an_export_whose_base_is_gone_names_where_it_looked(scored_study, tmp_path):
@@ -152,8 +190,16 @@ def test_an_export_whose_base_is_gone_names_where_it_looked(scored_study, tmp_pa
     spec = json.loads((model_dir / "optuna-search-model.json").read_text())
     spec["base"]["name_or_path"] = str(tmp_path / "no-such-base")
     (model_dir / "optuna-search-model.json").write_text(json.dumps(spec))
-    proc = run_main("predict", "--model", str(model_dir), "-i", str(ensure_demo_data() / "test.jsonl"), "-o", str(tmp_path / "p.jsonl"),
-                   cwd=tmp_path)
+    proc = run_main(
+        "predict",
+        "--model",
+        str(model_dir),
+        "-i",
+        str(ensure_demo_data() / "test.jsonl"),
+        "-o",
+        str(tmp_path / "p.jsonl"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "the base model cannot be found" in proc.stderr and "no-such-base" in proc.stderr
 
 
@@ -182,13 +228,23 @@ def test_a_resumed_output_must_come_from_the_same_model(scored_study, tmp_path):
     out = tmp_path / "p.jsonl"
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{scored_study / 'optuna-search-demo.db'}")
     best, other = study.best_trial.number, next(t.number for t in study.trials if t.number != study.best_trial.number)
-    first = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(best), cwd=scored_study)
+    first = run_main(
+        "predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(best), cwd=scored_study
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     sidecar = (tmp_path / "p.jsonl.provenance.json").read_text()
-    again = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(other), cwd=scored_study)
-    assert again.returncode == 2 and "holds predictions of another model" in again.stderr and "Traceback" not in again.stderr
+    again = run_main(
+        "predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(other), cwd=scored_study
+    )
+    assert (
+        again.returncode == 2
+        and "holds predictions of another model" in again.stderr
+        and "Traceback" not in again.stderr
+    )
     assert (tmp_path / "p.jsonl.provenance.json").read_text() == sidecar  # never rewritten
-    same = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(best), cwd=scored_study)
+    same = run_main(
+        "predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--trial", str(best), cwd=scored_study
+    )
     assert same.returncode == 0 and "(3 already there from an earlier run)" in same.stdout
 
 
@@ -198,7 +254,11 @@ def test_no_usable_row_is_an_error_that_names_the_column(scored_study, tmp_path)
     csv_in = tmp_path / "in.csv"
     csv_in.write_text("id,text\na,The game crashes\nb,Audio stutters\n")
     proc = run_main("predict", "--preset", "demo", "-i", str(csv_in), "-o", str(tmp_path / "p.jsonl"), cwd=scored_study)
-    assert proc.returncode == 2 and "no row has text in column 'input'" in proc.stderr and "data.input_column" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "no row has text in column 'input'" in proc.stderr
+        and "data.input_column" in proc.stderr
+    )
     # Refused: nothing written (seen: an empty output and a provenance file were left).
     assert not (tmp_path / "p.jsonl").exists() and not (tmp_path / "p.jsonl.provenance.json").exists()
     empty = tmp_path / "empty.jsonl"
@@ -217,12 +277,16 @@ def test_repeated_ids_resume_by_row_position(scored_study, tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out.jsonl"
-    first = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=scored_study)
+    first = run_main(
+        "predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=scored_study
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     complete = out.read_text().splitlines()
     assert [json.loads(line)["id"] for line in complete] == [r["id"] for r in rows]
     out.write_text("\n".join(complete[:6]) + "\n" + complete[6][:15])  # killed: 6 whole lines
-    again = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=scored_study)
+    again = run_main(
+        "predict", "--preset", "demo", "-i", str(inp), "-o", str(out), "--batch-size", "4", cwd=scored_study
+    )
     assert again.returncode == 0 and "wrote 9 predictions" in again.stdout and "(6 already there" in again.stdout
     assert out.read_text().splitlines() == complete
     # An output begun on another input is refused, not silently "resumed".
@@ -251,8 +315,18 @@ def test_the_output_is_synced_after_every_batch(scored_study, tmp_path, monkeypa
         return real(self, examples, extras)
 
     monkeypatch.setattr(_predict.Predictor, "_predict", interrupted_at_the_third)
-    proc = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(tmp_path / "p.jsonl"), "--batch-size", "3",
-                    cwd=scored_study)
+    proc = run_main(
+        "predict",
+        "--preset",
+        "demo",
+        "-i",
+        str(inp),
+        "-o",
+        str(tmp_path / "p.jsonl"),
+        "--batch-size",
+        "3",
+        cwd=scored_study,
+    )
     assert proc.returncode != 0 and calls == [3, 3, 3]
     assert [json.loads(line)["id"] for line in (tmp_path / "p.jsonl").read_text().splitlines()] == [
         json.loads(r)["id"] for r in rows[:6]
@@ -262,7 +336,13 @@ def test_the_output_is_synced_after_every_batch(scored_study, tmp_path, monkeypa
 def test_invalid_utf8_is_a_bad_row_and_csv_keeps_the_other_columns(scored_study, tmp_path):
     rows = [json.loads(line) for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:2]]
     inp = tmp_path / "in.jsonl"
-    inp.write_bytes(json.dumps(rows[0]).encode() + b"\n" + b'{"id": "x", "input": "caf\xe9"}\n' + json.dumps(rows[1]).encode() + b"\n")
+    inp.write_bytes(
+        json.dumps(rows[0]).encode()
+        + b"\n"
+        + b'{"id": "x", "input": "caf\xe9"}\n'
+        + json.dumps(rows[1]).encode()
+        + b"\n"
+    )
     out = tmp_path / "p.csv"
     proc = run_main("predict", "--preset", "demo", "-i", str(inp), "-o", str(out), cwd=scored_study)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -289,12 +369,27 @@ def test_a_read_only_output_folder_is_one_line(scored_study, tmp_path, monkeypat
 
     (tmp_path / "ro").mkdir()
     monkeypatch.setattr(builtins, "open", read_only)
-    proc = run_main("predict", "--preset", "demo", "-i", str(ensure_demo_data() / "test.jsonl"), "-o",
-                    str(tmp_path / "ro" / "p.jsonl"), cwd=scored_study)
+    proc = run_main(
+        "predict",
+        "--preset",
+        "demo",
+        "-i",
+        str(ensure_demo_data() / "test.jsonl"),
+        "-o",
+        str(tmp_path / "ro" / "p.jsonl"),
+        cwd=scored_study,
+    )
     assert proc.returncode == 2 and "Read-only file system" in proc.stderr and "Traceback" not in proc.stderr
     real_mkdir = type(tmp_path).mkdir
-    monkeypatch.setattr(type(tmp_path), "mkdir", lambda self, *a, **kw: (_ for _ in ()).throw(
-        OSError(errno.EROFS, "Read-only file system", str(self))) if str(self).startswith(str(tmp_path / "ro")) else real_mkdir(self, *a, **kw))
+    monkeypatch.setattr(
+        type(tmp_path),
+        "mkdir",
+        lambda self, *a, **kw: (
+            (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system", str(self)))
+            if str(self).startswith(str(tmp_path / "ro"))
+            else real_mkdir(self, *a, **kw)
+        ),
+    )
     proc = run_main("export-model", "--preset", "demo", "-o", str(tmp_path / "ro" / "m"), cwd=scored_study)
     assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
 

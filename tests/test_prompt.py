@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import GAME_BUGS, MISTRAL_TOKENIZER
+
 from optuna_search.objectives._data import Example, load_split
 from optuna_search.objectives._prompt import IGNORE_INDEX, PromptEncoder, answer_text
 
@@ -51,7 +51,9 @@ def test_no_example_loses_its_answer_at_512_tokens(mistral, train):
 
 
 def test_truncation_cuts_the_input_only(mistral):
-    long = Example("x", "Classify.", "word " * 2000, {"severity": "low", "component": "ui", "reproducibility": "rare"}, 1)
+    long = Example(
+        "x", "Classify.", "word " * 2000, {"severity": "low", "component": "ui", "reproducibility": "rare"}, 1
+    )
     vocab = {"severity": ["low"], "component": ["ui"], "reproducibility": ["rare"]}
     e = PromptEncoder(mistral, FIELDS, vocab, max_length=128).encode(long)
     assert len(e.input_ids) <= 128 and e.truncated_tokens > 1800
@@ -73,7 +75,9 @@ def test_mistral_chat_template_gives_exactly_the_documented_ids(mistral, train):
     enc = PromptEncoder(mistral, FIELDS, _vocab(train), max_length=512)
     assert mistral.convert_ids_to_tokens(enc.stop_token_ids) == ["</s>"]
     for ex in train.examples:
-        assert enc.encode(ex).input_ids == _documented_mistral_ids(mistral, ex, FIELDS, 512, enc.max_answer_tokens), ex.id
+        assert enc.encode(ex).input_ids == _documented_mistral_ids(mistral, ex, FIELDS, 512, enc.max_answer_tokens), (
+            ex.id
+        )
 
 
 def test_a_tokenizer_without_a_chat_template_needs_one_configured(mistral):

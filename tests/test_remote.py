@@ -18,15 +18,28 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import FAST, hold_env, run_main, wait_for_holds
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 # Two points of 20 optimizer steps, a checkpoint every 5; a dead run noticed in 3 s.
-SMALL = [*FAST, "--set", "study.grid={lora_r=[4, 8]}", "--set", "train.epochs=1", "--set", "data.train_samples=160",
-         "--set", "train.checkpoint_steps=5", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
-         "--set", "storage.remote_timeout=30"]
+SMALL = [
+    *FAST,
+    "--set",
+    "study.grid={lora_r=[4, 8]}",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.train_samples=160",
+    "--set",
+    "train.checkpoint_steps=5",
+    "--set",
+    "storage.heartbeat_interval=1",
+    "--set",
+    "storage.grace_period=3",
+    "--set",
+    "storage.remote_timeout=30",
+]
 CLI = [sys.executable, "-m", "optuna_search.search"]
 
 
@@ -70,12 +83,21 @@ def test_a_killed_machine_is_finished_by_another_from_the_remote(remote, tmp_pat
     a.mkdir(), b.mkdir()
     # A: the first point completes, the second is killed at step 12 once its step-10
     # checkpoint is in the remote.
-    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a,
-                            env=hold_env(r"lora_r=8\] .*step 1[2-4]/", {**os.environ, **env}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"],
+        cwd=a,
+        env=hold_env(r"lora_r=8\] .*step 1[2-4]/", {**os.environ, **env}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_holds(proc)
-    _wait_for(lambda: (m := _manifest(url, "points/demo/lora_r-8")) is not None
-              and "checkpoint-10/trainer_state.json" in m.files, "the step-10 checkpoint in the remote")
+    _wait_for(
+        lambda: (
+            (m := _manifest(url, "points/demo/lora_r-8")) is not None and "checkpoint-10/trainer_state.json" in m.files
+        ),
+        "the step-10 checkpoint in the remote",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     shutil.rmtree(a)  # the machine is gone, and its disk with it
@@ -98,7 +120,9 @@ def test_a_killed_machine_is_finished_by_another_from_the_remote(remote, tmp_pat
     assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr
     # Its adapter is named where it is on this machine, never at machine B's path.
     assert str(b) not in status.stdout
-    named = [line.split("its adapter: ")[1].split(";")[0] for line in status.stdout.splitlines() if "its adapter: " in line]
+    named = [
+        line.split("its adapter: ")[1].split(";")[0] for line in status.stdout.splitlines() if "its adapter: " in line
+    ]
     assert all(Path(n, "adapter_config.json").is_file() for n in named), status.stdout
 
 
@@ -250,8 +274,14 @@ def test_two_runs_on_one_sqlite_remote(tmp_path, demo_cache):
     url = str(tmp_path / "remote")
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a,
-                            env=hold_env(r"step 3/"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"],
+        cwd=a,
+        env=hold_env(r"step 3/"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_holds(proc)
     second = run_main("run", *SMALL, "--remote", url, cwd=b)
     assert second.returncode == 2 and "is in use by" in second.stderr and "last heartbeat" in second.stderr
@@ -269,9 +299,14 @@ def test_an_endpoint_that_goes_away_mid_run_and_the_next_run_that_finishes_the_u
     work = tmp_path / "w"
     work.mkdir()
     one = [*SMALL, "--set", "study.grid={lora_r=[4]}", "--set", "storage.remote_timeout=10"]
-    proc = subprocess.Popen([*CLI, "run", *one, "--remote", url, "--progress-interval", "0"], cwd=work,
-                            env={**hold_env(r"step 3/", {**os.environ, **env}), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "5"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", *one, "--remote", url, "--progress-interval", "0"],
+        cwd=work,
+        env={**hold_env(r"step 3/", {**os.environ, **env}), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = wait_for_holds(proc)
     holder["server"].stop()  # during the 5 s hold: every upload after it fails
     out, err = proc.communicate(timeout=300)
@@ -296,8 +331,14 @@ def test_wrong_credentials_are_one_line_before_any_model(s3, tmp_path, monkeypat
 
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # from now on, keys are checked
     _, env, _ = s3
-    proc = run_main("run", *SMALL, "--remote", "s3://studies/x", cwd=tmp_path,
-                    env_extra={**env, "AWS_ACCESS_KEY_ID": "AKIAWRONG", "AWS_SECRET_ACCESS_KEY": "wrong"})
+    proc = run_main(
+        "run",
+        *SMALL,
+        "--remote",
+        "s3://studies/x",
+        cwd=tmp_path,
+        env_extra={**env, "AWS_ACCESS_KEY_ID": "AKIAWRONG", "AWS_SECRET_ACCESS_KEY": "wrong"},
+    )
     assert proc.returncode == 2 and "cannot be written" in proc.stderr and "AWS_ACCESS_KEY_ID" in proc.stderr
     assert "Traceback" not in proc.stderr and "loaded base model" not in proc.stderr and "wrong" not in proc.stderr
     assert not (tmp_path / "optuna-search-demo.db").exists()
@@ -311,16 +352,39 @@ def test_two_machines_on_one_postgresql_study_and_one_s3_remote(postgres, s3, tm
     url, _ = postgres
     _, env, _ = s3
     remote = f"s3://studies/{tmp_path.name}"
-    halving = [*SMALL, "--storage", url, "--study-name", f"pg-{tmp_path.name}"[:60], "--set", "study.schedule='successive_halving'",
-               "--set", "study.rungs=[0.5, 1.0]", "--set", "study.eta=2", "--set", "study.prune_on='accuracy'"]
+    halving = [
+        *SMALL,
+        "--storage",
+        url,
+        "--study-name",
+        f"pg-{tmp_path.name}"[:60],
+        "--set",
+        "study.schedule='successive_halving'",
+        "--set",
+        "study.rungs=[0.5, 1.0]",
+        "--set",
+        "study.eta=2",
+        "--set",
+        "study.prune_on='accuracy'",
+    ]
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
-    proc = subprocess.Popen([*CLI, "run", *halving, "--remote", remote, "--progress-interval", "0"], cwd=a,
-                            env=hold_env(r"lora_r=8\].* paused at step 10/20", {**os.environ, **env}),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", *halving, "--remote", remote, "--progress-interval", "0"],
+        cwd=a,
+        env=hold_env(r"lora_r=8\].* paused at step 10/20", {**os.environ, **env}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_holds(proc)
-    _wait_for(lambda: (m := _manifest(remote, "points/pg-" + tmp_path.name[:57] + "/lora_r-8")) is not None
-              and "checkpoint-10/trainer_state.json" in m.files, "A's rung checkpoint in the remote")
+    _wait_for(
+        lambda: (
+            (m := _manifest(remote, "points/pg-" + tmp_path.name[:57] + "/lora_r-8")) is not None
+            and "checkpoint-10/trainer_state.json" in m.files
+        ),
+        "A's rung checkpoint in the remote",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     shutil.rmtree(a)

@@ -6,6 +6,7 @@ processes released at the same instant on a stale lease: exactly one wins, every
 a lease holder that lost the lease writing nothing more, and the upload process's
 channel that a printing library cannot desynchronise."""
 
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -18,13 +19,28 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import FAST, HOOKS, hold_env, run_main, wait_for_holds
 from optuna.trial import TrialState
 
-from conftest import FAST, HOOKS, hold_env, run_main, wait_for_holds
-
-SMALL = [*FAST, "--set", "study.grid={lora_r=[4, 8]}", "--set", "train.epochs=1", "--set", "data.train_samples=160",
-         "--set", "train.checkpoint_steps=5", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3",
-         "--set", "storage.remote_timeout=30", "--set", "storage.remote_commits_per_hour=3600"]
+SMALL = [
+    *FAST,
+    "--set",
+    "study.grid={lora_r=[4, 8]}",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.train_samples=160",
+    "--set",
+    "train.checkpoint_steps=5",
+    "--set",
+    "storage.heartbeat_interval=1",
+    "--set",
+    "storage.grace_period=3",
+    "--set",
+    "storage.remote_timeout=30",
+    "--set",
+    "storage.remote_commits_per_hour=3600",
+]
 CLI = [sys.executable, "-m", "optuna_search.search"]
 
 
@@ -202,7 +218,7 @@ def test_a_commit_budget_coalesces_what_waits(tmp_path):
         up.mark(f"points/s/p{i % 3}")
         time.sleep(0.1)
     assert up._idle.wait(20)
-    gaps = [b[0] - a[0] for a, b in zip(calls, calls[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(calls)]
     assert all(g >= 2.0 - 0.05 for g in gaps), gaps
     assert set().union(*(set(u) for _, u in calls)) == {"points/s/p0", "points/s/p1", "points/s/p2"}
     assert len(calls) <= 2
@@ -275,7 +291,9 @@ def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(kind, tmp_path,
     _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
     a_remote = Remote(url)
     a_lease = new_holder()
-    a = StudySync(a_remote, LocalStudy("s", point, tmp_path / "art", None), lease=(a_lease, a_remote.take_lease(a_lease, 60)))
+    a = StudySync(
+        a_remote, LocalStudy("s", point, tmp_path / "art", None), lease=(a_lease, a_remote.take_lease(a_lease, 60))
+    )
     a.push_many(["points/s/lora_r-4"])
     # A is frozen past the grace period; B takes the lease over.
     b_remote = Remote(url)
@@ -302,7 +320,9 @@ def test_the_upload_channel_survives_a_library_that_prints_and_a_child_that_hang
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(noisy)
     try:
-        sync = StudySync(Remote(str(tmp_path / "remote")), LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "a", None))
+        sync = StudySync(
+            Remote(str(tmp_path / "remote")), LocalStudy("s", tmp_path / "ckpt" / "s", tmp_path / "a", None)
+        )
         pusher = PushProcess(sync, timeout_s=30)
         first = pusher.push(["points/s/lora_r-4"])
         checkpoint = tmp_path / "ckpt" / "s" / "lora_r-4" / "checkpoint-5"
@@ -333,9 +353,14 @@ def test_a_killed_machine_is_finished_by_another_from_a_hub_remote(url, hub, tmp
 
     a, b = tmp_path / "machine-a", tmp_path / "machine-b"
     a.mkdir(), b.mkdir()
-    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a,
-                            env=hold_env(r"lora_r=8\] .*step 1[2-4]/"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"],
+        cwd=a,
+        env=hold_env(r"lora_r=8\] .*step 1[2-4]/"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_holds(proc)
     t0 = time.monotonic()
     while not ((m := Remote(url).manifest("points/demo/lora_r-8")) and "checkpoint-10/trainer_state.json" in m.files):
@@ -371,8 +396,14 @@ def test_a_run_frozen_past_the_grace_period_stops_writing_once_taken_over(tmp_pa
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     env = {**hold_env(r"lora_r=4\] .*step 7/"), "OPTUNA_SEARCH_TEST_HOLD_SECONDS": "2"}
-    proc = subprocess.Popen([*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"], cwd=a, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", *SMALL, "--remote", url, "--progress-interval", "0"],
+        cwd=a,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_holds(proc)
     os.kill(proc.pid, signal.SIGSTOP)
     time.sleep(3.5)  # past storage.grace_period = 3 s
@@ -380,7 +411,7 @@ def test_a_run_frozen_past_the_grace_period_stops_writing_once_taken_over(tmp_pa
     assert done.returncode == 0 and "took over the lease" in done.stderr, done.stderr[-3000:]
     written = {u: (m.generation, m.writer) for u, m in Remote(url).manifests().items()}
     os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 5, err[-3000:]
     assert "took the lease over" in err and "stopped writing the remote" in err and "Traceback" not in err
     assert "lora_r=8" not in err  # it started no further point
@@ -466,16 +497,19 @@ def test_whichever_process_commits_next_pushes_what_its_siblings_wait_for(tmp_pa
     assert w2.pushed_by_others(mine, now=130.0) == {"points/s/lora_r-8"}
 
 
-@pytest.mark.parametrize("url, needle", [
-    ("s3:/x", "names no bucket"),
-    ("s3://", "names no bucket"),
-    ("ftp://x/y", "the scheme 'ftp://' is not one this tool writes to"),
-    ("zip://x", "the scheme 'zip://' is not one"),
-    ("sftp://h/x", "the scheme 'sftp://' is not one"),
-    ("http://127.0.0.1:1/x", "the scheme 'http://' is not one"),
-    ("hf://models/u/r", "is not a Hub bucket or dataset repo"),
-    ("hf://user:hf_SECRETTOKEN@datasets/u/r", "holds credentials in the URL"),
-])
+@pytest.mark.parametrize(
+    "url, needle",
+    [
+        ("s3:/x", "names no bucket"),
+        ("s3://", "names no bucket"),
+        ("ftp://x/y", "the scheme 'ftp://' is not one this tool writes to"),
+        ("zip://x", "the scheme 'zip://' is not one"),
+        ("sftp://h/x", "the scheme 'sftp://' is not one"),
+        ("http://127.0.0.1:1/x", "the scheme 'http://' is not one"),
+        ("hf://models/u/r", "is not a Hub bucket or dataset repo"),
+        ("hf://user:hf_SECRETTOKEN@datasets/u/r", "holds credentials in the URL"),
+    ],
+)
 def test_a_remote_url_nobody_meant_is_one_line_and_creates_nothing(tmp_path, url, needle):
     """Seen: `--remote 's3:/x'` created a local folder `./s3:/x`; ftp:// and zip://
     tracebacks; a token inside an hf:// URL printed back in the error."""
@@ -503,13 +537,12 @@ def test_a_read_only_cache_or_working_folder_under_a_remote_is_one_line(tmp_path
     `run --remote`) ended in tracebacks; without a remote the same was one line. Here the
     pull of a point into a read-only file system (EROFS, which PermissionError misses)."""
     import errno
-    from pathlib import Path
+
+    from test_remote import fake_checkpoint
 
     from optuna_search.core import UserError
     from optuna_search.search.loop._remote import _local_errors, pull_study
     from optuna_search.storage import LocalStudy, Remote, StudySync
-
-    from test_remote import fake_checkpoint
 
     fake_checkpoint(tmp_path / "ckpt" / "s" / "lora_r-4" / "checkpoint-5")
     remote = Remote(str(tmp_path / "remote"))
@@ -528,16 +561,15 @@ def test_a_read_only_cache_or_working_folder_under_a_remote_is_one_line(tmp_path
         _local_errors(lambda: pull_study(reader, "s", writing=True), reader.local)  # as reading_location does
 
 
-
 def test_a_point_without_a_complete_checkpoint_is_not_pushed_and_an_empty_manifest_is_survived(tmp_path):
     """Seen: Ctrl-C at step 1 pushed a manifest with `"files": {}` for the point; `run` and
     `status` on every other machine then ended in a FileNotFoundError traceback."""
     import json
 
+    from test_remote import fake_checkpoint
+
     from optuna_search.search.loop._remote import pull_study
     from optuna_search.storage import LocalStudy, Remote, StudySync
-
-    from test_remote import fake_checkpoint
 
     point = tmp_path / "ckpt" / "s" / "lora_r-4"
     (point / "checkpoint-1").mkdir(parents=True)
@@ -561,9 +593,9 @@ def test_a_remote_with_points_but_no_study_is_refused_not_overwritten(tmp_path):
     """Seen: with `manifests/study.json` deleted, `run` from a fresh folder pulled nothing,
     trained every point from step 0 and overwrote the remote, exit 0."""
     from conftest import FAST, run_main
-    from optuna_search.storage import LocalStudy, Remote, StudySync
-
     from test_remote import fake_checkpoint
+
+    from optuna_search.storage import LocalStudy, Remote, StudySync
 
     fake_checkpoint(tmp_path / "a" / "demo" / "lora_r-4" / "checkpoint-5")
     remote = Remote(str(tmp_path / "remote"))
@@ -571,8 +603,14 @@ def test_a_remote_with_points_but_no_study_is_refused_not_overwritten(tmp_path):
     StudySync(remote, LocalStudy("demo", tmp_path / "a" / "demo", tmp_path / "a" / "art", None)).push(
         "points/demo/lora_r-4"
     )
-    files = lambda: sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "remote").rglob("*")  # noqa: E731
-                           if not p.name.startswith("lease.json"))  # the lease taken, then released
+
+    def files():
+        return sorted(
+            str(p.relative_to(tmp_path))
+            for p in (tmp_path / "remote").rglob("*")
+            if not p.name.startswith("lease.json")
+        )  # the lease taken, then released
+
     before = files()
     fresh = tmp_path / "fresh"
     fresh.mkdir()
@@ -585,9 +623,9 @@ def test_a_remote_with_points_but_no_study_is_refused_not_overwritten(tmp_path):
 def _owned_remote(tmp_path):
     """A machine that ran study 's' (its SQLite database and one point's checkpoint) and
     pushed both to a folder remote."""
-    from optuna_search.storage import STUDY_UNIT, LocalStudy, Remote, StudySync
-
     from test_remote import fake_checkpoint
+
+    from optuna_search.storage import STUDY_UNIT, LocalStudy, Remote, StudySync
 
     home = tmp_path / "a"
     fake_checkpoint(home / "ckpt" / "lora_r-4" / "checkpoint-5", adapter=b"the trained adapter's bytes")

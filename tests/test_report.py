@@ -5,10 +5,10 @@ from html.parser import HTMLParser
 
 import optuna
 import pytest
+from conftest import run_main
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import run_main
 from optuna_search.core import UserError
 from optuna_search.dashboards._report import collect_report, render_markdown
 from optuna_search.search.loop._open import study_config
@@ -23,10 +23,23 @@ def test_report_fills_every_table_of_the_plan(demo_study, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md == proc.stdout.rstrip("\n") + "\n" or md.strip() == proc.stdout.strip()
-    for section in ("## Performance summary", "## Macro-F1 and balanced accuracy", "## Training loss per epoch",
-                    "## Overfitting analysis", "## Inference speed", "## Significance", "## Recommendation"):
+    for section in (
+        "## Performance summary",
+        "## Macro-F1 and balanced accuracy",
+        "## Training loss per epoch",
+        "## Overfitting analysis",
+        "## Inference speed",
+        "## Significance",
+        "## Recommendation",
+    ):
         assert section in md
-    for row in ("| lora_r=4 |", "| lora_r=8 |", "| lora_r=16 |", "| baseline: majority |", "| baseline: tfidf_logreg |"):
+    for row in (
+        "| lora_r=4 |",
+        "| lora_r=8 |",
+        "| lora_r=16 |",
+        "| baseline: majority |",
+        "| baseline: tfidf_logreg |",
+    ):
         assert row in md
     assert "DEMO study" in md and "Best by the plan's criteria" in md
     # Beside the baselines the recommendation takes a position, never silence.
@@ -51,8 +64,13 @@ def test_report_fills_every_table_of_the_plan(demo_study, tmp_path):
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert c.remote_scripts == 0 and html.count("plotly.js v") <= 2  # self-contained: plotly.js inlined once
     assert c.divs == html.count("Plotly.newPlot") >= 10
-    for title in ("Confusion matrix, severity", "Optimization History Plot", "Intermediate Values Plot", "Timeline Plot",
-                  "Parallel Coordinate Plot"):
+    for title in (
+        "Confusion matrix, severity",
+        "Optimization History Plot",
+        "Intermediate Values Plot",
+        "Timeline Plot",
+        "Parallel Coordinate Plot",
+    ):
         assert title in html, title  # Optuna's own figures where Optuna has one
     assert "Holm" in md  # three configurations: three pairwise tests, corrected
 
@@ -75,8 +93,14 @@ def test_report_shows_failed_and_running_trials(demo_study, tmp_path):
     work, _ = demo_study
     study = _copy(work, tmp_path)
     dist = {"lora_r": CategoricalDistribution([4, 8, 16])}
-    study.add_trial(create_trial(state=TrialState.FAIL, params={"lora_r": 8}, distributions=dist,
-                                 user_attrs={"error": "OutOfMemoryError: CUDA out of memory"}))
+    study.add_trial(
+        create_trial(
+            state=TrialState.FAIL,
+            params={"lora_r": 8},
+            distributions=dist,
+            user_attrs={"error": "OutOfMemoryError: CUDA out of memory"},
+        )
+    )
     study.ask({"lora_r": CategoricalDistribution([4, 8, 16])})  # a RUNNING trial
     rep = collect_report(study, _config(study), artifact_store(work / "optuna-search-demo-artifacts"))
     md = render_markdown(rep)
@@ -87,8 +111,14 @@ def test_report_shows_failed_and_running_trials(demo_study, tmp_path):
 def test_comparing_trials_on_different_eval_sets_is_refused(demo_study, tmp_path):
     work, _ = demo_study
     study = _copy(work, tmp_path)
-    study.add_trial(create_trial(value=0.5, params={"lora_r": 8}, distributions={"lora_r": CategoricalDistribution([4, 8, 16])},
-                                 user_attrs={"eval_ids_sha256": "another-set", "severity_accuracy": 0.5}))
+    study.add_trial(
+        create_trial(
+            value=0.5,
+            params={"lora_r": 8},
+            distributions={"lora_r": CategoricalDistribution([4, 8, 16])},
+            user_attrs={"eval_ids_sha256": "another-set", "severity_accuracy": 0.5},
+        )
+    )
     with pytest.raises(UserError, match="different example sets"):
         collect_report(study, _config(study), artifact_store(work / "optuna-search-demo-artifacts"))
 

@@ -10,15 +10,22 @@ import time
 
 import optuna
 import pytest
+from conftest import FAST, run_main, start_cli_until
 from optuna.trial import TrialState
-
-from conftest import FAST, hold_env, run_cli, run_main, start_cli_until
 
 pytestmark = pytest.mark.slow
 
 # Short heartbeat so a restarted run reclaims a killed trial within seconds; one grid
 # point of two epochs (150 steps, a checkpoint every 10) keeps the kill test short.
-KILL = [*FAST, "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3", "--set", "study.grid={lora_r=[4]}"]
+KILL = [
+    *FAST,
+    "--set",
+    "storage.heartbeat_interval=1",
+    "--set",
+    "storage.grace_period=3",
+    "--set",
+    "study.grid={lora_r=[4]}",
+]
 
 
 def _study(work):
@@ -33,7 +40,9 @@ def _run_and_kill_at(work, pattern):
 
 
 def _complete(work):
-    return {t.number: (t.params["lora_r"], t.value) for t in _study(work).get_trials() if t.state == TrialState.COMPLETE}
+    return {
+        t.number: (t.params["lora_r"], t.value) for t in _study(work).get_trials() if t.state == TrialState.COMPLETE
+    }
 
 
 def test_sigkill_at_any_moment_loses_nothing_and_resumes(tmp_path, demo_cache, scored_study):
@@ -65,9 +74,11 @@ def test_sigkill_at_any_moment_loses_nothing_and_resumes(tmp_path, demo_cache, s
     # A resumed point gives the result of an uninterrupted run (same seed, data order, RNG):
     # the tests' scored study trained the same point without a kill (its evaluation method
     # differs, and validation leaves the random state as it found it).
-    resumed4 = [t for t in complete if t.params["lora_r"] == 4][0]
+    resumed4 = next(t for t in complete if t.params["lora_r"] == 4)
     (ref,) = [t for t in _study(scored_study).get_trials() if t.params["lora_r"] == 4]
-    assert ref.user_attrs["train_loss_per_epoch"] == pytest.approx(resumed4.user_attrs["train_loss_per_epoch"], rel=0.05)
+    assert ref.user_attrs["train_loss_per_epoch"] == pytest.approx(
+        resumed4.user_attrs["train_loss_per_epoch"], rel=0.05
+    )
 
 
 def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache, monkeypatch):
@@ -110,13 +121,14 @@ def test_time_budget_stops_resumably_with_its_own_exit_code(tmp_path, demo_cache
     assert proc.returncode == 0
     complete = [t for t in _study(tmp_path).get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["lora_r"] for t in complete) == [4, 8]
-    resumed = [t for t in complete if t.params == stopped.params][0]
+    resumed = next(t for t in complete if t.params == stopped.params)
     assert resumed.user_attrs["resumed_from_step"] == 2
 
 
 def test_duration_parsing():
-    from optuna_search.search.front._cli import parse_duration
     import argparse
+
+    from optuna_search.search.front._cli import parse_duration
 
     assert parse_duration("11h30m") == 41400
     assert parse_duration("90m") == 5400 and parse_duration("45s") == 45 and parse_duration("600") == 600
@@ -156,7 +168,9 @@ def test_failed_point_is_recorded_and_only_retried_when_asked(tmp_path, demo_cac
     from optuna_search.search.front._cli import main
 
     real = Trainer.training_step
-    monkeypatch.setattr(Trainer, "training_step", lambda self, *a, **kw: (_ for _ in ()).throw(ValueError("NaN in logits")))
+    monkeypatch.setattr(
+        Trainer, "training_step", lambda self, *a, **kw: (_ for _ in ()).throw(ValueError("NaN in logits"))
+    )
     monkeypatch.chdir(tmp_path)
     assert main(_one_point()) == 1
     err = capsys.readouterr().err
@@ -251,7 +265,9 @@ def test_export_and_resume_from_a_read_only_bundle_twice(demo_study, tmp_path):
     # A config mistake first, then the corrected command: the bundle is no wall.
     other = tmp_path / "third"
     other.mkdir()
-    bad = run_main("run", "--preset", "demo", "--resume-from", str(bundle), "--set", "data.test='missing.jsonl'", cwd=other)
+    bad = run_main(
+        "run", "--preset", "demo", "--resume-from", str(bundle), "--set", "data.test='missing.jsonl'", cwd=other
+    )
     assert bad.returncode == 2 and "missing.jsonl" in bad.stderr
     assert run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=other).returncode == 0
 
@@ -296,8 +312,13 @@ def test_a_bundle_of_an_earlier_version_still_resumes(demo_study, tmp_path):
 
     work, _ = demo_study
     bundle = tmp_path / "v03-bundle"
-    write_legacy_bundle(work / "optuna-search-demo.db", "demo", work / "optuna-search-demo-checkpoints",
-                        work / "optuna-search-demo-artifacts", bundle)
+    write_legacy_bundle(
+        work / "optuna-search-demo.db",
+        "demo",
+        work / "optuna-search-demo-checkpoints",
+        work / "optuna-search-demo-artifacts",
+        bundle,
+    )
     new = tmp_path / "next"
     new.mkdir()
     proc = run_main("run", "--preset", "demo", "--resume-from", str(bundle), cwd=new)
@@ -343,7 +364,9 @@ def test_sigterm_checkpoints_marks_the_trial_failed_and_the_next_run_resumes_at_
 
 
 @pytest.mark.parametrize("error", ["oserror", "torch"])
-def test_disk_full_is_one_line_and_the_point_resumes_when_space_is_back(tmp_path, demo_cache, monkeypatch, capsys, error):
+def test_disk_full_is_one_line_and_the_point_resumes_when_space_is_back(
+    tmp_path, demo_cache, monkeypatch, capsys, error
+):
     """A full disk while Trainer writes a checkpoint: as an OSError, or as torch's
     "[enforce fail at inline_container.cc]" RuntimeError. One line, exit 4, and the point
     resumes at once when space is back (no --retry-failed)."""
@@ -381,7 +404,9 @@ def test_a_full_disk_while_writing_the_database_is_one_line(tmp_path, demo_cache
     from optuna_search.storage import _ledger
 
     def full(*a, **kw):
-        raise sqlalchemy.exc.OperationalError("INSERT INTO trial_user_attributes", {}, Exception("database or disk is full"))
+        raise sqlalchemy.exc.OperationalError(
+            "INSERT INTO trial_user_attributes", {}, Exception("database or disk is full")
+        )
 
     monkeypatch.setattr(_ledger, "set_trial_user_attrs", full)
     monkeypatch.chdir(tmp_path)

@@ -7,27 +7,38 @@ import datetime as dt
 
 import optuna
 import pytest
+from conftest import TPE_SETS
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from conftest import TPE_SETS
 from optuna_search.core import TrialRecord
 from optuna_search.core._params import point_key
-from optuna_search.search.loop import _halving as halving
 from optuna_search.search.front._config import load_config
+from optuna_search.search.loop import _halving as halving
 from optuna_search.search.loop._run import summarize
 from optuna_search.search.loop._schedule import (
-    BudgetStop, Done, New, Promote, PruneRest, Status, Train, TrialSchedule, Wait, point_status, read_state,
+    BudgetStop,
+    Done,
+    New,
+    Promote,
+    PruneRest,
+    Status,
+    Train,
+    TrialSchedule,
+    Wait,
+    point_status,
+    read_state,
 )
 from optuna_search.search.loop._schedule import decide as _decide
 from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
+from optuna_search.search.loop._space import make_sampler, n_target, space_size
+from optuna_search.storage._internals import paused_at
+from optuna_search.storage._storages import open_storage
 
 
 def decide(state, **kw):
     return _decide(TrialSchedule(), state, **kw)
-from optuna_search.search.loop._space import make_sampler, n_target, space_size
-from optuna_search.storage._internals import paused_at
-from optuna_search.storage._storages import open_storage
+
 
 GRID = load_config(preset="demo")  # lora_r in [4, 8, 16]
 TPE = load_config(preset="demo-search", sets=[*TPE_SETS, "study.n_trials=3"])
@@ -36,8 +47,13 @@ FIELDS = list(GRID.data.fields)
 
 
 def _t(state, r, error=None):
-    return create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, params={"lora_r": r},
-                        distributions=DIST, user_attrs={"error": error} if error else {})
+    return create_trial(
+        state=state,
+        value=0.5 if state == TrialState.COMPLETE else None,
+        params={"lora_r": r},
+        distributions=DIST,
+        user_attrs={"error": error} if error else {},
+    )
 
 
 def _timed(r, seconds, start):
@@ -82,12 +98,21 @@ def test_waiting_for_others_and_done():
 def test_sampler_study_counts_finished_points_and_resumes_interrupted_ones():
     C, P, F = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
     lr = FloatDistribution(1e-3, 1e-2, log=True)
-    mk = lambda s, r, v: create_trial(state=s, value=0.5 if s == C else None, params={"lora_r": r, "learning_rate": v},
-                                      distributions={"lora_r": CategoricalDistribution([2, 4, 8, 12, 16, 24, 32]), "learning_rate": lr})
+
+    def mk(s, r, v):
+        return create_trial(
+            state=s,
+            value=0.5 if s == C else None,
+            params={"lora_r": r, "learning_rate": v},
+            distributions={"lora_r": CategoricalDistribution([2, 4, 8, 12, 16, 24, 32]), "learning_rate": lr},
+        )
+
     state = read_state(TPE, [mk(C, 4, 2e-3), mk(P, 8, 3e-3)])
     assert state.finished == 2 and decide(state, retry_failed=False) == New()
     interrupted = read_state(TPE, [mk(C, 4, 2e-3), mk(F, 8, 3e-3)])
-    assert decide(interrupted, retry_failed=False) == Train(interrupted.points[1].key)  # same params, from its checkpoint
+    assert decide(interrupted, retry_failed=False) == Train(
+        interrupted.points[1].key
+    )  # same params, from its checkpoint
     full = read_state(TPE, [mk(C, 4, 2e-3), mk(P, 8, 3e-3), mk(C, 16, 5e-3)])
     assert decide(full, retry_failed=False) == Done()
 
@@ -107,6 +132,9 @@ class _Runner:
     def __init__(self, values, fail=(), during=None):
         self.values, self.fail, self.during, self.ran = values, set(fail), during, []
 
+    def describe(self, job):
+        return TrialRecord(attempts=job.attempts)
+
     def run(self, job):
         params = dict(job.params)
         self.ran.append((params, job.position, job.attempts, job.rung))
@@ -122,8 +150,12 @@ def _storage(tmp_path):
 
 
 def _real_study(tmp_path, config):
-    return optuna.create_study(study_name=config.study.name, storage=_storage(tmp_path), sampler=make_sampler(config),
-                               directions=config.directions())
+    return optuna.create_study(
+        study_name=config.study.name,
+        storage=_storage(tmp_path),
+        sampler=make_sampler(config),
+        directions=config.directions(),
+    )
 
 
 def _reload(tmp_path, config):
@@ -166,17 +198,36 @@ def test_a_grid_that_adds_values_to_a_study_is_refused_before_anything_is_writte
     wider = load_config(preset="demo", sets=["study.grid={lora_r=[4, 8, 16, 32]}"])
     with pytest.raises(UserError, match=r"lora_r adds \[32\] to the values \[4, 8, 16\].*--warm-start-from"):
         fitted_distributions(wider, study.get_trials(), "study 'demo'", "sqlite:///s.db")
-    other_kind = load_config(preset="demo", sets=["study.grid={}", "study.sampler='tpe'", "study.n_trials=3",
-                                                  "study.search_space={lora_r={low=4, high=16}}"])
+    other_kind = load_config(
+        preset="demo",
+        sets=[
+            "study.grid={}",
+            "study.sampler='tpe'",
+            "study.n_trials=3",
+            "study.search_space={lora_r={low=4, high=16}}",
+        ],
+    )
     with pytest.raises(UserError, match="lora_r is int \\[4, 16\\] here, categorical"):
         fitted_distributions(other_kind, study.get_trials(), "study 'demo'", "sqlite:///s.db")
-    assert fitted_distributions(load_config(preset="demo", sets=["study.grid={lora_r=[16, 4]}"]),
-                                study.get_trials())["lora_r"] == DIST["lora_r"]
+    assert (
+        fitted_distributions(load_config(preset="demo", sets=["study.grid={lora_r=[16, 4]}"]), study.get_trials())[
+            "lora_r"
+        ]
+        == DIST["lora_r"]
+    )
 
 
 def _categorical(sampler, n, space="{lora_r=[4, 8, 12, 16]}"):
-    return load_config(preset="demo-search", sets=[*TPE_SETS, f"study.sampler='{sampler}'", f"study.n_trials={n}", "study.pruner='none'",
-                                                   f"study.search_space={space}"])
+    return load_config(
+        preset="demo-search",
+        sets=[
+            *TPE_SETS,
+            f"study.sampler='{sampler}'",
+            f"study.n_trials={n}",
+            "study.pruner='none'",
+            f"study.search_space={space}",
+        ],
+    )
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "brute_force"])
@@ -219,8 +270,10 @@ def test_two_processes_with_the_same_seed_never_run_one_point_twice_nor_exceed_n
     config = _categorical("tpe", 2)
     a_study = _real_study(tmp_path, config)
     b_runner = _Runner(lambda p: 0.6)
-    a_runner = _Runner(lambda p: 0.5, during=lambda trial: Scheduler(_reload(tmp_path, config), config, b_runner).run(
-        wait_for_others=False))
+    a_runner = _Runner(
+        lambda p: 0.5,
+        during=lambda trial: Scheduler(_reload(tmp_path, config), config, b_runner).run(wait_for_others=False),
+    )
     Scheduler(a_study, config, a_runner).run()
     trials = _reload(tmp_path, config).trials
     assert len(trials) == 2 and len(a_runner.ran) == len(b_runner.ran) == 1
@@ -244,24 +297,25 @@ def test_a_failing_point_of_a_search_is_not_sampled_forever(tmp_path):
 
 # -- successive halving ---------------------------------------------------------------------
 def test_halving_decisions_rung_by_rung():
-    C = halving.Config
-    configs = [C(f"k{i}", "pending", -1, {}, i) for i in range(9)]
+    C, S = halving.Config, Status
+    configs = [C(f"k{i}", S.PENDING, -1, {}, i) for i in range(9)]
     assert halving.next_action(configs, {}, n_configs=9, n_rungs=3, eta=3) == Train("k0", 0)
-    at0 = [C(f"k{i}", "paused", 0, {0: i / 10}, i) for i in range(9)]
+    at0 = [C(f"k{i}", S.PAUSED, 0, {0: i / 10}, i) for i in range(9)]
     assert halving.next_action(at0, {}, n_configs=9, n_rungs=3, eta=3) == Promote(0, ("k8", "k7", "k6"))
     assert halving.next_action(at0, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == PruneRest(
-        0, tuple(f"k{i}" for i in range(6)))
-    pruned = [C(f"k{i}", "pruned", 0, {0: i / 10}, i) for i in range(6)] + at0[6:]
+        0, tuple(f"k{i}" for i in range(6))
+    )
+    pruned = [C(f"k{i}", S.PRUNED, 0, {0: i / 10}, i) for i in range(6)] + at0[6:]
     assert halving.next_action(pruned, {0: ["k8", "k7", "k6"]}, n_configs=9, n_rungs=3, eta=3) == Train("k8", 1)
-    running = [C("k0", "running", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: 0.1}, i) for i in range(1, 3)]
+    running = [C("k0", S.RUNNING, -1, {}, 0)] + [C(f"k{i}", S.PAUSED, 0, {0: 0.1}, i) for i in range(1, 3)]
     assert halving.next_action(running, {}, n_configs=3, n_rungs=2, eta=3) == Wait(("k0",))
     assert halving.next_action(configs[:2], {}, n_configs=4, n_rungs=2, eta=2) == New(0)
     # A configuration that failed with an error is not promoted, not pruned, not waited for.
-    failed = [C("k0", "failed", -1, {}, 0)] + [C(f"k{i}", "paused", 0, {0: i / 10}, i) for i in range(1, 3)]
+    failed = [C("k0", S.FAILED, -1, {}, 0)] + [C(f"k{i}", S.PAUSED, 0, {0: i / 10}, i) for i in range(1, 3)]
     assert halving.next_action(failed, {}, n_configs=3, n_rungs=2, eta=3) == Promote(0, ("k2",))
     assert halving.next_action(failed, {0: ["k2"]}, n_configs=3, n_rungs=2, eta=3) == PruneRest(0, ("k1",))
     # A promotion that a tie decided is named (the scheduler warns).
-    tie = [C(f"k{i}", "paused", 0, {0: 0.5}, i) for i in range(4)]
+    tie = [C(f"k{i}", S.PAUSED, 0, {0: 0.5}, i) for i in range(4)]
     assert halving.next_action(tie, {}, n_configs=4, n_rungs=2, eta=2) == Promote(0, ("k0", "k1"))
     assert halving.tied_at_the_cut(tie, 0, 2) == ["k0", "k1", "k2", "k3"] and halving.tied_at_the_cut(at0, 0, 3) == []
     # 12 points, eta 3, rungs 1/9, 1/3, 1: 12 to 1/9, 4 to 1/3, 2 finalists = 3.56 trainings (30% of the grid).
@@ -274,6 +328,9 @@ class _Halving:
 
     def __init__(self, rungs, interrupt_at=None):
         self.rungs, self.interrupt_at, self.ran = rungs, interrupt_at, []
+
+    def describe(self, job):
+        return TrialRecord(attempts=job.attempts)
 
     def run(self, job):
         r, rung = job.params["lora_r"], job.rung
@@ -288,8 +345,15 @@ class _Halving:
 
 
 def _halving_config():
-    return load_config(preset="demo", sets=["study.grid={lora_r=[1, 2, 3, 4, 5, 6, 7, 8, 9]}", "study.schedule='successive_halving'",
-                                            "study.rungs=[0.111, 0.333, 1.0]", "study.eta=3"])
+    return load_config(
+        preset="demo",
+        sets=[
+            "study.grid={lora_r=[1, 2, 3, 4, 5, 6, 7, 8, 9]}",
+            "study.schedule='successive_halving'",
+            "study.rungs=[0.111, 0.333, 1.0]",
+            "study.eta=3",
+        ],
+    )
 
 
 def test_successive_halving_over_a_grid_trains_each_rung_once_and_ends_complete_or_pruned(tmp_path):
@@ -305,6 +369,7 @@ def test_successive_halving_over_a_grid_trains_each_rung_once_and_ends_complete_
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] + ["PRUNED"] * 8
     assert study.user_attrs["halving"]["promoted"] == {"0": ["lora_r=9", "lora_r=8", "lora_r=7"], "1": ["lora_r=9"]}
     from optuna.storages import fail_stale_trials
+
     fail_stale_trials(study)  # nothing paused is ever mistaken for a dead trial
     assert not [t for t in study.get_trials() if t.state == TrialState.FAIL]
 

@@ -33,10 +33,20 @@ def trained(demo_study):
     sd = prepare_study_data(cfg.data, cfg.eval, train_seed=cfg.train.seed, max_length=cfg.model.max_length)
     src = model_source(cfg.model)
     tok = load_tokenizer(src, cfg.model)
-    base = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32))
+    base = AutoModelForCausalLM.from_pretrained(
+        src,
+        dtype=torch.float32,
+        quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        ),
+    )
     keep_4bit_layers_trainable_on_cpu(base)
-    model = PeftModel.from_pretrained(base, str(work / "optuna-search-demo-checkpoints" / "demo" / "lora_r-8" / "final-adapter"))
+    model = PeftModel.from_pretrained(
+        base, str(work / "optuna-search-demo-checkpoints" / "demo" / "lora_r-8" / "final-adapter")
+    )
     model.eval()
     return model, tok, PromptEncoder(tok, sd.dataset.fields, sd.dataset.vocab, cfg.model.max_length), sd.test_examples
 
@@ -78,9 +88,15 @@ def test_multi_token_labels_are_scored_on_all_their_tokens(trained):
     model, tok, enc, examples = trained
     # A vocabulary whose labels share their first token and differ later, so that a
     # first-token-only score could not tell them apart.
-    vocab = {"severity": ["critical", "critical issue", "low"], "component": ["ui", "user interface"], "reproducibility": ["always", "rare"]}
+    vocab = {
+        "severity": ["critical", "critical issue", "low"],
+        "component": ["ui", "user interface"],
+        "reproducibility": ["always", "rare"],
+    }
     multi = PromptEncoder(tok, FIELDS, vocab, enc.max_length)
-    assert len(candidate_ids(multi, {}, "severity", "critical issue")) > len(candidate_ids(multi, {}, "severity", "critical"))
+    assert len(candidate_ids(multi, {}, "severity", "critical issue")) > len(
+        candidate_ids(multi, {}, "severity", "critical")
+    )
     ex = examples[:3]
     preds = score_labels(model, tok, multi, ex, batch_size=3)
     for e, p in zip(ex, preds):
@@ -103,7 +119,9 @@ def test_calibration_metrics_match_hand_computed_values():
     # Top-label confidences 0.9 (right), 0.6 (right), 0.7 (wrong), 0.8 (right), one per bin:
     # ECE = (|1-0.9| + |1-0.6| + |0-0.7| + |1-0.8|) / 4.
     assert m["ece"] == pytest.approx((0.1 + 0.4 + 0.7 + 0.2) / 4)
-    assert expected_calibration_error(["a", "a"], [{"a": 0.75, "b": 0.25}, {"a": 0.75, "b": 0.25}]) == pytest.approx(0.25)
+    assert expected_calibration_error(["a", "a"], [{"a": 0.75, "b": 0.25}, {"a": 0.75, "b": 0.25}]) == pytest.approx(
+        0.25
+    )
 
 
 def test_a_label_that_is_a_prefix_of_another_is_not_favoured():

@@ -6,13 +6,20 @@ import signal
 
 import optuna
 import pytest
+from conftest import TPE, run_main, start_cli_until
 from optuna.trial import TrialState
 
-from conftest import TPE, run_cli, run_main, start_cli_until
-
 pytestmark = pytest.mark.slow
-FAST = ["--set", "train.epochs=1", "--set", "data.train_samples=400", "--set", "eval.num_samples=40",
-        "--set", "eval.validation_samples=40"]
+FAST = [
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "data.train_samples=400",
+    "--set",
+    "eval.num_samples=40",
+    "--set",
+    "eval.validation_samples=40",
+]
 
 
 def _study(work, name):
@@ -63,24 +70,47 @@ def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cac
         def __call__(self, request, hooks):
             if request.params.learning_rate < 1e-3:
                 worse = hooks.on_validation
-                hooks = dataclasses.replace(hooks, on_validation=lambda vp: worse(dataclasses.replace(vp, accuracy=-1.0)))
+                hooks = dataclasses.replace(
+                    hooks, on_validation=lambda vp: worse(dataclasses.replace(vp, accuracy=-1.0))
+                )
             return self.inner(request, hooks)
 
     monkeypatch.setattr(_run, "make_objective", SecondCannotLearn)
-    proc = run_main("run", "--preset", "demo", "--set", "eval.num_samples=40", "--set", "eval.validation_samples=40",
-                    "--set", "train.epochs=2", "--set", "study.grid={learning_rate=[1e-2, 1e-7]}",
-                    "--set", "study.pruner='median'", "--set", "study.pruner_startup_trials=1", "--set", "study.pruner_warmup_steps=0",
-                    cwd=tmp_path)
+    proc = run_main(
+        "run",
+        "--preset",
+        "demo",
+        "--set",
+        "eval.num_samples=40",
+        "--set",
+        "eval.validation_samples=40",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "study.grid={learning_rate=[1e-2, 1e-7]}",
+        "--set",
+        "study.pruner='median'",
+        "--set",
+        "study.pruner_startup_trials=1",
+        "--set",
+        "study.pruner_warmup_steps=0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     good, bad = sorted(_study(tmp_path, "demo").get_trials(), key=lambda t: t.number)
     assert good.state == TrialState.COMPLETE and bad.state == TrialState.PRUNED
     # Intermediate values are validation accuracies: they follow the study's direction.
     assert sorted(good.intermediate_values) == [1, 2]
-    curve = dict((int(n), v) for n, v in good.user_attrs["validation_accuracy_curve"])
-    assert good.intermediate_values == curve and good.intermediate_values[2] == good.user_attrs["validation_overall_accuracy"]
+    curve = {int(n): v for n, v in good.user_attrs["validation_accuracy_curve"]}
+    assert (
+        good.intermediate_values == curve
+        and good.intermediate_values[2] == good.user_attrs["validation_overall_accuracy"]
+    )
     assert bad.intermediate_values == {1: -1.0}
     # A pruned trial keeps its curves and its cost, and releases its checkpoints.
-    assert bad.user_attrs["pruned_at_step"] == 1 and bad.user_attrs["optimizer_steps"] < good.user_attrs["optimizer_steps"]
+    assert (
+        bad.user_attrs["pruned_at_step"] == 1 and bad.user_attrs["optimizer_steps"] < good.user_attrs["optimizer_steps"]
+    )
     assert bad.user_attrs["train_seconds"] > 0 and len(bad.user_attrs["validation_accuracy_curve"]) == 1
     assert not (tmp_path / "optuna-search-demo-checkpoints" / "demo" / "learning_rate-1e-07").exists()
     assert (tmp_path / "optuna-search-demo-checkpoints" / "demo" / "learning_rate-0.01" / "final-adapter").exists()
@@ -88,8 +118,21 @@ def test_pruning_on_validation_accuracy_stops_the_worse_trial(tmp_path, demo_cac
 
 
 def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache):
-    args = ["run", *TPE, *FAST, "--set", "study.n_trials=1", "--set", "study.pruner='none'",
-            "--set", "train.checkpoint_steps=10", "--set", "storage.heartbeat_interval=1", "--set", "storage.grace_period=3"]
+    args = [
+        "run",
+        *TPE,
+        *FAST,
+        "--set",
+        "study.n_trials=1",
+        "--set",
+        "study.pruner='none'",
+        "--set",
+        "train.checkpoint_steps=10",
+        "--set",
+        "storage.heartbeat_interval=1",
+        "--set",
+        "storage.grace_period=3",
+    ]
     proc = start_cli_until(*args, pattern=r"step (2\d|3\d)/", cwd=tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -104,26 +147,60 @@ def test_a_killed_sampled_trial_resumes_with_its_own_params(tmp_path, demo_cache
 
 
 def test_multi_objective_study_has_a_pareto_front(tmp_path, demo_cache):
-    proc = run_main("run", "--preset", "demo", *FAST, "--set", "study.grid={lora_r=[2, 16]}", "--set", "train.epochs=2",
-                   "--set", "study.objectives=['overall_accuracy', 'trainable_params']", cwd=tmp_path)
+    proc = run_main(
+        "run",
+        "--preset",
+        "demo",
+        *FAST,
+        "--set",
+        "study.grid={lora_r=[2, 16]}",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "study.objectives=['overall_accuracy', 'trainable_params']",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = _study(tmp_path, "demo")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.metric_names == ["overall_accuracy", "trainable_params"]
     assert len(study.best_trials) == 2 and "Pareto front" in proc.stdout
     rep = run_main("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
-    assert rep.returncode == 0 and "## Pareto front" in rep.stdout and "lora_r=2" in rep.stdout.split("## Pareto front")[1]
+    assert (
+        rep.returncode == 0 and "## Pareto front" in rep.stdout and "lora_r=2" in rep.stdout.split("## Pareto front")[1]
+    )
     html = (tmp_path / "r" / "report.html").read_text()
     assert "Pareto-front Plot" in html  # Optuna's own figure
-    refused = run_main("run", "--preset", "demo", "--set", "study.objectives=['overall_accuracy', 'trainable_params']",
-                      "--set", "study.pruner='median'", "--study-name", "x", cwd=tmp_path)
+    refused = run_main(
+        "run",
+        "--preset",
+        "demo",
+        "--set",
+        "study.objectives=['overall_accuracy', 'trainable_params']",
+        "--set",
+        "study.pruner='median'",
+        "--study-name",
+        "x",
+        cwd=tmp_path,
+    )
     assert refused.returncode == 2 and "Optuna does not prune multi-objective studies" in refused.stderr
 
 
 # -- successive halving over checkpoints, the early signal, warm start ------------------------
-HALVING = ["--set", "study.grid={lora_r=[4, 8, 16]}", "--set", "study.schedule='successive_halving'",
-           "--set", "study.rungs=[0.333, 1.0]", "--set", "study.eta=3", "--set", "eval.method='score'",
-           "--set", "study.prune_on='label_logprob'"]
+HALVING = [
+    "--set",
+    "study.grid={lora_r=[4, 8, 16]}",
+    "--set",
+    "study.schedule='successive_halving'",
+    "--set",
+    "study.rungs=[0.333, 1.0]",
+    "--set",
+    "study.eta=3",
+    "--set",
+    "eval.method='score'",
+    "--set",
+    "study.prune_on='label_logprob'",
+]
 
 
 def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, demo_cache):
@@ -147,7 +224,10 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
     status = run_main("status", "--preset", "demo", cwd=tmp_path)
     assert status.returncode == 0 and "rung" in status.stdout and "2/2 (100%)" in status.stdout
     rep = run_main("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)
-    assert "Successive halving (rungs 0.333, 1" in rep.stdout and "of training every configuration to its end" in rep.stdout
+    assert (
+        "Successive halving (rungs 0.333, 1" in rep.stdout
+        and "of training every configuration to its end" in rep.stdout
+    )
 
 
 def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_path, demo_model_dir):
@@ -155,19 +235,28 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
     losses of a run paused at 1/3 and resumed equal those of one that never paused."""
     import dataclasses
 
+    from conftest import FAST_CONFIG
+
     from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
     from optuna_search.objectives._data import prepare_study_data
     from optuna_search.search.front._config import load_config
 
-    from conftest import FAST_CONFIG
-
     config = load_config(preset="demo", config_file=str(FAST_CONFIG), sets=["train.epochs=1"])
-    data = prepare_study_data(config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length)
+    data = prepare_study_data(
+        config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
+    )
     params = config.trial_params({"lora_r": 8})
 
     def request(folder, until):
-        return TrialRequest(params, data.dataset, data.test_examples, data.validation_examples, folder, train_until=until,
-                            validate_at=(0.333,))
+        return TrialRequest(
+            params,
+            data.dataset,
+            data.test_examples,
+            data.validation_examples,
+            folder,
+            train_until=until,
+            validate_at=(0.333,),
+        )
 
     objective = QLoRAObjective(config)
     paused = objective(request(tmp_path / "paused", 0.333), TrialHooks())
@@ -178,8 +267,10 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
     # ...and training does not depend on how often it is validated (a validation pass
     # leaves the random state as it found it): the curves a benchmark replays are the
     # trainings successive halving runs.
-    often = objective(dataclasses.replace(request(tmp_path / "often", 1.0), validate_at=tuple(k / 15 for k in range(1, 16))),
-                      TrialHooks())
+    often = objective(
+        dataclasses.replace(request(tmp_path / "often", 1.0), validate_at=tuple(k / 15 for k in range(1, 16))),
+        TrialHooks(),
+    )
     assert len(often.validation_curve) == 15
 
     def losses(folder):
@@ -190,7 +281,9 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
 
     assert losses(tmp_path / "paused") == pytest.approx(losses(tmp_path / "straight"), rel=1e-5, abs=1e-6)
     assert losses(tmp_path / "often") == pytest.approx(losses(tmp_path / "straight"), rel=1e-5, abs=1e-6)
-    assert [p.accuracy for p in resumed.validation_curve] == pytest.approx([p.accuracy for p in straight.validation_curve])
+    assert [p.accuracy for p in resumed.validation_curve] == pytest.approx(
+        [p.accuracy for p in straight.validation_curve]
+    )
 
 
 def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp_path, demo_cache):
@@ -199,8 +292,22 @@ def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp
     grid = run_main("run", *TESTS, "--set", "study.grid={lora_r=[4]}", cwd=tmp_path)
     assert grid.returncode == 0, grid.stderr[-2000:]
     url = f"sqlite:///{tmp_path / 'optuna-search-demo.db'}#demo"
-    search = ["run", *TESTS, "--study-name", "wider", "--set", "study.sampler='tpe'", "--set", "study.grid={}",
-              "--set", "study.search_space={lora_r=[4, 8]}", "--set", "study.n_trials=2", "--warm-start-from", url]
+    search = [
+        "run",
+        *TESTS,
+        "--study-name",
+        "wider",
+        "--set",
+        "study.sampler='tpe'",
+        "--set",
+        "study.grid={}",
+        "--set",
+        "study.search_space={lora_r=[4, 8]}",
+        "--set",
+        "study.n_trials=2",
+        "--warm-start-from",
+        url,
+    ]
     proc = run_main(*search, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "warm start: 1 finished trials of study 'demo' copied" in proc.stderr
@@ -211,16 +318,32 @@ def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp
     other = run_main(*search, "--study-name", "other", "--set", "eval.num_samples=40", cwd=tmp_path)
     assert other.returncode == 2 and "warm start from study 'demo' refused: its test examples differ" in other.stderr
     # Trained on another subset of the same file (seen: "2 finished trials copied").
-    for change, needle in (("data.train_samples=300", "its data.train_samples is 600, this study's 300"),
-                           ("train.seed=7", "its train.seed is 42, this study's 7")):
+    for change, needle in (
+        ("data.train_samples=300", "its data.train_samples is 600, this study's 300"),
+        ("train.seed=7", "its train.seed is 42, this study's 7"),
+    ):
         refused = run_main(*search, "--study-name", "other", "--set", change, cwd=tmp_path)
         assert refused.returncode == 2 and needle in refused.stderr, refused.stderr[-1000:]
     assert "other" not in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna-search-demo.db'}")
-    missing = run_main(*search, "--study-name", "x", "--warm-start-from", f"sqlite:///{tmp_path / 'no.db'}#demo", cwd=tmp_path)
-    assert missing.returncode == 2 and "the earlier study's database" in missing.stderr and "--warm-start-from" in missing.stderr
+    missing = run_main(
+        *search, "--study-name", "x", "--warm-start-from", f"sqlite:///{tmp_path / 'no.db'}#demo", cwd=tmp_path
+    )
+    assert (
+        missing.returncode == 2
+        and "the earlier study's database" in missing.stderr
+        and "--warm-start-from" in missing.stderr
+    )
     # A warm start whose trials all fall outside the new space copies nothing, and says so.
-    empty = run_main(*search, "--study-name", "empty", "--set", "study.search_space={lora_r=[8, 16]}",
-                     "--set", "study.n_trials=1", cwd=tmp_path)
+    empty = run_main(
+        *search,
+        "--study-name",
+        "empty",
+        "--set",
+        "study.search_space={lora_r=[8, 16]}",
+        "--set",
+        "study.n_trials=1",
+        cwd=tmp_path,
+    )
     assert empty.returncode == 0 and "warm start: no trial of study 'demo' fits this study" in empty.stderr
 
 
@@ -228,12 +351,22 @@ def test_a_macro_f1_study_tracked_in_tensorboard(tmp_path, demo_cache):
     """study.objectives = ["macro_f1"] runs end to end (the value is the mean macro-F1 of
     the fields), and train.report_to = ["tensorboard"] writes one run per trial that
     TensorBoard reads back: the training curve and the final scores."""
+    from conftest import FAST as TESTS
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from conftest import FAST as TESTS
-
-    proc = run_main("run", *TESTS, "--set", "study.grid={lora_r=[8]}", "--set", "train.epochs=1",
-                    "--set", "study.objectives=['macro_f1']", "--set", "train.report_to=['tensorboard']", cwd=tmp_path)
+    proc = run_main(
+        "run",
+        *TESTS,
+        "--set",
+        "study.grid={lora_r=[8]}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "study.objectives=['macro_f1']",
+        "--set",
+        "train.report_to=['tensorboard']",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (t,) = _study(tmp_path, "demo").get_trials()
     assert t.value == pytest.approx(t.user_attrs["macro_f1"]) and _study(tmp_path, "demo").metric_names == ["macro_f1"]

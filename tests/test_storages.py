@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, run_main
+
 from optuna_search.core import UserError
 from optuna_search.storage._storages import check_storage_url, open_storage
 
@@ -17,10 +17,13 @@ def _snapshot(path):
     return path.read_bytes() if path.exists() else None
 
 
-@pytest.mark.parametrize("url,needle", [
-    ("sqlite://x.db", "sqlite:///x.db"),
-    ("mysql://u@localhost/db", "pip install pymysql"),
-])
+@pytest.mark.parametrize(
+    "url,needle",
+    [
+        ("sqlite://x.db", "sqlite:///x.db"),
+        ("mysql://u@localhost/db", "pip install pymysql"),
+    ],
+)
 def test_misleading_urls_get_the_right_advice(tmp_path, url, needle):
     with pytest.raises(UserError, match=needle.replace(".", r"\.")):
         check_storage_url(url)
@@ -34,7 +37,9 @@ def test_a_directory_is_not_a_database(tmp_path):
 def test_reading_commands_never_write_to_other_files(tmp_path):
     other = tmp_path / "app.db"
     con = sqlite3.connect(other)
-    con.execute("CREATE TABLE invoices (id INTEGER)"); con.commit(); con.close()
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")
     for db in (other, empty):
@@ -51,7 +56,9 @@ def test_reading_commands_never_write_to_other_files(tmp_path):
 def test_run_refuses_another_applications_database(tmp_path):
     other = tmp_path / "app.db"
     con = sqlite3.connect(other)
-    con.execute("CREATE TABLE invoices (id INTEGER)"); con.commit(); con.close()
+    con.execute("CREATE TABLE invoices (id INTEGER)")
+    con.commit()
+    con.close()
     with pytest.raises(UserError, match=r"another application \(tables: invoices\)"):
         open_storage(f"sqlite:///{other}", mode="create")
 
@@ -67,12 +74,14 @@ def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
 
     engine_of(study).dispose()
     con = sqlite3.connect(db)
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)"); con.execute("PRAGMA journal_mode=DELETE"); con.close()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
     raw = bytearray(db.read_bytes())
     page = 4096
     assert len(raw) > 8 * page
     for p in range(2, len(raw) // page):  # damage every page but the first (the header stays valid)
-        raw[p * page + 8: p * page + 200] = os.urandom(192)
+        raw[p * page + 8 : p * page + 200] = os.urandom(192)
     db.write_bytes(bytes(raw))
     proc = run_main("status", "--storage", f"sqlite:///{db}", cwd=tmp_path)
     assert proc.returncode == 2 and "damaged" in proc.stderr and ".recover" in proc.stderr, proc.stderr
@@ -80,10 +89,15 @@ def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
 
 
 def test_two_processes_creating_the_schema_at_once_never_collide(tmp_path):
-    code = ("import sys\nfrom optuna_search.storage._storages import open_storage\n"
-            "open_storage(sys.argv[1], mode='create')\n")
+    code = (
+        "import sys\nfrom optuna_search.storage._storages import open_storage\n"
+        "open_storage(sys.argv[1], mode='create')\n"
+    )
     for i in range(4):
         url = f"sqlite:///{tmp_path / f'race{i}.db'}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True, cwd=REPO) for _ in range(3)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True, cwd=REPO)
+            for _ in range(3)
+        ]
         errs = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), errs

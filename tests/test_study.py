@@ -2,9 +2,8 @@
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import run_main
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +28,17 @@ def test_demo_runs_the_full_grid_and_says_where_it_stands_against_the_baselines(
     # Whether the best beats the majority baseline is the CPU's business; the summary must
     # say it as the stored numbers have it.
     beats = best.value > study.user_attrs["baselines"]["majority"]["overall"]
-    assert ("best beats the majority-class baseline" if beats else "best does NOT beat the majority-class baseline") in proc.stdout
+    assert (
+        "best beats the majority-class baseline" if beats else "best does NOT beat the majority-class baseline"
+    ) in proc.stdout
     # The summary names the gap to the TF-IDF baseline, computed from the stored numbers
     # (the trained accuracies themselves differ between CPUs: bitsandbytes' kernels take
     # another path without AVX-512, so no trained number is asserted here).
     import re
 
-    m = re.search(r"best vs the TF-IDF \+ logistic regression baseline \((\d+\.\d)% overall\): ([+-]\d+\.\d) points", proc.stdout)
+    m = re.search(
+        r"best vs the TF-IDF \+ logistic regression baseline \((\d+\.\d)% overall\): ([+-]\d+\.\d) points", proc.stdout
+    )
     assert m, proc.stdout
     tfidf = study.user_attrs["baselines"]["tfidf_logreg"]["overall"]
     assert float(m.group(1)) == round(100 * tfidf, 1)
@@ -49,7 +52,7 @@ def test_the_commands_the_demo_summary_suggests_find_its_study(demo_study):
     import shlex
 
     work, proc = demo_study
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("significance tests and the recommendation: "))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("significance tests and the recommendation: "))
     cmd = shlex.split(line.split(": ", 1)[1])
     assert cmd[:2] == ["optuna-search", "report"] and "--storage" in cmd
     report = run_main(*cmd[1:], "--output", "suggested-report", cwd=work)
@@ -58,8 +61,8 @@ def test_the_commands_the_demo_summary_suggests_find_its_study(demo_study):
 
 
 def test_results_go_to_stdout_and_progress_to_stderr(demo_study):
-    work, proc = demo_study
-    header = [l for l in proc.stdout.splitlines() if l.startswith("grid point")][0]
+    _work, proc = demo_study
+    header = next(x for x in proc.stdout.splitlines() if x.startswith("grid point"))
     for col in ("alpha", "sev", "comp", "repro", "overall", "train_loss", "eval_loss", "trainable", "min"):
         assert col in header
     assert "baseline: majority" in proc.stdout
@@ -72,9 +75,20 @@ def test_trials_record_the_documented_user_attrs(demo_study):
     work, _ = demo_study
     for t in _study(work).get_trials():
         ua = t.user_attrs
-        for key in ("severity_accuracy", "component_accuracy", "reproducibility_accuracy", "parse_failures",
-                    "lora_alpha", "trainable_params", "train_loss_per_epoch", "eval_loss_per_epoch",
-                    "train_seconds", "eval_seconds", "eval_examples_per_second", "peak_memory_mb"):
+        for key in (
+            "severity_accuracy",
+            "component_accuracy",
+            "reproducibility_accuracy",
+            "parse_failures",
+            "lora_alpha",
+            "trainable_params",
+            "train_loss_per_epoch",
+            "eval_loss_per_epoch",
+            "train_seconds",
+            "eval_seconds",
+            "eval_examples_per_second",
+            "peak_memory_mb",
+        ):
             assert key in ua, key
         assert len(ua["train_loss_per_epoch"]) == len(ua["eval_loss_per_epoch"]) == 3
         assert sorted(t.intermediate_values) == [1, 2, 3]
@@ -92,6 +106,7 @@ def test_every_trial_evaluates_the_same_stored_ids(demo_study):
     assert len(digests) == 1
     store = optuna.artifacts.FileSystemArtifactStore(str(work / "optuna-search-demo-artifacts"))
     import json
+
     for t in study.get_trials():
         with store.open_reader(t.user_attrs["predictions_artifact_id"]) as fh:
             ids = [json.loads(line)["id"] for line in fh.read().decode().splitlines()]
@@ -110,7 +125,9 @@ def test_rerunning_a_finished_study_adds_no_trials(demo_study):
 def test_resuming_with_a_config_that_changes_trial_meaning_is_refused(demo_study):
     work, _ = demo_study
     before = len(_study(work).get_trials())
-    proc = run_main("run", "--preset", "demo", "--set", "train.learning_rate=1e-3", "--set", "eval.num_samples=50", cwd=work)
+    proc = run_main(
+        "run", "--preset", "demo", "--set", "train.learning_rate=1e-3", "--set", "eval.num_samples=50", cwd=work
+    )
     assert proc.returncode == 2
     assert "train.learning_rate: study has 0.005, config has 0.001" in proc.stderr
     assert "eval.num_samples" in proc.stderr and "Traceback" not in proc.stderr
@@ -130,8 +147,10 @@ def test_status_shows_every_point_without_importing_torch(demo_study):
     import sys
 
     work, _ = demo_study
-    code = ("import sys\nfrom optuna_search.search.front._cli import main\nrc = main(['-q', 'status', '--preset', 'demo'])\n"
-            "print('RC', rc, 'TORCH', 'torch' in sys.modules)")
+    code = (
+        "import sys\nfrom optuna_search.search.front._cli import main\nrc = main(['-q', 'status', '--preset', 'demo'])\n"
+        "print('RC', rc, 'TORCH', 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
     assert "RC 0 TORCH False" in out.stdout, out.stderr
     assert "3/3 grid points complete" in out.stdout

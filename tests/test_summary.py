@@ -10,13 +10,22 @@ from optuna_search.dashboards._summary import SummaryPoint, SummaryRow, best_row
 FIELDS = ["severity", "component", "reproducibility"]
 TEST = {"majority": {"severity": 0.5, "component": 0.4, "reproducibility": 0.6, "overall": 0.5}}
 VALIDATION = {"majority": {"severity": 0.6, "component": 0.5, "reproducibility": 0.7, "overall": 0.6}}
-ROW = SummaryRow("lora_r=4", "complete", 1, trial=0, lora_alpha=16.0,
-                 accuracy={"severity": 0.7, "component": 0.6, "reproducibility": 0.8}, overall=0.7, validation=0.65, value=0.7)
+ROW = SummaryRow(
+    "lora_r=4",
+    "complete",
+    1,
+    trial=0,
+    lora_alpha=16.0,
+    accuracy={"severity": 0.7, "component": 0.6, "reproducibility": 0.8},
+    overall=0.7,
+    validation=0.65,
+    value=0.7,
+)
 
 
 def test_baseline_rows_show_their_validation_accuracy_in_the_val_column():
     table = render_summary([ROW], FIELDS, TEST, validation_baselines=VALIDATION)
-    heads, _, trial, baseline = table.splitlines()
+    _heads, _, trial, baseline = table.splitlines()
     cells = baseline.split()
     assert cells[:2] == ["baseline:", "majority"]
     # severity, component, reproducibility, overall on test, macro-F1, then val
@@ -39,12 +48,24 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
     (duplicate_of): the row and the best must come from the original trial. (Seen on
     a TPE study of the demo: the row showed the empty duplicate and the summary named a
     39% trial best while Optuna's best was 74%.)"""
-    def scored(number, acc):
-        return TrialRecord(number=number, state="COMPLETE", test=SplitScores({f: acc for f in FIELDS}, 100),
-                           validation=SplitScores({f: acc for f in FIELDS}, 100))
 
-    good = SummaryPoint("lr=0.002,r=32", "complete", [scored(9, 0.74), TrialRecord(number=10, state="COMPLETE", duplicate_of=9),
-                                                       TrialRecord(number=11, state="COMPLETE", duplicate_of=9)])
+    def scored(number, acc):
+        return TrialRecord(
+            number=number,
+            state="COMPLETE",
+            test=SplitScores(dict.fromkeys(FIELDS, acc), 100),
+            validation=SplitScores(dict.fromkeys(FIELDS, acc), 100),
+        )
+
+    good = SummaryPoint(
+        "lr=0.002,r=32",
+        "complete",
+        [
+            scored(9, 0.74),
+            TrialRecord(number=10, state="COMPLETE", duplicate_of=9),
+            TrialRecord(number=11, state="COMPLETE", duplicate_of=9),
+        ],
+    )
     poor = SummaryPoint("lr=0.01,r=32", "complete", [scored(2, 0.39)])
     rows = summary_rows([good, poor], FIELDS, "validation")
     assert rows[0].trial == 9 and rows[0].overall == pytest.approx(0.74) and rows[0].attempts == 1
@@ -53,22 +74,34 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
 
 
 def _scored(number, test, validation):
-    return TrialRecord(number=number, state="COMPLETE", test=SplitScores({f: test for f in FIELDS}, 100),
-                       validation=SplitScores({f: validation for f in FIELDS}, 100))
+    return TrialRecord(
+        number=number,
+        state="COMPLETE",
+        test=SplitScores(dict.fromkeys(FIELDS, test), 100),
+        validation=SplitScores(dict.fromkeys(FIELDS, validation), 100),
+    )
 
 
 def test_ties_on_validation_are_never_broken_by_test():
     """With the objective on validation, two trials tied there (and on every tie-breaker
     measured on validation) go to the earlier one, never to the one with the better test
     score. (Seen: the summary named trial 1 best while Optuna's best_trial was 0.)"""
-    rows = summary_rows([SummaryPoint("a", "complete", [_scored(0, 0.60, 0.70)]),
-                         SummaryPoint("b", "complete", [_scored(1, 0.90, 0.70)])], FIELDS, "validation")
+    rows = summary_rows(
+        [
+            SummaryPoint("a", "complete", [_scored(0, 0.60, 0.70)]),
+            SummaryPoint("b", "complete", [_scored(1, 0.90, 0.70)]),
+        ],
+        FIELDS,
+        "validation",
+    )
     assert best_row(rows, "overall_accuracy", "validation", FIELDS).trial == 0
 
 
 def test_a_majority_label_model_is_flagged():
     confusion = {"labels": ["a", "b", "<invalid>"], "matrix": [[5, 0, 0], [3, 0, 0]]}
-    test = SplitScores({f: 0.6 for f in FIELDS}, 8, confusion={"component": confusion}, macro_f1={f: 0.3 for f in FIELDS})
+    test = SplitScores(
+        dict.fromkeys(FIELDS, 0.6), 8, confusion={"component": confusion}, macro_f1=dict.fromkeys(FIELDS, 0.3)
+    )
     (row,) = summary_rows([SummaryPoint("r", "complete", [TrialRecord(number=0, state="COMPLETE", test=test)])], FIELDS)
     assert row.single_label == {"component": "a"} and row.macro_f1 == pytest.approx(0.3)
 
@@ -84,10 +117,18 @@ def test_status_counts_the_trials_segments_not_their_pauses():
     hour_ago = dt.datetime.fromtimestamp(now - 3600)
     paused = TrialRecord(number=0, state="PAUSED", seconds_spent=60.0, datetime_start=hour_ago)
     running = TrialRecord(number=1, state="RUNNING", seconds_spent=30.0, resumed_at=now - 10, datetime_start=hour_ago)
-    done = TrialRecord(number=2, state="COMPLETE", seconds_spent=120.0, datetime_start=hour_ago,
-                       datetime_complete=dt.datetime.fromtimestamp(now))
-    points = [SummaryPoint("a", "paused", [paused]), SummaryPoint("b", "running", [running]),
-              SummaryPoint("c", "complete", [done])]
+    done = TrialRecord(
+        number=2,
+        state="COMPLETE",
+        seconds_spent=120.0,
+        datetime_start=hour_ago,
+        datetime_complete=dt.datetime.fromtimestamp(now),
+    )
+    points = [
+        SummaryPoint("a", "paused", [paused]),
+        SummaryPoint("b", "running", [running]),
+        SummaryPoint("c", "complete", [done]),
+    ]
     report = status_report(points, StatusInput(3, True, fields=FIELDS, finished=1), now=now)
     assert report.hours_spent * 3600 == pytest.approx(60 + 30 + 10 + 120)
     assert report.eta_hours * 3600 == pytest.approx(2 * 120)  # two left, at the completed trial's time

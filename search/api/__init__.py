@@ -20,23 +20,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
 from optuna_search.dashboards import Report, collect_report, write_report
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
-from optuna_search.search.front._config import load_config
-from optuna_search.search.front._request import RunRequest, execute
-from optuna_search.search.front._validate import validate as _validate
-from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.loop._remote import reading_location
-from optuna_search.search.loop._run import Summary, print_summary
-from optuna_search.search.loop._status import status as _status
-from optuna_search.search.use._bundles import export_study_bundle
-from optuna_search.search.use._ensembles import run_ensemble
-from optuna_search.search.use._export_model import export_model as _export_model
-from optuna_search.search.use._predict import ModelSpec, Predictor, RowPrediction, spec_from_study
+from optuna_search.search.front import RunRequest, execute, load_config
+from optuna_search.search.front import validate as _validate
+from optuna_search.search.loop import Summary, open_for_reading, print_summary, reading_location
+from optuna_search.search.loop import status as _status
+from optuna_search.search.use import (
+    ModelSpec,
+    Predictor,
+    RowPrediction,
+    export_study_bundle,
+    run_ensemble,
+    spec_from_study,
+)
+from optuna_search.search.use import export_model as _export_model
 from optuna_search.storage import artifact_store, read_meta
+from optuna_search.storage import pareto_front as front_numbers
 
 if TYPE_CHECKING:
     import optuna
@@ -60,37 +63,23 @@ class StudyResult:
         return print_summary(Summary(self.summary, self.exit_code, self.problems))
 
 
-def run(
-    config: Config | RunRequest,
-    *,
-    retry_failed: bool = False,
-    time_budget: float | None = None,
-    workers: int | None = 1,
-    oversubscribe: bool = False,
-    progress_interval: float = 10.0,
-    resume_from: str | None = None,
-) -> StudyResult:
+def run(config: Config | RunRequest, **options: Any) -> StudyResult:
     """Create or resume the study ``config`` names and run what it lacks, as
-    ``optuna-search run`` (the same front door): ``time_budget`` in seconds, ``workers``
-    parallel processes (None: one per visible GPU). ``config`` may be a :class:`RunRequest`
-    (``RunRequest.from_layers(preset=..., config_file=..., sets=[...])``: the keys the user
-    set are then known, exactly as the command line knows them)."""
+    ``optuna-search run`` (the same front door). ``options`` are `run`'s flags by the
+    names of :class:`RunRequest`'s fields, with the same defaults: ``retry_failed``,
+    ``time_budget_s`` (seconds), ``workers`` (None: one per visible GPU, 1 on a CPU),
+    ``oversubscribe``, ``progress_interval``, ``resume_from``. ``config`` may be a
+    :class:`RunRequest` (``RunRequest.from_layers(preset=..., config_file=..., sets=[...],
+    **options)``: the keys the user set are then known, exactly as the command line knows
+    them)."""
     quiet_libraries()
     prefer_expandable_segments(os.environ)  # takes effect if CUDA has not started yet in this process
-    request = (
-        config
-        if isinstance(config, RunRequest)
-        else RunRequest(
-            config,
-            None,
-            retry_failed=retry_failed,
-            time_budget_s=time_budget,
-            workers=workers,
-            oversubscribe=oversubscribe,
-            progress_interval=progress_interval,
-            resume_from=resume_from,
-        )
-    )
+    if isinstance(config, RunRequest):
+        if options:
+            raise UserError("give run options to RunRequest.from_layers, not beside a RunRequest")
+        request = config
+    else:
+        request = RunRequest.of(config, None, **options)
     result = execute(request)
     if result.outcome is None or result.summary is None:
         raise UserError(f"the run stopped with exit code {result.exit_code} before its summary (its log says why)")
@@ -131,7 +120,7 @@ class StudyHandle:
 
     @property
     def pareto_front(self) -> list[TrialRecord]:
-        numbers = {t.number for t in self.study.best_trials}
+        numbers = front_numbers(self.study)
         return [r for r in self.records if r.number in numbers]
 
     @property

@@ -1,2 +1,10 @@
-"""The front doors: the command line (``_cli``), the run request both it and the Python API
-build (``_request``), the configuration's layers (``_config``) and `validate`."""
+"""The front doors: the command line (``_cli``; ``python -m optuna_search.search`` and the
+``optuna-search`` script run it), the run request both it and the Python API build
+(``_request``), the configuration's layers (``_config``) and `validate`."""
+
+from optuna_search.search.front._cli import build_parser, main, parse_duration
+from optuna_search.search.front._config import load_config
+from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.front._validate import validate
+
+__all__ = ["RunRequest", "build_parser", "execute", "load_config", "main", "parse_duration", "validate"]

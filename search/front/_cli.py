@@ -29,25 +29,24 @@ from optuna_search.dashboards import (
 )
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front._config import config_layers, explicit_location, load_config
-from optuna_search.search.front._request import RunRequest, execute
+from optuna_search.search.front._request import RUN_OPTIONS, RunRequest, execute
 from optuna_search.search.front._validate import validate
-from optuna_search.search.loop._exit import (
+from optuna_search.search.loop import (
     EXIT_DISK_FULL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    DiskFull,
+    Terminated,
+    handle_sigterm,
+    open_for_reading,
+    print_summary,
+    reading_location,
+    status,
+    write_through,
 )
-from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.loop._remote import reading_location, write_through
-from optuna_search.search.loop._run import print_summary
-from optuna_search.search.loop._runner import DiskFull
-from optuna_search.search.loop._signals import Terminated, handle_sigterm
-from optuna_search.search.loop._status import status
-from optuna_search.search.use._bundles import export_study_bundle
-from optuna_search.search.use._ensembles import run_ensemble
-from optuna_search.search.use._export_model import export_model
-from optuna_search.search.use._predict import BAD_ROW_POLICIES, predict_file
+from optuna_search.search.use import BAD_ROW_POLICIES, export_model, export_study_bundle, predict_file, run_ensemble
 from optuna_search.storage import artifact_store, close_storages, redacted_config
 
 log = logging.getLogger("optuna_search")
@@ -134,6 +133,7 @@ def _add_run(sub: Any) -> None:
     )
     p.add_argument(
         "--time-budget",
+        dest="time_budget_s",
         metavar="DURATION",
         type=parse_duration,
         help="session time budget, e.g. 11h30m: start no trial that cannot finish, checkpoint and stop before "
@@ -304,19 +304,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    request = RunRequest.from_layers(
-        args.preset,
-        args.config,
-        args.sets,
-        _flag_overrides(args),
-        retry_failed=args.retry_failed,
-        time_budget_s=args.time_budget,
-        workers=args.workers,
-        oversubscribe=args.oversubscribe,
-        progress_interval=args.progress_interval,
-        resume_from=args.resume_from,
-        worker=args.worker,
-    )
+    options = {k: getattr(args, k) for k in RUN_OPTIONS}  # the flags' names are the request's
+    request = RunRequest.from_layers(args.preset, args.config, args.sets, _flag_overrides(args), **options)
     result = execute(request)
     if result.summary is not None:
         print_summary(result.summary)
@@ -494,7 +483,3 @@ def _run_command(args: argparse.Namespace) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from optuna_search.core import Config, UserError, build_config
 from optuna_search.search.front._config import config_layers, explicit_of
-from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_OK, EXIT_REMOTE
-from optuna_search.search.loop._open import as_resumed
-from optuna_search.search.loop._preflight import preflight
-from optuna_search.search.loop._remote import RemoteSession, start_remote
-from optuna_search.search.loop._run import Summary, run_study, run_with_workers, summarize
-from optuna_search.search.loop._scheduler import RunOutcome
-from optuna_search.search.loop._workers import WorkerOptions, choose_workers
-from optuna_search.search.use._bundles import import_study_bundle
+from optuna_search.search.loop import (
+    EXIT_BUDGET,
+    EXIT_OK,
+    EXIT_REMOTE,
+    RemoteSession,
+    RunOutcome,
+    Summary,
+    WorkerOptions,
+    as_resumed,
+    choose_workers,
+    preflight,
+    run_study,
+    run_with_workers,
+    start_remote,
+    summarize,
+)
+from optuna_search.search.use import import_study_bundle
 from optuna_search.storage import check_server_reachable
 
 log = logging.getLogger("optuna_search")
@@ -40,7 +49,7 @@ class RunRequest:
     (a Config built in code): the keys that differ from the defaults."""
     retry_failed: bool = False
     time_budget_s: float | None = None
-    workers: int | None = 1
+    workers: int | None = None
     """Worker processes; None: one per visible GPU (1 on a CPU)."""
     oversubscribe: bool = False
     progress_interval: float = 10.0
@@ -49,6 +58,16 @@ class RunRequest:
     version) to import first."""
     worker: int | None = None
     """Set in one of `run --workers N`'s processes: its number."""
+
+    @classmethod
+    def of(cls, config: Config, explicit: frozenset[str] | None = None, **options: Any) -> RunRequest:
+        """The request with ``options`` named as the fields below (the command line's flags
+        and the API's keywords both come through here: one name and one default each); an
+        unknown option is one clear error naming the known ones."""
+        unknown = sorted(set(options) - set(RUN_OPTIONS))
+        if unknown:
+            raise UserError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(RUN_OPTIONS)}")
+        return cls(config, explicit, **options)
 
     @classmethod
     def from_layers(
@@ -62,7 +81,12 @@ class RunRequest:
         """The request from a preset, a TOML file ('-': standard input, read once), --set
         strings and flags, in that order of precedence."""
         layers = config_layers(preset, config_file, sets, overrides)
-        return cls(build_config(layers.merged), frozenset(explicit_of(layers)), **options)
+        return cls.of(build_config(layers.merged), frozenset(explicit_of(layers)), **options)
+
+
+RUN_OPTIONS = tuple(f.name for f in fields(RunRequest) if f.name not in ("config", "explicit"))
+"""What `run` takes besides the configuration: the command line's flags (``--time-budget``
+is ``time_budget_s``) and the API's keywords, by the same names."""
 
 
 @dataclass

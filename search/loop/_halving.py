@@ -30,8 +30,8 @@ class Config:
     """One configuration as successive halving sees it."""
 
     key: str
-    state: str
-    """pending, waiting, running, paused, failed, complete or pruned (the study's Status)."""
+    state: Status
+    """Where it stands, in the study's one vocabulary."""
     reached: int
     """The last rung it reached (-1: none yet)."""
     metrics: dict[int, float]
@@ -40,8 +40,7 @@ class Config:
     """Ties and the population are decided in this order (first trial number / grid order)."""
 
 
-RUNNABLE = ("pending", "waiting", "paused")
-ENDED = ("complete", "pruned")
+RUNNABLE = (Status.PENDING, Status.WAITING, Status.PAUSED)
 
 
 def survivors(n: int, eta: int) -> int:
@@ -62,11 +61,11 @@ def next_action(
     for r in range(n_rungs):
         if r == 0 and len(population) < n_configs:
             return New(0)
-        todo = [c for c in population if c.reached < r and c.state not in ENDED]
-        runnable = [c for c in todo if c.state in RUNNABLE or (retry_failed and c.state == "failed")]
+        todo = [c for c in population if c.reached < r and not c.state.finished]
+        runnable = [c for c in todo if c.state in RUNNABLE or (retry_failed and c.state == Status.FAILED)]
         if runnable:
             return Train(runnable[0].key, r)
-        running = [c.key for c in todo if c.state == "running"]
+        running = [c.key for c in todo if c.state == Status.RUNNING]
         if running:
             return Wait(tuple(running))
         if r == n_rungs - 1:
@@ -76,7 +75,7 @@ def next_action(
                 (c for c in population if c.reached >= r), key=lambda c: (-c.metrics.get(r, -math.inf), c.order)
             )
             return Promote(r, tuple(c.key for c in reached[: survivors(len(population), eta)]))
-        left = tuple(c.key for c in population if c.key not in promoted[r] and c.state == "paused")
+        left = tuple(c.key for c in population if c.key not in promoted[r] and c.state == Status.PAUSED)
         if left:
             return PruneRest(r, left)
         by_key = {c.key: c for c in population}
@@ -110,7 +109,7 @@ class SuccessiveHalving:
             out.append(
                 Config(
                     p.key,
-                    p.status.value,
+                    p.status,
                     reached,
                     rung_metrics(p.records(self.fields)),
                     i if state.grid else (p.order if p.trials else 10**9 + i),

@@ -41,6 +41,7 @@ from optuna_search.storage import (
     adapter_candidates,
     adapter_here,
     artifact_store,
+    pareto_front,
     read_meta,
     study_flags,
 )
@@ -231,7 +232,7 @@ def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list
     meta = read_meta(study)
     baselines = meta.baselines or {}
     if len(config.study.objectives) > 1:
-        front = pareto_rows(rows, {t.number for t in study.best_trials})
+        front = pareto_rows(rows, pareto_front(study))
         if not front:
             return []
         return [

@@ -11,6 +11,9 @@ trials finished and nothing else is about to run it (a RUNNING trial with a live
 heartbeat, or a WAITING retry); a point whose last trial failed with an error waits for
 ``run --retry-failed``. Retries come first: they hold the checkpoints of interrupted work.
 
+Optuna's trial states are read here only (:func:`point_status`, :class:`Point`), into
+the one vocabulary the schedules, the scheduler and the summaries speak: :class:`Status`.
+
 "Paused" has one representation: a RUNNING trial marked with the rung it waits at
 (``storage._internals.paused_at``); :class:`Status` reads it, nothing else says it.
 """
@@ -71,6 +74,11 @@ class Point:
     @property
     def complete(self) -> list[FrozenTrial]:
         return [t for t in self.trials if t.state.name == "COMPLETE"]
+
+    @property
+    def waiting_trial(self) -> FrozenTrial | None:
+        """Its retry that waits to be claimed (WAITING), if any."""
+        return next((t for t in self.trials if t.state.name == "WAITING"), None)
 
     @property
     def last(self) -> FrozenTrial | None:

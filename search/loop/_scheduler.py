@@ -120,6 +120,9 @@ class Job:
 class Runner(Protocol):
     """What runs a trial (``_trial.TrialRunner``; tests use fakes)."""
 
+    def describe(self, job: Job) -> TrialRecord:
+        """The trial's starting record (written when it starts): at least its attempt."""
+
     def run(self, job: Job) -> TrialOutcome:
         """Train and evaluate the job's configuration (to its rung); say how it ended."""
 
@@ -246,10 +249,9 @@ class Scheduler:
         )
         if self.remote is not None:
             self.remote.before_point(dict(trial.params))
-        describe = getattr(self.runner, "describe", None)
         # A resumed (paused) trial's earlier segments; a new trial has no attrs to read.
         before = self.ledger.record_of(trial) if trial.user_attrs else TrialRecord()
-        self.ledger.start(trial, describe(job) if describe else TrialRecord(attempts=attempts))
+        self.ledger.start(trial, self.runner.describe(job))
         with self.ledger.heartbeat(trial):
             outcome = self.runner.run(job)
         outcome.record = _summed(before, outcome.record)
@@ -344,7 +346,8 @@ class Scheduler:
         if point.status == Status.WAITING:
             # This point's own retry (Optuna's ask would pop the oldest WAITING trial,
             # whichever point it holds), with the params of the trial it retries.
-            waiting = next(t for t in point.trials if t.state.name == "WAITING")
+            waiting = point.waiting_trial
+            assert waiting is not None
             trial = self.ledger.claim_waiting(waiting)
             return (trial, len(point.trials)) if trial is not None else None
         return self.ledger.new(self.dists, point.params, self.sampler), attempts
@@ -372,7 +375,7 @@ class Scheduler:
         if not self.config.is_grid:
             return 0
         in_grid = {t.number for p in state.points for t in p.trials}
-        outside = [t for t in trials if t.state.name == "WAITING" and t.number not in in_grid]
+        outside = [t for t in trials if t.state.name == "WAITING" and t.number not in in_grid]  # no point holds them
         for t in outside:
             if self.ledger.set_aside(t, "its point is no longer in the grid"):
                 log.warning(

@@ -19,6 +19,7 @@ from optuna_search.storage import (
     SyncStatus,
     checkpoint_step,
     last_complete_checkpoint,
+    pareto_front,
     point_checkpoints,
     redact_remote,
     study_flags,
@@ -33,7 +34,7 @@ def status(study: optuna.Study, config: Config) -> tuple[str, int]:
     state = study_state(study, config)
     front = None
     if len(config.study.objectives) > 1:
-        best = {b.number for b in study.best_trials}
+        best = pareto_front(study)
         front = [p.label for p in state.points if any(t.number in best for t in p.complete)]
     fields = list(config.data.fields)
     checkpoints = {p.key: _checkpoint_step(config, p.params) for p in state.points if not p.status.finished}

@@ -111,7 +111,7 @@ def run_workers(config: Config, n: int, options: WorkerOptions) -> list[int]:
         env.setdefault("OMP_NUM_THREADS", str(cpu_share))
         envs.append(env)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "optuna_search.search.front._cli", *options.args(i)],
+            [sys.executable, "-m", "optuna_search.search", *options.args(i)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import Config, writable
-from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.loop._remote import export_to, import_remote
+from optuna_search.search.loop import export_to, import_remote, open_for_reading
 from optuna_search.storage import META, StudyLocation, import_bundle
 
 

@@ -19,9 +19,7 @@ from optuna_search.objectives import (
     score_predictions,
     soft_vote,
 )
-from optuna_search.search.loop._run import write_study_note
-from optuna_search.search.loop._runner import ids_digest
-from optuna_search.search.loop._scheduler import study_state
+from optuna_search.search.loop import ids_digest, study_state, write_study_note
 from optuna_search.storage import artifact_store, read_meta, upload_records, write_meta
 
 if TYPE_CHECKING:

@@ -44,9 +44,7 @@ from optuna_search.objectives import (
     pick_compute_dtype,
     resolve_model_source,
 )
-from optuna_search.search.loop._open import open_for_reading
-from optuna_search.search.loop._run import rows_of, verdict
-from optuna_search.search.loop._scheduler import study_state
+from optuna_search.search.loop import open_for_reading, rows_of, study_state, verdict
 from optuna_search.search.use._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
 from optuna_search.storage import artifact_store, read_meta
 

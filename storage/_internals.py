@@ -96,6 +96,15 @@ def heartbeat(study: optuna.Study, trial: Trial | FrozenTrial) -> Iterator[None]
         yield
 
 
+def beat(study: optuna.Study, trial: Trial | FrozenTrial) -> None:
+    """One heartbeat now (on a storage with heartbeats): a trial that becomes RUNNING has a
+    heartbeat row from that instant, before its heartbeat thread starts. Without it, a
+    resumed trial (no row since its pause, started long ago) looked orphaned to another
+    worker's check in that gap, was failed, and its configuration trained again."""
+    if heartbeat_enabled(study):
+        study._storage.record_heartbeat(trial._trial_id)
+
+
 def set_trial_user_attr(study: optuna.Study, trial: Trial | FrozenTrial, key: str, value: Any) -> None:
     """Set a user attr on any trial of the study, finished ones included (used by
     ``storage._records`` only)."""

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from optuna_search.core import StudyMeta, TrialRecord
 from optuna_search.storage._internals import (
+    beat,
     claim_waiting,
     fail_trial,
     heartbeat,
@@ -160,6 +161,7 @@ class Ledger:
             if params is not None:
                 self.study.enqueue_trial(params, skip_if_exists=False)
             trial = self.study.ask(distributions)
+        beat(self.study, trial)
         self._own[trial.number] = {}
         self._commit(CommitKind.NEW, trial)
         return trial
@@ -169,6 +171,7 @@ class Ledger:
         claimed it first); what the killed attempt recorded about its ending is cleared."""
         trial = claim_waiting(self.study, frozen)
         if trial is not None:
+            beat(self.study, trial)
             self._clear(trial, COPIED)
             self._commit(CommitKind.CLAIM, trial)
         return trial
@@ -189,6 +192,7 @@ class Ledger:
 
     def resume_paused(self, frozen: FrozenTrial) -> Trial:
         """A configuration paused at a rung, promoted (or interrupted there): RUNNING again."""
+        beat(self.study, frozen)  # before the pause mark goes: never RUNNING without a heartbeat
         unpause(self.study, frozen)
         trial = live_trial(self.study, frozen)
         self._clear(trial, ENDING)

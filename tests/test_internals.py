@@ -93,6 +93,29 @@ def test_pausing_claiming_and_live_trials(tmp_path):
     assert oi.distribution_contains(IntDistribution(0, 2), 2) and not oi.distribution_contains(IntDistribution(0, 2), 3)
 
 
+def test_a_resumed_trial_has_a_heartbeat_before_its_thread_starts(tmp_path):
+    """Seen once in the two-worker successive-halving test: a paused trial resumed by one
+    worker had no heartbeat row until its heartbeat thread started (outside the claim
+    lock), and another worker's check took it, started long ago, for orphaned: failed,
+    its configuration trained again. A trial is never RUNNING, unpaused, without a row."""
+    from optuna.distributions import IntDistribution
+
+    from optuna_search.core import TrialRecord
+    from optuna_search.storage import Ledger
+
+    study = _study(tmp_path, heartbeat_interval=1, grace_period=30)
+    ledger, other = Ledger(study), Ledger(study)
+    trial = ledger.new({"x": IntDistribution(0, 2)}, {"x": 1})
+    ledger.pause(trial, TrialRecord(), 0)
+    time.sleep(0.05)
+    ledger.resume_paused(study.get_trials()[0])
+    # Another worker reconciles before this one's heartbeat thread runs; 0 s: any age.
+    assert other.reconcile(grace_period=0) == 0
+    assert study.get_trials()[0].state == TrialState.RUNNING
+    fresh = ledger.new({"x": IntDistribution(0, 2)}, {"x": 2})  # the same for a new trial
+    assert other.reconcile(grace_period=0) == 0 and study.get_trials()[fresh.number].state == TrialState.RUNNING
+
+
 def _commits(study):
     from sqlalchemy import event
 

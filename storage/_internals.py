@@ -102,7 +102,7 @@ def beat(study: optuna.Study, trial: Trial | FrozenTrial) -> None:
     resumed trial (no row since its pause, started long ago) looked orphaned to another
     worker's check in that gap, was failed, and its configuration trained again."""
     if heartbeat_enabled(study):
-        study._storage.record_heartbeat(trial._trial_id)
+        rdb_backend(study._storage).record_heartbeat(trial._trial_id)
 
 
 def set_trial_user_attr(study: optuna.Study, trial: Trial | FrozenTrial, key: str, value: Any) -> None:

@@ -16,6 +16,7 @@ available with DDP (the validation curve arrives when the trial ends).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -201,14 +202,26 @@ def main(spec_path: str) -> int:
     return 0 if out["status"] == "ok" else 1
 
 
-def leave_process_group() -> None:
-    """Leave the process group before the interpreter exits: a gloo thread still running
-    at exit aborts the rank ("terminate called without an active exception", exit -6),
-    and torchrun then reports a trial that finished as failed."""
+def leave_process_group(timeout_s: float = 30.0) -> None:
+    """Leave the process group together, before the interpreter exits: a gloo thread still
+    running at exit aborts the rank ("terminate called without an active exception", exit
+    -6), and torchrun then reports a trial that finished as failed. The ranks first meet
+    (gloo's monitored barrier, bounded: a rank that already died is waited for
+    ``timeout_s`` at most), so that none tears its connections down while another still
+    writes its checkpoint or result (seen: rank 0 aborted after rank 1 had left)."""
+    import datetime
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    # A peer that died makes the barrier raise: leave anyway (its result already says why).
+    with contextlib.suppress(Exception):
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def _outcome(objective: QLoRAObjective, request: TrialRequest, hooks: TrialHooks) -> dict[str, Any]:

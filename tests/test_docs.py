@@ -194,7 +194,7 @@ def test_the_readme_stays_an_overview_with_the_two_quickstart_commands():
         "bash .ci/run",
     ]
     ci = (REPO / ".ci" / "run").read_text()
-    assert "-m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile" in ci
+    assert "-m pytest -q -ra -n auto --maxprocesses 4 --dist worksteal" in ci
     assert {f"`optuna-search {c}`" for c in _subcommands()} <= set(re.findall(r"`optuna-search [\w-]+`", text))
 
 

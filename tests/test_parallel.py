@@ -69,15 +69,18 @@ def test_successive_halving_splits_each_rung_over_workers_and_decides_once(tmp_p
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-2000:] for e in errs)
     trained = Counter(tuple(map(int, line.split())) for line in log.read_text().splitlines())
-    # Seen failing twice in full runs (a configuration trained twice at rung 0), never alone:
-    # on failure, every trial's story and both workers' logs, to find the cause.
-    story = "\n".join(
-        f"#{t.number} {t.state.name} {t.params} sys={t.system_attrs} user={t.user_attrs}"
-        for t in optuna.load_study(study_name="halving", storage=url).trials
-    )
-    assert max(trained.values()) == 1, f"{trained}\n{story}\n" + "\n".join(e[-3000:] for e in errs)  # nothing twice
-    assert sorted(trained) == sorted([(r, 0) for r in range(1, 10)] + [(7, 1), (8, 1), (9, 1), (9, 2)])
     study = optuna.load_study(study_name="halving", storage=url)
+
+    def story() -> str:
+        # Seen failing twice in full runs (a configuration trained twice at rung 0), never
+        # alone: every trial's story and both workers' logs, to find the cause.
+        trials = "\n".join(
+            f"#{t.number} {t.state.name} {t.params} sys={t.system_attrs} user={t.user_attrs}" for t in study.trials
+        )
+        return f"{trained}\n{trials}\n" + "\n".join(e[-3000:] for e in errs)
+
+    assert max(trained.values()) == 1, story()  # nothing trained twice
+    assert sorted(trained) == sorted([(r, 0) for r in range(1, 10)] + [(7, 1), (8, 1), (9, 1), (9, 2)]), story()
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] + ["PRUNED"] * 8
     assert study.user_attrs["halving"]["promoted"] == {"0": ["lora_r=9", "lora_r=8", "lora_r=7"], "1": ["lora_r=9"]}
 

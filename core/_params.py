@@ -22,8 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
-"""Learning-rate schedules (transformers' names)."""
+WSD = "warmup_stable_decay"
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", WSD)
+"""Learning-rate schedules (transformers' names). ``warmup_stable_decay`` (warm-up, a
+constant rate, then a 1-sqrt decay over ``train.decay_ratio`` of training) can be cut
+anywhere: successive halving scores each rung after a short cool-down branch."""
 OPTIMIZERS = (
     "adamw_torch",
     "adamw_torch_fused",

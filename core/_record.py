@@ -130,6 +130,7 @@ _PLAIN = (
     ("validation_curve", "validation_curve"),
     ("rung", "rung"),
     ("rung_values", "rung_values"),
+    ("cooldown_curve", "cooldown_curve"),
     ("max_steps", "max_steps"),
     ("warm_start_from", "warm_start_from"),
     ("adapter_dir", "adapter_dir"),
@@ -198,7 +199,11 @@ class TrialRecord:
     rung: int | None = None
     """Successive halving: the last rung this configuration reached (0-based)."""
     rung_values: dict[str, float] | None = None
-    """Successive halving: the study's prune_on metric at each rung reached ("0", "1", ...)."""
+    """Successive halving: the study's prune_on metric at each rung reached ("0", "1", ...);
+    under warmup_stable_decay, after the rung's cool-down branch."""
+    cooldown_curve: list[dict[str, Any]] | None = None
+    """warmup_stable_decay: per rung, the validation scores after its cool-down branch
+    (point, step, fraction, accuracy, label_logprob, cooldown_steps)."""
     max_steps: int | None = None
     """Optimizer steps of the whole training (optimizer_steps is where it stopped)."""
     warm_start_from: str | None = None

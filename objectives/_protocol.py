@@ -72,15 +72,21 @@ class ValidationPoint:
     """Mean log-probability of the correct labels (label scoring only)."""
     evaluation: Evaluation | None = None
     """The predictions behind it (main process only)."""
+    cooldown_steps: int = 0
+    """Measured after a cool-down branch of this many steps from ``step`` (a rung under
+    warmup_stable_decay); 0: measured on the run itself."""
 
     def to_record(self) -> dict[str, float | int | None]:
-        return {
+        out: dict[str, float | int | None] = {
             "point": self.point,
             "step": self.step,
             "fraction": round(self.fraction, 6),
             "accuracy": self.accuracy,
             "label_logprob": self.label_logprob,
         }
+        if self.cooldown_steps:
+            out["cooldown_steps"] = self.cooldown_steps
+        return out
 
 
 def _never_stop(point: ValidationPoint) -> bool:
@@ -143,6 +149,9 @@ class TrialResult:
     environment: dict[str, str] = field(default_factory=dict)
     eval_batch_size: int | None = None
     """The evaluation batch the scores were computed with (`predict` uses the same)."""
+    cooldown_curve: list[ValidationPoint] = field(default_factory=list)
+    """warmup_stable_decay: each rung's score after its cool-down branch (across resumes;
+    the one measured in this call carries its evaluation)."""
 
     @property
     def finished(self) -> bool:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config
+from optuna_search.core import WSD, Config
 from optuna_search.objectives._evaluate import Evaluator
 from optuna_search.objectives._memory import oom_phase, release_memory
 from optuna_search.objectives._metrics import Evaluation
@@ -40,16 +41,29 @@ from optuna_search.objectives._protocol import (
     TrialHooks,
     TrialRequest,
     TrialResult,
+    ValidationPoint,
 )
 from optuna_search.objectives._train import (
     Collator,
     ValidationRun,
     build_training_args,
+    cooldown_steps,
+    log_entry,
     losses_per_epoch,
     stop_step,
     validation_curve,
 )
-from optuna_search.storage import COMPLETE_MARKER, FINAL_ADAPTER, checkpoint_state, resume_point
+from optuna_search.storage import (
+    COMPLETE_MARKER,
+    FINAL_ADAPTER,
+    add_to_history,
+    checkpoint_state,
+    last_complete_checkpoint,
+    resume_point,
+)
+
+COOLDOWN_DIR = "cooldown"
+"""Where a rung's cool-down branch trains (inside the point's folder; removed after)."""
 
 
 @dataclass
@@ -90,6 +104,8 @@ class _Trial:
     callback: Any
     run: ValidationRun
     evaluator: Evaluator
+    cooldown: ValidationPoint | None = None
+    """The rung's score after its cool-down branch, measured in this call."""
 
 
 class QLoRAObjective:
@@ -124,14 +140,89 @@ class QLoRAObjective:
         t0 = time.monotonic()
         last, resumed_from = self._last_checkpoint(request.checkpoint_dir, hooks)
         paused = self._already_there(last, request.train_until)
-        if paused is not None:
+        if paused is not None and not self._cools_down(request, paused):
             return paused  # a run killed after it paused at this rung: nothing to train
         trial = self._start(request, hooks, source, tokenizer, encoder, rt)
-        with oom_phase("train"):
-            trial.trainer.train(resume_from_checkpoint=str(last) if last else None)
-        self._raise_if_stopped(trial)
+        if paused is None:
+            with oom_phase("train"):
+                trial.trainer.train(resume_from_checkpoint=str(last) if last else None)
+            self._raise_if_stopped(trial.trainer, trial.callback)
+        if paused is not None or (trial.callback.paused and self._cools_down(request, None)):
+            # A rung under warmup_stable_decay: scored after a cool-down branch from the
+            # stable checkpoint just written (or found: killed during its branch).
+            self._cool_down(request, hooks, trial, encoder, rt)
+            if paused is not None:
+                return self._already_there(last, request.train_until) or paused
         test, adapter = self._finish(request, hooks, trial, tokenizer, rt)
         return self._result(request, trial, test, adapter, rt, t0, resumed_from)
+
+    def _cools_down(self, request: TrialRequest, paused: TrialResult | None) -> bool:
+        """A rung of a warmup_stable_decay run gets a cool-down branch, once: a paused
+        result read back from its checkpoint already has it when its rung's score is there."""
+        if request.params.lr_scheduler != WSD or request.train_until >= 1.0:
+            return False
+        return paused is None or not any(vp.step == paused.optimizer_steps for vp in paused.cooldown_curve)
+
+    def _cool_down(
+        self, request: TrialRequest, hooks: TrialHooks, trial: _Trial, encoder: PromptEncoder, rt: _Runtime
+    ) -> None:
+        """Train a cool-down branch from the stable-phase checkpoint (the learning rate falls
+        to 0 over ``cooldown_steps``), validate it, append that score to the checkpoint's
+        history (the rung's score; a promoted configuration resumes from the same
+        checkpoint, on the stable schedule) and discard the branch."""
+        from optuna_search.objectives._trainer import Branch
+
+        checkpoint, _ = last_complete_checkpoint(request.checkpoint_dir)
+        assert checkpoint is not None  # a paused run has just written it, or was read from it
+        state = checkpoint_state(checkpoint)
+        start, main_steps = state["global_step"], state["max_steps"]
+        branch = Branch(start, cooldown_steps(start, self.config.train.decay_ratio), main_steps)
+        hooks.progress(
+            f"cool-down branch: {branch.length} steps from step {start} with the learning rate falling to 0, "
+            "then validation (the rung's score; the branch is discarded)"
+        )
+        folder = request.checkpoint_dir / COOLDOWN_DIR
+        shutil.rmtree(folder, ignore_errors=True)
+        run = ValidationRun(None, lambda vp: False, branch=True)
+        trainer, callback = self._trainer(
+            request,
+            hooks,
+            trial.model,
+            trial.evaluator.tokenizer,
+            encoder,
+            rt,
+            trial.dtype,
+            run,
+            trial.evaluator.batch_size,
+            branch=branch,
+            output_dir=folder,
+        )
+        with oom_phase("train"):
+            trainer.train(resume_from_checkpoint=str(checkpoint))
+        self._raise_if_stopped(trainer, callback)
+        if rt.is_main:
+            evaluation = trial.evaluator(trial.model, request.validation_examples)
+            if not trial.run.steps:
+                trial.run.plan(main_steps, request.params.epochs, self.config.train.validations_per_epoch)
+            s = evaluation.scores
+            vp = ValidationPoint(
+                trial.run.point_of(start),
+                start,
+                start / main_steps,
+                s.overall,
+                s.label_logprob,
+                evaluation,
+                cooldown_steps=branch.length,
+            )
+            hooks.progress(
+                f"after the cool-down: validation accuracy {100 * s.overall:.1f}%"
+                + (f", label log-prob {s.label_logprob:.4f}" if s.label_logprob is not None else "")
+            )
+            add_to_history(checkpoint, log_entry(vp))
+            trial.trainer.state.log_history.append(log_entry(vp))
+            trial.cooldown = vp
+            hooks.on_checkpoint()
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _start(
         self, request: TrialRequest, hooks: TrialHooks, source: str, tokenizer, encoder: PromptEncoder, rt: _Runtime
@@ -166,9 +257,8 @@ class QLoRAObjective:
         return _Trial(model, dtype, trainer, callback, run, evaluator)
 
     @staticmethod
-    def _raise_if_stopped(trial: _Trial) -> None:
-        step, max_steps = trial.trainer.state.global_step, trial.trainer.state.max_steps
-        callback = trial.callback
+    def _raise_if_stopped(trainer, callback) -> None:
+        step, max_steps = trainer.state.global_step, trainer.state.max_steps
         if callback.diverged:
             raise DivergedTraining(callback.diverged + "; lower the learning rate")
         if callback.stopped_on_request:
@@ -216,6 +306,10 @@ class QLoRAObjective:
             train_loss_per_epoch=train_loss,
             eval_loss_per_epoch=eval_loss,
             validation_curve=validation_curve(state.log_history, state.max_steps),
+            cooldown_curve=[
+                trial.cooldown if trial.cooldown and vp.step == trial.cooldown.step else vp
+                for vp in validation_curve(state.log_history, state.max_steps, cooldown=True)
+            ],
             trainable_params=count_trainable(trial.model),
             train_seconds=time.monotonic() - t0 - (test.seconds if test else 0.0),
             peak_memory_mb=peak,
@@ -242,15 +336,20 @@ class QLoRAObjective:
         dtype,
         run: ValidationRun,
         eval_batch_size: int,
+        branch: Any = None,
+        output_dir: Path | None = None,
     ):
+        """Trainer and its callback for the point's run, or (``branch``) for a cool-down
+        branch in ``output_dir``: trained to its end, saving nothing, not validated."""
         from transformers import PrinterCallback
 
         from optuna_search.objectives._trainer import StudyCallback, StudyTrainer, tensorboard_callback
 
         cfg = self.config
-        request.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        folder = output_dir or request.checkpoint_dir
+        folder.mkdir(parents=True, exist_ok=True)
         args = build_training_args(
-            str(request.checkpoint_dir),
+            str(folder),
             request.params,
             cfg.train,
             cuda=rt.cuda,
@@ -258,21 +357,26 @@ class QLoRAObjective:
             distributed=rt.distributed,
             run_name=request.run_name,
             eval_batch_size=eval_batch_size,
+            max_steps=branch.start + branch.length if branch else -1,
+            save=branch is None,
         )
         callback = StudyCallback(
             run,
             cfg.train.validations_per_epoch,
-            hooks.progress,
+            (lambda line: hooks.progress(f"cool-down: {line}")) if branch else hooks.progress,
             request.deadline,
             hooks.stop_requested,
             hooks.progress_interval,
-            hooks.on_checkpoint,
+            None if branch else hooks.on_checkpoint,
+            save_on_stop=branch is None,
         )
         callbacks = [callback]
-        if "tensorboard" in cfg.train.report_to and rt.is_main:
+        if "tensorboard" in cfg.train.report_to and rt.is_main and branch is None:
             callbacks.append(tensorboard_callback(str(request.checkpoint_dir / "tensorboard")))
         trainer = StudyTrainer(
             validation=run,
+            decay_ratio=cfg.train.decay_ratio,
+            branch=branch,
             model=model,
             args=args,
             train_dataset=encoder.to_hf_dataset(request.data.train.examples),
@@ -326,6 +430,7 @@ class QLoRAObjective:
             train_loss_per_epoch=train_loss,
             eval_loss_per_epoch=eval_loss,
             validation_curve=validation_curve(history, max_steps),
+            cooldown_curve=validation_curve(history, max_steps, cooldown=True),
             trainable_params=0,
             train_seconds=0.0,
             peak_memory_mb=0.0,

@@ -31,6 +31,8 @@ PROGRESS_INTERVAL_S = 10.0
 """Default seconds between progress lines during training."""
 ACCURACY_KEY = "validation_accuracy"
 LOGPROB_KEY = "validation_label_logprob"
+COOLDOWN_KEY = "cooldown_steps"
+"""Marks a log entry measured after a rung's cool-down branch (warmup_stable_decay)."""
 
 
 def at_epoch_end(epoch: float | None) -> bool:
@@ -56,16 +58,36 @@ def losses_per_epoch(log_history: list[dict[str, Any]]) -> tuple[list[float], li
     return [sum(v) / len(v) for _, v in sorted(train.items())], [v for _, v in sorted(evals.items())]
 
 
-def validation_curve(log_history: list[dict[str, Any]], max_steps: int) -> list[ValidationPoint]:
-    """The validation points logged so far (across resumes), in order."""
+def validation_curve(
+    log_history: list[dict[str, Any]], max_steps: int, *, cooldown: bool = False
+) -> list[ValidationPoint]:
+    """The validation points logged so far (across resumes), in order; ``cooldown``: the
+    rungs' scores after their cool-down branches instead."""
     points = {}
     for r in log_history:
-        if ACCURACY_KEY in r:
+        if ACCURACY_KEY in r and bool(r.get(COOLDOWN_KEY)) == cooldown:
             step = int(r.get("validation_step", r.get("step", 0)))
             points[int(r["validation_point"])] = ValidationPoint(
-                int(r["validation_point"]), step, step / max(max_steps, 1), float(r[ACCURACY_KEY]), r.get(LOGPROB_KEY)
+                int(r["validation_point"]),
+                step,
+                step / max(max_steps, 1),
+                float(r[ACCURACY_KEY]),
+                r.get(LOGPROB_KEY),
+                cooldown_steps=int(r.get(COOLDOWN_KEY, 0)),
             )
     return [points[k] for k in sorted(points)]
+
+
+def cooldown_steps(step: int, decay_ratio: float) -> int:
+    """The length of a rung's cool-down branch from ``step``: the decay of a
+    warmup-stable-decay run trained to ``step`` plus the branch (``decay_ratio`` of that
+    budget: a quarter of the steps so far at 0.2)."""
+    return max(1, round(step * decay_ratio / (1 - decay_ratio)))
+
+
+def decay_steps(max_steps: int, decay_ratio: float) -> int:
+    """Steps in the final decay of a warmup-stable-decay run."""
+    return max(1, round(max_steps * decay_ratio))
 
 
 def validation_steps(max_steps: int, epochs: int, per_epoch: int, fractions: tuple[float, ...] = ()) -> list[int]:
@@ -93,6 +115,8 @@ class ValidationRun:
     on_validation: Callable[[ValidationPoint], bool]
     fractions: tuple[float, ...] = ()
     train_until: float = 1.0
+    branch: bool = False
+    """A cool-down branch: no validation points, trained to its end."""
     steps: list[int] = field(default_factory=list)
     max_steps: int = 0
     stop_at: int = 0
@@ -102,8 +126,8 @@ class ValidationRun:
 
     def plan(self, max_steps: int, epochs: int, per_epoch: int) -> None:
         self.max_steps = max_steps
-        self.steps = validation_steps(max_steps, epochs, per_epoch, self.fractions)
-        self.stop_at = stop_step(max_steps, self.train_until)
+        self.steps = [] if self.branch else validation_steps(max_steps, epochs, per_epoch, self.fractions)
+        self.stop_at = max_steps if self.branch else stop_step(max_steps, self.train_until)
 
     def point_of(self, step: int) -> int:
         return self.steps.index(step) + 1 if step in self.steps else len([s for s in self.steps if s <= step])
@@ -134,6 +158,8 @@ def log_entry(vp: ValidationPoint) -> dict[str, float]:
     out = {ACCURACY_KEY: vp.accuracy, "validation_point": vp.point, "validation_step": vp.step}
     if vp.label_logprob is not None:
         out[LOGPROB_KEY] = vp.label_logprob
+    if vp.cooldown_steps:
+        out[COOLDOWN_KEY] = vp.cooldown_steps
     return out
 
 
@@ -147,6 +173,8 @@ def build_training_args(
     distributed: bool,
     run_name: str | None = None,
     eval_batch_size: int = 8,
+    max_steps: int = -1,
+    save: bool = True,
 ):
     import torch
     from transformers import TrainingArguments
@@ -171,7 +199,9 @@ def build_training_args(
         # be averaged into a finite number (Trainer's default filter).
         logging_nan_inf_filter=False,
         eval_strategy="no",  # validation points are scheduled by StudyCallback
-        save_strategy="steps",
+        # A cool-down branch stops at max_steps and saves nothing (it is discarded).
+        max_steps=max_steps,
+        save_strategy="steps" if save else "no",
         save_steps=train_cfg.checkpoint_steps,
         save_total_limit=2,
         train_sampling_strategy="group_by_length",

@@ -10,14 +10,52 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import SchedulerType, Trainer, TrainerCallback
 
 from optuna_search.objectives._memory import oom_phase
-from optuna_search.objectives._train import Progress, ValidationRun, log_entry
+from optuna_search.objectives._train import Progress, ValidationRun, decay_steps, log_entry
+
+
+@dataclass(frozen=True)
+class Branch:
+    """A cool-down branch: from the stable-phase checkpoint at ``start``, ``length``
+    steps whose learning rate falls from the run's (at ``start``) to 0 (1-sqrt), of a
+    run of ``main_steps`` steps."""
+
+    start: int
+    length: int
+    main_steps: int
+
+
+def wsd_schedule(optimizer, *, warmup_steps: int, main_steps: int, decay_ratio: float, branch: Branch | None = None):
+    """transformers' warmup-stable-decay schedule (1-sqrt decay over ``decay_ratio`` of
+    the run), or its cool-down branch: the run's rate up to ``branch.start``, then a
+    1-sqrt decay to 0 over ``branch.length`` steps."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers.optimization import get_wsd_schedule
+
+    run = get_wsd_schedule(
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_decay_steps=decay_steps(main_steps, decay_ratio),
+        num_training_steps=main_steps,
+        decay_type="1-sqrt",
+    )
+    if branch is None:
+        return run
+    of_run = run.lr_lambdas[0]
+
+    def rate(step: int) -> float:
+        if step <= branch.start:
+            return of_run(step)
+        return of_run(branch.start) * max(0.0, 1.0 - math.sqrt(min(1.0, (step - branch.start) / branch.length)))
+
+    return LambdaLR(optimizer, rate)
 
 
 class StudyTrainer(Trainer):
@@ -29,9 +67,33 @@ class StudyTrainer(Trainer):
     a configuration's training would depend on how often it is validated (successive
     halving's rungs, validations_per_epoch)."""
 
-    def __init__(self, *args: Any, validation: ValidationRun, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        validation: ValidationRun,
+        decay_ratio: float = 0.2,
+        branch: Branch | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.validation = validation
+        self.decay_ratio, self.branch = decay_ratio, branch
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
+        """warmup_stable_decay with the study's decay share (transformers' needs the decay
+        in steps, known only here), or a cool-down branch of it; other schedules as
+        Trainer makes them."""
+        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
+            main_steps = self.branch.main_steps if self.branch else num_training_steps
+            self.lr_scheduler = wsd_schedule(
+                optimizer or self.optimizer,
+                warmup_steps=self.args.get_warmup_steps(main_steps),
+                main_steps=main_steps,
+                decay_ratio=self.decay_ratio,
+                branch=self.branch,
+            )
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         state = _rng_state()
@@ -82,9 +144,12 @@ class StudyCallback(TrainerCallback):
         stop_requested: Callable[[], bool],
         progress_interval: float,
         on_checkpoint: Callable[[], None] | None = None,
+        save_on_stop: bool = True,
     ) -> None:
         self.validation = validation
         self.on_checkpoint = on_checkpoint
+        self.save_on_stop = save_on_stop
+        """False in a cool-down branch: it is discarded, a stop leaves no checkpoint of it."""
         self.per_epoch = validations_per_epoch
         self.emit = progress
         self.deadline = deadline
@@ -142,7 +207,7 @@ class StudyCallback(TrainerCallback):
             self._checkpoint_and_stop(control, f"time budget reached at step {step}/{state.max_steps}: checkpointing")
 
     def _checkpoint_and_stop(self, control, message: str) -> None:
-        control.should_save = True
+        control.should_save = self.save_on_stop
         control.should_training_stop = True
         control.should_evaluate = False
         self.emit(message + " and stopping")

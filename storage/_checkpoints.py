@@ -1,6 +1,7 @@
 """Checkpoint folders: one per point of the search space, never per trial number.
 
     <train.output_dir>/<study>/<point>/checkpoint-<step>/   Trainer checkpoints
+    <train.output_dir>/<study>/<point>/cooldown/            a rung's cool-down branch (discarded)
     <train.output_dir>/<study>/<point>/final-adapter/       the trained LoRA adapter
     <train.output_dir>/<study>/<point>/run_settings.json    batch after an OOM fallback
 
@@ -16,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import file_sha256, point_dirname
+from optuna_search.core import file_sha256, point_dirname, replaced_atomically
 from optuna_search.storage._storages import located, study_home
 
 RUN_SETTINGS = "run_settings.json"
@@ -80,6 +81,16 @@ def resume_point(folder: Path) -> tuple[Path | None, int, list[Path]]:
 def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
     """Trainer's state saved in a checkpoint: global_step, max_steps, log_history."""
     return json.loads((checkpoint / COMPLETE_MARKER).read_text())
+
+
+def add_to_history(checkpoint: Path, entry: dict[str, Any]) -> None:
+    """Append ``entry`` to the log history of a checkpoint's trainer state, replaced
+    atomically (a kill leaves the old state or the new one: the checkpoint stays whole).
+    A run resumed from it carries the entry on, as Trainer's own log lines."""
+    state = checkpoint_state(checkpoint)
+    state["log_history"].append(entry)
+    with replaced_atomically(checkpoint / COMPLETE_MARKER) as tmp:
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def release(folder: Path) -> None:

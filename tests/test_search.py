@@ -286,6 +286,111 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
     )
 
 
+def test_a_rung_under_warmup_stable_decay_is_scored_after_a_cool_down_branch_that_is_then_discarded(
+    tmp_path, demo_model_dir
+):
+    """A warmup-stable-decay run paused at a rung is scored after a cool-down branch from
+    its stable checkpoint; the branch is discarded: the promoted run resumes from the
+    stable checkpoint and trains exactly as one that never paused. A run stopped during
+    its branch trains the branch alone again; one whose rung was scored trains nothing."""
+    import json
+
+    from conftest import FAST_CONFIG
+
+    from optuna_search.objectives import QLoRAObjective, Stopped, TrialHooks, TrialRequest
+    from optuna_search.objectives._data import prepare_study_data
+    from optuna_search.search.front._config import load_config
+
+    config = load_config(
+        preset="demo",
+        config_file=str(FAST_CONFIG),
+        sets=["train.epochs=1", "train.lr_scheduler='warmup_stable_decay'", "train.decay_ratio=0.2"],
+    )
+    data = prepare_study_data(
+        config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
+    )
+    params = config.trial_params({"lora_r": 8})
+
+    def request(folder, until):
+        return TrialRequest(
+            params,
+            data.dataset,
+            data.test_examples,
+            data.validation_examples,
+            folder,
+            train_until=until,
+            validate_at=(0.333,),
+        )
+
+    def call(folder, until, stop_in_branch=False):
+        lines: list[str] = []
+        hooks = TrialHooks(
+            progress=lines.append,
+            stop_requested=lambda: stop_in_branch and any("cool-down branch" in x for x in lines),
+            progress_interval=0,
+        )
+        return objective(request(folder, until), hooks), lines
+
+    def history(folder, step):
+        return json.loads((folder / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
+
+    objective = QLoRAObjective(config)
+    paused_dir = tmp_path / "paused"
+    paused, lines = call(paused_dir, 0.333)
+    assert paused.paused_at_step == 25 and paused.test is None
+    (cooled,) = paused.cooldown_curve
+    # 25 stable steps, then a quarter of them (decay_ratio 0.2 of a 25 + 6 step budget).
+    assert (cooled.step, cooled.cooldown_steps) == (25, 6) and cooled.evaluation is not None
+    assert any("cool-down branch: 6 steps from step 25" in x for x in lines)
+    assert not (paused_dir / "cooldown").exists()  # the branch left nothing behind
+    assert max(p.name for p in paused_dir.iterdir()) == "checkpoint-25"
+    stable = history(paused_dir, 25)
+    assert max(r["step"] for r in stable if "loss" in r) == 25  # the branch's steps are not in the checkpoint
+    assert [r["cooldown_steps"] for r in stable if "cooldown_steps" in r] == [6]
+
+    again, lines = call(paused_dir, 0.333)  # killed after the rung was scored: nothing to train
+    assert not lines or not any("cool-down" in x or "loaded base model" in x for x in lines)
+    assert again.cooldown_curve[0].accuracy == cooled.accuracy and again.paused_at_step == 25
+
+    stopped_dir = tmp_path / "stopped"
+    with pytest.raises(Stopped):
+        call(stopped_dir, 0.333, stop_in_branch=True)
+    assert not any("cooldown_steps" in r for r in history(stopped_dir, 25))  # the stable checkpoint, unscored
+    branch_only, lines = call(stopped_dir, 0.333)
+    assert any("cool-down branch" in x for x in lines) and not any("pausing" in x for x in lines)
+    assert branch_only.cooldown_curve[0].step == 25 and branch_only.paused_at_step == 25
+
+    resumed, _ = call(paused_dir, 1.0)
+    straight, _ = call(tmp_path / "straight", 1.0)
+    assert resumed.resumed_from_step == 25 and resumed.optimizer_steps == straight.optimizer_steps == 75
+
+    def losses(folder):
+        return [r["loss"] for r in history(folder, 75) if "loss" in r]
+
+    assert losses(paused_dir) == pytest.approx(losses(tmp_path / "straight"), rel=1e-5, abs=1e-6)
+    rates = [r["learning_rate"] for r in history(paused_dir, 75) if "learning_rate" in r]
+    assert rates[30] == rates[59] == max(rates) and rates[-1] < 0.2 * max(rates)  # stable, then the decay
+
+
+def test_the_cool_down_branch_follows_the_run_then_falls_to_zero():
+    import torch
+
+    from optuna_search.objectives._trainer import Branch, wsd_schedule
+
+    def rates(**kw):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = wsd_schedule(opt, warmup_steps=10, main_steps=100, decay_ratio=0.2, **kw)
+        return [schedule.lr_lambdas[0](t) for t in range(101)]
+
+    run = rates()
+    assert run[5] == pytest.approx(0.5) and run[10] == run[79] == 1.0 and run[90] < 1.0 and run[100] == 0.0
+    branch = rates(branch=Branch(start=40, length=10, main_steps=100))
+    assert branch[:41] == run[:41] and branch[50] == 0.0 and 0 < branch[45] < 1.0
+    assert branch[41] > branch[45] > branch[49]
+    late = rates(branch=Branch(start=90, length=5, main_steps=100))  # a rung in the decay: from where it is
+    assert late[:91] == run[:91] and late[91] < run[90] and late[95] == 0.0
+
+
 def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp_path, demo_cache):
     from conftest import FAST as TESTS
 

@@ -332,7 +332,8 @@ class TrialRunner:
         test_seconds = res.test.seconds if res.test else None
         rung_values: dict[str, float] | None = None
         if self.rungs:
-            at = {vp.step: self._signal(vp) for vp in res.validation_curve}
+            # A rung's score: after its cool-down branch (warmup_stable_decay), else as measured.
+            at = {vp.step: self._signal(vp) for vp in [*res.validation_curve, *res.cooldown_curve]}
             rung_values = {
                 str(r): value
                 for r, f in enumerate(self.rungs)
@@ -344,6 +345,7 @@ class TrialRunner:
                 validation_curve=[vp.to_record() for vp in res.validation_curve],
                 rung=reached,
                 rung_values=rung_values,
+                cooldown_curve=[vp.to_record() for vp in res.cooldown_curve] or None,
                 optimizer_steps=res.optimizer_steps,
                 max_steps=res.max_steps,
                 validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve],
@@ -358,6 +360,7 @@ class TrialRunner:
             validation_curve=[vp.to_record() for vp in res.validation_curve],
             rung=reached,
             rung_values=rung_values,
+            cooldown_curve=[vp.to_record() for vp in res.cooldown_curve] or None,
             train_seconds=round(res.train_seconds, 2),
             eval_seconds=round(test_seconds, 2) if test_seconds is not None else None,
             eval_examples_per_second=round(res.test.scores.n / max(res.test.seconds, 1e-9), 3) if res.test else None,

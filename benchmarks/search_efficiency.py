@@ -29,9 +29,21 @@ then the best strategy run live once.
    strategies and the oracle (training only the configuration that wins). The last line:
    the default strategy's (the search presets') worst P over the spaces.
 
+   With ``--set study.cooldown=true`` every point also pauses at 1/9, 1/4, 1/3 and 1/2 of
+   its training and is scored after a cool-down branch there (the branches are
+   discarded: the run trains on as if never paused), and the replay adds successive
+   halving on those scores, charged for the branches, with top-1/eta promotions and
+   with paired ones (also promoted, up to as many again: whoever a one-sided paired
+   t-test does not find worse than the last promoted); it prints the early signal after
+   the cool-down and what a rung costs (its validation pass, its branch).
+   ``--compare-set KEY=VALUE`` also trains (or reads) each grid with those overrides and
+   says whether its winner is the same (e.g. the schedule against cosine).
+
     python benchmarks/search_efficiency.py [--space demo] [--space schedule] [--seeds 200] [--no-live]
     python benchmarks/search_efficiency.py --space '{lora_r=[4,16], learning_rate=[1e-3,3e-3]}' --set train.epochs=1
     python benchmarks/search_efficiency.py --space real   # SmolLM2 on the real reports (about an hour)
+    python benchmarks/search_efficiency.py --space demo --space schedule --set study.cooldown=true \
+        --compare-set "train.lr_scheduler='cosine'" --compare-set study.cooldown=false --no-live
     python benchmarks/search_efficiency.py --smoke        # 2 points, 9 validation points, 5 seeds (seconds)
 
 The grid's curves are cached per space (``$OPTUNA_SEARCH_CACHE/benchmarks``): a second run
@@ -58,6 +70,8 @@ import optuna
 POINTS = 36  # validation points over training, demo: every 1/36 holds 1/9, 1/4 and 1/3
 REAL_POINTS = 9  # the real model: every 1/9 (a validation point costs it half a minute)
 RUNGS = [1 / 9, 1 / 3, 1.0]
+COOLDOWN_RUNGS = (1 / 9, 1 / 4, 1 / 3, 1 / 2)
+"""Where the grid's points are also scored after a cool-down branch (study.cooldown)."""
 DEMO = {"lora_r": [4, 8, 16, 32], "learning_rate": [2e-3, 5e-3, 1e-2]}
 REAL = {"lora_r": [4, 16], "learning_rate": [3e-4, 1e-3, 3e-3]}
 
@@ -67,7 +81,10 @@ def grid_curves(
     space: dict[str, list], preset: str, sets: list[str], path: Path, points: int = POINTS
 ) -> dict[str, Any]:
     """Train every point once; per point, per validation point: fraction, per-example
-    correctness (all fields, as 0/1 per field) and gold-label log-probability."""
+    correctness (all fields, as 0/1 per field) and gold-label log-probability. Under
+    ``study.cooldown`` each point also pauses at every candidate rung (``COOLDOWN_RUNGS``)
+    and is scored after its cool-down branch there, as successive halving does; the run
+    itself trains on undisturbed (the branches are discarded)."""
     if path.exists():
         return json.loads(path.read_text())
     from optuna_search.core import enumerate_grid, point_key
@@ -80,35 +97,63 @@ def grid_curves(
         config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
     )
     fractions = tuple(k / points for k in range(1, points + 1))
-    out: dict[str, Any] = {"space": space, "preset": preset, "sets": sets, "points": {}}
+    segments = (*COOLDOWN_RUNGS, 1.0) if config.study.cooldown else (1.0,)
+    out: dict[str, Any] = {
+        "space": space,
+        "preset": preset,
+        "sets": sets,
+        "points": {},
+        "lr_scheduler": config.train.lr_scheduler,
+        "cooldown": config.study.cooldown,
+    }
     work = Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     for n, point in enumerate(enumerate_grid(space)):
         curve: list[dict[str, Any]] = []
+        cooled: list[dict[str, Any]] = []
+        marks: dict[str, float] = {}
 
         def record(vp, curve=curve) -> bool:
-            preds = vp.evaluation.predictions
-            curve.append(
-                {
-                    "fraction": vp.fraction,
-                    "correct": [[int(p.correct(f)) for f in p.gold] for p in preds],
-                    "logprob": [
-                        sum(math.log(max(p.probs[f][p.gold[f]], 1e-12)) for f in p.gold) / len(p.gold) for p in preds
-                    ],
-                }
-            )
+            curve.append({"fraction": vp.fraction, **_examples(vp.evaluation)})
             return False
 
+        def progress(line: str, marks=marks) -> None:
+            if line.startswith("cool-down branch"):
+                marks["branch"] = time.monotonic()
+            elif line.startswith("after the cool-down"):
+                marks["branch_s"] = marks.get("branch_s", 0.0) + time.monotonic() - marks.pop("branch")
+
         t0 = time.monotonic()
-        request = TrialRequest(
-            config.trial_params(point),
-            data.dataset,
-            data.test_examples,
-            data.validation_examples,
-            work / f"p{n}",
-            validate_at=fractions,
-        )
-        result = QLoRAObjective(config)(request, TrialHooks(on_validation=record))
-        out["points"][point_key(point)] = {"params": point, "steps": result.max_steps, "curve": curve}
+        objective = QLoRAObjective(config)
+        for until in segments:
+            request = TrialRequest(
+                config.trial_params(point),
+                data.dataset,
+                data.test_examples,
+                data.validation_examples,
+                work / f"p{n}",
+                train_until=until,
+                validate_at=fractions,
+            )
+            result = objective(request, TrialHooks(on_validation=record, progress=progress))
+            cooled += [
+                {
+                    "fraction": vp.fraction,
+                    "cost": vp.cooldown_steps / result.max_steps,
+                    "eval_s": vp.evaluation.seconds,
+                    **_examples(vp.evaluation),
+                }
+                for vp in result.cooldown_curve
+                if vp.evaluation is not None
+            ]
+        out["points"][point_key(point)] = {
+            "params": point,
+            "steps": result.max_steps,
+            "curve": curve,
+            "cooldown": cooled,
+            "seconds": time.monotonic() - t0,
+            "branch_s": marks.get("branch_s", 0.0),
+            "eval_s": statistics.mean(c["eval_s"] for c in curve) if curve and "eval_s" in curve[0] else None,
+        }
         print(
             f"grid {n + 1}: {point_key(point)}: final validation {100 * _mean_acc(curve[-1]['correct']):.1f}% "
             f"({time.monotonic() - t0:.0f} s)",
@@ -117,6 +162,16 @@ def grid_curves(
         )
     path.write_text(json.dumps(out))
     return out
+
+
+def _examples(evaluation) -> dict[str, Any]:
+    """Per example: correctness of each field (0/1) and the mean gold-label log-probability."""
+    preds = evaluation.predictions
+    return {
+        "correct": [[int(p.correct(f)) for f in p.gold] for p in preds],
+        "logprob": [sum(math.log(max(p.probs[f][p.gold[f]], 1e-12)) for f in p.gold) / len(p.gold) for p in preds],
+        "eval_s": evaluation.seconds,
+    }
 
 
 def _mean_acc(correct: list[list[int]], idx: list[int] | None = None) -> float:
@@ -133,16 +188,38 @@ class Curves:
         self.params = {k: v["params"] for k, v in data["points"].items()}
         n = len(data["points"][self.keys[0]]["curve"][0]["correct"])
         rng = random.Random(seed)
-        idx = [rng.randrange(n) for _ in range(n)]
+        idx = [rng.randrange(n) for _ in range(n)] if seed >= 0 else list(range(n))
+        self.idx, self.raw = idx, data["points"]
         self.acc = {k: [_mean_acc(p["correct"], idx) for p in v["curve"]] for k, v in data["points"].items()}
         self.lp = {k: [sum(p["logprob"][i] for i in idx) / n for p in v["curve"]] for k, v in data["points"].items()}
         self.best = max(a[-1] for a in self.acc.values())
         self.fractions = {k: [p["fraction"] for p in v["curve"]] for k, v in data["points"].items()}
+        self.cooled = {k: v.get("cooldown") or [] for k, v in data["points"].items()}
+        self.has_cooldown = all(self.cooled.values())
 
     def at(self, metric: str, key: str, fraction: float) -> float:
         """The metric at the validation point nearest ``fraction`` of training."""
         i = min(range(len(self.fractions[key])), key=lambda j: abs(self.fractions[key][j] - fraction))
         return (self.acc if metric == "accuracy" else self.lp)[key][i]
+
+    def cooled_at(self, key: str, fraction: float) -> dict[str, Any]:
+        """The cool-down branch's scores at the rung nearest ``fraction``."""
+        return min(self.cooled[key], key=lambda c: abs(c["fraction"] - fraction))
+
+    def per_example(self, metric: str, key: str, fraction: float, cooldown: bool) -> list[float]:
+        """Per resampled example: mean field correctness or gold-label log-probability."""
+        if cooldown:
+            point = self.cooled_at(key, fraction)
+        else:
+            i = min(range(len(self.fractions[key])), key=lambda j: abs(self.fractions[key][j] - fraction))
+            point = self.raw[key]["curve"][i]
+        if metric == "accuracy":
+            return [sum(point["correct"][i]) / len(point["correct"][i]) for i in self.idx]
+        return [point["logprob"][i] for i in self.idx]
+
+    def cooled_metric(self, metric: str, key: str, fraction: float) -> float:
+        values = self.per_example(metric, key, fraction, True)
+        return sum(values) / len(values)
 
 
 class Run:
@@ -152,8 +229,10 @@ class Run:
         self.curves, self.spent, self.events = curves, 0.0, []
         self.best = -1.0
 
-    def train(self, key: str, to: float, done: float = 0.0) -> None:
-        self.spent += (to - done) / len(self.curves.keys)
+    def train(self, key: str, to: float, done: float = 0.0, extra: float = 0.0) -> None:
+        """Train ``key`` from ``done`` to ``to`` of its training (plus ``extra``: a
+        cool-down branch, in the same unit)."""
+        self.spent += (to - done + extra) / len(self.curves.keys)
         if to >= 1.0:
             self.best = max(self.best, self.curves.acc[key][-1])
         self.events.append((self.spent, self.best))
@@ -222,8 +301,19 @@ def optuna_strategy(
     return run
 
 
-def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, eta: int = 3) -> Run:
-    """This project's successive halving over checkpoints (``search._halving``)."""
+def halving_strategy(
+    curves: Curves,
+    metric: str,
+    rungs: list[float] = RUNGS,
+    eta: int = 3,
+    cooldown: bool = False,
+    paired: float | None = None,
+) -> Run:
+    """This project's successive halving over checkpoints (``search._halving``);
+    ``cooldown``: each rung but the last scored after its cool-down branch (charged);
+    ``paired``: also promoted, up to twice as many, whoever a one-sided paired t-test on
+    the rung's per-example scores does not find worse than the last promoted one at this
+    significance level."""
     from optuna_search.search.loop import HalvingConfig, Promote, PruneRest, Status, Train, next_action
 
     run = Run(curves)
@@ -235,12 +325,22 @@ def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, et
         ]
         a = next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(rungs), eta=eta)
         if isinstance(a, Train):
-            s = state[a.key]
-            run.train(a.key, rungs[a.rung], rungs[s["reached"]] if s["reached"] >= 0 else 0.0)
-            s["reached"], s["metrics"][a.rung] = a.rung, curves.at(metric, a.key, rungs[a.rung])
+            s, f = state[a.key], rungs[a.rung]
+            cooled = cooldown and f < 1.0
+            run.train(
+                a.key,
+                f,
+                rungs[s["reached"]] if s["reached"] >= 0 else 0.0,
+                curves.cooled_at(a.key, f)["cost"] if cooled else 0.0,
+            )
+            s["reached"] = a.rung
+            s["metrics"][a.rung] = curves.cooled_metric(metric, a.key, f) if cooled else curves.at(metric, a.key, f)
             s["state"] = Status.COMPLETE if a.rung == len(rungs) - 1 else Status.PAUSED
         elif isinstance(a, Promote):
-            promoted[a.rung] = list(a.keys)
+            keys = list(a.keys)
+            if paired is not None:
+                keys += not_worse(curves, metric, a.rung, rungs[a.rung], cooldown, keys, state, paired)
+            promoted[a.rung] = keys
         elif isinstance(a, PruneRest):
             for k in a.keys:
                 state[k]["state"] = Status.PRUNED
@@ -248,7 +348,35 @@ def halving_strategy(curves: Curves, metric: str, rungs: list[float] = RUNGS, et
             return run
 
 
-def strategies(n: int) -> dict[str, Callable[[Curves, int], Run]]:
+def not_worse(
+    curves: Curves,
+    metric: str,
+    rung: int,
+    fraction: float,
+    cooldown: bool,
+    keys: list[str],
+    state: dict[str, dict[str, Any]],
+    alpha: float,
+) -> list[str]:
+    """The configurations left out at a rung that a one-sided paired t-test over the
+    validation examples does not find worse than the last one promoted (at most as many
+    again as were promoted, best first)."""
+    from scipy.stats import ttest_rel
+
+    cut = curves.per_example(metric, keys[-1], fraction, cooldown)
+    others = sorted(
+        (k for k, s in state.items() if k not in keys and s["reached"] == rung),
+        key=lambda k: -state[k]["metrics"][rung],
+    )
+    out = []
+    for k in others:
+        mine = curves.per_example(metric, k, fraction, cooldown)
+        if mine == cut or ttest_rel(cut, mine, alternative="greater").pvalue >= alpha:
+            out.append(k)
+    return out[: len(keys)]
+
+
+def strategies(n: int, cooldown: bool = False) -> dict[str, Callable[[Curves, int], Run]]:
     hb4 = [0.25, 0.5, 0.75, 1.0]  # the search presets' 2 validation points per epoch over 2 epochs
     fine = [k / 9 for k in range(1, 10)]
     tpe = lambda s: optuna.samplers.TPESampler(seed=s, multivariate=True, constant_liar=True, n_startup_trials=4)  # noqa: E731
@@ -297,13 +425,34 @@ def strategies(n: int) -> dict[str, Callable[[Curves, int], Run]]:
         "successive halving (accuracy), rungs 1/4, 1, eta 4": lambda c, s: halving_strategy(
             c, "accuracy", [0.25, 1.0], 4
         ),
+        **(cooled_strategies() if cooldown else {}),
     }
+
+
+def cooled_strategies() -> dict[str, Callable[[Curves, int], Run]]:
+    """Successive halving with each rung scored after its cool-down branch (charged), and
+    with paired promotions."""
+    out: dict[str, Callable[[Curves, int], Run]] = {}
+    for metric in ("accuracy", "label_logprob"):
+        for rungs, eta, name in (
+            ([1 / 9, 1 / 3, 1.0], 3, "rungs 1/9, 1/3, 1, eta 3"),
+            ([0.25, 1.0], 4, "rungs 1/4, 1, eta 4"),
+            ([1 / 9, 1.0], 4, "rungs 1/9, 1, eta 4"),
+            ([1 / 9, 1.0], 6, "rungs 1/9, 1, eta 6"),
+        ):
+            out[f"successive halving + cool-down ({metric}), {name}"] = lambda c, s, m=metric, r=rungs, e=eta: (
+                halving_strategy(c, m, r, e, cooldown=True)
+            )
+            out[f"successive halving + cool-down, paired ({metric}), {name}"] = lambda c, s, m=metric, r=rungs, e=eta: (
+                halving_strategy(c, m, r, e, cooldown=True, paired=0.05)
+            )
+    return out
 
 
 def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
     n = len(data["points"])
     rows = {}
-    for name, strategy in strategies(n).items():
+    for name, strategy in strategies(n, Curves(data, 0).has_cooldown).items():
         within, fractions, gaps, spent, end_gaps, reached_all = 0, [], [], [], [], []
         for seed in range(seeds):
             curves = Curves(data, seed)
@@ -332,8 +481,6 @@ def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
 def spearman(data: dict[str, Any]) -> list[tuple[float, str, float]]:
     """Spearman's rho between each early point's metric and the final validation
     accuracy over the grid's points (full validation set): does early predict late?"""
-    from scipy.stats import spearmanr
-
     curves = Curves(data, seed=-1)
     curves.acc = {k: [_mean_acc(p["correct"]) for p in v["curve"]] for k, v in data["points"].items()}
     curves.lp = {k: [sum(p["logprob"]) / len(p["logprob"]) for p in v["curve"]] for k, v in data["points"].items()}
@@ -342,9 +489,58 @@ def spearman(data: dict[str, Any]) -> list[tuple[float, str, float]]:
     for f in (1 / 9, 1 / 4, 1 / 3, 1 / 2):
         for metric in ("accuracy", "label_logprob"):
             xs = [curves.at(metric, k, f) for k in curves.keys]
-            rho = float(spearmanr(xs, finals).statistic) if len(set(xs)) > 1 else float("nan")
-            out.append((f, metric, rho))
+            out.append((f, metric, _rho(xs, finals)))
+            if curves.has_cooldown:
+                xs = [curves.cooled_metric(metric, k, f) for k in curves.keys]
+                out.append((f, f"{metric} after the cool-down", _rho(xs, finals)))
     return out
+
+
+def _rho(xs: list[float], ys: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(xs, ys).statistic) if len(set(xs)) > 1 else float("nan")
+
+
+def compare_winners(new: dict[str, Any], old: dict[str, Any]) -> str:
+    """Whether the grid trained one way (``new``) picks the configuration the other
+    (``old``) picks: each one's winner, its accuracy in both, the rank correlation."""
+
+    def finals(data):
+        return {k: _mean_acc(v["curve"][-1]["correct"]) for k, v in data["points"].items()}
+
+    a, b = finals(new), finals(old)
+    keys = [k for k in a if k in b]
+    wa, wb = max(keys, key=a.__getitem__), max(keys, key=b.__getitem__)
+    return (
+        f"winner with {_schedule(new)}: {wa} ({100 * a[wa]:.1f}%; {100 * b[wa]:.1f}% with {_schedule(old)}); "
+        f"winner with {_schedule(old)}: {wb} ({100 * b[wb]:.1f}%; {100 * a[wb]:.1f}% with {_schedule(new)}); "
+        f"{'the same' if wa == wb else 'different'} winner; Spearman's rho of the final accuracies = "
+        f"{_rho([a[k] for k in keys], [b[k] for k in keys]):+.2f}; best {100 * a[wa]:.1f}% vs {100 * b[wb]:.1f}%"
+    )
+
+
+def _schedule(data: dict[str, Any]) -> str:
+    return f"{data.get('lr_scheduler', 'cosine')}{' + cool-down rungs' if data.get('cooldown') else ''}"
+
+
+def rung_costs(data: dict[str, Any]) -> str | None:
+    """What a rung costs: its validation pass, and its cool-down branch (training and
+    validation), against the point's whole training."""
+    points = [v for v in data["points"].values() if v.get("cooldown") and v.get("seconds")]
+    if not points:
+        return None
+    evals = statistics.mean(v["eval_s"] for v in points)
+    branch = statistics.mean(v["branch_s"] / len(v["cooldown"]) for v in points)
+    whole = statistics.mean(v["seconds"] for v in points)
+    cost = statistics.mean(c["cost"] for v in points for c in v["cooldown"])
+    rungs = ", ".join(f"{c['fraction']:.2f}" for c in points[0]["cooldown"])
+    return (
+        f"a validation pass {evals:.1f} s; a cool-down branch {branch:.1f} s with its validation "
+        f"({cost:.3f} of a full training's steps on average over the rungs "
+        f"{rungs}); a point's whole grid run "
+        f"{whole:.0f} s"
+    )
 
 
 # -- 3. live ---------------------------------------------------------------------------------
@@ -437,7 +633,7 @@ SPACES: dict[str, tuple[dict[str, list], str, list[str], int]] = {
     "smoke": (
         {"lora_r": [4, 8]},
         "demo-search",
-        ["train.epochs=1", "data.train_samples=64", "eval.validation_samples=10"],
+        ["train.epochs=1", "data.train_samples=64", "eval.validation_samples=10", "study.cooldown=true"],
         REAL_POINTS,
     ),
 }
@@ -456,13 +652,18 @@ def parse_space(text: str, preset: str) -> tuple[dict[str, list], str, list[str]
 
 
 def curves_path(space: dict[str, list], preset: str, sets: list[str], points: int) -> Path:
-    """The grid's curves are cached per space, preset, overrides and validation points
-    (under ``$OPTUNA_SEARCH_CACHE/benchmarks``): a second run replays without training."""
+    """The grid's curves are cached per space, preset, overrides, validation points and
+    the resolved schedule (learning-rate schedule, rung cool-downs: a preset's change is a
+    new grid) under ``$OPTUNA_SEARCH_CACHE/benchmarks``: a second run replays without
+    training."""
     import hashlib
 
     from optuna_search.objectives import cache_root
+    from optuna_search.search import load_config
 
-    key = json.dumps([space, preset, sets, points], sort_keys=True, default=str)
+    config = load_config(preset=preset, sets=sets)
+    schedule = [config.train.lr_scheduler, config.study.cooldown, config.train.decay_ratio]
+    key = json.dumps([space, preset, sets, points, schedule], sort_keys=True, default=str)
     return cache_root() / "benchmarks" / f"curves-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -481,6 +682,9 @@ def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) 
     print("early signal (Spearman's rho with the final validation accuracy, over the grid's points):")
     for f, metric, rho in spearman(data):
         print(f"  at {100 * f:.0f}% of training, {metric}: rho = {rho:+.2f}")
+    costs = rung_costs(data)
+    if costs:
+        print(f"rung costs: {costs}")
     rows = replay(data, seeds)
     width = max(map(len, rows))
     print(
@@ -531,6 +735,15 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a config override for every space's training, as `run --set` takes it",
     )
+    ap.add_argument(
+        "--compare-set",
+        dest="compare_sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also train (or read) each space's grid with these overrides and say whether its winner is the same, "
+        "e.g. --compare-set train.lr_scheduler=\"'cosine'\" --compare-set study.cooldown=false",
+    )
     ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--curves", type=Path, help="the grid's curves (JSON) of a single space; default: cached per space")
     ap.add_argument("--real", action="store_true", help="the same as --space real")
@@ -568,6 +781,12 @@ def main() -> None:
             return
         rows = report_space(name, data, args.seeds, time.monotonic() - t0)
         worst[name] = rows[DEFAULT_STRATEGY]["p"]
+        if args.compare_sets:
+            other_sets = [*sets[:-2], *args.compare_sets, *sets[-2:]]
+            other = curves_path(space, preset, other_sets, points)
+            other.parent.mkdir(parents=True, exist_ok=True)
+            print(f"against the grid with {' '.join(args.compare_sets)}: ", end="", flush=True)
+            print(compare_winners(data, grid_curves(space, preset, other_sets, other, points)))
         if not args.no_live:
             metric = "accuracy"
             fraction, best, grid_best = live(data, preset, sets, [0.25, 1.0], 4, metric)

@@ -16,7 +16,6 @@ from optuna_search.core._identity import (
 from optuna_search.core._params import (
     BY_NAME,
     HYPERPARAMETERS,
-    WSD,
     TrialParams,
     point_dirname,
     point_key,
@@ -34,7 +33,6 @@ __all__ = [
     "LOCATION_KEYS",
     "PAUSED_ATTR",
     "SECTIONS",
-    "WSD",
     "Config",
     "SplitScores",
     "StorageSection",

@@ -51,6 +51,8 @@ LEGACY_VALUES: dict[str, Any] = {
     "study.rungs": [0.111, 0.333, 1.0],
     "study.eta": 3,
     "study.prune_on": "accuracy",
+    "study.cooldown": False,
+    "train.decay_ratio": 0.2,
     "study.objectives": ["overall_accuracy"],
     "study.warm_start": "",
 }

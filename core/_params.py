@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 WSD = "warmup_stable_decay"
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", WSD)
-"""Learning-rate schedules (transformers' names). ``warmup_stable_decay`` (warm-up, a
-constant rate, then a 1-sqrt decay over ``train.decay_ratio`` of training) can be cut
-anywhere: successive halving scores each rung after a short cool-down branch."""
+"""Learning-rate schedules (transformers' names). ``warmup_stable_decay``: warm-up, a
+constant rate, then a 1-sqrt decay over ``train.decay_ratio`` of training (its constant
+phase can be cut anywhere: a rung's cool-down branch starts from the rate the run has)."""
 OPTIMIZERS = (
     "adamw_torch",
     "adamw_torch_fused",

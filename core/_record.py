@@ -131,6 +131,7 @@ _PLAIN = (
     ("rung", "rung"),
     ("rung_values", "rung_values"),
     ("cooldown_curve", "cooldown_curve"),
+    ("rung_examples", "rung_examples"),
     ("max_steps", "max_steps"),
     ("warm_start_from", "warm_start_from"),
     ("adapter_dir", "adapter_dir"),
@@ -202,8 +203,11 @@ class TrialRecord:
     """Successive halving: the study's prune_on metric at each rung reached ("0", "1", ...);
     under warmup_stable_decay, after the rung's cool-down branch."""
     cooldown_curve: list[dict[str, Any]] | None = None
-    """warmup_stable_decay: per rung, the validation scores after its cool-down branch
-    (point, step, fraction, accuracy, label_logprob, cooldown_steps)."""
+    """Successive halving with study.cooldown: per rung, the validation scores after its
+    cool-down branch (point, step, fraction, accuracy, label_logprob, cooldown_steps)."""
+    rung_examples: dict[str, list[float]] | None = None
+    """Successive halving: per rung reached ("0", ...), the prune_on metric of each
+    validation example at that rung (the evidence a paired comparison at the cut uses)."""
     max_steps: int | None = None
     """Optimizer steps of the whole training (optimizer_steps is where it stopped)."""
     warm_start_from: str | None = None

@@ -87,6 +87,15 @@ class StudySection:
     increasing, ending at 1.0."""
     eta: int = 3
     """successive_halving: 1/eta of the configurations go on at each rung."""
+    cooldown: bool = False
+    """successive_halving: score each rung but the last after a cool-down branch. From the
+    paused checkpoint the learning rate falls to 0 (1-sqrt) over train.decay_ratio /
+    (1 - train.decay_ratio) of the steps so far; the configuration is validated there and
+    the branch discarded; a promoted one resumes from the checkpoint on its own schedule.
+    A rung's score is then what the configuration reaches when trained to that budget,
+    not its state at a high learning rate (Hägele et al. 2024). It costs a quarter of each
+    rung's training at decay_ratio 0.2; benchmarks/search_efficiency.py found it not worth
+    that on the demo space (docs: Searching beyond the grid), hence off."""
     startup_trials: int = 4
     """tpe / gp: random trials before the model guides the search."""
     seed: int = 42
@@ -306,12 +315,10 @@ class TrainSection:
     warmup_ratio: float = 0.1
     """Fraction of steps with linear warm-up."""
     decay_ratio: float = 0.2
-    """warmup_stable_decay: fraction of training in the final decay (Hägele et al. 2024
-    found 20% as good as a cosine schedule). At a successive-halving rung the paused
-    configuration is scored after a cool-down branch from its stable-phase checkpoint,
-    decay_ratio / (1 - decay_ratio) of the steps so far long (a quarter at 0.2: the score
-    of a run trained to that budget); the branch is then discarded and a promoted
-    configuration resumes from the stable checkpoint."""
+    """Share of a run's budget in its final decay: warmup_stable_decay's decay (Hägele et
+    al. 2024 found 20% as good as a cosine schedule), and a successive-halving rung's
+    cool-down branch (study.cooldown): decay_ratio / (1 - decay_ratio) of the steps so
+    far, a quarter at 0.2."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0

@@ -2,13 +2,14 @@
 launch. Reads studies and trial records; never trains."""
 
 from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
-from optuna_search.dashboards._notes import field_rows, study_note, trial_note
+from optuna_search.dashboards._notes import field_rows, rung_line, study_note, trial_note
 from optuna_search.dashboards._report import (
     Report,
     collect_report,
     compare_with_baselines,
     load_predictions,
     render_markdown,
+    rung_decisions,
     write_report,
 )
 from optuna_search.dashboards._summary import (
@@ -41,6 +42,8 @@ __all__ = [
     "render_markdown",
     "render_status",
     "render_summary",
+    "rung_decisions",
+    "rung_line",
     "serve_dashboard",
     "status_report",
     "study_note",

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from optuna_search.core import Config, TrialRecord, markdown_table, num, pct
+from optuna_search.dashboards._report_model import RungDecision, RungEntry
 from optuna_search.dashboards._summary import SummaryRow, score_cells
+from optuna_search.objectives import ALPHA
 
 
 def field_rows(
@@ -133,9 +135,11 @@ def study_note(
     ensembles: list[dict[str, Any]] | None = None,
     headline: list[str] | None = None,
     validation_baselines: dict[str, dict[str, float]] | None = None,
+    rungs: list[RungDecision] | None = None,
 ) -> str:
     """``headline``: where the study stands (n of N, pruned, the best or the front);
-    baselines are shown on the test and (where stored) the validation subset."""
+    baselines are shown on the test and (where stored) the validation subset; ``rungs``:
+    successive halving's decisions and their evidence."""
     fields = list(config.data.fields)
     lines = [
         f"## {config.study.name}",
@@ -165,6 +169,8 @@ def study_note(
         for name, b in (baselines or {}).items()
     ]
     lines.append(markdown_table(head, table))
+    for d in rungs or []:
+        lines += ["", rung_line(d)]
     for e in ensembles or []:
         lines += ["", ensemble_line(e)]
     lines += ["", "Significance tests and the recommendation: `optuna-search report`."]
@@ -173,6 +179,27 @@ def study_note(
 
 def _method(config: Config) -> str:
     return "label scoring" if config.eval.method == "score" else "greedy decoding"
+
+
+def rung_line(d: RungDecision) -> str:
+    """'Rung 1 (25% of training, label_logprob after a 12-step cool-down): went on r=32
+    (-0.41); left out r=4 (-0.93, worse at p = 0.001), r=8 (-0.45, p = 0.31: not shown
+    worse)'."""
+
+    def left(e: RungEntry) -> str:
+        if e.p_worse is None:
+            return f"{e.config} ({num(e.score, '.4f')})"
+        verdict = "worse at" if e.p_worse < ALPHA else "not shown worse:"
+        return f"{e.config} ({num(e.score, '.4f')}, {verdict} p = {e.p_worse:.2g})"
+
+    cooled = f" after a {d.cooldown_steps}-step cool-down" if d.cooldown_steps else ""
+    went = ", ".join(f"{e.config} ({num(e.score, '.4f')})" for e in d.entries if e.promoted)
+    out = ", ".join(left(e) for e in d.entries if not e.promoted)
+    return (
+        f"Rung {d.rung + 1} ({100 * d.fraction:.0f}% of training, {d.metric}{cooled}): went on {went}"
+        + (f"; left out {out}" if out else "")
+        + " (paired t-test against the last one promoted)."
+    )
 
 
 def ensemble_line(e: dict[str, Any]) -> str:

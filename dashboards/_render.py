@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from optuna_search.core import markdown_table, num, pct
 from optuna_search.dashboards._summary import state_note
+from optuna_search.objectives import ALPHA
 
 if TYPE_CHECKING:
     from optuna_search.dashboards._report_model import Report
@@ -21,6 +22,7 @@ def render_markdown(rep: Report) -> str:
         _overfitting,
         _speed,
         _search,
+        _rungs,
         _early_signal,
         _importances,
         _pareto,
@@ -267,6 +269,51 @@ def _search(rep: Report) -> list[str]:
             f"{steps} optimizer steps, {100 * steps / full:.0f}% of training every configuration to its end."
         )
     return md + [""]
+
+
+def _rungs(rep: Report) -> list[str]:
+    """Successive halving's decisions: per decided rung, every configuration's score, what
+    went on, and the paired evidence against the last one promoted."""
+    md: list[str] = []
+    for d in rep.rungs:
+        cooled = d.cooldown_steps is not None
+        md += [
+            f"## Rung {d.rung + 1} ({100 * d.fraction:.0f}% of training): what went on and why",
+            "",
+            f"Ranked by {d.metric}"
+            + (
+                f" after a cool-down branch ({d.cooldown_steps} steps, the learning rate falling to 0; discarded)"
+                if cooled
+                else ""
+            )
+            + f"; the best 1/{rep.config.study.eta} went on. p: one-sided paired t-test that a configuration left "
+            "out is worse than the last one promoted, on the same validation examples (below "
+            f"{ALPHA:g}: the evidence supports the cut).",
+            "",
+            markdown_table(
+                ["Configuration", d.metric, *(["before the cool-down"] if cooled else []), "Went on", "p"],
+                [
+                    [
+                        e.config,
+                        num(e.score, ".4f"),
+                        *([num(e.stable, ".4f")] if cooled else []),
+                        "yes" if e.promoted else "no",
+                        "-" if e.p_worse is None else f"{e.p_worse:.3g}",
+                    ]
+                    for e in d.entries
+                ],
+            ),
+            "",
+        ]
+        if d.unsupported:
+            names = ", ".join(e.config for e in d.unsupported)
+            md += [
+                f"{len(d.unsupported)} left out without the evidence for it ({names}): the validation examples do "
+                "not tell them from the cut; more validation examples (eval.validation_samples) or a later rung "
+                "would.",
+                "",
+            ]
+    return md
 
 
 def _early_signal(rep: Report) -> list[str]:

@@ -20,16 +20,25 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
+from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record, point_key, short_point_key
 from optuna_search.dashboards._figures import build_figures
 from optuna_search.dashboards._render import render_markdown
-from optuna_search.dashboards._report_model import Comparison, EarlySignal, Report, ReportRow, Test
+from optuna_search.dashboards._report_model import (
+    Comparison,
+    EarlySignal,
+    Report,
+    ReportRow,
+    RungDecision,
+    RungEntry,
+    Test,
+)
 from optuna_search.objectives import (
     ALPHA,
     Prediction,
     correctness,
     holm,
     mcnemar_exact,
+    paired_worse,
     reliability_bins,
     wilson_interval,
 )
@@ -98,6 +107,7 @@ def collect_report(study: optuna.Study, config: Config, artifact_store: Any = No
         ensembles=ensembles,
         reliability=reliability,
         early_signal=early_signal(complete, config),
+        rungs=rung_decisions([r.record for r in rows], (meta.halving or {}).get("promoted", {}), config),
         importances=importances,
         importance_note=importance_note,
         recommendation=[],
@@ -230,6 +240,59 @@ def early_signal(complete: list[ReportRow], config: Config) -> list[EarlySignal]
                 EarlySignal(point, fraction.get(point), metric, float(res.statistic), float(res.pvalue), len(pairs))
             )
     return out
+
+
+def rung_decisions(records: list[TrialRecord], promoted: dict[str, list[str]], config: Config) -> list[RungDecision]:
+    """Successive halving's decided rungs: per configuration that reached one, its score,
+    whether it went on, and for the ones left out the paired evidence against the last
+    one promoted (a one-sided paired t-test on the rung's per-example scores)."""
+    keys = config.searched_keys()
+    by_key: dict[str, TrialRecord] = {}
+    for r in records:
+        if r.rung is not None and all(k in r.params for k in keys):
+            by_key[point_key({k: r.params[k] for k in keys})] = r
+    out = []
+    for rung_s, went_on in sorted(promoted.items(), key=lambda kv: int(kv[0])):
+        reached = [(k, r) for k, r in by_key.items() if (r.rung_values or {}).get(rung_s) is not None]
+        reached.sort(key=lambda kr: -(kr[1].rung_values or {})[rung_s])
+        cut = next((r for k, r in reversed(reached) if k in went_on), None)
+        cut_examples = (cut.rung_examples or {}).get(rung_s) if cut else None
+        entries = []
+        for k, r in reached:
+            mine = (r.rung_examples or {}).get(rung_s)
+            p = paired_worse(cut_examples, mine) if cut_examples and mine and k not in went_on else None
+            cooled = _cooled_at(r, int(rung_s), config)
+            entries.append(
+                RungEntry(_label(r), (r.rung_values or {})[rung_s], k in went_on, p, cooled[1] if cooled else None)
+            )
+        first = next((_cooled_at(r, int(rung_s), config) for _, r in reached), None)
+        out.append(
+            RungDecision(
+                int(rung_s),
+                config.study.rungs[int(rung_s)],
+                config.study.prune_on,
+                first[0] if first else None,
+                entries,
+            )
+        )
+    return out
+
+
+def _cooled_at(record: TrialRecord, rung: int, config: Config) -> tuple[int, float | None] | None:
+    """(cool-down steps, the metric measured before the branch) where it was cooled down
+    at the rung; None where it was not."""
+    if not record.max_steps:
+        return None
+    step = min(record.max_steps, max(1, round(config.study.rungs[rung] * record.max_steps)))
+    cooled = next((c for c in record.cooldown_curve or [] if c["step"] == step), None)
+    if cooled is None:
+        return None
+    stable = next((v.get(config.study.prune_on) for v in record.validation_curve or [] if v["step"] == step), None)
+    return int(cooled["cooldown_steps"]), stable
+
+
+def _label(record: TrialRecord) -> str:
+    return short_point_key(record.params)
 
 
 def _importances(study: optuna.Study, config: Config, complete: list[ReportRow]) -> tuple[dict[str, float] | None, str]:

@@ -86,6 +86,37 @@ class EarlySignal:
 
 
 @dataclass
+class RungEntry:
+    """One configuration at a decided successive-halving rung."""
+
+    config: str
+    score: float | None
+    """The study's prune_on metric there (after the rung's cool-down branch if it had one)."""
+    promoted: bool
+    p_worse: float | None = None
+    """Left out: one-sided paired t-test p-value that it is worse than the last promoted
+    configuration on the same validation examples (None without per-example scores)."""
+    stable: float | None = None
+    """With a cool-down branch: the metric measured before it, on the run itself."""
+
+
+@dataclass
+class RungDecision:
+    """A decided rung: where, what was compared, what went on and the evidence."""
+
+    rung: int
+    fraction: float
+    metric: str
+    cooldown_steps: int | None
+    entries: list[RungEntry]
+
+    @property
+    def unsupported(self) -> list[RungEntry]:
+        """Left out although a paired test does not find them worse than the cut."""
+        return [e for e in self.entries if not e.promoted and e.p_worse is not None and e.p_worse >= ALPHA]
+
+
+@dataclass
 class Report:
     study: str
     config: Config
@@ -100,6 +131,7 @@ class Report:
     ensembles: list[dict[str, Any]]
     reliability: dict[str, dict[str, list[dict[str, float]]]]
     early_signal: list[EarlySignal]
+    rungs: list[RungDecision]
     importances: dict[str, float] | None
     importance_note: str
     recommendation: list[str]

@@ -55,7 +55,14 @@ from optuna_search.objectives._protocol import (
 from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.objectives._quality import check_quality, quality_warnings, render_distribution
 from optuna_search.objectives._quiet import quiet_libraries
-from optuna_search.objectives._stats import ALPHA, holm, mcnemar_exact, reliability_bins, wilson_interval
+from optuna_search.objectives._stats import (
+    ALPHA,
+    holm,
+    mcnemar_exact,
+    paired_worse,
+    reliability_bins,
+    wilson_interval,
+)
 from optuna_search.objectives._train import Collator, stop_step
 
 
@@ -117,6 +124,7 @@ __all__ = [
     "merged_model",
     "model_source",
     "native_bf16",
+    "paired_worse",
     "parse_prediction",
     "pick_compute_dtype",
     "prefer_expandable_segments",

@@ -86,3 +86,18 @@ class Evaluation:
     scores: SplitScores
     seconds: float
     method: str = field(default="generate")
+
+    def per_example(self, metric: str) -> list[float] | None:
+        """Per example, in order: the mean correctness over the fields (``accuracy``: its
+        mean is the overall accuracy) or the mean log-probability of the correct labels
+        (``label_logprob``; None without label probabilities). A paired comparison of two
+        configurations on the same examples needs these."""
+        preds, fields = self.predictions, list(self.scores.accuracy)
+        if metric == "accuracy":
+            return [sum(p.correct(f) for f in fields) / len(fields) for p in preds]
+        if any(p.probs is None for p in preds):
+            return None
+        return [
+            sum(math.log(max((p.probs or {})[f].get(p.gold[f], 0.0), 1e-12)) for f in fields) / len(fields)
+            for p in preds
+        ]

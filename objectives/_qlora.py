@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import WSD, Config
+from optuna_search.core import Config
 from optuna_search.objectives._evaluate import Evaluator
 from optuna_search.objectives._memory import oom_phase, release_memory
 from optuna_search.objectives._metrics import Evaluation
@@ -148,8 +148,8 @@ class QLoRAObjective:
                 trial.trainer.train(resume_from_checkpoint=str(last) if last else None)
             self._raise_if_stopped(trial.trainer, trial.callback)
         if paused is not None or (trial.callback.paused and self._cools_down(request, None)):
-            # A rung under warmup_stable_decay: scored after a cool-down branch from the
-            # stable checkpoint just written (or found: killed during its branch).
+            # A rung: scored after a cool-down branch from the checkpoint just written (or
+            # found: killed during its branch).
             self._cool_down(request, hooks, trial, encoder, rt)
             if paused is not None:
                 return self._already_there(last, request.train_until) or paused
@@ -157,9 +157,9 @@ class QLoRAObjective:
         return self._result(request, trial, test, adapter, rt, t0, resumed_from)
 
     def _cools_down(self, request: TrialRequest, paused: TrialResult | None) -> bool:
-        """A rung of a warmup_stable_decay run gets a cool-down branch, once: a paused
-        result read back from its checkpoint already has it when its rung's score is there."""
-        if request.params.lr_scheduler != WSD or request.train_until >= 1.0:
+        """A successive-halving rung is scored after a cool-down branch (study.cooldown),
+        once: a paused result read back from its checkpoint has it when its score is there."""
+        if not self.config.study.cooldown or request.train_until >= 1.0:
             return False
         return paused is None or not any(vp.step == paused.optimizer_steps for vp in paused.cooldown_curve)
 

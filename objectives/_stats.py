@@ -53,6 +53,20 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> McNem
     return McNemar(only_a, only_b, len(a_correct), p)
 
 
+def paired_worse(better: Sequence[float], other: Sequence[float]) -> float:
+    """One-sided paired t-test (scipy) that ``other`` scores lower than ``better`` on the
+    same examples (per-example scores, same order): its p-value; 1.0 when they never
+    differ. What a successive-halving rung's cut is judged by: two configurations
+    scored on one validation subset differ by less than either's own interval says."""
+    from scipy.stats import ttest_rel
+
+    if len(better) != len(other):
+        raise ValueError("a paired test needs scores on the same examples")
+    if all(a == b for a, b in zip(better, other)):
+        return 1.0
+    return float(ttest_rel(better, other, alternative="greater").pvalue)
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment of a family of p-values (controls the family-wise
     error rate): the i-th smallest is multiplied by (m - i), then made non-decreasing."""

@@ -23,31 +23,44 @@ from optuna_search.objectives._train import Progress, ValidationRun, decay_steps
 
 @dataclass(frozen=True)
 class Branch:
-    """A cool-down branch: from the stable-phase checkpoint at ``start``, ``length``
-    steps whose learning rate falls from the run's (at ``start``) to 0 (1-sqrt), of a
-    run of ``main_steps`` steps."""
+    """A cool-down branch: from the checkpoint at ``start``, ``length`` steps whose
+    learning rate falls from the run's (at ``start``) to 0 (1-sqrt), of a run of
+    ``main_steps`` steps."""
 
     start: int
     length: int
     main_steps: int
 
 
-def wsd_schedule(optimizer, *, warmup_steps: int, main_steps: int, decay_ratio: float, branch: Branch | None = None):
-    """transformers' warmup-stable-decay schedule (1-sqrt decay over ``decay_ratio`` of
-    the run), or its cool-down branch: the run's rate up to ``branch.start``, then a
-    1-sqrt decay to 0 over ``branch.length`` steps."""
-    from torch.optim.lr_scheduler import LambdaLR
-    from transformers.optimization import get_wsd_schedule
+def run_schedule(optimizer, args: Any, main_steps: int, decay_ratio: float):
+    """The run's learning-rate schedule over ``main_steps``: transformers' own, its
+    warmup-stable-decay with a 1-sqrt decay over ``decay_ratio`` of the run."""
+    from transformers.optimization import get_scheduler, get_wsd_schedule
 
-    run = get_wsd_schedule(
-        optimizer,
-        num_warmup_steps=warmup_steps,
-        num_decay_steps=decay_steps(main_steps, decay_ratio),
+    warmup = args.get_warmup_steps(main_steps)
+    if args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
+        return get_wsd_schedule(
+            optimizer,
+            num_warmup_steps=warmup,
+            num_decay_steps=decay_steps(main_steps, decay_ratio),
+            num_training_steps=main_steps,
+            decay_type="1-sqrt",
+        )
+    return get_scheduler(
+        args.lr_scheduler_type,
+        optimizer=optimizer,
+        num_warmup_steps=warmup,
         num_training_steps=main_steps,
-        decay_type="1-sqrt",
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
     )
-    if branch is None:
-        return run
+
+
+def cool_down(optimizer, run, branch: Branch):
+    """The cool-down branch of the schedule ``run`` (a LambdaLR, as all of transformers'
+    are): the run's rate up to ``branch.start``, then a 1-sqrt decay to 0 over
+    ``branch.length`` steps."""
+    from torch.optim.lr_scheduler import LambdaLR
+
     of_run = run.lr_lambdas[0]
 
     def rate(step: int) -> float:
@@ -81,17 +94,14 @@ class StudyTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
         """warmup_stable_decay with the study's decay share (transformers' needs the decay
-        in steps, known only here), or a cool-down branch of it; other schedules as
-        Trainer makes them."""
-        if self.lr_scheduler is None and self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY:
+        in steps, known only here), or a cool-down branch of the run's schedule; other
+        schedules as Trainer makes them."""
+        wsd = self.args.lr_scheduler_type == SchedulerType.WARMUP_STABLE_DECAY
+        if self.lr_scheduler is None and (wsd or self.branch is not None):
+            optimizer = optimizer or self.optimizer
             main_steps = self.branch.main_steps if self.branch else num_training_steps
-            self.lr_scheduler = wsd_schedule(
-                optimizer or self.optimizer,
-                warmup_steps=self.args.get_warmup_steps(main_steps),
-                main_steps=main_steps,
-                decay_ratio=self.decay_ratio,
-                branch=self.branch,
-            )
+            schedule = run_schedule(optimizer, self.args, main_steps, self.decay_ratio)
+            self.lr_scheduler = cool_down(optimizer, schedule, self.branch) if self.branch else schedule
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
 

@@ -23,6 +23,7 @@ a storage setter (``tests/test_layers.py`` scans for them); the samplers' own bo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -249,6 +250,9 @@ class Ledger:
     def pause(self, trial: Trial, record: TrialRecord, rung: int) -> None:
         """Stopped at a rung's checkpoint (successive halving), or interrupted between
         rungs: the same trial waits, RUNNING without a heartbeat, and resumes later."""
+        if record.rung_examples:  # one rung's evidence: the earlier rungs' stay beside it
+            before = stored_trial(self.study, trial).user_attrs.get("rung_examples") or {}
+            record = dataclasses.replace(record, rung_examples={**before, **record.rung_examples})
         self._write(trial, record)
         pause(self.study, trial, rung)
         self._commit(CommitKind.PAUSE, trial)

@@ -134,9 +134,44 @@ def test_search_efficiency_takes_any_grid_and_reads_p90_from_the_seeds():
     reached = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, None, None]
     assert se.compute_at(reached) == float("inf") and se.compute_at(reached, p=0.8) == 0.8
     assert se.compute_at([0.3] * 9 + [None]) == 0.3
-    a = se.curves_path({"lora_r": [4]}, "demo-search", ["x=1"], 9)
+    a = se.curves_path({"lora_r": [4]}, "demo-search", ["train.epochs=1"], 9)
     assert (
         a
-        == se.curves_path({"lora_r": [4]}, "demo-search", ["x=1"], 9)
-        != se.curves_path({"lora_r": [8]}, "demo-search", ["x=1"], 9)
+        == se.curves_path({"lora_r": [4]}, "demo-search", ["train.epochs=1"], 9)
+        != se.curves_path({"lora_r": [8]}, "demo-search", ["train.epochs=1"], 9)
     )
+    # The resolved schedule is part of the key: the same overrides on another schedule
+    # are another grid.
+    assert a != se.curves_path({"lora_r": [4]}, "demo-search", ["train.epochs=1", "train.lr_scheduler='cosine'"], 9)
+
+
+def test_search_efficiency_decides_a_rung_on_the_cool_down_scores_and_charges_the_branch():
+    """Given curves where the configuration that looks best at the rung's peak learning
+    rate is not the one that is best after a cool-down (nor at the end), halving on the
+    cool-down scores promotes the latter, and pays for the branches."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import search_efficiency as se
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def point(before: int, after: int, end: int) -> dict:
+        def at(fraction, right):
+            return {"fraction": fraction, "correct": [[1]] * right + [[0]] * (10 - right), "logprob": [0.0] * 10}
+
+        return {
+            "params": {},
+            "steps": 100,
+            "curve": [at(0.25, before), at(1.0, end)],
+            "cooldown": [{**at(0.25, after), "cost": 0.05}],
+        }
+
+    data = {"points": {"a": point(8, 5, 5), "b": point(6, 9, 9), "c": point(4, 3, 4), "d": point(3, 2, 3)}}
+    curves = se.Curves(data, seed=-1)  # every validation example once
+    assert curves.has_cooldown and curves.cooled_metric("accuracy", "b", 0.25) == 0.9
+    plain = se.halving_strategy(curves, "accuracy", [0.25, 1.0], 4)
+    cooled = se.halving_strategy(curves, "accuracy", [0.25, 1.0], 4, cooldown=True)
+    assert plain.best == 0.5 and cooled.best == 0.9  # "a" went on before the cool-down, "b" after it
+    # Four to 1/4, one finalist to the end; the branches add 0.05 each (four of them).
+    assert plain.spent == pytest.approx((4 * 0.25 + 0.75) / 4)
+    assert cooled.spent == pytest.approx((4 * 0.25 + 4 * 0.05 + 0.75) / 4)

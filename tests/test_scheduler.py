@@ -322,6 +322,40 @@ def test_halving_decisions_rung_by_rung():
     assert halving.cost(12, [1 / 9, 1 / 3, 1.0], 3) == pytest.approx(12 / 9 + 4 * 2 / 9 + 2 * 2 / 3)
 
 
+def test_a_rungs_decision_names_its_paired_evidence_for_each_configuration_left_out():
+    """The report's and the note's account of a rung: who went on, and for each one left
+    out whether the same validation examples show it worse than the last one promoted."""
+    from optuna_search.dashboards import rung_decisions, rung_line
+
+    config = load_config(
+        preset="demo",
+        sets=[
+            "study.grid={lora_r=[4, 8, 16]}",
+            "study.schedule='successive_halving'",
+            "study.rungs=[0.5, 1.0]",
+            "study.eta=3",
+        ],
+    )
+
+    def at_rung(r, right):  # ``right`` of 100 validation examples right at the rung
+        examples = [1.0] * right + [0.0] * (100 - right)
+        return TrialRecord(params={"lora_r": r}, rung=0, rung_values={"0": right / 100}, rung_examples={"0": examples})
+
+    records = [at_rung(4, 80), at_rung(8, 50), at_rung(16, 79)]
+    (d,) = rung_decisions(records, {"0": [point_key({"lora_r": 4})]}, config)
+    assert [(e.config, e.promoted) for e in d.entries] == [
+        ("lora_r=4", True),
+        ("lora_r=16", False),
+        ("lora_r=8", False),
+    ]
+    top, close, far = d.entries
+    assert top.p_worse is None and far.p_worse < 0.001 and close.p_worse > 0.05
+    assert d.unsupported == [close]  # left out without evidence: the examples cannot tell r=16 from r=4
+    line = rung_line(d)
+    assert line.startswith("Rung 1 (50% of training, accuracy): went on lora_r=4 (0.8000)")
+    assert "lora_r=8 (0.5000, worse at p = " in line and "lora_r=16 (0.7900, not shown worse: p = " in line
+
+
 class _Halving:
     """A fake runner for successive halving: pauses at every rung but the last with the
     metric ``lora_r / 100`` (the larger rank looks better), completes at the last."""

@@ -206,9 +206,10 @@ HALVING = [
 def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, demo_cache):
     from conftest import FAST as TESTS
 
-    proc = run_main("run", *TESTS, *HALVING, cwd=tmp_path)
+    proc = run_main("run", *TESTS, *HALVING, "--set", "study.cooldown=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpointing and pausing" in proc.stderr and "rung 1 (33% of training) decided" in proc.stderr
+    assert proc.stderr.count("cool-down branch: 12 steps from step 50") == 3  # once per configuration
     trials = sorted(_study(tmp_path, "demo").get_trials(), key=lambda t: t.number)
     assert len(trials) == 3 and sorted(t.state.name for t in trials) == ["COMPLETE", "PRUNED", "PRUNED"]
     (final,) = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -216,7 +217,10 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
         curve = t.user_attrs["validation_curve"]
         assert curve[0]["step"] == 50 and curve[0]["label_logprob"] < 0  # the rung's point: 1/3 of 150 steps
         assert t.intermediate_values[curve[0]["point"]] == curve[0]["label_logprob"]  # prune_on: the log-probability
-        assert t.user_attrs["rung_values"]["0"] == curve[0]["label_logprob"]
+        # The rung's score: after a cool-down branch of a quarter of its 50 steps (study.cooldown).
+        (cooled,) = t.user_attrs["cooldown_curve"]
+        assert (cooled["step"], cooled["cooldown_steps"]) == (50, 12)
+        assert t.user_attrs["rung_values"]["0"] == cooled["label_logprob"] != curve[0]["label_logprob"]
     best_at_rung = max(trials, key=lambda t: t.user_attrs["rung_values"]["0"])
     assert final.number == best_at_rung.number and final.user_attrs["optimizer_steps"] == 150
     assert all(t.user_attrs["optimizer_steps"] == 50 for t in trials if t.state == TrialState.PRUNED)
@@ -228,6 +232,13 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
         "Successive halving (rungs 0.333, 1" in rep.stdout
         and "of training every configuration to its end" in rep.stdout
     )
+    # Each rung's decision and its evidence: in the log, the study's note and the report.
+    import optuna_dashboard
+
+    said = "Rung 1 (33% of training, label_logprob after a 12-step cool-down): went on "
+    assert said in proc.stderr and said in optuna_dashboard.get_note(_study(tmp_path, "demo"))
+    assert "## Rung 1 (33% of training): what went on and why" in rep.stdout
+    assert "| before the cool-down | Went on | p |" in rep.stdout
 
 
 def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_path, demo_model_dir):
@@ -304,7 +315,12 @@ def test_a_rung_under_warmup_stable_decay_is_scored_after_a_cool_down_branch_tha
     config = load_config(
         preset="demo",
         config_file=str(FAST_CONFIG),
-        sets=["train.epochs=1", "train.lr_scheduler='warmup_stable_decay'", "train.decay_ratio=0.2"],
+        sets=[
+            "train.epochs=1",
+            "train.lr_scheduler='warmup_stable_decay'",
+            "train.decay_ratio=0.2",
+            "study.cooldown=true",
+        ],
     )
     data = prepare_study_data(
         config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
@@ -374,12 +390,15 @@ def test_a_rung_under_warmup_stable_decay_is_scored_after_a_cool_down_branch_tha
 
 def test_the_cool_down_branch_follows_the_run_then_falls_to_zero():
     import torch
+    from transformers import TrainingArguments
 
-    from optuna_search.objectives._trainer import Branch, wsd_schedule
+    from optuna_search.objectives._trainer import Branch, cool_down, run_schedule
 
-    def rates(**kw):
+    def rates(scheduler="warmup_stable_decay", branch=None):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        schedule = wsd_schedule(opt, warmup_steps=10, main_steps=100, decay_ratio=0.2, **kw)
+        args = TrainingArguments("unused", lr_scheduler_type=scheduler, warmup_steps=0.1, use_cpu=True)
+        schedule = run_schedule(opt, args, 100, 0.2)
+        schedule = cool_down(opt, schedule, branch) if branch else schedule
         return [schedule.lr_lambdas[0](t) for t in range(101)]
 
     run = rates()
@@ -389,6 +408,9 @@ def test_the_cool_down_branch_follows_the_run_then_falls_to_zero():
     assert branch[41] > branch[45] > branch[49]
     late = rates(branch=Branch(start=90, length=5, main_steps=100))  # a rung in the decay: from where it is
     assert late[:91] == run[:91] and late[91] < run[90] and late[95] == 0.0
+    cosine = rates("cosine")
+    from_cosine = rates("cosine", Branch(start=40, length=10, main_steps=100))  # any schedule's rung cools down
+    assert from_cosine[:41] == cosine[:41] and from_cosine[50] == 0.0 and cosine[50] > 0.5
 
 
 def test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples(tmp_path, demo_cache):

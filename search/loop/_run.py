@@ -22,6 +22,7 @@ from optuna_search.dashboards import (
     pareto_rows,
     progress_line,
     render_summary,
+    rung_decisions,
     study_note,
     summary_rows,
 )
@@ -172,6 +173,8 @@ def write_study_note(study: optuna.Study, config: Config, state: StudyState) -> 
     rows = rows_of(state, config)
     meta = read_meta(study)
     headline = [_progress(config, state)] + verdict(rows, config, study)[:2]
+    records = [r for p in state.points for r in p.records(list(config.data.fields))]
+    rungs = rung_decisions(records, (meta.halving or {}).get("promoted", {}), config) if config.halving else None
     optuna_dashboard.save_note(
         study,
         study_note(
@@ -183,6 +186,7 @@ def write_study_note(study: optuna.Study, config: Config, state: StudyState) -> 
             meta.ensembles,
             headline,
             meta.validation_baselines,
+            rungs,
         ),
     )
 

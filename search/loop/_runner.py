@@ -340,12 +340,14 @@ class TrialRunner:
                 if (value := at.get(stop_step(res.max_steps, f))) is not None
             }
         reached = max((int(r) for r in rung_values), default=None) if rung_values else None
+        rung_examples = self._rung_examples(res, reached)
         if not res.trainable_params:  # a result read back from a checkpoint: only its curve and steps
             return TrialRecord(
                 validation_curve=[vp.to_record() for vp in res.validation_curve],
                 rung=reached,
                 rung_values=rung_values,
                 cooldown_curve=[vp.to_record() for vp in res.cooldown_curve] or None,
+                rung_examples=rung_examples,
                 optimizer_steps=res.optimizer_steps,
                 max_steps=res.max_steps,
                 validation_accuracy_curve=[[vp.point, vp.accuracy] for vp in res.validation_curve],
@@ -361,6 +363,7 @@ class TrialRunner:
             rung=reached,
             rung_values=rung_values,
             cooldown_curve=[vp.to_record() for vp in res.cooldown_curve] or None,
+            rung_examples=rung_examples,
             train_seconds=round(res.train_seconds, 2),
             eval_seconds=round(test_seconds, 2) if test_seconds is not None else None,
             eval_examples_per_second=round(res.test.scores.n / max(res.test.seconds, 1e-9), 3) if res.test else None,
@@ -380,6 +383,16 @@ class TrialRunner:
             tracking=_tracking(self.config, request) or None,
             eval_batch_size=res.eval_batch_size,
         )
+
+    def _rung_examples(self, res: TrialResult, reached: int | None) -> dict[str, list[float]] | None:
+        """A paused configuration's per-example prune_on metric at its rung (after the
+        cool-down branch where there was one), measured in this call; None otherwise."""
+        if res.paused_at_step is None or reached is None:
+            return None
+        cooled = [vp.evaluation for vp in res.cooldown_curve if vp.step == res.paused_at_step and vp.evaluation]
+        evaluation = cooled[0] if cooled else (res.validation if not self.config.study.cooldown else None)
+        values = evaluation.per_example(self.config.study.prune_on) if evaluation else None
+        return {str(reached): [round(v, 6) for v in values]} if values else None
 
 
 def _fmt(v: float | None) -> str:

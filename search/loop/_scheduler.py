@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from optuna_search.core import Config, TrialRecord
-from optuna_search.dashboards import trial_note
+from optuna_search.dashboards import rung_decisions, rung_line, trial_note
 from optuna_search.search.loop._halving import SuccessiveHalving, tied_at_the_cut
 from optuna_search.search.loop._schedule import (
     Action,
@@ -311,6 +311,9 @@ class Scheduler:
                 100 * self.rungs[action.rung],
                 ", ".join(names[k] for k in action.keys),
             )
+            records = [r for p in state.points for r in p.records(list(self.config.data.fields))]
+            for decision in rung_decisions(records, {str(action.rung): list(action.keys)}, self.config):
+                log.info("%s", rung_line(decision))
             assert isinstance(self.schedule, SuccessiveHalving)
             tied = tied_at_the_cut(self.schedule.configs(state), action.rung, len(action.keys))
             if tied:

@@ -269,7 +269,7 @@ def optuna_strategy(
     from optuna.distributions import CategoricalDistribution
 
     from optuna_search.core import point_key
-    from optuna_search.search.loop import NoRepeatSampler
+    from optuna_search.search.setup import NoRepeatSampler
 
     run = Run(curves)
     space = {

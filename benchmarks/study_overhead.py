@@ -25,7 +25,8 @@ import optuna
 
 from optuna_search.core import TrialRecord
 from optuna_search.search import load_config
-from optuna_search.search.loop import Outcome, Scheduler, TrialOutcome, make_sampler
+from optuna_search.search.loop import Outcome, Scheduler, TrialOutcome
+from optuna_search.search.setup import make_sampler
 from optuna_search.storage import open_storage
 
 

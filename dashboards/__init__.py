@@ -23,6 +23,7 @@ from optuna_search.dashboards._summary import (
     render_summary,
     status_report,
     summary_rows,
+    verdict,
 )
 
 __all__ = [
@@ -49,5 +50,6 @@ __all__ = [
     "study_note",
     "summary_rows",
     "trial_note",
+    "verdict",
     "write_report",
 ]

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from optuna_search.core import TrialRecord, best_record, num, pct, render_table
+from optuna_search.core import Config, TrialRecord, best_record, num, pct, render_table
+from optuna_search.storage import pareto_front, read_meta, study_flags
+
+if TYPE_CHECKING:
+    import optuna
 
 SHORT = {"severity": "sev", "component": "comp", "reproducibility": "repro"}
 
@@ -326,3 +331,66 @@ def progress_line(study_name: str, finished: int, total: int, grid: bool, pruned
     """'study 'demo': 3/3 grid points complete' / '12/15 trials finished (2 pruned)'."""
     what = "grid points complete" if grid else "trials finished"
     return f"study {study_name!r}: {finished}/{total} {what}" + (f" ({pruned} pruned)" if pruned else "")
+
+
+def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list[str]:
+    """The best (or the Pareto front), against the baselines, and what it answers."""
+    meta = read_meta(study)
+    baselines = meta.baselines or {}
+    if len(config.study.objectives) > 1:
+        front = pareto_rows(rows, pareto_front(study))
+        if not front:
+            return []
+        return [
+            f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
+            f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}",
+        ]
+    best = best_row(rows, config.study.objectives[0], config.eval.objective_split, list(config.data.fields))
+    if best is None or best.overall is None:
+        return []
+    flags = study_flags(config)  # the commands below must find this study (the demo's is not the default)
+    on = config.eval.objective_split
+    objective = config.study.objectives[0]
+    chosen = (
+        f" (chosen on {on}: {objective} {_value(objective, best.value)})"
+        if on == "validation" or objective != "overall_accuracy"
+        else ""
+    )
+    out = [f"best: {best.point} (trial {best.trial}), overall accuracy {100 * best.overall:.1f}% on test" + chosen]
+    if "majority" in baselines:
+        maj = baselines["majority"]["overall"]
+        out.append(
+            f"best {'beats' if best.overall > maj else 'does NOT beat'} the majority-class baseline "
+            f"({100 * maj:.1f}% overall)"
+        )
+    if "tfidf_logreg" in baselines:
+        tfidf = baselines["tfidf_logreg"]["overall"]
+        # A point or two on 100 examples is noise: said as a gap, judged in the report (McNemar).
+        out.append(
+            f"best vs the TF-IDF + logistic regression baseline ({100 * tfidf:.1f}% overall): "
+            f"{100 * (best.overall - tfidf):+.1f} points"
+        )
+    majority_labels = next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {})
+    for f, label in best.single_label.items():
+        line = f"warning: {f}: every answer is {label!r}" + (
+            ", the majority label" if majority_labels.get(f) == label else ""
+        )
+        out.append(
+            line
+            + f" (its {f} accuracy is that label's share"
+            + (f"; mean macro-F1 {best.macro_f1:.3f})" if best.macro_f1 is not None else ")")
+        )
+    if best.adapter_dir:
+        out.append(
+            f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model{flags} --trial "
+            f"{best.trial} "
+            "--output DIR"
+        )
+    out.append(f"significance tests and the recommendation: optuna-search report{flags}")
+    return out
+
+
+def _value(objective: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.1f}%" if "accuracy" in objective else f"{v:.3f}"

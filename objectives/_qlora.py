@@ -343,7 +343,7 @@ class QLoRAObjective:
         branch in ``output_dir``: trained to its end, saving nothing, not validated."""
         from transformers import PrinterCallback
 
-        from optuna_search.objectives._trainer import StudyCallback, StudyTrainer, tensorboard_callback
+        from optuna_search.objectives._trainer import StudyTrainer
 
         cfg = self.config
         folder = output_dir or request.checkpoint_dir
@@ -360,19 +360,7 @@ class QLoRAObjective:
             max_steps=branch.start + branch.length if branch else -1,
             save=branch is None,
         )
-        callback = StudyCallback(
-            run,
-            cfg.train.validations_per_epoch,
-            (lambda line: hooks.progress(f"cool-down: {line}")) if branch else hooks.progress,
-            request.deadline,
-            hooks.stop_requested,
-            hooks.progress_interval,
-            None if branch else hooks.on_checkpoint,
-            save_on_stop=branch is None,
-        )
-        callbacks = [callback]
-        if "tensorboard" in cfg.train.report_to and rt.is_main and branch is None:
-            callbacks.append(tensorboard_callback(str(request.checkpoint_dir / "tensorboard")))
+        callbacks = self._callbacks(request, hooks, run, rt, branch)
         trainer = StudyTrainer(
             validation=run,
             decay_ratio=cfg.train.decay_ratio,
@@ -388,7 +376,28 @@ class QLoRAObjective:
         )
         # Our callback logs progress to stderr; Trainer's printer would dump dicts to stdout.
         trainer.remove_callback(PrinterCallback)
-        return trainer, callback
+        return trainer, callbacks[0]
+
+    def _callbacks(self, request: TrialRequest, hooks: TrialHooks, run: ValidationRun, rt: _Runtime, branch: Any):
+        """The study's callback (first) and the trackers' (TensorBoard: the run's only)."""
+        from optuna_search.objectives._trainer import StudyCallback, tensorboard_callback
+
+        cfg = self.config
+        callbacks: list[Any] = [
+            StudyCallback(
+                run,
+                cfg.train.validations_per_epoch,
+                (lambda line: hooks.progress(f"cool-down: {line}")) if branch else hooks.progress,
+                request.deadline,
+                hooks.stop_requested,
+                hooks.progress_interval,
+                None if branch else hooks.on_checkpoint,
+                save_on_stop=branch is None,
+            )
+        ]
+        if "tensorboard" in cfg.train.report_to and rt.is_main and branch is None:
+            callbacks.append(tensorboard_callback(str(request.checkpoint_dir / "tensorboard")))
+        return callbacks
 
     @staticmethod
     def _finish_validation(trainer, run: ValidationRun, model) -> None:

@@ -86,9 +86,9 @@ def tied_study(tmp_path):
 def test_summary_status_report_predict_export_and_api_agree_on_a_tie(tied_study):
     import optuna_search
     from optuna_search.dashboards._report import collect_report
-    from optuna_search.search.loop._run import summarize
+    from optuna_search.search.front._status import status
+    from optuna_search.search.front._summary import summarize
     from optuna_search.search.loop._scheduler import study_state
-    from optuna_search.search.loop._status import status
     from optuna_search.search.use._predict import chosen_trial
 
     study, config, _work = tied_study

@@ -154,7 +154,7 @@ def test_an_ensemble_of_a_remote_study_is_stored_in_the_remote(scored_study, tmp
     remote, and every other machine, never got it."""
     from conftest import run_main
 
-    from optuna_search.search.loop._remote import reading_location
+    from optuna_search.search.remote._remote import reading_location
 
     remote = tmp_path / "remote"
     assert run_main("export", "--preset", "demo", "--output", str(remote), cwd=scored_study).returncode == 0

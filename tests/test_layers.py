@@ -43,7 +43,7 @@ HEAVY = (
     "accelerate",
     "sqlalchemy",
 )
-HEAVY_MODULES = {"optuna_search.objectives._trainer", "optuna_search.search.loop._samplers"}
+HEAVY_MODULES = {"optuna_search.objectives._trainer", "optuna_search.search.setup._samplers"}
 
 
 def _imports(path: Path):
@@ -186,7 +186,7 @@ def test_system_attrs_are_written_by_storage_and_the_grid_samplers_hook_only():
     found = sorted(
         f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())
     )
-    assert found == ["search/loop/_samplers.py", "storage/_internals.py"], found
+    assert found == ["search/setup/_samplers.py", "storage/_internals.py"], found
 
 
 def test_user_attrs_are_written_by_the_records_only():
@@ -235,7 +235,7 @@ def test_packages_use_each_others_public_names_only():
 
 
 def test_search_rooms_use_each_others_public_names_only():
-    """Inside search/, a room (api, front, loop, use) imports what another room exposes in
+    """Inside search/, a room (api, front, setup, loop, remote, use) imports what another room exposes in
     its __init__, never that room's private modules."""
     rooms = {p.name for p in (REPO / "search").iterdir() if (p / "__init__.py").exists()}
     wrong = []

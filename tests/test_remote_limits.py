@@ -425,8 +425,8 @@ def test_status_says_when_any_machine_last_wrote_the_remote_and_the_commits_of_t
     """A machine that only reads a remote says when (and by whom) it was last written,
     not "nothing pushed"; a dataset repo's commits in the last hour against its budget."""
     import optuna_search
-    from optuna_search.search.loop._remote import local_study
-    from optuna_search.search.loop._status import remote_line
+    from optuna_search.search.front._status import remote_line
+    from optuna_search.search.remote._remote import local_study
     from optuna_search.storage import SyncStatus
     from optuna_search.storage._remote import Manifest
 
@@ -541,7 +541,7 @@ def test_a_read_only_cache_or_working_folder_under_a_remote_is_one_line(tmp_path
     from test_remote import fake_checkpoint
 
     from optuna_search.core import UserError
-    from optuna_search.search.loop._remote import _local_errors, pull_study
+    from optuna_search.search.remote._remote import _local_errors, pull_study
     from optuna_search.storage import LocalStudy, Remote, StudySync
 
     fake_checkpoint(tmp_path / "ckpt" / "s" / "lora_r-4" / "checkpoint-5")
@@ -568,7 +568,7 @@ def test_a_point_without_a_complete_checkpoint_is_not_pushed_and_an_empty_manife
 
     from test_remote import fake_checkpoint
 
-    from optuna_search.search.loop._remote import pull_study
+    from optuna_search.search.remote._remote import pull_study
     from optuna_search.storage import LocalStudy, Remote, StudySync
 
     point = tmp_path / "ckpt" / "s" / "lora_r-4"
@@ -652,7 +652,7 @@ def test_same_size_damage_is_found_by_the_machine_with_the_study_and_repaired(tm
     only, said "holds the whole study" and never repaired it; a fresh machine then refused
     the remote."""
     from optuna_search.core import UserError
-    from optuna_search.search.loop._remote import pull_study
+    from optuna_search.search.remote._remote import pull_study
 
     owner, obj = _owned_remote(tmp_path)
     good = obj.read_bytes()
@@ -672,7 +672,7 @@ def test_the_remedy_the_damage_message_names_works_on_the_machine_with_the_study
     """Seen: "run again on the machine that has the study" refused that machine with the
     same error. It now pushes again what is missing, and other machines read the remote."""
     from optuna_search.core import UserError
-    from optuna_search.search.loop._remote import pull_study
+    from optuna_search.search.remote._remote import pull_study
 
     owner, obj = _owned_remote(tmp_path)
     good = obj.read_bytes()

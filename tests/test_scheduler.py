@@ -14,8 +14,8 @@ from optuna.trial import TrialState, create_trial
 from optuna_search.core import TrialRecord
 from optuna_search.core._params import point_key
 from optuna_search.search.front._config import load_config
+from optuna_search.search.front._summary import summarize
 from optuna_search.search.loop import _halving as halving
-from optuna_search.search.loop._run import summarize
 from optuna_search.search.loop._schedule import (
     BudgetStop,
     Done,
@@ -31,7 +31,7 @@ from optuna_search.search.loop._schedule import (
 )
 from optuna_search.search.loop._schedule import decide as _decide
 from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
-from optuna_search.search.loop._space import make_sampler, n_target, space_size
+from optuna_search.search.setup._space import make_sampler, n_target, space_size
 from optuna_search.storage._internals import paused_at
 from optuna_search.storage._storages import open_storage
 
@@ -191,7 +191,7 @@ def test_a_shrunk_grid_runs_with_a_stale_retry_of_a_point_it_dropped(tmp_path):
 
 def test_a_grid_that_adds_values_to_a_study_is_refused_before_anything_is_written(tmp_path):
     from optuna_search.core import UserError
-    from optuna_search.search.loop._space import fitted_distributions
+    from optuna_search.search.setup._space import fitted_distributions
 
     study = _real_study(tmp_path, GRID)
     Scheduler(study, GRID, _Runner(lambda p: 0.1)).run()

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
 from optuna_search.dashboards import Report, collect_report, write_report
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
-from optuna_search.search.front import RunRequest, execute, load_config
+from optuna_search.search.front import RunRequest, Summary, execute, load_config, print_summary
+from optuna_search.search.front import status as _status
 from optuna_search.search.front import validate as _validate
-from optuna_search.search.loop import Summary, open_for_reading, print_summary, reading_location
-from optuna_search.search.loop import status as _status
+from optuna_search.search.remote import reading_location
+from optuna_search.search.setup import open_for_reading
 from optuna_search.search.use import (
     ModelSpec,
     Predictor,

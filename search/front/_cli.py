@@ -30,6 +30,8 @@ from optuna_search.dashboards import (
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front._config import config_layers, explicit_location, load_config
 from optuna_search.search.front._request import RUN_OPTIONS, RunRequest, execute
+from optuna_search.search.front._status import status
+from optuna_search.search.front._summary import print_summary
 from optuna_search.search.front._validate import validate
 from optuna_search.search.loop import (
     EXIT_DISK_FULL,
@@ -40,12 +42,9 @@ from optuna_search.search.loop import (
     DiskFull,
     Terminated,
     handle_sigterm,
-    open_for_reading,
-    print_summary,
-    reading_location,
-    status,
-    write_through,
 )
+from optuna_search.search.remote import reading_location, write_through
+from optuna_search.search.setup import open_for_reading
 from optuna_search.search.use import BAD_ROW_POLICIES, export_model, export_study_bundle, predict_file, run_ensemble
 from optuna_search.storage import artifact_store, close_storages, redacted_config
 

@@ -16,22 +16,19 @@ from typing import Any
 
 from optuna_search.core import Config, UserError, build_config
 from optuna_search.search.front._config import config_layers, explicit_of
+from optuna_search.search.front._summary import Summary, summarize
 from optuna_search.search.loop import (
     EXIT_BUDGET,
     EXIT_OK,
     EXIT_REMOTE,
-    RemoteSession,
     RunOutcome,
-    Summary,
     WorkerOptions,
-    as_resumed,
     choose_workers,
-    preflight,
     run_study,
     run_with_workers,
-    start_remote,
-    summarize,
 )
+from optuna_search.search.remote import RemoteSession, start_remote
+from optuna_search.search.setup import as_resumed, preflight
 from optuna_search.search.use import import_study_bundle
 from optuna_search.storage import check_server_reachable
 

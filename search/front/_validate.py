@@ -18,7 +18,7 @@ from optuna_search.objectives import (
     quality_warnings,
     render_distribution,
 )
-from optuna_search.search.loop import preflight
+from optuna_search.search.setup import preflight
 
 
 def validate(config: Config) -> str:

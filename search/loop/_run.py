@@ -3,38 +3,40 @@ study (the run request, ``_request``, gets it here):
 
     create_or_resume (warm start) -> Scheduler(TrialRunner(objective), Ledger) -> summary
 
-``run_study`` is what one process does (the single process, or each of `--workers`);
-``summarize`` turns the study's state into the printed table and the exit code.
+``run_study`` is what one process does (the single process, or each of `--workers`); after
+each trial it writes the study's note (optuna-dashboard). What `run` prints at the end
+is ``search.front``'s (``summarize``).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, TrialRecord, format_seconds
 from optuna_search.dashboards import (
     SummaryPoint,
     SummaryRow,
-    best_row,
-    pareto_rows,
     progress_line,
-    render_summary,
     rung_decisions,
     study_note,
     summary_rows,
+    verdict,
 )
 from optuna_search.objectives import make_objective
-from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, EXIT_USAGE
-from optuna_search.search.loop._open import create_or_resume, stored_config_of
-from optuna_search.search.loop._preflight import LARGE_GRID, Preflight
+from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_USAGE
 from optuna_search.search.loop._runner import TrialRunner
-from optuna_search.search.loop._schedule import Status, StudyState
+from optuna_search.search.loop._schedule import StudyState
 from optuna_search.search.loop._scheduler import RunOutcome, Scheduler, study_state
-from optuna_search.search.loop._warm import warm_start, warm_start_source
 from optuna_search.search.loop._workers import WorkerOptions, run_workers
+from optuna_search.search.setup import (
+    LARGE_GRID,
+    Preflight,
+    create_or_resume,
+    stored_config_of,
+    warm_start,
+    warm_start_source,
+)
 from optuna_search.storage import (
     Commit,
     CommitKind,
@@ -42,9 +44,7 @@ from optuna_search.storage import (
     adapter_candidates,
     adapter_here,
     artifact_store,
-    pareto_front,
     read_meta,
-    study_flags,
 )
 
 if TYPE_CHECKING:
@@ -191,131 +191,5 @@ def write_study_note(study: optuna.Study, config: Config, state: StudyState) -> 
     )
 
 
-@dataclass
-class Summary:
-    text: str
-    exit_code: int
-    problems: list[str]
-
-
-def summarize(study: optuna.Study, config: Config, state: StudyState, *, ran: int, budget_reached: bool) -> Summary:
-    fields = list(config.data.fields)
-    rows = rows_of(state, config)
-    meta = read_meta(study)
-    if ran or state.attempted < state.n_target:
-        nothing = ""
-    elif config.is_grid:
-        nothing = " (nothing to run: every grid point already has a finished trial)"
-    elif state.n_target < config.study.n_trials:
-        nothing = (
-            " (nothing to run: every point of the search space has a finished trial; "
-            f"n_trials = {config.study.n_trials} was clipped to its {state.n_target} points)"
-        )
-    else:
-        nothing = f" (nothing to run: {state.n_target} trials already finished; --n-trials extends the search)"
-    lines = [_progress(config, state) + nothing]
-    lines.append(
-        render_summary(
-            rows, fields, meta.baselines, grid=config.is_grid, validation_baselines=meta.validation_baselines
-        )
-    )
-    lines += verdict(rows, config, study)
-    if config.model.name_or_path == "builtin:tiny-mistral":
-        lines.append(
-            "note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality"
-        )
-    return Summary("\n".join(lines), *_exit_code(state, budget_reached))
-
-
 def _progress(config: Config, state: StudyState) -> str:
     return progress_line(config.study.name, state.finished, state.n_target, config.is_grid, state.pruned)
-
-
-def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list[str]:
-    """The best (or the Pareto front), against the baselines, and what it answers."""
-    meta = read_meta(study)
-    baselines = meta.baselines or {}
-    if len(config.study.objectives) > 1:
-        front = pareto_rows(rows, pareto_front(study))
-        if not front:
-            return []
-        return [
-            f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
-            f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}",
-        ]
-    best = best_row(rows, config.study.objectives[0], config.eval.objective_split, list(config.data.fields))
-    if best is None or best.overall is None:
-        return []
-    flags = study_flags(config)  # the commands below must find this study (the demo's is not the default)
-    on = config.eval.objective_split
-    objective = config.study.objectives[0]
-    chosen = (
-        f" (chosen on {on}: {objective} {_value(objective, best.value)})"
-        if on == "validation" or objective != "overall_accuracy"
-        else ""
-    )
-    out = [f"best: {best.point} (trial {best.trial}), overall accuracy {100 * best.overall:.1f}% on test" + chosen]
-    if "majority" in baselines:
-        maj = baselines["majority"]["overall"]
-        out.append(
-            f"best {'beats' if best.overall > maj else 'does NOT beat'} the majority-class baseline "
-            f"({100 * maj:.1f}% overall)"
-        )
-    if "tfidf_logreg" in baselines:
-        tfidf = baselines["tfidf_logreg"]["overall"]
-        # A point or two on 100 examples is noise: said as a gap, judged in the report (McNemar).
-        out.append(
-            f"best vs the TF-IDF + logistic regression baseline ({100 * tfidf:.1f}% overall): "
-            f"{100 * (best.overall - tfidf):+.1f} points"
-        )
-    majority_labels = next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {})
-    for f, label in best.single_label.items():
-        line = f"warning: {f}: every answer is {label!r}" + (
-            ", the majority label" if majority_labels.get(f) == label else ""
-        )
-        out.append(
-            line
-            + f" (its {f} accuracy is that label's share"
-            + (f"; mean macro-F1 {best.macro_f1:.3f})" if best.macro_f1 is not None else ")")
-        )
-    if best.adapter_dir:
-        out.append(
-            f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model{flags} --trial "
-            f"{best.trial} "
-            "--output DIR"
-        )
-    out.append(f"significance tests and the recommendation: optuna-search report{flags}")
-    return out
-
-
-def _value(objective: str, v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{100 * v:.1f}%" if "accuracy" in objective else f"{v:.3f}"
-
-
-def _exit_code(state: StudyState, budget_reached: bool) -> tuple[int, list[str]]:
-    missing = [p for p in state.points if not p.status.finished]
-    short = state.attempted < state.n_target
-    if budget_reached and (missing or short):
-        return EXIT_BUDGET, [
-            f"time budget reached with {state.n_target - state.finished} left; run the same command "
-            "in a new session to resume (export the study first if this machine goes away)"
-        ]
-    problems = []
-    for p in missing:
-        last = TrialRecord.from_trial(p.last, []) if p.last is not None else None
-        why = last.error if last and last.error else ""
-        problems.append(f"incomplete: {p.label} is {p.status.value}" + (f" ({why})" if why else ""))
-    if any(p.status == Status.FAILED for p in missing):
-        problems.append("re-run failed points with: optuna-search run --retry-failed")
-    if short and not missing:
-        problems.append(f"incomplete: {state.finished} of {state.n_target} trials finished")
-    return (EXIT_INCOMPLETE if problems else EXIT_OK), problems
-
-
-def print_summary(summary: Summary) -> int:
-    print(summary.text)
-    for line in summary.problems:
-        print(line, file=sys.stderr)
-    return summary.exit_code

@@ -34,7 +34,7 @@ from optuna_search.core import (
     short_point_key,
     to_optuna_value,
 )
-from optuna_search.search.loop._space import n_target
+from optuna_search.search.setup import n_target
 from optuna_search.storage import paused_at
 
 if TYPE_CHECKING:

@@ -46,7 +46,7 @@ from optuna_search.search.loop._schedule import (
     read_state,
 )
 from optuna_search.search.loop._signals import raise_if_stop_requested
-from optuna_search.search.loop._space import fitted_distributions, make_sampler
+from optuna_search.search.setup import fitted_distributions, make_sampler
 from optuna_search.storage import (
     ClaimLock,
     Ledger,

@@ -1,5 +1,5 @@
 """Study bundles from the command line: `export` writes the study to a new remote in a
-folder (``loop._remote``: the same format and checks as every remote), `run --resume-from`
+folder (``search.remote``: the same format and checks as every remote), `run --resume-from`
 pulls it back. A bundle of an earlier version (its ``manifest.json`` beside ``study.db``)
 is still read."""
 
@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import Config, writable
-from optuna_search.search.loop import export_to, import_remote, open_for_reading
+from optuna_search.search.remote import export_to, import_remote
+from optuna_search.search.setup import open_for_reading
 from optuna_search.storage import META, StudyLocation, import_bundle
 
 

@@ -33,7 +33,7 @@ from optuna_search.core import (
     pct,
     writable,
 )
-from optuna_search.dashboards import compare_with_baselines, field_rows
+from optuna_search.dashboards import compare_with_baselines, field_rows, verdict
 from optuna_search.objectives import (
     BUILTIN_TINY,
     base_licence,
@@ -44,7 +44,8 @@ from optuna_search.objectives import (
     pick_compute_dtype,
     resolve_model_source,
 )
-from optuna_search.search.loop import open_for_reading, rows_of, study_state, verdict
+from optuna_search.search.loop import rows_of, study_state
+from optuna_search.search.setup import open_for_reading
 from optuna_search.search.use._predict import SPEC_FILE, ModelSpec, chosen_trial, spec_from_study
 from optuna_search.storage import artifact_store, read_meta
 

@@ -44,7 +44,7 @@ from optuna_search.objectives import (
     load_tokenizer,
     resolve_model_source,
 )
-from optuna_search.search.loop import open_for_reading
+from optuna_search.search.setup import open_for_reading
 from optuna_search.storage import adapter_candidates, adapter_digest, adapter_here, read_meta
 
 if TYPE_CHECKING:

@@ -24,8 +24,8 @@ from optuna_search.core import (
     to_toml,
     with_legacy_values,
 )
-from optuna_search.search.loop._preflight import Preflight
-from optuna_search.search.loop._space import fitted_distributions, make_pruner, make_sampler
+from optuna_search.search.setup._preflight import Preflight
+from optuna_search.search.setup._space import fitted_distributions, make_pruner, make_sampler
 from optuna_search.storage import (
     ClaimLock,
     create_study,

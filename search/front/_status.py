@@ -9,11 +9,8 @@ from typing import TYPE_CHECKING
 
 from optuna_search.core import Config
 from optuna_search.dashboards import StatusInput, render_status, status_report
-from optuna_search.search.loop._exit import EXIT_INCOMPLETE, EXIT_OK
-from optuna_search.search.loop._remote import local_study
-from optuna_search.search.loop._run import summary_points
-from optuna_search.search.loop._schedule import Status
-from optuna_search.search.loop._scheduler import study_state
+from optuna_search.search.loop import EXIT_INCOMPLETE, EXIT_OK, Status, study_state, summary_points
+from optuna_search.search.remote import local_study
 from optuna_search.storage import (
     STATUS,
     SyncStatus,

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, point_key
-from optuna_search.search.loop._open import load_named_study
-from optuna_search.search.loop._preflight import Preflight
-from optuna_search.search.loop._space import distributions
+from optuna_search.search.setup._open import load_named_study
+from optuna_search.search.setup._preflight import Preflight
+from optuna_search.search.setup._space import distributions
 from optuna_search.storage import Ledger, distribution_contains, read_meta, study_home
 
 if TYPE_CHECKING:

@@ -147,7 +147,7 @@ def n_target(config: Config) -> int:
 
 
 def make_sampler(config: Config) -> optuna.samplers.BaseSampler:
-    from optuna_search.search.loop._samplers import GridPointSampler, NoRepeatSampler, QuietBruteForceSampler
+    from optuna_search.search.setup._samplers import GridPointSampler, NoRepeatSampler, QuietBruteForceSampler
 
     s = config.study
     if s.sampler == "grid":

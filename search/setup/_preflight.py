@@ -20,7 +20,7 @@ from optuna_search.objectives import (
     compute_baselines,
     prepare_study_data,
 )
-from optuna_search.search.loop._space import space_size
+from optuna_search.search.setup._space import space_size
 from optuna_search.storage import check_storage_url
 
 log = logging.getLogger("optuna_search")

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from optuna_search.core import Config, UserError, point_dirname
 from optuna_search.objectives import cache_root
-from optuna_search.search.loop._signals import request_stop
+from optuna_search.search.loop import request_stop
 from optuna_search.storage import (
     RESUME_FILES,
     STUDY_UNIT,

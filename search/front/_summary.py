@@ -1,0 +1,80 @@
+"""What `run` prints when it ends: where the study stands, its table against the
+baselines, the verdict (``dashboards.verdict``), and the exit code with the problems that
+decide it."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from optuna_search.core import Config, TrialRecord
+from optuna_search.dashboards import progress_line, render_summary, verdict
+from optuna_search.search.loop import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, Status, StudyState, rows_of
+from optuna_search.storage import read_meta
+
+if TYPE_CHECKING:
+    import optuna
+
+
+@dataclass
+class Summary:
+    text: str
+    exit_code: int
+    problems: list[str]
+
+
+def summarize(study: optuna.Study, config: Config, state: StudyState, *, ran: int, budget_reached: bool) -> Summary:
+    fields = list(config.data.fields)
+    rows = rows_of(state, config)
+    meta = read_meta(study)
+    if ran or state.attempted < state.n_target:
+        nothing = ""
+    elif config.is_grid:
+        nothing = " (nothing to run: every grid point already has a finished trial)"
+    elif state.n_target < config.study.n_trials:
+        nothing = (
+            " (nothing to run: every point of the search space has a finished trial; "
+            f"n_trials = {config.study.n_trials} was clipped to its {state.n_target} points)"
+        )
+    else:
+        nothing = f" (nothing to run: {state.n_target} trials already finished; --n-trials extends the search)"
+    lines = [progress_line(config.study.name, state.finished, state.n_target, config.is_grid, state.pruned) + nothing]
+    lines.append(
+        render_summary(
+            rows, fields, meta.baselines, grid=config.is_grid, validation_baselines=meta.validation_baselines
+        )
+    )
+    lines += verdict(rows, config, study)
+    if config.model.name_or_path == "builtin:tiny-mistral":
+        lines.append(
+            "note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality"
+        )
+    return Summary("\n".join(lines), *_exit_code(state, budget_reached))
+
+
+def _exit_code(state: StudyState, budget_reached: bool) -> tuple[int, list[str]]:
+    missing = [p for p in state.points if not p.status.finished]
+    short = state.attempted < state.n_target
+    if budget_reached and (missing or short):
+        return EXIT_BUDGET, [
+            f"time budget reached with {state.n_target - state.finished} left; run the same command "
+            "in a new session to resume (export the study first if this machine goes away)"
+        ]
+    problems = []
+    for p in missing:
+        last = TrialRecord.from_trial(p.last, []) if p.last is not None else None
+        why = last.error if last and last.error else ""
+        problems.append(f"incomplete: {p.label} is {p.status.value}" + (f" ({why})" if why else ""))
+    if any(p.status == Status.FAILED for p in missing):
+        problems.append("re-run failed points with: optuna-search run --retry-failed")
+    if short and not missing:
+        problems.append(f"incomplete: {state.finished} of {state.n_target} trials finished")
+    return (EXIT_INCOMPLETE if problems else EXIT_OK), problems
+
+
+def print_summary(summary: Summary) -> int:
+    print(summary.text)
+    for line in summary.problems:
+        print(line, file=sys.stderr)
+    return summary.exit_code

@@ -9,9 +9,12 @@ command and code block in docs/ and the README is checked against the code:
 - the commands that read or use a study (predict, export-model, ensemble, report,
   status, export, show-config, validate) are *run*, page by page in order, on the
   tests' demo study (tests/fast.toml), with the input files a page names provided;
-  training commands (`run`) and those that need a GPU machine, Kaggle's folders, a
-  server or a hub are parsed and built only (the demo's `run` is the suite's main job,
-  tests/test_study.py), and so is `dashboard` (it serves until stopped);
+  a `run` of the search demo trains, on a miniature of its configuration (two points,
+  64 reports, one epoch: ``MINIATURE``); the demo's `run` is the suite's main job
+  (tests/test_study.py runs it as written) and the real model's runs in miniature in
+  tests/test_real_model.py; the commands that need a GPU machine, Kaggle's folders, a
+  server or a hub are parsed and built only, and so is `dashboard` (it serves until
+  stopped);
 - Python blocks run (the API example: tests/test_api.py, with its output checked);
   a Kaggle cell (``!pip``, ``kaggle_secrets``) is compiled;
 - TOML blocks are read as configuration files and built.
@@ -43,6 +46,21 @@ BUILDS_CONFIG = {"run", "validate", "show-config"}
 """The commands that build a whole configuration; the others read where a study lives."""
 READING = {"predict", "export-model", "ensemble", "report", "status", "export", "show-config", "validate"}
 INSTALL = ("pip ", "python3 -m venv", ".venv/bin/pip", "bash .ci/run", "!pip", "cd ")
+MINIATURE = [
+    "--set",
+    "study.grid={lora_r=[4, 8]}",
+    "--set",
+    "data.train_samples=64",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "eval.num_samples=20",
+    "--set",
+    "eval.validation_samples=20",
+]
+"""What a documented search `run` trains with here: the same command, two points, a
+handful of steps (its preset's schedule, rungs and samplers as written)."""
+TRAINED_HERE = {"demo-search"}
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
@@ -215,12 +233,18 @@ def _inputs(folder: Path) -> None:
 
 
 def _runnable(argv: list[str]) -> bool:
-    if not argv or argv[0] not in READING or any(PLACEHOLDER.match(a) for a in argv):
+    return bool(argv) and argv[0] in READING and _here(argv) and _preset(argv) in (None, "demo")
+
+
+def _here(argv: list[str]) -> bool:
+    """Nothing in it stands for a value, a Kaggle folder, a server or a hub."""
+    if any(PLACEHOLDER.match(a) for a in argv):
         return False
-    if any(re.match(r"(sqlite:///)?/kaggle|postgresql:|s3:|gs:|hf:", a) for a in argv):
-        return False
-    preset = argv[argv.index("--preset") + 1] if "--preset" in argv else None
-    return preset in (None, "demo")
+    return not any(re.match(r"(sqlite:///)?/kaggle|postgresql:|s3:|gs:|hf:", a) for a in argv)
+
+
+def _preset(argv: list[str]) -> str | None:
+    return argv[argv.index("--preset") + 1] if "--preset" in argv else None
 
 
 @pytest.mark.parametrize(
@@ -259,7 +283,10 @@ def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
                 proc = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
                 assert proc.returncode == 0, f"{page}: {line}: {proc.stderr}"
                 continue
-            if not _runnable(argv):
+            trains = argv[0] == "run" and _preset(argv) in TRAINED_HERE and _here(argv)
+            if trains:
+                argv = [*argv, "--study-name", f"docs-{path.stem}", *MINIATURE]
+            elif not _runnable(argv):
                 _check(argv)
                 continue
             proc = run_main(*argv, cwd=work)
@@ -272,3 +299,5 @@ def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
         assert (work / "triage.jsonl").stat().st_size > 0 and (work / "triage.csv").stat().st_size > 0
     if page == "inspecting.md":
         assert "report" in ran, ran
+    if page == "search.md":
+        assert "run" in ran, ran  # the search demo trained, to its end

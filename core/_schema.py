@@ -145,6 +145,11 @@ class StudySection:
             p.append('study.prune_on = "label_logprob" needs label probabilities: set eval.method = "score"')
         if self.schedule == "successive_halving":
             p += self._check_halving()
+        elif self.cooldown:
+            p.append(
+                "study.cooldown = true scores successive halving's rungs after a cool-down branch; this study "
+                'has none: set study.schedule = "successive_halving", or leave study.cooldown out'
+            )
         return p
 
     def _check_halving(self) -> list[str]:

@@ -295,6 +295,11 @@ def test_successive_halving_with_one_rung_is_refused():
 
     with pytest.raises(UserError, match=r"study.rungs = \[1.0\] gives successive halving one rung"):
         load_config(preset="demo-search", sets="study.rungs=[1.0]")
+    # ...and a cool-down for rungs a study does not have.
+    with pytest.raises(UserError, match=r"study.cooldown = true scores successive halving's rungs"):
+        load_config(preset="demo", sets="study.cooldown=true")
+    with pytest.raises(UserError, match=r"train.decay_ratio = 1.0 must be in \(0, 1\)"):
+        load_config(preset="demo-search", sets="train.decay_ratio=1.0")
 
 
 def test_a_config_files_relative_data_paths_are_relative_to_it(tmp_path):

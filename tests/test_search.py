@@ -256,7 +256,12 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
     config = load_config(
         preset="demo",
         config_file=str(FAST_CONFIG),
-        sets=["train.epochs=1", "train.lr_scheduler='warmup_stable_decay'", "study.cooldown=true"],
+        sets=[
+            "train.epochs=1",
+            "train.lr_scheduler='warmup_stable_decay'",
+            "study.cooldown=true",
+            "study.schedule='successive_halving'",
+        ],
     )
     data = prepare_study_data(
         config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
@@ -331,6 +336,7 @@ def test_a_rung_under_warmup_stable_decay_is_scored_after_a_cool_down_branch_tha
             "train.lr_scheduler='warmup_stable_decay'",
             "train.decay_ratio=0.2",
             "study.cooldown=true",
+            "study.schedule='successive_halving'",
         ],
     )
     data = prepare_study_data(

@@ -41,7 +41,23 @@ successive halving)."""
 TPE = ["--preset", "demo-search", *[a for s in TPE_SETS for a in ("--set", s)]]
 
 
+LONGEST_FIRST = (
+    "test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably",
+    "test_sigkill_at_any_moment_loses_nothing_and_resumes",
+    "test_a_benchmark_runs_to_its_last_line_at_smoke_size",
+    "test_real_model_converted_once_trains_in_nf4_and_answers_in_the_format",
+    "test_the_readmes_example_runs",
+    "test_an_endpoint_that_goes_away_mid_run_and_the_next_run_that_finishes_the_upload",
+    "test_one_trial_on_two_ranks_cpu",
+    "test_a_run_frozen_past_the_grace_period_stops_writing_once_taken_over",
+    "test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples",
+)
+"""The suite's longest tests (``--durations``), handed out first: under xdist a long test
+started last keeps one worker busy while the other has nothing left to take."""
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.originalname not in LONGEST_FIRST)  # stable: otherwise as collected
     # Tests that read the real data or tokenizer in ../shared skip, with the reason, on a
     # checkout that has no ../shared beside it.
     if not (GAME_BUGS.exists() and MISTRAL_TOKENIZER.exists()):

@@ -183,6 +183,8 @@ class QLoRAObjective:
         )
         folder = request.checkpoint_dir / COOLDOWN_DIR
         shutil.rmtree(folder, ignore_errors=True)
+        # The run's optimizer state is in the checkpoint the branch loads: not twice in memory.
+        trial.trainer.optimizer = trial.trainer.lr_scheduler = None
         run = ValidationRun(None, lambda vp: False, branch=True)
         trainer, callback = self._trainer(
             request,

@@ -241,15 +241,12 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
     assert "| before the cool-down | Went on | p |" in rep.stdout
 
 
-def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_path, demo_model_dir):
-    """Pausing at a rung keeps the full run's learning-rate schedule and data order: the
-    losses of a run paused at 1/3, scored there after a cool-down branch (discarded) and
-    resumed from its checkpoint equal those of one that never paused."""
-    import dataclasses
-
+def _paused_at_a_third():
+    """A demo point under warmup_stable_decay with cool-down rungs, and its trial request
+    to a fraction of training (validated at 1/3)."""
     from conftest import FAST_CONFIG
 
-    from optuna_search.objectives import QLoRAObjective, TrialHooks, TrialRequest
+    from optuna_search.objectives import TrialRequest
     from optuna_search.objectives._data import prepare_study_data
     from optuna_search.search.front._config import load_config
 
@@ -278,6 +275,19 @@ def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_pat
             train_until=until,
             validate_at=(0.333,),
         )
+
+    return config, request
+
+
+def test_a_paused_and_resumed_run_trains_exactly_as_an_uninterrupted_one(tmp_path, demo_model_dir):
+    """Pausing at a rung keeps the full run's learning-rate schedule and data order: the
+    losses of a run paused at 1/3, scored there after a cool-down branch (discarded) and
+    resumed from its checkpoint equal those of one that never paused."""
+    import dataclasses
+
+    from optuna_search.objectives import QLoRAObjective, TrialHooks
+
+    config, request = _paused_at_a_third()
 
     objective = QLoRAObjective(config)
     paused = objective(request(tmp_path / "paused", 0.333), TrialHooks())
@@ -322,38 +332,9 @@ def test_a_rung_under_warmup_stable_decay_is_scored_after_a_cool_down_branch_tha
     nothing."""
     import json
 
-    from conftest import FAST_CONFIG
+    from optuna_search.objectives import QLoRAObjective, Stopped, TrialHooks
 
-    from optuna_search.objectives import QLoRAObjective, Stopped, TrialHooks, TrialRequest
-    from optuna_search.objectives._data import prepare_study_data
-    from optuna_search.search.front._config import load_config
-
-    config = load_config(
-        preset="demo",
-        config_file=str(FAST_CONFIG),
-        sets=[
-            "train.epochs=1",
-            "train.lr_scheduler='warmup_stable_decay'",
-            "train.decay_ratio=0.2",
-            "study.cooldown=true",
-            "study.schedule='successive_halving'",
-        ],
-    )
-    data = prepare_study_data(
-        config.data, config.eval, train_seed=config.train.seed, max_length=config.model.max_length
-    )
-    params = config.trial_params({"lora_r": 8})
-
-    def request(folder, until):
-        return TrialRequest(
-            params,
-            data.dataset,
-            data.test_examples,
-            data.validation_examples,
-            folder,
-            train_until=until,
-            validate_at=(0.333,),
-        )
+    config, request = _paused_at_a_third()
 
     def call(folder, until, stop_in_branch=False):
         lines: list[str] = []

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config
 from optuna_search.objectives._evaluate import Evaluator
@@ -61,6 +61,9 @@ from optuna_search.storage import (
     last_complete_checkpoint,
     resume_point,
 )
+
+if TYPE_CHECKING:
+    from optuna_search.objectives._trainer import Branch
 
 COOLDOWN_DIR = "cooldown"
 """Where a rung's cool-down branch trains (inside the point's folder; removed after)."""
@@ -203,28 +206,36 @@ class QLoRAObjective:
             trainer.train(resume_from_checkpoint=str(checkpoint))
         self._raise_if_stopped(trainer, callback)
         if rt.is_main:
-            evaluation = trial.evaluator(trial.model, request.validation_examples)
-            if not trial.run.steps:
-                trial.run.plan(main_steps, request.params.epochs, self.config.train.validations_per_epoch)
-            s = evaluation.scores
-            vp = ValidationPoint(
-                trial.run.point_of(start),
-                start,
-                start / main_steps,
-                s.overall,
-                s.label_logprob,
-                evaluation,
-                cooldown_steps=branch.length,
-            )
-            hooks.progress(
-                f"after the cool-down: validation accuracy {100 * s.overall:.1f}%"
-                + (f", label log-prob {s.label_logprob:.4f}" if s.label_logprob is not None else "")
-            )
-            add_to_history(checkpoint, log_entry(vp))
-            trial.trainer.state.log_history.append(log_entry(vp))
-            trial.cooldown = vp
-            hooks.on_checkpoint()
+            self._score_branch(request, hooks, trial, checkpoint, branch)
         shutil.rmtree(folder, ignore_errors=True)
+
+    def _score_branch(
+        self, request: TrialRequest, hooks: TrialHooks, trial: _Trial, checkpoint: Path, branch: Branch
+    ) -> None:
+        """Validate the cooled-down model: the rung's score, appended to the checkpoint's
+        history (and the live trainer's), where a resumed run reads it back."""
+        start, main_steps = branch.start, branch.main_steps
+        evaluation = trial.evaluator(trial.model, request.validation_examples)
+        if not trial.run.steps:
+            trial.run.plan(main_steps, request.params.epochs, self.config.train.validations_per_epoch)
+        s = evaluation.scores
+        vp = ValidationPoint(
+            trial.run.point_of(start),
+            start,
+            start / main_steps,
+            s.overall,
+            s.label_logprob,
+            evaluation,
+            cooldown_steps=branch.length,
+        )
+        hooks.progress(
+            f"after the cool-down: validation accuracy {100 * s.overall:.1f}%"
+            + (f", label log-prob {s.label_logprob:.4f}" if s.label_logprob is not None else "")
+        )
+        add_to_history(checkpoint, log_entry(vp))
+        trial.trainer.state.log_history.append(log_entry(vp))
+        trial.cooldown = vp
+        hooks.on_checkpoint()
 
     def _start(
         self, request: TrialRequest, hooks: TrialHooks, source: str, tokenizer, encoder: PromptEncoder, rt: _Runtime

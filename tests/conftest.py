@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -301,12 +302,43 @@ def postgres(tmp_path_factory):
     shutil.rmtree(data, ignore_errors=True)
 
 
+def _atomic_conditional_writes(server_mod):
+    """moto's server, with S3's documented atomicity of conditional writes. moto checks
+    ``If-Match`` / ``If-None-Match`` and then writes, in separate steps on separate request
+    threads, so two PUTs with the same precondition can both succeed; S3 itself answers one
+    and refuses the other with 412. Conditional requests are serialised here (the rest
+    stays concurrent), so the tests meet S3's contract rather than moto's race."""
+    lock = threading.Lock()
+
+    def serialised(app):
+        def call(environ, start_response):
+            if "HTTP_IF_MATCH" not in environ and "HTTP_IF_NONE_MATCH" not in environ:
+                return app(environ, start_response)
+            with lock:
+                return list(app(environ, start_response))
+
+        return call
+
+    from moto.moto_server import threaded_moto_server as threaded
+
+    class Server(server_mod.ThreadedMotoServer):
+        def _server_entry(self):
+            app = serialised(threaded.DomainDispatcherApplication(threaded.create_backend_app))
+            self._server = threaded.make_server(
+                self._ip_address, self._port, app, True, request_handler=threaded.MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server
+
+
 @pytest.fixture(scope="module")
 def s3():
     """A real S3 endpoint (moto's server) on 127.0.0.1, and the environment that reaches it."""
     pytest.importorskip("s3fs")
     server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = _atomic_conditional_writes(server_mod)(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     env = {

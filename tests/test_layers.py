@@ -126,19 +126,15 @@ def test_project_modules_are_imported_at_the_top_and_heavy_ones_inside_functions
     assert heavy_modules == HEAVY_MODULES, heavy_modules
     late, heavy_at_top = [], []
     for folder, path in _sources():
-        top = _top_level(path)
+        top, run_at_import = _top_level(path), _top_level(path, type_only=False)
         for node, name in _imports(path):
             where = f"{folder}/{path.relative_to(REPO / folder)}:{node.lineno} {name}"
             if name in HEAVY_MODULES:
-                if node.lineno in top:
+                if node.lineno in run_at_import:  # a type-only import of one costs nothing
                     heavy_at_top.append(where + " (a module that imports heavy libraries)")
             elif name.split(".")[0] == "optuna_search" and node.lineno not in top:
                 late.append(where)
-            elif (
-                name.split(".")[0] in HEAVY
-                and node.lineno in _top_level(path, type_only=False)
-                and _module(path) not in HEAVY_MODULES
-            ):
+            elif name.split(".")[0] in HEAVY and node.lineno in run_at_import and _module(path) not in HEAVY_MODULES:
                 heavy_at_top.append(where)
     assert not late, "project modules imported inside functions:\n" + "\n".join(late)
     assert not heavy_at_top, "heavy imports at module level:\n" + "\n".join(heavy_at_top)

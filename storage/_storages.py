@@ -161,17 +161,30 @@ def sqlite_tables(path: Path, shown: str) -> set[str] | None:
     A damaged file is a UserError that says how to recover."""
     if not path.exists() or path.stat().st_size == 0:
         return None
+    uri = read_only_uri(path)
     try:
-        con = sqlite3.connect(read_only_uri(path), uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and con.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("database disk image is malformed")
-        finally:
-            con.close()
+        return _tables_checked(uri)
     except sqlite3.DatabaseError as e:
-        raise UserError(damaged_database_message(shown, path, str(e))) from None
-    return tables
+        detail = str(e)
+    if "immutable=1" in uri:
+        # An immutable read ignores locks: a file that another process was creating (still
+        # in rollback-journal mode) can look damaged mid-write. Only a locking read says so.
+        try:
+            return _tables_checked(uri.replace("&immutable=1", ""))
+        except sqlite3.DatabaseError as e:
+            detail = str(e)
+    raise UserError(damaged_database_message(shown, path, detail))
+
+
+def _tables_checked(uri: str) -> set[str]:
+    con = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and con.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return tables
+    finally:
+        con.close()
 
 
 def damaged_database_message(shown: str, path: Path | str, detail: str) -> str:
@@ -211,10 +224,12 @@ def open_storage(
             grace_period=grace_period,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
         )
+    # The schema and the switch to WAL under one lock: the next `run` on a new file finds
+    # both in place.
     with _schema_lock(parsed if sqlite and mode == "create" else None):
         storage = _create_rdb_storage(full, url, kwargs)
-    if sqlite and mode != "read":
-        _sqlite_pragmas(storage)
+        if sqlite and mode != "read":
+            _sqlite_pragmas(storage)
     # Its connections close when it is dropped, or when the command ends (close_storages):
     # a SQLite database in WAL mode then folds its -wal file back into the database file,
     # whole for whoever copies it next.

@@ -101,3 +101,32 @@ def test_two_processes_creating_the_schema_at_once_never_collide(tmp_path):
         ]
         errs = [p.communicate(timeout=120)[1] for p in procs]
         assert all(p.returncode == 0 for p in procs), errs
+
+
+def test_a_file_that_looks_damaged_only_to_a_lock_free_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """Seen with three `run` creating one new file at once: the file, read as immutable
+    (no locks) while another process was still writing it, looked malformed, and a sound
+    study was called damaged. Damage is now said only when a locking read agrees."""
+    from optuna_search.storage import _storages
+
+    db = tmp_path / "study.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE studies (id int)")
+    con.commit()
+    con.close()
+    real, reads = _storages._tables_checked, []
+
+    def mid_write(uri):
+        reads.append(uri)
+        if "immutable=1" in uri:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return real(uri)
+
+    monkeypatch.setattr(_storages, "_tables_checked", mid_write)
+    assert _storages.sqlite_tables(db, "sqlite:///study.db") == {"studies"}
+    assert ["immutable=1" in u for u in reads] == [True, False]  # lock-free first, then with locks
+
+    db.write_bytes(b"SQLite format 3\x00" + os.urandom(4000))  # damaged for any reader
+    monkeypatch.setattr(_storages, "_tables_checked", real)
+    with pytest.raises(UserError, match="is damaged"):
+        _storages.sqlite_tables(db, "sqlite:///study.db")

@@ -49,6 +49,23 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def freeze_what_lives_on() -> None:
+    """Once per process, before its first trial: the objects alive then (the libraries'
+    modules, the config, the data: hundreds of thousands of them once torch, transformers
+    and peft are imported) leave the collector's sight, so that each full collection,
+    ours above and accelerate's at every ``Trainer.train``, walks only what trials make
+    (0.37 s a collection before on the 2-core machine, several per trial). What a trial
+    leaves behind is created after the freeze and is collected as before."""
+    global _FROZEN
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN = True
+
+
+_FROZEN = False
+
+
 def prefer_expandable_segments(environ: MutableMapping[str, str]) -> None:
     """Dynamic padding allocates tensors of a new shape at every batch; PyTorch's
     expandable segments keep that from fragmenting a 15 GB T4 into "out of memory" with

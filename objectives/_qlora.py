@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config
 from optuna_search.objectives._evaluate import Evaluator
-from optuna_search.objectives._memory import oom_phase, release_memory
+from optuna_search.objectives._memory import freeze_what_lives_on, oom_phase, release_memory
 from optuna_search.objectives._metrics import Evaluation
 from optuna_search.objectives._model import (
     count_trainable,
@@ -123,6 +123,7 @@ class QLoRAObjective:
     def __call__(self, request: TrialRequest, hooks: TrialHooks) -> TrialResult:
         """Train (resuming from the point's last checkpoint if there is one) and evaluate."""
         oom: OutOfMemory | None = None
+        freeze_what_lives_on()
         try:
             return self._run(request, hooks)
         except OutOfMemory as e:

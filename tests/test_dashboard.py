@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FAST, run_cli
+from conftest import FAST, hold_env, run_cli, wait_for_holds
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -51,31 +51,48 @@ def _start_dashboard(cwd: Path, port: int) -> subprocess.Popen:
 
 
 def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
-    """optuna-dashboard issue 545: a dashboard on a live SQLite study crashed it."""
-    # Create the study first so the dashboard has something to read from the start.
+    """optuna-dashboard issue 545: a dashboard on a live SQLite study crashed it. The run
+    is held inside its trial (its heartbeat writing every second) until the dashboard has
+    answered 20 times, then goes on to write its steps, evaluation and result while the
+    dashboard is still read: never a race with the run's speed."""
+    release = tmp_path / "release"
     run = subprocess.Popen(
-        [sys.executable, "-m", "optuna_search.search", "run", *FAST, "--set", "study.grid={lora_r=[4]}"],
+        [
+            sys.executable,
+            "-m",
+            "optuna_search.search",
+            "run",
+            *FAST,
+            "--set",
+            "study.grid={lora_r=[4]}",
+            "--set",
+            "storage.heartbeat_interval=1",
+            "--progress-interval",
+            "0",
+        ],
         cwd=tmp_path,
+        env={**hold_env(r" step 2/"), "OPTUNA_SEARCH_TEST_HOLD_RELEASE": str(release)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    while not (tmp_path / "optuna-search-demo.db").exists() and run.poll() is None:
-        time.sleep(0.2)
-    time.sleep(2)
+    held = wait_for_holds(run)
     port = _free_port()
     dash = _start_dashboard(tmp_path, port)
-    polls, errors = 0, []
+    polls, errors, running = 0, [], False
     try:
         while run.poll() is None:
             for path in ("/api/studies", "/api/studies/1?after=0"):
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
                         assert r.status == 200
-                        json.loads(r.read())
+                        body = json.loads(r.read())
                         polls += 1
+                        running |= '"state": "Running"' in json.dumps(body)
                 except Exception as e:
                     errors.append(repr(e))
+            if polls >= 20 and not release.exists():
+                release.touch()  # seen mid-trial 20 times: let the run write the rest
             time.sleep(0.2)
         _out, err = run.communicate()
     finally:
@@ -83,10 +100,10 @@ def test_dashboard_beside_a_running_study_breaks_nothing(tmp_path, demo_cache):
         dash.wait()
         time.sleep(0.5)
         dash_out = "".join(dash.output)
+    err = "".join(held) + err
     assert run.returncode == 0, err[-3000:]
     assert "database is locked" not in err + dash_out
-    assert polls > 20 and not errors, errors[:3]
-    assert "Listening on http://127.0.0.1:" in dash_out  # loopback only by default
+    assert release.exists() and running and not errors, errors[:3]
 
 
 def test_dashboard_refuses_a_missing_study_database(tmp_path):

@@ -3,7 +3,8 @@ PYTHONPATH (``conftest.hold_env``): with ``OPTUNA_SEARCH_TEST_HOLD=<regex>`` set
 first optuna-search log line matching it holds the process right there, after printing
 ``TEST-HOLD: <line>`` to stderr, until it is signalled (SIGINT, SIGKILL, or SIGTERM,
 which lets the training go on to its checkpoint-and-stop), or, with
-``OPTUNA_SEARCH_TEST_HOLD_SECONDS=S``, for S seconds. A test then signals a process that is
+``OPTUNA_SEARCH_TEST_HOLD_SECONDS=S``, for S seconds, or, with
+``OPTUNA_SEARCH_TEST_HOLD_RELEASE=<path>``, until that file exists (then it goes on). A test then signals a process that is
 exactly where it wants it, or lets a deadline pass at a known step, instead of racing its
 progress."""
 
@@ -11,6 +12,7 @@ import os
 
 _PATTERN = os.environ.get("OPTUNA_SEARCH_TEST_HOLD")
 _SECONDS = float(os.environ.get("OPTUNA_SEARCH_TEST_HOLD_SECONDS", "inf"))
+_RELEASE = os.environ.get("OPTUNA_SEARCH_TEST_HOLD_RELEASE")
 
 if _PATTERN:
     import logging
@@ -33,7 +35,8 @@ if _PATTERN:
 
                 until = time.monotonic() + _SECONDS
                 # SIGINT raises out of the sleep; SIGKILL ends the process here.
-                while not stop_requested() and time.monotonic() < until:
+                released = lambda: bool(_RELEASE) and os.path.exists(_RELEASE)  # noqa: E731
+                while not stop_requested() and time.monotonic() < until and not released():
                     time.sleep(0.02)
             return True
 

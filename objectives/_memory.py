@@ -51,10 +51,10 @@ def release_memory() -> None:
 
 def freeze_what_lives_on() -> None:
     """Once per process, before its first trial: the objects alive then (the libraries'
-    modules, the config, the data: hundreds of thousands of them once torch, transformers
+    modules, the config, the data: 566,000 of them once torch, transformers
     and peft are imported) leave the collector's sight, so that each full collection,
     ours above and accelerate's at every ``Trainer.train``, walks only what trials make
-    (0.37 s a collection before on the 2-core machine, several per trial). What a trial
+    (0.32 s a collection before on the 2-core machine, several per trial; 2 µs after). What a trial
     leaves behind is created after the freeze and is collected as before."""
     global _FROZEN
     if not _FROZEN:

@@ -23,7 +23,7 @@ from optuna_search.objectives._ensemble import Member, check_members, correctnes
 from optuna_search.objectives._evaluate import evaluate, evaluate_examples
 from optuna_search.objectives._footprint import T4_USABLE_BYTES, GiB, Setting, Shape, estimate
 from optuna_search.objectives._footprint import render as render_footprint
-from optuna_search.objectives._memory import prefer_expandable_segments, release_memory
+from optuna_search.objectives._memory import frozen_for_a_study, prefer_expandable_segments, release_memory
 from optuna_search.objectives._metrics import Evaluation, Prediction, parse_prediction, score_predictions
 from optuna_search.objectives._model import (
     BUILTIN_TINY,
@@ -112,6 +112,7 @@ __all__ = [
     "estimate",
     "evaluate",
     "evaluate_examples",
+    "frozen_for_a_study",
     "hard_vote",
     "holm",
     "load_adapters",

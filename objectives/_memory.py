@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterator, MutableMapping
 
 from optuna_search.objectives._protocol import OutOfMemory
@@ -50,12 +51,13 @@ def release_memory() -> None:
 
 
 def freeze_what_lives_on() -> None:
-    """Once per process, before its first trial: the objects alive then (the libraries'
-    modules, the config, the data: 566,000 of them once torch, transformers
-    and peft are imported) leave the collector's sight, so that each full collection,
-    ours above and accelerate's at every ``Trainer.train``, walks only what trials make
-    (0.32 s a collection before on the 2-core machine, several per trial; 2 µs after). What a trial
-    leaves behind is created after the freeze and is collected as before."""
+    """Before a process's first trial (and again after a :func:`thaw`): the objects alive
+    then (the libraries' modules, the config, the data: 566,000 of them once torch,
+    transformers and peft are imported) leave the collector's sight, so that each full
+    collection, ours above and accelerate's at every ``Trainer.train``, walks only what
+    trials make: 0.32 s a collection before on the 2-core machine, several per trial;
+    2 µs after. What a trial leaves behind is created after the freeze and is collected
+    as before."""
     global _FROZEN
     if not _FROZEN:
         gc.collect()
@@ -64,6 +66,39 @@ def freeze_what_lives_on() -> None:
 
 
 _FROZEN = False
+
+
+def thaw() -> None:
+    """Undo :func:`freeze_what_lives_on` and collect: what was frozen and has died since
+    is freed now, its accelerator memory given back."""
+    global _FROZEN
+    if _FROZEN:
+        gc.unfreeze()
+        _FROZEN = False
+        release_memory()
+
+
+@contextlib.contextmanager
+def frozen_for_a_study() -> Iterator[None]:
+    """One study's trials with what lives on frozen, thawed when the last study running
+    in this process ends (also when a trial called directly froze it before): a process
+    that lives on after the study (the Python API, a notebook) gets back what its caller
+    dropped meanwhile, a model of theirs included."""
+    global _STUDIES
+    with _STUDIES_LOCK:
+        freeze_what_lives_on()
+        _STUDIES += 1
+    try:
+        yield
+    finally:
+        with _STUDIES_LOCK:
+            _STUDIES -= 1
+            if not _STUDIES:
+                thaw()
+
+
+_STUDIES = 0
+_STUDIES_LOCK = threading.Lock()
 
 
 def prefer_expandable_segments(environ: MutableMapping[str, str]) -> None:

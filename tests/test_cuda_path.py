@@ -154,6 +154,44 @@ def test_out_of_memory_loading_twice_fails_the_point_with_the_reason(tmp_path, d
     assert [r["phase"] for r in t.user_attrs["oom_retries"]] == ["load", "load"]  # the first and the one that gave up
 
 
+def test_a_model_its_caller_drops_during_a_study_is_freed_when_the_study_ends(tmp_path, demo_cache, monkeypatch):
+    """A study freezes what lives on before its trials (the collector then skips the
+    libraries' objects); a process that lives on after it (the Python API, a notebook)
+    must still get back what it dropped meanwhile: here a model of the caller's, held in
+    a reference cycle as accelerate's hooks hold one, dropped at the trial's second step."""
+    import logging
+
+    from optuna_search.objectives import _memory
+    from optuna_search.search.front._cli import main
+
+    _memory.thaw()  # as a fresh process is (an earlier test may have called a trial directly)
+
+    class CallersModel:
+        pass
+
+    model = CallersModel()
+    model.hook = model  # a cycle: only the collector frees it
+    gone = weakref.ref(model)
+    holder = [model]
+    del model
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if " step 2/" in record.getMessage():
+                holder.clear()
+            return True
+
+    drop = _Drop()
+    logging.getLogger("optuna_search").addFilter(drop)
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert main([*_one_point(), "--progress-interval", "0"]) == 0
+    finally:
+        logging.getLogger("optuna_search").removeFilter(drop)
+    assert not holder and gone() is None
+    assert gc.get_freeze_count() == 0  # the process is as it was before the study
+
+
 def test_evaluation_predict_and_export_agree_at_the_trials_precision(tmp_path, demo_cache):
     """bf16: Trainer trains under autocast (accelerate wraps forward); evaluation, `predict`
     and the exported model all score at bf16 too, so they give the same probabilities

@@ -23,7 +23,7 @@ from optuna_search.dashboards import (
     summary_rows,
     verdict,
 )
-from optuna_search.objectives import make_objective
+from optuna_search.objectives import frozen_for_a_study, make_objective
 from optuna_search.search.loop._exit import EXIT_BUDGET, EXIT_USAGE
 from optuna_search.search.loop._runner import TrialRunner
 from optuna_search.search.loop._schedule import StudyState
@@ -102,12 +102,13 @@ def run_study(
     # The scheduler reconciles first: trials whose process died are failed (and, by the
     # storage's retry callback, re-queued WAITING) before it decides what is left to do,
     # so the retry of an interrupted trial is the first thing a new session does.
-    return Scheduler(study, config, runner, ledger, remote).run(
-        retry_failed=retry_failed,
-        deadline=deadline,
-        wait_for_others=wait_for_others,
-        after_trial=lambda st, state: _after_trial(st, config, state),
-    )
+    with frozen_for_a_study():
+        return Scheduler(study, config, runner, ledger, remote).run(
+            retry_failed=retry_failed,
+            deadline=deadline,
+            wait_for_others=wait_for_others,
+            after_trial=lambda st, state: _after_trial(st, config, state),
+        )
 
 
 def _after_trial(study: optuna.Study, config: Config, state: StudyState) -> None:

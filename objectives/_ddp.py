@@ -157,6 +157,12 @@ def result_from_dict(d: dict[str, Any]) -> TrialResult:
     d["test"] = _evaluation_from_dict(d["test"])
     d["validation"] = _evaluation_from_dict(d["validation"])
     d["validation_curve"] = [ValidationPoint(**vp) for vp in d["validation_curve"]]
+    # A rung's cool-down score keeps its predictions: the paired evidence of the rung's
+    # decision is computed from them (search/loop/_runner.py, rung_examples).
+    d["cooldown_curve"] = [
+        ValidationPoint(**{**vp, "evaluation": _evaluation_from_dict(vp.get("evaluation"))})
+        for vp in d.get("cooldown_curve", [])
+    ]
     return TrialResult(**d)
 
 

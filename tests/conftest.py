@@ -50,6 +50,7 @@ LONGEST_FIRST = (
     "test_the_readmes_example_runs",
     "test_an_endpoint_that_goes_away_mid_run_and_the_next_run_that_finishes_the_upload",
     "test_one_trial_on_two_ranks_cpu",
+    "test_successive_halving_with_cool_down_branches_on_two_ranks_cpu",
     "test_a_run_frozen_past_the_grace_period_stops_writing_once_taken_over",
     "test_warm_start_copies_the_grid_into_a_search_and_refuses_other_examples",
 )

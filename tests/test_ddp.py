@@ -103,3 +103,40 @@ def test_a_rank_that_runs_out_of_memory_alone_is_heard():
         )
     with pytest.raises(RuntimeError, match="no result"):
         _result_of([], -9)
+
+
+def test_successive_halving_with_cool_down_branches_on_two_ranks_cpu(tmp_path, demo_cache):
+    """Kaggle's 2x T4 with `study.cooldown`: at a rung both ranks train the cool-down
+    branch together (a rank that skipped it would leave the other waiting in its
+    all-reduce), the first rank scores it, and the promoted point resumes on both ranks
+    from its stable checkpoint, not from the branch."""
+    proc = run_cli(
+        *ARGS,
+        "--set",
+        "study.grid={lora_r=[4, 8]}",
+        "--set",
+        "study.schedule='successive_halving'",
+        "--set",
+        "study.rungs=[0.34, 1.0]",
+        "--set",
+        "study.eta=2",
+        "--set",
+        "study.cooldown=true",
+        "--set",
+        "train.lr_scheduler='warmup_stable_decay'",
+        cwd=tmp_path,
+        env_extra={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(
+        study_name="demo", storage=f"sqlite:///{tmp_path / 'optuna-search-demo.db'}"
+    ).get_trials()
+    states = sorted(t.state.name for t in trials)
+    assert states == ["COMPLETE", "PRUNED"], [(t.params, t.state.name, t.user_attrs) for t in trials]
+    assert proc.stderr.count("cool-down branch:") == 2 and proc.stderr.count("after the cool-down:") == 2
+    (done,) = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done.user_attrs["gpus_per_trial"] == 2 and "step 75/75" in proc.stderr
+    assert done.user_attrs["resumed_from_step"] > 0  # from the rung's stable checkpoint
+    # The rung's decision has its paired evidence: the cool-down's per-example scores
+    # came back from the first rank.
+    assert all(t.user_attrs.get("rung_examples") for t in trials), [t.user_attrs for t in trials]

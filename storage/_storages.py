@@ -161,19 +161,16 @@ def sqlite_tables(path: Path, shown: str) -> set[str] | None:
     A damaged file is a UserError that says how to recover."""
     if not path.exists() or path.stat().st_size == 0:
         return None
-    uri = read_only_uri(path)
     try:
-        return _tables_checked(uri)
+        return _tables_checked(read_only_uri(path))
+    except sqlite3.DatabaseError:
+        pass
+    # An immutable read ignores locks: a file that another process was creating (still in
+    # rollback-journal mode) can look damaged mid-write. Only a locking read says so.
+    try:
+        return _tables_checked(read_only_uri(path, locking=True))
     except sqlite3.DatabaseError as e:
-        detail = str(e)
-    if "immutable=1" in uri:
-        # An immutable read ignores locks: a file that another process was creating (still
-        # in rollback-journal mode) can look damaged mid-write. Only a locking read says so.
-        try:
-            return _tables_checked(uri.replace("&immutable=1", ""))
-        except sqlite3.DatabaseError as e:
-            detail = str(e)
-    raise UserError(damaged_database_message(shown, path, detail))
+        raise UserError(damaged_database_message(shown, path, str(e))) from None
 
 
 def _tables_checked(uri: str) -> set[str]:
@@ -269,11 +266,13 @@ def _sqlite_url(parsed: Any, *, read_only: bool) -> str:
     return f"sqlite:///{read_only_uri(Path(parsed.database))}&uri=true"
 
 
-def read_only_uri(path: Path) -> str:
+def read_only_uri(path: Path, *, locking: bool = False) -> str:
     """A SQLite URI that opens ``path`` read-only and, when no process has the database
-    open (no -wal file beside it), as immutable: looking leaves no -wal/-shm files."""
+    open (no -wal file beside it), as immutable: looking leaves no -wal/-shm files.
+    ``locking``: never immutable (SQLite's locks honoured, whatever is beside it)."""
     path = path.resolve()
-    return f"file:{path}?mode=ro" + ("" if path.with_name(path.name + "-wal").exists() else "&immutable=1")
+    immutable = not locking and not path.with_name(path.name + "-wal").exists()
+    return f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
 
 
 @contextlib.contextmanager

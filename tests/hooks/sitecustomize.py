@@ -4,9 +4,9 @@ first optuna-search log line matching it holds the process right there, after pr
 ``TEST-HOLD: <line>`` to stderr, until it is signalled (SIGINT, SIGKILL, or SIGTERM,
 which lets the training go on to its checkpoint-and-stop), or, with
 ``OPTUNA_SEARCH_TEST_HOLD_SECONDS=S``, for S seconds, or, with
-``OPTUNA_SEARCH_TEST_HOLD_RELEASE=<path>``, until that file exists (then it goes on). A test then signals a process that is
-exactly where it wants it, or lets a deadline pass at a known step, instead of racing its
-progress."""
+``OPTUNA_SEARCH_TEST_HOLD_RELEASE=<path>``, until that file exists (then it goes on). A
+test then signals a process that is exactly where it wants it, or lets a deadline pass at
+a known step, instead of racing its progress."""
 
 import os
 

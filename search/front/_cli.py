@@ -45,7 +45,14 @@ from optuna_search.search.loop import (
 )
 from optuna_search.search.remote import reading_location, write_through
 from optuna_search.search.setup import open_for_reading
-from optuna_search.search.use import BAD_ROW_POLICIES, export_model, export_study_bundle, predict_file, run_ensemble
+from optuna_search.search.use import (
+    BAD_ROW_POLICIES,
+    export_model,
+    export_study_bundle,
+    make_wheelhouse,
+    predict_file,
+    run_ensemble,
+)
 from optuna_search.storage import artifact_store, close_storages, redacted_config
 
 log = logging.getLogger("optuna_search")
@@ -118,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser(
+        "wheelhouse",
+        help="a folder of wheels that installs optuna-search with no index (an offline Kaggle session); torch left out",
+    )
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="new folder for the wheels")
+    p.add_argument(
+        "--source",
+        metavar="DIR",
+        help="the source folder (default: where this install came from, e.g. /kaggle/input/optuna-search-src)",
+    )
+    p.add_argument(
+        "--extra", action="append", default=[], metavar="NAME", help="also an extra's needs, e.g. s3 (repeatable)"
+    )
+    p.set_defaults(func=cmd_wheelhouse)
     return parser
 
 
@@ -299,6 +320,11 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     print(validate(resolve_config(args)))
+    return EXIT_OK
+
+
+def cmd_wheelhouse(args: argparse.Namespace) -> int:
+    print(make_wheelhouse(args.output, source=args.source, extras=tuple(args.extra)))
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from optuna_search.search.use._predict import (
     predict_file,
     spec_from_study,
 )
+from optuna_search.search.use._wheelhouse import make_wheelhouse
 
 __all__ = [
     "BAD_ROW_POLICIES",
@@ -25,6 +26,7 @@ __all__ = [
     "export_model",
     "export_study_bundle",
     "import_study_bundle",
+    "make_wheelhouse",
     "predict_file",
     "run_ensemble",
     "spec_from_study",

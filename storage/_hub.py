@@ -153,6 +153,8 @@ class BucketStore(_HubStore):
         if batch.objects:
             add: list[tuple[str | Path | bytes, str]] = [(str(p), self._p(n)) for n, p in batch.objects.items()]
             self._call("upload to the bucket", self.api.batch_bucket_files, self.repo_id, add=add)
+        if batch.fence is not None:
+            batch.fence()
         version = None
         if batch.lease is not None:
             version = self.swap(*batch.lease)

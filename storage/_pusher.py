@@ -63,6 +63,7 @@ class Settings:
     parent: int
     lease: dict[str, Any] | None
     lease_version: str | None
+    renews: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class PushProcess:
             parent=os.getpid(),
             lease=None if lease is None else dict(lease[0].__dict__),
             lease_version=None if lease is None else lease[1],
+            renews=sync.renews,
         )
         self.timeout_s = timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -255,7 +257,9 @@ def _sync_of(s: Settings) -> StudySync:
     db = None if s.db is None else Path(s.db)
     local = LocalStudy(s.name, Path(s.checkpoints), Path(s.artifacts), db)
     lease = None if s.lease is None or s.lease_version is None else (Lease(**s.lease), s.lease_version)
-    return StudySync(Remote(s.url), local, writer=s.writer, gc_grace_s=s.gc_grace_s, lease=lease)
+    return StudySync(
+        Remote(s.url), local, writer=s.writer, gc_grace_s=s.gc_grace_s, lease=lease, renews=s.renews
+    )
 
 
 def _answer(sync: StudySync, request: Request) -> Answer:

@@ -19,7 +19,19 @@ lands in its place.
 
 The lease is taken and renewed by a conditional write (``Store.swap``): of two machines
 that take over the same stale lease at the same instant, exactly one wins; a holder
-whose renewal finds another version has lost the lease and stops writing.
+whose renewal finds another version has lost the lease and stops writing. A conflict
+with a process of the same run (the same holder: `run --workers` pushes from each
+worker) is looked at again and pushed again, never a lost lease.
+
+Fencing. A holder can be frozen between its lease renewal and its manifest writes (the
+two are one commit only on a dataset repo). So each takeover of a silent holder starts a
+new **epoch**: the lease names it, and every manifest of that epoch lives under
+``epochs/<E>/manifests/`` (epoch 0, a remote never taken over, under ``manifests/``).
+The new holder copies the manifests of the epoch it took over into its own (``base`` in
+the lease until that copy is complete), and from then on readers, the collector and the
+next pull read the lease's epoch only: whatever the frozen holder writes when it wakes
+lands in an epoch nobody reads, and its contents are collected as garbage. A frozen
+collector deletes nothing: it confirms the lease (its holder and epoch) before deleting.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import random
 import socket
 import time
 import uuid
@@ -55,7 +68,16 @@ META = "remote.json"
 LEASE = "lease.json"
 OBJECTS = "objects"
 MANIFESTS = "manifests"
+EPOCHS = "epochs"
 STUDY_UNIT = "study"
+SAME_RUN_RETRIES = 8
+"""How often a push that met another process of its own run is pushed again, from a fresh
+view of the remote, before it is left to the uploader's next try."""
+
+
+def manifest_dir(epoch: int) -> str:
+    """Where an epoch's manifests live (see Fencing in the module docstring)."""
+    return MANIFESTS if epoch == 0 else f"{EPOCHS}/{epoch}/{MANIFESTS}"
 
 __all__ = ["LEASE", "META", "STUDY_UNIT", "Entry", "Lease", "LeaseLost", "Manifest", "Remote", "redact_remote"]
 
@@ -102,12 +124,50 @@ class Lease:
     host: str
     pid: int
     heartbeat: float
+    epoch: int = 0
+    """The fencing epoch (module docstring): raised by one at each takeover of a silent holder."""
+    base: int | None = None
+    """While the epoch's manifests are being copied in: the epoch readers still read."""
+    started: int | None = None
+    """The holder process's start (clock ticks after boot): a reused pid is another process."""
+    boot: str = ""
+    """The holder machine's boot id: its pids mean something only on that boot."""
 
     def age(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.heartbeat
 
+    @property
+    def reading_epoch(self) -> int:
+        return self.epoch if self.base is None else self.base
+
     def to_bytes(self) -> bytes:
         return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> Lease:
+        d = json.loads(data)
+        base = d.get("base")
+        started = d.get("started")
+        return cls(
+            str(d["holder"]),
+            str(d["host"]),
+            int(d["pid"]),
+            float(d["heartbeat"]),
+            int(d.get("epoch", 0)),
+            None if base is None else int(base),
+            None if started is None else int(started),
+            str(d.get("boot", "")),
+        )
+
+    def dead_here(self) -> bool:
+        """Its holder was a process of this machine, since this boot, that is gone (the
+        same pid now, if any, started at another time): a killed run, on this machine."""
+        here = _process_identity(os.getpid())
+        if not self.boot or self.started is None or here is None or self.host != socket.gethostname():
+            return False
+        if self.boot != _boot_id():
+            return False
+        return _process_identity(self.pid) != self.started
 
 
 class LeaseLost(Exception):
@@ -135,6 +195,11 @@ class PushResult:
     commits: int = 0
 
 
+class SameRunBusy(Exception):
+    """Pushes of the same run's processes met again and again: the uploader tries later
+    (the lease is still this run's)."""
+
+
 class Remote:
     """One remote's files (see the module docstring)."""
 
@@ -151,6 +216,9 @@ class Remote:
         """A repo's history is not squashed for less than this (each squash is a request)."""
         self.taken_over: Lease | None = None
         """The lease this run took over (None: there was none)."""
+        self.writing_epoch: int | None = None
+        """The epoch this process writes and reads, once it holds the run's lease (or a
+        worker's share of it); None: a reader, which reads the lease's epoch."""
 
     @property
     def root(self) -> str:
@@ -183,20 +251,33 @@ class Remote:
         data = json.dumps({"format": REMOTE_FORMAT, "study": study, "storage": storage_kind}).encode()
         self.store.commit(Batch(files={META: data}, message="optuna-search: the study's remote"))
 
+    def reading_epoch(self) -> int:
+        """The epoch whose manifests are the remote's: this process's own once it holds
+        the lease, else the lease's (one read)."""
+        if self.writing_epoch is not None:
+            return self.writing_epoch
+        current = self.read_lease()
+        return 0 if current is None else current[0].reading_epoch
+
     def manifest(self, unit: str) -> Manifest | None:
-        data = self._read(f"{MANIFESTS}/{unit}.json")
+        data = self._read(f"{manifest_dir(self.reading_epoch())}/{unit}.json")
         return None if data is None else _parse_manifest(unit, data, self.shown)
 
     def manifests(self) -> dict[str, Manifest]:
+        out = self._manifests_of(self.reading_epoch())
+        self._manifests = dict(out)
+        return out
+
+    def _manifests_of(self, epoch: int) -> dict[str, Manifest]:
+        folder = manifest_dir(epoch)
         out = {}
-        for path in sorted(self.store.listing(MANIFESTS)):
-            if not path.endswith(".json"):
+        for path in sorted(self.store.listing(folder)):
+            if not path.endswith(".json") or not path.startswith(folder + "/"):
                 continue
-            unit = path[len(MANIFESTS) + 1 : -len(".json")]
+            unit = path[len(folder) + 1 : -len(".json")]
             data = self._read(path)
             if data is not None:
                 out[unit] = _parse_manifest(unit, data, self.shown)
-        self._manifests = dict(out)
         return out
 
     # -- push and pull -----------------------------------------------------------------------
@@ -209,42 +290,60 @@ class Remote:
         writer: str,
         *,
         lease: tuple[Lease, str] | None = None,
-        retried: bool = False,
+        renew: bool = True,
     ) -> PushResult:
         """Upload what the remote lacks of each unit's files (relative path -> local
         file), then the manifests that changed, as one commit (``Batch``); the lease
         (``(mine, version)``) renewed in it, conditionally: ``LeaseLost`` when another
         run holds it. A refusal while the lease is still this run's (another of its
-        processes wrote: on a dataset repo any commit moves the head) is pushed again
-        from a fresh view of the remote, once."""
+        processes wrote: on a dataset repo any commit moves the head; elsewhere its
+        renewal) is pushed again from a fresh view of the remote; ``SameRunBusy`` after
+        ``SAME_RUN_RETRIES`` such refusals in a row (the uploader tries again later).
+        With ``renew`` False (a worker of `run --workers`, where the store has no
+        commits) the lease is checked, not renewed, between the contents and the
+        manifests: the run's own process renews it."""
+        for attempt in range(SAME_RUN_RETRIES):
+            try:
+                return self._push_once(units, writer, lease, renew)
+            except _Stale:
+                # Another process of this run wrote since this one last looked: look again
+                # (its contents and manifests, the lease's version), then push once more.
+                assert lease is not None
+                self._present = self._manifests = None
+                lease = (lease[0], self.read_lease_version(lease[0]))
+                time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
+        raise SameRunBusy(
+            f"remote '{self.shown}': {SAME_RUN_RETRIES} pushes in a row met this run's other processes; trying later"
+        )
+
+    def _push_once(
+        self, units: dict[str, dict[str, Path]], writer: str, lease: tuple[Lease, str] | None, renew: bool
+    ) -> PushResult:
         result = PushResult()
+        if lease is not None:
+            self.writing_epoch = lease[0].epoch  # a process that writes under a lease reads its own epoch
+        epoch = self.reading_epoch()
+        folder = manifest_dir(epoch)
         if self._manifests is None:
-            self.manifests()
+            self._manifests = self._manifests_of(epoch)
         if self._present is None:
             self._present = {p.rsplit("/", 1)[-1] for p in self.store.listing(OBJECTS)}
         known = self._manifests if self._manifests is not None else {}
         updated: dict[str, Manifest] = {}
         batch = Batch(message=f"optuna-search: {', '.join(sorted(units))[:200]}")
         for unit, files in sorted(units.items()):
-            m = self._stage(unit, files, known.get(unit), writer, batch, result)
+            m = self._stage(unit, files, known.get(unit), writer, batch, result, folder)
             if m is not None:
                 updated[unit] = m
-        if lease is not None:
+        if lease is not None and (renew or isinstance(self.store, _RepoLike)):
             mine, version = lease
             mine.heartbeat = time.time()
             batch.lease = (LEASE, mine.to_bytes(), version)
+        elif lease is not None:
+            batch.fence = lambda: self.read_lease_version(lease[0])
         if not batch:
             return result
-        try:
-            result.lease_version = self._commit(batch)
-        except _Stale:
-            if retried:
-                raise LeaseLost(self.shown, self.lease()) from None
-            # Another process of this run wrote since this one last looked: look again
-            # (its contents and manifests), then push once more.
-            self._present = self._manifests = None
-            assert lease is not None
-            return self.push_units(units, writer, lease=(lease[0], self.read_lease_version(lease[0])), retried=True)
+        result.lease_version = self._commit(batch)
         # Only what the store took is remembered (a commit that failed changes nothing here).
         result.commits = 1
         known.update(updated)
@@ -262,6 +361,7 @@ class Remote:
         writer: str,
         batch: Batch,
         result: PushResult,
+        folder: str,
     ) -> Manifest | None:
         """One unit into ``batch``: the contents the remote lacks, and its new manifest
         (None when its files are the previous manifest's)."""
@@ -285,7 +385,7 @@ class Remote:
             return None
         generation = (previous.generation if previous else 0) + 1
         m = Manifest(unit, generation, entries, writer, dt.datetime.now(dt.timezone.utc).isoformat())
-        batch.files[f"{MANIFESTS}/{unit}.json"] = json.dumps(m.to_json(), indent=1).encode()
+        batch.files[f"{folder}/{unit}.json"] = json.dumps(m.to_json(), indent=1).encode()
         result.units[unit] = generation
         return m
 
@@ -304,8 +404,9 @@ class Remote:
         raise _Stale()
 
     def read_lease_version(self, mine: Lease) -> str:
+        """The lease's version, while it is still ``mine`` (``LeaseLost`` otherwise)."""
         current = self.read_lease()
-        if current is None or current[0].holder != mine.holder:
+        if current is None or current[0].holder != mine.holder or current[0].epoch != mine.epoch:
             raise LeaseLost(self.shown, current[0] if current else None)
         return current[1]
 
@@ -375,14 +476,21 @@ class Remote:
         md5 = {p.rsplit("/", 1)[-1]: x.md5 for p, x in self.store.listing(OBJECTS).items() if x.md5}
         return {d for d, path in local.items() if d in md5 and path.is_file() and _md5(path) != md5[d]}
 
-    def collect_garbage(self, older_than_s: float) -> int:
-        """Remove contents no manifest names (older checkpoints, interrupted uploads),
-        leaving those younger than ``older_than_s`` (another machine's upload in flight
-        whose manifest is not written yet), in one request where the store takes a list.
-        On a dataset repo a unit's contents and manifest arrive in one commit, so nothing
-        is in flight; the deletion is conditional on the head the manifests were read at
-        (a commit in between: nothing is deleted this time). Returns how many files went."""
+    def collect_garbage(self, older_than_s: float, holder: Lease | None = None) -> int:
+        """Remove contents no manifest of the remote's epoch names (older checkpoints,
+        interrupted uploads, what a fenced holder wrote), and the manifests of epochs
+        before it, leaving contents younger than ``older_than_s`` (another machine's
+        upload in flight whose manifest is not written yet), in one request where the
+        store takes a list. With ``holder`` (the lease this process writes under) nothing
+        is deleted unless the lease is still that holder's, at its epoch (``LeaseLost``
+        otherwise). On a dataset repo a unit's contents and manifest arrive in one commit,
+        so nothing is in flight; the deletion is conditional on the head the manifests were
+        read at (a commit in between: nothing is deleted this time). Returns how many
+        files went."""
         head = self.store.head() if isinstance(self.store, _RepoLike) else None
+        if holder is not None:
+            self.writing_epoch = holder.epoch
+        epoch = self.reading_epoch()
         referenced = {e.sha256 for m in self.manifests().values() for e in m.files.values()}
         now = time.time()
         listed = self.store.listing(OBJECTS)
@@ -393,8 +501,16 @@ class Remote:
             if path.rsplit("/", 1)[-1] not in referenced
             and not (older_than_s > 0 and now - (info.mtime if info.mtime is not None else now) < older_than_s)
         ]
+        if epoch > 0:
+            mine = manifest_dir(epoch) + "/"
+            garbage += [p for p in self.store.listing(MANIFESTS) if p.startswith(MANIFESTS + "/")]
+            garbage += [p for p in self.store.listing(EPOCHS) if p.startswith(EPOCHS + "/") and not p.startswith(mine)]
         if not garbage:
             return 0
+        if holder is not None:
+            current = self.read_lease()
+            if current is None or current[0].holder != holder.holder or current[0].epoch != epoch:
+                raise LeaseLost(self.shown, current[0] if current else None)
         if head is not None:
             try:
                 self.store.commit(Batch(deletes=garbage, parent=head, message="optuna-search: unused contents"))
@@ -429,18 +545,25 @@ class Remote:
         if got is None:
             return None
         try:
-            d = json.loads(got.data)
-            return Lease(d["holder"], d["host"], int(d["pid"]), float(d["heartbeat"])), got.version
+            return Lease.parse(got.data), got.version
         except (ValueError, KeyError, TypeError):
             return Lease("", "unknown", 0, 0.0), got.version  # unreadable: as stale as can be
 
     def take_lease(self, mine: Lease, grace_s: float) -> str:
-        """The lease, by a conditional write: taken when there is none or its holder has
-        been silent for ``grace_s``; refused in one line naming the holder otherwise, or
-        when another run took it at the same instant. Returns the lease's version."""
+        """The lease, by a conditional write: taken when there is none, when its holder
+        released it, has been silent for ``grace_s``, or was killed on this machine;
+        refused in one line naming the holder otherwise, or when another run took it at
+        the same instant. Taking over a silent holder starts a new epoch, its manifests
+        copied from the one it took over (Fencing, module docstring). Returns the
+        lease's version."""
         current = self.read_lease()
-        if current is not None and current[0].age() < grace_s:
+        if current is not None and current[0].age() < grace_s and not current[0].dead_here():
             raise self._in_use(current[0], grace_s)
+        if current is not None:
+            was = current[0]
+            silent = was.heartbeat > 0 or was.base is not None  # not released (or its copy never ended)
+            mine.epoch = was.epoch + 1 if silent else was.epoch
+            mine.base = was.reading_epoch if silent else None
         try:
             version = self.store.swap(LEASE, mine.to_bytes(), current[1] if current else None)
         except Conflict:
@@ -451,6 +574,29 @@ class Remote:
                 "SQLite study's remote at a time; this one wrote nothing"
             ) from None
         self.taken_over = current[0] if current is not None else None
+        if mine.base is not None:
+            version = self._adopt(mine, version)
+        self.writing_epoch = mine.epoch
+        return version
+
+    def _adopt(self, mine: Lease, version: str) -> str:
+        """A new epoch's manifests: those of the epoch it took over, copied in (a kill here
+        leaves ``base`` in the lease: readers read the old epoch, the next taker copies it
+        again); then the lease says the epoch is whole. Returns the lease's version."""
+        assert mine.base is not None
+        old = self._manifests_of(mine.base)
+        folder = manifest_dir(mine.epoch)
+        copies = {f"{folder}/{unit}.json": json.dumps(m.to_json(), indent=1).encode() for unit, m in old.items()}
+        if copies:
+            self.store.commit(Batch(files=copies, message=f"optuna-search: epoch {mine.epoch}"))
+            version = self.read_lease_version(mine)  # on a dataset repo that commit moved the head
+        mine.base = None
+        mine.heartbeat = time.time()
+        try:
+            version = self.store.swap(LEASE, mine.to_bytes(), version)
+        except Conflict:
+            raise LeaseLost(self.shown, self.lease()) from None
+        self._manifests = None
         return version
 
     def _in_use(self, current: Lease, grace_s: float) -> UserError:
@@ -466,7 +612,7 @@ class Remote:
             return
         with contextlib.suppress(FileNotFoundError, Conflict):
             # Released by marking it stale (a conditional write): deleting would race a takeover.
-            gone = Lease(holder, current[0].host, current[0].pid, 0.0)
+            gone = Lease(holder, current[0].host, current[0].pid, 0.0, current[0].epoch, current[0].base)
             self.store.swap(LEASE, gone.to_bytes(), current[1])
 
 
@@ -501,7 +647,36 @@ def open_store(url: str, hub: Any = None) -> Store:
 
 def new_holder() -> Lease:
     host = socket.gethostname()
-    return Lease(f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}", host, os.getpid(), time.time())
+    return Lease(
+        f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+        host,
+        os.getpid(),
+        time.time(),
+        started=_process_identity(os.getpid()),
+        boot=_boot_id(),
+    )
+
+
+def _process_identity(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot; Linux's /proc), None when there
+    is no such process (or no /proc to ask)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command's name
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str:
+    """This boot of this machine, and this process's pid namespace (a container beside
+    this one, on the same kernel, numbers its processes apart)."""
+    try:
+        return f"{Path('/proc/sys/kernel/random/boot_id').read_text().strip()}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
 
 
 def _md5(path: Path) -> str:

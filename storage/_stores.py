@@ -31,7 +31,7 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +81,9 @@ class Batch:
     """(path, data, expected version): the lease renewed in the same commit, conditionally."""
     parent: str | None = None
     """On a dataset repo without a lease in the batch: commit only on this head."""
+    fence: Callable[[], None] | None = None
+    """Where the store has no commits: called after the contents and before the manifests
+    (it raises when the writer may no longer write them: a worker whose run lost the lease)."""
     message: str = "optuna-search"
 
     def __bool__(self) -> bool:
@@ -363,6 +366,8 @@ def _commit_in_order(store: FolderStore | FsspecStore, batch: Batch) -> str | No
     then the deletions. A kill between two steps leaves the previous manifests valid."""
     for name, source in batch.objects.items():
         store.put_object(name, source)
+    if batch.fence is not None:
+        batch.fence()
     version = store.swap(*batch.lease) if batch.lease is not None else None
     for name, data in batch.files.items():
         store.write(name, data)

@@ -142,6 +142,7 @@ class StudySync:
         writer: str | None = None,
         gc_grace_s: float = 0.0,
         lease: tuple[Lease, str] | None = None,
+        renews: bool = True,
     ) -> None:
         self.remote, self.local = remote, local
         self.writer = writer or new_holder().holder
@@ -150,6 +151,9 @@ class StudySync:
         an hour where several machines write (their uploads may not have a manifest yet)."""
         self.lease = lease
         """(this run's lease, its version): renewed in every push; None without one."""
+        self.renews = renews
+        """False in a worker of `run --workers`: its pushes check the run's lease instead of
+        renewing it (the run renews it; on a dataset repo every commit carries it)."""
         tag = hashlib.sha256(remote.shown.encode()).hexdigest()[:8]
         self.state_path = local.state_file(f"{tag}.{STATE}")
         """What this machine last saw of this remote (a study may have a remote and bundles)."""
@@ -226,7 +230,7 @@ class StudySync:
                         contents[unit] = files
                 else:
                     contents[unit] = self.study_files(where)
-            result = self.remote.push_units(contents, self.writer, lease=self.lease)
+            result = self.remote.push_units(contents, self.writer, lease=self.lease, renew=self.renews)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._renewed(result.lease_version)
@@ -239,7 +243,7 @@ class StudySync:
     def renew(self) -> None:
         """The lease renewed alone (nothing to push for a heartbeat interval)."""
         if self.lease is not None:
-            self._renewed(self.remote.push_units({}, self.writer, lease=self.lease).lease_version)
+            self._renewed(self.remote.push_units({}, self.writer, lease=self.lease, renew=True).lease_version)
 
     def _renewed(self, version: str | None) -> None:
         if self.lease is not None and version is not None:
@@ -256,8 +260,13 @@ class StudySync:
 
     def push_all(self, units: list[str] | None = None) -> int:
         total = self.push_many(units or self.units()).uploaded_bytes
-        self.remote.collect_garbage(self.gc_grace_s)
+        self.collect_garbage()
         return total
+
+    def collect_garbage(self) -> int:
+        """What no manifest names leaves the remote; under a lease, only while it is still
+        this run's (``LeaseLost`` otherwise, nothing deleted)."""
+        return self.remote.collect_garbage(self.gc_grace_s, None if self.lease is None else self.lease[0])
 
     # -- pull -------------------------------------------------------------------------------
     def pull(self, manifests: dict[str, Manifest], *, points: bool = True) -> int:
@@ -734,9 +743,11 @@ class Uploader:
         self._wake.set()
         self._pusher.close()  # a push still in flight is given up (its unit's manifest stays valid)
         self._thread.join(timeout=5)
-        if not missing:
+        if not missing and self.cadence.renews:
+            # A worker of `run --workers` leaves collecting to its run: another worker's
+            # contents may be uploaded and not yet named by their manifest.
             try:
-                self.sync.remote.collect_garbage(self.sync.gc_grace_s)
+                self.sync.collect_garbage()
             except Exception as e:
                 log.debug("remote garbage collection failed: %s", e)
         self._save_status()

@@ -137,7 +137,9 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
         os.environ[LEASE_ENV] = json.dumps(held[0].__dict__)
     elif local.db is not None:
         held = _workers_lease(remote)
-    sync = StudySync(remote, local, gc_grace_s=0.0 if local.db is not None else SHARED_GC_GRACE_S, lease=held)
+    sync = StudySync(
+        remote, local, gc_grace_s=0.0 if local.db is not None else SHARED_GC_GRACE_S, lease=held, renews=not worker
+    )
     try:
         if not worker:
             _local_errors(lambda: pull_study(sync, config.study.name, writing=True, repair=True), local)
@@ -180,8 +182,9 @@ def _workers_lease(remote: Remote) -> tuple[Lease, str] | None:
         return None
     mine = Lease(**json.loads(given))
     current = remote.read_lease()
-    if current is None or current[0].holder != mine.holder:
+    if current is None or current[0].holder != mine.holder or current[0].epoch != mine.epoch:
         raise UserError(f"remote '{remote.shown}': this worker's run no longer holds the remote's lease; it stops")
+    remote.writing_epoch = mine.epoch
     return mine, current[1]
 
 

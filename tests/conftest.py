@@ -358,3 +358,15 @@ def s3():
     holder["server"].stop()
     for k, v in old.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The simulated Hub for this process and every process it starts."""
+    from optuna_search.storage import SimulatedHub, _hub
+
+    root = tmp_path / "hub"
+    monkeypatch.setattr(_hub, "hub_api", lambda: SimulatedHub(root))
+    monkeypatch.setenv("OPTUNA_SEARCH_TEST_HUB", str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    return root

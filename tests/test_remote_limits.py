@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import FAST, HOOKS, hold_env, run_main, wait_for_holds
+from conftest import FAST, hold_env, run_main, wait_for_holds
 from optuna.trial import TrialState
 
 SMALL = [
@@ -94,18 +94,6 @@ def test_the_simulated_hub_refuses_requests_past_1000_in_5_minutes(tmp_path):
     with pytest.raises(HfHubHTTPError) as refused:
         hub.list_bucket_tree("u/b")
     assert _http_status(refused.value) == 429 and int(refused.value.response.headers["Retry-After"]) == 280
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """The simulated Hub for this process and every process it starts."""
-    from optuna_search.storage import SimulatedHub, _hub
-
-    root = tmp_path / "hub"
-    monkeypatch.setattr(_hub, "hub_api", lambda: SimulatedHub(root))
-    monkeypatch.setenv("OPTUNA_SEARCH_TEST_HUB", str(root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return root
 
 
 def _checkpoint(folder, tag):

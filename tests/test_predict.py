@@ -298,6 +298,30 @@ def test_repeated_ids_resume_by_row_position(scored_study, tmp_path):
     assert "'dup-0'" in refused.stderr and "'x0'" in refused.stderr and len(out.read_text().splitlines()) == 6
 
 
+def test_an_output_begun_on_another_input_is_refused_whatever_its_ids(scored_study, tmp_path):
+    """Seen: without an id column (ids are row numbers), `predict -i a.jsonl -o o.jsonl` then
+    `predict -i b.jsonl -o o.jsonl` exited 0 with a's predictions under b's ids. Each row's
+    text is checked against its digest beside the output, so ids that agree prove nothing."""
+    texts = [json.loads(line)["input"] for line in (ensure_demo_data() / "test.jsonl").read_text().splitlines()[:8]]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"input": t}) + "\n" for t in texts[:4]))
+    b.write_text("".join(json.dumps({"input": t}) + "\n" for t in texts[4:]))
+    out = tmp_path / "o.jsonl"
+    first = run_main("predict", "--preset", "demo", "-i", str(a), "-o", str(out), cwd=scored_study)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = out.read_text()
+    refused = run_main("predict", "--preset", "demo", "-i", str(b), "-o", str(out), cwd=scored_study)
+    assert refused.returncode == 2 and "does not continue this input" in refused.stderr, refused.stderr[-2000:]
+    assert "another text" in refused.stderr and out.read_text() == before
+    # The same input goes on; repeated ids with other texts are refused just the same.
+    again = run_main("predict", "--preset", "demo", "-i", str(a), "-o", str(out), cwd=scored_study)
+    assert again.returncode == 0 and "(4 already there" in again.stdout and out.read_text() == before
+    same_ids = tmp_path / "same-ids.jsonl"
+    same_ids.write_text("".join(json.dumps({"id": str(i + 1), "input": t}) + "\n" for i, t in enumerate(texts[4:])))
+    refused = run_main("predict", "--preset", "demo", "-i", str(same_ids), "-o", str(out), cwd=scored_study)
+    assert refused.returncode == 2 and "another text" in refused.stderr
+
+
 def test_the_output_is_synced_after_every_batch(scored_study, tmp_path, monkeypatch):
     """Seen: synced every 16 batches, so with --batch-size 50 a kill after 20 s kept 0 rows.
     Here the third batch is interrupted: the first two are in the file."""

@@ -8,14 +8,17 @@ of the base, soft voting). Its source is a study (``from_study``: the chosen tri
 trial by number, or the stored ensemble) or a folder written by ``export-model``
 (``from_dir``: no study needed). ``predict_file`` streams a JSONL/CSV input in batches
 with progress on stderr, appends to its output after every batch (a rerun skips as many
-usable rows as the output holds, checking their ids, so a kill loses at most one batch;
-ids may repeat), and reports bad rows by line.
+usable rows as the output holds, checking each row's text against the digest written
+beside the output, ``<output>.rows``, so a kill loses at most one batch and an output
+begun on another input is refused, whatever its ids; ids may repeat), and reports bad
+rows by line.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -437,6 +440,7 @@ def predict_file(
     spec = _spec(location, trial, ensemble, model_dir, batch_size)
     csv_out = out.suffix.lower() == ".csv"
     done = _written_ids(out, csv_out)
+    digests = _written_digests(out, len(done))
     sidecar = out.with_name(out.name + ".provenance.json")
     provenance = {
         "model": spec.provenance,
@@ -451,7 +455,7 @@ def predict_file(
     tally = _Tally()
     sink = _Sink(out, sidecar, provenance, spec, csv_out, resumed=bool(done))
     try:
-        _predict_rows(predictor, RowReader(inp, spec.input_column), sink, done, on_bad_row, tally, inp)
+        _predict_rows(predictor, RowReader(inp, spec.input_column), sink, (done, digests), on_bad_row, tally, inp)
     finally:
         sink.close()
     for b in tally.bad[:10]:
@@ -523,13 +527,15 @@ def _predict_rows(
     predictor: Predictor,
     reader: RowReader,
     sink: _Sink,
-    done: list[str],
+    written: tuple[list[str], list[str] | None],
     on_bad_row: str,
     tally: _Tally,
     inp: Path,
 ) -> None:
     """Predict the usable rows batch by batch, in input order; a rerun skips the first
-    ``len(done)`` usable rows (by position: ids may repeat), checking their ids."""
+    ``len(done)`` usable rows (by position: ids may repeat), checking their texts' digests
+    (an output of an earlier version, without them: their ids)."""
+    done = written[0]
     spec = predictor.spec
     t0 = last = time.monotonic()
     for chunk in reader.chunks(spec.batch_size):
@@ -543,7 +549,7 @@ def _predict_rows(
                 continue
             tally.usable += 1
             if tally.usable <= len(done):
-                _check_resumed_row(sink.out, done, tally.usable, ex.id, f"{inp}:{line}")
+                _check_resumed_row(sink.out, written, tally.usable, ex, f"{inp}:{line}")
                 tally.skipped += 1
                 continue
             examples.append(ex)
@@ -551,7 +557,7 @@ def _predict_rows(
         if examples:
             predictions = predictor._predict(examples, extras)
             tally.invalid += sum(len(p.invalid) for p in predictions)
-            sink.write(predictions)
+            sink.write(predictions, [_row_digest(ex) for ex in examples])
             tally.written += len(examples)
         if time.monotonic() - last >= 5:
             last = _progress(tally, reader, t0)
@@ -572,12 +578,23 @@ def _progress(tally: _Tally, reader: RowReader, t0: float) -> float:
     return now
 
 
-def _check_resumed_row(out: Path, done: list[str], n: int, row_id: str, where: str) -> None:
-    if done[n - 1] != row_id:
+def _row_digest(ex: Example) -> str:
+    """What a prediction was made from: the row's instruction and text (as loaded)."""
+    return hashlib.sha256(json.dumps([ex.instruction, ex.input]).encode()).hexdigest()[:32]
+
+
+def _check_resumed_row(out: Path, written: tuple[list[str], list[str] | None], n: int, ex: Example, where: str) -> None:
+    done, digests = written
+    fix = "give the input it was started with, or choose a new --output"
+    if digests is not None and digests[n - 1] != _row_digest(ex):
+        raise UserError(
+            f"--output '{out}' does not continue this input: its prediction {n} (id {done[n - 1]!r}) was made from "
+            f"another text than the input's usable row {n} ({where}, id {ex.id!r}); {fix}"
+        )
+    if done[n - 1] != ex.id:
         raise UserError(
             f"--output '{out}' does not continue this input: its prediction {n} is for id {done[n - 1]!r}, "
-            f"the input's usable row {n} ({where}) has id {row_id!r}; give the input it was started with, "
-            "or choose a new --output"
+            f"the input's usable row {n} ({where}) has id {ex.id!r}; {fix}"
         )
 
 
@@ -591,12 +608,18 @@ class _Sink:
         self.out, self.sidecar, self.provenance, self.spec = out, sidecar, provenance, spec
         self.csv_out, self.resumed = csv_out, resumed
         self.fh: Any = None
+        self.rows: Any = None
         self.writer: _CsvWriter | None = None
 
-    def write(self, predictions: list[RowPrediction]) -> None:
+    def write(self, predictions: list[RowPrediction], digests: list[str]) -> None:
+        """The batch's row digests, then its predictions, each synced: a kill between the
+        two leaves digests ahead of the output, which a rerun trims."""
         with writable(self.out):
             if self.fh is None:
                 self._open()
+            self.rows.write("".join(d + "\n" for d in digests))
+            self.rows.flush()
+            os.fsync(self.rows.fileno())
             for p in predictions:
                 if self.writer is not None:
                     self.writer.write(p)
@@ -610,13 +633,15 @@ class _Sink:
             with replaced_atomically(self.sidecar) as tmp:
                 tmp.write_text(json.dumps(self.provenance, indent=1))
         header = _csv_header(str(self.out)) if self.resumed and self.csv_out else None
+        self.rows = open(_rows_path(self.out), "a" if self.resumed else "w", encoding="utf-8")  # noqa: SIM115
         self.fh = open(self.out, "a", encoding="utf-8", newline="")  # noqa: SIM115 (closed by close())
         if self.csv_out:
             self.writer = _CsvWriter(self.fh, self.spec, new=not self.resumed, header=header)
 
     def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
+        for fh in (self.fh, self.rows):
+            if fh is not None:
+                fh.close()
 
 
 def _csv_header(path: str) -> list[str] | None:
@@ -680,6 +705,25 @@ def _written_ids(out: Path, csv_out: bool) -> list[str]:
                 f"--output '{out}' line {n} is not a prediction of this tool; choose a new output file"
             ) from None
     return ids
+
+
+def _rows_path(out: Path) -> Path:
+    return out.with_name(out.name + ".rows")
+
+
+def _written_digests(out: Path, n: int) -> list[str] | None:
+    """The digests of the ``n`` rows the output holds (trimmed to them: a kill may leave
+    more), or None when there are none for them (an output of an earlier version)."""
+    path = _rows_path(out)
+    if n == 0 or not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) < n:
+        return None
+    if len(lines) > n:
+        with replaced_atomically(path) as tmp:
+            tmp.write_text("".join(d + "\n" for d in lines[:n]), encoding="utf-8")
+    return lines[:n]
 
 
 class _CsvWriter:

@@ -369,6 +369,16 @@ class TrainSection:
             p.append(
                 f"train.decay_ratio = {self.decay_ratio} must be in (0, 1) (the share of training in the decay; 0.2)"
             )
+        elif (
+            self.lr_scheduler == "warmup_stable_decay"
+            and isinstance(self.warmup_ratio, (int, float))
+            and self.warmup_ratio + self.decay_ratio > 1
+        ):
+            p.append(
+                f"train.warmup_ratio = {self.warmup_ratio} and train.decay_ratio = {self.decay_ratio} add up to more "
+                "than all of training on warmup_stable_decay (the rate would jump down where the warm-up ends); "
+                "keep warmup_ratio + decay_ratio <= 1"
+            )
         for name in ("checkpoint_steps", "validations_per_epoch", "gpus_per_trial"):
             if not 1 <= getattr(self, name) <= 1_000_000:
                 p.append(f"train.{name} = {getattr(self, name)} must be a positive integer")

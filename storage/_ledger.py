@@ -97,16 +97,26 @@ def create_study(
     name: str, storage: Any, sampler: Any, pruner: Any, directions: list[str], metric_names: list[str]
 ) -> optuna.Study:
     """A new study (Optuna's ``create_study``) with its objectives' names: studies are
-    created here, as trials are, and nowhere else."""
+    created here, as trials are, and nowhere else. Optuna's own "A new study created" line
+    is not shown (our log says what the run does; the Python API leaves Optuna's logging
+    as its caller set it otherwise)."""
+    import logging
+
     import optuna
 
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        directions=directions,  # type: ignore[arg-type]  # "minimize"/"maximize", checked in core
-    )
+    quiet = logging.getLogger("optuna.storages._rdb.storage")
+    was = quiet.level
+    quiet.setLevel(max(was, logging.WARNING))
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=directions,  # type: ignore[arg-type]  # "minimize"/"maximize", checked in core
+        )
+    finally:
+        quiet.setLevel(was)
     study.set_metric_names(metric_names)
     return study
 

@@ -257,9 +257,7 @@ def _sync_of(s: Settings) -> StudySync:
     db = None if s.db is None else Path(s.db)
     local = LocalStudy(s.name, Path(s.checkpoints), Path(s.artifacts), db)
     lease = None if s.lease is None or s.lease_version is None else (Lease(**s.lease), s.lease_version)
-    return StudySync(
-        Remote(s.url), local, writer=s.writer, gc_grace_s=s.gc_grace_s, lease=lease, renews=s.renews
-    )
+    return StudySync(Remote(s.url), local, writer=s.writer, gc_grace_s=s.gc_grace_s, lease=lease, renews=s.renews)
 
 
 def _answer(sync: StudySync, request: Request) -> Answer:

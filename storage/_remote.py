@@ -79,6 +79,7 @@ def manifest_dir(epoch: int) -> str:
     """Where an epoch's manifests live (see Fencing in the module docstring)."""
     return MANIFESTS if epoch == 0 else f"{EPOCHS}/{epoch}/{MANIFESTS}"
 
+
 __all__ = ["LEASE", "META", "STUDY_UNIT", "Entry", "Lease", "LeaseLost", "Manifest", "Remote", "redact_remote"]
 
 
@@ -219,6 +220,12 @@ class Remote:
         self.writing_epoch: int | None = None
         """The epoch this process writes and reads, once it holds the run's lease (or a
         worker's share of it); None: a reader, which reads the lease's epoch."""
+
+    @property
+    def identity(self) -> str:
+        """What names this remote on this machine, wherever it was named from: a folder's
+        resolved path (``../r`` from two folders is two remotes), else the URL as shown."""
+        return str(self.store.root.resolve()) if isinstance(self.store, FolderStore) else self.shown
 
     @property
     def root(self) -> str:

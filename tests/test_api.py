@@ -126,6 +126,32 @@ def test_run_options_have_one_name_from_the_command_line_and_the_api(tmp_path):
     for name in RUN_OPTIONS:
         assert getattr(run_args, name) == RunRequest.__dataclass_fields__[name].default, name
     config = optuna_search.load_config(preset="demo")
-    with pytest.raises(optuna_search.UserError, match="unknown run option.*time_budget.*known: .*time_budget_s"):
+    with pytest.raises(optuna_search.UserError, match="unknown run option.*time_budget.*known: .*time_budget_s") as e:
         optuna_search.run(config, time_budget=60)
+    assert "worker," not in str(e.value) and not str(e.value).endswith("worker")  # run --workers' own
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"time_budget_s": float("nan")}, "time_budget_s = nan must be a positive number"),
+        ({"time_budget_s": -5}, "time_budget_s = -5 must be a positive number"),
+        ({"time_budget_s": "soon"}, "'soon' is not a duration"),
+        ({"time_budget_s": True}, "time_budget_s = True"),
+        ({"workers": 0}, "workers = 0 must be a positive integer"),
+        ({"retry_failed": "yes"}, "retry_failed = 'yes' must be True or False"),
+    ],
+)
+def test_the_apis_run_options_are_checked_as_the_command_line_checks_them(options, needle, tmp_path, monkeypatch):
+    """Seen: the API took time_budget_s=nan (no budget), -5 (ran, exit 3) and "1h" (a raw
+    TypeError). A duration as text is taken as --time-budget takes it; the rest is one line."""
+    import optuna_search
+    from optuna_search.search.front import RunRequest
+
+    config = optuna_search.load_config(preset="demo")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(optuna_search.UserError, match=re.escape(needle)):
+        optuna_search.run(config, **options)
+    assert not list(tmp_path.iterdir())
+    assert RunRequest.of(config, time_budget_s="1h30m").time_budget_s == 5400

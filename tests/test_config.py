@@ -316,3 +316,18 @@ def test_a_config_files_relative_data_paths_are_relative_to_it(tmp_path):
     assert (
         config.data.validation == "builtin:demo-bugs/val.jsonl" and config.data.test == "rel/test.jsonl"
     )  # --set: as given
+
+
+def test_a_warm_up_and_a_decay_longer_than_training_are_refused():
+    """Seen: warmup_ratio 0.5 with decay_ratio 0.9 on warmup_stable_decay was taken, and the
+    rate jumped from 0.9 to 0.33 of its peak where the warm-up ended."""
+    with pytest.raises(UserError, match=r"warmup_ratio = 0.5 and train.decay_ratio = 0.9 add up to more"):
+        load_config(
+            preset="demo",
+            sets=["train.lr_scheduler='warmup_stable_decay'", "train.warmup_ratio=0.5", "train.decay_ratio=0.9"],
+        )
+    ok = load_config(
+        preset="demo",
+        sets=["train.lr_scheduler='warmup_stable_decay'", "train.warmup_ratio=0.3", "train.decay_ratio=0.7"],
+    )
+    assert ok.train.warmup_ratio + ok.train.decay_ratio == 1.0

@@ -124,6 +124,10 @@ def test_time_budget_starts_no_trial_that_cannot_finish():
     # A point with a checkpoint can always make progress before the deadline.
     assert isinstance(decide(state, retry_failed=False, seconds_left=300, checkpointed=lambda p: True), Train)
     assert isinstance(decide(state, retry_failed=False, seconds_left=0, checkpointed=lambda p: True), BudgetStop)
+    # Seen with --time-budget 1s: "a trial takes about ?". Before any trial finished, it says so.
+    stop = decide(read_state(GRID, []), retry_failed=False, seconds_left=0)
+    assert isinstance(stop, BudgetStop) and "?" not in str(stop.__dict__)
+    assert "no trial has finished yet" in str(stop.__dict__)
 
 
 class _Runner:

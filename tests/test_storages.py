@@ -130,3 +130,18 @@ def test_a_file_that_looks_damaged_only_to_a_lock_free_read_is_not_called_damage
     monkeypatch.setattr(_storages, "_tables_checked", real)
     with pytest.raises(UserError, match="is damaged"):
         _storages.sqlite_tables(db, "sqlite:///study.db")
+
+
+def test_creating_a_study_says_nothing_of_optunas_own(tmp_path, capfd):
+    """Seen: Optuna's "A new study created in RDB with name: ..." on stderr from the Python
+    API, beside our own lines (the CLI silenced it; the API did not)."""
+    import optuna
+
+    from optuna_search.storage import create_study
+
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        create_study("quiet", f"sqlite:///{tmp_path / 'q.db'}", None, None, ["maximize"], ["overall_accuracy"])
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    assert "A new study created" not in capfd.readouterr().err

@@ -46,6 +46,25 @@ def test_demo_runs_the_full_grid_and_says_where_it_stands_against_the_baselines(
     assert "DEMO" in proc.stdout and "tiny" in proc.stdout
 
 
+def test_a_run_over_part_of_the_grid_names_the_studys_best_as_every_command_does(demo_study):
+    """Seen: `run --set 'study.grid={lora_r=[4]}'` on the finished demo printed "best:
+    lora_r=4" while status and predict used the study's best. One best everywhere, and
+    the run says what else the study holds."""
+    import re
+
+    work, _ = demo_study
+    best = _study(work).best_trial
+    others = sorted({4, 8, 16} - {best.params["lora_r"]})
+    part = run_main("run", "--preset", "demo", "--set", f"study.grid={{lora_r=[{others[0]}]}}", cwd=work)
+    assert part.returncode == 0, part.stderr[-2000:]
+    assert len(_study(work).get_trials()) == 3  # nothing ran
+    named = re.search(r"^best: lora_r=(\d+) \(trial (\d+)\)", part.stdout, re.M)
+    assert named and int(named.group(1)) == best.params["lora_r"] and int(named.group(2)) == best.number, part.stdout
+    assert "the study also holds 2 finished points outside this run's grid" in part.stdout
+    status = run_main("status", "--preset", "demo", cwd=work)
+    assert f"lora_r={best.params['lora_r']}" in status.stdout.split("best")[-1], status.stdout
+
+
 def test_the_commands_the_demo_summary_suggests_find_its_study(demo_study):
     # The demo's study is not in the default storage: the suggested follow-up commands
     # carry its --storage/--study-name, so they work pasted as printed.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +28,7 @@ from optuna_search.dashboards import (
 )
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front._config import config_layers, explicit_location, load_config
-from optuna_search.search.front._request import RUN_OPTIONS, RunRequest, execute
+from optuna_search.search.front._request import RUN_OPTIONS, RunRequest, execute, parse_duration
 from optuna_search.search.front._status import status
 from optuna_search.search.front._summary import print_summary
 from optuna_search.search.front._validate import validate
@@ -269,18 +268,6 @@ def _add_using(sub: Any) -> None:
         "--merge", action="store_true", help="also write the adapter merged into the dequantised base model (16-bit)"
     )
     p.set_defaults(func=cmd_export_model)
-
-
-def parse_duration(text: str) -> float:
-    """'11h30m', '90m', '45s', '2h', '1.5h' or plain seconds -> seconds."""
-    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
-    if not text.strip() or not m or not any(m.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 11h30m, 90m or 600s")
-    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
-    total = h * 3600 + mi * 60 + se
-    if total <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration")
-    return total
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -9,7 +9,10 @@ the study in this process or in `--workers` processes.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -63,8 +66,9 @@ class RunRequest:
         unknown option is one clear error naming the known ones."""
         unknown = sorted(set(options) - set(RUN_OPTIONS))
         if unknown:
-            raise UserError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(RUN_OPTIONS)}")
-        return cls(config, explicit, **options)
+            known = ", ".join(o for o in RUN_OPTIONS if o != "worker")  # `worker` is run --workers' own
+            raise UserError(f"unknown run option(s) {', '.join(unknown)}; known: {known}")
+        return cls(config, explicit, **_checked(options))
 
     @classmethod
     def from_layers(
@@ -82,6 +86,50 @@ class RunRequest:
 
 
 RUN_OPTIONS = tuple(f.name for f in fields(RunRequest) if f.name not in ("config", "explicit"))
+
+
+def parse_duration(text: str) -> float:
+    """'11h30m', '90m', '45s', '2h', '1.5h' or plain seconds -> seconds."""
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
+    if not text.strip() or not m or not any(m.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 11h30m, 90m or 600s")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    total = h * 3600 + mi * 60 + se
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive duration")
+    return total
+
+
+def _checked(options: dict[str, Any]) -> dict[str, Any]:
+    """The options as the command line would have taken them (a duration as text or a
+    positive number of seconds, counts as positive integers), every problem in one error."""
+    out, problems = dict(options), []
+    budget = options.get("time_budget_s")
+    if isinstance(budget, str):
+        try:
+            out["time_budget_s"] = parse_duration(budget)
+        except argparse.ArgumentTypeError as e:
+            problems.append(f"time_budget_s: {e}")
+    elif budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0
+    ):
+        problems.append(f"time_budget_s = {budget!r} must be a positive number of seconds, or a duration like '11h30m'")
+    workers = options.get("workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        problems.append(f"workers = {workers!r} must be a positive integer (or None: one per GPU)")
+    interval = options.get("progress_interval")
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval)
+    ):
+        problems.append(f"progress_interval = {interval!r} must be a number of seconds")
+    for flag in ("retry_failed", "oversubscribe"):
+        if flag in options and not isinstance(options[flag], bool):
+            problems.append(f"{flag} = {options[flag]!r} must be True or False")
+    if problems:
+        raise UserError("; ".join(problems))
+    return out
+
+
 """What `run` takes besides the configuration: the command line's flags (``--time-budget``
 is ``time_budget_s``) and the API's keywords, by the same names."""
 

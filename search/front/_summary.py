@@ -4,14 +4,23 @@ decide it."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, TrialRecord
-from optuna_search.dashboards import progress_line, render_summary, verdict
-from optuna_search.search.loop import EXIT_BUDGET, EXIT_INCOMPLETE, EXIT_OK, Status, StudyState, rows_of
-from optuna_search.storage import read_meta
+from optuna_search.dashboards import SummaryRow, progress_line, render_summary, verdict
+from optuna_search.search.loop import (
+    EXIT_BUDGET,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    Status,
+    StudyState,
+    rows_of,
+    study_state,
+)
+from optuna_search.storage import read_meta, study_flags
 
 if TYPE_CHECKING:
     import optuna
@@ -45,12 +54,38 @@ def summarize(study: optuna.Study, config: Config, state: StudyState, *, ran: in
             rows, fields, meta.baselines, grid=config.is_grid, validation_baselines=meta.validation_baselines
         )
     )
-    lines += verdict(rows, config, study)
+    others = _outside_this_grid(study, config, meta.config, rows)
+    lines += verdict(rows + others, config, study)
+    if others:
+        lines.append(
+            f"the study also holds {len(others)} finished points outside this run's grid "
+            f"({', '.join(r.point for r in others)}): the best above is the study's, the one status, report, "
+            f"predict and export-model use; `optuna-search status{study_flags(config)}` lists every point"
+        )
     if config.model.name_or_path == "builtin:tiny-mistral":
         lines.append(
             "note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality"
         )
     return Summary("\n".join(lines), *_exit_code(state, budget_reached))
+
+
+def _outside_this_grid(
+    study: optuna.Study, config: Config, stored: dict[str, Any] | None, rows: list[SummaryRow]
+) -> list[SummaryRow]:
+    """Rows of the study's finished points that this run's grid leaves out (``--set
+    study.grid=...`` with a part of the study's grid): the study's best is one for every
+    command, whatever grid a run was given."""
+    if not config.is_grid:
+        return []
+    grid = {k: list(v) for k, v in config.study.grid.items()}
+    for key, values in (((stored or {}).get("study") or {}).get("grid") or {}).items():
+        if key in grid:
+            grid[key] += [v for v in values if v not in grid[key]]
+    if grid == config.study.grid:
+        return []
+    wider = dataclasses.replace(config, study=dataclasses.replace(config.study, grid=grid))
+    here = {r.point for r in rows}
+    return [r for r in rows_of(study_state(study, wider), wider) if r.point not in here and r.overall is not None]
 
 
 def _exit_code(state: StudyState, budget_reached: bool) -> tuple[int, list[str]]:

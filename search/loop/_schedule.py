@@ -294,7 +294,10 @@ def decide(
     point = state.by_key().get(todo.key) if isinstance(todo, Train) else None
     resumable = point is not None and (checkpointed(point) or point.status == Status.PAUSED)
     if seconds_left <= 0 or (estimate is not None and estimate > seconds_left and not resumable):
-        return BudgetStop(
-            f"{format_seconds(seconds_left)} left, a trial takes about {format_seconds(estimate)}: not starting another"
+        why = (
+            f"a trial takes about {format_seconds(estimate)}"
+            if estimate is not None
+            else "no trial has finished yet to say how long one takes"
         )
+        return BudgetStop(f"{format_seconds(seconds_left)} of the time budget left, {why}: not starting another")
     return todo

@@ -407,7 +407,7 @@ def _pulled(
     if meta is None:
         raise UserError(f"remote '{remote.shown}' holds no study (no remote.json); check the URL")
     study = location.get("study.name") or meta["study"]
-    cache = cache_root() / "remotes" / hashlib.sha256(remote.shown.encode()).hexdigest()[:16]
+    cache = cache_root() / "remotes" / hashlib.sha256(remote.identity.encode()).hexdigest()[:16]
     sqlite = meta.get("storage") == "sqlite"
     local = LocalStudy(
         study, cache / "checkpoints" / study, cache / "artifacts", cache / "study.db" if sqlite else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -187,6 +188,10 @@ class StudySection:
         return p
 
 
+HUB_COMMITS_PER_HOUR = 128
+"""huggingface.co's limit on a repo's commits in any hour."""
+
+
 @dataclass(frozen=True)
 class StorageSection:
     url: str = "sqlite:///optuna-search.db"
@@ -226,6 +231,17 @@ class StorageSection:
             p.append(
                 f"storage.remote_commits_per_hour = {self.remote_commits_per_hour} must be 1..3600 (and under 128 on "
                 "huggingface.co, which refuses a repo's commits past 128 an hour)"
+            )
+        elif (
+            self.remote.startswith("hf://datasets/")
+            and self.remote_commits_per_hour > HUB_COMMITS_PER_HOUR
+            and "huggingface.co" in os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        ):
+            p.append(
+                f"storage.remote_commits_per_hour = {self.remote_commits_per_hour} is more than huggingface.co takes: "
+                f"it refuses a dataset repo's commits past {HUB_COMMITS_PER_HOUR} an hour; set at most "
+                f"{HUB_COMMITS_PER_HOUR} (the default, 40, leaves room for other writers), or use a Storage Bucket "
+                "(hf://buckets/...: no commits)"
             )
         elif self.remote.startswith("hf://datasets/") and self.grace_period < 2 * 3600 / self.remote_commits_per_hour:
             p.append(

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from optuna_search.core import UserError
 from optuna_search.storage._stores import (
@@ -54,15 +57,27 @@ def hub_api() -> Any:
     return huggingface_hub.HfApi()
 
 
+HUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+"""A Hub user or repo name: letters, digits, '-', '_' and '.' inside (no revision: '@main')."""
+
+
 def hub_store(url: str, shown: str, api: Any = None) -> BucketStore | RepoStore:
-    rest = url[len("hf://") :].strip("/")
-    kind, _, tail = rest.partition("/")
-    parts = [p for p in tail.split("/") if p]
+    kind, _, tail = url[len("hf://") :].partition("/")
+    parts = tail.strip("/").split("/") if tail.strip("/") else []
     if kind not in ("buckets", "datasets") or len(parts) < 2:
         raise UserError(
             f"remote '{shown}' is not a Hub bucket or dataset repo; give hf://buckets/USER/NAME (recommended: "
             f"made for checkpoints) or hf://datasets/USER/REPO (every write a commit). Any remote: {SUPPORTED}"
         )
+    bad = [p for p in parts[:2] if not HUB_NAME.fullmatch(p) or "--" in p or ".." in p]
+    if bad:
+        revision = " (a revision such as '@main' is no part of a remote: it writes the default branch)"
+        raise UserError(
+            f"remote '{shown}': {bad[0]!r} is not a Hub user or repo name (letters, digits, '-', '_', '.')"
+            + (revision if "@" in bad[0] else "")
+        )
+    if "" in parts[2:]:
+        raise UserError(f"remote '{shown}' has an empty folder ('//') in its prefix; give hf://{kind}/USER/NAME/PREFIX")
     repo_id, prefix = "/".join(parts[:2]), "/".join(parts[2:])
     if kind == "buckets":
         return BucketStore(repo_id, prefix, shown, api)
@@ -133,6 +148,13 @@ class _HubStore:
         return sum(x.size or 0 for x in self.listing("").values())
 
     def check(self, *, write: bool) -> None:
+        endpoint = getattr(self.api, "endpoint", None)
+        unreachable = _unreachable(endpoint) if isinstance(endpoint, str) else None
+        if unreachable is not None:
+            raise UserError(
+                f"remote '{self.shown}' cannot be reached: could not connect to {endpoint} ({unreachable}); check "
+                "the network (on Kaggle: Settings > Internet on) or HF_ENDPOINT"
+            )
         try:
             self.listing("")
         except Exception as e:
@@ -326,6 +348,23 @@ class RepoStore(_HubStore):
     def delete(self, paths: list[str]) -> None:
         if paths:
             self.commit(Batch(deletes=paths, message="optuna-search: collect unused contents"))
+
+
+def _unreachable(endpoint: str, timeout_s: float = 5.0) -> str | None:
+    """Why the Hub's endpoint cannot be connected to (None: it can, or a proxy is in the
+    way and the client's own try must tell). One connection, a few seconds at most: the
+    client's retries on a machine without network take half a minute to say the same."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as e:
+        return _reason(e)
+    return None
 
 
 def _seconds(value: Any) -> float | None:

@@ -643,6 +643,7 @@ def open_store(url: str, hub: Any = None) -> Store:
             f"remote '{shown}' holds credentials in the URL; put them in the environment instead "
             "(HF_TOKEN, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
         )
+    _check_address(url, shown, parts.query or parts.fragment or "?" in url or "#" in url)
     if scheme == "hf":
         return hub_store(url, shown, hub)
     if scheme in ("s3", "gs", "gcs"):
@@ -650,6 +651,25 @@ def open_store(url: str, hub: Any = None) -> Store:
             raise UserError(f"remote '{shown}' names no bucket; give {scheme}://BUCKET/PREFIX")
         return FsspecStore(url, shown, scheme)
     raise UserError(f"remote '{shown}': the scheme '{scheme}://' is not one this tool writes to; give {SUPPORTED}")
+
+
+def _check_address(url: str, shown: str, has_query: bool) -> None:
+    """A remote URL is an address and nothing else: no query or fragment (a token there
+    would travel as part of a name), no space, no '.' or '..' between its slashes."""
+    if has_query:
+        raise UserError(
+            f"remote '{shown}' has a query or fragment ('?...' or '#...'), which is no part of a remote's address "
+            "(a token there would be sent as part of a name); put credentials in the environment (HF_TOKEN, "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and give the address alone"
+        )
+    if any(c.isspace() for c in url):
+        raise UserError(f"remote '{shown}' has a space in it; bucket, repo and prefix names have none")
+    segments = urlsplit(url).path.split("/")
+    if any(seg in (".", "..") for seg in segments):
+        raise UserError(
+            f"remote '{shown}' has '.' or '..' between its slashes; a remote's prefix is a plain path "
+            "(e.g. hf://buckets/USER/NAME/study-1)"
+        )
 
 
 def new_holder() -> Lease:

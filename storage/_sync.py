@@ -104,6 +104,8 @@ class SyncStatus:
     remote_writer: str | None = None
     remote_bytes: int | None = None
     """What the remote's manifests name (its live size)."""
+    refused_until: float | None = None
+    """When the store said it takes writes again (a 429's Retry-After; wall clock)."""
 
     def save(self, path: Path) -> None:
         with replaced_atomically(path) as tmp:
@@ -668,6 +670,7 @@ class Uploader:
         self._failures = 0
         self.sync.status.uploaded_bytes += answer.uploaded_bytes
         self.sync.status.last_error = None
+        self.sync.status.refused_until = None
         with self._lock:
             done = not self._dirty
         if done:
@@ -682,6 +685,7 @@ class Uploader:
         retry_after = getattr(e, "retry_after", None)
         if isinstance(e, Throttled) or retry_after is not None:
             delay = float(retry_after or BACKOFF_S[-1])
+            self.sync.status.refused_until = time.time() + delay
         else:
             delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
         if self._failures == 0:
@@ -729,6 +733,15 @@ class Uploader:
         while self.lost is None and not self._idle.wait(timeout=1.0):
             now = time.monotonic()
             if now >= deadline:
+                break
+            refused = self.sync.status.refused_until
+            if refused is not None and self._not_before >= deadline:
+                # The store said when it takes writes again (a 429's Retry-After), and that
+                # is past what this run may wait: nothing can pass, so nothing is waited for.
+                progress(
+                    f"the remote refuses writes until {time.strftime('%H:%M:%S', time.localtime(refused))} (its "
+                    f"Retry-After), after storage.remote_timeout: not waiting; the next run pushes what is left"
+                )
                 break
             if now - last >= 5:
                 last = now

@@ -331,3 +331,15 @@ def test_a_warm_up_and_a_decay_longer_than_training_are_refused():
         sets=["train.lr_scheduler='warmup_stable_decay'", "train.warmup_ratio=0.3", "train.decay_ratio=0.7"],
     )
     assert ok.train.warmup_ratio + ok.train.decay_ratio == 1.0
+
+
+def test_a_commit_budget_above_the_hubs_limit_is_refused_on_a_dataset_repo():
+    """Seen: remote_commits_per_hour = 200 on hf://datasets/... accepted without a word
+    (huggingface.co refuses a repo's commits past 128 an hour)."""
+    sets = ["storage.remote='hf://datasets/u/study'", "storage.remote_commits_per_hour=200"]
+    with pytest.raises(
+        UserError, match="is more than huggingface.co takes: it refuses a dataset repo's commits past 128"
+    ):
+        load_config(preset="demo", sets=sets)
+    load_config(preset="demo", sets=[*sets[:1], "storage.remote_commits_per_hour=128"])
+    load_config(preset="demo", sets=["storage.remote='hf://buckets/u/study'", sets[1]])  # a bucket has no commits

@@ -434,8 +434,29 @@ def test_status_says_when_any_machine_last_wrote_the_remote_and_the_commits_of_t
     st.save(local_study(config).state_file(f"{tag}.remote-status.json"))
     line = remote_line(config, now)
     assert "last written" in line and "(2 min ago) by kaggle-a" in line
-    assert "3 commits in the last hour (budget 40)" in line
-    assert "nothing pushed" not in line
+    assert "3 commits from here in the last hour (this study's budget: 40 an hour)" in line
+    assert "nothing pushed" not in line and "refuses" not in line
+    st.refused_until = now + 3592  # a 429 said: not for another hour
+    st.save(local_study(config).state_file(f"{tag}.remote-status.json"))
+    assert "the remote refuses writes until" in remote_line(config, now)
+
+
+def test_a_run_does_not_wait_for_a_remote_that_said_it_refuses_past_the_runs_wait(hub, tmp_path):
+    """Seen: with the repo's 128 commits of the hour spent, `run` waited its whole
+    storage.remote_timeout (900 s) at its end while the 429's Retry-After (3,592 s) said
+    nothing could pass. It says so and stops waiting; what is left stays marked."""
+    from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Throttled, Uploader
+
+    def spent(calls):
+        raise Throttled("429: You have exceeded the rate limit for repository commits (128 per hour)", 3592.0)
+
+    sync = StudySync(Remote(str(tmp_path / "r")), LocalStudy("s", tmp_path / "c", tmp_path / "a", None))
+    up = Uploader(sync, FakePusher(spent), Cadence(None, 60))
+    lines = []
+    missing = up.finish(60, lines.append)  # returns once the first refusal is in: no 60 s wait
+    assert missing == [sync.study_unit]
+    assert any("refuses writes until" in line and "not waiting" in line for line in lines), lines
+    assert sync.status.refused_until is not None and sync.status.refused_until > time.time() + 3000
 
 
 def test_the_commit_budget_is_shared_by_the_studys_processes(tmp_path):
@@ -499,6 +520,14 @@ def test_whichever_process_commits_next_pushes_what_its_siblings_wait_for(tmp_pa
         ("http://127.0.0.1:1/x", "the scheme 'http://' is not one"),
         ("hf://models/u/r", "is not a Hub bucket or dataset repo"),
         ("hf://user:hf_SECRETTOKEN@datasets/u/r", "holds credentials in the URL"),
+        ("hf://buckets/u/x?token=hf_SECRETTOKEN", "has a query or fragment"),
+        ("hf://buckets/u/x#hf_SECRETTOKEN", "has a query or fragment"),
+        ("hf:///buckets/u/x", "'hf:///buckets/u/x' is not a Hub bucket or dataset repo"),
+        ("hf://datasets/u/x@main", "a revision such as '@main' is no part of a remote"),
+        ("hf://buckets/u/x/../y", "has '.' or '..' between its slashes"),
+        ("hf://buckets/u/x/./p", "has '.' or '..' between its slashes"),
+        ("s3://studies/../y", "has '.' or '..' between its slashes"),
+        ("hf://buckets/u/my bucket", "has a space in it"),
     ],
 )
 def test_a_remote_url_nobody_meant_is_one_line_and_creates_nothing(tmp_path, url, needle):
@@ -521,6 +550,21 @@ def test_a_remote_inside_the_studys_own_folders_is_refused_before_anything_is_wr
     proc = run_main("run", *FAST, "--remote", where, cwd=tmp_path)
     assert proc.returncode == 2 and "overlaps this study's own files" in proc.stderr, proc.stderr[-1000:]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["./backup", "drive/study", "../beside"])
+def test_a_remote_in_a_subfolder_of_the_working_folder_is_the_users_choice(tmp_path, where, monkeypatch):
+    """Seen: `--remote ./backup` (or a drive mounted at ./drive) refused as "overlapping the
+    study's own files": overlap is the study's own files and folders, not their parent."""
+    import optuna_search
+    from optuna_search.search.remote import local_study
+    from optuna_search.search.remote._remote import _refuse_overlap
+    from optuna_search.storage import Remote
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _refuse_overlap(Remote(where), local_study(optuna_search.load_config(preset="demo")))  # no error
 
 
 def test_a_read_only_cache_or_working_folder_under_a_remote_is_one_line(tmp_path, monkeypatch):
@@ -676,3 +720,35 @@ def test_the_remedy_the_damage_message_names_works_on_the_machine_with_the_study
     assert obj.read_bytes() == good
     pull_study(_fresh_reader(tmp_path, "c"), "s", writing=True)
     assert (tmp_path / "c" / "s.db").is_file()
+
+
+def test_status_of_a_server_studys_remote_asks_for_its_database(tmp_path):
+    """Seen: `status --remote R` on a PostgreSQL study's remote said "storage
+    'sqlite:///optuna-search.db' ... does not exist". Its trials are in the server."""
+    from conftest import run_main
+
+    from optuna_search.storage import Remote
+
+    Remote(str(tmp_path / "remote")).write_meta("pgstudy", "server")
+    (tmp_path / "here").mkdir()
+    proc = run_main("status", "--remote", str(tmp_path / "remote"), cwd=tmp_path / "here")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "server database" in proc.stderr and "--storage postgresql://" in proc.stderr
+    assert "does not exist" not in proc.stderr and list((tmp_path / "here").iterdir()) == []
+
+
+def test_no_network_to_the_hub_is_said_before_the_clients_retries(tmp_path):
+    """Seen: without network, `run --remote hf://...` said so after 24 s of the client's
+    retries. One connection to the endpoint says it first (here a port nobody listens on)."""
+    import socket
+
+    from conftest import run_cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_test", "OPTUNA_SEARCH_TEST_HUB": ""}
+    proc = run_cli("run", *FAST, "--remote", "hf://buckets/u/x", cwd=tmp_path, env_extra=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"could not connect to http://127.0.0.1:{port}" in proc.stderr and "network" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

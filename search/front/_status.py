@@ -92,7 +92,15 @@ def remote_line(config: Config, now: float | None = None) -> str | None:
     elif st.last_sync is not None:
         parts.append("nothing left to upload")
     if st.commit_budget:
-        parts.append(f"{st.commits_last_hour(now)} commits in the last hour (budget {st.commit_budget})")
+        parts.append(
+            f"{st.commits_last_hour(now)} commits from here in the last hour (this study's budget: "
+            f"{st.commit_budget} an hour)"
+        )
+    if st.refused_until is not None and st.refused_until > now:
+        parts.append(
+            f"the remote refuses writes until {time.strftime('%H:%M:%S', time.localtime(st.refused_until))} "
+            "(its Retry-After: e.g. the Hub's 128 commits an hour, other writers' commits counted)"
+        )
     if st.last_error:
         parts.append(f"last error: {st.last_error}")
     if st.lease_lost:

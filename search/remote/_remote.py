@@ -189,18 +189,23 @@ def _workers_lease(remote: Remote) -> tuple[Lease, str] | None:
 
 
 def _refuse_overlap(remote: Remote, local: LocalStudy) -> None:
-    """A folder remote that is (or holds, or lies inside) this study's own files would
-    push its own folders as points."""
+    """A folder remote that is the study's working folder, or lies in (or is) the folders
+    the study writes (train.output_dir, storage.artifacts), would mix its files with the
+    study's or push its own folders as points; anywhere else, a subfolder of the working
+    folder too (``./backup``, a drive mounted at ``./drive``), is the user's to choose."""
     if not remote.local:
         return
     root = Path(remote.root).resolve()
-    mine = [p.resolve() for p in (local.checkpoints.parent, local.artifacts, local.home)]
-    for p in mine:
-        if root == p or root in p.parents or p in root.parents:
-            raise UserError(
-                f"remote '{remote.shown}' overlaps this study's own files ('{p}'); give a folder apart from the "
-                "working folder, train.output_dir and storage.artifacts (e.g. on another disk or a mount)"
-            )
+    folders = [p.resolve() for p in (local.checkpoints.parent, local.artifacts)]
+    clash = next((p for p in folders if root == p or p in root.parents), None)
+    if clash is None and root == local.home.resolve():
+        clash = root
+    if clash is not None:
+        raise UserError(
+            f"remote '{remote.shown}' overlaps this study's own files ('{clash}'); give a folder apart from the "
+            "working folder itself, train.output_dir and storage.artifacts (a subfolder such as ./backup, another "
+            "disk or a mount)"
+        )
 
 
 def _local_errors(fn: Callable[[], T], local: LocalStudy) -> T:
@@ -409,6 +414,12 @@ def _pulled(
     study = location.get("study.name") or meta["study"]
     cache = cache_root() / "remotes" / hashlib.sha256(remote.identity.encode()).hexdigest()[:16]
     sqlite = meta.get("storage") == "sqlite"
+    if not sqlite and location.get("storage.url", "sqlite:").startswith("sqlite:"):
+        raise UserError(
+            f"remote '{remote.shown}' is the remote of study {study!r}, whose trials live in a server database "
+            "(PostgreSQL): the remote keeps its checkpoints and artifacts only; pass the study's database too, "
+            f"--storage postgresql://USER@HOST/DB, with --remote {remote.shown}"
+        )
     local = LocalStudy(
         study, cache / "checkpoints" / study, cache / "artifacts", cache / "study.db" if sqlite else None
     )

@@ -648,6 +648,10 @@ def parse_space(text: str, preset: str) -> tuple[dict[str, list], str, list[str]
     from optuna_search.search import load_config
 
     config = load_config(preset=preset, sets=[f"study.grid={text}", "study.sampler='grid'"])
+    if len(config.grid_points()) < 2:
+        from optuna_search.core import UserError
+
+        raise UserError(f"--space {text} has {len(config.grid_points())} point: a search needs at least two")
     return dict(config.study.grid), preset, [], POINTS
 
 
@@ -681,7 +685,8 @@ def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) 
     print(f"grid: {len(data['points'])} points ({trained_s:.0f} s to train or read); replaying over {seeds} seeds")
     print("early signal (Spearman's rho with the final validation accuracy, over the grid's points):")
     for f, metric, rho in spearman(data):
-        print(f"  at {100 * f:.0f}% of training, {metric}: rho = {rho:+.2f}")
+        shown = f"{rho:+.2f}" if math.isfinite(rho) else "n/a (every point the same there)"
+        print(f"  at {100 * f:.0f}% of training, {metric}: rho = {shown}")
     costs = rung_costs(data)
     if costs:
         print(f"rung costs: {costs}")
@@ -715,6 +720,16 @@ def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) 
 
 
 def main() -> None:
+    from optuna_search.core import UserError
+
+    try:
+        _main()
+    except UserError as e:  # a space or an override that cannot be: one line, as the CLI says it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--space",

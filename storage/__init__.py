@@ -45,6 +45,7 @@ from optuna_search.storage._records import read_meta, write_meta
 from optuna_search.storage._remote import (
     META,
     STUDY_UNIT,
+    Damaged,
     Entry,
     Lease,
     LeaseLost,
@@ -93,6 +94,7 @@ __all__ = [
     "CommitBudget",
     "CommitKind",
     "Conflict",
+    "Damaged",
     "Entry",
     "Lease",
     "LeaseKeeper",

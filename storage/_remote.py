@@ -80,7 +80,18 @@ def manifest_dir(epoch: int) -> str:
     return MANIFESTS if epoch == 0 else f"{EPOCHS}/{epoch}/{MANIFESTS}"
 
 
-__all__ = ["LEASE", "META", "STUDY_UNIT", "Entry", "Lease", "LeaseLost", "Manifest", "Remote", "redact_remote"]
+__all__ = [
+    "LEASE",
+    "META",
+    "STUDY_UNIT",
+    "Damaged",
+    "Entry",
+    "Lease",
+    "LeaseLost",
+    "Manifest",
+    "Remote",
+    "redact_remote",
+]
 
 
 def point_unit(study: str, point_dir: str) -> str:
@@ -194,6 +205,14 @@ class PushResult:
     """Files that vanished while being pushed (a checkpoint rotated away)."""
     lease_version: str | None = None
     commits: int = 0
+
+
+class Damaged(UserError):
+    """A file of the remote that is not what its manifest says (found while pulling it)."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 class SameRunBusy(Exception):
@@ -437,10 +456,12 @@ class Remote:
             try:
                 found = self.store.download(f"{OBJECTS}/{e.sha256}", part)
                 if not found or file_sha256(part) != e.sha256:
-                    raise UserError(
-                        f"remote '{self.shown}' is damaged: {manifest.unit}/{rel} is "
-                        f"{'missing' if not found else 'not what its manifest says'} (SHA-256); run again on the "
-                        "machine that has the study (it repairs the remote), or use another remote"
+                    why = "missing" if not found else "not what its manifest says (SHA-256)"
+                    what = f"{manifest.unit}/{rel}: {why}"
+                    raise Damaged(
+                        f"remote '{self.shown}' is damaged: {what}; run again on the machine that has the study (it "
+                        "repairs the remote), or use another remote",
+                        what,
                     )
                 os.replace(part, target)
             finally:

@@ -300,7 +300,11 @@ class StudySync:
         fresh = self.local.checkpoints / f".{name}.pulling"
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir(parents=True)
-        size = self.remote.pull(m, fresh)
+        try:
+            size = self.remote.pull(m, fresh)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)  # never a half-pulled point left behind
+            raise
         old = self.local.checkpoints / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():

@@ -175,3 +175,19 @@ def test_search_efficiency_decides_a_rung_on_the_cool_down_scores_and_charges_th
     # Four to 1/4, one finalist to the end; the branches add 0.05 each (four of them).
     assert plain.spent == pytest.approx((4 * 0.25 + 0.75) / 4)
     assert cooled.spent == pytest.approx((4 * 0.25 + 4 * 0.05 + 0.75) / 4)
+
+
+@pytest.mark.parametrize(
+    "space, needle",
+    [("{lora_r=[4,16", "must be a table"), ("{lora_r=[4]}", "has 1 point: a search needs at least two")],
+)
+def test_search_efficiency_refuses_a_space_it_cannot_search_in_one_line(space, needle):
+    """Seen: `--space '{lora_r=[4,16'` ended in a traceback; a one-point space printed
+    `rho = +nan`."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "search_efficiency.py"), "--space", space, "--no-live"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -752,3 +752,37 @@ def test_no_network_to_the_hub_is_said_before_the_clients_retries(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert f"could not connect to http://127.0.0.1:{port}" in proc.stderr and "network" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_unfinished_checkpoint_can_be_dropped_and_a_refusal_leaves_nothing_pulled(tmp_path, caplog):
+    """Seen: one damaged object in an unfinished point's checkpoint refused the whole remote
+    on every machine but the study's own, and the refusing run left the points it had pulled
+    in its folder. Now the refusal names `--drop-damaged`, leaves nothing pulled, and
+    dropping is said: the point trains again from its start, its manifest emptied under
+    the run's lease; the reading commands leave it out (they need no unfinished checkpoint)."""
+    from test_remote import fake_checkpoint
+
+    from optuna_search.core import UserError
+    from optuna_search.search.remote._remote import pull_study
+    from optuna_search.storage import STUDY_UNIT, Remote
+    from optuna_search.storage._remote import new_holder
+
+    owner, obj = _owned_remote(tmp_path)
+    fake_checkpoint(owner.local.checkpoints / "lora_r-2" / "checkpoint-5", adapter=b"another point, intact")
+    owner.push_many(["points/s/lora_r-2", STUDY_UNIT])
+    obj.write_bytes(b"X" * 10 + obj.read_bytes()[10:])  # same size, other bytes: found only while pulling
+    reader = _fresh_reader(tmp_path, "b")
+    with pytest.raises(UserError, match="does not verify") as refused:
+        pull_study(reader, "s", writing=True)
+    assert "`run --drop-damaged` drops it" in str(refused.value) and "lora_r-4" in str(refused.value)
+    assert not (tmp_path / "b" / "ckpt").exists() or not any((tmp_path / "b" / "ckpt").iterdir())
+
+    mine = new_holder()
+    reader.lease = (mine, reader.remote.take_lease(mine, 0))
+    with caplog.at_level("WARNING", logger="optuna_search"):
+        pull_study(reader, "s", writing=True, drop_damaged=True)
+    assert "lora_r-4's newest checkpoint is damaged; dropped (--drop-damaged)" in caplog.text
+    assert (tmp_path / "b" / "ckpt" / "lora_r-2" / "checkpoint-5" / "adapter.bin").is_file()
+    assert not (tmp_path / "b" / "ckpt" / "lora_r-4").exists() and (tmp_path / "b" / "s.db").is_file()
+    assert Remote(str(tmp_path / "remote")).manifest("points/s/lora_r-4").files == {}  # no machine resumes from it
+    assert Remote(str(tmp_path / "remote")).verify() == []

@@ -174,6 +174,12 @@ def _add_run(sub: Any) -> None:
         "directory, then run",
     )
     p.add_argument(
+        "--drop-damaged",
+        action="store_true",
+        help="a remote whose only damage is in the newest checkpoint of unfinished points: drop it (said); "
+        "those points train again from their start",
+    )
+    p.add_argument(
         "--warm-start-from",
         metavar="URL[#STUDY]",
         help="a new study starts with the finished trials of an earlier one (same data and evaluation subsets)",

@@ -56,6 +56,9 @@ class RunRequest:
     resume_from: str | None = None
     """A bundle written by `export` (a remote in a folder; or a bundle of an earlier
     version) to import first."""
+    drop_damaged: bool = False
+    """A remote whose only damage is in the newest checkpoint of unfinished points: drop
+    it (said), those points train again from their start."""
     worker: int | None = None
     """Set in one of `run --workers N`'s processes: its number."""
 
@@ -122,7 +125,7 @@ def _checked(options: dict[str, Any]) -> dict[str, Any]:
         isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval)
     ):
         problems.append(f"progress_interval = {interval!r} must be a number of seconds")
-    for flag in ("retry_failed", "oversubscribe"):
+    for flag in ("retry_failed", "oversubscribe", "drop_damaged"):
         if flag in options and not isinstance(options[flag], bool):
             problems.append(f"{flag} = {options[flag]!r} must be True or False")
     if problems:
@@ -151,7 +154,7 @@ def execute(request: RunRequest) -> RunResult:
         import_study_bundle(request.resume_from, config)
     if config.storage.remote:
         check_server_reachable(config.storage.url)  # a wrong password writes nothing to the remote
-    remote = start_remote(config, worker=request.worker is not None)
+    remote = start_remote(config, worker=request.worker is not None, drop_damaged=request.drop_damaged)
     try:
         return _run(request, config, remote, started)
     except BaseException:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,12 @@ from optuna_search.core import Config, UserError, point_dirname
 from optuna_search.objectives import cache_root
 from optuna_search.search.loop import request_stop
 from optuna_search.storage import (
+    FINAL_ADAPTER,
     RESUME_FILES,
     STUDY_UNIT,
     Commit,
     CommitBudget,
+    Damaged,
     Lease,
     LeaseKeeper,
     LeaseLost,
@@ -120,7 +123,7 @@ class RemoteSession:
         return missing
 
 
-def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | None:
+def start_remote(config: Config, *, worker: bool = False, drop_damaged: bool = False) -> RemoteSession | None:
     """The run's remote (None without one), ready before any model is loaded."""
     if not config.storage.remote:
         return None
@@ -142,7 +145,10 @@ def start_remote(config: Config, *, worker: bool = False) -> RemoteSession | Non
     )
     try:
         if not worker:
-            _local_errors(lambda: pull_study(sync, config.study.name, writing=True, repair=True), local)
+            _local_errors(
+                lambda: pull_study(sync, config.study.name, writing=True, repair=True, drop_damaged=drop_damaged),
+                local,
+            )
             if remote.meta() is None:
                 remote.write_meta(config.study.name, "sqlite" if local.db is not None else "server")
                 if sync.lease is not None:
@@ -221,13 +227,17 @@ def _local_errors(fn: Callable[[], T], local: LocalStudy) -> T:
         ) from None
 
 
-def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = False) -> bool:
+def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = False, drop_damaged: bool = False) -> bool:
     """The remote's study into the local places when this machine has none or an older
     copy (checkpoints pulled per point when they differ). Returns whether anything came.
 
     A remote that does not verify is refused in one line, except on the machine whose
     study it is (it has the remote's newest database here): that machine repairs it,
-    pushing again every unit with damaged or missing contents."""
+    pushing again every unit with damaged or missing contents. Damage confined to the
+    newest checkpoint of unfinished points (no final adapter) can be dropped instead
+    (``drop_damaged``: said, never silent): those points train again from their start,
+    and, under this run's lease, their manifests in the remote are emptied. A refusal
+    leaves no point pulled by this call behind."""
     remote, local = sync.remote, sync.local
     meta = remote.meta()
     if meta is not None and meta.get("study") not in (None, study):
@@ -246,12 +256,10 @@ def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = Fal
         _repair(sync, manifests, problems)
         return False
     if problems:
-        raise UserError(
-            f"remote '{remote.shown}' does not verify ({len(problems)} problems); nothing was trained or "
-            "changed here: run again on the machine that has the study (it repairs the remote), or use another "
-            "remote:",
-            [p for p, _ in problems[:10]],
-        )
+        units = _units_of(manifests, problems)
+        if not (drop_damaged and _droppable(manifests, units)):
+            raise _does_not_verify(remote, [p for p, _ in problems], _droppable(manifests, units) and units)
+        _drop(sync, manifests, units)
     points = [u for u in manifests if u.startswith("points/") and manifests[u].files]
     if meta is not None and meta.get("storage") == "sqlite" and study_m is None and points and local.db is not None:
         raise UserError(
@@ -266,7 +274,8 @@ def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = Fal
         return False
     for m in wanted.values():
         _warn_incomplete(m)
-    size = sync.pull(wanted)
+    size = _pull_points(sync, {u: m for u, m in wanted.items() if u.startswith("points/")}, drop_damaged)
+    size += sync.pull({u: m for u, m in wanted.items() if not u.startswith("points/")})
     if STUDY_UNIT in wanted or size:
         log.info(
             "pulled the study from %s (%.1f MiB%s)",
@@ -275,6 +284,74 @@ def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = Fal
             f", database generation {study_m.generation}" if STUDY_UNIT in wanted and study_m else "",
         )
     return True
+
+
+def _pull_points(sync: StudySync, points: dict[str, Any], drop_damaged: bool) -> int:
+    """Each point's files, checked as they arrive (damage of the same size shows only then):
+    a damaged unfinished point is dropped with ``drop_damaged``; otherwise the points this
+    call pulled are removed again and the refusal raised."""
+    fresh: list[Path] = []
+    size = 0
+    for unit, m in sorted(points.items()):
+        target = sync.local.checkpoints / unit.rsplit("/", 1)[-1]
+        existed = target.exists()
+        try:
+            size += sync.pull_point(m)
+        except Damaged as e:
+            if drop_damaged and _droppable(points, [unit]):
+                _drop(sync, points, [unit])
+                continue
+            for folder in fresh:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise _does_not_verify(sync.remote, [e.what], _droppable(points, [unit]) and [unit]) from None
+        if not existed and target.exists():
+            fresh.append(target)
+    return size
+
+
+def _units_of(manifests: dict[str, Any], problems: list[tuple[str, str]]) -> list[str]:
+    bad = {digest for _, digest in problems}
+    return sorted(u for u, m in manifests.items() if any(e.sha256 in bad for e in m.files.values()))
+
+
+def _droppable(manifests: dict[str, Any], units: list[str]) -> bool:
+    """Every unit a point whose remote copy is an unfinished checkpoint (no final adapter)."""
+    return bool(units) and all(
+        u.startswith("points/") and not any(rel.startswith(f"{FINAL_ADAPTER}/") for rel in manifests[u].files)
+        for u in units
+    )
+
+
+def _drop(sync: StudySync, manifests: dict[str, Any], units: list[str]) -> None:
+    """The damaged checkpoints of unfinished points, left out: said, and (under this run's
+    lease) their manifests emptied in the remote, so no machine resumes from them."""
+    for unit in units:
+        log.warning(
+            "remote %s: %s's newest checkpoint is damaged; dropped (--drop-damaged): that point trains again "
+            "from its start",
+            sync.remote.shown,
+            unit.rsplit("/", 1)[-1],
+        )
+        manifests.pop(unit, None)
+    if sync.lease is not None:
+        result = sync.remote.push_units({u: {} for u in units}, sync.writer, lease=sync.lease)
+        sync._renewed(result.lease_version)
+
+
+def _does_not_verify(remote: Remote, problems: list[str], droppable: list[str] | bool) -> UserError:
+    hint = ""
+    if droppable:
+        names = ", ".join(u.rsplit("/", 1)[-1] for u in droppable or [])
+        hint = (
+            f" The damage is in the newest checkpoint of unfinished points ({names}): `run --drop-damaged` drops "
+            "it and those points train again from their start."
+        )
+    return UserError(
+        f"remote '{remote.shown}' does not verify ({len(problems)} problems); nothing was trained or "
+        "changed here: run again on the machine that has the study (it repairs the remote), or use another "
+        f"remote.{hint}",
+        problems[:10],
+    )
 
 
 def _note(sync: StudySync, manifests: dict[str, Any]) -> None:
@@ -426,7 +503,8 @@ def _pulled(
     sync = StudySync(remote, local, lease=lease)
     if sqlite and local.db is not None and local.db.exists() and not sync.state():
         local.db.unlink()  # a cache of another remote's: never read as this one's
-    _local_errors(lambda: pull_study(sync, study, writing=True), local)
+    # A reading command needs no unfinished checkpoint: a damaged one is left out, said.
+    _local_errors(lambda: pull_study(sync, study, writing=True, drop_damaged=lease is None), local)
     out = {
         **location,
         "study.name": study,

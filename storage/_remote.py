@@ -664,7 +664,7 @@ def open_store(url: str, hub: Any = None) -> Store:
             f"remote '{shown}' holds credentials in the URL; put them in the environment instead "
             "(HF_TOKEN, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
         )
-    _check_address(url, shown, parts.query or parts.fragment or "?" in url or "#" in url)
+    _check_address(url, shown, bool(parts.query or parts.fragment) or "?" in url or "#" in url)
     if scheme == "hf":
         return hub_store(url, shown, hub)
     if scheme in ("s3", "gs", "gcs"):

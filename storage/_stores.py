@@ -81,7 +81,7 @@ class Batch:
     """(path, data, expected version): the lease renewed in the same commit, conditionally."""
     parent: str | None = None
     """On a dataset repo without a lease in the batch: commit only on this head."""
-    fence: Callable[[], None] | None = None
+    fence: Callable[[], object] | None = None
     """Where the store has no commits: called after the contents and before the manifests
     (it raises when the writer may no longer write them: a worker whose run lost the lease)."""
     message: str = "optuna-search"

@@ -258,7 +258,7 @@ def pull_study(sync: StudySync, study: str, *, writing: bool, repair: bool = Fal
     if problems:
         units = _units_of(manifests, problems)
         if not (drop_damaged and _droppable(manifests, units)):
-            raise _does_not_verify(remote, [p for p, _ in problems], _droppable(manifests, units) and units)
+            raise _does_not_verify(remote, [p for p, _ in problems], units if _droppable(manifests, units) else [])
         _drop(sync, manifests, units)
     points = [u for u in manifests if u.startswith("points/") and manifests[u].files]
     if meta is not None and meta.get("storage") == "sqlite" and study_m is None and points and local.db is not None:
@@ -303,7 +303,7 @@ def _pull_points(sync: StudySync, points: dict[str, Any], drop_damaged: bool) ->
                 continue
             for folder in fresh:
                 shutil.rmtree(folder, ignore_errors=True)
-            raise _does_not_verify(sync.remote, [e.what], _droppable(points, [unit]) and [unit]) from None
+            raise _does_not_verify(sync.remote, [e.what], [unit] if _droppable(points, [unit]) else []) from None
         if not existed and target.exists():
             fresh.append(target)
     return size
@@ -338,10 +338,11 @@ def _drop(sync: StudySync, manifests: dict[str, Any], units: list[str]) -> None:
         sync._renewed(result.lease_version)
 
 
-def _does_not_verify(remote: Remote, problems: list[str], droppable: list[str] | bool) -> UserError:
+def _does_not_verify(remote: Remote, problems: list[str], droppable: list[str]) -> UserError:
+    """The refusal; ``droppable``: the unfinished points whose damage `--drop-damaged` drops."""
     hint = ""
     if droppable:
-        names = ", ".join(u.rsplit("/", 1)[-1] for u in droppable or [])
+        names = ", ".join(u.rsplit("/", 1)[-1] for u in droppable)
         hint = (
             f" The damage is in the newest checkpoint of unfinished points ({names}): `run --drop-damaged` drops "
             "it and those points train again from their start."

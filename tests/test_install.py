@@ -80,7 +80,9 @@ def test_the_documented_install_works_from_a_read_only_folder_and_writes_nothing
     fresh environment whose image has everything but what Kaggle's lacks."""
     before = tree_digest(source)
     lacks = frozenset({"bitsandbytes", "peft", "optuna-dashboard", "tomli-w"})
-    image = image_layer(tmp_path / "image", [n for n in needs("optuna-search", skip=lacks) if n != "optuna-search"])
+    image = image_layer(
+        tmp_path / "image" / "site-packages", [n for n in needs("optuna-search", skip=lacks) if n != "optuna-search"]
+    )
     bin_dir = fresh_venv(tmp_path / "venv", image)
     env = user_env(bin_dir, tmp_path / "home")
     proc = _run(_as_on_kaggle(["pip", "install", "-q", str(source)], source), tmp_path, env)
@@ -117,7 +119,7 @@ def installed(source, tmp_path_factory):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"pip install --no-index --find-links {house} optuna-search" in proc.stdout
-    bin_dir = fresh_venv(base / "venv", image_layer(base / "image", needs("torch")))
+    bin_dir = fresh_venv(base / "venv", image_layer(base / "image" / "site-packages", needs("torch")))
     env = user_env(bin_dir, base / "home")
     proc = _run(["pip", "install", "-q", "--find-links", str(house), "optuna-search"], base, _offline(env))
     assert proc.returncode == 0, proc.stderr[-3000:]

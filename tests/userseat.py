@@ -97,7 +97,10 @@ def needs(root: str, *, skip: frozenset[str] = frozenset()) -> list[str]:
 
 def image_layer(dest: Path, names: list[str]) -> Path:
     """A machine image's preinstalled packages: each distribution's top-level files,
-    linked from the suite's environment into ``dest`` (nothing is copied or installed)."""
+    linked from the suite's environment into ``dest`` (nothing is copied or installed).
+    Name it ``.../site-packages``, as an image's is: libraries tell installed modules from
+    a user's own by that (dill pickles a module outside one by value, and pyarrow's
+    types then fail to pickle)."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
         try:

@@ -47,7 +47,57 @@ if _PATTERN:
 # machine B, their upload processes) meets the same Hub, with its limits.
 _HUB = os.environ.get("OPTUNA_SEARCH_TEST_HUB")
 if _HUB:
-    from optuna_search.storage import _hub
-    from optuna_search.storage._hub_sim import SimulatedHub
+    try:
+        from optuna_search.storage import _hub
+        from optuna_search.storage._hub_sim import SimulatedHub
+    except ImportError:  # a process of the test that is no optuna-search (pip, before the install)
+        pass
+    else:
+        _hub.hub_api = lambda: SimulatedHub(_HUB)
 
-    _hub.hub_api = lambda: SimulatedHub(_HUB)
+# With OPTUNA_SEARCH_TEST_SKEW=<regex>=<seconds>, the clock that decides a session's time
+# budget (the trainer's and the scheduler's time.monotonic) jumps <seconds> ahead at the
+# first optuna-search log line matching <regex>: the test decides when the budget is
+# spent, whatever the machine's speed, and nothing sleeps.
+_SKEW = os.environ.get("OPTUNA_SEARCH_TEST_SKEW")
+if _SKEW:
+    import importlib.abc
+    import importlib.machinery
+    import logging
+    import re
+    import sys
+    import time
+    import types
+
+    _rx, _ahead = re.compile(_SKEW.rsplit("=", 1)[0]), float(_SKEW.rsplit("=", 1)[1])
+    _jump = [0.0]
+    _clock = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    _clock.monotonic = lambda: time.monotonic() + _jump[0]
+    _CLOCKED = ("optuna_search.objectives._trainer", "optuna_search.search.loop._scheduler")
+
+    class _Skew(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not _jump[0] and _rx.search(record.getMessage()):
+                _jump[0] = _ahead
+            return True
+
+    class _Clocked(importlib.abc.MetaPathFinder):
+        """The budget's modules, once imported, read the skewed clock."""
+
+        def find_spec(self, name, path, target=None):
+            if name not in _CLOCKED:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module, run=run):
+                run(module)
+                module.time = _clock
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Clocked())
+    logging.getLogger("optuna_search").addFilter(_Skew())

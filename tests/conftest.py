@@ -43,6 +43,8 @@ TPE = ["--preset", "demo-search", *[a for s in TPE_SETS for a in ("--set", s)]]
 
 
 LONGEST_FIRST = (
+    "test_the_kaggle_cells_as_written_over_four_sessions_and_a_kill",
+    "test_the_installed_wheel_runs_what_a_user_runs",
     "test_two_workers_share_the_grid_and_ctrl_c_stops_both_resumably",
     "test_sigkill_at_any_moment_loses_nothing_and_resumes",
     "test_a_benchmark_runs_to_its_last_line_at_smoke_size",

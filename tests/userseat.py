@@ -151,6 +151,5 @@ def user_env(bin_dir: Path, home: Path, **extra: str) -> dict[str, str]:
         "PIP_CACHE_DIR": str(home / ".cache" / "pip"),
         "HF_HOME": str(home / ".cache" / "huggingface"),
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
         **extra,
     }

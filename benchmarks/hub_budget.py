@@ -38,9 +38,9 @@ from optuna_search.storage import (
     Lease,
     LocalStudy,
     Remote,
-    SimulatedHub,
     StudySync,
 )
+from optuna_search.storage.testing import SimulatedHub
 
 MB = 1000  # bytes per simulated megabyte (files at 1/1000 of their size)
 ADAPTER_MB = {4: 14, 8: 27, 16: 55}
@@ -91,7 +91,7 @@ def _write_checkpoint(folder: Path, r: int, k: int) -> None:
 
 
 def _remote(url: str, hub: SimulatedHub) -> Remote:
-    remote = Remote(url, hub=hub)
+    remote = Remote(url, hub=hub, clock=hub.clock)
     remote.squash_floor_bytes //= 1000  # the files are at 1/1000 of their size: so is this threshold
     return remote
 
@@ -109,7 +109,7 @@ def simulate(kind: str, work: Path, *, smoke: bool, per_hour: int) -> dict[str, 
     )
     ckpt_root = work / "ckpt" / "flagship"
     local = LocalStudy("flagship", ckpt_root, work / "art", None)
-    lease_remote = Remote(url, hub=hub)
+    lease_remote = Remote(url, hub=hub, clock=clock)
     mine = Lease("kaggle:1:sim", "kaggle", 1, clock())
     version = lease_remote.take_lease(mine, 180)
     budget = CommitBudget(work / "commits.json", per_hour)

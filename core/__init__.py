@@ -13,6 +13,7 @@ from optuna_search.core._identity import (
     diff_semantic,
     with_legacy_values,
 )
+from optuna_search.core._location import redact_remote
 from optuna_search.core._params import (
     BY_NAME,
     HYPERPARAMETERS,
@@ -28,6 +29,7 @@ from optuna_search.core._text import format_seconds, markdown_table, num, pct, r
 from optuna_search.core._toml import TOMLDecodeError, loads, to_toml
 
 __all__ = [
+    "redact_remote",
     "BY_NAME",
     "HYPERPARAMETERS",
     "LOCATION_KEYS",

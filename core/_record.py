@@ -393,7 +393,7 @@ def _read_split(ua: dict[str, Any], fields: list[str], prefix: str) -> SplitScor
 class StudyMeta:
     """What optuna-search stores on a study (its user attrs): what makes its trials
     comparable, fixed when it is created. Read with :meth:`from_user_attrs`; written only
-    through ``storage._records.write_meta``."""
+    through ``storage.study._records.write_meta``."""
 
     config: dict[str, Any] | None = None
     """The resolved config, password masked."""

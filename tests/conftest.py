@@ -363,12 +363,14 @@ def s3():
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
+def hub(tmp_path, monkeypatch, request):
     """The simulated Hub for this process and every process it starts."""
-    from optuna_search.storage import SimulatedHub, _hub
+    from optuna_search.storage.remote import use_hub_client
+    from optuna_search.storage.testing import SimulatedHub
 
     root = tmp_path / "hub"
-    monkeypatch.setattr(_hub, "hub_api", lambda: SimulatedHub(root))
+    use_hub_client(lambda: SimulatedHub(root))
+    request.addfinalizer(lambda: use_hub_client(None))
     monkeypatch.setenv("OPTUNA_SEARCH_TEST_HUB", str(root))
     # Not huggingface.co: a test may set storage.remote_commits_per_hour above the 128 that
     # huggingface.co allows (the simulated Hub still enforces its own limit).

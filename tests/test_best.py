@@ -52,8 +52,8 @@ def tied_study(tmp_path):
     accuracy 70%); trial 1 is better on severity."""
     url = f"sqlite:///{tmp_path / 'optuna-search-demo.db'}"
     config = load_config(preset="demo", sets=[f'storage.url="{url}"'])
-    from optuna_search.storage._records import write_meta
-    from optuna_search.storage._storages import open_storage
+    from optuna_search.storage.study._records import write_meta
+    from optuna_search.storage.study._storages import open_storage
 
     study = optuna.create_study(study_name="demo", storage=open_storage(url), direction="maximize")
     write_meta(

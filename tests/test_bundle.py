@@ -8,8 +8,8 @@ import pytest
 from legacy_bundle import write_legacy_bundle
 
 from optuna_search.core import UserError
-from optuna_search.storage._bundle import StudyLocation, import_bundle
-from optuna_search.storage._storages import open_storage
+from optuna_search.storage.remote._bundle import StudyLocation, import_bundle
+from optuna_search.storage.study._storages import open_storage
 
 
 @pytest.fixture

@@ -138,7 +138,7 @@ def test_read_only_database(work):
 def test_read_only_database_check(tmp_path, monkeypatch):
     # Root can write anything, so check the decision itself with access() denied.
     from optuna_search.core import UserError
-    from optuna_search.storage._storages import check_storage_url
+    from optuna_search.storage.study._storages import check_storage_url
 
     db = tmp_path / "ro.db"
     db.write_bytes(b"")

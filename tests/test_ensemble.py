@@ -112,7 +112,7 @@ def test_an_ensemble_of_a_study_without_complete_trials_says_so(tmp_path):
 
     from optuna_search.core import StudyMeta
     from optuna_search.search.front._config import load_config
-    from optuna_search.storage._records import write_meta
+    from optuna_search.storage.study._records import write_meta
 
     study = optuna.create_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'e.db'}")
     write_meta(study, StudyMeta(config=load_config(preset="demo").to_dict()))

@@ -7,8 +7,8 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from optuna_search.storage import _internals as oi
-from optuna_search.storage._storages import open_storage
+from optuna_search.storage.study import _internals as oi
+from optuna_search.storage.study._storages import open_storage
 
 
 def _study(tmp_path, **kw):

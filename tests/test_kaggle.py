@@ -186,7 +186,8 @@ class Session:
 
 
 def _remote(machine: Machine):
-    from optuna_search.storage import Remote, SimulatedHub
+    from optuna_search.storage import Remote
+    from optuna_search.storage.testing import SimulatedHub
 
     return Remote("hf://buckets/rehearsal/bug-triage-study", hub=SimulatedHub(machine.hub))
 

@@ -171,7 +171,7 @@ def test_a_trials_state_moves_in_the_ledger_only():
             if LIFECYCLE.search(line) and not line.lstrip().startswith(("#", "def ", '"', "'"))
         }
     )
-    assert found == ["storage/_internals.py", "storage/_ledger.py"], found
+    assert found == ["storage/study/_internals.py", "storage/study/_ledger.py"], found
 
 
 def test_system_attrs_are_written_by_storage_and_the_grid_samplers_hook_only():
@@ -182,7 +182,7 @@ def test_system_attrs_are_written_by_storage_and_the_grid_samplers_hook_only():
     found = sorted(
         f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())
     )
-    assert found == ["search/setup/_samplers.py", "storage/_internals.py"], found
+    assert found == ["search/setup/_samplers.py", "storage/study/_internals.py"], found
 
 
 def test_user_attrs_are_written_by_the_records_only():
@@ -191,7 +191,11 @@ def test_user_attrs_are_written_by_the_records_only():
     attrs)."""
     pattern = re.compile(r"set_user_attr\(|set_trial_user_attrs?\(")
     found = [f"{folder}/{p.relative_to(REPO / folder)}" for folder, p in _sources() if pattern.search(p.read_text())]
-    assert sorted(found) == ["storage/_internals.py", "storage/_ledger.py", "storage/_records.py"], found
+    assert sorted(found) == [
+        "storage/study/_internals.py",
+        "storage/study/_ledger.py",
+        "storage/study/_records.py",
+    ], found
 
 
 def test_optuna_private_api_stays_in_internals():
@@ -249,6 +253,55 @@ def test_search_rooms_use_each_others_public_names_only():
             ):
                 wrong.append(f"search/{rel}:{node.lineno} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+STORAGE_ROOMS = {"study": set(), "remote": {"study"}}
+"""storage/'s rooms and the rooms each may import (through their faces)."""
+
+
+def test_storage_rooms_point_one_way_through_their_faces():
+    """storage/ is two rooms: the study database (study/) and its remote copy (remote/).
+    The remote reads the study room through its __init__; the study room never imports
+    the remote; nothing in the product imports the simulated Hub (storage/testing.py)."""
+    wrong = []
+    for folder, path in _sources():
+        rel = path.relative_to(REPO / folder)
+        own = rel.parts[0] if folder == "storage" and len(rel.parts) > 1 else None
+        for node, name in _imports(path):
+            parts = name.split(".")
+            where = f"{folder}/{rel}:{node.lineno} imports {name}"
+            if parts[:3] == ["optuna_search", "storage", "testing"]:
+                wrong.append(where + " (the simulated Hub is for tests and benchmarks)")
+            if folder != "storage" or len(parts) < 3 or parts[:2] != ["optuna_search", "storage"]:
+                continue
+            room = parts[2]
+            if room not in STORAGE_ROOMS or own is None or room == own:
+                continue
+            if room not in STORAGE_ROOMS[own]:
+                wrong.append(where + f" (the {own} room may not import the {room} room)")
+            elif len(parts) > 3:
+                wrong.append(where + " (another room's private module: import its face)")
+    assert not wrong, "\n".join(wrong)
+    rooms = {p.name for p in (REPO / "storage").iterdir() if (p / "__init__.py").exists()}
+    assert rooms == set(STORAGE_ROOMS), rooms
+    flat = sorted(p.name for p in (REPO / "storage").glob("*.py"))
+    assert flat == ["__init__.py", "testing.py"], flat  # every module lives in a room
+
+
+def test_every_package_can_be_star_imported():
+    """`from optuna_search.storage import *` raised AttributeError: __all__ named a name the
+    package no longer had. Every package's __all__ names what it has."""
+    import importlib
+
+    packages = sorted({_module(p) for _, p in _sources() if p.name == "__init__.py"} | {"optuna_search"})
+    missing = {}
+    for name in packages:
+        module = importlib.import_module(name)
+        absent = [n for n in getattr(module, "__all__", []) if not hasattr(module, n)]
+        if absent:
+            missing[name] = absent
+    assert not missing, missing
+    assert len(packages) >= 15, packages
 
 
 def test_no_function_is_longer_than_sixty_lines():

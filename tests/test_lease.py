@@ -55,7 +55,7 @@ def _worker_pushes(url, env, lease, version, root, points, rounds, renews, barri
     from pathlib import Path
 
     from optuna_search.storage import LeaseLost, LocalStudy, Remote, StudySync
-    from optuna_search.storage._remote import Lease, SameRunBusy
+    from optuna_search.storage.remote._replica import Lease, SameRunBusy
 
     local = LocalStudy("s", Path(root), Path(root) / "art", None)
     sync = StudySync(Remote(url), local, lease=(Lease(**lease), version), renews=renews)
@@ -89,7 +89,7 @@ def test_the_processes_of_one_run_never_take_each_others_lease(kind, tmp_path, r
     the lease over' and quit. Here the run's process renews while two workers push, all
     at once, many times; none loses, every checkpoint lands, the remote verifies."""
     from optuna_search.storage import Remote
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     url = _url(kind, tmp_path, request, "one-run")
     env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "OPTUNA_SEARCH_TEST_HUB", "PYTHONPATH"))}
@@ -141,7 +141,7 @@ def test_a_holder_frozen_between_its_renewal_and_its_manifest_overwrites_nothing
     remote still verifies and names B's checkpoint, every reader agrees, and A's next push
     says the lease was lost."""
     from optuna_search.storage import LeaseLost, Remote, StudySync
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     url = _url(kind, tmp_path, request, "frozen")
     a_points, b_points = tmp_path / "a", tmp_path / "b"
@@ -211,7 +211,7 @@ def test_a_study_written_before_epochs_resumes_and_is_fenced_from_then_on(tmp_pa
     import json
 
     from optuna_search.storage import Remote, StudySync
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     url = str(tmp_path / "remote")
     old = StudySync(Remote(url), _local(tmp_path, tmp_path / "old"))
@@ -237,14 +237,14 @@ def test_a_run_killed_on_this_machine_frees_its_lease_at_once(tmp_path):
     whole grace period ("in use by vm (pid N)", 180 s) with pid N long gone."""
     from optuna_search.core import UserError
     from optuna_search.storage import Remote
-    from optuna_search.storage._remote import Lease, new_holder
+    from optuna_search.storage.remote._replica import Lease, new_holder
 
     url = str(tmp_path / "remote")
     took = subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys; from optuna_search.storage import Remote; from optuna_search.storage._remote import new_holder;"
+            "import sys; from optuna_search.storage import Remote; from optuna_search.storage.remote._replica import new_holder;"
             "Remote(sys.argv[1]).take_lease(new_holder(), 180)",
             url,
         ],

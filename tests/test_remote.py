@@ -141,7 +141,7 @@ CKPT = ("adapter.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json")
 def test_a_kill_between_an_uploads_files_and_its_manifest_leaves_the_remote_valid(tmp_path, monkeypatch):
     from optuna_search.core import UserError
     from optuna_search.storage import LocalStudy, Remote, StudySync
-    from optuna_search.storage._stores import FolderStore
+    from optuna_search.storage.remote.backends.folder import FolderStore
 
     point = tmp_path / "ckpt" / "s" / "lora_r-4"
     fake_checkpoint(point / "checkpoint-5", b"five")
@@ -186,7 +186,7 @@ def test_the_database_snapshot_never_holds_a_trial_without_its_point(tmp_path):
     import threading
 
     from optuna_search.storage import LocalStudy, Remote, StudySync
-    from optuna_search.storage._claim import file_lock, lock_path
+    from optuna_search.storage.study._claim import file_lock, lock_path
 
     db = tmp_path / "study.db"
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
@@ -221,7 +221,7 @@ def test_pushes_run_in_a_child_that_outlives_ctrl_c_and_dies_with_its_run(tmp_pa
 import os, signal, sys, time
 from pathlib import Path
 from optuna_search.storage import LocalStudy, Remote, StudySync
-from optuna_search.storage._pusher import PushProcess
+from optuna_search.storage.remote._pusher import PushProcess
 sync = StudySync(Remote({str(tmp_path / "remote")!r}), LocalStudy("s", Path({str(tmp_path / "ckpt")!r}), Path("art"), None))
 pusher = PushProcess(sync)
 import shutil

@@ -60,7 +60,7 @@ def test_the_simulated_hub_refuses_commits_past_128_an_hour_with_retry_after(tmp
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.errors import HfHubHTTPError
 
-    from optuna_search.storage import SimulatedHub
+    from optuna_search.storage.testing import SimulatedHub
 
     clock = Clock()
     hub = SimulatedHub(tmp_path / "hub", clock=clock)
@@ -84,7 +84,7 @@ def test_the_simulated_hub_refuses_commits_past_128_an_hour_with_retry_after(tmp
 def test_the_simulated_hub_refuses_requests_past_1000_in_5_minutes(tmp_path):
     from huggingface_hub.errors import HfHubHTTPError
 
-    from optuna_search.storage import SimulatedHub
+    from optuna_search.storage.testing import SimulatedHub
 
     clock = Clock()
     hub = SimulatedHub(tmp_path / "hub", clock=clock, requests_per_5min=20)
@@ -103,7 +103,8 @@ def _checkpoint(folder, tag):
 
 
 def test_a_push_to_a_dataset_repo_is_one_commit_with_the_contents_and_manifests(hub, tmp_path):
-    from optuna_search.storage import LocalStudy, Remote, SimulatedHub, StudySync
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+    from optuna_search.storage.testing import SimulatedHub
 
     point = tmp_path / "ckpt" / "s"
     _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
@@ -130,7 +131,8 @@ def test_a_push_to_a_dataset_repo_is_one_commit_with_the_contents_and_manifests(
 
 
 def test_a_bucket_remote_pushes_and_pulls_through_batch_calls(hub, tmp_path):
-    from optuna_search.storage import LocalStudy, Remote, SimulatedHub, StudySync
+    from optuna_search.storage import LocalStudy, Remote, StudySync
+    from optuna_search.storage.testing import SimulatedHub
 
     point = tmp_path / "ckpt" / "s"
     _checkpoint(point / "lora_r-4" / "checkpoint-5", "a")
@@ -157,7 +159,7 @@ class FakePusher:
         return self.answer(self.calls)
 
     def renew(self):
-        from optuna_search.storage._sync import Pushed
+        from optuna_search.storage.remote._sync import Pushed
 
         return Pushed(0, 0, 0)
 
@@ -169,7 +171,7 @@ def test_a_throttled_hub_is_waited_out_by_its_retry_after_while_marks_coalesce(h
     """A 429 becomes Throttled with the server's Retry-After; the uploader keeps the
     units and pushes them once, together, when the wait is over."""
     from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Throttled, Uploader
-    from optuna_search.storage._sync import Pushed
+    from optuna_search.storage.remote._sync import Pushed
 
     gate = threading.Event()
 
@@ -197,7 +199,7 @@ def test_a_commit_budget_coalesces_what_waits(tmp_path):
     """At most one commit per 3600/budget seconds: marks that come faster are gathered
     into the next commit (the newest files of each unit), never lost."""
     from optuna_search.storage import Cadence, LocalStudy, Remote, StudySync, Uploader
-    from optuna_search.storage._sync import Pushed
+    from optuna_search.storage.remote._sync import Pushed
 
     pusher = FakePusher(lambda calls: Pushed(1, 1, 1))
     calls = pusher.calls
@@ -218,7 +220,7 @@ def _race(url, env, barrier, results, grace):
     os.environ.update(env)
     from optuna_search.core import UserError
     from optuna_search.storage import Remote
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     remote = Remote(url)
     barrier.wait()
@@ -231,7 +233,7 @@ def _race(url, env, barrier, results, grace):
 
 def _stale_lease(url):
     from optuna_search.storage import Remote
-    from optuna_search.storage._remote import Lease
+    from optuna_search.storage.remote._replica import Lease
 
     remote = Remote(url)  # a lease silent for an hour, written as its holder last wrote it
     current = remote.read_lease()
@@ -268,7 +270,7 @@ def test_two_machines_taking_over_a_stale_lease_at_the_same_instant_one_wins(kin
 @pytest.mark.parametrize("kind", ["folder", "s3", "repo"])
 def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(kind, tmp_path, request):
     from optuna_search.storage import LeaseLost, LocalStudy, Remote, StudySync
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     if kind == "folder":
         url = str(tmp_path / "remote")
@@ -302,7 +304,7 @@ def test_the_upload_channel_survives_a_library_that_prints_and_a_child_that_hang
     """The child's stdout is not the channel: a library printing on import or during a
     push changes nothing. A child that stops answering is taken for hung after the timeout."""
     from optuna_search.storage import LocalStudy, Remote, StudySync
-    from optuna_search.storage._pusher import PushFailed, PushProcess, read_frame
+    from optuna_search.storage.remote._pusher import PushFailed, PushProcess, read_frame
 
     noisy = tmp_path / "noisy"
     noisy.mkdir()
@@ -340,7 +342,8 @@ def test_the_upload_channel_survives_a_library_that_prints_and_a_child_that_hang
 def test_a_killed_machine_is_finished_by_another_from_a_hub_remote(url, hub, tmp_path, demo_cache):
     """The kill-on-A, finish-on-B of test_remote.py on the simulated Hub: a Storage Bucket
     and a dataset repo (every push one commit, within the Hub's limits)."""
-    from optuna_search.storage import Remote, SimulatedHub
+    from optuna_search.storage import Remote
+    from optuna_search.storage.testing import SimulatedHub
 
     a, b = tmp_path / "machine-a", tmp_path / "machine-b"
     a.mkdir(), b.mkdir()
@@ -419,7 +422,7 @@ def test_status_says_when_any_machine_last_wrote_the_remote_and_the_commits_of_t
     from optuna_search.search.front._status import remote_line
     from optuna_search.search.remote._remote import local_study
     from optuna_search.storage import SyncStatus
-    from optuna_search.storage._remote import Manifest
+    from optuna_search.storage.remote._replica import Manifest
 
     monkeypatch.chdir(tmp_path)
     config = optuna_search.load_config(preset="demo", sets="storage.remote='hf://datasets/me/study'")
@@ -478,7 +481,7 @@ def test_a_sibling_process_that_moved_the_repos_head_is_not_a_lost_lease(hub, tm
     """`run --workers 2` on a dataset repo: a worker's commit moves the head the run's lease
     version is tied to; the other's next push finds its own lease and goes on."""
     from optuna_search.storage import LocalStudy, Remote, StudySync
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     url = "hf://datasets/me/workers"
     point = tmp_path / "ckpt" / "s"
@@ -765,7 +768,7 @@ def test_a_damaged_unfinished_checkpoint_can_be_dropped_and_a_refusal_leaves_not
     from optuna_search.core import UserError
     from optuna_search.search.remote._remote import pull_study
     from optuna_search.storage import STUDY_UNIT, Remote
-    from optuna_search.storage._remote import new_holder
+    from optuna_search.storage.remote._replica import new_holder
 
     owner, obj = _owned_remote(tmp_path)
     fake_checkpoint(owner.local.checkpoints / "lora_r-2" / "checkpoint-5", adapter=b"another point, intact")

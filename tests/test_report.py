@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 from optuna_search.core import UserError
 from optuna_search.dashboards._report import collect_report, render_markdown
 from optuna_search.search.setup._open import study_config
-from optuna_search.storage._artifacts import artifact_store
+from optuna_search.storage.study._artifacts import artifact_store
 
 pytestmark = pytest.mark.slow
 

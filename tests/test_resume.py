@@ -221,7 +221,7 @@ def test_a_checkpoint_cut_short_by_a_kill_is_skipped_not_resumed_from(tmp_path, 
 
 
 def test_last_complete_checkpoint_skips_unfinished_and_foreign_folders(tmp_path):
-    from optuna_search.storage._checkpoints import has_checkpoint, last_complete_checkpoint
+    from optuna_search.storage.study._checkpoints import has_checkpoint, last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "absent") == (None, [])
     (tmp_path / "checkpoint-100").mkdir()
@@ -328,8 +328,8 @@ def test_a_bundle_of_an_earlier_version_still_resumes(demo_study, tmp_path):
 def test_trial_killed_before_its_first_heartbeat_is_reclaimed(tmp_path):
     """Optuna's stale check skips trials without a heartbeat record; a process killed
     between creating its trial and starting the heartbeat must not leave it RUNNING."""
-    from optuna_search.storage._ledger import Ledger
-    from optuna_search.storage._storages import open_storage
+    from optuna_search.storage.study._ledger import Ledger
+    from optuna_search.storage.study._storages import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(storage=storage)
@@ -401,7 +401,7 @@ def test_a_full_disk_while_writing_the_database_is_one_line(tmp_path, demo_cache
     import sqlalchemy
 
     from optuna_search.search.front._cli import main
-    from optuna_search.storage import _ledger
+    from optuna_search.storage.study import _ledger
 
     def full(*a, **kw):
         raise sqlalchemy.exc.OperationalError(

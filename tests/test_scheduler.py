@@ -32,8 +32,8 @@ from optuna_search.search.loop._schedule import (
 from optuna_search.search.loop._schedule import decide as _decide
 from optuna_search.search.loop._scheduler import Outcome, Scheduler, TrialOutcome
 from optuna_search.search.setup._space import make_sampler, n_target, space_size
-from optuna_search.storage._internals import paused_at
-from optuna_search.storage._storages import open_storage
+from optuna_search.storage.study._internals import paused_at
+from optuna_search.storage.study._storages import open_storage
 
 
 def decide(state, **kw):

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, run_main
 
 from optuna_search.core import UserError
-from optuna_search.storage._storages import check_storage_url, open_storage
+from optuna_search.storage.study._storages import check_storage_url, open_storage
 
 
 def _snapshot(path):
@@ -70,7 +70,7 @@ def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
     study = optuna.create_study(storage=open_storage(f"sqlite:///{db}", mode="create"), study_name="s")
     for i in range(30):
         study.enqueue_trial({"x": i}, user_attrs={"note": "x" * 500})
-    from optuna_search.storage._internals import engine_of
+    from optuna_search.storage.study._internals import engine_of
 
     engine_of(study).dispose()
     con = sqlite3.connect(db)
@@ -90,7 +90,7 @@ def test_a_damaged_database_is_named_with_the_way_out(tmp_path):
 
 def test_two_processes_creating_the_schema_at_once_never_collide(tmp_path):
     code = (
-        "import sys\nfrom optuna_search.storage._storages import open_storage\n"
+        "import sys\nfrom optuna_search.storage.study._storages import open_storage\n"
         "open_storage(sys.argv[1], mode='create')\n"
     )
     for i in range(4):
@@ -107,7 +107,7 @@ def test_a_file_that_looks_damaged_only_to_a_lock_free_read_is_not_called_damage
     """Seen with three `run` creating one new file at once: the file, read as immutable
     (no locks) while another process was still writing it, looked malformed, and a sound
     study was called damaged. Damage is now said only when a locking read agrees."""
-    from optuna_search.storage import _storages
+    from optuna_search.storage.study import _storages
 
     db = tmp_path / "study.db"
     con = sqlite3.connect(db)

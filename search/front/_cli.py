@@ -52,7 +52,7 @@ from optuna_search.search.use import (
     predict_file,
     run_ensemble,
 )
-from optuna_search.storage import artifact_store, close_storages, redacted_config
+from optuna_search.storage import artifact_store, close_storages, redacted_config, supported
 
 log = logging.getLogger("optuna_search")
 
@@ -90,7 +90,7 @@ def _add_config_args(p: argparse.ArgumentParser, *, reading: bool = False) -> No
     g.add_argument(
         "--remote",
         metavar="URL",
-        help="the study's remote copy (a folder, s3://, gs://, hf://datasets/...): "
+        help=f"the study's remote copy ({supported()}): "
         + (
             "read from it, nothing copied by hand"
             if reading

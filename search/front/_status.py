@@ -7,7 +7,7 @@ import hashlib
 import time
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config
+from optuna_search.core import Config, redact_remote
 from optuna_search.dashboards import StatusInput, render_status, status_report
 from optuna_search.search.loop import EXIT_INCOMPLETE, EXIT_OK, Status, study_state, summary_points
 from optuna_search.search.remote import local_study
@@ -18,7 +18,6 @@ from optuna_search.storage import (
     last_complete_checkpoint,
     pareto_front,
     point_checkpoints,
-    redact_remote,
     study_flags,
 )
 

@@ -15,7 +15,7 @@ Optuna's trial states are read here only (:func:`point_status`, :class:`Point`),
 the one vocabulary the schedules, the scheduler and the summaries speak: :class:`Status`.
 
 "Paused" has one representation: a RUNNING trial marked with the rung it waits at
-(``storage._internals.paused_at``); :class:`Status` reads it, nothing else says it.
+(``storage.study._internals.paused_at``); :class:`Status` reads it, nothing else says it.
 """
 
 from __future__ import annotations

@@ -43,17 +43,17 @@ if _PATTERN:
     logging.getLogger("optuna_search").addFilter(_Hold())
 
 # With OPTUNA_SEARCH_TEST_HUB=<folder>, the Hugging Face Hub is the simulated one whose
-# state lives in that folder (storage/_hub_sim.py): every process of a test (machine A,
+# state lives in that folder (storage/testing.py): every process of a test (machine A,
 # machine B, their upload processes) meets the same Hub, with its limits.
 _HUB = os.environ.get("OPTUNA_SEARCH_TEST_HUB")
 if _HUB:
     try:
-        from optuna_search.storage import _hub
-        from optuna_search.storage._hub_sim import SimulatedHub
+        from optuna_search.storage.remote import use_hub_client
+        from optuna_search.storage.testing import SimulatedHub
     except ImportError:  # a process of the test that is no optuna-search (pip, before the install)
         pass
     else:
-        _hub.hub_api = lambda: SimulatedHub(_HUB)
+        use_hub_client(lambda: SimulatedHub(_HUB))
 
 # With OPTUNA_SEARCH_TEST_SKEW=<regex>=<seconds>, the clock that decides a session's time
 # budget (the trainer's and the scheduler's time.monotonic) jumps <seconds> ahead at the

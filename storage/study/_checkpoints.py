@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import file_sha256, point_dirname, replaced_atomically
-from optuna_search.storage._storages import located, study_home
+from optuna_search.storage.study._storages import located, study_home
 
 RUN_SETTINGS = "run_settings.json"
 FINAL_ADAPTER = "final-adapter"

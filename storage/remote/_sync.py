@@ -40,10 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from optuna_search.core import replaced_atomically
-from optuna_search.storage._checkpoints import FINAL_ADAPTER, RUN_SETTINGS, last_complete_checkpoint
-from optuna_search.storage._claim import file_lock, lock_path
-from optuna_search.storage._ledger import Commit, CommitKind
-from optuna_search.storage._remote import (
+from optuna_search.storage.remote._replica import (
     STUDY_UNIT,
     Lease,
     LeaseLost,
@@ -53,8 +50,18 @@ from optuna_search.storage._remote import (
     new_holder,
     point_unit,
 )
-from optuna_search.storage._storages import open_storage, read_only_uri
-from optuna_search.storage._stores import Throttled
+from optuna_search.storage.remote._store import Throttled
+from optuna_search.storage.study import (
+    FINAL_ADAPTER,
+    RUN_SETTINGS,
+    Commit,
+    CommitKind,
+    file_lock,
+    last_complete_checkpoint,
+    lock_path,
+    open_storage,
+    read_only_uri,
+)
 
 log = logging.getLogger("optuna_search")
 STAGING = ".optuna-search-staging"

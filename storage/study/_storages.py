@@ -26,9 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config, StorageSection, StudySection, UserError
-from optuna_search.storage._claim import file_lock, lock_path
-from optuna_search.storage._remote import redact_remote
+from optuna_search.core import Config, StorageSection, StudySection, UserError, redact_remote
+from optuna_search.storage.study._claim import file_lock, lock_path
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
 MODES = ("create", "write", "read")

@@ -45,23 +45,16 @@ import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 from optuna_search.core import UserError, file_sha256
-from optuna_search.storage._hub import hub_store
-from optuna_search.storage._stores import (
-    SUPPORTED,
-    Batch,
-    Conflict,
-    FolderStore,
-    FsspecStore,
-    Store,
-    Versioned,
-    redact_remote,
-)
+from optuna_search.storage.remote._fsspec import FsspecStore
+from optuna_search.storage.remote._open import open_store
+from optuna_search.storage.remote._store import Batch, Conflict, Options, Store, Versioned
+from optuna_search.storage.remote.backends.folder import FolderStore
 
 REMOTE_FORMAT = 2
 META = "remote.json"
@@ -90,7 +83,6 @@ __all__ = [
     "LeaseLost",
     "Manifest",
     "Remote",
-    "redact_remote",
 ]
 
 
@@ -223,9 +215,12 @@ class SameRunBusy(Exception):
 class Remote:
     """One remote's files (see the module docstring)."""
 
-    def __init__(self, url: str, *, hub: Any = None) -> None:
+    def __init__(self, url: str, *, hub: Any = None, clock: Callable[[], float] | None = None) -> None:
+        """``hub``: the Hugging Face client for hf:// URLs (default: the library's, or
+        ``use_hub_client``'s); ``clock``: what a store's costs are timed by (default
+        ``time.time``; the Hub budget's benchmark runs on a simulated one)."""
         self.url = url
-        self.store: Store = open_store(url, hub)
+        self.store: Store = open_store(url, Options(hub, clock or time.time))
         self.shown = self.store.shown
         self.local = isinstance(self.store, FolderStore)
         self._present: set[str] | None = None
@@ -642,55 +637,6 @@ class Remote:
             # Released by marking it stale (a conditional write): deleting would race a takeover.
             gone = Lease(holder, current[0].host, current[0].pid, 0.0, current[0].epoch, current[0].base)
             self.store.swap(LEASE, gone.to_bytes(), current[1])
-
-
-def open_store(url: str, hub: Any = None) -> Store:
-    """The store behind a remote URL, or one line naming what is wrong with it. ``hub``:
-    the Hugging Face client for hf:// URLs (default ``huggingface_hub.HfApi()``; the
-    benchmarks pass a ``SimulatedHub`` on a simulated clock)."""
-    shown = redact_remote(url)
-    if not url.strip():
-        raise UserError(f"remote '' is empty; give {SUPPORTED}")
-    parts = urlsplit(url)
-    scheme = parts.scheme if len(parts.scheme) > 1 else ""
-    if not scheme:
-        if ":/" in url or url.startswith(("s3:", "gs:", "hf:")):
-            raise UserError(f"remote '{shown}' looks like a URL with a mistyped scheme; give {SUPPORTED}")
-        return FolderStore(Path(url).expanduser(), shown)
-    if scheme == "file":
-        return FolderStore(Path(parts.path), shown)
-    if parts.username or parts.password:
-        raise UserError(
-            f"remote '{shown}' holds credentials in the URL; put them in the environment instead "
-            "(HF_TOKEN, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)"
-        )
-    _check_address(url, shown, bool(parts.query or parts.fragment) or "?" in url or "#" in url)
-    if scheme == "hf":
-        return hub_store(url, shown, hub)
-    if scheme in ("s3", "gs", "gcs"):
-        if not parts.netloc:
-            raise UserError(f"remote '{shown}' names no bucket; give {scheme}://BUCKET/PREFIX")
-        return FsspecStore(url, shown, scheme)
-    raise UserError(f"remote '{shown}': the scheme '{scheme}://' is not one this tool writes to; give {SUPPORTED}")
-
-
-def _check_address(url: str, shown: str, has_query: bool) -> None:
-    """A remote URL is an address and nothing else: no query or fragment (a token there
-    would travel as part of a name), no space, no '.' or '..' between its slashes."""
-    if has_query:
-        raise UserError(
-            f"remote '{shown}' has a query or fragment ('?...' or '#...'), which is no part of a remote's address "
-            "(a token there would be sent as part of a name); put credentials in the environment (HF_TOKEN, "
-            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and give the address alone"
-        )
-    if any(c.isspace() for c in url):
-        raise UserError(f"remote '{shown}' has a space in it; bucket, repo and prefix names have none")
-    segments = urlsplit(url).path.split("/")
-    if any(seg in (".", "..") for seg in segments):
-        raise UserError(
-            f"remote '{shown}' has '.' or '..' between its slashes; a remote's prefix is a plain path "
-            "(e.g. hf://buckets/USER/NAME/study-1)"
-        )
 
 
 def new_holder() -> Lease:

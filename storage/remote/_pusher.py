@@ -33,9 +33,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.storage._remote import Lease, LeaseLost, Remote
-from optuna_search.storage._stores import Throttled, redact_remote
-from optuna_search.storage._sync import LocalStudy, Pushed, StudySync
+from optuna_search.core import redact_remote
+from optuna_search.storage.remote._replica import Lease, LeaseLost, Remote
+from optuna_search.storage.remote._store import Throttled
+from optuna_search.storage.remote._sync import LocalStudy, Pushed, StudySync
 
 PUSH_TIMEOUT_S = 3600.0
 """The longest a push may take before its child is taken for hung (a merged 7B export is
@@ -165,7 +166,7 @@ class PushProcess:
             [
                 sys.executable,
                 "-c",
-                f"from optuna_search.storage._pusher import main; main({to_child_r}, {from_child_w})",
+                f"from optuna_search.storage.remote._pusher import main; main({to_child_r}, {from_child_w})",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # a library that prints goes nowhere, and never into the channel

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from optuna_search.core import StudyMeta, TrialRecord
-from optuna_search.storage._internals import (
+from optuna_search.storage.study._internals import (
     beat,
     claim_waiting,
     fail_trial,
@@ -45,7 +45,7 @@ from optuna_search.storage._internals import (
     stored_trial,
     unpause,
 )
-from optuna_search.storage._records import read_meta, write_meta
+from optuna_search.storage.study._records import read_meta, write_meta
 
 if TYPE_CHECKING:
     import optuna

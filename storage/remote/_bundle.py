@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from optuna_search.core import UserError, file_sha256
-from optuna_search.storage._checkpoints import study_checkpoints
-from optuna_search.storage._storages import check_storage_url, open_storage, read_only_uri, redact_url
+from optuna_search.storage.study import check_storage_url, open_storage, read_only_uri, redact_url, study_checkpoints
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"

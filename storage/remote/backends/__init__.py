@@ -1,0 +1,1 @@
+"""The remote backends, one module each; each module's ``BACKEND`` registers it (``_open``)."""

@@ -266,3 +266,45 @@ def test_a_run_killed_on_this_machine_frees_its_lease_at_once(tmp_path):
     assert reused.dead_here()  # the same pid, started at another time: another process
     elsewhere = Lease("x", "another-host", 1, time.time(), started=1, boot="another-boot")
     assert not elsewhere.dead_here()  # another machine's pids say nothing here
+
+
+def test_two_workers_with_a_remote_finish_together_and_the_lease_stays_in_their_environment(tmp_path, demo_cache):
+    """The command that showed it (`run --workers 2 --remote DIR`, 4 points, a checkpoint
+    every 2 steps, a lease renewed every second): both workers train to the end, none says
+    its run took the lease over, the remote holds every point's final adapter and verifies;
+    the lease reached the workers through their own environment, not the parent's."""
+    from conftest import FAST, run_main
+
+    from optuna_search.search.remote._remote import LEASE_ENV
+    from optuna_search.storage import Remote
+
+    remote = tmp_path / "remote"
+    proc = run_main(
+        "run",
+        *FAST,
+        "--set",
+        "study.grid={lora_r=[2, 4, 8, 16]}",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.train_samples=96",
+        "--set",
+        "train.checkpoint_steps=2",
+        "--set",
+        "storage.heartbeat_interval=1",
+        "--set",
+        "storage.grace_period=30",
+        "--workers",
+        "2",
+        "--remote",
+        str(remote),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "took the lease over" not in proc.stderr and "stopped writing" not in proc.stderr
+    assert "[worker 0]" in proc.stderr and "[worker 1]" in proc.stderr
+    assert LEASE_ENV not in os.environ
+    reader = Remote(str(remote))
+    assert reader.verify() == []
+    points = {u: m for u, m in reader.manifests().items() if u.startswith("points/")}
+    assert len(points) == 4 and all(any(r.startswith("final-adapter/") for r in m.files) for m in points.values())

@@ -201,7 +201,8 @@ def _run(request: RunRequest, config: Config, remote: RemoteSession | None, star
         return RunResult(outcome, None, _finish_remote(remote, request, started, code))
     n = choose_workers(request.workers, config.train.gpus_per_trial, oversubscribe=request.oversubscribe)
     if n > 1:
-        options = WorkerOptions(request.retry_failed, request.time_budget_s, request.progress_interval)
+        handoff = tuple(remote.worker_env().items()) if remote is not None else ()
+        options = WorkerOptions(request.retry_failed, request.time_budget_s, request.progress_interval, handoff)
         many = run_with_workers(config, pf, n, options)
         if many is None:
             raise UserError("a worker refused the config (its message is above)")

@@ -84,6 +84,8 @@ class WorkerOptions:
     retry_failed: bool = False
     time_budget_s: float | None = None
     progress_interval: float | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    """Added to each worker's own environment (the run's remote lease), never to the parent's."""
 
     def args(self, index: int) -> list[str]:
         out = ["run", "--worker", str(index), "--config", "-"]
@@ -106,7 +108,7 @@ def run_workers(config: Config, n: int, options: WorkerOptions) -> list[int]:
     procs, envs = [], []
     config_toml = to_toml(config)
     for i in range(n):
-        env = worker_env(i, gpus, config.train.gpus_per_trial)
+        env = {**worker_env(i, gpus, config.train.gpus_per_trial), **dict(options.env)}
         # CPU-only workers share the cores instead of each grabbing all of them.
         env.setdefault("OMP_NUM_THREADS", str(cpu_share))
         envs.append(env)

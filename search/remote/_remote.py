@@ -107,6 +107,13 @@ class RemoteSession:
                     m.writer.split(":")[0] or "another machine",
                 )
 
+    def worker_env(self) -> dict[str, str]:
+        """What a worker of `run --workers N` gets in its own environment: the run's lease,
+        which its pushes check (on a dataset repo: renew) in their commits."""
+        if self.lease is None or self.lease.mine is None:
+            return {}
+        return {LEASE_ENV: json.dumps(self.lease.mine.__dict__)}
+
     @property
     def lost(self) -> LeaseLost | None:
         """Set once another run took this run's lease over (it then wrote nothing more)."""
@@ -136,8 +143,6 @@ def start_remote(config: Config, *, worker: bool = False, drop_damaged: bool = F
     if local.db is not None and not worker:
         lease = LeaseKeeper(remote, config.storage.grace_period)
         held = lease.acquire()
-        # The run's workers (`run --workers N`, started after this) write under this lease.
-        os.environ[LEASE_ENV] = json.dumps(held[0].__dict__)
     elif local.db is not None:
         held = _workers_lease(remote)
     sync = StudySync(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,19 +43,33 @@ from optuna_search.objectives import (
     reliability_bins,
     wilson_interval,
 )
-from optuna_search.storage import pareto_front, read_records, study_flags
+from optuna_search.storage import ArtifactUnreadable, pareto_front, read_records, study_flags
 
 if TYPE_CHECKING:
     import optuna
+
+log = logging.getLogger("optuna_search")
 
 # Spearman's rho between early and final validation needs this many configurations.
 MIN_FOR_RHO = 4
 
 
 def load_predictions(store: Any, record: TrialRecord, split: str = "test") -> dict[str, Prediction] | None:
-    """A trial's stored predictions on one split, by example id (None if unavailable)."""
+    """A trial's stored predictions on one split, by example id (None if unavailable: a
+    recorded artifact that cannot be read is a warning naming the trial and what that
+    leaves out)."""
     artifact = record.predictions_artifact_id if split == "test" else record.validation_predictions_artifact_id
-    rows = read_records(store, artifact)
+    try:
+        rows = read_records(store, artifact)
+    except ArtifactUnreadable as e:
+        log.warning(
+            "trial %s: its %s predictions cannot be read (%s); left out: its significance tests, calibration, "
+            "per-example errors and ensembles with it",
+            record.number,
+            split,
+            e,
+        )
+        return None
     return None if rows is None else {r["id"]: Prediction.from_record(r) for r in rows}
 
 

@@ -140,3 +140,18 @@ def test_report_output_that_is_a_file_is_one_line(demo_study, tmp_path):
     (tmp_path / "taken").write_text("x")
     proc = run_main("report", "--preset", "demo", "--output", str(tmp_path / "taken"), cwd=work)
     assert proc.returncode == 2 and "is a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unreadable_artifact_is_a_warning_naming_the_trial_and_what_it_leaves_out(scored_study, tmp_path):
+    """Seen: a prediction artifact that could not be read made the trial's significance tests
+    vanish from the report without a word."""
+    work = tmp_path / "study"
+    shutil.copytree(scored_study, work)
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
+    first = next(t for t in study.get_trials() if t.state == TrialState.COMPLETE)
+    artifact = first.user_attrs["predictions_artifact_id"]
+    (work / "optuna-search-demo-artifacts" / artifact).write_bytes(b"\xff\xfe not JSON")
+    proc = run_main("report", "--preset", "demo", "--output", "r", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"trial {first.number}: its test predictions cannot be read" in proc.stderr
+    assert "left out: its significance tests" in proc.stderr

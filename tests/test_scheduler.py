@@ -426,3 +426,30 @@ def test_successive_halving_resumes_where_it_was_after_an_interruption(tmp_path)
     trained = first.ran[:-1] + second.ran
     assert sorted(trained) == sorted([(r, 0) for r in range(1, 10)] + [(7, 1), (8, 1), (9, 1), (9, 2)])
     assert sorted(t.state.name for t in _reload(tmp_path, config).get_trials()) == ["COMPLETE"] + ["PRUNED"] * 8
+
+
+def test_a_result_that_cannot_be_recorded_while_the_run_stops_is_said_with_what_it_loses(tmp_path, caplog):
+    """Seen: a trial's result that failed to record during a stop was logged at DEBUG, so
+    nobody learned that its record was lost. The run still stops; the error says which
+    trial, why, and what happens to it."""
+    from optuna_search.storage import Ledger
+
+    study = _real_study(tmp_path, GRID)
+
+    class _Stopped(_Runner):
+        def run(self, job):
+            self.ran.append(dict(job.params))
+            return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(interrupted="SIGTERM"), stop=KeyboardInterrupt())
+
+    def broken(*a, **kw):
+        raise OSError("disk I/O error")
+
+    real = Ledger.interrupt
+    Ledger.interrupt = broken
+    try:
+        with caplog.at_level("ERROR", logger="optuna_search"), pytest.raises(KeyboardInterrupt):
+            Scheduler(study, GRID, _Stopped(lambda p: 0.0)).run()
+    finally:
+        Ledger.interrupt = real
+    assert "trial 0 (interrupted) could not be recorded while the run stopped (OSError: disk I/O error)" in caplog.text
+    assert "the next run resumes it from its last checkpoint" in caplog.text

@@ -271,10 +271,19 @@ class Scheduler:
         """Record the outcome (and pause or tell Optuna); raise what stops the run."""
         try:
             self._record(trial, outcome)
-        except Exception:
+        except Exception as e:
             if outcome.stop is None:
                 raise
-            log.debug("could not record trial %d", trial.number)
+            # The run is stopping anyway (a signal, the budget, a lost remote): it still stops,
+            # and the user learns what its record lacks and what happens to the trial.
+            log.error(
+                "trial %d (%s) could not be recorded while the run stopped (%s: %s): it stays RUNNING in the "
+                "study and the next run resumes it from its last checkpoint; what it did since is not in its record",
+                trial.number,
+                outcome.kind.value,
+                type(e).__name__,
+                str(e)[:300],
+            )
         if outcome.stop is not None:
             raise outcome.stop
 

@@ -3,7 +3,7 @@ they are opened, the ledger (the one place a trial's state moves), Optuna's inte
 it needs, the claim lock, a study's records, its prediction artifacts and its checkpoint
 folders. It imports nothing from the remote room."""
 
-from optuna_search.storage.study._artifacts import artifact_store, read_records, upload_records
+from optuna_search.storage.study._artifacts import ArtifactUnreadable, artifact_store, read_records, upload_records
 from optuna_search.storage.study._checkpoints import (
     COMPLETE_MARKER,
     FINAL_ADAPTER,
@@ -63,6 +63,7 @@ __all__ = [
     "GRID_SEARCH_SPACE",
     "RESUME_FILES",
     "RUN_SETTINGS",
+    "ArtifactUnreadable",
     "ClaimLock",
     "Commit",
     "CommitKind",

@@ -41,13 +41,19 @@ def upload_records(
         )
 
 
+class ArtifactUnreadable(Exception):
+    """A stored artifact that is missing or cannot be read (its message says why)."""
+
+
 def read_records(store, artifact_id: str | None) -> list[dict[str, Any]] | None:
-    """The records of a JSON-lines artifact, or None if it cannot be read (a missing
-    artifact degrades a report; it does not stop it)."""
+    """The records of a JSON-lines artifact; None when there is none to read (no store, no
+    artifact recorded); ``ArtifactUnreadable`` when one is recorded and cannot be read
+    (the caller says what that leaves out: a missing artifact degrades a report, it does
+    not stop it, and it is never silent)."""
     if store is None or not artifact_id:
         return None
     try:
         with store.open_reader(artifact_id) as fh:
             return [json.loads(line) for line in fh.read().decode("utf-8").splitlines() if line.strip()]
-    except Exception:
-        return None
+    except Exception as e:
+        raise ArtifactUnreadable(f"artifact {artifact_id}: {type(e).__name__}: {str(e)[:200]}") from None

@@ -13,7 +13,7 @@ from optuna_search.core._identity import (
     diff_semantic,
     with_legacy_values,
 )
-from optuna_search.core._location import redact_remote
+from optuna_search.core._location import StudyLocation, redact_remote
 from optuna_search.core._params import (
     BY_NAME,
     HYPERPARAMETERS,
@@ -29,7 +29,6 @@ from optuna_search.core._text import format_seconds, markdown_table, num, pct, r
 from optuna_search.core._toml import TOMLDecodeError, loads, to_toml
 
 __all__ = [
-    "redact_remote",
     "BY_NAME",
     "HYPERPARAMETERS",
     "LOCATION_KEYS",
@@ -38,6 +37,7 @@ __all__ = [
     "Config",
     "SplitScores",
     "StorageSection",
+    "StudyLocation",
     "StudyMeta",
     "StudySection",
     "TOMLDecodeError",
@@ -59,6 +59,7 @@ __all__ = [
     "pct",
     "point_dirname",
     "point_key",
+    "redact_remote",
     "render_table",
     "replaced_atomically",
     "short_point_key",

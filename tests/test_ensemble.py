@@ -154,6 +154,7 @@ def test_an_ensemble_of_a_remote_study_is_stored_in_the_remote(scored_study, tmp
     remote, and every other machine, never got it."""
     from conftest import run_main
 
+    from optuna_search.core import StudyLocation
     from optuna_search.search.remote._remote import reading_location
 
     remote = tmp_path / "remote"
@@ -171,11 +172,11 @@ def test_an_ensemble_of_a_remote_study_is_stored_in_the_remote(scored_study, tmp
     assert proc.returncode == 0 and "soft voting" in proc.stdout, proc.stderr[-2000:]
     # Another machine, with an empty cache, reads the ensemble from the remote.
     monkeypatch.setenv("OPTUNA_SEARCH_CACHE", str(tmp_path / "other-cache"))
-    location = reading_location({"storage.remote": str(remote)})
-    study = optuna.load_study(study_name="demo", storage=location["storage.url"])
+    location = reading_location(StudyLocation(remote=str(remote)))
+    study = optuna.load_study(study_name="demo", storage=location.storage_url)
     ensembles = study.user_attrs["ensembles"]
     assert [e["method"] for e in ensembles] == ["soft", "hard"]
-    store = optuna.artifacts.FileSystemArtifactStore(location["storage.artifacts"])
+    store = optuna.artifacts.FileSystemArtifactStore(location.artifacts_dir)
     with store.open_reader(ensembles[0]["artifact_id"]) as fh:
         assert fh.read()  # its predictions came with it
     assert json.loads((remote / "lease.json").read_text())["heartbeat"] == 0  # the lease released

@@ -1,6 +1,7 @@
 """The typed trial record: the one writer and reader of trial user attrs."""
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -104,3 +105,16 @@ def test_studies_written_before_the_record_still_read():
     )
     r = TrialRecord.from_trial(study.trials[0], FIELDS)
     assert r.overall == 0.5 and r.validation is None and r.test.calibration == {} and r.label == "lora_r=4"
+
+
+def test_a_study_location_travels_as_one_type_and_reads_its_keys():
+    """A location crossed 17 signatures as a dict keyed "storage.url": now one type, built
+    from (and shown as) the configuration keys it stands for."""
+    from optuna_search.core import LOCATION_KEYS, StudyLocation
+
+    loc = StudyLocation.of({"storage.url": "sqlite:///s.db", "train.output_dir": "ckpt"})
+    assert loc.storage_url == "sqlite:///s.db" and loc.checkpoints_dir == "ckpt" and loc.study_name is None
+    assert loc.keys() == {"storage.url": "sqlite:///s.db", "train.output_dir": "ckpt"}
+    assert set(StudyLocation(*"abcde").keys()) == set(LOCATION_KEYS)
+    with pytest.raises(ValueError, match="not location keys"):
+        StudyLocation.of({"storage.uri": "x"})

@@ -9,7 +9,7 @@ from conftest import run_main
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from optuna_search.core import UserError
+from optuna_search.core import StudyLocation, UserError
 from optuna_search.dashboards._report import collect_report, render_markdown
 from optuna_search.search.setup._open import study_config
 from optuna_search.storage.study._artifacts import artifact_store
@@ -124,7 +124,7 @@ def test_comparing_trials_on_different_eval_sets_is_refused(demo_study, tmp_path
 
 
 def _config(study):
-    return study_config(study, {})
+    return study_config(study, StudyLocation())
 
 
 def test_holm_adjustment_by_hand():

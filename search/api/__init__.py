@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record
+from optuna_search.core import Config, StudyLocation, StudyMeta, TrialRecord, UserError, best_record
 from optuna_search.dashboards import Report, collect_report, write_report
 from optuna_search.objectives import prefer_expandable_segments, quiet_libraries
 from optuna_search.search.front import RunRequest, Summary, execute, load_config, print_summary
@@ -143,11 +143,17 @@ class StudyHandle:
         return Predictor(spec_from_study(self.study, self.config, trial=trial, ensemble=ensemble))
 
 
-def _location(storage: str | None, name: str | None, remote: str | None, **more: str | None) -> dict[str, str]:
-    location = {k: v for k, v in (("storage.url", storage), ("study.name", name), ("storage.remote", remote)) if v}
-    location.update({k: v for k, v in more.items() if v})
+def _location(
+    storage: str | None,
+    name: str | None,
+    remote: str | None,
+    *,
+    artifacts: str | None = None,
+    checkpoints: str | None = None,
+) -> StudyLocation:
     if not storage and not remote:
         raise UserError("give where the study lives: its storage URL, or remote=URL")
+    location = StudyLocation(storage or None, name or None, checkpoints or None, artifacts or None, remote or None)
     return reading_location(location) if remote else location
 
 
@@ -162,9 +168,7 @@ def open_study(
     """A study from where it lives: its storage URL (the name when it holds several), or
     ``remote=URL`` (a study in a remote, read into this machine's cache: nothing to copy).
     ``checkpoints``: the folder of its checkpoints when it moved (``train.output_dir``)."""
-    opened = open_for_reading(
-        _location(storage, name, remote, **{"storage.artifacts": artifacts, "train.output_dir": checkpoints})
-    )
+    opened = open_for_reading(_location(storage, name, remote, artifacts=artifacts, checkpoints=checkpoints))
     return StudyHandle(opened.study, opened.config)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from optuna_search.core import Config, StorageSection, UserError, disk_full, to_toml
+from optuna_search.core import Config, StorageSection, StudyLocation, UserError, disk_full, to_toml
 from optuna_search.dashboards import (
     check_host,
     check_port,
@@ -298,7 +298,7 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return load_config(args.preset, args.config, args.sets, _flag_overrides(args))
 
 
-def resolve_location(args: argparse.Namespace) -> dict[str, str]:
+def resolve_location(args: argparse.Namespace) -> StudyLocation:
     """For reading commands: where the study lives, from flags, --set, --config, --preset
     (a study in a remote is pulled into this machine's cache, read-only)."""
     location = explicit_location(config_layers(args.preset, args.config, args.sets, _flag_overrides(args)).merged)
@@ -349,7 +349,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     trials = _parse_trials(args.trials) if args.trials else None
 
-    def ensemble(location: dict[str, str]) -> str:
+    def ensemble(location: StudyLocation) -> str:
         opened = open_for_reading(location, mode="write")  # the ensemble is stored on the study
         return run_ensemble(opened.study, opened.config, trials=trials, top=args.top)
 

@@ -13,7 +13,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import LOCATION_KEYS, Config, TOMLDecodeError, UserError, build_config, loads, suggest
+from optuna_search.core import (
+    LOCATION_KEYS,
+    Config,
+    StudyLocation,
+    TOMLDecodeError,
+    UserError,
+    build_config,
+    loads,
+    suggest,
+)
 
 
 def list_presets() -> list[str]:
@@ -146,7 +155,7 @@ def load_config(
     return build_config(config_layers(preset, config_file, sets, overrides).merged)
 
 
-def explicit_location(raw: dict[str, Any]) -> dict[str, str]:
+def explicit_location(raw: dict[str, Any]) -> StudyLocation:
     """The location keys (storage.url, storage.artifacts, study.name, train.output_dir)
     that the command line, a file or a preset sets explicitly: what reading commands
     take; everything else they read from the study itself."""
@@ -158,4 +167,4 @@ def explicit_location(raw: dict[str, Any]) -> dict[str, str]:
             if not isinstance(value, str) or not value.strip():
                 raise UserError(f"{dotted} = {value!r} must be a non-empty string")
             out[dotted] = value
-    return out
+    return StudyLocation.of(out)

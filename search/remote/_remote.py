@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from optuna_search.core import Config, UserError, point_dirname
+from optuna_search.core import Config, StudyLocation, UserError, point_dirname
 from optuna_search.objectives import cache_root
 from optuna_search.search.loop import request_stop
 from optuna_search.storage import (
@@ -455,13 +455,14 @@ def import_remote(path: str, config: Config) -> None:
     pull_study(StudySync(remote, local_study(config)), config.study.name, writing=False)
 
 
-def write_through(location: dict[str, str], grace_s: float, write: Callable[[dict[str, str]], T]) -> T:
+def write_through(location: StudyLocation, grace_s: float, write: Callable[[StudyLocation], T]) -> T:
     """A command that writes a study it reads from a remote (``ensemble --remote``): under
     the remote's lease (refused while a run holds it), the study pulled into this machine's
     cache, ``write(location)`` on it, the study pushed back (the database, or on a server
     database this machine's artifacts), the lease released. The remote gets what the
     command stored, not only this machine's cache."""
-    remote = Remote(location["storage.remote"])
+    assert location.remote is not None
+    remote = Remote(location.remote)
     remote.check(write=True)
     keeper = LeaseKeeper(remote, grace_s)
     held = keeper.acquire()
@@ -475,11 +476,11 @@ def write_through(location: dict[str, str], grace_s: float, write: Callable[[dic
     return result
 
 
-def reading_location(location: dict[str, str]) -> dict[str, str]:
+def reading_location(location: StudyLocation) -> StudyLocation:
     """For the reading commands: a study that lives in a remote, pulled (read-only) into
     this machine's cache; the location then points there. A PostgreSQL study keeps its
     database URL; the remote gives its checkpoints and artifacts."""
-    url = location.get("storage.remote")
+    url = location.remote
     if not url:
         return location
     remote = Remote(url)
@@ -488,16 +489,16 @@ def reading_location(location: dict[str, str]) -> dict[str, str]:
 
 
 def _pulled(
-    location: dict[str, str], remote: Remote, lease: tuple[Lease, str] | None = None
-) -> tuple[dict[str, str], StudySync]:
+    location: StudyLocation, remote: Remote, lease: tuple[Lease, str] | None = None
+) -> tuple[StudyLocation, StudySync]:
     """The remote's study in this machine's cache, and the location that points there."""
     meta = remote.meta()
     if meta is None:
         raise UserError(f"remote '{remote.shown}' holds no study (no remote.json); check the URL")
-    study = location.get("study.name") or meta["study"]
+    study = location.study_name or meta["study"]
     cache = cache_root() / "remotes" / hashlib.sha256(remote.identity.encode()).hexdigest()[:16]
     sqlite = meta.get("storage") == "sqlite"
-    if not sqlite and location.get("storage.url", "sqlite:").startswith("sqlite:"):
+    if not sqlite and (location.storage_url or "sqlite:").startswith("sqlite:"):
         raise UserError(
             f"remote '{remote.shown}' is the remote of study {study!r}, whose trials live in a server database "
             "(PostgreSQL): the remote keeps its checkpoints and artifacts only; pass the study's database too, "
@@ -511,14 +512,12 @@ def _pulled(
         local.db.unlink()  # a cache of another remote's: never read as this one's
     # A reading command needs no unfinished checkpoint: a damaged one is left out, said.
     _local_errors(lambda: pull_study(sync, study, writing=True, drop_damaged=lease is None), local)
-    out = {
-        **location,
-        "study.name": study,
-        "train.output_dir": str(cache / "checkpoints"),
-        "storage.artifacts": str(cache / "artifacts"),
-    }
-    if sqlite:
-        out["storage.url"] = f"sqlite:///{cache / 'study.db'}"
+    out = location.replace(
+        study_name=study,
+        checkpoints_dir=str(cache / "checkpoints"),
+        artifacts_dir=str(cache / "artifacts"),
+        storage_url=f"sqlite:///{cache / 'study.db'}" if sqlite else location.storage_url,
+    )
     return out, sync
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import (
     Config,
+    StudyLocation,
     StudyMeta,
     UserError,
     adopt_legacy_defaults,
@@ -172,13 +173,13 @@ class OpenedStudy:
     """The study's own config, located where the command line says."""
 
 
-def open_for_reading(location: dict[str, str], *, mode: str = "read") -> OpenedStudy:
-    """A study opened from its location alone (``storage.url``, optional ``study.name``,
-    ``storage.artifacts``, ``train.output_dir``): read-only unless ``mode="write"``
-    (the dashboard, which saves notes; ensembles, which are stored on the study)."""
-    url = location.get("storage.url") or default_location("storage.url")
-    study = load_named_study(url, location.get("study.name"), mode=mode)
-    return OpenedStudy(study, study_config(study, {**location, "storage.url": url, "study.name": study.study_name}))
+def open_for_reading(location: StudyLocation, *, mode: str = "read") -> OpenedStudy:
+    """A study opened from its location alone (its storage URL, or the default; its name
+    where the storage holds several; where its files moved): read-only unless
+    ``mode="write"`` (the dashboard, which saves notes; ensembles, stored on the study)."""
+    url = location.storage_url or default_location("storage.url")
+    study = load_named_study(url, location.study_name, mode=mode)
+    return OpenedStudy(study, study_config(study, location.replace(storage_url=url, study_name=study.study_name)))
 
 
 def load_named_study(
@@ -201,7 +202,7 @@ def load_named_study(
     return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
 
 
-def study_config(study: optuna.Study, location: dict[str, str]) -> Config:
+def study_config(study: optuna.Study, location: StudyLocation) -> Config:
     """The config a study was created with, located where ``location`` says (explicit
     keys win; the rest of the location comes from the study's own config). Keys it
     predates read as they meant then."""
@@ -212,12 +213,13 @@ def study_config(study: optuna.Study, location: dict[str, str]) -> Config:
             "use optuna-dashboard or the optuna CLI for it"
         )
     raw = with_legacy_values(stored)
-    for dotted, value in location.items():
+    given = location.keys()
+    for dotted, value in given.items():
         section, key = dotted.split(".")
         raw.setdefault(section, {})[key] = value
     # Paths the study stored relative to where it ran: found from any folder.
-    home = study_home(location.get("storage.url", raw.get("storage", {}).get("url", "")))
+    home = study_home(location.storage_url or raw.get("storage", {}).get("url", ""))
     for section, key in (("train", "output_dir"), ("storage", "artifacts")):
-        if f"{section}.{key}" not in location and raw.get(section, {}).get(key):
+        if f"{section}.{key}" not in given and raw.get(section, {}).get(key):
             raw[section][key] = str(located(raw[section][key], home))
     return build_config(raw)

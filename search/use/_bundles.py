@@ -8,17 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config, writable
+from optuna_search.core import Config, StudyLocation, writable
 from optuna_search.search.remote import export_to, import_remote
 from optuna_search.search.setup import open_for_reading
-from optuna_search.storage import META, StudyLocation, import_bundle
+from optuna_search.storage import META, import_bundle
 
 
 def location_of(config: Config) -> StudyLocation:
-    return StudyLocation(config.storage.url, config.study.name, config.train.output_dir, config.storage.artifacts)
+    return StudyLocation(
+        storage_url=config.storage.url,
+        study_name=config.study.name,
+        checkpoints_dir=config.train.output_dir,
+        artifacts_dir=config.storage.artifacts,
+    )
 
 
-def export_study_bundle(location: dict[str, str], output: str) -> dict[str, Any]:
+def export_study_bundle(location: StudyLocation, output: str) -> dict[str, Any]:
     """Export the study at ``location`` (its own config says where its checkpoints and
     artifacts are, unless the command line says otherwise)."""
     opened = open_for_reading(location)

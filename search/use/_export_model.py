@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from optuna_search.core import (
     Config,
+    StudyLocation,
     StudyMeta,
     TrialRecord,
     UserError,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("optuna_search")
 
 
-def export_model(location: dict[str, str], trial: str, output: str, *, merge: bool = False) -> str:
+def export_model(location: StudyLocation, trial: str, output: str, *, merge: bool = False) -> str:
     out = Path(output)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--output '{out}' exists and is not an empty folder; choose a new folder")
@@ -64,7 +65,7 @@ def export_model(location: dict[str, str], trial: str, output: str, *, merge: bo
     opened = open_for_reading(location)
     study, config = opened.study, opened.config
     record = chosen_trial(study, config, trial)
-    spec = spec_from_study(study, config, trial=record.number or 0, checkpoints_dir=location.get("train.output_dir"))
+    spec = spec_from_study(study, config, trial=record.number or 0, checkpoints_dir=location.checkpoints_dir)
     source = resolve_model_source(config.model.name_or_path, config.model.gguf_file, config.model.revision)
     base_sha = _base_digest(config, source)
     with writable(out):

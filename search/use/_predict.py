@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import (
     Config,
+    StudyLocation,
     TrialRecord,
     UserError,
     best_record,
@@ -302,12 +303,7 @@ class Predictor:
         ensemble: bool = False,
         checkpoints_dir: str | None = None,
     ) -> Predictor:
-        location = {
-            "storage.url": storage,
-            **({"study.name": study_name} if study_name else {}),
-            **({"train.output_dir": checkpoints_dir} if checkpoints_dir else {}),
-        }
-        opened = open_for_reading(location)
+        opened = open_for_reading(StudyLocation(storage, study_name or None, checkpoints_dir or None))
         return cls(
             spec_from_study(
                 opened.study, opened.config, trial=trial, ensemble=ensemble, checkpoints_dir=checkpoints_dir
@@ -427,7 +423,7 @@ def predict_file(
     input_path: str,
     output_path: str,
     *,
-    location: dict[str, str] | None,
+    location: StudyLocation | None,
     trial: str = "best",
     ensemble: bool = False,
     model_dir: str | None = None,
@@ -476,18 +472,18 @@ def predict_file(
 
 
 def _spec(
-    location: dict[str, str] | None, trial: str, ensemble: bool, model_dir: str | None, batch_size: int | None
+    location: StudyLocation | None, trial: str, ensemble: bool, model_dir: str | None, batch_size: int | None
 ) -> ModelSpec:
     if model_dir:
         spec = spec_from_dir(model_dir)
     else:
-        opened = open_for_reading(location or {})
+        opened = open_for_reading(location or StudyLocation())
         spec = spec_from_study(
             opened.study,
             opened.config,
             trial=trial,
             ensemble=ensemble,
-            checkpoints_dir=(location or {}).get("train.output_dir"),
+            checkpoints_dir=location.checkpoints_dir if location else None,
         )
     if batch_size is not None:
         if batch_size < 1:

@@ -4,7 +4,7 @@ single-writer lease with fencing epochs (``Remote``), the sync of a local study 
 (pushes in a child process, pulls, the commit budget) and bundles of earlier versions. It
 reads the study room through that room's face."""
 
-from optuna_search.storage.remote._bundle import StudyLocation, import_bundle
+from optuna_search.storage.remote._bundle import import_bundle
 from optuna_search.storage.remote._hub import use_hub_client
 from optuna_search.storage.remote._open import known_backends, open_store, supported
 from optuna_search.storage.remote._pusher import PushProcess
@@ -52,7 +52,6 @@ __all__ = [
     "PushProcess",
     "Remote",
     "Store",
-    "StudyLocation",
     "StudySync",
     "SyncStatus",
     "Throttled",

@@ -18,25 +18,14 @@ import json
 import shutil
 import sqlite3
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import UserError, file_sha256
+from optuna_search.core import StudyLocation, UserError, file_sha256
 from optuna_search.storage.study import check_storage_url, open_storage, read_only_uri, redact_url, study_checkpoints
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
-
-
-@dataclass(frozen=True)
-class StudyLocation:
-    """Where a study and its files live (not what it means)."""
-
-    storage_url: str
-    study_name: str
-    checkpoints_dir: str
-    artifacts_dir: str
 
 
 def _sqlite_path(url: str, *, what: str) -> Path:
@@ -144,15 +133,19 @@ def verify_bundle(bundle: str | Path) -> dict[str, Any]:
 
 
 def import_bundle(bundle: str | Path, loc: StudyLocation) -> None:
-    """Copy a verified bundle into the configured (writable) locations."""
+    """Copy a verified bundle into the configured (writable) locations (every place of
+    ``loc`` given: the study's own config says them)."""
+    name, url, checkpoints, artifacts = loc.study_name, loc.storage_url, loc.checkpoints_dir, loc.artifacts_dir
+    if name is None or url is None or checkpoints is None or artifacts is None:
+        raise ValueError(f"a bundle is imported to a whole location, not {loc}")
     root = Path(bundle)
     manifest = verify_bundle(root)
-    if manifest["study_name"] != loc.study_name:
+    if manifest["study_name"] != name:
         raise UserError(
-            f"bundle '{root}' holds study {manifest['study_name']!r}, the config names {loc.study_name!r}; "
+            f"bundle '{root}' holds study {manifest['study_name']!r}, the config names {name!r}; "
             f"pass --study-name {manifest['study_name']}"
         )
-    db = _sqlite_path(loc.storage_url, what="--resume-from")
+    db = _sqlite_path(url, what="--resume-from")
     bundled_db = root / "study.db"
     if db.exists():
         if file_sha256(db) != file_sha256(bundled_db):
@@ -169,8 +162,8 @@ def import_bundle(bundle: str | Path, loc: StudyLocation) -> None:
             shutil.copyfile(bundled_db, scratch)
             open_storage(f"sqlite:///{scratch}", mode="write")
             shutil.copyfile(bundled_db, db)
-    src_ckpt = root / "checkpoints" / loc.study_name
+    src_ckpt = root / "checkpoints" / name
     if src_ckpt.exists():
-        shutil.copytree(src_ckpt, study_checkpoints(loc.checkpoints_dir, loc.study_name), dirs_exist_ok=True)
+        shutil.copytree(src_ckpt, study_checkpoints(checkpoints, name), dirs_exist_ok=True)
     if (root / "artifacts").exists():
-        shutil.copytree(root / "artifacts", Path(loc.artifacts_dir), dirs_exist_ok=True)
+        shutil.copytree(root / "artifacts", Path(artifacts), dirs_exist_ok=True)

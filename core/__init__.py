@@ -23,7 +23,7 @@ from optuna_search.core._params import (
     short_point_key,
     to_optuna_value,
 )
-from optuna_search.core._record import PAUSED_ATTR, SplitScores, StudyMeta, TrialRecord
+from optuna_search.core._record import PAUSED_ATTR, SplitScores, Status, StudyMeta, TrialRecord
 from optuna_search.core._schema import SECTIONS, Config, StorageSection, StudySection, enumerate_grid, suggest
 from optuna_search.core._text import format_seconds, markdown_table, num, pct, render_table
 from optuna_search.core._toml import TOMLDecodeError, loads, to_toml
@@ -36,6 +36,7 @@ __all__ = [
     "SECTIONS",
     "Config",
     "SplitScores",
+    "Status",
     "StorageSection",
     "StudyLocation",
     "StudyMeta",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from optuna_search.core._record import TrialRecord
+from optuna_search.core._record import Status, TrialRecord
 from optuna_search.core._schema import objective_direction
 
 
@@ -45,6 +45,6 @@ def best_record(records: list[TrialRecord], objective: str, split: str, fields: 
     done = [
         r
         for r in records
-        if r.state == "COMPLETE" and r.duplicate_of is None and r.objective_value(objective, split) is not None
+        if r.state == Status.COMPLETE and r.duplicate_of is None and r.objective_value(objective, split) is not None
     ]
     return max(done, key=lambda r: rank_key(r, objective, split, fields)) if done else None

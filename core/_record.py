@@ -10,6 +10,7 @@ ones the README documents, so studies written by earlier versions stay readable.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,37 @@ from optuna_search.core._params import short_point_key
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
+
+
+class Status(enum.Enum):
+    """Where a trial stands, and a point of the search space by its trials: the one
+    vocabulary of states every package speaks (Optuna's trial states are read into it
+    here, in ``of_trial``, and nowhere else)."""
+
+    PENDING = "pending"
+    """A point with no trial yet."""
+    WAITING = "waiting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    """RUNNING in Optuna, paused at a successive-halving rung (``PAUSED_ATTR``)."""
+    FAILED = "failed"
+    """Optuna's FAIL (an error, or an interruption that the next run resumes); a point is
+    FAILED when its last trial failed with an error (it waits for --retry-failed)."""
+    COMPLETE = "complete"
+    PRUNED = "pruned"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.COMPLETE, Status.PRUNED)
+
+    @classmethod
+    def of_trial(cls, optuna_state: str, *, paused: bool = False) -> Status:
+        """An Optuna trial state's name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING)."""
+        if optuna_state == "RUNNING":
+            return cls.PAUSED if paused else cls.RUNNING
+        return {"COMPLETE": cls.COMPLETE, "PRUNED": cls.PRUNED, "FAIL": cls.FAILED, "WAITING": cls.WAITING}[
+            optuna_state
+        ]
 
 
 CALIBRATION_METRICS = ("log_loss", "brier", "ece")
@@ -148,9 +180,9 @@ class TrialRecord:
     """Everything optuna-search records on a trial. ``None`` = not recorded (yet)."""
 
     number: int | None = None
-    state: str | None = None
-    """Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING; PAUSED for a RUNNING
-    trial paused at a rung."""
+    state: Status | None = None
+    """COMPLETE, PRUNED, FAILED, RUNNING, WAITING, or PAUSED for a RUNNING trial paused
+    at a rung."""
     values: list[float] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     """Optuna's trial params: the searched values."""
@@ -263,7 +295,7 @@ class TrialRecord:
         done = self.seconds_spent
         if done is None and (self.train_seconds is not None or self.eval_seconds is not None):
             done = (self.train_seconds or 0) + (self.eval_seconds or 0)
-        if self.state == "RUNNING" and not paused:
+        if self.state == Status.RUNNING and not paused:
             start = self.resumed_at or (self.datetime_start.timestamp() if self.datetime_start else now)
             return (done or 0.0) + max(0.0, now - start)
         if done is None and self.datetime_start is not None and self.datetime_complete is not None:
@@ -313,12 +345,12 @@ class TrialRecord:
     @classmethod
     def from_trial(cls, trial: FrozenTrial, fields: list[str]) -> TrialRecord:
         """From an Optuna ``FrozenTrial`` (or anything with the same attributes)."""
-        paused = trial.state.name == "RUNNING" and trial.system_attrs.get(PAUSED_ATTR) is not None
+        paused = trial.system_attrs.get(PAUSED_ATTR) is not None
         return cls.from_user_attrs(
             trial.user_attrs,
             fields,
             number=trial.number,
-            state="PAUSED" if paused else trial.state.name,
+            state=Status.of_trial(trial.state.name, paused=paused),
             values=list(trial.values) if trial.values else None,
             params=dict(trial.params),
             datetime_start=trial.datetime_start,

@@ -153,7 +153,7 @@ def study_note(
         "",
     ]
     head = ["configuration"] + fields + ["overall", "macro-F1", "validation", "train loss", "eval loss", "status"]
-    table = [[r.point, *score_cells(r, fields), r.status] for r in rows]
+    table = [[r.point, *score_cells(r, fields), r.status.value] for r in rows]
     val = validation_baselines or {}
     table += [
         [f"baseline: {name}"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optuna_search.core import markdown_table, num, pct
+from optuna_search.core import Status, markdown_table, num, pct
 from optuna_search.dashboards._summary import state_note
 from optuna_search.objectives import ALPHA
 
@@ -67,7 +67,7 @@ def _performance(rep: Report) -> list[str]:
     )
     rows = []
     for r in rep.rows:
-        if r.complete or (r.state == "COMPLETE" and r.overall is not None):
+        if r.complete or (r.state == Status.COMPLETE and r.overall is not None):
             cells = [
                 f"{pct(r.accuracy[f])} [{pct(r.ci95[f][0])}, {pct(r.ci95[f][1])}]"
                 if f in r.ci95
@@ -89,9 +89,9 @@ def _performance(rep: Report) -> list[str]:
         else:
             rec = r.record
             note = (
-                state_note(r.state.lower(), rec.pruned_at_step, rec.rung).replace(" at ", " at validation point ", 1)
+                state_note(_state(r.state), rec.pruned_at_step, rec.rung).replace(" at ", " at validation point ", 1)
                 if rec.pruned_at_step
-                else state_note(r.state.lower(), None, rec.rung)
+                else state_note(_state(r.state), None, rec.rung)
             )
             note += f": {rec.error[:80]}" if rec.error else ""
             rows.append([r.config] + ["-"] * len(fields) + ["-", pct(r.validation), "-", "-", note])
@@ -252,16 +252,18 @@ def _search(rep: Report) -> list[str]:
     if c.is_grid and c.study.schedule == "trials" and not any(r.record.pruned_at_step for r in rep.rows):
         return []
     rows = rep.rows
-    pruned = [r for r in rows if r.state == "PRUNED"]
+    pruned = [r for r in rows if r.state == Status.PRUNED]
     steps = sum(r.record.optimizer_steps or 0 for r in rows)
-    full = sum(r.record.max_steps or r.record.optimizer_steps or 0 for r in rows if r.state in ("COMPLETE", "PRUNED"))
+    full = sum(
+        r.record.max_steps or r.record.optimizer_steps or 0 for r in rows if r.state in (Status.COMPLETE, Status.PRUNED)
+    )
     md = [
         "## Search",
         "",
         f"{len(rows)} trials: {len(rep.complete)} complete, {len(pruned)} pruned "
         f"({sum(r.record.optimizer_steps or 0 for r in pruned)} of {steps} optimizer steps went to trials that "
         "were pruned), "
-        f"{sum(r.state == 'FAIL' for r in rows)} failed or interrupted.",
+        f"{sum(r.state == Status.FAILED for r in rows)} failed or interrupted.",
     ]
     if c.study.schedule == "successive_halving" and full:
         md[-1] += (
@@ -419,3 +421,8 @@ def _significance(rep: Report) -> list[str]:
         markdown_table(head, body),
         "",
     ]
+
+
+def _state(state: Status | None) -> str:
+    """A trial's state as the report writes it ("fail" for Optuna's FAIL, as it always did)."""
+    return "fail" if state == Status.FAILED else state.value if state is not None else ""

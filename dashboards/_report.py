@@ -21,7 +21,16 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, best_record, point_key, short_point_key
+from optuna_search.core import (
+    Config,
+    Status,
+    StudyMeta,
+    TrialRecord,
+    UserError,
+    best_record,
+    point_key,
+    short_point_key,
+)
 from optuna_search.dashboards._figures import build_figures
 from optuna_search.dashboards._render import render_markdown
 from optuna_search.dashboards._report_model import (
@@ -81,7 +90,7 @@ def collect_report(study: optuna.Study, config: Config, artifact_store: Any = No
         TrialRecord.from_trial(t, fields) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     ]
     rows = [_row(r, fields, config) for r in records]
-    _check_same_examples([r for r in rows if r.state == "COMPLETE"])
+    _check_same_examples([r for r in rows if r.state == Status.COMPLETE])
     complete = [r for r in rows if r.complete]
     correct, gold, reliability = _correctness(artifact_store, complete, ids, fields)
     base_correct = _baseline_correctness(meta.baseline_predictions or {}, gold, ids, fields)
@@ -134,8 +143,8 @@ def collect_report(study: optuna.Study, config: Config, artifact_store: Any = No
 
 
 def _row(r: TrialRecord, fields: list[str], config: Config) -> ReportRow:
-    row = ReportRow(r.number or 0, r.label, r.state or "", r)
-    if r.state != "COMPLETE" or r.test is None:
+    row = ReportRow(r.number or 0, r.label, r.state, r)
+    if r.state != Status.COMPLETE or r.test is None:
         return row
     t = r.test
     row.accuracy = dict(t.accuracy)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna_search.core import Config, TrialRecord
+from optuna_search.core import Config, Status, TrialRecord
 from optuna_search.objectives import ALPHA
 
 # Choosing the best of more trials than this on the test examples inflates its score.
@@ -20,7 +20,7 @@ class ReportRow:
 
     trial: int
     config: str
-    state: str
+    state: Status | None
     record: TrialRecord
     accuracy: dict[str, float] = field(default_factory=dict)
     ci95: dict[str, list[float]] = field(default_factory=dict)
@@ -37,7 +37,7 @@ class ReportRow:
 
     @property
     def complete(self) -> bool:
-        return self.state == "COMPLETE" and self.record.duplicate_of is None and self.overall is not None
+        return self.state == Status.COMPLETE and self.record.duplicate_of is None and self.overall is not None
 
     @property
     def validation(self) -> float | None:

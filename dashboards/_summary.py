@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, TrialRecord, best_record, num, pct, render_table
+from optuna_search.core import Config, Status, TrialRecord, best_record, num, pct, render_table
 from optuna_search.storage import pareto_front, read_meta, study_flags
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ SHORT = {"severity": "sev", "component": "comp", "reproducibility": "repro"}
 @dataclass(frozen=True)
 class SummaryPoint:
     key: str
-    status: str
+    status: Status
     records: list[TrialRecord]
 
     @property
@@ -27,7 +27,7 @@ class SummaryPoint:
         """The point's result: its COMPLETE trial, else its PRUNED one. Earlier versions
         answered a sampler's repeated proposal with a duplicate trial that only points at
         the original (``duplicate_of``, no scores of its own): the original is the result."""
-        for state in ("COMPLETE", "PRUNED"):
+        for state in (Status.COMPLETE, Status.PRUNED):
             done = [r for r in self.records if r.state == state]
             if done:
                 return next((r for r in reversed(done) if r.duplicate_of is None), done[-1])
@@ -43,7 +43,7 @@ class SummaryPoint:
 @dataclass
 class SummaryRow:
     point: str
-    status: str
+    status: Status
     attempts: int
     repeats: int = 0
     trial: int | None = None
@@ -117,7 +117,9 @@ def render_summary(
     )
     table = [heads]
     for r in rows:
-        status = state_note(r.status, r.pruned_at, r.rung) + (f" (proposed again {r.repeats}x)" if r.repeats else "")
+        status = state_note(r.status.value, r.pruned_at, r.rung) + (
+            f" (proposed again {r.repeats}x)" if r.repeats else ""
+        )
         table.append(
             [r.point, num(r.lora_alpha, "g")]
             + score_cells(r, fields)
@@ -156,20 +158,20 @@ def best_row(rows: list[SummaryRow], objective: str, split: str, fields: list[st
     """The row of the study's best trial (``core.best_record``: the one rule every command
     uses)."""
     best = best_record(
-        [r.record for r in rows if r.status == "complete" and r.record is not None], objective, split, fields
+        [r.record for r in rows if r.status == Status.COMPLETE and r.record is not None], objective, split, fields
     )
     return next((r for r in rows if best is not None and r.trial == best.number), None)
 
 
 def pareto_rows(rows: list[SummaryRow], front: set[int]) -> list[SummaryRow]:
     """The rows of the Pareto front's trials (``study.best_trials``)."""
-    return [r for r in rows if r.trial in front and r.status == "complete"]
+    return [r for r in rows if r.trial in front and r.status == Status.COMPLETE]
 
 
 @dataclass
 class StatusRow:
     point: str
-    status: str
+    status: Status
     attempts: int
     value: float | None
     resumed_from_step: int
@@ -221,11 +223,11 @@ def status_report(points: list[SummaryPoint], s: StatusInput, now: float | None 
     now = time.time() if now is None else now
     rows, spent, durations = [], 0.0, []
     for p in points:
-        spent += sum(r.seconds(now, paused=p.status == "paused") for r in p.records)
+        spent += sum(r.seconds(now, paused=p.status == Status.PAUSED) for r in p.records)
         durations += [
             r.seconds(now)
             for r in p.records
-            if r.state == "COMPLETE" and r.duplicate_of is None and r.warm_start_from is None
+            if r.state == Status.COMPLETE and r.duplicate_of is None and r.warm_start_from is None
         ]
         rows.append(_status_row(p, s))
     best = best_record([r for p in points for r in p.records], s.objective, s.split, s.fields)
@@ -257,7 +259,7 @@ def _status_row(p: SummaryPoint, s: StatusInput) -> StatusRow:
                 f"interrupted ({last.interrupted})"
                 if last.interrupted
                 else "interrupted"
-                if last.state == "FAIL"
+                if last.state == Status.FAILED
                 else ""
             )
         )
@@ -300,7 +302,7 @@ def render_status(s: StatusReport, study_name: str, flags: str = "") -> str:
         rows.append(
             [
                 p.point,
-                p.status,
+                p.status.value,
                 str(p.attempts),
                 pct(p.value),
                 str(p.resumed_from_step),

@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from optuna_search.core import SplitScores, StudyMeta, TrialRecord, best_record
+from optuna_search.core import SplitScores, Status, StudyMeta, TrialRecord, best_record
 from optuna_search.search.front._config import load_config
 
 FIELDS = ["severity", "component", "reproducibility"]
@@ -18,7 +18,7 @@ def _record(number, severity, other, *, val=None, gap=0.1, speed=10.0):
     acc = {"severity": severity, "component": other, "reproducibility": other}
     return TrialRecord(
         number=number,
-        state="COMPLETE",
+        state=Status.COMPLETE,
         test=SplitScores(acc, 100),
         validation=SplitScores(val or acc, 100),
         train_loss_per_epoch=[1.0],

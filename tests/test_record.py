@@ -5,7 +5,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from optuna_search.core import SplitScores, TrialRecord
+from optuna_search.core import SplitScores, Status, TrialRecord
 
 FIELDS = ["severity", "component", "reproducibility"]
 
@@ -79,7 +79,7 @@ def test_a_record_reads_back_from_a_trial():
     )
     back = TrialRecord.from_trial(trial, FIELDS)
     assert back.test == rec.test and back.validation == rec.validation
-    assert back.overall == rec.test.overall and back.value == 0.7 and back.state == "COMPLETE"
+    assert back.overall == rec.test.overall and back.value == 0.7 and back.state == Status.COMPLETE
     assert back.split_overall("validation") == rec.validation.overall
     assert back.objective_value("severity_accuracy", "validation") == 0.5
     assert back.objective_value("eval_seconds_per_example", "test") == 0.04

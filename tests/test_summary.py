@@ -2,7 +2,7 @@
 
 import pytest
 
-from optuna_search.core import Config, TrialRecord
+from optuna_search.core import Config, Status, TrialRecord
 from optuna_search.core._record import SplitScores
 from optuna_search.dashboards._notes import study_note
 from optuna_search.dashboards._summary import SummaryPoint, SummaryRow, best_row, render_summary, summary_rows
@@ -12,7 +12,7 @@ TEST = {"majority": {"severity": 0.5, "component": 0.4, "reproducibility": 0.6, 
 VALIDATION = {"majority": {"severity": 0.6, "component": 0.5, "reproducibility": 0.7, "overall": 0.6}}
 ROW = SummaryRow(
     "lora_r=4",
-    "complete",
+    Status.COMPLETE,
     1,
     trial=0,
     lora_alpha=16.0,
@@ -52,21 +52,21 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
     def scored(number, acc):
         return TrialRecord(
             number=number,
-            state="COMPLETE",
+            state=Status.COMPLETE,
             test=SplitScores(dict.fromkeys(FIELDS, acc), 100),
             validation=SplitScores(dict.fromkeys(FIELDS, acc), 100),
         )
 
     good = SummaryPoint(
         "lr=0.002,r=32",
-        "complete",
+        Status.COMPLETE,
         [
             scored(9, 0.74),
-            TrialRecord(number=10, state="COMPLETE", duplicate_of=9),
-            TrialRecord(number=11, state="COMPLETE", duplicate_of=9),
+            TrialRecord(number=10, state=Status.COMPLETE, duplicate_of=9),
+            TrialRecord(number=11, state=Status.COMPLETE, duplicate_of=9),
         ],
     )
-    poor = SummaryPoint("lr=0.01,r=32", "complete", [scored(2, 0.39)])
+    poor = SummaryPoint("lr=0.01,r=32", Status.COMPLETE, [scored(2, 0.39)])
     rows = summary_rows([good, poor], FIELDS, "validation")
     assert rows[0].trial == 9 and rows[0].overall == pytest.approx(0.74) and rows[0].attempts == 1
     assert best_row(rows, "overall_accuracy", "validation", FIELDS).point == "lr=0.002,r=32"
@@ -76,7 +76,7 @@ def test_a_point_proposed_again_shows_its_original_result_and_can_be_the_best():
 def _scored(number, test, validation):
     return TrialRecord(
         number=number,
-        state="COMPLETE",
+        state=Status.COMPLETE,
         test=SplitScores(dict.fromkeys(FIELDS, test), 100),
         validation=SplitScores(dict.fromkeys(FIELDS, validation), 100),
     )
@@ -88,8 +88,8 @@ def test_ties_on_validation_are_never_broken_by_test():
     score. (Seen: the summary named trial 1 best while Optuna's best_trial was 0.)"""
     rows = summary_rows(
         [
-            SummaryPoint("a", "complete", [_scored(0, 0.60, 0.70)]),
-            SummaryPoint("b", "complete", [_scored(1, 0.90, 0.70)]),
+            SummaryPoint("a", Status.COMPLETE, [_scored(0, 0.60, 0.70)]),
+            SummaryPoint("b", Status.COMPLETE, [_scored(1, 0.90, 0.70)]),
         ],
         FIELDS,
         "validation",
@@ -102,7 +102,9 @@ def test_a_majority_label_model_is_flagged():
     test = SplitScores(
         dict.fromkeys(FIELDS, 0.6), 8, confusion={"component": confusion}, macro_f1=dict.fromkeys(FIELDS, 0.3)
     )
-    (row,) = summary_rows([SummaryPoint("r", "complete", [TrialRecord(number=0, state="COMPLETE", test=test)])], FIELDS)
+    (row,) = summary_rows(
+        [SummaryPoint("r", Status.COMPLETE, [TrialRecord(number=0, state=Status.COMPLETE, test=test)])], FIELDS
+    )
     assert row.single_label == {"component": "a"} and row.macro_f1 == pytest.approx(0.3)
 
 
@@ -115,19 +117,21 @@ def test_status_counts_the_trials_segments_not_their_pauses():
 
     now = 2_000_000_000.0
     hour_ago = dt.datetime.fromtimestamp(now - 3600)
-    paused = TrialRecord(number=0, state="PAUSED", seconds_spent=60.0, datetime_start=hour_ago)
-    running = TrialRecord(number=1, state="RUNNING", seconds_spent=30.0, resumed_at=now - 10, datetime_start=hour_ago)
+    paused = TrialRecord(number=0, state=Status.PAUSED, seconds_spent=60.0, datetime_start=hour_ago)
+    running = TrialRecord(
+        number=1, state=Status.RUNNING, seconds_spent=30.0, resumed_at=now - 10, datetime_start=hour_ago
+    )
     done = TrialRecord(
         number=2,
-        state="COMPLETE",
+        state=Status.COMPLETE,
         seconds_spent=120.0,
         datetime_start=hour_ago,
         datetime_complete=dt.datetime.fromtimestamp(now),
     )
     points = [
-        SummaryPoint("a", "paused", [paused]),
-        SummaryPoint("b", "running", [running]),
-        SummaryPoint("c", "complete", [done]),
+        SummaryPoint("a", Status.PAUSED, [paused]),
+        SummaryPoint("b", Status.RUNNING, [running]),
+        SummaryPoint("c", Status.COMPLETE, [done]),
     ]
     report = status_report(points, StatusInput(3, True, fields=FIELDS, finished=1), now=now)
     assert report.hours_spent * 3600 == pytest.approx(60 + 30 + 10 + 120)

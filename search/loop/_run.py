@@ -139,7 +139,7 @@ def summary_points(state: StudyState, config: Config) -> list[SummaryPoint]:
         return r.replace(adapter_dir=str(found) if found is not None else None)
 
     return [
-        SummaryPoint(p.label, p.status.value, [here(TrialRecord.from_trial(t, fields), p.params) for t in p.trials])
+        SummaryPoint(p.label, p.status, [here(TrialRecord.from_trial(t, fields), p.params) for t in p.trials])
         for p in state.points
     ]
 

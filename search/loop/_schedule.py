@@ -20,13 +20,13 @@ the one vocabulary the schedules, the scheduler and the summaries speak: :class:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from optuna_search.core import (
     Config,
+    Status,
     StudyMeta,
     TrialRecord,
     format_seconds,
@@ -39,20 +39,6 @@ from optuna_search.storage import paused_at
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
-
-
-class Status(enum.Enum):
-    PENDING = "pending"
-    WAITING = "waiting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    FAILED = "failed"
-    COMPLETE = "complete"
-    PRUNED = "pruned"
-
-    @property
-    def finished(self) -> bool:
-        return self in (Status.COMPLETE, Status.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -144,19 +130,13 @@ class StudyState:
 
 
 def point_status(trials: list[FrozenTrial]) -> Status:
-    states = {t.state.name for t in trials}
-    for state, status in (("COMPLETE", Status.COMPLETE), ("PRUNED", Status.PRUNED)):
-        if state in states:
+    states = [Status.of_trial(t.state.name, paused=paused_at(t) is not None) for t in trials]
+    for status in (Status.COMPLETE, Status.PRUNED, Status.RUNNING, Status.WAITING, Status.PAUSED):
+        if status in states:
             return status
-    if any(t.state.name == "RUNNING" and paused_at(t) is None for t in trials):
-        return Status.RUNNING
-    if "WAITING" in states:
-        return Status.WAITING
-    if "RUNNING" in states:
-        return Status.PAUSED
     # A point whose last trial failed with an error waits for --retry-failed; one whose
     # trial was interrupted (killed, Ctrl-C, SIGTERM, time budget) is simply resumed.
-    if trials and trials[-1].state.name == "FAIL" and trials[-1].user_attrs.get("error"):
+    if states and states[-1] == Status.FAILED and trials[-1].user_attrs.get("error"):
         return Status.FAILED
     return Status.PENDING
 

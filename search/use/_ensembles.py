@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config, StudyMeta, TrialRecord, UserError, num, pct, render_table
+from optuna_search.core import Config, Status, StudyMeta, TrialRecord, UserError, num, pct, render_table
 from optuna_search.dashboards import load_predictions
 from optuna_search.objectives import (
     Member,
@@ -30,7 +30,7 @@ def choose_members(
     records: list[TrialRecord], config: Config, *, trials: list[int] | None, top: int | None
 ) -> tuple[list[TrialRecord], str]:
     """The members, best first by the study's objective, and what chose them."""
-    complete = [r for r in records if r.state == "COMPLETE" and r.duplicate_of is None and r.test is not None]
+    complete = [r for r in records if r.state == Status.COMPLETE and r.duplicate_of is None and r.test is not None]
     by_number = {r.number: r for r in complete}
     if not complete:
         raise UserError("the study has no complete trial yet; an ensemble needs at least two (run the study first)")

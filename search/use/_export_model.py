@@ -264,7 +264,7 @@ def _card_study(study: optuna.Study, config: Config) -> list[str]:
         "",
         markdown_table(
             ["configuration", "overall (test)", "validation", "status"],
-            [[x.point, pct(x.overall), pct(x.validation), x.status] for x in table],
+            [[x.point, pct(x.overall), pct(x.validation), x.status.value] for x in table],
         ),
         "",
     ]

@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from optuna_search.core import StudyMeta, TrialRecord
+from optuna_search.core import Status, StudyMeta, TrialRecord
 from optuna_search.storage.study._internals import (
     beat,
     claim_waiting,
@@ -360,7 +360,7 @@ class Ledger:
             {**own, **attrs},
             self.fields,
             number=trial.number,
-            state="RUNNING",
+            state=Status.RUNNING,
             params=dict(trial.params),
             datetime_start=trial.datetime_start,
         )

@@ -13,6 +13,7 @@ from optuna_search.core._identity import (
     diff_semantic,
     with_legacy_values,
 )
+from optuna_search.core._json import from_json, to_json
 from optuna_search.core._location import StudyLocation, redact_remote
 from optuna_search.core._params import (
     BY_NAME,
@@ -54,6 +55,7 @@ __all__ = [
     "enumerate_grid",
     "file_sha256",
     "format_seconds",
+    "from_json",
     "loads",
     "markdown_table",
     "num",
@@ -65,6 +67,7 @@ __all__ = [
     "replaced_atomically",
     "short_point_key",
     "suggest",
+    "to_json",
     "to_optuna_value",
     "to_toml",
     "with_legacy_values",

@@ -17,7 +17,6 @@ available with DDP (the validation curve arrives when the trial ends).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -26,12 +25,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optuna_search.core import Config, SplitScores, TrialParams, build_config
+from optuna_search.core import Config, TrialParams, build_config, from_json, to_json
 from optuna_search.objectives._data import prepare_study_data, resolve_eval_subset
-from optuna_search.objectives._metrics import Evaluation, Prediction
 from optuna_search.objectives._protocol import (
     BudgetExhausted,
     DivergedTraining,
@@ -40,16 +40,36 @@ from optuna_search.objectives._protocol import (
     TrialHooks,
     TrialRequest,
     TrialResult,
-    ValidationPoint,
 )
 from optuna_search.objectives._qlora import QLoRAObjective
 from optuna_search.objectives._quiet import quiet_libraries
 from optuna_search.storage import redacted_config
 
-_STATUS = {"budget": BudgetExhausted, "stopped": Stopped, "diverged": DivergedTraining, "error": RuntimeError}
 RESULT = "ddp-result-rank{rank}.json"
 """Each rank writes its outcome: the trial's result is rank 0's, but a rank that ran out
 of memory (or failed) alone must be heard too."""
+RAISED: dict[str, Callable[[str], Exception]] = {
+    "budget": BudgetExhausted,
+    "stopped": Stopped,
+    "diverged": DivergedTraining,
+    "error": RuntimeError,
+}
+"""How a rank's ending other than a result or running out of memory is raised in the trial."""
+
+
+@dataclass
+class RankOutcome:
+    """How one rank ended, written by the rank and read back by the trial's process as
+    the same types (``core.to_json`` / ``from_json``): the trial's result (rank 0), or what
+    stopped it and where."""
+
+    rank: int
+    kind: str
+    """ok, oom, budget, stopped, diverged or error."""
+    result: TrialResult | None = None
+    message: str = ""
+    phase: str = "train"
+    """Where it ran out of memory (kind oom)."""
 
 
 class DistributedObjective:
@@ -68,7 +88,9 @@ class DistributedObjective:
         spec.write_text(json.dumps(self._spec(request, hooks)))
         hooks.progress(f"launching DDP over {self.ranks} processes (torchrun)")
         code = self._launch(spec)
-        outcomes = [json.loads(p.read_text()) for p in sorted(ckpt.glob(RESULT.format(rank="*")))]
+        outcomes = [
+            from_json(RankOutcome, json.loads(p.read_text())) for p in sorted(ckpt.glob(RESULT.format(rank="*")))
+        ]
         return _result_of(outcomes, code)
 
     def _spec(self, request: TrialRequest, hooks: TrialHooks) -> dict[str, Any]:
@@ -119,51 +141,23 @@ class DistributedObjective:
             raise
 
 
-def _result_of(outcomes: list[dict[str, Any]], code: int) -> TrialResult:
+def _result_of(outcomes: list[RankOutcome], code: int) -> TrialResult:
     """The trial's result from the ranks' outcomes: rank 0's when every rank is done; a
     rank that ran out of memory makes it an OutOfMemory (of its phase), whichever rank."""
     for out in outcomes:
-        if out.get("status") == "oom":
-            raise OutOfMemory(out["message"], out.get("phase", "train"))
-    main = next((o for o in outcomes if o.get("rank") == 0), None)
+        if out.kind == "oom":
+            raise OutOfMemory(out.message, out.phase)
+    main = next((o for o in outcomes if o.rank == 0), None)
     for out in ([main] if main else []) + outcomes:
-        if out.get("status") in _STATUS:
-            raise _STATUS[out["status"]](out["message"])
-    if code == 0 and main is not None and main.get("status") == "ok":
-        return result_from_dict(main["result"])
+        if out.kind in RAISED:
+            raise RAISED[out.kind](out.message)
+    if code == 0 and main is not None and main.kind == "ok" and main.result is not None:
+        return main.result
     raise RuntimeError(f"the DDP trial exited with code {code} and no result (see the ranks' output above)")
 
 
 def _ids(examples) -> list[dict[str, str]]:
     return [{"id": e.id, "sha256": e.sha256} for e in examples]
-
-
-def result_to_dict(res: TrialResult) -> dict[str, Any]:
-    d = dataclasses.asdict(res)
-    d["validation_curve"] = [vp.to_record() for vp in res.validation_curve]
-    return d
-
-
-def _evaluation_from_dict(d: dict[str, Any] | None) -> Evaluation | None:
-    if d is None:
-        return None
-    return Evaluation(
-        [Prediction(**p) for p in d["predictions"]], SplitScores(**d["scores"]), d["seconds"], d["method"]
-    )
-
-
-def result_from_dict(d: dict[str, Any]) -> TrialResult:
-    d = dict(d)
-    d["test"] = _evaluation_from_dict(d["test"])
-    d["validation"] = _evaluation_from_dict(d["validation"])
-    d["validation_curve"] = [ValidationPoint(**vp) for vp in d["validation_curve"]]
-    # A rung's cool-down score keeps its predictions: the paired evidence of the rung's
-    # decision is computed from them (search/loop/_runner.py, rung_examples).
-    d["cooldown_curve"] = [
-        ValidationPoint(**{**vp, "evaluation": _evaluation_from_dict(vp.get("evaluation"))})
-        for vp in d.get("cooldown_curve", [])
-    ]
-    return TrialResult(**d)
 
 
 def main(spec_path: str) -> int:
@@ -201,11 +195,10 @@ def main(spec_path: str) -> int:
     hooks = TrialHooks(
         progress=lambda m: log.info("%s", m), progress_interval=spec["progress_interval"], stop_requested=asked.is_set
     )
-    out = _outcome(QLoRAObjective(config), request, hooks)
-    out["rank"] = rank
-    Path(spec["checkpoint_dir"], RESULT.format(rank=rank)).write_text(json.dumps(out))
+    out = _outcome(QLoRAObjective(config), request, hooks, rank)
+    Path(spec["checkpoint_dir"], RESULT.format(rank=rank)).write_text(json.dumps(to_json(out)))
     leave_process_group()
-    return 0 if out["status"] == "ok" else 1
+    return 0 if out.kind == "ok" else 1
 
 
 def leave_process_group(timeout_s: float = 30.0) -> None:
@@ -230,19 +223,19 @@ def leave_process_group(timeout_s: float = 30.0) -> None:
     dist.destroy_process_group()
 
 
-def _outcome(objective: QLoRAObjective, request: TrialRequest, hooks: TrialHooks) -> dict[str, Any]:
+def _outcome(objective: QLoRAObjective, request: TrialRequest, hooks: TrialHooks, rank: int) -> RankOutcome:
     try:
-        return {"status": "ok", "result": result_to_dict(objective(request, hooks))}
+        return RankOutcome(rank, "ok", objective(request, hooks))
     except BudgetExhausted as e:
-        return {"status": "budget", "message": str(e)}
+        return RankOutcome(rank, "budget", message=str(e))
     except Stopped as e:
-        return {"status": "stopped", "message": str(e)}
+        return RankOutcome(rank, "stopped", message=str(e))
     except OutOfMemory as e:
-        return {"status": "oom", "message": str(e), "phase": e.phase}
+        return RankOutcome(rank, "oom", message=str(e), phase=e.phase)
     except DivergedTraining as e:
-        return {"status": "diverged", "message": str(e)}
+        return RankOutcome(rank, "diverged", message=str(e))
     except Exception as e:
-        return {"status": "error", "message": f"{type(e).__name__}: {e}"}
+        return RankOutcome(rank, "error", message=f"{type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

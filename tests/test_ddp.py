@@ -81,14 +81,14 @@ def test_every_objective_path_is_an_objective():
 def test_a_rank_that_runs_out_of_memory_alone_is_heard():
     """Rank 1 out of memory while rank 0 was stopped (torchrun ends the others when one
     fails): the trial is an OutOfMemory of rank 1's phase, so the runner retries it."""
-    from optuna_search.objectives._ddp import _result_of
+    from optuna_search.objectives._ddp import RankOutcome, _result_of
     from optuna_search.objectives._protocol import OutOfMemory, Stopped
 
     with pytest.raises(OutOfMemory) as e:
         _result_of(
             [
-                {"rank": 0, "status": "error", "message": "killed"},
-                {"rank": 1, "status": "oom", "message": "CUDA out of memory", "phase": "evaluate"},
+                RankOutcome(0, "error", message="killed"),
+                RankOutcome(1, "oom", message="CUDA out of memory", phase="evaluate"),
             ],
             1,
         )
@@ -96,8 +96,8 @@ def test_a_rank_that_runs_out_of_memory_alone_is_heard():
     with pytest.raises(Stopped):
         _result_of(
             [
-                {"rank": 0, "status": "stopped", "message": "stopped at step 3/75"},
-                {"rank": 1, "status": "stopped", "message": "stopped at step 3/75"},
+                RankOutcome(0, "stopped", message="stopped at step 3/75"),
+                RankOutcome(1, "stopped", message="stopped at step 3/75"),
             ],
             1,
         )
@@ -140,3 +140,38 @@ def test_successive_halving_with_cool_down_branches_on_two_ranks_cpu(tmp_path, d
     # The rung's decision has its paired evidence: the cool-down's per-example scores
     # came back from the first rank.
     assert all(t.user_attrs.get("rung_examples") for t in trials), [t.user_attrs for t in trials]
+
+
+def test_a_ranks_outcome_comes_back_as_the_types_it_left_as():
+    """The last DDP fix ("'dict' object has no attribute 'step'") was a field of the result
+    converted by hand and forgotten. An outcome now travels as its dataclasses, every field
+    (the cool-down curve's evaluations too) by its type."""
+    import json
+
+    from optuna_search.core import SplitScores, from_json, to_json
+    from optuna_search.objectives._ddp import RankOutcome
+    from optuna_search.objectives._metrics import Evaluation, Prediction
+    from optuna_search.objectives._protocol import TrialResult, ValidationPoint
+
+    ev = Evaluation(
+        [Prediction("1", {"severity": "low"}, {"severity": None}, "?", None)], SplitScores({"severity": 0.0}, 1), 0.5
+    )
+    result = TrialResult(
+        ev,
+        ev,
+        [0.9],
+        [1.1],
+        [ValidationPoint(1, 4, 0.25, 0.5, -1.2)],
+        128,
+        3.0,
+        100.0,
+        "rss",
+        4,
+        max_steps=16,
+        cooldown_curve=[ValidationPoint(1, 4, 0.25, 0.6, -1.0, ev, 1)],
+    )
+    back = from_json(RankOutcome, json.loads(json.dumps(to_json(RankOutcome(0, "ok", result)))))
+    assert back == RankOutcome(0, "ok", result)
+    assert back.result is not None and back.result.cooldown_curve[0].evaluation.predictions[0].gold == {
+        "severity": "low"
+    }

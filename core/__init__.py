@@ -15,6 +15,7 @@ from optuna_search.core._identity import (
 )
 from optuna_search.core._json import from_json, to_json
 from optuna_search.core._location import StudyLocation, redact_remote
+from optuna_search.core._metric import BY_METRIC, EXTRA, INVALID, METRICS, Metric, reserved_field_names
 from optuna_search.core._params import (
     BY_NAME,
     HYPERPARAMETERS,
@@ -30,12 +31,17 @@ from optuna_search.core._text import format_seconds, markdown_table, num, pct, r
 from optuna_search.core._toml import TOMLDecodeError, loads, to_toml
 
 __all__ = [
+    "BY_METRIC",
     "BY_NAME",
+    "EXTRA",
     "HYPERPARAMETERS",
+    "INVALID",
     "LOCATION_KEYS",
+    "METRICS",
     "PAUSED_ATTR",
     "SECTIONS",
     "Config",
+    "Metric",
     "SplitScores",
     "Status",
     "StorageSection",
@@ -65,6 +71,7 @@ __all__ = [
     "redact_remote",
     "render_table",
     "replaced_atomically",
+    "reserved_field_names",
     "short_point_key",
     "suggest",
     "to_json",

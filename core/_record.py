@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from optuna_search.core._metric import BY_METRIC, EXTRA, METRICS
 from optuna_search.core._params import short_point_key
 
 if TYPE_CHECKING:
@@ -67,13 +68,12 @@ class SplitScores:
     parse_failures: int = 0
     exact_match: float | None = None
     ci95: dict[str, list[float]] = field(default_factory=dict)
-    macro_f1: dict[str, float] = field(default_factory=dict)
+    per_field: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Each metric of the table besides accuracy (``core._metric.EXTRA``): per field, its value."""
     confusion: dict[str, Any] = field(default_factory=dict)
     invalid_labels: dict[str, int] = field(default_factory=dict)
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per field: log_loss, brier, ece (only for label-scoring evaluation)."""
-    balanced_accuracy: dict[str, float] = field(default_factory=dict)
-    """Per field: the mean of the per-label recalls (a majority-label model scores 1/labels)."""
     label_logprob: float | None = None
     """Mean over examples and fields of the log-probability of the correct label (label
     scoring only): moves before accuracy does, so it is the early signal for pruning."""
@@ -86,30 +86,29 @@ class SplitScores:
     def overall(self) -> float:
         return sum(self.accuracy.values()) / len(self.accuracy)
 
-    @property
-    def mean_macro_f1(self) -> float | None:
-        return sum(self.macro_f1.values()) / len(self.macro_f1) if len(self.macro_f1) == len(self.accuracy) else None
+    def value(self, metric: str, field_name: str) -> float | None:
+        """A metric of the table on one field."""
+        scores = self.accuracy if metric == "accuracy" else self.per_field.get(metric, {})
+        return scores.get(field_name)
 
-    @property
-    def mean_balanced_accuracy(self) -> float | None:
-        ba = self.balanced_accuracy
-        return sum(ba.values()) / len(ba) if ba and len(ba) == len(self.accuracy) else None
+    def overall_of(self, metric: str) -> float | None:
+        """A metric of the table over all fields, as it aggregates (None: a field lacks it)."""
+        values = [self.value(metric, f) for f in self.accuracy]
+        if not values or any(v is None for v in values):
+            return None
+        return BY_METRIC[metric].aggregate([v for v in values if v is not None])
 
     def metric(self, name: str) -> float | None:
-        """overall_accuracy, macro_f1, balanced_accuracy, or <field>_<metric>."""
-        if name in ("overall_accuracy", "accuracy"):
+        """A metric by the name a study objective gives it: over all fields (its ``overall``
+        name: overall_accuracy, macro_f1, ...) or on one (``<field>_<metric>``)."""
+        if name == "accuracy":
             return self.overall
-        if name == "macro_f1":
-            return self.mean_macro_f1
-        if name == "balanced_accuracy":
-            return self.mean_balanced_accuracy
-        for suffix, per_field in (
-            ("_balanced_accuracy", self.balanced_accuracy),
-            ("_macro_f1", self.macro_f1),
-            ("_accuracy", self.accuracy),
-        ):
-            if name.endswith(suffix):
-                return per_field.get(name[: -len(suffix)])
+        for m in METRICS:
+            if name == m.overall:
+                return self.overall_of(m.name)
+        for m in sorted(METRICS, key=lambda m: -len(m.name)):  # balanced_accuracy before accuracy
+            if name.endswith(f"_{m.name}"):
+                return self.value(m.name, name[: -len(m.name) - 1])
         return None
 
     def single_label(self) -> dict[str, str]:
@@ -329,10 +328,8 @@ class TrialRecord:
         out = {attr: getattr(self, name) for name, attr in _PLAIN if getattr(self, name) is not None}
         if self.test is not None:
             out.update(_split_attrs(self.test, prefix=""))
-            out["overall_accuracy"] = self.test.overall
         if self.validation is not None:
             out.update(_split_attrs(self.validation, prefix="validation_"))
-            out["validation_overall_accuracy"] = self.validation.overall
         return out
 
     @classmethod
@@ -363,25 +360,21 @@ class TrialRecord:
 
 def _split_attrs(s: SplitScores, prefix: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for f, acc in s.accuracy.items():
-        out[f"{prefix}{f}_accuracy"] = acc
+    for f in s.accuracy:
+        for m in METRICS:
+            if (v := s.value(m.name, f)) is not None:
+                out[f"{prefix}{f}_{m.name}"] = v
         if f in s.ci95:
             out[f"{prefix}{f}_accuracy_ci95"] = s.ci95[f]
-        if f in s.macro_f1:
-            out[f"{prefix}{f}_macro_f1"] = s.macro_f1[f]
         if f in s.confusion:
             out[f"{prefix}{f}_confusion"] = s.confusion[f]
-        if f in s.balanced_accuracy:
-            out[f"{prefix}{f}_balanced_accuracy"] = s.balanced_accuracy[f]
         for metric, v in s.calibration.get(f, {}).items():
             out[f"{prefix}{f}_{metric}"] = v
-    for name, value in (
-        ("macro_f1", s.mean_macro_f1),
-        ("balanced_accuracy", s.mean_balanced_accuracy),
-        ("label_logprob", s.label_logprob),
-    ):
-        if value is not None:
-            out[f"{prefix}{name}"] = value
+    for m in METRICS:
+        if (v := s.overall_of(m.name)) is not None:
+            out[f"{prefix}{m.overall}"] = v
+    if s.label_logprob is not None:
+        out[f"{prefix}label_logprob"] = s.label_logprob
     names = (
         ("eval_examples", "parse_failures", "invalid_labels", "exact_match_accuracy")
         if not prefix
@@ -411,11 +404,10 @@ def _read_split(ua: dict[str, Any], fields: list[str], prefix: str) -> SplitScor
         parse_failures=ua.get(f"{prefix}parse_failures", 0),
         exact_match=ua.get(f"{prefix}exact_match_accuracy"),
         ci95=per_field("_accuracy_ci95"),
-        macro_f1=per_field("_macro_f1"),
+        per_field={m.name: values for m in EXTRA if (values := per_field(f"_{m.name}"))},
         confusion=per_field("_confusion"),
         invalid_labels=ua.get(f"{prefix}invalid_labels") or {},
         calibration={f: c for f, c in calibration.items() if c},
-        balanced_accuracy=per_field("_balanced_accuracy"),
         label_logprob=ua.get(f"{prefix}label_logprob"),
     )
 

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from optuna_search.core._metric import METRICS, reserved_field_names
 from optuna_search.core._params import (
     BY_NAME,
     OPTIMIZERS,
@@ -31,11 +32,11 @@ if TYPE_CHECKING:
 SPLITS = ("test", "validation")
 # Objectives besides the accuracies and F1s (maximised); these are costs (minimised).
 COST_OBJECTIVES = ("eval_seconds_per_example", "peak_memory_mb", "trainable_params", "train_seconds")
-# Quality objectives over all fields: overall accuracy = mean of the fields' accuracies,
-# macro_f1 = mean of the fields' macro-F1, balanced_accuracy = mean of their balanced accuracy.
-QUALITY_OBJECTIVES = ("overall_accuracy", "macro_f1", "balanced_accuracy")
-FIELD_METRICS = ("accuracy", "macro_f1", "balanced_accuracy")
-PRIMARY_OBJECTIVE = "overall_accuracy"
+# Quality objectives over all fields: each metric of the table (core._metric), aggregated
+# over the fields (overall accuracy = the mean of the fields' accuracies, ...).
+QUALITY_OBJECTIVES = tuple(m.overall for m in METRICS)
+FIELD_METRICS = tuple(m.name for m in METRICS)
+PRIMARY_OBJECTIVE = METRICS[0].overall
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 MAX_TRIALS = 100_000
 RANGE_KEYS = ("low", "high", "log", "step")
@@ -453,6 +454,12 @@ class DataSection:
             p.append('data.fields is empty; list the label fields, e.g. ["severity", "component", "reproducibility"]')
         if len({f.lower() for f in self.fields}) != len(self.fields):
             p.append(f"data.fields = {self.fields!r} repeats a field")
+        for f in reserved_field_names(self.fields):
+            p.append(
+                f"data.fields names {f!r}, which collides with a name the study keeps over all fields "
+                "(overall, or a metric such as balanced_accuracy): rename the field in data.fields and in the "
+                "data's answers (e.g. data.label_map cannot rename a field; rename it in the files)"
+            )
         for key in list(self.labels) + list(self.label_map):
             if key not in self.fields:
                 p.append(f"data.labels/label_map names field {key!r}, which is not in data.fields {self.fields!r}")
@@ -674,8 +681,8 @@ def _check_objectives(objectives: list[str], fields: list[str]) -> list[str]:
         p.append(f"study.objectives is empty; give at least {PRIMARY_OBJECTIVE!r}")
     elif objectives[0] not in quality:
         p.append(
-            f"study.objectives = {objectives!r} must start with a quality objective (overall_accuracy, macro_f1, "
-            "balanced_accuracy or a field's); costs may follow"
+            f"study.objectives = {objectives!r} must start with a quality objective ({', '.join(QUALITY_OBJECTIVES)} "
+            "or a field's); costs may follow"
         )
     for o in objectives:
         if o not in allowed:

@@ -5,20 +5,25 @@ testable; no storage URL or other secret is ever written into a note."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from optuna_search.core import Config, TrialRecord, markdown_table, num, pct
+from optuna_search.core import EXTRA, Config, Metric, TrialRecord, markdown_table, num, pct
 from optuna_search.dashboards._report_model import RungDecision, RungEntry
-from optuna_search.dashboards._summary import SummaryRow, score_cells
+from optuna_search.dashboards._summary import SUMMARY_METRICS, SummaryRow, score_cells
 from optuna_search.objectives import ALPHA
 
 
+def field_head(metrics: Sequence[Metric] = EXTRA) -> list[str]:
+    """The head of ``field_rows``' table."""
+    return ["field", "test accuracy", "95% CI (Wilson)", *[m.title for m in metrics], "validation accuracy"]
+
+
 def field_rows(
-    r: TrialRecord, fields: list[str], *, balanced: bool = True, overall: str = "overall"
+    r: TrialRecord, fields: list[str], *, metrics: Sequence[Metric] = EXTRA, overall: str = "overall"
 ) -> list[list[str]]:
-    """A trial's scores per field (test accuracy, its Wilson interval, macro-F1, balanced
-    accuracy, validation accuracy) and their overall row: the trial's note and the model
-    card's table."""
+    """A trial's scores per field (test accuracy, its Wilson interval, each of ``metrics``,
+    validation accuracy) and their overall row: the trial's note and the model card's table."""
     assert r.test is not None
     t = r.test
     rows = []
@@ -26,13 +31,13 @@ def field_rows(
         ci: list[float | None] = list(t.ci95.get(f) or [])
         ci += [None] * (2 - len(ci))
         rows.append(
-            [f, pct(t.accuracy[f]), f"{pct(ci[0])} - {pct(ci[1])}", num(t.macro_f1.get(f), ".3f")]
-            + ([pct(t.balanced_accuracy.get(f))] if balanced else [])
+            [f, pct(t.accuracy[f]), f"{pct(ci[0])} - {pct(ci[1])}"]
+            + [m.show(t.value(m.name, f)) for m in metrics]
             + [pct(r.accuracy(f, "validation"))]
         )
     rows.append(
-        [overall, pct(r.overall), "", num(t.mean_macro_f1, ".3f")]
-        + ([pct(t.mean_balanced_accuracy)] if balanced else [])
+        [overall, pct(r.overall), ""]
+        + [m.show(t.overall_of(m.name)) for m in metrics]
         + [pct(r.split_overall("validation"))]
     )
     return rows
@@ -44,10 +49,7 @@ def trial_note(r: TrialRecord, config: Config, fields: list[str], split: str = "
         rows = field_rows(r, fields)
         rows[-1][0], rows[-1][1] = "**overall** (mean of fields)", f"**{rows[-1][1]}**"
         lines += [
-            markdown_table(
-                ["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "balanced accuracy", "validation accuracy"],
-                rows,
-            ),
+            markdown_table(field_head(), rows),
             "",
         ]
         for f, label in r.test.single_label().items():
@@ -152,22 +154,23 @@ def study_note(
         f"Every row is scored on the same {n_eval} test examples ({_method(config)}).",
         "",
     ]
-    head = ["configuration"] + fields + ["overall", "macro-F1", "validation", "train loss", "eval loss", "status"]
+    head = (
+        ["configuration"]
+        + fields
+        + ["overall"]
+        + [m.title for m in SUMMARY_METRICS[1:]]
+        + ["validation", "train loss", "eval loss", "status"]
+    )
     table = [[r.point, *score_cells(r, fields), r.status.value] for r in rows]
     val = validation_baselines or {}
-    table += [
-        [f"baseline: {name}"]
-        + [pct(b.get(f)) for f in fields]
-        + [
-            pct(b.get("overall")),
-            num(b.get("macro_f1"), ".3f"),
-            pct(val[name]["overall"]) if "overall" in val.get(name, {}) else "-",
-            "-",
-            "-",
-            "-",
-        ]
-        for name, b in (baselines or {}).items()
-    ]
+    for name, b in (baselines or {}).items():
+        table.append(
+            [f"baseline: {name}"]
+            + [pct(b.get(f)) for f in fields]
+            + [m.show(m.in_baseline(b)) for m in SUMMARY_METRICS]
+            + [pct(val[name]["overall"]) if "overall" in val.get(name, {}) else "-"]
+        )
+        table[-1] += ["-"] * (len(head) - len(table[-1]))
     lines.append(markdown_table(head, table))
     for d in rungs or []:
         lines += ["", rung_line(d)]

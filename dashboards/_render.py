@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Status, markdown_table, num, pct
+from optuna_search.core import EXTRA, Status, markdown_table, num, pct
 from optuna_search.dashboards._summary import state_note
 from optuna_search.objectives import ALPHA
 
@@ -113,29 +113,23 @@ def _performance(rep: Report) -> list[str]:
 
 
 def _f1(rep: Report) -> list[str]:
-    """Macro-F1 and balanced accuracy: accuracy rewards a model that answers the
-    majority label; these do not."""
+    """The metrics of the table besides accuracy (macro-F1, balanced accuracy, ...):
+    accuracy rewards a model that answers the majority label; these do not."""
     fields = rep.fields
-    head = (
-        ["Configuration"]
-        + [f"{f.capitalize()} macro-F1 / balanced acc." for f in fields]
-        + ["Mean macro-F1", "Mean balanced acc."]
-    )
+    titles = " / ".join(m.title for m in EXTRA)
+    head = ["Configuration"] + [f"{f.capitalize()} {titles}" for f in fields] + [f"Mean {m.title}" for m in EXTRA]
     rows = []
     for r in rep.complete:
         rows.append(
             [r.config]
-            + [f"{num(r.macro_f1.get(f), '.3f')} / {pct(r.balanced_accuracy.get(f))}" for f in fields]
-            + [
-                num(sum(r.macro_f1.values()) / len(r.macro_f1) if r.macro_f1 else None, ".3f"),
-                pct(sum(r.balanced_accuracy.values()) / len(r.balanced_accuracy) if r.balanced_accuracy else None),
-            ]
+            + [" / ".join(m.show(r.per_field.get(m.name, {}).get(f)) for m in EXTRA) for f in fields]
+            + [m.show(m.aggregate(list(v.values())) if (v := r.per_field.get(m.name)) else None) for m in EXTRA]
         )
     for name, b in rep.baselines.items():
         rows.append(
             [f"baseline: {name}"]
-            + [f"{num(b.get(f + '_macro_f1'), '.3f')} / {pct(b.get(f + '_balanced_accuracy'))}" for f in fields]
-            + [num(b.get("macro_f1"), ".3f"), pct(b.get("balanced_accuracy"))]
+            + [" / ".join(m.show(m.in_baseline(b, f)) for m in EXTRA) for f in fields]
+            + [m.show(m.in_baseline(b)) for m in EXTRA]
         )
     if not rep.complete:
         return []
@@ -146,7 +140,7 @@ def _f1(rep: Report) -> list[str]:
         for f, lab in r.single_label.items()
     ]
     return [
-        "## Macro-F1 and balanced accuracy",
+        "## " + _first_upper(" and ".join(m.title for m in EXTRA)),
         "",
         "Per field on the test examples (a model that always answers one label gets macro-F1 near 0 and balanced "
         "accuracy 1/labels, whatever its accuracy). Confusion matrices of the best trial: report.html.",
@@ -426,3 +420,7 @@ def _significance(rep: Report) -> list[str]:
 def _state(state: Status | None) -> str:
     """A trial's state as the report writes it ("fail" for Optuna's FAIL, as it always did)."""
     return "fail" if state == Status.FAILED else state.value if state is not None else ""
+
+
+def _first_upper(text: str) -> str:
+    return text[:1].upper() + text[1:]

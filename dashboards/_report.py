@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import (
+    EXTRA,
     Config,
     Status,
     StudyMeta,
@@ -42,6 +43,7 @@ from optuna_search.dashboards._report_model import (
     RungEntry,
     Test,
 )
+from optuna_search.dashboards._summary import SUMMARY_METRICS
 from optuna_search.objectives import (
     ALPHA,
     Prediction,
@@ -151,7 +153,7 @@ def _row(r: TrialRecord, fields: list[str], config: Config) -> ReportRow:
     row.ci95 = (
         {f: t.ci95.get(f) or list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) for f in fields} if t.n else {}
     )
-    row.macro_f1, row.balanced_accuracy = dict(t.macro_f1), dict(t.balanced_accuracy)
+    row.per_field = {m.name: dict(t.per_field.get(m.name, {})) for m in EXTRA}
     row.validation_accuracy = {f: r.accuracy(f, "validation") for f in fields}
     row.overall, row.exact_match = t.overall, t.exact_match
     row.objective = r.objective_value(config.study.objectives[0], config.eval.objective_split)
@@ -377,7 +379,11 @@ def _recommend(rep: Report) -> list[str]:
         "overfitting, "
         f"then speed): **{best.config}** with overall test accuracy {_pct(best.overall)} ({fields[0]} "
         f"{_pct(best.accuracy.get(fields[0]))}"
-        + (f", macro-F1 {sum(best.macro_f1.values()) / len(best.macro_f1):.3f}" if best.macro_f1 else "")
+        + "".join(
+            f", {m.title} {m.show(m.aggregate(list(values.values())))}"
+            for m in SUMMARY_METRICS[1:]
+            if (values := best.per_field.get(m.name))
+        )
         + ")"
         + (f", validation {_pct(best.validation)}" if best.validation is not None else "")
         + "."

@@ -24,8 +24,8 @@ class ReportRow:
     record: TrialRecord
     accuracy: dict[str, float] = field(default_factory=dict)
     ci95: dict[str, list[float]] = field(default_factory=dict)
-    macro_f1: dict[str, float] = field(default_factory=dict)
-    balanced_accuracy: dict[str, float] = field(default_factory=dict)
+    per_field: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Each metric of the table besides accuracy: per field, on test."""
     validation_accuracy: dict[str, float | None] = field(default_factory=dict)
     overall: float | None = None
     objective: float | None = None

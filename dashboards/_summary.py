@@ -7,13 +7,17 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from optuna_search.core import Config, Status, TrialRecord, best_record, num, pct, render_table
+from optuna_search.core import EXTRA, METRICS, Config, Status, TrialRecord, best_record, num, pct, render_table
 from optuna_search.storage import pareto_front, read_meta, study_flags
 
 if TYPE_CHECKING:
     import optuna
 
 SHORT = {"severity": "sev", "component": "comp", "reproducibility": "repro"}
+
+
+SUMMARY_METRICS = [m for m in METRICS if m.in_summary]
+"""The metrics the run's summary and the study's note show over the fields (accuracy first)."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,8 @@ class SummaryRow:
     """Test accuracy per field."""
     overall: float | None = None
     """Overall test accuracy."""
-    macro_f1: float | None = None
-    """Mean test macro-F1 over the fields."""
+    overalls: dict[str, float | None] = field(default_factory=dict)
+    """Each metric of the table besides accuracy, over the fields, on test."""
     value: float | None = None
     """The study's first objective on its split (what chose the best)."""
     validation: float | None = None
@@ -73,6 +77,10 @@ class SummaryRow:
     record: TrialRecord | None = None
     """The finished trial's record (what the best is chosen from)."""
 
+    def overall_of(self, metric: str) -> float | None:
+        """A metric of the table over the fields, on test."""
+        return self.overall if metric == "accuracy" else self.overalls.get(metric)
+
 
 def summary_rows(
     points: list[SummaryPoint], fields: list[str], split: str = "test", objective: str = "overall_accuracy"
@@ -88,7 +96,7 @@ def summary_rows(
             row.accuracy = {f: r.accuracy(f) for f in fields}
             row.overall, row.validation = r.overall, r.split_overall("validation")
             row.value = r.objective_value(objective, split)
-            row.macro_f1 = r.test.mean_macro_f1 if r.test else None
+            row.overalls = {m.name: r.test.overall_of(m.name) for m in EXTRA} if r.test else {}
             row.train_loss = r.train_loss_per_epoch[-1] if r.train_loss_per_epoch else None
             row.eval_loss = r.eval_loss_per_epoch[-1] if r.eval_loss_per_epoch else None
             row.trainable_params, row.minutes = r.trainable_params, r.minutes
@@ -113,7 +121,8 @@ def render_summary(
     heads = (
         ["grid point" if grid else "point", "alpha"]
         + [SHORT.get(f, f[:6]) for f in fields]
-        + ["overall", "mF1", "val", "train_loss", "eval_loss", "trainable", "min", "status"]
+        + [m.head for m in SUMMARY_METRICS]
+        + ["val", "train_loss", "eval_loss", "trainable", "min", "status"]
     )
     table = [heads]
     for r in rows:
@@ -130,18 +139,19 @@ def render_summary(
         table.append(
             [f"baseline: {name}", "-"]
             + [pct(b.get(f)) for f in fields]
-            + [pct(b.get("overall")), num(b.get("macro_f1"), ".3f"), pct(val) if val is not None else "-"]
-            + ["-"] * 5
+            + [m.show(m.in_baseline(b)) for m in SUMMARY_METRICS]
+            + [pct(val) if val is not None else "-"]
         )
+        table[-1] += ["-"] * (len(heads) - len(table[-1]))
     return render_table(table)
 
 
 def score_cells(r: SummaryRow, fields: list[str]) -> list[str]:
-    """A row's scores as the tables show them: test accuracy per field, overall,
-    macro-F1, validation, the last epoch's training and validation loss."""
+    """A row's scores as the tables show them: test accuracy per field, the summary's
+    metrics over the fields (overall accuracy, macro-F1, ...), validation, the last
+    epoch's training and validation loss."""
     return [pct(r.accuracy.get(f)) for f in fields] + [
-        pct(r.overall),
-        num(r.macro_f1, ".3f"),
+        *[m.show(r.overall_of(m.name)) for m in SUMMARY_METRICS],
         pct(r.validation),
         num(r.train_loss, ".4f"),
         num(r.eval_loss, ".4f"),
@@ -380,7 +390,12 @@ def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list
         out.append(
             line
             + f" (its {f} accuracy is that label's share"
-            + (f"; mean macro-F1 {best.macro_f1:.3f})" if best.macro_f1 is not None else ")")
+            + "".join(
+                f"; mean {m.title} {m.show(v)}"
+                for m in SUMMARY_METRICS[1:]
+                if (v := best.overall_of(m.name)) is not None
+            )
+            + ")"
         )
     if best.adapter_dir:
         out.append(

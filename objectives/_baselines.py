@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from optuna_search.core import METRICS
 from optuna_search.objectives._data import Example
 from optuna_search.objectives._stats import field_metrics
 
@@ -61,18 +62,18 @@ def tfidf_predictions(
 def metrics_of(
     predictions: dict[str, dict[str, str]], eval_examples: list[Example], fields: list[str], vocab: dict[str, list[str]]
 ) -> dict[str, float]:
-    """Accuracy per field and overall (the mean), and the same F1 metrics as the trials':
-    ``<field>_macro_f1``, ``macro_f1``, ``<field>_balanced_accuracy``, ``balanced_accuracy``."""
+    """Every metric of the table, as the trials have them: accuracy per field (under the
+    field's name) and "overall"; the others as ``<field>_<metric>`` and their overall name
+    (``Metric.in_baseline`` reads them back)."""
     out: dict[str, float] = {}
+    per_metric: dict[str, list[float]] = {m.name: [] for m in METRICS}
     for f in fields:
         m = field_metrics([e.labels[f] for e in eval_examples], [predictions[e.id][f] for e in eval_examples], vocab[f])
-        out[f], out[f"{f}_macro_f1"], out[f"{f}_balanced_accuracy"] = (
-            m["accuracy"],
-            m["macro_f1"],
-            m["balanced_accuracy"],
-        )
-    for name, key in (("overall", ""), ("macro_f1", "_macro_f1"), ("balanced_accuracy", "_balanced_accuracy")):
-        out[name] = sum(out[f + key] for f in fields) / len(fields)
+        for metric in METRICS:
+            out[f if metric.name == "accuracy" else f"{f}_{metric.name}"] = m[metric.name]
+            per_metric[metric.name].append(m[metric.name])
+    for metric in METRICS:
+        out["overall" if metric.name == "accuracy" else metric.overall] = metric.aggregate(per_metric[metric.name])
     return out
 
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna_search.core import SplitScores
+from optuna_search.core import EXTRA, SplitScores
 from optuna_search.objectives._data import Example, parse_label_lines
 from optuna_search.objectives._stats import calibration_metrics, field_metrics
 
@@ -50,20 +50,17 @@ def parse_prediction(ex: Example, raw: str, fields: list[str]) -> Prediction:
 
 
 def score_predictions(preds: list[Prediction], fields: list[str], vocab: dict[str, list[str]]) -> SplitScores:
-    """Accuracy, Wilson interval, macro-F1 and confusion per field; exact match, parse
-    failures, out-of-vocabulary labels; calibration when probabilities are there."""
+    """Per field: every metric of the table, the accuracy's Wilson interval and the
+    confusion; exact match, parse failures, out-of-vocabulary labels; calibration when
+    probabilities are there."""
     if not preds:
         raise ValueError("no predictions to score")
     s = SplitScores(accuracy={}, n=len(preds))
     for f in fields:
         m = field_metrics([p.gold[f] for p in preds], [p.predicted[f] for p in preds], vocab[f])
-        s.accuracy[f], s.ci95[f], s.macro_f1[f], s.confusion[f] = (
-            m["accuracy"],
-            m["ci95"],
-            m["macro_f1"],
-            m["confusion"],
-        )
-        s.balanced_accuracy[f] = m["balanced_accuracy"]
+        s.accuracy[f], s.ci95[f], s.confusion[f] = m["accuracy"], m["ci95"], m["confusion"]
+        for metric in EXTRA:
+            s.per_field.setdefault(metric.name, {})[f] = m[metric.name]
         allowed = set(vocab[f])
         s.invalid_labels[f] = sum(1 for p in preds if p.predicted[f] is not None and p.predicted[f] not in allowed)
         if all(p.probs is not None for p in preds):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from optuna_search.core import Config
+from optuna_search.core import METRICS, Config
 from optuna_search.objectives._evaluate import Evaluator
 from optuna_search.objectives._memory import freeze_what_lives_on, oom_phase, release_memory
 from optuna_search.objectives._metrics import Evaluation
@@ -479,7 +479,6 @@ def _log_final_metrics(trainer, test: Evaluation, validation: Evaluation | None)
 
 def _metrics(e: Evaluation) -> dict[str, float]:
     s = e.scores
-    out = {"overall_accuracy": s.overall, **{f"{f}_accuracy": a for f, a in s.accuracy.items()}}
-    if s.mean_macro_f1 is not None:
-        out["macro_f1"] = s.mean_macro_f1
+    out = {f"{f}_accuracy": a for f, a in s.accuracy.items()}
+    out.update({m.overall: v for m in METRICS if (v := s.overall_of(m.name)) is not None})
     return out

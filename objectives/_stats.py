@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-INVALID = "<invalid>"
+from optuna_search.core import INVALID, METRICS
+
 # Significance level of every test this tool reports.
 ALPHA = 0.05
 ECE_BINS = 10
@@ -80,25 +81,19 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def field_metrics(gold: list[str], predicted: list[str | None], labels: list[str]) -> dict[str, Any]:
-    """Accuracy with Wilson interval, macro-F1 over the field's labels, balanced accuracy, confusion matrix
-    (rows = gold, columns = predicted; an unparseable or out-of-vocabulary prediction
-    goes to the column '<invalid>')."""
-    from sklearn.metrics import confusion_matrix, f1_score, recall_score
+    """Every metric of the table (``core.METRICS``: accuracy, macro-F1, ...) by its name, the
+    accuracy's Wilson interval ("ci95") and the confusion matrix ("confusion": rows = gold,
+    columns = predicted; an unparseable or out-of-vocabulary prediction goes to the column
+    '<invalid>')."""
+    from sklearn.metrics import confusion_matrix
 
     pred = [p if p in labels else INVALID for p in predicted]
     correct = sum(g == p for g, p in zip(gold, pred))
     cols = list(labels) + [INVALID]
     cm = confusion_matrix(gold, pred, labels=cols)
     return {
-        "accuracy": correct / len(gold),
+        **{m.name: m.compute(gold, pred, labels) for m in METRICS},
         "ci95": list(wilson_interval(correct, len(gold))),
-        # Macro-F1 over the real labels only: '<invalid>' is never a right answer.
-        "macro_f1": float(f1_score(gold, pred, labels=list(labels), average="macro", zero_division=0)),
-        # Balanced accuracy: the mean recall over the labels that occur in ``gold``
-        # (scikit-learn's definition; a model that answers one label scores 1/labels).
-        "balanced_accuracy": float(
-            recall_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0)
-        ),
         "confusion": {"labels": cols, "matrix": cm[: len(labels)].tolist()},
     }
 

@@ -343,3 +343,12 @@ def test_a_commit_budget_above_the_hubs_limit_is_refused_on_a_dataset_repo():
         load_config(preset="demo", sets=sets)
     load_config(preset="demo", sets=[*sets[:1], "storage.remote_commits_per_hour=128"])
     load_config(preset="demo", sets=["storage.remote='hf://buckets/u/study'", sets[1]])  # a bucket has no commits
+
+
+@pytest.mark.parametrize("name", ["overall", "balanced", "exact_match"])
+def test_a_field_named_like_an_aggregate_is_refused(name):
+    """Seen: a data set with a field named `overall` was accepted, and that field's accuracy
+    read back as the mean of all fields (the baselines key both by name)."""
+    with pytest.raises(UserError, match=rf"data.fields names {name!r}, which collides"):
+        load_config(preset="demo", sets=[f"data.fields=['severity', '{name}']"])
+    load_config(preset="demo", sets=["data.fields=['severity', 'macro']"])  # no collision: taken

@@ -17,7 +17,7 @@ def _record():
         parse_failures=2,
         exact_match=0.4,
         ci95={"severity": [0.5, 0.69]},
-        macro_f1={"severity": 0.55},
+        per_field={"macro_f1": {"severity": 0.55}},
         invalid_labels={"severity": 1, "component": 0, "reproducibility": 0},
         calibration={"severity": {"log_loss": 0.9, "brier": 0.5, "ece": 0.1}},
     )

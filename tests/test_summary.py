@@ -100,12 +100,15 @@ def test_ties_on_validation_are_never_broken_by_test():
 def test_a_majority_label_model_is_flagged():
     confusion = {"labels": ["a", "b", "<invalid>"], "matrix": [[5, 0, 0], [3, 0, 0]]}
     test = SplitScores(
-        dict.fromkeys(FIELDS, 0.6), 8, confusion={"component": confusion}, macro_f1=dict.fromkeys(FIELDS, 0.3)
+        dict.fromkeys(FIELDS, 0.6),
+        8,
+        confusion={"component": confusion},
+        per_field={"macro_f1": dict.fromkeys(FIELDS, 0.3)},
     )
     (row,) = summary_rows(
         [SummaryPoint("r", Status.COMPLETE, [TrialRecord(number=0, state=Status.COMPLETE, test=test)])], FIELDS
     )
-    assert row.single_label == {"component": "a"} and row.macro_f1 == pytest.approx(0.3)
+    assert row.single_label == {"component": "a"} and row.overall_of("macro_f1") == pytest.approx(0.3)
 
 
 def test_status_counts_the_trials_segments_not_their_pauses():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from optuna_search.core import Config, pct
+from optuna_search.core import EXTRA, Config, pct
 from optuna_search.objectives import (
     T4_USABLE_BYTES,
     GiB,
@@ -45,7 +45,8 @@ def validate(config: Config) -> str:
         lines += [
             f"  {name}: "
             + ", ".join(f"{k} {pct(b[k])}" for k in [*ds.fields, "overall"])
-            + f"; macro-F1 {b['macro_f1']:.3f}, balanced accuracy {pct(b['balanced_accuracy'])}"
+            + "; "
+            + ", ".join(f"{m.title} {m.show(m.in_baseline(b))}" for m in EXTRA)
             for name, b in baselines.items()
         ]
     return "\n".join(lines)

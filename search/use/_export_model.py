@@ -34,7 +34,7 @@ from optuna_search.core import (
     pct,
     writable,
 )
-from optuna_search.dashboards import compare_with_baselines, field_rows, verdict
+from optuna_search.dashboards import SUMMARY_METRICS, compare_with_baselines, field_head, field_rows, verdict
 from optuna_search.objectives import (
     BUILTIN_TINY,
     base_licence,
@@ -53,6 +53,8 @@ from optuna_search.storage import artifact_store, read_meta
 if TYPE_CHECKING:
     import optuna
 
+CARD_METRICS = SUMMARY_METRICS[1:]
+"""The model card's columns besides accuracy (the summary's: macro-F1, ...)."""
 log = logging.getLogger("optuna_search")
 
 
@@ -221,10 +223,7 @@ def _card_measured(r: TrialRecord, fields: list[str]) -> list[str]:
     lines = [
         "## Measured",
         "",
-        markdown_table(
-            ["field", "test accuracy", "95% CI (Wilson)", "macro-F1", "validation accuracy"],
-            field_rows(r, fields, balanced=False),
-        ),
+        markdown_table(field_head(CARD_METRICS), field_rows(r, fields, metrics=CARD_METRICS)),
         "",
     ]
     for f, label in r.test.single_label().items():

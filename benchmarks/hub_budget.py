@@ -91,7 +91,7 @@ def _write_checkpoint(folder: Path, r: int, k: int) -> None:
 
 
 def _remote(url: str, hub: SimulatedHub) -> Remote:
-    remote = Remote(url, hub=hub, clock=hub.clock)
+    remote = Remote(url, hub=hub)
     remote.squash_floor_bytes //= 1000  # the files are at 1/1000 of their size: so is this threshold
     return remote
 
@@ -109,7 +109,7 @@ def simulate(kind: str, work: Path, *, smoke: bool, per_hour: int) -> dict[str, 
     )
     ckpt_root = work / "ckpt" / "flagship"
     local = LocalStudy("flagship", ckpt_root, work / "art", None)
-    lease_remote = Remote(url, hub=hub, clock=clock)
+    lease_remote = Remote(url, hub=hub)
     mine = Lease("kaggle:1:sim", "kaggle", 1, clock())
     version = lease_remote.take_lease(mine, 180)
     budget = CommitBudget(work / "commits.json", per_hour)

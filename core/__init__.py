@@ -19,6 +19,8 @@ from optuna_search.core._metric import BY_METRIC, EXTRA, INVALID, METRICS, Metri
 from optuna_search.core._params import (
     BY_NAME,
     HYPERPARAMETERS,
+    SINCE_THE_FIRST_VERSION,
+    Hyperparameter,
     TrialParams,
     point_dirname,
     point_key,
@@ -40,7 +42,9 @@ __all__ = [
     "METRICS",
     "PAUSED_ATTR",
     "SECTIONS",
+    "SINCE_THE_FIRST_VERSION",
     "Config",
+    "Hyperparameter",
     "Metric",
     "SplitScores",
     "Status",

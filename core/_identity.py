@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from optuna_search.core._params import HYPERPARAMETERS, SINCE_THE_FIRST_VERSION
 from optuna_search.core._schema import SECTIONS, Config
 
 # Keys whose change does not change what a trial means.
@@ -40,12 +41,9 @@ LOCATION_KEYS = ("storage.url", "storage.artifacts", "study.name", "train.output
 # stored config that lacks one is read with this value (not the new default), so an old
 # study keeps its behaviour: e.g. its evaluation subsets were not stratified.
 LEGACY_VALUES: dict[str, Any] = {
+    # The hyperparameters added after the first version say theirs in their table entry.
+    **{h.config: h.legacy for h in HYPERPARAMETERS if h.legacy is not SINCE_THE_FIRST_VERSION},
     "eval.stratify": False,
-    "lora.alpha": 0.0,
-    "lora.use_dora": False,
-    "lora.use_rslora": False,
-    "train.max_grad_norm": 1.0,
-    "train.optim": "adamw_torch",
     "train.report_to": [],
     "study.schedule": "trials",
     "study.rungs": [0.111, 0.333, 1.0],

@@ -39,6 +39,8 @@ OPTIMIZERS = (
 """Optimizers (transformers' names). The 8-bit and paged ones are bitsandbytes' (on a CPU they
 run unpaged; on a GPU, bitsandbytes pages only tensors of 100,000 elements or more)."""
 ALL_LINEAR = "all-linear"
+SINCE_THE_FIRST_VERSION = object()
+"""A hyperparameter's ``legacy``: it has been in every version (no older study lacks it)."""
 
 
 def _finite(v: Any) -> bool:
@@ -135,6 +137,10 @@ class Hyperparameter:
     """The value when it is not searched, from the config and the values before it (in
     table order); default: the config key's value."""
     doc: str = ""
+    legacy: Any = SINCE_THE_FIRST_VERSION
+    """The value a study created before this hyperparameter existed trained with: a stored
+    config that lacks its key reads it so (``core._identity.with_legacy_values``), and a
+    trial's note shows it. A hyperparameter added later must say it."""
 
 
 def _alpha(config: Any, values: dict[str, Any]) -> float:
@@ -153,6 +159,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         peft=("lora_alpha",),
         derive=_alpha,
         doc="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)",
+        legacy=0.0,
     ),
     Hyperparameter(
         "lora_dropout",
@@ -185,6 +192,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         ranges=False,
         peft=("use_dora",),
         doc="DoRA: weight-decomposed LoRA",
+        legacy=False,
     ),
     Hyperparameter(
         "use_rslora",
@@ -195,6 +203,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         ranges=False,
         peft=("use_rslora",),
         doc="rank-stabilised LoRA (scale alpha / sqrt(r))",
+        legacy=False,
     ),
     Hyperparameter(
         "learning_rate",
@@ -253,6 +262,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         "[0.3, 1.0]",
         trainer=("max_grad_norm",),
         doc="gradient clipping norm (0 = none)",
+        legacy=1.0,
     ),
     Hyperparameter(
         "lr_scheduler",
@@ -273,6 +283,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         ranges=False,
         trainer=("optim",),
         doc="optimizer",
+        legacy="adamw_torch",
     ),
 )
 BY_NAME: dict[str, Hyperparameter] = {h.name: h for h in HYPERPARAMETERS}
@@ -350,26 +361,13 @@ class _TrialParamsMethods:
 
 if TYPE_CHECKING:
 
-    @dataclass(frozen=True)
     class TrialParams(_TrialParamsMethods):
-        """What a type checker sees of the table-built class below (tests/test_config.py
-        checks that these fields are the table's, in its order)."""
+        """What a type checker sees of the table-built class below: a hyperparameter of the
+        table, by its name (its type is the table's, checked when a value comes in)."""
 
-        lora_r: int
-        lora_alpha: float
-        lora_dropout: float
-        target_modules: tuple[str, ...]
-        use_dora: bool
-        use_rslora: bool
-        learning_rate: float
-        epochs: int
-        warmup_ratio: float
-        weight_decay: float
-        batch_size: int
-        gradient_accumulation: int
-        max_grad_norm: float
-        lr_scheduler: str
-        optim: str
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
 
 else:
     TrialParams = dataclasses.make_dataclass(

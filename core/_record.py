@@ -446,6 +446,3 @@ class StudyMeta:
 
     def to_user_attrs(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
-
-
-STUDY_ATTRS = tuple(f.name for f in dataclasses.fields(StudyMeta))

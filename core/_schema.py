@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from optuna_search.core._metric import METRICS, reserved_field_names
 from optuna_search.core._params import (
     BY_NAME,
+    HYPERPARAMETERS,
     OPTIMIZERS,
     SCHEDULERS,
     SEARCH_KEYS,
@@ -308,10 +309,7 @@ class LoraSection:
     """rsLoRA: scale the adapter by alpha / sqrt(r) instead of alpha / r."""
 
     def check(self, c: Config) -> list[str]:
-        p = _check_fixed("lora.r", self.r, "lora_r") + _check_fixed("lora.dropout", self.dropout, "lora_dropout")
-        p += _check_fixed("lora.target_modules", self.target_modules, "target_modules")
-        if self.alpha != 0:
-            p += _check_fixed("lora.alpha", self.alpha, "lora_alpha")
+        p = _check_fixed_of(self, "lora", skip={"lora.alpha"} if self.alpha == 0 else set())
         if not 0 < self.alpha_ratio <= 1000:
             p.append(
                 f"lora.alpha_ratio = {self.alpha_ratio} must be in (0, 1000] (alpha = ratio * r; the study uses 4.0)"
@@ -370,18 +368,7 @@ class TrainSection:
 
     def check(self, c: Config) -> list[str]:
         p = []
-        for name, key in (
-            ("learning_rate", "learning_rate"),
-            ("batch_size", "batch_size"),
-            ("epochs", "epochs"),
-            ("gradient_accumulation", "gradient_accumulation"),
-            ("warmup_ratio", "warmup_ratio"),
-            ("weight_decay", "weight_decay"),
-            ("max_grad_norm", "max_grad_norm"),
-            ("lr_scheduler", "lr_scheduler"),
-            ("optim", "optim"),
-        ):
-            p += _check_fixed(f"train.{name}", getattr(self, name), key)
+        p += _check_fixed_of(self, "train")
         if not 0 < self.decay_ratio < 1:
             p.append(
                 f"train.decay_ratio = {self.decay_ratio} must be in (0, 1) (the share of training in the decay; 0.2)"
@@ -582,9 +569,19 @@ def suggest(word: str, options: list[str], prefix: str = "") -> str:
     return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
-def _check_fixed(where: str, value: Any, key: str) -> list[str]:
-    problem = BY_NAME[key].check(value)
-    return [f"{where} = {value!r} {problem}"] if problem else []
+def _check_fixed_of(section: Any, name: str, skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The fixed values of a section's hyperparameters (every table entry whose config key
+    is in ``[name]``; ``skip``: keys whose value means "derived", e.g. lora.alpha = 0),
+    each checked as the table checks a searched value."""
+    problems = []
+    for h in HYPERPARAMETERS:
+        where = h.config
+        if where.split(".")[0] != name or where in skip:
+            continue
+        value = getattr(section, where.split(".")[1])
+        if (problem := h.check(value)) is not None:
+            problems.append(f"{where} = {value!r} {problem}")
+    return problems
 
 
 def _check_value(key: str, v: Any, where: str) -> list[str]:

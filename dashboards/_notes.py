@@ -8,7 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from optuna_search.core import EXTRA, Config, Metric, TrialRecord, markdown_table, num, pct
+from optuna_search.core import (
+    EXTRA,
+    HYPERPARAMETERS,
+    SINCE_THE_FIRST_VERSION,
+    Config,
+    Hyperparameter,
+    Metric,
+    TrialRecord,
+    markdown_table,
+    num,
+    pct,
+)
 from optuna_search.dashboards._report_model import RungDecision, RungEntry
 from optuna_search.dashboards._summary import SUMMARY_METRICS, SummaryRow, score_cells
 from optuna_search.objectives import ALPHA
@@ -77,9 +88,11 @@ def trial_note(r: TrialRecord, config: Config, fields: list[str], split: str = "
 
 
 def _config_rows(r: TrialRecord, config: Config) -> list[list[Any]]:
+    """The trial's effective configuration: the model and prompt, then every hyperparameter
+    of the table as the trial trained with it (a study of an earlier version: the value it
+    had before the hyperparameter existed), then what followed from them."""
     m, t = config.model, config.train
     p = r.effective_params or {}
-    lora = [name for name, on in (("DoRA", p.get("use_dora")), ("rsLoRA", p.get("use_rslora"))) if on]
     return [
         ["base model", m.name_or_path],
         ["revision", m.revision or "default"],
@@ -88,26 +101,13 @@ def _config_rows(r: TrialRecord, config: Config) -> list[list[Any]]:
             "quantization",
             f"{m.quantization} (double quant {m.double_quant}), compute {r.compute_dtype or m.compute_dtype}",
         ],
+        *[[h.name, _shown(_effective_value(h, p, r))] for h in HYPERPARAMETERS],
         [
-            "LoRA r / alpha / dropout",
-            f"{p.get('lora_r')} / {num(p.get('lora_alpha'), 'g')} / {p.get('lora_dropout')}"
-            + (f" ({', '.join(lora)})" if lora else ""),
-        ],
-        ["target modules", ", ".join(p.get("target_modules") or [])],
-        [
-            "learning rate",
-            f"{num(p.get('learning_rate'), 'g')} ({p.get('lr_scheduler', t.lr_scheduler)}, warm-up "
-            f"{p.get('warmup_ratio')}, weight decay {p.get('weight_decay')}, max grad norm "
-            f"{p.get('max_grad_norm', 1.0)})",
-        ],
-        ["optimizer", p.get("optim", "adamw_torch")],
-        [
-            "batch",
+            "effective batch",
             f"{r.batch_size or p.get('batch_size')} per device x "
             f"{r.gradient_accumulation or p.get('gradient_accumulation')} "
-            f"accumulation x {r.gpus_per_trial or 1} GPU(s) = {_effective(r, p)} effective",
+            f"accumulation x {r.gpus_per_trial or 1} GPU(s) = {_effective(r, p)}",
         ],
-        ["epochs", p.get("epochs")],
         ["max length", m.max_length],
         ["evaluation", config.eval.method],
         ["seed", t.seed],
@@ -115,6 +115,22 @@ def _config_rows(r: TrialRecord, config: Config) -> list[list[Any]]:
         ["optimizer steps", r.optimizer_steps],
         ["resumed from step", r.resumed_from_step or 0],
     ]
+
+
+def _effective_value(h: Hyperparameter, p: dict[str, Any], r: TrialRecord) -> Any:
+    if h.name in p:
+        return p[h.name]
+    if h.name == "lora_alpha" and r.lora_alpha is not None:
+        return r.lora_alpha
+    return None if h.legacy is SINCE_THE_FIRST_VERSION else h.legacy
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return num(value, "g") if isinstance(value, float) else str(value)
 
 
 def _effective(r: TrialRecord, p: dict[str, Any]) -> Any:

@@ -154,7 +154,6 @@ def _row(r: TrialRecord, fields: list[str], config: Config) -> ReportRow:
         {f: t.ci95.get(f) or list(wilson_interval(round(t.accuracy[f] * t.n), t.n)) for f in fields} if t.n else {}
     )
     row.per_field = {m.name: dict(t.per_field.get(m.name, {})) for m in EXTRA}
-    row.validation_accuracy = {f: r.accuracy(f, "validation") for f in fields}
     row.overall, row.exact_match = t.overall, t.exact_match
     row.objective = r.objective_value(config.study.objectives[0], config.eval.objective_split)
     tl, el = r.train_loss_per_epoch or [], r.eval_loss_per_epoch or []

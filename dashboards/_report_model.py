@@ -26,7 +26,6 @@ class ReportRow:
     ci95: dict[str, list[float]] = field(default_factory=dict)
     per_field: dict[str, dict[str, float]] = field(default_factory=dict)
     """Each metric of the table besides accuracy: per field, on test."""
-    validation_accuracy: dict[str, float | None] = field(default_factory=dict)
     overall: float | None = None
     objective: float | None = None
     """The study's first objective on the objective's split."""

@@ -191,7 +191,7 @@ def main(spec_path: str) -> int:
     # A SIGTERM (Kaggle's stop, torchrun passing on the parent's) asks this rank to stop;
     # the ranks agree on the step (objectives/_trainer.agree) and checkpoint there.
     asked = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: asked.set())
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: asked.set())
     hooks = TrialHooks(
         progress=lambda m: log.info("%s", m), progress_interval=spec["progress_interval"], stop_requested=asked.is_set
     )

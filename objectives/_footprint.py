@@ -29,7 +29,6 @@ T4_USABLE_BYTES = 15 * GiB
 CUDA_OVERHEAD_BYTES = int(0.6 * GiB)
 """CUDA context, cuBLAS workspace and the caching allocator's slack."""
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)

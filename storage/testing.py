@@ -57,13 +57,6 @@ class _CommitInfo:
     commit_url: str
 
 
-@dataclass
-class _GitCommit:
-    commit_id: str
-    created_at: float
-    title: str
-
-
 class SimulatedHub:
     """An ``HfApi`` stand-in (see the module docstring)."""
 
@@ -240,12 +233,6 @@ class SimulatedHub:
             repo["history"] = {e["sha"]: e["size"] for e in repo["files"].values()}
             repo["head"] = uuid.uuid4().hex
             repo["squashes"] = repo.get("squashes", 0) + 1
-
-    def list_repo_commits(self, repo_id: str, **_: Any) -> list[_GitCommit]:
-        with self._state() as s:
-            self._request(s)
-            log = self._repo(s, repo_id).get("log", [])
-        return [_GitCommit(f"{i:040x}", t, m) for i, (t, m) in enumerate(reversed(log))]
 
     # -- buckets ---------------------------------------------------------------------------------------
     def _bucket(self, state: dict[str, Any], bucket_id: str) -> dict[str, Any]:

@@ -274,19 +274,32 @@ def test_an_old_kaggle_study_resumes_with_the_new_preset():
     ]
 
 
-def test_the_type_checkers_view_of_trial_params_is_the_table():
-    """core/_params.py spells TrialParams' fields out for mypy; they must be the table's."""
-    import ast
+def test_a_hyperparameter_is_one_entry_of_the_table():
+    """TrialParams' fields, the config checks of fixed values, the stored configs of earlier
+    versions and the trial's note all come from the table: no list kept beside it (a
+    duplicated type stub, hand-listed checks, a legacy-values list and the note's rows were)."""
     import dataclasses
 
-    from conftest import REPO
+    from optuna_search.core import HYPERPARAMETERS, SINCE_THE_FIRST_VERSION, TrialParams
+    from optuna_search.core._identity import LEGACY_VALUES
+    from optuna_search.core._record import TrialRecord
+    from optuna_search.dashboards._notes import _config_rows
 
-    from optuna_search.core import HYPERPARAMETERS, TrialParams
-
-    tree = ast.parse((REPO / "core" / "_params.py").read_text())
-    stub = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "TrialParams")
-    declared = [n.target.id for n in stub.body if isinstance(n, ast.AnnAssign)]
-    assert declared == [h.name for h in HYPERPARAMETERS] == [f.name for f in dataclasses.fields(TrialParams)]
+    assert [h.name for h in HYPERPARAMETERS] == [f.name for f in dataclasses.fields(TrialParams)]
+    later = {h.config: h.legacy for h in HYPERPARAMETERS if h.legacy is not SINCE_THE_FIRST_VERSION}
+    assert later and all(LEGACY_VALUES[k] == v for k, v in later.items())
+    config = load_config(preset="demo")
+    rows = {row[0] for row in _config_rows(TrialRecord(effective_params=config.trial_params({}).to_dict()), config)}
+    assert {h.name for h in HYPERPARAMETERS} <= rows
+    problems = {}
+    for h in HYPERPARAMETERS:  # every fixed value is checked by the table's own check
+        section, key = h.config.split(".")
+        bad = {"lora.alpha": -1.0, "lora.target_modules": []}.get(h.config, "not a value")
+        try:
+            load_config(preset="demo", sets=[f"{section}.{key}={bad!r}"])
+        except UserError as e:
+            problems[h.name] = str(e)
+    assert set(problems) == {h.name for h in HYPERPARAMETERS}, sorted({h.name for h in HYPERPARAMETERS} - set(problems))
 
 
 def test_successive_halving_with_one_rung_is_refused():

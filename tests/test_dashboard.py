@@ -146,8 +146,8 @@ def test_trial_notes_hold_the_finished_trial(demo_study):
     by_r = {t.params["lora_r"]: t for t in study.trials}
     note = optuna_dashboard.get_note(optuna.Trial(study, by_r[4]._trial_id))
     assert note.startswith("## Trial 0: lora_r=4")
-    assert "95% CI (Wilson)" in note and "| LoRA r / alpha / dropout | 4 / 16 / 0.05 |" in note
-    assert "balanced accuracy" in note and "| optimizer | adamw_torch |" in note
+    assert "95% CI (Wilson)" in note and "| lora_r | 4 |" in note and "| lora_alpha | 16 |" in note
+    assert "balanced accuracy" in note and "| optim | adamw_torch |" in note
     assert "None" not in note.split("### Environment")[0]
 
 

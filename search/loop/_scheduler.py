@@ -431,10 +431,6 @@ def _summed(before: TrialRecord, now: TrialRecord) -> TrialRecord:
     return now.replace(**changes) if changes else now
 
 
-def rung_fraction(rungs: list[float], rung: int | None) -> float:
-    return 1.0 if rung is None else rungs[rung]
-
-
 __all__ = [
     "Action",
     "Job",

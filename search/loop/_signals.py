@@ -58,11 +58,11 @@ def raise_if_stop_requested() -> None:
         raise Terminated()
 
 
-def _on_alarm(signum, frame) -> None:
+def _on_alarm(_signum, _frame) -> None:
     raise Terminated()
 
 
-def _graceful(signum, frame) -> None:
+def _graceful(_signum, _frame) -> None:
     global _requested
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _requested = True
@@ -70,7 +70,7 @@ def _graceful(signum, frame) -> None:
     signal.setitimer(signal.ITIMER_REAL, GRACE_S)
 
 
-def _immediate(signum, frame) -> None:
+def _immediate(_signum, _frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
 

@@ -38,16 +38,6 @@ def _sqlite_path(url: str, *, what: str) -> Path:
     return Path(parsed.database)
 
 
-def _schema_revision(db: Path) -> str | None:
-    con = sqlite3.connect(read_only_uri(db), uri=True)
-    try:
-        return con.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
-
-
 def _study_names(db: Path) -> list[str]:
     con = sqlite3.connect(read_only_uri(db), uri=True)
     try:

@@ -104,9 +104,6 @@ class FsspecStore:
                 f"remote '{self.shown}' cannot be {'written' if write else 'read'} ({reason(e)}); {self.fix}"
             ) from None
 
-    def live_bytes(self) -> int | None:
-        return sum(x.size or 0 for x in self.listing("").values())
-
 
 def filesystem(url: str, shown: str, extra: str, options: dict[str, Any]) -> tuple[Any, str]:
     """The fsspec file system and root of ``url``; one line when its package is missing."""

@@ -99,7 +99,6 @@ class HubStore:
     def __init__(self, repo_id: str, prefix: str, shown: str, options: Options) -> None:
         self.repo_id, self.prefix, self.shown = repo_id, prefix, shown
         self.api = options.hub if options.hub is not None else hub_client()
-        self.clock = options.clock
         self.costs = Costs()
 
     def _p(self, path: str) -> str:
@@ -125,9 +124,6 @@ class HubStore:
 
     def write(self, path: str, data: bytes) -> None:
         self.commit(Batch(files={path: data}))
-
-    def live_bytes(self) -> int | None:
-        return sum(x.size or 0 for x in self.listing("").values())
 
     def check(self, *, write: bool) -> None:
         endpoint = getattr(self.api, "endpoint", None)

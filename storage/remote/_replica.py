@@ -45,7 +45,6 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -191,8 +190,6 @@ class PushResult:
     units: dict[str, int] = field(default_factory=dict)
     """Unit -> its generation after the push."""
     uploaded_bytes: int = 0
-    uploaded_files: int = 0
-    total_bytes: int = 0
     skipped: list[str] = field(default_factory=list)
     """Files that vanished while being pushed (a checkpoint rotated away)."""
     lease_version: str | None = None
@@ -215,12 +212,11 @@ class SameRunBusy(Exception):
 class Remote:
     """One remote's files (see the module docstring)."""
 
-    def __init__(self, url: str, *, hub: Any = None, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, url: str, *, hub: Any = None) -> None:
         """``hub``: the Hugging Face client for hf:// URLs (default: the library's, or
-        ``use_hub_client``'s); ``clock``: what a store's costs are timed by (default
-        ``time.time``; the Hub budget's benchmark runs on a simulated one)."""
+        ``use_hub_client``'s)."""
         self.url = url
-        self.store: Store = open_store(url, Options(hub, clock or time.time))
+        self.store: Store = open_store(url, Options(hub))
         self.shown = self.store.shown
         self.local = isinstance(self.store, FolderStore)
         self._present: set[str] | None = None
@@ -395,12 +391,10 @@ class Remote:
                 result.skipped.append(rel)
                 continue
             entries[rel] = Entry(digest, size)
-            result.total_bytes += size
             name = f"{OBJECTS}/{digest}"
             if digest not in self._present and name not in batch.objects:
                 batch.objects[name] = path
                 result.uploaded_bytes += size
-                result.uploaded_files += 1
         if previous is not None and previous.files == entries:
             result.units[unit] = previous.generation
             return None

@@ -22,7 +22,6 @@ Storage Bucket, a Hugging Face dataset repo); ``_open.open_store`` finds them th
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +82,6 @@ class Costs:
     """Requests and commits this store has made (what `status` and the benchmarks show)."""
 
     requests: int = 0
-    commits: list[float] = field(default_factory=list)
-    """When each commit was made (a dataset repo's; other stores' are not commits)."""
 
 
 class Store(Protocol):
@@ -109,16 +106,14 @@ class Store(Protocol):
 
     def check(self, *, write: bool) -> None: ...
 
-    def live_bytes(self) -> int | None: ...
-
 
 @dataclass(frozen=True)
 class Options:
     """What a store is opened with besides its URL: the Hugging Face client (None: the
-    library's, with HF_TOKEN) and the clock its costs are timed by."""
+    library's with HF_TOKEN, or ``use_hub_client``'s; the tests and the Hub budget's
+    benchmark pass a simulated Hub, which keeps its own clock)."""
 
     hub: Any = None
-    clock: Callable[[], float] = time.time
 
 
 @dataclass(frozen=True)

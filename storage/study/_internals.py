@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 GRID_SEARCH_SPACE = "search_space"
 GRID_ID = "grid_id"
 # System attr ``Study.enqueue_trial`` writes (and the stale-trial retry copies).
-FIXED_PARAMS = "fixed_params"
 # Ours: the rung at which successive halving paused a RUNNING trial (None once resumed).
 PAUSED = PAUSED_ATTR
 

@@ -116,9 +116,6 @@ class FolderStore:
                 "check the folder and its permissions"
             ) from None
 
-    def live_bytes(self) -> int | None:
-        return sum(x.size or 0 for x in self.listing("").values())
-
 
 def _matches(parts: SplitResult) -> bool:
     return parts.scheme in ("", "file") or len(parts.scheme) == 1  # a path (or a Windows drive)

@@ -83,14 +83,12 @@ class RepoStore(HubStore):
             repo_type=REPO_TYPE,
             parent_commit=parent,
         )
-        self.costs.commits.append(self.clock())
         return str(info.oid)
 
     def squash(self) -> str:
         """The repo's history squashed into one commit (its size back near its live
         files). Returns the new head."""
         self._call("squash the repo's history", self.api.super_squash_history, self.repo_id, repo_type=REPO_TYPE)
-        self.costs.commits.append(self.clock())
         return self.head()
 
     def download(self, path: str, dest: Path) -> bool:

@@ -140,7 +140,7 @@ def _f1(rep: Report) -> list[str]:
         for f, lab in r.single_label.items()
     ]
     return [
-        "## " + _first_upper(" and ".join(m.title for m in EXTRA)),
+        "## " + _first_upper(_listed([m.title for m in EXTRA])),
         "",
         "Per field on the test examples (a model that always answers one label gets macro-F1 near 0 and balanced "
         "accuracy 1/labels, whatever its accuracy). Confusion matrices of the best trial: report.html.",
@@ -420,6 +420,10 @@ def _significance(rep: Report) -> list[str]:
 def _state(state: Status | None) -> str:
     """A trial's state as the report writes it ("fail" for Optuna's FAIL, as it always did)."""
     return "fail" if state == Status.FAILED else state.value if state is not None else ""
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _first_upper(text: str) -> str:

@@ -38,6 +38,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTINS = (BUILTIN_SMOLLM2, BUILTIN_TINY)
 
 
+LORA_DEFAULTS = {"bias": "none", "task_type": "CAUSAL_LM"}
+"""``peft.LoraConfig``'s arguments no hyperparameter of the table sets (one that does wins)."""
+
 def resolve_model_source(name: str, gguf_file: str = "", revision: str = "") -> str:
     """A local model folder or a hub id that ``from_pretrained`` loads directly, for
     ``model.name_or_path`` (and ``model.gguf_file``, ``model.revision``). GGUF sources
@@ -320,7 +323,7 @@ def load_lora_model(source: str, model_cfg: Any, params: TrialParams, gradient_c
 
     model, dtype = load_base_model(source, model_cfg, gradient_checkpointing=gradient_checkpointing)
     try:
-        model = get_peft_model(model, LoraConfig(bias="none", task_type="CAUSAL_LM", **params.lora_kwargs()))
+        model = get_peft_model(model, LoraConfig(**{**LORA_DEFAULTS, **params.lora_kwargs()}))
     except ValueError as e:
         raise UserError(
             f"LoRA target_modules {list(params.target_modules)} do not fit this model ({e}); fix lora.target_modules"
@@ -383,7 +386,7 @@ def check_lora_targets(source: str, model_cfg: Any, params_list: list[TrialParam
                 )
                 continue
         try:
-            skeleton = get_peft_model(skeleton, LoraConfig(bias="none", task_type="CAUSAL_LM", **kwargs)).unload()
+            skeleton = get_peft_model(skeleton, LoraConfig(**{**LORA_DEFAULTS, **kwargs})).unload()
         except (ValueError, TypeError, NotImplementedError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             problems.append(

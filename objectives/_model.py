@@ -41,6 +41,7 @@ BUILTINS = (BUILTIN_SMOLLM2, BUILTIN_TINY)
 LORA_DEFAULTS = {"bias": "none", "task_type": "CAUSAL_LM"}
 """``peft.LoraConfig``'s arguments no hyperparameter of the table sets (one that does wins)."""
 
+
 def resolve_model_source(name: str, gguf_file: str = "", revision: str = "") -> str:
     """A local model folder or a hub id that ``from_pretrained`` loads directly, for
     ``model.name_or_path`` (and ``model.gguf_file``, ``model.revision``). GGUF sources

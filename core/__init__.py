@@ -15,7 +15,7 @@ from optuna_search.core._identity import (
 )
 from optuna_search.core._json import from_json, to_json
 from optuna_search.core._location import StudyLocation, redact_remote
-from optuna_search.core._metric import BY_METRIC, EXTRA, INVALID, METRICS, Metric, reserved_field_names
+from optuna_search.core._metric import BY_METRIC, EXTRA, INVALID, METRICS, Metric, one_answer, reserved_field_names
 from optuna_search.core._params import (
     BY_NAME,
     HYPERPARAMETERS,
@@ -69,6 +69,7 @@ __all__ = [
     "loads",
     "markdown_table",
     "num",
+    "one_answer",
     "pct",
     "point_dirname",
     "point_key",

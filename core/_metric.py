@@ -17,6 +17,22 @@ INVALID = "<invalid>"
 """What an answer that is no label of its field counts as (never a right answer)."""
 
 
+def one_answer(field: str, label: str, majority: bool = False) -> str:
+    """What a model that gives one answer to every example of a field has shown, in one
+    sentence (every report of it says the same): no valid label at all is a model that has
+    not learned the answer format, not "0 parse failures"."""
+    if label == INVALID:
+        return (
+            f"{field}: no answer is a valid label (on every example the {field} line is missing or names no label "
+            "of the field's set): the model has not learned the answer format; train longer, use a real model, "
+            'or score the label sets (eval.method = "score")'
+        )
+    return (
+        f"{field}: every answer is `{label}`{' (the majority label)' if majority else ''}: its {field} accuracy is "
+        "that label's share, and it has learned nothing there (macro-F1 shows it)"
+    )
+
+
 def _accuracy(gold: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> float:
     return sum(g == p for g, p in zip(gold, predicted)) / len(gold)
 

@@ -424,6 +424,9 @@ class DataSection:
     """Column with `Field: value` lines (instruction format)."""
     default_instruction: str = "Classify this bug report and provide a structured analysis."
     """Instruction used when a row has none."""
+    id_column: str = "id"
+    """Column naming each example (optional: file:line otherwise); predictions and the
+    fixed evaluation subsets name examples by it."""
     labels: dict[str, list[str]] = field(default_factory=dict)
     """Declared label set per field (a list of labels); empty = the labels seen in the
     training file."""

@@ -18,6 +18,7 @@ from optuna_search.core import (
     TrialRecord,
     markdown_table,
     num,
+    one_answer,
     pct,
 )
 from optuna_search.dashboards._report_model import RungDecision, RungEntry
@@ -64,10 +65,11 @@ def trial_note(r: TrialRecord, config: Config, fields: list[str], split: str = "
             "",
         ]
         for f, label in r.test.single_label().items():
-            lines += [f"**{f}: every test answer is `{label}`** (accuracy is that label's share; see macro-F1).", ""]
+            lines += [f"**Warning: {one_answer(f, label)}.**", ""]
         lines.append(
             f"The study's objective is measured on **{split}**. All fields right: {pct(r.test.exact_match)}; "
-            f"parse failures: {r.test.parse_failures} of {r.test.n} examples."
+            f"parse failures: {r.test.parse_failures} of {r.test.n} examples; answers naming no label of their "
+            f"field's set: {sum(r.test.invalid_labels.values())}."
         )
         lines.append("")
         if r.test.calibration:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from optuna_search.core import EXTRA, Status, markdown_table, num, pct
+from optuna_search.core import EXTRA, Status, markdown_table, num, one_answer, pct
 from optuna_search.dashboards._summary import state_note
 from optuna_search.objectives import ALPHA
 
@@ -38,7 +38,7 @@ def render_markdown(rep: Report) -> str:
 def _header(rep: Report) -> list[str]:
     md = [f"# Study report: {rep.study}", ""]
     if rep.demo:
-        md += ["> DEMO study: a tiny model on synthetic data. These numbers show the machinery, not model quality.", ""]
+        md += [f"> {rep.demo}.", ""]
     c = rep.config
     method = "label scoring" if c.eval.method == "score" else "greedy decoding"
     md += [
@@ -134,8 +134,7 @@ def _f1(rep: Report) -> list[str]:
     if not rep.complete:
         return []
     notes = [
-        f"- **{r.config}: {f} is always `{lab}`**"
-        + (" (the majority label)" if rep.majority_labels.get(f) == lab else "")
+        f"- **{r.config}: {one_answer(f, lab, rep.majority_labels.get(f) == lab)}**"
         for r in rep.complete
         for f, lab in r.single_label.items()
     ]

@@ -29,6 +29,7 @@ from optuna_search.core import (
     TrialRecord,
     UserError,
     best_record,
+    one_answer,
     point_key,
     short_point_key,
 )
@@ -390,11 +391,7 @@ def _recommend(rep: Report) -> list[str]:
     lines += _versus_others(rep)
     lines += _versus_baselines(rep)
     for f, label in best.single_label.items():
-        maj = " (the majority label)" if rep.majority_labels.get(f) == label else ""
-        lines.append(
-            f"WARNING: on {f} it answers `{label}`{maj} for every example: its {f} accuracy is that label's "
-            "share, and it has learned nothing there (macro-F1 shows it)."
-        )
+        lines.append(f"WARNING: {one_answer(f, label, rep.majority_labels.get(f) == label)}.")
     for e in rep.ensembles:
         better = e["overall"] > (best.overall or 0)
         lines.append(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optuna_search.core import Config, Status, TrialRecord
-from optuna_search.objectives import ALPHA
+from optuna_search.objectives import ALPHA, demo_note
 
 # Choosing the best of more trials than this on the test examples inflates its score.
 OPTIMISM_TRIALS = 3
@@ -150,8 +150,9 @@ class Report:
         return list(self.config.study.objectives)
 
     @property
-    def demo(self) -> bool:
-        return self.config.model.name_or_path.startswith("builtin:tiny")
+    def demo(self) -> str | None:
+        """What the numbers can say with the built-in tiny model (None: a real model)."""
+        return demo_note(self.config)
 
     @property
     def complete(self) -> list[ReportRow]:

@@ -7,7 +7,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from optuna_search.core import EXTRA, METRICS, Config, Status, TrialRecord, best_record, num, pct, render_table
+from optuna_search.core import (
+    EXTRA,
+    METRICS,
+    Config,
+    Status,
+    TrialRecord,
+    best_record,
+    num,
+    one_answer,
+    pct,
+    render_table,
+)
 from optuna_search.storage import pareto_front, read_meta, study_flags
 
 if TYPE_CHECKING:
@@ -384,18 +395,11 @@ def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list
         )
     majority_labels = next(iter((meta.baseline_predictions or {}).get("majority", {}).values()), {})
     for f, label in best.single_label.items():
-        line = f"warning: {f}: every answer is {label!r}" + (
-            ", the majority label" if majority_labels.get(f) == label else ""
+        means = "".join(
+            f"; mean {m.title} {m.show(v)}" for m in SUMMARY_METRICS[1:] if (v := best.overall_of(m.name)) is not None
         )
         out.append(
-            line
-            + f" (its {f} accuracy is that label's share"
-            + "".join(
-                f"; mean {m.title} {m.show(v)}"
-                for m in SUMMARY_METRICS[1:]
-                if (v := best.overall_of(m.name)) is not None
-            )
-            + ")"
+            f"warning: {one_answer(f, label, majority_labels.get(f) == label)}" + (f" ({means[2:]})" if means else "")
         )
     if best.adapter_dir:
         out.append(

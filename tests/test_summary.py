@@ -139,3 +139,18 @@ def test_status_counts_the_trials_segments_not_their_pauses():
     report = status_report(points, StatusInput(3, True, fields=FIELDS, finished=1), now=now)
     assert report.hours_spent * 3600 == pytest.approx(60 + 30 + 10 + 120)
     assert report.eta_hours * 3600 == pytest.approx(2 * 120)  # two left, at the completed trial's time
+
+
+def test_a_model_that_answers_no_valid_label_is_said_so_not_zero_parse_failures():
+    """Seen on a user's data: "every answer is '<invalid>'" beside "0 parse failures" (the
+    answers parsed, into labels outside the field's set). The trial's note says that no
+    answer is a valid label and counts them."""
+    from optuna_search.dashboards import trial_note
+
+    confusion = {"labels": ["a", "b", "<invalid>"], "matrix": [[0, 0, 5], [0, 0, 3]]}
+    test = SplitScores(
+        dict.fromkeys(FIELDS, 0.0), 8, confusion={"severity": confusion}, invalid_labels={"severity": 8}
+    )
+    note = trial_note(TrialRecord(number=0, state=Status.COMPLETE, test=test), Config(), FIELDS)
+    assert "severity: no answer is a valid label" in note and "not learned the answer format" in note
+    assert "parse failures: 0 of 8 examples; answers naming no label of their field's set: 8." in note

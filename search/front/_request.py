@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from optuna_search.core import Config, UserError, build_config
+from optuna_search.objectives import demo_note
 from optuna_search.search.front._config import config_layers, explicit_of
 from optuna_search.search.front._summary import Summary, summarize
 from optuna_search.search.loop import (
@@ -181,8 +182,8 @@ def _run(request: RunRequest, config: Config, remote: RemoteSession | None, star
     deadline = _deadline(request, config, started, remote)
     config = as_resumed(config, set(request.explicit) if request.explicit is not None else None)
     pf = preflight(config)
-    if config.model.name_or_path == "builtin:tiny-mistral":
-        log.info("DEMO: a tiny randomly-initialised model on synthetic data; its numbers say nothing about real models")
+    if (note := demo_note(config)) is not None:
+        log.info("%s", note)
     if request.worker is not None:
         # One of `run --workers N`'s processes: run until nothing is left for us (under
         # successive halving, until the last rung: the next rung's work follows the

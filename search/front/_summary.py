@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna_search.core import Config, TrialRecord
 from optuna_search.dashboards import SummaryRow, progress_line, render_summary, verdict
+from optuna_search.objectives import demo_note
 from optuna_search.search.loop import (
     EXIT_BUDGET,
     EXIT_INCOMPLETE,
@@ -62,10 +63,8 @@ def summarize(study: optuna.Study, config: Config, state: StudyState, *, ran: in
             f"({', '.join(r.point for r in others)}): the best above is the study's, the one status, report, "
             f"predict and export-model use; `optuna-search status{study_flags(config)}` lists every point"
         )
-    if config.model.name_or_path == "builtin:tiny-mistral":
-        lines.append(
-            "note: this is the DEMO study (tiny model, synthetic data): it shows the machinery, not model quality"
-        )
+    if (note := demo_note(config)) is not None:
+        lines.append(f"note: {note}")
     return Summary("\n".join(lines), *_exit_code(state, budget_reached))
 
 

@@ -109,7 +109,10 @@ class TrialRunner:
     def run(self, job: Job) -> TrialOutcome:
         point, folder = self._point(job), self._folder(job)
         until = 1.0 if job.rung is None else self.rungs[job.rung]
-        tag = f"[trial {job.position[0]}/{job.position[1]} {short_point_key(point)}]" + (
+        # The trial's number is the study's (the summary, --trial, status, the report and the
+        # dashboard name it so); k/N is this point's place in the run, never past N.
+        k, n = job.position
+        tag = f"[trial {job.number}, point {min(k, n)}/{n}, {short_point_key(point)}]" + (
             f" (to rung {job.rung + 1}/{len(self.rungs)}, {100 * until:.0f}% of training)"
             if job.rung is not None
             else ""
@@ -312,11 +315,12 @@ class TrialRunner:
         ]
         t = res.test.scores if res.test else None
         log.info(
-            "%s done: test overall %s (%s), %d parse failures, %.1f min",
+            "%s done: test overall %s (%s), %d parse failures, %d labels outside their field's set, %.1f min",
             tag,
             pct(t.overall if t else None),
             ", ".join(f"{f} {pct(a)}" for f, a in (t.accuracy.items() if t else [])),
             t.parse_failures if t else 0,
+            sum(t.invalid_labels.values()) if t else 0,
             (record.minutes or 0),
         )
         predictions = {

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from optuna_search.core import Config, TrialRecord
+from optuna_search.core import Config, TrialRecord, point_key
 from optuna_search.dashboards import rung_decisions, rung_line, trial_note
 from optuna_search.search.loop._halving import SuccessiveHalving, tied_at_the_cut
 from optuna_search.search.loop._schedule import (
@@ -260,11 +260,11 @@ class Scheduler:
 
     def _position(self, state: StudyState, trial: optuna.Trial) -> tuple[int, int]:
         if not self.rungs:
-            return state.finished + 1, state.n_target
+            return min(state.finished + 1, state.n_target), state.n_target
         # Successive halving: the configuration's place among all of them.
         order = {p.key: i for i, p in enumerate(sorted(state.points, key=lambda p: p.order if p.trials else 10**9))}
-        key = next((p.key for p in state.points if any(t.number == trial.number for t in p.trials)), None)
-        return (order[key] + 1 if key in order else len(state.points) + 1), state.n_target
+        key = point_key(trial.params)  # a trial just created for a promotion is not in the state yet
+        return min(order[key] + 1 if key in order else len(state.points) + 1, state.n_target), state.n_target
 
     # -- how it ended: one ledger call ---------------------------------------------------------
     def _finish(self, trial: optuna.Trial, outcome: TrialOutcome, rung: int | None) -> None:

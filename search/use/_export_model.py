@@ -31,14 +31,15 @@ from optuna_search.core import (
     UserError,
     file_sha256,
     markdown_table,
+    one_answer,
     pct,
     writable,
 )
 from optuna_search.dashboards import SUMMARY_METRICS, compare_with_baselines, field_head, field_rows, verdict
 from optuna_search.objectives import (
-    BUILTIN_TINY,
     base_licence,
     count_parameters,
+    demo_note,
     load_tokenizer,
     merged_model,
     native_bf16,
@@ -201,8 +202,8 @@ def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelS
         f"examples ({'label scoring' if config.eval.method == 'score' else 'greedy decoding'}).",
         "",
     ]
-    if config.model.name_or_path == BUILTIN_TINY:
-        lines += ["> DEMO model: a tiny model on synthetic data. It shows the machinery, not model quality.", ""]
+    if (note := demo_note(config)) is not None:
+        lines += [f"> {note}.", ""]
     lines += [
         "## Hyperparameters",
         "",
@@ -227,7 +228,7 @@ def _card_measured(r: TrialRecord, fields: list[str]) -> list[str]:
         "",
     ]
     for f, label in r.test.single_label().items():
-        lines += [f"**Warning: on {f} it answers `{label}` for every test example.**", ""]
+        lines += [f"**Warning: {one_answer(f, label)}.**", ""]
     if r.test.calibration:
         calibration = "; ".join(
             f"{f} log-loss {c['log_loss']:.3f}, Brier {c['brier']:.3f}, ECE {c['ece']:.3f}"

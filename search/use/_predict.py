@@ -91,6 +91,8 @@ class ModelSpec:
     """A folder with the tokenizer and its chat template (exports); None: the base's."""
     base_sha256: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    id_column: str = "id"
+    """The column that names a row (exports made before it: ``id``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"format": SPEC_FORMAT, **dataclasses.asdict(self)}
@@ -235,6 +237,7 @@ def spec_from_study(
         default_instruction=config.data.default_instruction,
         instruction_column=config.data.instruction_column,
         input_column=config.data.input_column,
+        id_column=config.data.id_column,
         chat_template=config.model.chat_template,
         max_length=config.model.max_length,
         method=config.eval.method,
@@ -315,8 +318,8 @@ class Predictor:
         return cls(spec_from_dir(path))
 
     def examples(self, rows: Iterable[dict[str, Any] | str], start: int = 1) -> list[Example]:
-        """Rows as the study's examples (text cut as at load time; ids: the row's ``id``,
-        else its number)."""
+        """Rows as the study's examples (text cut as at load time; ids: the row's id column
+        (``data.id_column``), else its number)."""
         s = self.spec
         out = []
         for i, given in enumerate(rows, start=start):
@@ -331,7 +334,8 @@ class Predictor:
                 raise UserError(f"row {i}: no text in column {s.input_column!r}")
             instruction = row.get(s.instruction_column)
             instruction = instruction if isinstance(instruction, str) and instruction.strip() else s.default_instruction
-            ex_id = str(row["id"]) if row.get("id") not in (None, "") else str(i)
+            named = row.get(s.id_column)
+            ex_id = str(named) if named not in (None, "") else str(i)
             out.append(
                 Example(
                     ex_id, instruction, text[: s.max_length * CHARS_PER_TOKEN_BOUND], dict.fromkeys(s.fields, ""), i

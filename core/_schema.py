@@ -330,8 +330,8 @@ class TrainSection:
     lr_scheduler: str = "cosine"
     """Learning-rate schedule (transformers' names): linear, cosine, constant,
     constant_with_warmup, cosine_with_restarts, warmup_stable_decay (warm-up, a constant
-    rate, then a 1-sqrt decay over the last ``decay_ratio`` of training: under successive
-    halving each rung is scored after a cool-down branch, see ``decay_ratio``)."""
+    rate, then a 1-sqrt decay over the last ``decay_ratio`` of training; under successive
+    halving with study.cooldown = true, each rung is scored after a cool-down branch)."""
     warmup_ratio: float = 0.1
     """Fraction of steps with linear warm-up."""
     decay_ratio: float = 0.2

@@ -356,8 +356,10 @@ def progress_line(study_name: str, finished: int, total: int, grid: bool, pruned
     return f"study {study_name!r}: {finished}/{total} {what}" + (f" ({pruned} pruned)" if pruned else "")
 
 
-def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list[str]:
-    """The best (or the Pareto front), against the baselines, and what it answers."""
+def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study, *, commands: bool = True) -> list[str]:
+    """The best (or the Pareto front), against the baselines, and what it answers;
+    ``commands``: with the adapter's folder and the commands that go on from here (a model
+    card that travels has neither)."""
     meta = read_meta(study)
     baselines = meta.baselines or {}
     if len(config.study.objectives) > 1:
@@ -367,7 +369,7 @@ def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list
         return [
             f"Pareto front ({', '.join(config.study.objectives)}): " + "; ".join(r.point for r in front),
             f"the trade-off between them and significance tests: optuna-search report{study_flags(config)}",
-        ]
+        ][: 2 if commands else 1]
     best = best_row(rows, config.study.objectives[0], config.eval.objective_split, list(config.data.fields))
     if best is None or best.overall is None:
         return []
@@ -401,6 +403,8 @@ def verdict(rows: list[SummaryRow], config: Config, study: optuna.Study) -> list
         out.append(
             f"warning: {one_answer(f, label, majority_labels.get(f) == label)}" + (f" ({means[2:]})" if means else "")
         )
+    if not commands:
+        return out
     if best.adapter_dir:
         out.append(
             f"its adapter: {best.adapter_dir}; a standalone model: optuna-search export-model{flags} --trial "

@@ -6,7 +6,12 @@ written twice. A page names a table with a marker line:
 - ``<!-- generated: hyperparameters -->``: the searchable hyperparameters (the
   ``HYPERPARAMETERS`` table: config key, default, what it sets in peft / Trainer);
 - ``<!-- generated: presets -->``: the presets and their descriptions;
-- ``<!-- generated: commands -->``: the CLI's commands and their help lines.
+- ``<!-- generated: commands -->``: the CLI's commands and their help lines;
+- ``<!-- generated: cli-reference -->``: every command with its flags, defaults and help
+  (the parser's own);
+- ``<!-- generated: exit-codes -->``: the exit codes (``search/loop/_exit.py``);
+- ``<!-- generated: refusals -->``: every refusal's message (each ``UserError`` the
+  product code raises with a written message), by area.
 
 ``tests/test_docs.py`` builds the site with ``mkdocs build --strict`` and checks the
 generated tables against the code.
@@ -14,6 +19,7 @@ generated tables against the code.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import inspect
@@ -45,16 +51,22 @@ def _field_docs(cls: type) -> dict[str, str]:
 
 
 def _toml(value: Any) -> str:
+    """A value as it is written in a configuration file (a table inline, as a key's value)."""
     from optuna_search.core import to_toml
 
-    text = to_toml({"x": value}).strip()
-    return text.split("=", 1)[1].strip() if "=" in text else text
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return to_toml({"x": value}).strip().split("=", 1)[1].strip()
 
 
 def _type(annotation: Any) -> str:
+    """A field's type by name: ``str``, ``list[float]``, or a literal's choices."""
     if typing.get_origin(annotation) is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
-    return f"`{annotation}`".replace("typing.", "")
+    name = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return f"`{name}`".replace("typing.", "")
 
 
 def _cell(text: str) -> str:
@@ -124,11 +136,112 @@ def commands() -> str:
     return "\n".join(out) + "\n"
 
 
+def _flag_default(action: Any) -> str:
+    if action.nargs == 0 or action.default in (None, "", [], False) or action.default is argparse.SUPPRESS:
+        return ""
+    return f"`{action.default}`"
+
+
+def cli_reference() -> str:
+    """Every command of the parser: its help line, its usage, and a table of its flags
+    (default and help), as argparse holds them."""
+    from optuna_search.search.front import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help or "" for c in sub._choices_actions}  # type: ignore[attr-defined]
+    out = []
+    for name, command in sub.choices.items():
+        out += [f"### `optuna-search {name}`", "", _cell(helps.get(name, "")), ""]
+        rows = []
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            flag = ", ".join(action.option_strings) or action.dest
+            value = f" {action.metavar or action.dest.upper()}" if action.option_strings and action.nargs != 0 else ""
+            text = (action.help or "") % {"default": action.default} if action.help else ""
+            rows.append(f"| `{flag}{value}` | {_flag_default(action)} | {_cell(text)} |")
+        if rows:
+            out += ["| flag | default | meaning |", "|---|---|---|", *rows, ""]
+    return "\n".join(out)
+
+
+def exit_codes() -> str:
+    """The exit codes, from ``search/loop/_exit.py`` (a constant and its docstring)."""
+    from optuna_search.search.loop import _exit
+
+    tree = ast.parse(inspect.getsource(_exit))
+    out = ["| exit code | meaning |", "|---|---|"]
+    for node, nxt in itertools.pairwise(tree.body):
+        if isinstance(node, ast.Assign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            name = node.targets[0].id  # type: ignore[attr-defined]
+            out.append(f"| {getattr(_exit, name)} | {_cell(' '.join(str(nxt.value.value).split()))} |")
+    return "\n".join(out) + "\n"
+
+
+AREAS = {
+    "core": "Configuration",
+    "objectives": "Data, prompt and model",
+    "storage": "Study database, checkpoints and remote",
+    "dashboards": "Reports and dashboard",
+    "search": "Commands, study runs, prediction and export",
+}
+
+
+def _message(node: ast.expr) -> str | None:
+    """A message as the code writes it; a value filled in at run time is ``…``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "…" for v in node.values)  # type: ignore[misc]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _message(node.left), _message(node.right)
+        return None if left is None or right is None else left + right
+    return None
+
+
+def refusals() -> dict[str, list[tuple[str, str]]]:
+    """Every refusal in the product code (a ``UserError`` raised with a written message, or
+    a problem added to the list that one raises), per area: (message, module)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for area in AREAS:
+        for path in sorted((REPO / area).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                refusal = getattr(node, "func", None) is not None and (
+                    getattr(node.func, "id", None) == "UserError"  # type: ignore[attr-defined]
+                    # A problem of a list raised together (a config's checks, a data file's rows).
+                    or (
+                        getattr(node.func, "attr", None) == "append"  # type: ignore[attr-defined]
+                        and getattr(node.func.value, "id", None) in ("p", "problems")  # type: ignore[attr-defined]
+                    )
+                )
+                if isinstance(node, ast.Call) and refusal and node.args:
+                    text = _message(node.args[0])
+                    if text and sum(c.isalpha() for c in text) >= 12:  # a message, not only a value
+                        text = re.sub("…+", "…", " ".join(text.split()))
+                        out.setdefault(area, []).append((text, str(path.relative_to(REPO))))
+    return out
+
+
+def refusal_catalogue() -> str:
+    """The troubleshooting page's catalogue: every refusal's message, by area."""
+    out = []
+    for area, found in refusals().items():
+        out += [f"### {AREAS[area]}", "", "| the message (`…`: filled in at run time) | raised in |", "|---|---|"]
+        out += [f"| {_cell(text).replace('`', '')} | `{module}` |" for text, module in sorted(set(found))]
+        out.append("")
+    return "\n".join(out)
+
+
 TABLES = {
     "config-reference": config_reference,
     "hyperparameters": hyperparameters,
     "presets": presets,
     "commands": commands,
+    "cli-reference": cli_reference,
+    "exit-codes": exit_codes,
+    "refusals": refusal_catalogue,
 }
 
 

@@ -104,6 +104,10 @@ def calibration_metrics(gold: list[str], probs: list[dict[str, float]], labels: 
     expected calibration error of the top label over 10 equal-width confidence bins."""
     from sklearn.metrics import brier_score_loss, log_loss
 
+    # scikit-learn reads the probability columns in the labels' sorted order, whatever the
+    # order of ``labels`` (seen: a field declared as ["urgent", "normal", "low"] scored
+    # each example against another label's probability).
+    labels = sorted(labels)
     matrix = [[p.get(lab, 0.0) for lab in labels] for p in probs]
     if len(labels) == 1:
         return {"log_loss": 0.0, "brier": 0.0, "ece": 0.0}

@@ -14,10 +14,22 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readmes_example_runs(tmp_path, demo_cache, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
+def test_the_readmes_example_runs_where_the_quickstart_ran(demo_study, tmp_path, monkeypatch, capsys):
+    """Seen: run after the Quickstart, in its folder, the example met the demo study and
+    ended in a traceback telling a Python user to pass --study-name. It runs there, and
+    leaves the Quickstart's study as it was."""
+    import shutil
+
+    import optuna
+
+    work = tmp_path / "quickstart"
+    shutil.copytree(demo_study[0], work)
+    demo = optuna.load_study(study_name="demo", storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
+    before = [(t.number, t.state, t.values, t.datetime_complete) for t in demo.get_trials()]
+    monkeypatch.chdir(work)
     exec(compile(readme_example(), "docs/using-the-winner.md (Python API)", "exec"), {})
     out = capsys.readouterr().out
+    assert [(t.number, t.state, t.values, t.datetime_complete) for t in demo.get_trials()] == before
     assert "1/1 grid points complete" in out
     assert re.search(r"lora_r=8 \d+\.\d+ \d+\.\d+", out)  # the best, its overall accuracy and the majority baseline's
     assert re.search(r"^1 \{'severity': '\w+', 'component': '\w+', 'reproducibility': '\w+'\}$", out, re.M)

@@ -8,7 +8,7 @@ command and code block in docs/ and the README is checked against the code:
   preset that is gone fails);
 - the commands that read or use a study (predict, export-model, ensemble, report,
   status, export, show-config, validate) are *run*, page by page in order, on the
-  tests' demo study (tests/fast.toml), with the input files a page names provided;
+  Quickstart's demo study (`run --preset demo`, as a reader has it), with the input files a page names provided;
   a `run` of the search demo trains, on a miniature of its configuration (two points,
   64 reports, one epoch: ``MINIATURE``); the demo's `run` is the suite's main job
   (tests/test_study.py runs it as written) and the real model's runs in miniature in
@@ -61,6 +61,8 @@ MINIATURE = [
 """What a documented search `run` trains with here: the same command, two points, a
 handful of steps (its preset's schedule, rungs and samplers as written)."""
 TRAINED_HERE = {"demo-search"}
+RUN_ELSEWHERE = {"your-data.md": "tests/test_your_data.py runs its commands as written, in order, where its files are"}
+"""Pages whose shell blocks another test runs whole (their commands need their own files)."""
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
@@ -168,6 +170,8 @@ def test_every_documented_command_parses_and_builds_its_configuration():
     problems = []
     for page, argv in found:
         try:
+            if page in RUN_ELSEWHERE:
+                continue  # run as written, where its files are
             _check(argv)
         except AssertionError as e:
             problems.append(f"{page}: {e}")
@@ -197,6 +201,42 @@ def test_the_site_builds_strict(tmp_path):
 
     keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
     assert all(f"<code>{k}</code>" in reference for k in keys), "a configuration key is missing from the reference"
+    # Types by name and defaults as a configuration file writes them (seen: "<class 'str'>",
+    # a table default as "[x]", study.grid as "[4, 8, 16]" without its key).
+    assert "&lt;class" not in reference and "<code>[x]</code>" not in reference
+    assert "<code>{ lora_r = [4, 8, 16] }</code>" in reference
+    cli = (tmp_path / "site" / "cli" / "index.html").read_text()
+    for command in _subcommands():
+        flags = {o for a in _subcommands()[command]._actions if a.help != "==SUPPRESS==" for o in a.option_strings}
+        assert f"optuna-search {command}</code>" in cli, command
+        assert all(f"<code>{f}" in cli for f in flags - {"-h", "--help"}), command
+    from optuna_search.search.loop import _exit
+
+    codes = [v for k, v in vars(_exit).items() if k.startswith("EXIT_")]
+    assert all(f"<td>{c}</td>" in cli for c in codes), "an exit code is missing from the CLI reference"
+
+
+def _hooks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_troubleshooting_quotes_messages_the_code_gives():
+    """The page's explained refusals are the code's own messages (``…``: a value filled in
+    at run time), so a reworded message fails here rather than leaving the page stale; and
+    its catalogue lists every refusal the code has."""
+    hooks = _hooks()
+    messages = {text for found in hooks.refusals().values() for text, _ in found}
+    quoted = re.findall(r"^> (.+)$", (DOCS / "troubleshooting.md").read_text(), re.M)
+    assert len(quoted) >= 8
+    stale = [q for q in quoted if not any(m == q or m.startswith(q) for m in messages)]
+    assert not stale, f"quoted on the page but given by no code: {stale}"
+    catalogue = hooks.refusal_catalogue()
+    assert sum(len(found) for found in hooks.refusals().values()) > 150 and "storage.url" in catalogue
 
 
 def _quiet_env() -> dict:
@@ -250,10 +290,10 @@ def _preset(argv: list[str]) -> str | None:
 @pytest.mark.parametrize(
     "page", [p.name for p in PAGES if any(lang in ("bash", "python", "toml") for lang, _ in blocks(p))]
 )
-def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
+def test_a_pages_blocks_run(page, demo_study, tmp_path, monkeypatch):
     path = REPO / page if page == "README.md" else DOCS / page
     work = tmp_path / "work"
-    shutil.copytree(scored_study, work)  # the tests' demo study, label scoring (soft voting has probabilities)
+    shutil.copytree(demo_study[0], work)  # the Quickstart's demo study, as a reader has it after the Quickstart
     _inputs(work)
     ran = []
     for lang, code in blocks(path):
@@ -273,7 +313,7 @@ def test_a_pages_blocks_run(page, scored_study, tmp_path, monkeypatch):
             (work / "block.toml").write_text(code)
             load_config(config_file=str(work / "block.toml"))
             continue
-        if lang != "bash":
+        if lang != "bash" or page in RUN_ELSEWHERE:
             continue
         for line in commands(code):
             if line.startswith(INSTALL):

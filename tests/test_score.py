@@ -124,6 +124,22 @@ def test_calibration_metrics_match_hand_computed_values():
     )
 
 
+def test_calibration_does_not_depend_on_the_order_the_labels_are_declared_in():
+    """Seen on the own-data example: labels declared as ["urgent", "normal", "low"] were
+    handed to scikit-learn, which reads the probability columns in sorted order, so each
+    example's log-loss and Brier score used another label's probability."""
+    gold = ["urgent", "low", "normal", "low"]
+    probs = [
+        {"urgent": 0.7, "normal": 0.2, "low": 0.1},
+        {"urgent": 0.1, "normal": 0.3, "low": 0.6},
+        {"urgent": 0.2, "normal": 0.5, "low": 0.3},
+        {"urgent": 0.05, "normal": 0.15, "low": 0.8},
+    ]
+    declared = calibration_metrics(gold, probs, ["urgent", "normal", "low"])
+    assert declared == calibration_metrics(gold, probs, ["low", "normal", "urgent"])
+    assert declared["log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.6) + math.log(0.5) + math.log(0.8)) / 4)
+
+
 def test_a_label_that_is_a_prefix_of_another_is_not_favoured():
     tok = load_tokenizer(str(_demo_model()), load_config(preset="demo").model)
     vocab = {"severity": ["high", "highest"], "component": ["ui"], "reproducibility": ["rare"]}

@@ -23,7 +23,9 @@ FAST = [
 
 
 def _study(work, name):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'optuna-search-demo.db'}")
+    """A study by the preset that made it (each demo preset has its own database)."""
+    db = "optuna-search-demo-search.db" if name == "demo-search" else "optuna-search-demo.db"
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{work / db}")
 
 
 def test_tpe_study_runs_n_trials_and_extends_with_n_trials(tmp_path, demo_cache):

@@ -1,4 +1,4 @@
-"""`optuna-search` exit codes (README, Commands)."""
+"""`optuna-search` exit codes (the CLI reference generates its table from the docstrings here)."""
 
 import signal
 
@@ -15,4 +15,6 @@ EXIT_DISK_FULL = 4
 EXIT_REMOTE = 5
 """The run ended but its remote lacks part of the study (named); the same command finishes the upload."""
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+"""Interrupted (Ctrl-C): the running trial paused at its checkpoint; the same command resumes it."""
 EXIT_TERMINATED = 128 + signal.SIGTERM
+"""Terminated (SIGTERM: a preempted or timed-out session): as Ctrl-C, checkpointed and resumable."""

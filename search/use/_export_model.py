@@ -214,7 +214,7 @@ def model_card(study: optuna.Study, config: Config, r: TrialRecord, spec: ModelS
     lines += _card_baselines(study, config, r, meta)
     lines += _card_study(study, config)
     lines += _card_provenance(config, r, spec, source, meta)
-    lines += _card_use(out)
+    lines += _card_use(out, spec.input_column)
     return "\n".join(lines)
 
 
@@ -260,7 +260,7 @@ def _card_study(study: optuna.Study, config: Config) -> list[str]:
     return [
         "## The study",
         "",
-        "\n".join(verdict(table, config, study)),
+        "\n".join(verdict(table, config, study, commands=False)),
         "",
         markdown_table(
             ["configuration", "overall (test)", "validation", "status"],
@@ -292,21 +292,22 @@ def _card_provenance(config: Config, r: TrialRecord, spec: ModelSpec, source: st
     ]
 
 
-def _card_use(out: Path) -> list[str]:
+def _card_use(out: Path, input_column: str) -> list[str]:
+    # The folder's name, never this machine's path to it: the card travels with the folder.
     return [
         "## Use",
         "",
         "```bash",
-        f"optuna-search predict --model {out} --input reports.jsonl --output predictions.jsonl",
+        f"optuna-search predict --model {out.name} --input reports.jsonl --output predictions.jsonl",
         "```",
         "",
         "```python",
         "from optuna_search import Predictor",
-        f"predictor = Predictor.from_dir({str(out)!r})",
-        'print(predictor.predict([{"input": "Title: crash on load ..."}]))',
+        f"predictor = Predictor.from_dir({out.name!r})",
+        f'print(predictor.predict([{{"{input_column}": "..."}}]))',
         "```",
         "",
-        f"Or with peft alone (base reachable): `AutoPeftModelForCausalLM.from_pretrained({str(out)!r})`; the "
+        f"Or with peft alone (base reachable): `AutoPeftModelForCausalLM.from_pretrained({out.name!r})`; the "
         "prompt must then be built as optuna-search builds it (the tokenizer's chat template, the instruction, "
         "the report).",
         "",

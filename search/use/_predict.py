@@ -209,6 +209,12 @@ def spec_from_study(
 ) -> ModelSpec:
     if ensemble:
         stored = [e for e in read_meta(study).ensembles or [] if e["method"] == "soft"]
+        if not stored and config.eval.method != "score":
+            raise UserError(
+                f"study {study.study_name!r} evaluates by generation (eval.method = {config.eval.method!r}), which "
+                "gives no label probabilities, so it can have no soft-voting ensemble to predict with; predict with "
+                'one trial (--trial best or N), or run a study with eval.method = "score" for ensembles'
+            )
         if not stored:
             raise UserError(
                 f"study {study.study_name!r} has no stored soft-voting ensemble; create one with "

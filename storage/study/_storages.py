@@ -61,10 +61,13 @@ def redacted_config(config: Config) -> Config:
 
 def study_flags(config: Config) -> str:
     """The flags that address this study again from the same directory, for the commands
-    a summary suggests ('' when the storage and the study name are the defaults); the
-    password, if any, stays masked."""
+    a summary suggests ('' when the storage and the study name are the defaults; the
+    remote where it was read from one); a password, if any, stays masked."""
     flags = []
-    if config.storage.url != StorageSection().url:
+    if config.storage.remote:
+        # Read from a remote: the study's database here is a cache; the remote finds it again.
+        flags.append(f" --remote {shlex.quote(redact_remote(config.storage.remote))}")
+    elif config.storage.url != StorageSection().url:
         flags.append(f" --storage {shlex.quote(redact_url(config.storage.url))}")
     if config.study.name != StudySection().name:
         flags.append(f" --study-name {shlex.quote(config.study.name)}")

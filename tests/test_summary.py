@@ -148,9 +148,7 @@ def test_a_model_that_answers_no_valid_label_is_said_so_not_zero_parse_failures(
     from optuna_search.dashboards import trial_note
 
     confusion = {"labels": ["a", "b", "<invalid>"], "matrix": [[0, 0, 5], [0, 0, 3]]}
-    test = SplitScores(
-        dict.fromkeys(FIELDS, 0.0), 8, confusion={"severity": confusion}, invalid_labels={"severity": 8}
-    )
+    test = SplitScores(dict.fromkeys(FIELDS, 0.0), 8, confusion={"severity": confusion}, invalid_labels={"severity": 8})
     note = trial_note(TrialRecord(number=0, state=Status.COMPLETE, test=test), Config(), FIELDS)
     assert "severity: no answer is a valid label" in note and "not learned the answer format" in note
     assert "parse failures: 0 of 8 examples; answers naming no label of their field's set: 8." in note

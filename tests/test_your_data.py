@@ -37,6 +37,11 @@ def test_the_pages_configuration_is_the_example_file():
     assert toml == (EXAMPLE / "study.toml").read_text()
 
 
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _steps() -> list[str]:
     lines = [line for lang, code in blocks(PAGE) if lang == "bash" for line in commands(code)]
     assert lines[0].startswith(".venv/bin/pip install"), "the page's first step installs the CPU model"
@@ -90,11 +95,14 @@ def test_a_user_follows_the_page_from_their_own_data_to_a_prediction(tmp_path, d
     assert reports and all("synthetic" not in r.read_text() for r in reports)
 
     labels = {"priority": {"urgent", "normal", "low"}, "team": {"billing", "account", "delivery", "app"}}
-    new_ids = [r["ticket_id"] for r in csv.DictReader(open(EXAMPLE / "new-tickets.csv", newline=""))]
+    new_ids = [r["ticket_id"] for r in _csv(EXAMPLE / "new-tickets.csv")]
+    routed = {}
     for name in ("routed.csv", "routed-by-export.csv"):
-        rows = list(csv.DictReader(open(work / name, newline="")))
+        rows = _csv(work / name)
         assert [r["id"] for r in rows] == new_ids, name  # the page's id column names the rows
         assert all(r[f] in labels[f] for r in rows for f in labels), name
+        routed[name] = [[r[f] for f in labels] for r in rows]
+    assert routed["routed.csv"] == routed["routed-by-export.csv"]  # the exported folder is the study's model
     exported = work / "ticket-router"
     spec = json.loads((exported / "optuna-search-model.json").read_text())
     assert spec["fields"] == ["priority", "team"] and spec["id_column"] == "ticket_id"

@@ -131,7 +131,7 @@ def render_summary(
 ) -> str:
     heads = (
         ["grid point" if grid else "point", "alpha"]
-        + [SHORT.get(f, f[:6]) for f in fields]
+        + [SHORT.get(f, f if len(f) <= 12 else f[:11] + "…") for f in fields]  # a user's own field, readable
         + [m.head for m in SUMMARY_METRICS]
         + ["val", "train_loss", "eval_loss", "trainable", "min", "status"]
     )

@@ -81,7 +81,7 @@ def test_a_user_follows_the_page_from_their_own_data_to_a_prediction(tmp_path, d
 
     run = printed["run"]
     head = next(line for line in run.stdout.splitlines() if line.startswith("grid point"))
-    assert head.split()[:5] == ["grid", "point", "alpha", "priority", "team"]
+    assert head.split()[:5] == ["grid", "point", "alpha", "priority", "team"]  # the user's own field names
     assert "study 'support-tickets': 2/2 grid points complete" in run.stdout
     assert "best: lora_r=" in run.stdout and "majority-class baseline" in run.stdout
     # Not the demo: the user's data are never called synthetic.

@@ -6,17 +6,13 @@ command and code block in docs/ and the README is checked against the code:
   by the CLI's own parser (a stale flag fails) and, when it takes a configuration, the
   configuration is built from its preset, file and ``--set`` values (a renamed key or a
   preset that is gone fails);
-- the commands that read or use a study (predict, export-model, ensemble, report,
-  status, export, show-config, validate) are *run*, page by page in order, on the
-  Quickstart's demo study (`run --preset demo`, as a reader has it), with the input files a page names provided;
-  a `run` of the search demo trains, on a miniature of its configuration (two points,
-  64 reports, one epoch: ``MINIATURE``); the demo's `run` is the suite's main job
-  (tests/test_study.py runs it as written) and the real model's runs in miniature in
-  tests/test_real_model.py; the commands that need a GPU machine, Kaggle's folders, a
-  server or a hub are parsed and built only, and so is `dashboard` (it serves until
-  stopped);
-- Python blocks run (the API example: tests/test_api.py, with its output checked);
-  a Kaggle cell (``!pip``, ``kaggle_secrets``) is compiled;
+- every shell and Python block *runs*, page by page in the page's order, in a folder that
+  holds what the Quickstart leaves (the demo study, `run --preset demo`) and the reader's
+  own input files; a block that cannot run here has a marker line right above it that
+  says why (``<!-- not run here: REASON -->``: it needs a GPU, Kaggle, a server or a
+  hub, serves until stopped, installs, or another test runs it as written), and its
+  commands are parsed and built instead; ``<!-- run in miniature: REASON -->`` runs the
+  block with ``MINIATURE`` appended (the search demo: two points, 64 reports, one epoch);
 - TOML blocks are read as configuration files and built.
 """
 
@@ -44,8 +40,6 @@ INLINE = re.compile(r"`(optuna-search [^`]+)`")
 PLACEHOLDER = re.compile(r"^(\.\.\.|…|[A-Z][A-Z_]*(\[.*\])?|section\.key=value|<.*>)$")
 BUILDS_CONFIG = {"run", "validate", "show-config"}
 """The commands that build a whole configuration; the others read where a study lives."""
-READING = {"predict", "export-model", "ensemble", "report", "status", "export", "show-config", "validate"}
-INSTALL = ("pip ", "python3 -m venv", ".venv/bin/pip", "bash .ci/run", "!pip", "cd ")
 MINIATURE = [
     "--set",
     "study.grid={lora_r=[4, 8]}",
@@ -60,7 +54,6 @@ MINIATURE = [
 ]
 """What a documented search `run` trains with here: the same command, two points, a
 handful of steps (its preset's schedule, rungs and samplers as written)."""
-TRAINED_HERE = {"demo-search"}
 RUN_ELSEWHERE = {"your-data.md": "tests/test_your_data.py runs its commands as written, in order, where its files are"}
 """Pages whose shell blocks another test runs whole (their commands need their own files)."""
 
@@ -272,72 +265,94 @@ def _inputs(folder: Path) -> None:
         writer.writerows(rows)
 
 
-def _runnable(argv: list[str]) -> bool:
-    return bool(argv) and argv[0] in READING and _here(argv) and _preset(argv) in (None, "demo")
+MARKED = re.compile(
+    r"(?:^<!-- (not run here|run in miniature): (.+?) -->\n(?:[ \t]*\n)*)?^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M
+)
+"""A block, and the marker line right above it that says why the tests do not run it as
+written (``not run here: REASON``: it needs a GPU, Kaggle, a server, or another test runs
+it) or run it smaller (``run in miniature: REASON``: ``MINIATURE`` is appended)."""
 
 
-def _here(argv: list[str]) -> bool:
-    """Nothing in it stands for a value, a Kaggle folder, a server or a hub."""
-    if any(PLACEHOLDER.match(a) for a in argv):
-        return False
-    return not any(re.match(r"(sqlite:///)?/kaggle|postgresql:|s3:|gs:|hf:", a) for a in argv)
+def marked_blocks(page: Path) -> list[tuple[str, str, str | None, str]]:
+    """(language, code, marker kind or None, the marker's reason)."""
+    return [(m.group(3), m.group(4), m.group(1), m.group(2) or "") for m in MARKED.finditer(page.read_text())]
 
 
-def _preset(argv: list[str]) -> str | None:
-    return argv[argv.index("--preset") + 1] if "--preset" in argv else None
+def _shell_env(home: Path) -> dict[str, str]:
+    """A reader's shell: the installed commands on PATH, a home of its own."""
+    home.mkdir(exist_ok=True)
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+
+
+def _not_run(page: str, lang: str, code: str) -> None:
+    """A block the tests do not run: its commands still parse and build their configuration."""
+    if lang == "python":
+        python = [line for line in code.replace("\\\n", " ").splitlines() if not line.lstrip().startswith("!")]
+        compile("\n".join(python), page, "exec")
+        return
+    for line in commands(code):
+        for part in line.split("&&"):
+            argv = argv_of(part.strip())
+            if argv is not None:
+                _check(argv)
+        proc = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{page}: {line}: {proc.stderr}"
 
 
 @pytest.mark.parametrize(
     "page", [p.name for p in PAGES if any(lang in ("bash", "python", "toml") for lang, _ in blocks(p))]
 )
 def test_a_pages_blocks_run(page, demo_study, tmp_path, monkeypatch):
+    """Every shell and Python block of the page, in the page's order, in a folder that holds
+    what the Quickstart leaves (the demo study) and the reader's own input files
+    (``_inputs``); a block that cannot run here says why in a marker line above it, and its
+    commands are parsed and their configurations built instead."""
     path = REPO / page if page == "README.md" else DOCS / page
     work = tmp_path / "work"
     shutil.copytree(demo_study[0], work)  # the Quickstart's demo study, as a reader has it after the Quickstart
     _inputs(work)
-    ran = []
-    for lang, code in blocks(path):
-        if lang == "python":
-            if "kaggle_secrets" in code or "\n!" in f"\n{code}":
-                python = [line for line in code.replace("\\\n", " ").splitlines() if not line.startswith("!")]
-                compile("\n".join(python), page, "exec")
-            elif "optuna_search.run(" in code:  # the API example trains a point: tests/test_api.py runs it
-                assert page == "using-the-winner.md" and "### Python API" in path.read_text()
-            else:
-                monkeypatch.chdir(work)
-                exec(compile(code, page, "exec"), {})
-            continue
+    env = _shell_env(tmp_path / "home")
+    ran: list[str] = []
+    for lang, code, marker, reason in marked_blocks(path):
         if lang == "toml":
             from optuna_search.search import load_config
 
             (work / "block.toml").write_text(code)
             load_config(config_file=str(work / "block.toml"))
             continue
-        if lang != "bash" or page in RUN_ELSEWHERE:
+        if lang not in ("bash", "python"):
+            continue
+        if marker == "not run here":
+            assert len(reason.split()) >= 3, f"{page}: a block not run says why"
+            _not_run(page, lang, code)
+            continue
+        if lang == "python":
+            monkeypatch.chdir(work)
+            exec(compile(code, page, "exec"), {})
+            ran.append("python")
             continue
         for line in commands(code):
-            if line.startswith(INSTALL):
-                continue
             argv = argv_of(line)
-            if argv is None:
-                proc = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
-                assert proc.returncode == 0, f"{page}: {line}: {proc.stderr}"
-                continue
-            trains = argv[0] == "run" and _preset(argv) in TRAINED_HERE and _here(argv)
-            if trains:
-                argv = [*argv, "--study-name", f"docs-{path.stem}", *MINIATURE]
-            elif not _runnable(argv):
-                _check(argv)
-                continue
-            proc = run_main(*argv, cwd=work)
-            assert proc.returncode == 0, (
-                f"{page}: `optuna-search {shlex.join(argv)}` exit {proc.returncode}:\n{proc.stderr[-2000:]}"
-            )
-            ran.append(argv[0])
+            if argv is not None and "&&" not in line:
+                if marker == "run in miniature":
+                    argv = [*argv, "--study-name", f"docs-{path.stem}", *MINIATURE]
+                proc = run_main(*argv, cwd=work)
+                ran.append(argv[0])
+            else:
+                proc = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True)
+                ran.append(line.split()[0])
+            assert proc.returncode == 0, f"{page}: `{line}` exit {proc.returncode}:\n{proc.stderr[-2000:]}"
     if page == "using-the-winner.md":
         assert ran.count("predict") >= 3 and "export-model" in ran and "ensemble" in ran, ran
         assert (work / "triage.jsonl").stat().st_size > 0 and (work / "triage.csv").stat().st_size > 0
     if page == "inspecting.md":
         assert "report" in ran, ran
+    if page == "files.md":  # the page's cleanup removed what it says a study wrote
+        assert "optuna" in ran and "rm" in ran, ran
+        assert not [p.name for p in work.iterdir() if p.name.startswith("optuna-search-")]
     if page == "search.md":
         assert "run" in ran, ran  # the search demo trained, to its end

@@ -262,6 +262,11 @@ def test_export_and_resume_from_a_read_only_bundle_twice(demo_study, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "nothing to run" in proc.stdout
         assert len(_study(new).get_trials()) == 3
+        # The adapter named is this folder's copy, not the exporting folder's (which still exists here).
+        (adapter,) = [
+            line.split("its adapter: ")[1].split(";")[0] for line in proc.stdout.splitlines() if "its adapter" in line
+        ]
+        assert (new / adapter).resolve().is_relative_to(new.resolve()), adapter  # relative: from `new`
     # A config mistake first, then the corrected command: the bundle is no wall.
     other = tmp_path / "third"
     other.mkdir()

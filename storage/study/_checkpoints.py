@@ -155,15 +155,18 @@ def adapter_candidates(
     location_dir: str | None = None,
 ) -> list[Path]:
     """Where a trial's final adapter may be on this machine, in order: under the checkpoints
-    folder a command line names, where the trial recorded it (a relative path from the
-    study's home), and the point's folder under the study's own checkpoints folder (a
-    study pulled from a remote, or moved: the recorded path is the training machine's)."""
+    folder a command line names, the point's folder under the study's own checkpoints
+    folder, and where the trial recorded it (a relative path from the study's home). The
+    study's own copy comes before the recorded path: a study resumed from a bundle, pulled
+    from a remote or moved has its adapters here, and the recorded path is the training
+    folder's (seen: after a resume from a bundle on the same machine, "its adapter" named
+    the original folder)."""
     out = []
     if location_dir:
         out.append(point_checkpoints(location_dir, study_name, point) / FINAL_ADAPTER)
+    out.append(located(str(point_checkpoints(output_dir, study_name, point) / FINAL_ADAPTER), study_home(storage_url)))
     if recorded:
         out.append(located(recorded, study_home(storage_url)))
-    out.append(point_checkpoints(output_dir, study_name, point) / FINAL_ADAPTER)
     return list(dict.fromkeys(out))
 
 

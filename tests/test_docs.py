@@ -297,7 +297,7 @@ def _not_run(page: str, lang: str, code: str) -> None:
     for line in commands(code):
         for part in line.split("&&"):
             argv = argv_of(part.strip())
-            if argv is not None:
+            if argv is not None and page not in RUN_ELSEWHERE:
                 _check(argv)
         proc = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
         assert proc.returncode == 0, f"{page}: {line}: {proc.stderr}"

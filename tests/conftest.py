@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,12 @@ import threading
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background (`nohup ... &`, `cmd &` in a script) inherits SIGINT
+# ignored, and so would every run a test starts: the Ctrl-C tests then wait for a run that
+# cannot hear it (seen: the two-worker Ctrl-C test hung). They need what a terminal gives.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:

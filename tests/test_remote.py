@@ -118,8 +118,10 @@ def test_a_killed_machine_is_finished_by_another_from_the_remote(remote, tmp_pat
     shutil.rmtree(b)  # B's session ended too
     status = run_main("status", "--remote", url, cwd=c, env_extra=env)
     assert status.returncode == 0 and "2/2 grid points complete" in status.stdout, status.stderr
-    # Its adapter is named where it is on this machine, never at machine B's path.
+    # Its adapter is named where it is on this machine, never at machine B's path; the
+    # commands it suggests address the remote, not this machine's cache of it.
     assert str(b) not in status.stdout
+    assert "export-model --remote " in status.stdout and "--storage" not in status.stdout, status.stdout
     named = [
         line.split("its adapter: ")[1].split(";")[0] for line in status.stdout.splitlines() if "its adapter: " in line
     ]

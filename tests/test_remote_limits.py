@@ -544,6 +544,23 @@ def test_a_remote_url_nobody_meant_is_one_line_and_creates_nothing(tmp_path, url
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_same_relative_remote_from_two_folders_is_two_remotes(tmp_path, monkeypatch):
+    """Seen: `--remote ../r` typed in f1/w and in f2/w shared one cache (keyed by the URL as
+    typed), so the second folder read the first one's study. A remote is named on this
+    machine by what it is, a folder's resolved path, and its cache by that name."""
+    from optuna_search.storage import Remote
+
+    for d in ("f1/w", "f2/w", "f1/r", "f2/r"):
+        (tmp_path / d).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "f1" / "w")
+    one = Remote("../r").identity
+    monkeypatch.chdir(tmp_path / "f2" / "w")
+    two = Remote("../r").identity
+    assert one != two and one == str((tmp_path / "f1" / "r").resolve())
+    monkeypatch.chdir(tmp_path / "f1")
+    assert Remote("r").identity == one  # another spelling of the same folder: the same remote
+
+
 @pytest.mark.parametrize("where", [".", "optuna-search-demo-checkpoints/remote", "optuna-search-demo-artifacts"])
 def test_a_remote_inside_the_studys_own_folders_is_refused_before_anything_is_written(tmp_path, where):
     """Seen: a remote inside the checkpoints folder pushed its own folders as points;

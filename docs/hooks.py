@@ -37,17 +37,25 @@ REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.MULTILINE)
 
 
-def _field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings (the string right below a field), as peft configs write them."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+def _attribute_docs(body: list[ast.stmt]) -> dict[str, str]:
+    """Attribute docstrings (the string right below a name it documents, as peft configs
+    and our constants write them) in a class or module body: name -> text."""
     docs = {}
     for node, nxt in itertools.pairwise(body):
-        field = isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        )
         doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)
-        if field and doc:
-            docs[node.target.id] = " ".join(nxt.value.value.split())  # type: ignore[attr-defined]
+        if isinstance(target, ast.Name) and doc:
+            docs[target.id] = " ".join(nxt.value.value.split())  # type: ignore[attr-defined]
     return docs
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's field docstrings."""
+    return _attribute_docs(ast.parse(inspect.getsource(cls)).body[0].body)  # type: ignore[attr-defined]
 
 
 def _toml(value: Any) -> str:
@@ -125,11 +133,15 @@ def presets() -> str:
     return "\n".join(out) + "\n"
 
 
-def commands() -> str:
+def _subcommands() -> Any:
+    """The CLI parser's subcommands action (its ``choices``: name -> parser)."""
     from optuna_search.search.front import build_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def commands() -> str:
+    sub = _subcommands()
     out = ["| command | what it does |", "|---|---|"]
     for choice in sub._choices_actions:  # type: ignore[attr-defined]
         out.append(f"| `optuna-search {choice.dest}` | {_cell(choice.help or '')} |")
@@ -145,10 +157,7 @@ def _flag_default(action: Any) -> str:
 def cli_reference() -> str:
     """Every command of the parser: its help line, its usage, and a table of its flags
     (default and help), as argparse holds them."""
-    from optuna_search.search.front import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = _subcommands()
     helps = {c.dest: c.help or "" for c in sub._choices_actions}  # type: ignore[attr-defined]
     out = []
     for name, command in sub.choices.items():
@@ -170,13 +179,9 @@ def exit_codes() -> str:
     """The exit codes, from ``search/loop/_exit.py`` (a constant and its docstring)."""
     from optuna_search.search.loop import _exit
 
-    tree = ast.parse(inspect.getsource(_exit))
-    out = ["| exit code | meaning |", "|---|---|"]
-    for node, nxt in itertools.pairwise(tree.body):
-        if isinstance(node, ast.Assign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            name = node.targets[0].id  # type: ignore[attr-defined]
-            out.append(f"| {getattr(_exit, name)} | {_cell(' '.join(str(nxt.value.value).split()))} |")
-    return "\n".join(out) + "\n"
+    docs = _attribute_docs(ast.parse(inspect.getsource(_exit)).body)
+    rows = [f"| {getattr(_exit, name)} | {_cell(text)} |" for name, text in docs.items()]
+    return "\n".join(["| exit code | meaning |", "|---|---|", *rows]) + "\n"
 
 
 AREAS = {

@@ -14,15 +14,13 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO
-from test_docs import blocks, commands
+from test_docs import _shell_env, blocks, commands
 
 PAGE = REPO / "docs" / "your-data.md"
 EXAMPLE = REPO / "docs" / "examples" / "support-tickets"
@@ -52,11 +50,7 @@ def test_a_user_follows_the_page_from_their_own_data_to_a_prediction(tmp_path, d
     home = tmp_path / "home"
     (home / "docs").mkdir(parents=True)
     (home / "docs" / "examples").symlink_to(REPO / "docs" / "examples")
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-        "NO_COLOR": "1",
-    }
+    env = _shell_env(tmp_path / "user-home")  # the installed commands on PATH, a home of its own
     cwd, printed = home, {}
     for line in _steps():
         # A line runs in bash as written; a `cd` in it carries to the next line.

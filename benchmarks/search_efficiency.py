@@ -73,7 +73,7 @@ RUNGS = [1 / 9, 1 / 3, 1.0]
 COOLDOWN_RUNGS = (1 / 9, 1 / 4, 1 / 3, 1 / 2)
 """Where the grid's points are also scored after a cool-down branch (study.cooldown)."""
 DEMO = {"lora_r": [4, 8, 16, 32], "learning_rate": [2e-3, 5e-3, 1e-2]}
-REAL = {"lora_r": [4, 16], "learning_rate": [3e-4, 1e-3, 3e-3]}
+REAL = {"lora_r": [4, 16], "learning_rate": [5e-4, 2e-3]}
 
 
 # -- 1. the grid's curves -------------------------------------------------------------------
@@ -308,6 +308,7 @@ def halving_strategy(
     eta: int = 3,
     cooldown: bool = False,
     paired: float | None = None,
+    adaptive: Any = None,
 ) -> Run:
     """This project's successive halving over checkpoints (``search._halving``);
     ``cooldown``: each rung but the last scored after its cool-down branch (charged);
@@ -317,13 +318,26 @@ def halving_strategy(
     from optuna_search.search.loop import HalvingConfig, Promote, PruneRest, Status, Train, next_action
 
     run = Run(curves)
-    state: dict[str, dict[str, Any]] = {k: {"state": Status.PENDING, "reached": -1, "metrics": {}} for k in curves.keys}
+    state: dict[str, dict[str, Any]] = {
+        k: {"state": Status.PENDING, "reached": -1, "metrics": {}, "examples": {}} for k in curves.keys
+    }
     promoted: dict[int, list[str]] = {}
+    open_rungs: set[int] = set()
+    run.decisions = []
     while True:
         configs = [
-            HalvingConfig(k, v["state"], v["reached"], v["metrics"], i) for i, (k, v) in enumerate(state.items())
+            HalvingConfig(k, v["state"], v["reached"], v["metrics"], i, v["examples"])
+            for i, (k, v) in enumerate(state.items())
         ]
-        a = next_action(configs, promoted, n_configs=len(curves.keys), n_rungs=len(rungs), eta=eta)
+        a = next_action(
+            configs,
+            promoted,
+            n_configs=len(curves.keys),
+            n_rungs=len(rungs),
+            eta=eta,
+            adaptive=adaptive,
+            open_rungs=frozenset(open_rungs),
+        )
         if isinstance(a, Train):
             s, f = state[a.key], rungs[a.rung]
             cooled = cooldown and f < 1.0
@@ -335,8 +349,13 @@ def halving_strategy(
             )
             s["reached"] = a.rung
             s["metrics"][a.rung] = curves.cooled_metric(metric, a.key, f) if cooled else curves.at(metric, a.key, f)
+            if adaptive is not None:
+                s["examples"][a.rung] = curves.per_example(metric, a.key, f, cooled)
             s["state"] = Status.COMPLETE if a.rung == len(rungs) - 1 else Status.PAUSED
         elif isinstance(a, Promote):
+            if a.evidence is not None:
+                run.decisions.append(a.evidence)
+            (open_rungs.discard if a.final else open_rungs.add)(a.rung)
             keys = list(a.keys)
             if paired is not None:
                 keys += not_worse(curves, metric, a.rung, rungs[a.rung], cooldown, keys, state, paired)
@@ -598,6 +617,18 @@ DEFAULT_STRATEGY = "successive halving (accuracy), rungs 1/4, 1, eta 4"
 """What the search presets run (``demo-search``, ``kaggle-t4-search``)."""
 
 _GAME_BUGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "game-bugs"
+REAL_SETS = [
+    "data.train_samples=160",
+    "model.max_length=128",
+    "train.gradient_accumulation=1",
+    "eval.validation_samples=40",
+    "study.sampler='grid'",
+    "study.grid={lora_r=[4]}",
+    # Absolute data paths: the live study runs in a folder of its own.
+    f'data.train="{_GAME_BUGS / "train.jsonl"}"',
+    f'data.validation="{_GAME_BUGS / "val.jsonl"}"',
+    f'data.test="{_GAME_BUGS / "val.jsonl"}"',
+]
 SPACES: dict[str, tuple[dict[str, list], str, list[str], int]] = {
     # name: (grid, preset, --set overrides, validation points over training)
     "demo": (DEMO, "demo-search", ["train.epochs=2", "data.train_samples=600", "eval.validation_samples=100"], POINTS),
@@ -612,22 +643,41 @@ SPACES: dict[str, tuple[dict[str, list], str, list[str], int]] = {
         ["train.epochs=2", "data.train_samples=400", "eval.validation_samples=100", "train.warmup_ratio=0.1"],
         POINTS,
     ),
-    # SmolLM2-135M on the real reports (about an hour on 2 cores).
-    "real": (
+    # The issue's 3 x 3 kind of space, written here: ranks and rates nobody tuned on, another
+    # training seed and subset.
+    "ranks-rates": (
+        {"lora_r": [4, 8, 16], "learning_rate": [1e-3, 3e-3, 1e-2]},
+        "demo-search",
+        ["train.epochs=2", "data.train_samples=500", "train.seed=7", "eval.validation_samples=100"],
+        POINTS,
+    ),
+    # Other ranks and rates, another seed and subset again.
+    "ranks-rates-b": (
+        {"lora_r": [2, 12, 24], "learning_rate": [1.5e-3, 4e-3, 7e-3]},
+        "demo-search",
+        ["train.epochs=2", "data.train_samples=450", "train.seed=11", "eval.validation_samples=100"],
+        POINTS,
+    ),
+    # Other hyperparameters: the adapter's regularisation and scaling against the rate.
+    "regularization": (
+        {"use_rslora": [False, True], "lora_dropout": [0.0, 0.2], "learning_rate": [3e-3, 8e-3]},
+        "demo-search",
+        ["train.epochs=2", "data.train_samples=400", "train.seed=3", "eval.validation_samples=100"],
+        POINTS,
+    ),
+    # Another data size: 160 training examples over 3 epochs, the batch against rank and rate.
+    "small-data": (
+        {"batch_size": [4, 8], "lora_r": [4, 16], "learning_rate": [2e-3, 5e-3, 1e-2]},
+        "demo-search",
+        ["train.epochs=3", "data.train_samples=160", "train.seed=5", "eval.validation_samples=100"],
+        POINTS,
+    ),
+    # SmolLM2-135M on the real reports, on both schedules (about 40 minutes each on 2 cores).
+    "real": (REAL, "cpu-real", REAL_SETS, REAL_POINTS),
+    "real-wsd": (
         REAL,
         "cpu-real",
-        [
-            "data.train_samples=240",
-            "model.max_length=128",
-            "train.gradient_accumulation=1",
-            "eval.validation_samples=40",
-            "study.sampler='grid'",
-            "study.grid={lora_r=[4]}",
-            # Absolute data paths: the live study runs in a folder of its own.
-            f'data.train="{_GAME_BUGS / "train.jsonl"}"',
-            f'data.validation="{_GAME_BUGS / "val.jsonl"}"',
-            f'data.test="{_GAME_BUGS / "val.jsonl"}"',
-        ],
+        [*REAL_SETS, "train.lr_scheduler='warmup_stable_decay'", "train.decay_ratio=0.2"],
         REAL_POINTS,
     ),
     "smoke": (

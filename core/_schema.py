@@ -90,6 +90,13 @@ class StudySection:
     increasing, ending at 1.0."""
     eta: int = 3
     """successive_halving: 1/eta of the configurations go on at each rung."""
+    promote: Literal["fixed", "adaptive"] = "fixed"
+    """successive_halving: fixed: the best 1/eta go on, decided once; adaptive: the best
+    1/eta and the rung's last go on first, and what they do at the next rung decides
+    whether the rung's order held (cut), was weak (the next 1/eta go on, judged again)
+    or told nothing or misled (the rest train to the end); each step and its evidence
+    (Spearman's rho between the rungs, paired tests on the validation examples) is in
+    the log and the report."""
     cooldown: bool = False
     """successive_halving: score each rung but the last after a cool-down branch. From the
     paused checkpoint the learning rate falls to 0 (1-sqrt) over train.decay_ratio /
@@ -148,7 +155,12 @@ class StudySection:
             p.append('study.prune_on = "label_logprob" needs label probabilities: set eval.method = "score"')
         if self.schedule == "successive_halving":
             p += self._check_halving()
-        elif self.cooldown:
+        elif self.promote != "fixed":
+            p.append(
+                f'study.promote = "{self.promote}" decides successive halving\'s promotions; this study has none: '
+                'set study.schedule = "successive_halving", or leave study.promote out'
+            )
+        if self.schedule != "successive_halving" and self.cooldown:
             p.append(
                 "study.cooldown = true scores successive halving's rungs after a cool-down branch; this study "
                 'has none: set study.schedule = "successive_halving", or leave study.cooldown out'

@@ -2,7 +2,7 @@
 launch. Reads studies and trial records; never trains."""
 
 from optuna_search.dashboards._launch import check_host, check_port, serve_dashboard
-from optuna_search.dashboards._notes import field_head, field_rows, rung_line, study_note, trial_note
+from optuna_search.dashboards._notes import evidence_line, field_head, field_rows, rung_line, study_note, trial_note
 from optuna_search.dashboards._report import (
     Report,
     collect_report,
@@ -38,6 +38,7 @@ __all__ = [
     "check_port",
     "collect_report",
     "compare_with_baselines",
+    "evidence_line",
     "field_head",
     "field_rows",
     "load_predictions",

@@ -219,7 +219,40 @@ def rung_line(d: RungDecision) -> str:
     return (
         f"Rung {d.rung + 1} ({100 * d.fraction:.0f}% of training, {d.metric}{cooled}): went on {went}"
         + (f"; left out {out}" if out else "")
-        + " (paired t-test against the last one promoted)."
+        + " (paired t-test against the last one promoted on merit)."
+        + (f" Adaptive promotion, last step: {d.steps[-1]}." if d.steps else "")
+    )
+
+
+SIGNALS = {
+    "strong": "its order held",
+    "weak": "its order held weakly",
+    "none": "its last one ended as good as its best: the rung tells nothing here",
+    "misleading": "its order reversed",
+}
+
+
+def evidence_line(rung: int, rungs: list[float], e: dict[str, Any], names: dict[str, str]) -> str:
+    """One line: what a step of adaptive promotion (successive halving) learned at the
+    next rung and decided (``names``: configuration key to its label)."""
+    where = f"rung {rung + 1} ({100 * rungs[rung]:.0f}% of training)"
+    went = ", ".join(names.get(k, k) for k in e.get("promoted", []) if k != e.get("probe")) or "none"
+    if e["decision"] == "first step":
+        probe = (
+            f", and the rung's last one ({names.get(e['probe'], e['probe'])}) to test its order"
+            if e.get("probe")
+            else ""
+        )
+        return f"{where}: first step: the best by the rung go on ({went}){probe}"
+    if not e.get("n"):
+        return f"{where}: no evidence yet at the next rung; {e['decision']}: {went}"
+    rho = "n/a" if e.get("rho") is None else f"{e['rho']:+.2f}"
+    best = names.get(e["best"], e["best"])
+    return (
+        f"{where}: at the next rung, {e['n']} that went on: Spearman's rho {rho} with the rung's order, best "
+        f"{best}, {len(e.get('competitive', []))} not worse than it (paired test on the validation examples): "
+        f"{e['signal']} signal ({SIGNALS[e['signal']]}); decided: {e['decision']}"
+        + (f" ({', '.join(names.get(k, k) for k in e['promoted'])})" if e.get("promoted") else "")
     )
 
 

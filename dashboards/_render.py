@@ -281,8 +281,13 @@ def _rungs(rep: Report) -> list[str]:
                 if cooled
                 else ""
             )
-            + f"; the best 1/{rep.config.study.eta} went on. p: one-sided paired t-test that a configuration left "
-            "out is worse than the last one promoted, on the same validation examples (below "
+            + (
+                "; promoted in steps, each judged by what the ones that went on did at the next rung (below)"
+                if d.steps
+                else f"; the best 1/{rep.config.study.eta} went on"
+            )
+            + ". p: one-sided paired t-test that a configuration left "
+            "out is worse than the last one promoted on merit, on the same validation examples (below "
             f"{ALPHA:g}: the evidence supports the cut).",
             "",
             markdown_table(
@@ -308,6 +313,8 @@ def _rungs(rep: Report) -> list[str]:
                 "would.",
                 "",
             ]
+        if d.steps:
+            md += ["What the study learned at this rung, step by step:", "", *(f"- {line}" for line in d.steps), ""]
     return md
 
 

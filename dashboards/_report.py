@@ -34,6 +34,7 @@ from optuna_search.core import (
     short_point_key,
 )
 from optuna_search.dashboards._figures import build_figures
+from optuna_search.dashboards._notes import evidence_line
 from optuna_search.dashboards._render import render_markdown
 from optuna_search.dashboards._report_model import (
     Comparison,
@@ -88,6 +89,7 @@ def load_predictions(store: Any, record: TrialRecord, split: str = "test") -> di
 def collect_report(study: optuna.Study, config: Config, artifact_store: Any = None) -> Report:
     fields = list(config.data.fields)
     meta = StudyMeta.from_user_attrs(study.user_attrs)
+    halving = meta.halving or {}
     ids = [s["id"] for s in meta.eval_subset or []]
     records = [
         TrialRecord.from_trial(t, fields) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -134,7 +136,7 @@ def collect_report(study: optuna.Study, config: Config, artifact_store: Any = No
         ensembles=ensembles,
         reliability=reliability,
         early_signal=early_signal(complete, config),
-        rungs=rung_decisions([r.record for r in rows], (meta.halving or {}).get("promoted", {}), config),
+        rungs=rung_decisions([r.record for r in rows], halving.get("promoted", {}), config, halving.get("decisions")),
         importances=importances,
         importance_note=importance_note,
         recommendation=[],
@@ -268,20 +270,31 @@ def early_signal(complete: list[ReportRow], config: Config) -> list[EarlySignal]
     return out
 
 
-def rung_decisions(records: list[TrialRecord], promoted: dict[str, list[str]], config: Config) -> list[RungDecision]:
+def rung_decisions(
+    records: list[TrialRecord],
+    promoted: dict[str, list[str]],
+    config: Config,
+    steps: dict[str, list[dict[str, Any]]] | None = None,
+) -> list[RungDecision]:
     """Successive halving's decided rungs: per configuration that reached one, its score,
     whether it went on, and for the ones left out the paired evidence against the last
-    one promoted (a one-sided paired t-test on the rung's per-example scores)."""
+    one promoted on merit (a one-sided paired t-test on the rung's per-example scores);
+    with adaptive promotion, each step's evidence and decision (``steps``, per rung)."""
     keys = config.searched_keys()
     by_key: dict[str, TrialRecord] = {}
     for r in records:
         if r.rung is not None and all(k in r.params for k in keys):
             by_key[point_key({k: r.params[k] for k in keys})] = r
+    names = {k: _label(r) for k, r in by_key.items()}
     out = []
     for rung_s, went_on in sorted(promoted.items(), key=lambda kv: int(kv[0])):
         reached = [(k, r) for k, r in by_key.items() if (r.rung_values or {}).get(rung_s) is not None]
         reached.sort(key=lambda kr: -(kr[1].rung_values or {})[rung_s])
-        cut = next((r for k, r in reversed(reached) if k in went_on), None)
+        cut = None  # the last promoted on merit: the best, without a gap
+        for k, r in reached:
+            if k not in went_on:
+                break
+            cut = r
         cut_examples = (cut.rung_examples or {}).get(rung_s) if cut else None
         entries = []
         for k, r in reached:
@@ -299,6 +312,7 @@ def rung_decisions(records: list[TrialRecord], promoted: dict[str, list[str]], c
                 config.study.prune_on,
                 first[0] if first else None,
                 entries,
+                [evidence_line(int(rung_s), config.study.rungs, e, names) for e in (steps or {}).get(rung_s, [])],
             )
         )
     return out

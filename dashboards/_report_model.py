@@ -108,6 +108,8 @@ class RungDecision:
     metric: str
     cooldown_steps: int | None
     entries: list[RungEntry]
+    steps: list[str] = field(default_factory=list)
+    """Adaptive promotion: each step, what it learned at the next rung and decided."""
 
     @property
     def unsupported(self) -> list[RungEntry]:

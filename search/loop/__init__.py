@@ -14,8 +14,8 @@ from optuna_search.search.loop._exit import (
     EXIT_TERMINATED,
     EXIT_USAGE,
 )
+from optuna_search.search.loop._halving import Adaptive, next_action
 from optuna_search.search.loop._halving import Config as HalvingConfig
-from optuna_search.search.loop._halving import next_action
 from optuna_search.search.loop._run import rows_of, run_study, run_with_workers, summary_points, write_study_note
 from optuna_search.search.loop._runner import DiskFull, ids_digest
 from optuna_search.search.loop._schedule import Point, Promote, PruneRest, Status, StudyState, Train
@@ -40,6 +40,7 @@ __all__ = [
     "EXIT_REMOTE",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
+    "Adaptive",
     "DiskFull",
     "HalvingConfig",
     "Job",

@@ -12,14 +12,35 @@ The last rung (1.0) trains to the end and evaluates on the test examples.
 
 With eta = 3 and rungs (1/9, 1/3, 1), 12 configurations with 2 finalists cost about 3.6
 full trainings (30% of the grid).
+
+Adaptive promotion (``study.promote = "adaptive"``, :class:`Adaptive`) does not trust
+the rung's order blindly: it promotes in steps and judges each step by what the
+configurations that went on did at the next rung. The first step promotes the best
+ceil(n / eta) and the one the rung ranked last (a probe of the order). When they have
+reached the next rung the study compares the two rungs' orders (Spearman's rho) and each
+configuration against the best there (a one-sided paired t-test on the fixed validation
+examples), and decides:
+
+- **misleading** (the probe ends best, or rho < 0): the rest train to the end, the rung's
+  last first;
+- **none** (the probe is not worse than the best): the rest train to the end, in the
+  rung's order;
+- **weak** (0 <= rho < strong_rho): the next ceil(n / eta) by the rung go on, judged again;
+- **strong**: cut, when the last of those promoted on merit ended worse than the best
+  (its order held to the margin); else the next ceil(n / eta) go on, judged again.
+
+Each step is stored on the study with its evidence (``Promote.evidence``), logged, and
+shown in the report; a rung whose promotions are still open is in ``StudyState.halving_open``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from optuna_search.objectives import paired_worse
 from optuna_search.search.loop._schedule import Action, Done, New, Promote, PruneRest, Status, StudyState, Train, Wait
 
 log = logging.getLogger("optuna_search")
@@ -38,6 +59,8 @@ class Config:
     """Its metric at each rung it reached (higher is better)."""
     order: int
     """Ties and the population are decided in this order (first trial number / grid order)."""
+    examples: dict[int, list[float]] = field(default_factory=dict)
+    """Its metric per validation example at each rung reached (the paired evidence)."""
 
 
 RUNNABLE = (Status.PENDING, Status.WAITING, Status.PAUSED)
@@ -55,32 +78,155 @@ def next_action(
     n_rungs: int,
     eta: int,
     retry_failed: bool = False,
+    adaptive: Adaptive | None = None,
+    open_rungs: frozenset[int] = frozenset(),
 ) -> Action:
-    """What to do next. ``promoted[r]``: the keys decided to go on from rung r."""
+    """What to do next. ``promoted[r]``: the keys that go on from rung r; final unless r
+    is in ``open_rungs`` and the promotion is ``adaptive``."""
     population = sorted(configs, key=lambda c: c.order)[:n_configs]
     for r in range(n_rungs):
         if r == 0 and len(population) < n_configs:
             return New(0)
         todo = [c for c in population if c.reached < r and not c.state.finished]
-        runnable = [c for c in todo if c.state in RUNNABLE or (retry_failed and c.state == Status.FAILED)]
-        if runnable:
-            return Train(runnable[0].key, r)
-        running = [c.key for c in todo if c.state == Status.RUNNING]
-        if running:
-            return Wait(tuple(running))
+        if (step := _train_or_wait(todo, r, retry_failed)) is not None:
+            return step
         if r == n_rungs - 1:
             return Done()
+        ranked = sorted(
+            (c for c in population if c.reached >= r), key=lambda c: (-c.metrics.get(r, -math.inf), c.order)
+        )
         if r not in promoted:
-            reached = sorted(
-                (c for c in population if c.reached >= r), key=lambda c: (-c.metrics.get(r, -math.inf), c.order)
-            )
-            return Promote(r, tuple(c.key for c in reached[: survivors(len(population), eta)]))
+            if adaptive is not None:
+                return adaptive.first_step(ranked, r, eta)
+            return Promote(r, tuple(c.key for c in ranked[: survivors(len(population), eta)]))
+        if adaptive is not None and r in open_rungs:
+            by_key = {c.key: c for c in population}
+            went = [by_key[k] for k in promoted[r] if k in by_key]
+            ahead = [c for c in went if c.reached < r + 1 and not c.state.finished]
+            return _train_or_wait(ahead, r + 1, retry_failed) or adaptive.next_step(ranked, promoted[r], r, eta)
         left = tuple(c.key for c in population if c.key not in promoted[r] and c.state == Status.PAUSED)
         if left:
             return PruneRest(r, left)
         by_key = {c.key: c for c in population}
         population = [by_key[k] for k in promoted[r] if k in by_key]  # the best first
     return Done()
+
+
+def _train_or_wait(todo: list[Config], rung: int, retry_failed: bool) -> Action | None:
+    """Train the first of ``todo`` that can run to ``rung``; wait when the rest run elsewhere."""
+    runnable = [c for c in todo if c.state in RUNNABLE or (retry_failed and c.state == Status.FAILED)]
+    if runnable:
+        return Train(runnable[0].key, rung)
+    running = [c.key for c in todo if c.state == Status.RUNNING]
+    return Wait(tuple(running)) if running else None
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """Adaptive promotion (module docstring): promote in steps of ceil(n / eta) and judge
+    each step by the next rung."""
+
+    alpha: float = 0.1
+    """A configuration is worse than the best at the next rung when a one-sided paired
+    t-test on the validation examples says so at this level (else: not worse)."""
+    strong_rho: float = 0.5
+    """Spearman's rho between the two rungs from which the rung's order counts as strong."""
+    probe: bool = True
+    """Promote the rung's last one with the first step, to test the order."""
+
+    def first_step(self, ranked: list[Config], rung: int, eta: int) -> Promote:
+        k = survivors(len(ranked), eta)
+        keys = [c.key for c in ranked[:k]]
+        probe = ranked[-1] if self.probe and len(ranked) > k + 1 else None
+        if probe is not None:
+            keys.append(probe.key)
+        return Promote(
+            rung,
+            tuple(keys),
+            final=len(keys) == len(ranked),
+            evidence={
+                "decision": "first step",
+                "promoted": keys,
+                "probe": probe.key if probe is not None else None,
+            },
+        )
+
+    def next_step(self, ranked: list[Config], promoted: list[str], rung: int, eta: int) -> Promote:
+        """Judge the promotions so far at the next rung; promote more or stop (final)."""
+        went = set(promoted)
+        rest = [c for c in ranked if c.key not in went]
+        measured = [c for c in ranked if c.key in went and rung + 1 in c.metrics]
+        e = judge(ranked, measured, rung, self.alpha, self.strong_rho)
+        if not rest:
+            decision, more = "all went on", []
+        elif e["signal"] == "misleading":
+            decision, more = "train the rest to the end", rest[::-1]
+        elif e["signal"] == "none":
+            decision, more = "train the rest to the end", rest
+        elif e["signal"] == "strong" and not e["frontier_competitive"]:
+            decision, more = "cut", []
+        else:
+            decision, more = "promote more", rest[: survivors(len(ranked), eta)]
+        final = decision != "promote more" or len(more) == len(rest)
+        evidence = {**e, "decision": decision, "promoted": [c.key for c in more]}
+        return Promote(rung, tuple(promoted) + tuple(c.key for c in more), final=final, evidence=evidence)
+
+
+def judge(ranked: list[Config], measured: list[Config], rung: int, alpha: float, strong_rho: float) -> dict[str, Any]:
+    """What the configurations that went on from ``rung`` say of its order at the next
+    rung: Spearman's rho between the rungs, the best at the next rung, who is not worse
+    than it (paired test), the probe (the promoted one the rung ranked lowest, beyond
+    the ones it promoted on merit) and the signal (strong, weak, none, misleading)."""
+    if not measured:
+        return {"n": 0, "rho": None, "signal": "weak", "frontier_competitive": True, "best": None}
+    nxt = rung + 1
+    rank = {c.key: i for i, c in enumerate(ranked)}
+    best = max(measured, key=lambda c: (c.metrics[nxt], -rank[c.key]))
+
+    def competitive(c: Config) -> bool:
+        if c is best:
+            return True
+        mine, theirs = c.examples.get(nxt), best.examples.get(nxt)
+        if mine and theirs and len(mine) == len(theirs):
+            return paired_worse(theirs, mine) >= alpha
+        return c.metrics[nxt] >= best.metrics[nxt] - 0.01
+
+    went = {c.key for c in measured}
+    merit = []  # the rung's best, promoted without a gap
+    for c in ranked:
+        if c.key not in went:
+            break
+        merit.append(c)
+    beyond = [c for c in measured if rank[c.key] >= len(merit)]
+    probe = max(beyond, key=lambda c: rank[c.key]) if beyond else None
+    rho = _spearman([c.metrics[rung] for c in measured], [c.metrics[nxt] for c in measured])
+    if (probe is not None and probe is best) or (rho is not None and rho < 0):
+        signal = "misleading"
+    elif probe is not None and competitive(probe):
+        signal = "none"
+    elif rho is not None and rho < strong_rho:
+        signal = "weak"
+    else:
+        signal = "strong"
+    edge = [c for c in merit if nxt in c.metrics][-1:]  # the last promoted on merit: did the order hold there?
+    return {
+        "n": len(measured),
+        "rho": rho,
+        "best": best.key,
+        "competitive": [c.key for c in measured if competitive(c)],
+        "probe": probe.key if probe is not None else None,
+        "signal": signal,
+        "frontier_competitive": bool(edge) and competitive(edge[0]),
+    }
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rho (scipy); None for fewer than 3 pairs or no spread."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    from scipy.stats import spearmanr
+
+    return round(float(spearmanr(xs, ys).statistic), 3)
 
 
 def tied_at_the_cut(configs: list[Config], rung: int, keep: int) -> list[str]:
@@ -99,20 +245,22 @@ def tied_at_the_cut(configs: list[Config], rung: int, keep: int) -> list[str]:
 class SuccessiveHalving:
     """The successive-halving schedule (see the module docstring) over a study's points."""
 
-    def __init__(self, n_rungs: int, eta: int, fields: list[str]) -> None:
-        self.n_rungs, self.eta, self.fields = n_rungs, eta, fields
+    def __init__(self, n_rungs: int, eta: int, fields: list[str], adaptive: Adaptive | None = None) -> None:
+        self.n_rungs, self.eta, self.fields, self.adaptive = n_rungs, eta, fields, adaptive
 
     def configs(self, state: StudyState) -> list[Config]:
         out = []
         for i, p in enumerate(state.points):
             reached = self.n_rungs - 1 if p.status == Status.COMPLETE else p.rung(self.fields)
+            records = p.records(self.fields)
             out.append(
                 Config(
                     p.key,
                     p.status,
                     reached,
-                    rung_metrics(p.records(self.fields)),
+                    rung_metrics(records),
                     i if state.grid else (p.order if p.trials else 10**9 + i),
+                    rung_examples(records),
                 )
             )
         return out
@@ -125,6 +273,8 @@ class SuccessiveHalving:
             n_rungs=self.n_rungs,
             eta=self.eta,
             retry_failed=retry_failed,
+            adaptive=self.adaptive,
+            open_rungs=state.halving_open,
         )
 
 
@@ -135,6 +285,15 @@ def rung_metrics(records) -> dict[int, float]:
     for r in records:
         for rung, value in (r.rung_values or {}).items():
             out[int(rung)] = value
+    return out
+
+
+def rung_examples(records) -> dict[int, list[float]]:
+    """A configuration's metric per validation example at each rung it reached."""
+    out: dict[int, list[float]] = {}
+    for r in records:
+        for rung, values in (r.rung_examples or {}).items():
+            out[int(rung)] = list(values)
     return out
 
 

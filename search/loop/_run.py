@@ -175,7 +175,12 @@ def write_study_note(study: optuna.Study, config: Config, state: StudyState) -> 
     meta = read_meta(study)
     headline = [_progress(config, state)] + verdict(rows, config, study)[:2]
     records = [r for p in state.points for r in p.records(list(config.data.fields))]
-    rungs = rung_decisions(records, (meta.halving or {}).get("promoted", {}), config) if config.halving else None
+    halving = meta.halving or {}
+    rungs = (
+        rung_decisions(records, halving.get("promoted", {}), config, halving.get("decisions", {}))
+        if config.halving
+        else None
+    )
     optuna_dashboard.save_note(
         study,
         study_note(

@@ -390,9 +390,15 @@ class TrialRunner:
 
     def _rung_examples(self, res: TrialResult, reached: int | None) -> dict[str, list[float]] | None:
         """A paused configuration's per-example prune_on metric at its rung (after the
-        cool-down branch where there was one), measured in this call; None otherwise."""
-        if res.paused_at_step is None or reached is None:
+        cool-down branch where there was one), or a finished one's at the last rung (the
+        evidence adaptive promotion judges the earlier rung by), measured in this call;
+        None otherwise."""
+        if reached is None:
             return None
+        if res.paused_at_step is None:
+            final = res.validation if reached == len(self.rungs) - 1 else None
+            values = final.per_example(self.config.study.prune_on) if final else None
+            return {str(reached): [round(v, 6) for v in values]} if values else None
         cooled = [vp.evaluation for vp in res.cooldown_curve if vp.step == res.paused_at_step and vp.evaluation]
         evaluation = cooled[0] if cooled else (res.validation if not self.config.study.cooldown else None)
         values = evaluation.per_example(self.config.study.prune_on) if evaluation else None

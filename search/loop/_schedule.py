@@ -92,6 +92,8 @@ class StudyState:
     n_target: int
     grid: bool
     halving_promoted: dict[int, list[str]] = field(default_factory=dict)
+    halving_open: frozenset[int] = frozenset()
+    """Adaptive successive halving: the rungs whose promotions are not final yet."""
 
     @property
     def finished(self) -> int:
@@ -172,8 +174,9 @@ def read_state(
         by_key.setdefault(k, []).append(t)
         params_of.setdefault(k, {k2: params[k2] for k2 in keys})
     points = tuple(Point(params_of[k], point_status(ts), tuple(ts)) for k, ts in by_key.items())
-    promoted = {int(r): list(v) for r, v in ((meta.halving or {}).get("promoted", {}) if meta else {}).items()}
-    return StudyState(points, n_target(config), grid, promoted)
+    halving = (meta.halving if meta else None) or {}
+    promoted = {int(r): list(v) for r, v in halving.get("promoted", {}).items()}
+    return StudyState(points, n_target(config), grid, promoted, frozenset(int(r) for r in halving.get("open", [])))
 
 
 # -- actions: what a schedule decides --------------------------------------------------------
@@ -195,10 +198,14 @@ class New:
 
 @dataclass(frozen=True)
 class Promote:
-    """Successive halving: these configurations go on from ``rung`` (decided once)."""
+    """Successive halving: these configurations go on from ``rung``. A fixed cut decides
+    once (``final``); the adaptive one promotes in steps, each stored with the evidence
+    that decided it (``evidence``), and is final when it cuts or trains the rest to the end."""
 
     rung: int
     keys: tuple[str, ...]
+    final: bool = True
+    evidence: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

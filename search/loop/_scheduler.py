@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from optuna_search.core import Config, TrialRecord, point_key
-from optuna_search.dashboards import rung_decisions, rung_line, trial_note
-from optuna_search.search.loop._halving import SuccessiveHalving, tied_at_the_cut
+from optuna_search.dashboards import evidence_line, rung_decisions, rung_line, trial_note
+from optuna_search.search.loop._halving import Adaptive, SuccessiveHalving, tied_at_the_cut
 from optuna_search.search.loop._schedule import (
     Action,
     BudgetStop,
@@ -148,7 +148,8 @@ class RunOutcome:
 
 def schedule_of(config: Config) -> Schedule:
     if config.halving:
-        return SuccessiveHalving(len(config.study.rungs), config.study.eta, list(config.data.fields))
+        adaptive = Adaptive() if config.study.promote == "adaptive" else None
+        return SuccessiveHalving(len(config.study.rungs), config.study.eta, list(config.data.fields), adaptive)
     return TrialSchedule()
 
 
@@ -313,7 +314,11 @@ class Scheduler:
         """Store a rung's promotions (once), or end the configurations left behind."""
         names = {p.key: p.label for p in state.points}
         if isinstance(action, Promote):
-            self.ledger.promote(action.rung, list(action.keys))
+            self.ledger.promote(action.rung, list(action.keys), final=action.final, evidence=action.evidence)
+            if action.evidence is not None:
+                log.info("%s", evidence_line(action.rung, self.rungs, action.evidence, names))
+                if not action.final:
+                    return  # a step: the next rung's evidence decides the rest
             log.info(
                 "rung %d (%.0f%% of training) decided: %s go on",
                 action.rung + 1,
@@ -337,9 +342,12 @@ class Scheduler:
         for p in (by_key[k] for k in action.keys):
             if p.paused_trial is not None:
                 self.ledger.prune_paused(p.paused_trial)
-                log.info(
-                    "%s pruned at rung %d (not among the best 1/%d)", p.label, action.rung + 1, self.config.study.eta
+                why = (
+                    "cut by what the ones that went on did at the next rung"
+                    if self.config.study.promote == "adaptive"
+                    else f"not among the best 1/{self.config.study.eta}"
                 )
+                log.info("%s pruned at rung %d (%s)", p.label, action.rung + 1, why)
 
     # -- starting a trial -------------------------------------------------------------------
     def _start(self, action: Train | New, state: StudyState) -> tuple[optuna.Trial, int] | None:

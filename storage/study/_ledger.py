@@ -292,10 +292,17 @@ class Ledger:
         self.study.tell(live_trial(self.study, frozen), state=TrialState.PRUNED)
         self._commit(CommitKind.PRUNE, frozen, finished=True)
 
-    def promote(self, rung: int, keys: list[str]) -> None:
-        """A rung's promotions, decided once and stored on the study."""
+    def promote(self, rung: int, keys: list[str], *, final: bool = True, evidence: dict | None = None) -> None:
+        """A rung's promotions, stored on the study: decided once (``final``), or one step
+        of an adaptive promotion, kept open for the next, with the evidence that decided it."""
         halving = dict(self.meta().halving or {})
         halving["promoted"] = {**halving.get("promoted", {}), str(rung): list(keys)}
+        open_rungs = set(halving.get("open", [])) - {rung} | (set() if final else {rung})
+        halving["open"] = sorted(open_rungs)
+        if evidence is not None:
+            decisions = dict(halving.get("decisions", {}))
+            decisions[str(rung)] = [*decisions.get(str(rung), []), evidence]
+            halving["decisions"] = decisions
         self.write_meta(StudyMeta(halving=halving))
         self._commit(CommitKind.PROMOTE)
 

@@ -12,13 +12,13 @@ import logging
 
 import pytest
 from optuna.trial import TrialState
+from test_scheduler import _real_study, _reload
 
 from optuna_search.core import TrialRecord, UserError
 from optuna_search.search import load_config
 from optuna_search.search.loop import Outcome, Scheduler, TrialOutcome
 from optuna_search.search.loop import _halving as halving
 from optuna_search.search.loop._schedule import Done, Promote, PruneRest, Status, Train
-from test_scheduler import _real_study, _reload
 
 N = 12
 RUNGS = [0.25, 1.0]
@@ -46,7 +46,10 @@ AT_END = {
 }
 
 
-def replay(signal: str, adaptive: halving.Adaptive | None = halving.Adaptive()):
+ADAPTIVE = halving.Adaptive()
+
+
+def replay(signal: str, adaptive: halving.Adaptive | None = ADAPTIVE):
     """Run the schedule's actions on the synthetic curves, as the scheduler applies them:
     the order configurations trained to each rung, the steps' evidence, who was pruned."""
     state = {k: {"state": Status.PENDING, "reached": -1, "metrics": {}, "examples": {}} for k in AT_RUNG}

@@ -35,6 +35,7 @@ shown in the report; a rung whose promotions are still open is in ``StudyState.h
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -133,6 +134,11 @@ class Adaptive:
     """Spearman's rho between the two rungs from which the rung's order counts as strong."""
     probe: bool = True
     """Promote the rung's last one with the first step, to test the order."""
+    patience: int = 1
+    """Cut only when the last ``patience`` promoted on merit all ended worse than the best."""
+    cut_alpha: float | None = 0.05
+    """A cut leaves out only those the rung itself shows worse than the last promoted on
+    merit (one-sided paired t-test at this level); the others go on too. None: all of them."""
 
     def first_step(self, ranked: list[Config], rung: int, eta: int) -> Promote:
         k = survivors(len(ranked), eta)
@@ -151,12 +157,28 @@ class Adaptive:
             },
         )
 
+    def _not_shown_worse(
+        self, ranked: list[Config], promoted: list[str], rest: list[Config], rung: int
+    ) -> list[Config]:
+        """At a cut, those left that the rung's examples do not show worse than the last
+        one promoted on merit (none with ``cut_alpha`` None or without per-example scores)."""
+        went = set(promoted)
+        merit = list(itertools.takewhile(lambda c: c.key in went, ranked))
+        edge = merit[-1].examples.get(rung) if merit else None
+        if self.cut_alpha is None or not edge:
+            return []
+        return [
+            c
+            for c in rest
+            if (mine := c.examples.get(rung)) and len(mine) == len(edge) and paired_worse(edge, mine) >= self.cut_alpha
+        ]
+
     def next_step(self, ranked: list[Config], promoted: list[str], rung: int, eta: int) -> Promote:
         """Judge the promotions so far at the next rung; promote more or stop (final)."""
         went = set(promoted)
         rest = [c for c in ranked if c.key not in went]
         measured = [c for c in ranked if c.key in went and rung + 1 in c.metrics]
-        e = judge(ranked, measured, rung, self.alpha, self.strong_rho)
+        e = judge(ranked, measured, rung, self.alpha, self.strong_rho, self.patience)
         if not rest:
             decision, more = "all went on", []
         elif e["signal"] == "misleading":
@@ -164,7 +186,7 @@ class Adaptive:
         elif e["signal"] == "none":
             decision, more = "train the rest to the end", rest
         elif e["signal"] == "strong" and not e["frontier_competitive"]:
-            decision, more = "cut", []
+            decision, more = "cut", self._not_shown_worse(ranked, promoted, rest, rung)
         else:
             decision, more = "promote more", rest[: survivors(len(ranked), eta)]
         final = decision != "promote more" or len(more) == len(rest)
@@ -172,7 +194,9 @@ class Adaptive:
         return Promote(rung, tuple(promoted) + tuple(c.key for c in more), final=final, evidence=evidence)
 
 
-def judge(ranked: list[Config], measured: list[Config], rung: int, alpha: float, strong_rho: float) -> dict[str, Any]:
+def judge(
+    ranked: list[Config], measured: list[Config], rung: int, alpha: float, strong_rho: float, patience: int = 1
+) -> dict[str, Any]:
     """What the configurations that went on from ``rung`` say of its order at the next
     rung: Spearman's rho between the rungs, the best at the next rung, who is not worse
     than it (paired test), the probe (the promoted one the rung ranked lowest, beyond
@@ -208,7 +232,7 @@ def judge(ranked: list[Config], measured: list[Config], rung: int, alpha: float,
         signal = "weak"
     else:
         signal = "strong"
-    edge = [c for c in merit if nxt in c.metrics][-1:]  # the last promoted on merit: did the order hold there?
+    edge = [c for c in merit if nxt in c.metrics][-patience:]  # the last promoted on merit: did the order hold there?
     return {
         "n": len(measured),
         "rho": rho,
@@ -216,7 +240,7 @@ def judge(ranked: list[Config], measured: list[Config], rung: int, alpha: float,
         "competitive": [c.key for c in measured if competitive(c)],
         "probe": probe.key if probe is not None else None,
         "signal": signal,
-        "frontier_competitive": bool(edge) and competitive(edge[0]),
+        "frontier_competitive": len(edge) < patience or any(competitive(c) for c in edge),
     }
 
 

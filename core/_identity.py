@@ -50,6 +50,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "study.eta": 3,
     "study.prune_on": "accuracy",
     "study.cooldown": False,
+    "study.promote": "fixed",
     "train.decay_ratio": 0.2,
     "study.objectives": ["overall_accuracy"],
     "study.warm_start": "",

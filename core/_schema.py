@@ -155,12 +155,7 @@ class StudySection:
             p.append('study.prune_on = "label_logprob" needs label probabilities: set eval.method = "score"')
         if self.schedule == "successive_halving":
             p += self._check_halving()
-        elif self.promote != "fixed":
-            p.append(
-                f'study.promote = "{self.promote}" decides successive halving\'s promotions; this study has none: '
-                'set study.schedule = "successive_halving", or leave study.promote out'
-            )
-        if self.schedule != "successive_halving" and self.cooldown:
+        elif self.cooldown:
             p.append(
                 "study.cooldown = true scores successive halving's rungs after a cool-down branch; this study "
                 'has none: set study.schedule = "successive_halving", or leave study.cooldown out'

@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 from test_scheduler import _real_study, _reload
 
-from optuna_search.core import TrialRecord, UserError
+from optuna_search.core import TrialRecord
 from optuna_search.search import load_config
 from optuna_search.search.loop import Outcome, Scheduler, TrialOutcome
 from optuna_search.search.loop import _halving as halving
@@ -212,8 +212,3 @@ def test_an_adaptive_study_interrupted_between_its_steps_resumes_and_decides_the
     assert first.ran[:-1] + second.ran == whole.ran  # nothing trained twice, nothing skipped
     decided = _reload(tmp_path / "split", config).user_attrs["halving"]["decisions"]["0"]
     assert [s["decision"] for s in decided] == ["first step", "promote more", "cut"]
-
-
-def test_adaptive_promotion_without_successive_halving_is_refused():
-    with pytest.raises(UserError, match="study.promote"):
-        load_config(preset="demo", sets=["study.promote='adaptive'"])

@@ -227,6 +227,9 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
     assert final.number == best_at_rung.number and final.user_attrs["optimizer_steps"] == 150
     assert all(t.user_attrs["optimizer_steps"] == 50 for t in trials if t.state == TrialState.PRUNED)
     assert final.user_attrs["resumed_from_step"] == 50  # paused at the rung, resumed from its checkpoint
+    # Per-example scores at both rungs, the end included: what adaptive promotion judges by.
+    examples = final.user_attrs["rung_examples"]
+    assert set(examples) == {"0", "1"} and len(examples["0"]) == len(examples["1"]) > 0
     status = run_main("status", "--preset", "demo", cwd=tmp_path)
     assert status.returncode == 0 and "rung" in status.stdout and "2/2 (100%)" in status.stdout
     rep = run_main("report", "--preset", "demo", "-o", str(tmp_path / "r"), cwd=tmp_path)

@@ -247,12 +247,14 @@ def evidence_line(rung: int, rungs: list[float], e: dict[str, Any], names: dict[
     if not e.get("n"):
         return f"{where}: no evidence yet at the next rung; {e['decision']}: {went}"
     rho = "n/a" if e.get("rho") is None else f"{e['rho']:+.2f}"
+    too = "the rung does not show these worse than the last promoted on merit; they go on too: "
+    more = ", ".join(names.get(k, k) for k in e.get("promoted", []))
     best = names.get(e["best"], e["best"])
     return (
         f"{where}: at the next rung, {e['n']} that went on: Spearman's rho {rho} with the rung's order, best "
         f"{best}, {len(e.get('competitive', []))} not worse than it (paired test on the validation examples): "
         f"{e['signal']} signal ({SIGNALS[e['signal']]}); decided: {e['decision']}"
-        + (f" ({', '.join(names.get(k, k) for k in e['promoted'])})" if e.get("promoted") else "")
+        + (f" ({too if e['decision'] == 'cut' else ''}{more})" if e.get("promoted") else "")
     )
 
 

@@ -23,7 +23,7 @@ SMOKES = {
     "t4_memory.py": ([], rf"training peak measured/estimated = {NUM}"),
     "search_efficiency.py": (
         [],
-        rf"default strategy \(adaptive successive halving \(label_logprob\), rungs 1/2, 1, eta 4\): worst compute "
+        rf"default strategy \(adaptive successive halving \(label_logprob\), rungs 1/4, 1/2, 1, eta 2\): worst compute "
         rf"ratio to Optuna's best native strategy over 1 space = ({NUM}|inf) \(smoke\)",
     ),
 }

@@ -94,7 +94,7 @@ class StudySection:
     """successive_halving: fixed: the best 1/eta go on, decided once; adaptive: the best
     1/eta and the rung's last go on first, and what they do at the next rung decides
     whether the rung's order held (cut), was weak (the next 1/eta go on, judged again)
-    or told nothing or misled (the rest train to the end); each step and its evidence
+    or told nothing or misled (the rest go on); each step and its evidence
     (Spearman's rho between the rungs, paired tests on the validation examples) is in
     the log and the report."""
     cooldown: bool = False

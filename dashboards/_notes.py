@@ -250,6 +250,8 @@ def evidence_line(rung: int, rungs: list[float], e: dict[str, Any], names: dict[
     too = "the rung does not show these worse than the last promoted on merit; they go on too: "
     more = ", ".join(names.get(k, k) for k in e.get("promoted", []))
     best = names.get(e["best"], e["best"])
+    if e["decision"] == "the rest go on" and rung + 2 == len(rungs):
+        e = {**e, "decision": "the rest go on to the end"}
     return (
         f"{where}: at the next rung, {e['n']} that went on: Spearman's rho {rho} with the rung's order, best "
         f"{best}, {len(e.get('competitive', []))} not worse than it (paired test on the validation examples): "

@@ -1,6 +1,6 @@
 """Adaptive promotion in successive halving (``study.promote = "adaptive"``): the study
 judges its rung by what the configurations that went on did at the next rung, and
-decides to cut, promote more, or train the rest to the end.
+decides to cut, promote more, or let the rest go on (to the end, with two rungs).
 
 The curves here are synthetic and their early signal is known by construction: the rung's
 order holds (strong), says nothing (none), is reversed (misleading) or holds weakly. The
@@ -107,7 +107,7 @@ def test_a_rung_whose_order_holds_is_cut_after_its_first_step():
 def test_a_rung_that_tells_nothing_trains_the_rest_to_the_end_in_its_order():
     to_end, steps, pruned = replay("none")
     judged = steps[1]
-    assert judged["signal"] == "none" and judged["decision"] == "train the rest to the end"
+    assert judged["signal"] == "none" and judged["decision"] == "the rest go on"
     assert "k0" in judged["competitive"]  # the probe: not worse than the best on the same examples
     assert to_end == ["k11", "k10", "k9", "k0", *(f"k{i}" for i in range(8, 0, -1))]
     assert pruned == []
@@ -117,7 +117,7 @@ def test_a_misleading_rung_trains_the_rest_to_the_end_its_last_first():
     to_end, steps, pruned = replay("misleading")
     judged = steps[1]
     assert judged["signal"] == "misleading" and judged["best"] == "k0" and judged["rho"] < 0
-    assert judged["decision"] == "train the rest to the end"
+    assert judged["decision"] == "the rest go on"
     assert to_end == ["k11", "k10", "k9", "k0", *(f"k{i}" for i in range(1, 9))]
     assert pruned == []
 

@@ -21,10 +21,10 @@ reached the next rung the study compares the two rungs' orders (Spearman's rho) 
 configuration against the best there (a one-sided paired t-test on the fixed validation
 examples), and decides:
 
-- **misleading** (the probe ends best, or rho < 0): the rest train to the end, the rung's
-  last first;
-- **none** (the probe is not worse than the best): the rest train to the end, in the
-  rung's order;
+- **misleading** (the probe ends best; or, the probe shown worse, rho < 0): the rest go
+  on (to the end, with two rungs), the rung's last first;
+- **none** (the probe is not shown worse than the best): the rest go on, in the rung's
+  order;
 - **weak** (0 <= rho < strong_rho): the next ceil(n / eta) by the rung go on, judged again;
 - **strong**: cut, when the last of those promoted on merit ended worse than the best
   (its order held to the margin); else the next ceil(n / eta) go on, judged again.
@@ -182,9 +182,9 @@ class Adaptive:
         if not rest:
             decision, more = "all went on", []
         elif e["signal"] == "misleading":
-            decision, more = "train the rest to the end", rest[::-1]
+            decision, more = "the rest go on", rest[::-1]
         elif e["signal"] == "none":
-            decision, more = "train the rest to the end", rest
+            decision, more = "the rest go on", rest
         elif e["signal"] == "strong" and not e["frontier_competitive"]:
             decision, more = "cut", self._not_shown_worse(ranked, promoted, rest, rung)
         else:
@@ -224,10 +224,12 @@ def judge(
     beyond = [c for c in measured if rank[c.key] >= len(merit)]
     probe = max(beyond, key=lambda c: rank[c.key]) if beyond else None
     rho = _spearman([c.metrics[rung] for c in measured], [c.metrics[nxt] for c in measured])
-    if (probe is not None and probe is best) or (rho is not None and rho < 0):
+    if probe is not None and probe is best:
         signal = "misleading"
     elif probe is not None and competitive(probe):
         signal = "none"
+    elif rho is not None and rho < 0:
+        signal = "misleading"
     elif rho is not None and rho < strong_rho:
         signal = "weak"
     else:

@@ -185,6 +185,11 @@ def test_the_study_stores_logs_and_reports_what_it_learned_and_decided(tmp_path,
     assert meta["open"] == []
     assert [s["decision"] for s in meta["decisions"]["0"]] == ["first step", "cut"]
     assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE"] * 4 + ["PRUNED"] * 8
+    # The evidence of both rungs stays with a finished configuration (the cut's paired
+    # test reads its first rung's examples after it has finished).
+    assert all(
+        set(t.user_attrs["rung_examples"]) == {"0", "1"} for t in study.get_trials() if t.state.name == "COMPLETE"
+    )
     log = caplog.text
     assert "rung 1 (25% of training): first step: the best by the rung go on (lora_r=12, lora_r=11, lora_r=10)" in log
     assert "and the rung's last one (lora_r=1) to test its order" in log

@@ -241,7 +241,7 @@ class Ledger:
     ) -> None:
         """Finished: its predictions stored as artifacts, its record and note written, then
         Optuna told its values (the last step: a kill before it leaves a resumable trial)."""
-        record = record.replace(**self._store_predictions(trial, predictions or {}))
+        record = self._with_earlier_rungs(trial, record.replace(**self._store_predictions(trial, predictions or {})))
         attrs = record.to_user_attrs()
         if note is None:
             set_trial_user_attrs(self.study, trial, attrs)
@@ -260,12 +260,16 @@ class Ledger:
     def pause(self, trial: Trial, record: TrialRecord, rung: int) -> None:
         """Stopped at a rung's checkpoint (successive halving), or interrupted between
         rungs: the same trial waits, RUNNING without a heartbeat, and resumes later."""
-        if record.rung_examples:  # one rung's evidence: the earlier rungs' stay beside it
-            before = stored_trial(self.study, trial).user_attrs.get("rung_examples") or {}
-            record = dataclasses.replace(record, rung_examples={**before, **record.rung_examples})
-        self._write(trial, record)
+        self._write(trial, self._with_earlier_rungs(trial, record))
         pause(self.study, trial, rung)
         self._commit(CommitKind.PAUSE, trial)
+
+    def _with_earlier_rungs(self, trial: Trial, record: TrialRecord) -> TrialRecord:
+        """One rung's evidence (per-example scores) with the earlier rungs' beside it."""
+        if not record.rung_examples:
+            return record
+        before = stored_trial(self.study, trial).user_attrs.get("rung_examples") or {}
+        return dataclasses.replace(record, rung_examples={**before, **record.rung_examples})
 
     def fail(self, trial: Trial, record: TrialRecord) -> None:
         """An error of this configuration (its message in ``record.error``): it waits for

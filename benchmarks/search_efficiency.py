@@ -934,7 +934,8 @@ def report_worst_case(per_space: dict[str, dict[str, dict[str, float]]]) -> None
     print(f"{'strategy':<{width}}  " + "  ".join(f"{s[:12]:>12}" for s in spaces) + "         worst")
     for k, by in table.items():
         print(f"{k:<{width}}  " + "  ".join(f"{show(by[s]):>12}" for s in spaces) + f"  {show(max(by.values())):>12}")
-    chosen = min(table, key=lambda k: (max(table[k].values()), sorted(table[k].values())))
+    # Minimax, then the next-worst ratio, and so on (the ratios sorted worst first).
+    chosen = min(table, key=lambda k: sorted(table[k].values(), reverse=True))
     print(f"chosen by its worst case: {chosen} (worst {show(max(table[chosen].values()))})")
     mine = table[DEFAULT_STRATEGY]
     space = max(mine, key=lambda s: mine[s])

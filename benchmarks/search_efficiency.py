@@ -229,6 +229,8 @@ class Run:
 
     def __init__(self, curves: Curves) -> None:
         self.curves, self.spent, self.events = curves, 0.0, []
+        self.decisions: list[dict[str, Any]] = []
+        """Adaptive promotion: each step's evidence and decision."""
         self.best = -1.0
 
     def train(self, key: str, to: float, done: float = 0.0, extra: float = 0.0) -> None:
@@ -325,7 +327,6 @@ def halving_strategy(
     }
     promoted: dict[int, list[str]] = {}
     open_rungs: set[int] = set()
-    run.decisions = []
     while True:
         configs = [
             HalvingConfig(k, v["state"], v["reached"], v["metrics"], i, v["examples"])

@@ -134,8 +134,6 @@ class Adaptive:
     """Spearman's rho between the two rungs from which the rung's order counts as strong."""
     probe: bool = True
     """Promote the rung's last one with the first step, to test the order."""
-    patience: int = 1
-    """Cut only when the last ``patience`` promoted on merit all ended worse than the best."""
     cut_alpha: float | None = 0.05
     """A cut leaves out only those the rung itself shows worse than the last promoted on
     merit (one-sided paired t-test at this level); the others go on too. None: all of them."""
@@ -162,8 +160,7 @@ class Adaptive:
     ) -> list[Config]:
         """At a cut, those left that the rung's examples do not show worse than the last
         one promoted on merit (none with ``cut_alpha`` None or without per-example scores)."""
-        went = set(promoted)
-        merit = list(itertools.takewhile(lambda c: c.key in went, ranked))
+        merit = _merit(ranked, set(promoted))
         edge = merit[-1].examples.get(rung) if merit else None
         if self.cut_alpha is None or not edge:
             return []
@@ -178,7 +175,7 @@ class Adaptive:
         went = set(promoted)
         rest = [c for c in ranked if c.key not in went]
         measured = [c for c in ranked if c.key in went and rung + 1 in c.metrics]
-        e = judge(ranked, measured, rung, self.alpha, self.strong_rho, self.patience)
+        e = judge(ranked, measured, rung, self.alpha, self.strong_rho)
         if not rest:
             decision, more = "all went on", []
         elif e["signal"] == "misleading":
@@ -194,9 +191,12 @@ class Adaptive:
         return Promote(rung, tuple(promoted) + tuple(c.key for c in more), final=final, evidence=evidence)
 
 
-def judge(
-    ranked: list[Config], measured: list[Config], rung: int, alpha: float, strong_rho: float, patience: int = 1
-) -> dict[str, Any]:
+def _merit(ranked: list[Config], went: set[str]) -> list[Config]:
+    """The rung's best that went on without a gap (promoted on merit, not as a probe)."""
+    return list(itertools.takewhile(lambda c: c.key in went, ranked))
+
+
+def judge(ranked: list[Config], measured: list[Config], rung: int, alpha: float, strong_rho: float) -> dict[str, Any]:
     """What the configurations that went on from ``rung`` say of its order at the next
     rung: Spearman's rho between the rungs, the best at the next rung, who is not worse
     than it (paired test), the probe (the promoted one the rung ranked lowest, beyond
@@ -215,12 +215,7 @@ def judge(
             return paired_worse(theirs, mine) >= alpha
         return c.metrics[nxt] >= best.metrics[nxt] - 0.01
 
-    went = {c.key for c in measured}
-    merit = []  # the rung's best, promoted without a gap
-    for c in ranked:
-        if c.key not in went:
-            break
-        merit.append(c)
+    merit = _merit(ranked, {c.key for c in measured})
     beyond = [c for c in measured if rank[c.key] >= len(merit)]
     probe = max(beyond, key=lambda c: rank[c.key]) if beyond else None
     rho = _spearman([c.metrics[rung] for c in measured], [c.metrics[nxt] for c in measured])
@@ -234,7 +229,7 @@ def judge(
         signal = "weak"
     else:
         signal = "strong"
-    edge = [c for c in merit if nxt in c.metrics][-patience:]  # the last promoted on merit: did the order hold there?
+    edge = merit[-1] if merit else None  # the last promoted on merit: did the order hold there?
     return {
         "n": len(measured),
         "rho": rho,
@@ -242,7 +237,7 @@ def judge(
         "competitive": [c.key for c in measured if competitive(c)],
         "probe": probe.key if probe is not None else None,
         "signal": signal,
-        "frontier_competitive": len(edge) < patience or any(competitive(c) for c in edge),
+        "frontier_competitive": edge is None or competitive(edge),
     }
 
 

@@ -211,6 +211,9 @@ def test_successive_halving_pauses_at_the_rung_and_resumes_the_best(tmp_path, de
     proc = run_main("run", *TESTS, *HALVING, "--set", "study.cooldown=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "checkpointing and pausing" in proc.stderr and "rung 1 (33% of training) decided" in proc.stderr
+    # Each trial's line says which rung of how many it trains to (not a fraction to misread).
+    assert proc.stderr.count("(rung 1 of 2: to 33% of training) starting") == 3
+    assert proc.stderr.count("(rung 2 of 2: to 100% of training) starting") == 1
     assert proc.stderr.count("cool-down branch: 12 steps from step 50") == 3  # once per configuration
     trials = sorted(_study(tmp_path, "demo").get_trials(), key=lambda t: t.number)
     assert len(trials) == 3 and sorted(t.state.name for t in trials) == ["COMPLETE", "PRUNED", "PRUNED"]

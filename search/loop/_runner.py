@@ -113,7 +113,7 @@ class TrialRunner:
         # dashboard name it so); k/N is this point's place in the run, never past N.
         k, n = job.position
         tag = f"[trial {job.number}, point {min(k, n)}/{n}, {short_point_key(point)}]" + (
-            f" (to rung {job.rung + 1}/{len(self.rungs)}, {100 * until:.0f}% of training)"
+            f" (rung {job.rung + 1} of {len(self.rungs)}: to {100 * until:.0f}% of training)"
             if job.rung is not None
             else ""
         )

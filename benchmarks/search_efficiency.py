@@ -503,7 +503,7 @@ def cooled_strategies() -> dict[str, Callable[[Curves, int], Run]]:
     return out
 
 
-def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
+def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, Any]]:
     n = len(data["points"])
     rows = {}
     for name, strategy in strategies(n, Curves(data, 0).has_cooldown).items():
@@ -528,8 +528,51 @@ def replay(data: dict[str, Any], seeds: int) -> dict[str, dict[str, float]]:
             "spent": statistics.median(spent),
             "gap_end": statistics.median(end_gaps),
             "p90": compute_at(reached_all),
+            "reached_all": reached_all,
         }
     return rows
+
+
+SIGNAL_AT = (1 / 8, 1 / 4, 1 / 3, 1 / 2, 3 / 4)
+"""The fractions of training at which ``signal_ranks`` asks where the winner stands."""
+
+
+def signal_ranks(data: dict[str, Any], seeds: int) -> list[tuple[float, int, int]]:
+    """Where a strategy that orders by one point of training would find the winner: per
+    fraction, the rank (1 = first) by the label log-prob there of the first
+    configuration within 1 point of the grid's best, median and P90 over the seeds'
+    resamples. A P90 rank of k means that ordering by that point needs k full trainings
+    after it in 90% of the seeds: which points of training predict on this space."""
+    curves = [Curves(data, s) for s in range(seeds)]
+    out = []
+    for f in SIGNAL_AT:
+        ranks = []
+        for c in curves:
+            good = {k for k in c.keys if c.acc[k][-1] >= c.best - 0.01}
+            order = sorted(c.keys, key=lambda k: -c.at("label_logprob", k, f))
+            ranks.append(1 + min(order.index(k) for k in good))
+        ranks.sort()
+        out.append((f, statistics.median_low(ranks), ranks[max(0, math.ceil(0.9 * len(ranks)) - 1)]))
+    return out
+
+
+def ratio_interval(
+    rows: dict[str, dict[str, Any]], name: str, draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """A 90% interval of ``name``'s compute for P >= 0.9 over Optuna's best native
+    strategy's on one space: the seeds resampled with replacement (bootstrap), both
+    P90s recomputed on each draw. It says how much of a ratio is the seeds' noise."""
+    natives = [r["reached_all"] for k, r in rows.items() if k.startswith(NATIVE)]
+    mine = rows[name]["reached_all"]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(draws):
+        idx = [rng.randrange(len(mine)) for _ in mine]
+        native = min(compute_at([n[i] for i in idx]) for n in natives)
+        own = compute_at([mine[i] for i in idx])
+        out.append(own / native if math.isfinite(own) and native > 0 else math.inf)
+    out.sort()
+    return out[int(0.05 * draws)], out[int(0.95 * draws) - 1]
 
 
 def spearman(data: dict[str, Any]) -> list[tuple[float, str, float]]:
@@ -773,7 +816,7 @@ def compute_at(reached: list[float | None], p: float = 0.9) -> float:
     return done[max(0, math.ceil(p * len(done)) - 1)]
 
 
-def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) -> dict[str, dict[str, float]]:
+def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) -> dict[str, dict[str, Any]]:
     print(
         f"\n== space {name}: {json.dumps(data['space'])} ({data['preset']}, {' '.join(data['sets']) or 'no overrides'})"
     )
@@ -782,6 +825,9 @@ def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) 
     for f, metric, rho in spearman(data):
         shown = f"{rho:+.2f}" if math.isfinite(rho) else "n/a (every point the same there)"
         print(f"  at {100 * f:.0f}% of training, {metric}: rho = {shown}")
+    print("where the winner stands when ordered by the label log-prob at a point of training (rank of the first")
+    print("configuration within 1 pt of the grid's best; median, P90 over the seeds):")
+    print("  " + "; ".join(f"at {100 * f:.0f}%: {med}, {p90}" for f, med, p90 in signal_ranks(data, seeds)))
     costs = rung_costs(data)
     if costs:
         print(f"rung costs: {costs}")
@@ -871,7 +917,7 @@ def _main() -> None:
         args.seeds, args.no_live = 5, True
     if args.curves and len(names) > 1:
         sys.exit("--curves names the curves of one space; leave it out with several --space (they are cached)")
-    per_space: dict[str, dict[str, dict[str, float]]] = {}
+    per_space: dict[str, dict[str, dict[str, Any]]] = {}
     for name in names:
         space, preset, sets, points = parse_space(name, args.preset)
         sets = [*sets, *args.sets, "train.checkpoint_steps=1000", "train.gradient_checkpointing=false"]
@@ -908,7 +954,7 @@ def _main() -> None:
     report_worst_case(per_space)
 
 
-def ratios(per_space: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+def ratios(per_space: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, float]]:
     """Per candidate strategy and space: its compute for P >= 0.9 over Optuna's best
     native strategy's on that space (inf where it never gets there that often)."""
     out: dict[str, dict[str, float]] = {}
@@ -921,7 +967,7 @@ def ratios(per_space: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[
     return out
 
 
-def report_worst_case(per_space: dict[str, dict[str, dict[str, float]]]) -> None:
+def report_worst_case(per_space: dict[str, dict[str, dict[str, Any]]]) -> None:
     """The candidates' ratios per space, the one a worst case picks, and last the
     default's worst ratio over the spaces."""
     table = ratios(per_space)
@@ -939,6 +985,14 @@ def report_worst_case(per_space: dict[str, dict[str, dict[str, float]]]) -> None
     chosen = min(table, key=lambda k: sorted(table[k].values(), reverse=True))
     print(f"chosen by its worst case: {chosen} (worst {show(max(table[chosen].values()))})")
     mine = table[DEFAULT_STRATEGY]
+    print(
+        "the default's ratio per space, with a 90% interval over the seeds (bootstrap: how much of it is noise): "
+        + "; ".join(
+            f"{s} {show(mine[s])} ({show(lo)} to {show(hi)})"
+            for s in spaces
+            for lo, hi in [ratio_interval(per_space[s], DEFAULT_STRATEGY)]
+        )
+    )
     space = max(mine, key=lambda s: mine[s])
     print(
         f"default strategy ({DEFAULT_STRATEGY}): worst compute ratio to Optuna's best native strategy over "

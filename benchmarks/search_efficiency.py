@@ -556,9 +556,7 @@ def signal_ranks(data: dict[str, Any], seeds: int) -> list[tuple[float, int, int
     return out
 
 
-def ratio_interval(
-    rows: dict[str, dict[str, Any]], name: str, draws: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+def ratio_interval(rows: dict[str, dict[str, Any]], name: str, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
     """A 90% interval of ``name``'s compute for P >= 0.9 over Optuna's best native
     strategy's on one space: the seeds resampled with replacement (bootstrap), both
     P90s recomputed on each draw. It says how much of a ratio is the seeds' noise."""

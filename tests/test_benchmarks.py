@@ -117,7 +117,8 @@ def test_study_overhead_runs_to_its_ratio_line():
 
 def test_search_efficiency_takes_any_grid_and_reads_p90_from_the_seeds():
     """``--space`` takes a grid as ``study.grid`` is written, checked by the project's own
-    configuration; the compute a strategy needs for P >= 0.9 is read from its seeds."""
+    configuration; the compute a strategy needs for P >= 0.9 is read from its seeds, with
+    an interval over them; where the winner stands by the rung's metric is counted."""
     sys.path.insert(0, str(BENCH))
     try:
         import search_efficiency as se
@@ -134,6 +135,35 @@ def test_search_efficiency_takes_any_grid_and_reads_p90_from_the_seeds():
     reached = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, None, None]
     assert se.compute_at(reached) == float("inf") and se.compute_at(reached, p=0.8) == 0.8
     assert se.compute_at([0.3] * 9 + [None]) == 0.3
+    # The ratio's interval over the seeds (bootstrap): the default against the lowest of
+    # Optuna's strategies on each draw. Always at half the native's compute: exactly 0.5.
+    rows = {
+        "GP, no repeats, no pruning": {"reached_all": [0.8] * 20},
+        "TPE + Hyperband (accuracy), as before": {"reached_all": [0.9] * 20},
+        se.DEFAULT_STRATEGY: {"reached_all": [0.4] * 20},
+    }
+    assert se.ratio_interval(rows, se.DEFAULT_STRATEGY) == (0.5, 0.5)
+    # A default that misses in 3 seeds of 20 is "never" on the draws that take 3 of them
+    # or more, and 0.5 on those that take none: the interval spans both.
+    rows[se.DEFAULT_STRATEGY]["reached_all"] = [0.4] * 17 + [None] * 3
+    assert se.ratio_interval(rows, se.DEFAULT_STRATEGY) == (0.5, float("inf"))
+
+    # Where the winner stands by the label log-prob at each point of training: here the
+    # end's winner (lora_r=16) is last at 1/8 to 1/2 of training and first at 3/4.
+    def point(r, lp_early, lp_late, right):
+        curve = [
+            {
+                "fraction": f,
+                "correct": [[right if f == 1.0 else 0]] * 4,
+                "logprob": [lp_early if f < 0.7 else lp_late] * 4,
+            }
+            for f in (0.125, 0.25, 1 / 3, 0.5, 0.75, 1.0)
+        ]
+        return {"params": {"lora_r": r}, "curve": curve}
+
+    data = {"points": {"lora_r=4": point(4, -1.0, -2.0, 0), "lora_r=8": point(8, -1.5, -2.5, 0)}}
+    data["points"]["lora_r=16"] = point(16, -3.0, -0.5, 1)
+    assert se.signal_ranks(data, seeds=5) == [(0.125, 3, 3), (0.25, 3, 3), (1 / 3, 3, 3), (0.5, 3, 3), (0.75, 1, 1)]
     a = se.curves_path({"lora_r": [4]}, "demo-search", ["train.epochs=1"], 9)
     assert (
         a

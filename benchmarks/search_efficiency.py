@@ -537,23 +537,37 @@ SIGNAL_AT = (1 / 8, 1 / 4, 1 / 3, 1 / 2, 3 / 4)
 """The fractions of training at which ``signal_ranks`` asks where the winner stands."""
 
 
-def signal_ranks(data: dict[str, Any], seeds: int) -> list[tuple[float, int, int]]:
+def signal_ranks(data: dict[str, Any], seeds: int) -> list[tuple[float, int, int, float]]:
     """Where a strategy that orders by one point of training would find the winner: per
     fraction, the rank (1 = first) by the label log-prob there of the first
     configuration within 1 point of the grid's best, median and P90 over the seeds'
-    resamples. A P90 rank of k means that ordering by that point needs k full trainings
-    after it in 90% of the seeds: which points of training predict on this space."""
+    resamples; and the compute for P >= 0.9 of that order (every configuration trained
+    to the point, then each to the end in its order, nothing cut): which points of
+    training predict on this space, and what predicting costs."""
     curves = [Curves(data, s) for s in range(seeds)]
     out = []
     for f in SIGNAL_AT:
-        ranks = []
+        ranks, reached = [], []
         for c in curves:
             good = {k for k in c.keys if c.acc[k][-1] >= c.best - 0.01}
             order = sorted(c.keys, key=lambda k: -c.at("label_logprob", k, f))
             ranks.append(1 + min(order.index(k) for k in good))
+            run = Run(c)
+            for k in c.keys:
+                run.train(k, f)
+            for k in order:
+                run.train(k, 1.0, f)
+            reached.append(run.reached())
         ranks.sort()
-        out.append((f, statistics.median_low(ranks), ranks[max(0, math.ceil(0.9 * len(ranks)) - 1)]))
+        out.append(
+            (f, statistics.median_low(ranks), ranks[max(0, math.ceil(0.9 * len(ranks)) - 1)], compute_at(reached))
+        )
     return out
+
+
+HINDSIGHT = "one point's order, the point chosen in hindsight"
+"""A reference, not a strategy anyone can run: of the orders by the label log-prob at one
+point of training (``signal_ranks``), the cheapest on the space, known only after the grid."""
 
 
 def ratio_interval(rows: dict[str, dict[str, Any]], name: str, draws: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -824,18 +838,25 @@ def report_space(name: str, data: dict[str, Any], seeds: int, trained_s: float) 
         shown = f"{rho:+.2f}" if math.isfinite(rho) else "n/a (every point the same there)"
         print(f"  at {100 * f:.0f}% of training, {metric}: rho = {shown}")
     print("where the winner stands when ordered by the label log-prob at a point of training (rank of the first")
-    print("configuration within 1 pt of the grid's best; median, P90 over the seeds):")
-    print("  " + "; ".join(f"at {100 * f:.0f}%: {med}, {p90}" for f, med, p90 in signal_ranks(data, seeds)))
+    print("configuration within 1 pt of the grid's best: median, P90 over the seeds), and that order's compute")
+    print("for P >= 0.9 (all trained to the point, then each to the end in its order):")
+    signal = signal_ranks(data, seeds)
+    for f, med, p90, compute in signal:
+        print(f"  at {100 * f:.0f}%: rank {med}, {p90}; compute {compute:.2f}")
     costs = rung_costs(data)
     if costs:
         print(f"rung costs: {costs}")
     rows = replay(data, seeds)
+    f, _, _, compute = min(signal, key=lambda x: x[3])
+    rows[HINDSIGHT] = {"p90": compute, "fraction": f}
     width = max(map(len, rows))
     print(
         f"{'strategy':<{width}}  P(within 1 pt at <= 1/3)  compute for P >= 0.9  median gap at 1/3  "
         "compute spent  gap at its end"
     )
     for strategy, r in rows.items():
+        if strategy == HINDSIGHT:
+            continue
         print(
             f"{strategy:<{width}}  {r['p']:>24.2f}  {r['p90']:>20.2f}  {100 * r['gap']:>15.1f} pt  "
             f"{r['spent']:>13.2f}  {100 * r['gap_end']:>11.1f} pt"
@@ -957,12 +978,17 @@ def ratios(per_space: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[st
     native strategy's on that space (inf where it never gets there that often)."""
     out: dict[str, dict[str, float]] = {}
     for space, rows in per_space.items():
-        native = min(r["p90"] for k, r in rows.items() if k.startswith(NATIVE))
-        for k, r in rows.items():
+        for k in rows:
             if k.startswith(CANDIDATES):
-                mine = r["p90"]
-                out.setdefault(k, {})[space] = mine / native if math.isfinite(mine) and native > 0 else math.inf
+                out.setdefault(k, {})[space] = _over_native(rows, k)
     return out
+
+
+def _over_native(rows: dict[str, dict[str, Any]], name: str) -> float:
+    """``name``'s compute for P >= 0.9 over Optuna's best native strategy's on one space."""
+    native = min(r["p90"] for k, r in rows.items() if k.startswith(NATIVE))
+    mine = rows[name]["p90"]
+    return mine / native if math.isfinite(mine) and native > 0 else math.inf
 
 
 def report_worst_case(per_space: dict[str, dict[str, dict[str, Any]]]) -> None:
@@ -983,6 +1009,14 @@ def report_worst_case(per_space: dict[str, dict[str, dict[str, Any]]]) -> None:
     chosen = min(table, key=lambda k: sorted(table[k].values(), reverse=True))
     print(f"chosen by its worst case: {chosen} (worst {show(max(table[chosen].values()))})")
     mine = table[DEFAULT_STRATEGY]
+    print(
+        f"{HINDSIGHT} (a reference: the best order by the label log-prob at one point of training, "
+        "known only after the grid), over Optuna's best native strategy: "
+        + "; ".join(
+            f"{s} {show(_over_native(per_space[s], HINDSIGHT))} (at {100 * per_space[s][HINDSIGHT]['fraction']:.0f}%)"
+            for s in spaces
+        )
+    )
     print(
         "the default's ratio per space, with a 90% interval over the seeds (bootstrap: how much of it is noise): "
         + "; ".join(

@@ -163,7 +163,10 @@ def test_search_efficiency_takes_any_grid_and_reads_p90_from_the_seeds():
 
     data = {"points": {"lora_r=4": point(4, -1.0, -2.0, 0), "lora_r=8": point(8, -1.5, -2.5, 0)}}
     data["points"]["lora_r=16"] = point(16, -3.0, -0.5, 1)
-    assert se.signal_ranks(data, seeds=5) == [(0.125, 3, 3), (0.25, 3, 3), (1 / 3, 3, 3), (0.5, 3, 3), (0.75, 1, 1)]
+    # Ordered by 1/8 to 1/2 it is the third to finish (the whole grid); by 3/4, the first.
+    ranks = se.signal_ranks(data, seeds=5)
+    assert [r[:3] for r in ranks] == [(0.125, 3, 3), (0.25, 3, 3), (1 / 3, 3, 3), (0.5, 3, 3), (0.75, 1, 1)]
+    assert [r[3] for r in ranks] == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.75 + 0.25 / 3])
     a = se.curves_path({"lora_r": [4]}, "demo-search", ["train.epochs=1"], 9)
     assert (
         a
